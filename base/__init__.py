@@ -1,0 +1,1 @@
+"""Abstract trainer and evaluator that own the loop; tasks subclass them."""

@@ -1,0 +1,179 @@
+"""Layered argparse configuration that remembers where every value came from.
+
+Each class in a trainer's (or evaluator's) MRO may define
+
+* ``add_arguments(parser)`` (a classmethod, looked up in the class's own
+  ``__dict__``): the flags that class introduces, and
+* ``DEFAULTS`` (a dict in the class body): new defaults for inherited flags.
+
+:func:`parse_config` builds the parser from the base class down to the leaf,
+applies a ``--config`` JSON file on top of the defaults, then the command
+line on top of that. The resolved namespace comes back with a provenance map
+``{flag: "base default (TrainerBase)" | "subclass default (X)" |
+"config file (path)" | "command line"}`` that is written next to the values.
+"""
+import argparse
+import json
+import os
+
+# Flags that describe one launch, not an experiment: never taken from a file.
+LAUNCH_ONLY = frozenset({"config", "resume", "model_path", "debug"})
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the flag and value."""
+
+
+def str2bool(value):
+    """Parse a command-line boolean: ``true/false, yes/no, 1/0, on/off``.
+
+    Raises:
+        argparse.ArgumentTypeError: for any other string.
+    """
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "yes", "1", "on", "y", "t"):
+        return True
+    if text in ("false", "no", "0", "off", "n", "f"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got {value!r}")
+
+
+def _config_classes(cls):
+    """Classes of ``cls``'s MRO that contribute flags or defaults, root first."""
+    return [k for k in reversed(cls.__mro__)
+            if "add_arguments" in k.__dict__ or "DEFAULTS" in k.__dict__]
+
+
+def build_parser(cls, suppress_defaults=False):
+    """Build ``cls``'s strict parser and the origin of each default.
+
+    Args:
+        cls: a class whose MRO defines ``add_arguments`` / ``DEFAULTS``.
+        suppress_defaults: leave every flag unset unless given (used to find
+            which flags the command line named).
+
+    Returns:
+        ``(parser, origins)`` where ``origins`` maps each flag's dest to a label.
+
+    Raises:
+        KeyError: a ``DEFAULTS`` entry names a flag no class defines (a bug in
+            the subclass, reported at import-free parse time).
+    """
+    parser = argparse.ArgumentParser(
+        prog=getattr(cls, "PROG", None), description=(cls.__doc__ or "").strip().split("\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
+    origins = {}
+    classes = _config_classes(cls)
+    for depth, klass in enumerate(classes):
+        label = ("base default" if depth == 0 else "subclass default") + f" ({klass.__name__})"
+        known = {a.dest for a in parser._actions}
+        if "add_arguments" in klass.__dict__:
+            klass.add_arguments(parser)
+        for action in parser._actions:
+            if action.dest not in known and action.dest != "help":
+                origins[action.dest] = label
+        overrides = klass.__dict__.get("DEFAULTS", {})
+        unknown = set(overrides) - set(origins)
+        if unknown:
+            raise KeyError(f"{klass.__name__}.DEFAULTS names unknown flags: {sorted(unknown)}")
+        parser.set_defaults(**overrides)
+        origins.update({k: label for k in overrides})
+    if suppress_defaults:
+        # Not set_defaults(): argparse would copy the SUPPRESS marker into the namespace.
+        parser._defaults.clear()
+        for action in parser._actions:
+            if action.dest != "help":
+                action.default = argparse.SUPPRESS
+    return parser, origins
+
+
+def read_config_file(path):
+    """Read a config JSON written by a run (or a flat ``{flag: value}`` dict).
+
+    Returns:
+        dict of flag values.
+
+    Raises:
+        ConfigError: the file is missing, not JSON, or not an object.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"--config {path}: no such file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"--config {path}: not valid JSON ({exc})") from None
+    if isinstance(data, dict) and isinstance(data.get("config"), dict):
+        data = data["config"]
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config {path}: expected a JSON object of flag values")
+    return data
+
+
+def _coerce(parser, values, source):
+    """Convert file values with each flag's ``type`` and check ``choices``."""
+    actions = {a.dest: a for a in parser._actions}
+    out = {}
+    for key, value in values.items():
+        if key in LAUNCH_ONLY:
+            continue
+        if key not in actions:
+            raise ConfigError(f"{source}: unknown key {key!r}")
+        action = actions[key]
+        try:
+            if isinstance(value, str) and action.type is not None:
+                value = action.type(value)
+            elif action.type is str2bool and value is not None:
+                value = str2bool(value)
+        except (ValueError, TypeError, argparse.ArgumentTypeError) as exc:
+            raise ConfigError(f"{source}: bad value for {key!r}: {exc}") from None
+        if action.choices is not None and value is not None and value not in action.choices:
+            raise ConfigError(f"{source}: {key}={value!r} is not one of {list(action.choices)}")
+        out[key] = value
+    return out
+
+
+def parse_config(cls, argv=None):
+    """Resolve ``cls``'s configuration from defaults, ``--config`` and ``argv``.
+
+    Precedence, lowest first: the base class's defaults, each subclass's
+    ``DEFAULTS``, the ``--config`` file, the command line. After parsing,
+    ``cls.validate_config(args)`` checks cross-field rules.
+
+    Returns:
+        ``(args, provenance)``: an ``argparse.Namespace`` and ``{flag: label}``.
+
+    Exits:
+        status 2 with argparse's usage line for an unknown flag, a bad value,
+        a bad ``--config`` file or a failed validation.
+    """
+    parser, origins = build_parser(cls)
+    args = parser.parse_args(argv)
+    try:
+        if getattr(args, "config", None):
+            source = f"--config {args.config}"
+            values = _coerce(parser, read_config_file(args.config), source)
+            parser.set_defaults(**values)
+            origins.update({k: f"config file ({args.config})" for k in values})
+            args = parser.parse_args(argv)
+        given, _ = build_parser(cls, suppress_defaults=True)
+        origins.update({k: "command line" for k in vars(given.parse_args(argv))})
+        cls.validate_config(args)
+    except ConfigError as exc:
+        parser.error(str(exc))
+    return args, {k: origins.get(k, "command line") for k in vars(args)}
+
+
+def check(condition, flag, value, rule):
+    """Raise :class:`ConfigError` ``"--flag=value: rule"`` unless ``condition``."""
+    if not condition:
+        raise ConfigError(f"--{flag}={value!r}: {rule}")
+
+
+def check_dir_exists(flag, path):
+    """Raise :class:`ConfigError` unless ``path`` is an existing, non-empty folder."""
+    check(bool(path), flag, path, "a folder is required here")
+    check(os.path.isdir(path), flag, path, "no such folder")
+    check(bool(os.listdir(path)), flag, path, "the folder is empty")

@@ -1,0 +1,90 @@
+"""``EvaluatorBase``: rebuild a trained model and its data from a checkpoint alone.
+
+The checkpoint carries the run's resolved config as a JSON string; the
+evaluator re-creates the task's trainer from it (no run folder, no optimizer),
+so ``eval_x.py --model_path RUN/Model_best_ckpt.pth`` needs no other flag.
+Any trainer flag given on the command line overrides the saved value.
+"""
+import abc
+import argparse
+import json
+import os
+
+from base.checkpoint import load_checkpoint
+from base.config import ConfigError, build_parser
+
+
+class EvaluatorBase(abc.ABC):
+    """Evaluate a checkpoint of :attr:`trainer_class`.
+
+    Subclasses set :attr:`trainer_class` and implement :meth:`evaluate`, which
+    runs on ``self.task`` (a built trainer: ``task.model`` with the checkpoint's
+    weights, ``task.loaders``, ``task.device``) and returns a JSON-able dict.
+    Results go beside the checkpoint as ``<checkpoint stem>_eval_<split>.json``.
+    """
+
+    trainer_class = None
+
+    @classmethod
+    def add_arguments(cls, parser):
+        group = parser.add_argument_group("evaluation")
+        group.add_argument("--model_path", required=True, help="checkpoint (*.pth) to evaluate")
+        group.add_argument("--split", choices=["test", "val"], default="test", help="split to evaluate")
+
+    @classmethod
+    def from_argv(cls, argv=None):
+        """Parse evaluator flags plus the trainer's (unset unless given); nothing is loaded yet."""
+        parser, _ = build_parser(cls.trainer_class, suppress_defaults=True)
+        parser.prog = getattr(cls, "PROG", None)
+        parser.description = (cls.__doc__ or "").strip().split("\n")[0]
+        cls.add_arguments(parser)
+        args = parser.parse_args(argv)
+        return cls(args, parser)
+
+    def __init__(self, args, parser=None):
+        self.args, self.parser = args, parser
+
+    def resolve_task_config(self, saved):
+        """Trainer defaults, then the checkpoint's saved config, then command-line flags.
+
+        Raises:
+            ConfigError: the merged config fails the trainer's validation.
+        """
+        defaults, _ = build_parser(self.trainer_class)
+        known = vars(defaults.parse_args([]))
+        merged = {**known, **{k: v for k, v in saved.items() if k in known}}
+        merged.update({k: v for k, v in vars(self.args).items() if k in known})
+        task_args = argparse.Namespace(**merged)
+        self.trainer_class.validate_config(task_args)
+        return task_args
+
+    def run(self):
+        """Load the checkpoint, rebuild the task, evaluate, write the results JSON."""
+        ckpt = load_checkpoint(self.args.model_path)
+        try:
+            saved = json.loads(ckpt.get("config") or "{}")
+        except (TypeError, json.JSONDecodeError):
+            raise ConfigError(f"--model_path {self.args.model_path}: its saved config is not JSON") from None
+        self.task = self.trainer_class(self.resolve_task_config(saved))
+        self.task.build()
+        try:
+            self.task.model.load_state_dict(ckpt["model"])
+        except RuntimeError as exc:
+            raise ConfigError(f"--model_path {self.args.model_path}: weights do not fit "
+                              f"--model_type {self.task.args.model_type} "
+                              f"({str(exc).splitlines()[0]})") from None
+        self.task.model.eval()
+        results = self.evaluate()
+        results = {"checkpoint": os.path.abspath(self.args.model_path), "split": self.args.split, **results}
+        with open(self.output_path(".json"), "w", encoding="utf-8") as f:
+            json.dump(results, f, indent=2)
+        return results
+
+    def output_path(self, suffix, kind="eval"):
+        """``<checkpoint folder>/<checkpoint stem>_<kind>_<split><suffix>``."""
+        stem = os.path.splitext(self.args.model_path)[0]
+        return f"{stem}_{kind}_{self.args.split}{suffix}"
+
+    @abc.abstractmethod
+    def evaluate(self):
+        """Evaluate ``self.task.model`` on ``self.task.loaders[self.args.split]``; return a dict."""

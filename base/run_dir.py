@@ -1,0 +1,117 @@
+"""Run folders, their config JSON, log file, TensorBoard events and ``metrics.csv``.
+
+Layout of one run::
+
+    <output_dir>/<proj_name>/<timestamp>/
+        config_<proj_name>_<timestamp>.json
+        <proj_name>_<timestamp>_log.txt
+        metrics.csv          one row per validation
+        summary/             TensorBoard events
+        <model>_best_ckpt.pth, <model>_last_ckpt.pth, ...
+"""
+import csv
+import datetime
+import json
+import logging
+import os
+import subprocess
+import sys
+
+import torch
+import torchvision
+
+TIMESTAMP_FORMAT = "%Y-%m-%d_%H-%M-%S"
+
+
+def create_run_dir(output_dir, proj_name):
+    """Create a new ``<output_dir>/<proj_name>/<timestamp>`` folder.
+
+    Two runs started in the same second get ``<timestamp>_1``, ``_2``, ...
+
+    Returns:
+        ``(path, timestamp)``.
+
+    Raises:
+        OSError: the folder cannot be created (e.g. ``output_dir`` unwritable).
+    """
+    stamp = datetime.datetime.now().strftime(TIMESTAMP_FORMAT)
+    parent = os.path.join(output_dir, proj_name)
+    os.makedirs(parent, exist_ok=True)
+    for i in range(1000):
+        name = stamp if i == 0 else f"{stamp}_{i}"
+        try:
+            os.makedirs(os.path.join(parent, name))
+            return os.path.join(parent, name), name
+        except FileExistsError:
+            continue
+    raise OSError(f"could not create a run folder under {parent}")
+
+
+def git_commit():
+    """The project's current git commit, or ``None`` outside a checkout."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
+                             text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def write_config(path, args, provenance, extra=None):
+    """Write the resolved flags, their origins and environment facts as JSON.
+
+    The file can be passed back as ``--config`` to start a new run from it.
+    """
+    doc = {
+        "config": vars(args),
+        "provenance": provenance,
+        "meta": {"torch": torch.__version__, "torchvision": torchvision.__version__,
+                 "python": sys.version.split()[0], "git_commit": git_commit(),
+                 "argv": sys.argv, **(extra or {})},
+    }
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(doc, f, indent=2, sort_keys=True, default=str)
+
+
+def setup_logger(name, log_path=None, level=logging.INFO):
+    """A logger writing ``time level message`` lines to stderr and ``log_path`` (appended)."""
+    logger = logging.getLogger(name)
+    logger.setLevel(level)
+    logger.propagate = False
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
+    handlers = [logging.StreamHandler(sys.stderr)]
+    if log_path:
+        handlers.append(logging.FileHandler(log_path, mode="a", encoding="utf-8"))
+    for handler in handlers:
+        handler.setFormatter(fmt)
+        logger.addHandler(handler)
+    return logger
+
+
+class MetricsCSV:
+    """Append-only ``metrics.csv``; the header is fixed by the first row written.
+
+    Keys that a later row lacks are left empty; keys it adds are dropped with
+    the header unchanged, so the file always parses as one table.
+    """
+
+    def __init__(self, path):
+        self.path = path
+        self.fields = None
+        if os.path.isfile(path) and os.path.getsize(path) > 0:
+            with open(path, newline="", encoding="utf-8") as f:
+                self.fields = next(csv.reader(f))
+
+    def write(self, row):
+        new = self.fields is None
+        if new:
+            self.fields = list(row)
+        with open(self.path, "a", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=self.fields, extrasaction="ignore")
+            if new:
+                writer.writeheader()
+            writer.writerow(row)

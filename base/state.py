@@ -1,0 +1,125 @@
+"""Small stateful parts of the loop: RNG capture, early stopping, resumable sampling.
+
+Each exposes ``state_dict`` / ``load_state_dict`` holding tensors and plain
+Python types only, so the whole training state loads with ``weights_only=True``.
+"""
+import math
+import random
+
+import numpy as np
+import torch
+from torch.utils.data import Sampler
+
+
+def seed_everything(seed, deterministic=False):
+    """Seed Python, NumPy and torch (CPU and CUDA); optionally force deterministic kernels.
+
+    ``deterministic`` calls ``torch.use_deterministic_algorithms(True)``, turns off
+    cuDNN autotuning and sets ``CUBLAS_WORKSPACE_CONFIG`` as PyTorch's
+    reproducibility notes require for CUDA >= 10.2.
+    """
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        import os
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+
+
+def rng_state():
+    """Python, NumPy, torch CPU and (when present) CUDA generator states."""
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state):
+    """Restore what :func:`rng_state` captured."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class EarlyStopper:
+    """Track the best value of a monitored metric and count validations without improvement.
+
+    Args:
+        mode: ``"max"`` (accuracy-like) or ``"min"`` (loss-like).
+        patience: validations without improvement before :attr:`should_stop`;
+            0 never stops.
+        min_delta: the smallest change that counts as an improvement.
+    """
+
+    def __init__(self, mode="min", patience=0, min_delta=0.0):
+        if mode not in ("min", "max"):
+            raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
+        self.mode, self.patience, self.min_delta = mode, patience, min_delta
+        self.best = math.inf if mode == "min" else -math.inf
+        self.bad_count = 0
+
+    def update(self, value):
+        """Record one validation's value; returns True when it is a new best."""
+        value = float(value)
+        improved = (value < self.best - self.min_delta if self.mode == "min"
+                    else value > self.best + self.min_delta)
+        if improved:
+            self.best, self.bad_count = value, 0
+        else:
+            self.bad_count += 1
+        return improved
+
+    @property
+    def should_stop(self):
+        return self.patience > 0 and self.bad_count >= self.patience
+
+    def state_dict(self):
+        return {"best": self.best, "bad_count": self.bad_count}
+
+    def load_state_dict(self, state):
+        self.best, self.bad_count = float(state["best"]), int(state["bad_count"])
+
+
+class ResumableSampler(Sampler):
+    """Index sampler whose order depends only on ``(seed, epoch)`` and that can start mid-epoch.
+
+    The permutation of epoch ``e`` comes from a generator seeded with
+    ``seed + e`` (the approach of ``torch.utils.data.DistributedSampler``), so
+    it does not touch the global RNG and a resumed run sees the same order.
+    ``start`` skips the first indices of the epoch (for resuming mid-epoch).
+
+    Args:
+        length: number of samples in the dataset.
+        shuffle: shuffle each epoch (else ``0..length-1``).
+        seed: base seed (int).
+    """
+
+    def __init__(self, length, shuffle=True, seed=0):
+        self.length, self.shuffle, self.seed = length, shuffle, seed
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch, start=0):
+        self.epoch, self.start = epoch, start
+
+    def _order(self):
+        if not self.shuffle:
+            return list(range(self.length))
+        gen = torch.Generator().manual_seed(self.seed + self.epoch)
+        return torch.randperm(self.length, generator=gen).tolist()
+
+    def __iter__(self):
+        return iter(self._order()[self.start:])
+
+    def __len__(self):
+        return self.length - self.start

@@ -1,0 +1,62 @@
+"""Flags every trainer has, and the checks on them."""
+import os
+
+from base.config import check, str2bool
+from utils.device import select_device
+
+
+def add_trainer_arguments(parser):
+    """Add the loop's flags to ``parser`` (grouped for ``--help``)."""
+    run = parser.add_argument_group("run")
+    run.add_argument("--config", default=None, help="start from a saved config_*.json; flags override it")
+    run.add_argument("--proj_name", default="Experiment", help="runs go to <output_dir>/<proj_name>/<timestamp>")
+    run.add_argument("--output_dir", default="Results", help="parent folder of all runs")
+    run.add_argument("--debug", type=str2bool, default=False, help="show tracebacks for input errors")
+
+    loop = parser.add_argument_group("loop")
+    loop.add_argument("--epochs", type=int, default=10, help="epochs to train")
+    loop.add_argument("--max_steps", type=int, default=0, help="stop after this many optimizer steps (0: off)")
+    loop.add_argument("--batch_size", type=int, default=64, help="training samples per step")
+    loop.add_argument("--eval_batch_size", type=int, default=0, help="validation/test batch (0: --batch_size)")
+    loop.add_argument("--num_workers", type=int, default=0, help="DataLoader worker processes")
+    loop.add_argument("--optimizer", choices=["adamw", "adam", "sgd"], default="adamw")
+    loop.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
+    loop.add_argument("--weight_decay", type=float, default=0.0)
+    loop.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    loop.add_argument("--lr_scheduler", choices=["cosine", "none"], default="cosine",
+                      help="per-step schedule after warmup")
+    loop.add_argument("--warmup_steps", type=int, default=0, help="linear warmup steps")
+    loop.add_argument("--grad_clip", type=float, default=0.0, help="clip gradients at this value (0: off)")
+    loop.add_argument("--grad_clip_mode", choices=["norm", "value"], default="norm",
+                      help="clip the global L2 norm or each element")
+    loop.add_argument("--amp", type=str2bool, default=False, help="automatic mixed precision")
+    loop.add_argument("--amp_dtype", choices=["bfloat16", "float16"], default="bfloat16",
+                      help="autocast dtype; float16 adds a gradient scaler on CUDA")
+
+    val = parser.add_argument_group("validation and logging")
+    val.add_argument("--val_every_epochs", type=int, default=1, help="validate every N epochs")
+    val.add_argument("--val_every_steps", type=int, default=0, help="also validate every N steps (0: off)")
+    val.add_argument("--early_stop_patience", type=int, default=0,
+                     help="stop after N validations without improvement (0: off)")
+    val.add_argument("--log_every_steps", type=int, default=10, help="progress/TensorBoard cadence")
+
+    system = parser.add_argument_group("system")
+    system.add_argument("--gpu_devices", default=None,
+                        help="'cpu' or a CUDA id such as 0 (default: first GPU if any, else CPU)")
+    system.add_argument("--seed", type=int, default=42, help="seed for data splits, shuffling and init")
+    system.add_argument("--deterministic", type=str2bool, default=False,
+                        help="use deterministic algorithms (slower, reproducible)")
+
+
+def validate_trainer_config(args):
+    """Raise ``ConfigError`` naming the first flag that breaks a rule."""
+    for flag in ("epochs", "batch_size", "val_every_epochs", "log_every_steps"):
+        check(getattr(args, flag) > 0, flag, getattr(args, flag), "must be > 0")
+    for flag in ("max_steps", "eval_batch_size", "num_workers", "warmup_steps", "val_every_steps",
+                 "early_stop_patience", "weight_decay", "grad_clip"):
+        check(getattr(args, flag) >= 0, flag, getattr(args, flag), "must be >= 0")
+    check(args.lr > 0, "lr", args.lr, "must be > 0")
+    check(args.seed >= 0, "seed", args.seed, "must be >= 0")
+    check(bool(args.proj_name) and os.sep not in args.proj_name, "proj_name", args.proj_name,
+          "must be a non-empty name without path separators")
+    select_device(args.gpu_devices)  # raises ConfigError for a GPU that is not there

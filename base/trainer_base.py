@@ -1,0 +1,389 @@
+"""``TrainerBase``: the training loop every task shares.
+
+A task subclass implements a few small steps (see :class:`TrainerBase`); the
+loop, device, seeding, AMP, clipping, validation cadence, checkpoints, early
+stopping, logging and the checkpoint on exception live here, once.
+"""
+import abc
+import json
+import os
+import time
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from base import run_dir
+from base.checkpoint import save_checkpoint, load_checkpoint
+from base.config import parse_config
+from base.state import EarlyStopper, ResumableSampler, rng_state, seed_everything
+from base.trainer_args import add_trainer_arguments, validate_trainer_config
+from utils.device import select_device
+from utils.params import count_parameters, format_count
+
+
+class TrainerBase(abc.ABC):
+    """Owns the loop; subclasses override small named steps.
+
+    Must override: :meth:`build_datasets`, :meth:`build_model`, :meth:`build_loss`,
+    :meth:`train_step`, :meth:`validate`. May override: :meth:`build_optimizer`,
+    :meth:`build_scheduler`, :meth:`build_dataloader`, :meth:`build_hooks`,
+    ``add_arguments`` / ``DEFAULTS`` / ``validate_config`` for flags, and
+    :attr:`monitor` / :attr:`monitor_mode` (the metric of :meth:`validate`
+    that picks the best checkpoint and drives early stopping).
+
+    One optimizer step per batch. Hooks are called in the order given in
+    :mod:`base.hooks`. Use: ``TrainerSubclass.from_argv(argv).fit()``.
+    """
+
+    monitor = "loss"
+    monitor_mode = "min"
+
+    @classmethod
+    def add_arguments(cls, parser):
+        add_trainer_arguments(parser)
+
+    @classmethod
+    def validate_config(cls, args):
+        """Check cross-field rules; raise ``ConfigError`` naming the flag. Extend with super()."""
+        validate_trainer_config(args)
+
+    @classmethod
+    def from_argv(cls, argv=None):
+        """Parse ``argv`` with the layered parser and return a trainer (nothing built yet)."""
+        args, provenance = parse_config(cls, argv)
+        return cls(args, provenance)
+
+    def __init__(self, args, provenance=None):
+        self.args = args
+        self.provenance = provenance or {}
+        self.device = select_device(args.gpu_devices)
+        self.epoch = 0  # completed epochs
+        self.global_step = 0  # completed optimizer steps
+        self.batch_in_epoch = 0  # batches of the current epoch already trained on
+        self.hooks, self.last_metrics, self.run_dir, self.logger = [], {}, None, None
+        self.early_stopper = EarlyStopper(self.monitor_mode, args.early_stop_patience)
+
+    # ----------------------------------------------------------------- to override
+    @abc.abstractmethod
+    def build_datasets(self):
+        """Return ``{"train": Dataset, "val": Dataset, "test": Dataset}`` (test may be absent)."""
+
+    @abc.abstractmethod
+    def build_model(self):
+        """Return the ``nn.Module`` to train (called after :meth:`build_datasets`)."""
+
+    @abc.abstractmethod
+    def build_loss(self):
+        """Return the loss callable used by :meth:`train_step` and :meth:`validate`."""
+
+    @abc.abstractmethod
+    def train_step(self, batch):
+        """Forward one batch (already on :attr:`device`); return a dict with the scalar ``"loss"``.
+
+        Runs under autocast when ``--amp`` is on. Do not call ``backward``: the loop does.
+        """
+
+    @abc.abstractmethod
+    def validate(self, loader):
+        """Return ``{metric: float}`` over every sample of ``loader``, averaged per sample.
+
+        Called with the model in eval mode under ``torch.no_grad``.
+        """
+
+    def build_optimizer(self):
+        """``--optimizer`` over all trainable parameters with ``--lr`` and ``--weight_decay``."""
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        a = self.args
+        if a.optimizer == "sgd":
+            return torch.optim.SGD(params, lr=a.lr, momentum=a.momentum, weight_decay=a.weight_decay)
+        cls = torch.optim.Adam if a.optimizer == "adam" else torch.optim.AdamW
+        return cls(params, lr=a.lr, weight_decay=a.weight_decay)
+
+    def build_scheduler(self):
+        """Linear warmup (``--warmup_steps``) then cosine decay to 0, stepped per optimizer step.
+
+        Recipe: Loshchilov & Hutter, "SGDR" (2017) cosine schedule; Goyal et al.
+        (2017) linear warmup. Returns ``None`` for ``--lr_scheduler none``.
+        """
+        a, sched = self.args, torch.optim.lr_scheduler
+        if a.lr_scheduler == "none":
+            return None
+        warmup = min(a.warmup_steps, self.total_steps - 1)
+        cosine = sched.CosineAnnealingLR(self.optimizer, T_max=max(1, self.total_steps - warmup))
+        if warmup <= 0:
+            return cosine
+        ramp = sched.LinearLR(self.optimizer, start_factor=1e-3, total_iters=warmup)
+        return sched.SequentialLR(self.optimizer, [ramp, cosine], milestones=[warmup])
+
+    def build_dataloader(self, dataset, split):
+        """A ``DataLoader``; training order comes from a :class:`ResumableSampler`."""
+        a = self.args
+        train = split == "train"
+        sampler = ResumableSampler(len(dataset), shuffle=train, seed=a.seed)
+        return DataLoader(dataset, batch_size=a.batch_size if train else a.eval_batch_size or a.batch_size,
+                          sampler=sampler, num_workers=a.num_workers,
+                          pin_memory=self.device.type == "cuda", persistent_workers=False)
+
+    def build_hooks(self):
+        """Return a list of :class:`base.hooks.HookBase`; called once, in ``setup``."""
+        return []
+
+    # ----------------------------------------------------------------- setup
+    def build(self):
+        """Build data, loaders, model and loss (no run folder): shared with evaluators."""
+        seed_everything(self.args.seed, self.args.deterministic)
+        self.datasets = self.build_datasets()
+        self.loaders = {k: self.build_dataloader(v, k) for k, v in self.datasets.items()}
+        self.model = self.build_model().to(self.device)
+        self.loss_fn = self.build_loss()
+
+    def setup(self):
+        """Create the run folder, write the config, build everything, register hooks."""
+        a = self.args
+        self.run_dir, self.timestamp = run_dir.create_run_dir(a.output_dir, a.proj_name)
+        self.logger = run_dir.setup_logger(
+            f"trainer.{id(self)}", os.path.join(self.run_dir, f"{a.proj_name}_{self.timestamp}_log.txt"))
+        run_dir.write_config(os.path.join(self.run_dir, f"config_{a.proj_name}_{self.timestamp}.json"),
+                             a, self.provenance, {"timestamp": self.timestamp, "trainer": type(self).__name__})
+        self.build()
+        self.steps_per_epoch = len(self.loaders["train"])
+        self.total_steps = a.max_steps if a.max_steps > 0 else a.epochs * self.steps_per_epoch
+        self.optimizer = self.build_optimizer()
+        self.scheduler = self.build_scheduler()
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.use_fp16_scaler)
+        self.hooks = list(self.build_hooks())
+        for hook in self.hooks:
+            hook.trainer = self
+        from torch.utils.tensorboard import SummaryWriter  # slow import; only for training
+        self.writer = SummaryWriter(os.path.join(self.run_dir, "summary"))
+        self.metrics_csv = run_dir.MetricsCSV(os.path.join(self.run_dir, "metrics.csv"))
+        self.logger.info("run folder: %s", self.run_dir)
+        self.logger.info("model %s: %s parameters (%s trainable)", type(self.model).__name__,
+                         format_count(count_parameters(self.model)),
+                         format_count(count_parameters(self.model, trainable_only=True)))
+        self.logger.info("data: %s; %d steps per epoch, %d steps in all, device %s",
+                         {k: len(v) for k, v in self.datasets.items()}, self.steps_per_epoch,
+                         self.total_steps, self.device)
+
+    @property
+    def amp_dtype(self):
+        return torch.float16 if self.args.amp_dtype == "float16" else torch.bfloat16
+
+    @property
+    def use_fp16_scaler(self):
+        return self.args.amp and self.amp_dtype == torch.float16 and self.device.type == "cuda"
+
+    def autocast(self):
+        """Autocast context for ``--amp`` (a no-op context when off)."""
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.args.amp)
+
+    def to_device(self, batch):
+        """Move tensors in (nested) tuples, lists and dicts to :attr:`device`."""
+        if torch.is_tensor(batch):
+            return batch.to(self.device, non_blocking=True)
+        if isinstance(batch, (list, tuple)):
+            return type(batch)(self.to_device(b) for b in batch)
+        if isinstance(batch, dict):
+            return {k: self.to_device(v) for k, v in batch.items()}
+        return batch
+
+    # ----------------------------------------------------------------- the loop
+    def fit(self):
+        """Set up, train, then evaluate the best checkpoint on the test split.
+
+        Returns:
+            the test metrics (``{}`` when there is no test split).
+        """
+        self.setup()
+        self.train()
+        return self.test()
+
+    def run(self):
+        """Entry-script action: :meth:`fit`."""
+        return self.fit()
+
+    def _call(self, name, *args):
+        for hook in self.hooks:
+            getattr(hook, name)(*args)
+
+    def _done(self):
+        a = self.args
+        return (self.epoch >= a.epochs or (a.max_steps > 0 and self.global_step >= a.max_steps)
+                or self.early_stopper.should_stop)
+
+    def train(self):
+        """Run epochs of optimizer steps until ``--epochs``, ``--max_steps`` or early stop."""
+        a = self.args
+        self._loss_sum, self._loss_count, self._validated_at = 0.0, 0, -1
+        self._call("before_train")
+        try:
+            while not self._done():
+                self._call("before_epoch")
+                self.model.train()
+                loader = self.loaders["train"]
+                loader.sampler.set_epoch(self.epoch, self.batch_in_epoch * loader.batch_size)
+                bar = tqdm(loader, desc=f"epoch {self.epoch + 1}/{a.epochs}", unit="batch",
+                           initial=self.batch_in_epoch, total=self.steps_per_epoch,
+                           dynamic_ncols=True, disable=None, leave=False)
+                for batch in bar:
+                    self._call("before_step")
+                    self._step(self.to_device(batch))
+                    self._call("after_step")
+                    if self.global_step % a.log_every_steps == 0:
+                        self._log_train(bar)
+                    if a.val_every_steps and self.global_step % a.val_every_steps == 0:
+                        self._validate_and_save()
+                    if self._done():
+                        break
+                bar.close()
+                if self.batch_in_epoch >= self.steps_per_epoch:
+                    self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+                    if self.epoch % a.val_every_epochs == 0 and self._validated_at != self.global_step:
+                        self._validate_and_save()
+                self._call("after_epoch")
+            if self._validated_at != self.global_step:
+                self._validate_and_save()
+        except BaseException as exc:
+            self._on_exception(exc)
+            raise
+        finally:
+            self._call("after_train")
+            if getattr(self, "writer", None) is not None:
+                self.writer.flush()
+
+    def _step(self, batch):
+        """One optimizer step: forward, non-finite check, backward, clip, update, schedule."""
+        a = self.args
+        self.optimizer.zero_grad(set_to_none=True)
+        with self.autocast():
+            out = self.train_step(batch)
+        loss = out["loss"]
+        # A host sync per step: the price of never applying an update from a NaN/inf loss.
+        if not torch.isfinite(loss.detach()).all():
+            raise FloatingPointError(f"non-finite loss {loss.item()} at step {self.global_step + 1} "
+                                     f"(epoch {self.epoch + 1}); lower --lr or set --grad_clip")
+        self.scaler.scale(loss).backward()
+        self._call("after_backward")
+        if a.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            params = [p for g in self.optimizer.param_groups for p in g["params"]]
+            if a.grad_clip_mode == "norm":
+                torch.nn.utils.clip_grad_norm_(params, a.grad_clip)
+            else:
+                torch.nn.utils.clip_grad_value_(params, a.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        self.global_step += 1
+        self.batch_in_epoch += 1
+        n = _batch_size(batch)
+        self._loss_sum = self._loss_sum + loss.detach().float() * n  # stays on device: no sync
+        self._loss_count += n
+        return out
+
+    # ----------------------------------------------------------------- metrics and checkpoints
+    def train_loss(self):
+        """Mean training loss per sample since the last validation (float), or NaN."""
+        if not self._loss_count:
+            return float("nan")
+        return float(self._loss_sum) / self._loss_count
+
+    def _log_train(self, bar):
+        loss = self.train_loss()
+        lr = self.optimizer.param_groups[0]["lr"]
+        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
+        self.writer.add_scalar("train/loss", loss, self.global_step)
+        self.writer.add_scalar("train/lr", lr, self.global_step)
+
+    def run_validation(self, split="val"):
+        """Evaluate on ``split`` with the model in eval mode; returns ``{metric: float}``."""
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                return {k: float(v) for k, v in self.validate(self.loaders[split]).items()}
+        finally:
+            self.model.train()
+
+    def _validate_and_save(self):
+        a, start = self.args, time.perf_counter()
+        metrics = self.run_validation("val")
+        if self.monitor not in metrics:
+            raise KeyError(f"validate() returned {sorted(metrics)}, without the monitored "
+                           f"metric {self.monitor!r} of {type(self).__name__}")
+        is_best = self.early_stopper.update(metrics[self.monitor])
+        row = {"epoch": self.epoch, "step": self.global_step, "train_loss": self.train_loss(),
+               "lr": self.optimizer.param_groups[0]["lr"], **{f"val_{k}": v for k, v in metrics.items()},
+               "val_seconds": time.perf_counter() - start}
+        self.last_metrics, self._validated_at = row, self.global_step
+        self._loss_sum, self._loss_count = 0.0, 0
+        self.metrics_csv.write(row)
+        for key, value in row.items():
+            if key.startswith("val_") or key == "train_loss":
+                self.writer.add_scalar(key.replace("_", "/", 1), value, self.global_step)
+        self.logger.info("epoch %d step %d | train_loss %.4f | %s%s", self.epoch, self.global_step,
+                         row["train_loss"], " ".join(f"val_{k} {v:.4f}" for k, v in metrics.items()),
+                         " | new best" if is_best else "")
+        if is_best:
+            self.save("best")
+        self.save("last")
+        if self.early_stopper.should_stop:
+            self.logger.info("early stop: %s has not improved for %d validations (best %.4f)",
+                             self.monitor, a.early_stop_patience, self.early_stopper.best)
+
+    def checkpoint_path(self, tag):
+        """``<run_dir>/<model_type>_<tag>_ckpt.pth``."""
+        return os.path.join(self.run_dir, f"{self.args.model_type}_{tag}_ckpt.pth")
+
+    def state_dict(self):
+        """The whole training state: tensors and plain Python types only."""
+        return {
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+            "scaler": self.scaler.state_dict(), "epoch": self.epoch, "global_step": self.global_step,
+            "batch_in_epoch": self.batch_in_epoch, "rng": rng_state(),
+            "early_stopper": self.early_stopper.state_dict(),
+            "hooks": [h.state_dict() for h in self.hooks], "metrics": self.last_metrics,
+            "config": json.dumps(vars(self.args), default=str), "trainer": type(self).__name__,
+        }
+
+    def save(self, tag):
+        """Atomically write the training state as ``<model_type>_<tag>_ckpt.pth``; returns the path."""
+        path = self.checkpoint_path(tag)
+        save_checkpoint(self.state_dict(), path)
+        return path
+
+    def _on_exception(self, exc):
+        self._call("on_exception", exc)
+        if self.run_dir is None or not hasattr(self, "optimizer"):
+            return
+        path = self.save("exception")
+        self.logger.error("%s at epoch %d step %d; checkpoint of the last completed step: %s",
+                          type(exc).__name__, self.epoch, self.global_step, path)
+
+    def test(self):
+        """Load the best checkpoint's weights and evaluate on the test split (if any)."""
+        if "test" not in self.loaders:
+            return {}
+        best = self.checkpoint_path("best")
+        if os.path.isfile(best):
+            self.model.load_state_dict(load_checkpoint(best, map_location=self.device)["model"])
+        metrics = self.run_validation("test")
+        self.logger.info("test (best checkpoint, %d samples): %s", len(self.datasets["test"]),
+                         " ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        for key, value in metrics.items():
+            self.writer.add_scalar(f"test/{key}", value, self.global_step)
+        self.writer.flush()
+        with open(os.path.join(self.run_dir, "test_metrics.json"), "w", encoding="utf-8") as f:
+            json.dump({"checkpoint": os.path.basename(best), **metrics}, f, indent=2)
+        return metrics
+
+
+def _batch_size(batch):
+    """Samples in a batch: dim 0 of its first tensor."""
+    if torch.is_tensor(batch):
+        return batch.shape[0]
+    if isinstance(batch, dict):
+        batch = list(batch.values())
+    return _batch_size(batch[0])

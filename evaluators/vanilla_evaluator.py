@@ -1,0 +1,42 @@
+"""Evaluate a classification checkpoint: accuracy, confusion matrix, example predictions."""
+import torch
+
+from base.evaluator_base import EvaluatorBase
+from trainers.vanilla_trainer import VanillaTrainer
+from utils.metrics import ClassificationMeter
+from utils.plots import save_confusion_matrix
+
+
+class VanillaEvaluator(EvaluatorBase):
+    """Report top-1 (and top-5) accuracy, a confusion matrix and a few predictions."""
+
+    PROG = "eval_vanilla.py"
+    trainer_class = VanillaTrainer
+    num_examples = 10
+
+    def evaluate(self):
+        task, data = self.task, self.task.data
+        meter = ClassificationMeter(data.num_classes)
+        examples = []
+        with torch.no_grad():
+            for images, labels in task.loaders[self.args.split]:
+                images, labels = task.to_device((images, labels))
+                with task.autocast():
+                    logits = task.model(images).float()
+                meter.update(logits, labels, task.loss_fn(logits, labels))
+                for pred, label in zip(logits.argmax(1).tolist(), labels.tolist()):
+                    if len(examples) < self.num_examples:
+                        examples.append({"prediction": data.class_names[pred], "label": data.class_names[label]})
+        metrics = meter.compute()
+        png = self.output_path(".png", kind="confusion")
+        save_confusion_matrix(meter.confusion, data.class_names, png,
+                              title=f"{self.args.split}: top-1 {metrics['top1']:.2f}%")
+        print(f"{self.args.split} split, {meter.count} images: "
+              + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        print("confusion matrix (rows: label, columns: prediction):")
+        print(meter.confusion.numpy())
+        print("examples (prediction / label):", ", ".join(f"{e['prediction']}/{e['label']}" for e in examples))
+        print(f"wrote {self.output_path('.json')} and {png}")
+        return {**metrics, "num_samples": meter.count, "class_names": data.class_names,
+                "confusion_matrix": meter.confusion.tolist(), "examples": examples,
+                "confusion_png": png}

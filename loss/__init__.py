@@ -1,0 +1,1 @@
+"""Losses, chosen by the trainers' ``build_loss``."""

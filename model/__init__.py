@@ -1,0 +1,1 @@
+"""Models, looked up by ``--model_type`` through :func:`model.classifiers.build_classifier`."""

@@ -1,0 +1,152 @@
+"""Contract tests of TrainerBase on the tiny ToyTrainer (CPU, milliseconds per run)."""
+import csv
+import glob
+import json
+import os
+
+import pytest
+import torch
+
+from base.checkpoint import load_checkpoint
+from base.hooks import HookBase
+from conftest import RecordingHook, ToyTrainer
+
+
+def make(argv, hooks=()):
+    trainer = ToyTrainer.from_argv(argv)
+    trainer.build_hooks = lambda: list(hooks)
+    return trainer
+
+
+def test_hook_call_order(toy_argv):
+    hook = RecordingHook()
+    make(toy_argv + ["--epochs", "2", "--batch_size", "20"], [hook]).fit()
+    step = ["before_step", "after_backward", "after_step"]
+    epoch = ["before_epoch", *step, *step, "after_epoch"]
+    assert hook.calls == ["before_train", *epoch, *epoch, "after_train"]
+
+
+def test_exception_runs_on_exception_then_after_train_and_saves(toy_argv):
+    hook = RecordingHook()
+    trainer = make(toy_argv + ["--batch_size", "10", "--fail_at_step", "3"], [hook])
+    with pytest.raises(RuntimeError, match="boom"):
+        trainer.fit()
+    assert hook.calls[-2:] == ["on_exception", "after_train"]
+    ckpt = load_checkpoint(trainer.checkpoint_path("exception"))
+    assert ckpt["global_step"] == 2  # the last completed step
+    assert ckpt["hooks"] == [{"num_calls": len(hook.calls) - 1}]  # saved before after_train
+    for key, value in trainer.model.state_dict().items():
+        assert torch.equal(ckpt["model"][key], value)
+
+
+def test_keyboard_interrupt_writes_checkpoint_and_propagates(toy_argv):
+    class Interrupt(HookBase):
+        def after_step(self):
+            if self.trainer.global_step == 3:
+                raise KeyboardInterrupt
+
+    trainer = make(toy_argv + ["--batch_size", "10"], [Interrupt()])
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    assert load_checkpoint(trainer.checkpoint_path("exception"))["global_step"] == 3
+
+
+def test_config_written_before_first_step(toy_argv):
+    seen = {}
+
+    class Peek(HookBase):
+        def before_train(self):
+            paths = glob.glob(os.path.join(self.trainer.run_dir, "config_Toy_*.json"))
+            seen["config"] = json.load(open(paths[0]))
+
+    make(toy_argv + ["--lr", "0.01"], [Peek()]).fit()
+    doc = seen["config"]
+    assert doc["config"]["lr"] == 0.01 and doc["provenance"]["lr"] == "command line"
+    assert doc["provenance"]["epochs"] == "subclass default (ToyTrainer)"
+    assert doc["provenance"]["num_workers"] == "base default (TrainerBase)"
+    assert doc["meta"]["torch"] == torch.__version__
+
+
+def test_run_dir_contents_and_metrics_rows(toy_argv):
+    trainer = make(toy_argv + ["--epochs", "3", "--batch_size", "20"])
+    trainer.fit()
+    names = set(os.listdir(trainer.run_dir))
+    stamp = trainer.timestamp
+    assert {f"config_Toy_{stamp}.json", f"Toy_{stamp}_log.txt", "metrics.csv", "summary",
+            "Toy_best_ckpt.pth", "Toy_last_ckpt.pth"} <= names
+    assert trainer.run_dir == os.path.join(toy_argv[1], "Toy", stamp)
+    rows = list(csv.DictReader(open(os.path.join(trainer.run_dir, "metrics.csv"))))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert [int(r["step"]) for r in rows] == [2, 4, 6]
+    assert os.listdir(os.path.join(trainer.run_dir, "summary"))
+    log = open(os.path.join(trainer.run_dir, f"Toy_{stamp}_log.txt")).read()
+    assert "parameters" in log and "val_loss" in log
+
+
+def test_max_steps_stops_mid_epoch_and_validates(toy_argv):
+    trainer = make(toy_argv + ["--epochs", "10", "--batch_size", "8", "--max_steps", "7"])
+    trainer.fit()
+    assert trainer.global_step == 7 and trainer.epoch == 1 and trainer.batch_in_epoch == 2
+    assert load_checkpoint(trainer.checkpoint_path("last"))["global_step"] == 7
+
+
+def test_scheduler_steps_per_optimizer_step(toy_argv):
+    trainer = make(toy_argv + ["--epochs", "2", "--batch_size", "8", "--warmup_steps", "3"])
+    trainer.fit()
+    assert trainer.scheduler.last_epoch == trainer.global_step == 10
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-9)  # cosine to 0
+
+
+def test_early_stopping_stops_after_patience(toy_argv):
+    class Worsening(ToyTrainer):
+        def validate(self, loader):
+            return {"loss": float(self.epoch)}  # best at the first validation, then only worse
+
+    trainer = Worsening.from_argv(toy_argv + ["--epochs", "50", "--early_stop_patience", "2"])
+    trainer.fit()
+    assert trainer.epoch == 3 and trainer.early_stopper.should_stop
+    assert load_checkpoint(trainer.checkpoint_path("best"))["global_step"] == 5  # epoch 1 of 5 steps
+
+
+@pytest.mark.parametrize("mode", ["norm", "value"])
+def test_grad_clip_bounds_gradients(toy_argv, mode):
+    seen = []
+
+    class GradProbe(HookBase):
+        def after_step(self):
+            grads = [p.grad for p in self.trainer.model.parameters()]
+            if mode == "norm":
+                seen.append(float(torch.linalg.vector_norm(torch.cat([g.flatten() for g in grads]))))
+            else:
+                seen.append(max(float(g.abs().max()) for g in grads))
+
+    make(toy_argv + ["--grad_clip", "0.01", "--grad_clip_mode", mode], [GradProbe()]).fit()
+    assert seen and max(seen) <= 0.01 + 1e-6
+
+
+def test_nonfinite_loss_raises_naming_step_and_leaves_weights(toy_argv):
+    class Poison(ToyTrainer):
+        def train_step(self, batch):
+            out = super().train_step(batch)
+            if self.global_step == 2:
+                out["loss"] = out["loss"] * float("nan")
+            return out
+
+    trainer = Poison.from_argv(toy_argv)
+    seen = {}
+    trainer.build_hooks = lambda: [type("H", (HookBase,), {
+        "after_step": lambda self: seen.update({k: v.clone() for k, v in self.trainer.model.state_dict().items()})})()]
+    with pytest.raises(FloatingPointError, match="step 3"):
+        trainer.fit()
+    for key, value in trainer.model.state_dict().items():
+        assert torch.equal(value, seen[key])
+
+
+@pytest.mark.parametrize("seed", [0, 7])
+def test_same_seed_same_weights(toy_argv, seed):
+    a = make(toy_argv + ["--seed", str(seed), "--deterministic", "true"])
+    a.fit()
+    b = make(toy_argv + ["--seed", str(seed), "--deterministic", "true"])
+    b.fit()
+    for key, value in a.model.state_dict().items():
+        assert torch.equal(value, b.model.state_dict()[key])

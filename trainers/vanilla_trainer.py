@@ -1,0 +1,49 @@
+"""Image classification with cross-entropy on Digits, (Fashion)MNIST or an image folder."""
+from base.trainer_base import TrainerBase
+from data.classification import add_data_arguments, build_classification_datasets, validate_data_config
+from loss.classification import build_classification_loss
+from model.classifiers import CLASSIFIERS, build_classifier
+from utils.metrics import ClassificationMeter
+
+
+class VanillaTrainer(TrainerBase):
+    """Train a classifier; the best checkpoint is the one with the highest validation top-1."""
+
+    PROG = "trainer_vanilla.py"
+    DEFAULTS = {"proj_name": "Vanilla", "epochs": 30, "lr": 2e-3, "weight_decay": 1e-4}
+    monitor, monitor_mode = "top1", "max"
+
+    @classmethod
+    def add_arguments(cls, parser):
+        group = parser.add_argument_group("classification")
+        group.add_argument("--model_type", choices=sorted(CLASSIFIERS), default="Vanilla")
+        group.add_argument("--label_smoothing", type=float, default=0.0)
+        add_data_arguments(parser)
+
+    @classmethod
+    def validate_config(cls, args):
+        super().validate_config(args)
+        validate_data_config(args)
+
+    def build_datasets(self):
+        self.data = build_classification_datasets(self.args)
+        return {"train": self.data.train, "val": self.data.val, "test": self.data.test}
+
+    def build_model(self):
+        return build_classifier(self.args.model_type, self.data.input_shape, self.data.num_classes)
+
+    def build_loss(self):
+        return build_classification_loss(self.args.label_smoothing)
+
+    def train_step(self, batch):
+        images, labels = batch
+        return {"loss": self.loss_fn(self.model(images), labels)}
+
+    def validate(self, loader):
+        meter = ClassificationMeter(self.data.num_classes)
+        for images, labels in loader:
+            images, labels = self.to_device((images, labels))
+            with self.autocast():
+                logits = self.model(images)
+            meter.update(logits.float(), labels, self.loss_fn(logits.float(), labels))
+        return meter.compute()

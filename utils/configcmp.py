@@ -1,0 +1,99 @@
+"""Compare two runs' configs: ``python -m utils.configcmp A B``.
+
+``A`` and ``B`` are ``config_*.json`` files or run folders holding one. Keys
+present on one side only are listed, changed values are shown with where each
+came from (base default, subclass default, config file, command line), and
+the run facts (timestamp, versions, git commit) are compared too. The exit
+status is 0 whether or not the configs differ; 2 when a file cannot be read.
+"""
+import argparse
+import glob
+import json
+import os
+import sys
+
+META_KEYS = ("timestamp", "trainer", "torch", "torchvision", "python", "git_commit")
+
+
+def find_config(path):
+    """Return the config JSON path for a file or a run folder.
+
+    Raises:
+        FileNotFoundError: nothing named ``path``, or a folder without ``config_*.json``.
+    """
+    if os.path.isdir(path):
+        found = sorted(glob.glob(os.path.join(path, "config_*.json")), key=os.path.getmtime)
+        if not found:
+            raise FileNotFoundError(f"{path}: no config_*.json in this folder")
+        return found[-1]
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such file or folder")
+    return path
+
+
+def load(path):
+    """``(values, provenance, meta)`` of a config written by a run, or of a flat JSON dict.
+
+    Raises:
+        FileNotFoundError, ValueError: unreadable or not a JSON object.
+    """
+    with open(find_config(path), encoding="utf-8") as f:
+        doc = json.load(f)
+    if not isinstance(doc, dict):
+        raise ValueError(f"{path}: not a JSON object")
+    if isinstance(doc.get("config"), dict):
+        return doc["config"], doc.get("provenance") or {}, doc.get("meta") or {}
+    return doc, {}, {}
+
+
+def compare(a, b):
+    """Differences between two ``load`` results.
+
+    Returns:
+        dict with ``only_a``/``only_b`` (``{key: value}``), ``changed``
+        (``{key: (value_a, value_b)}``), ``origins`` (``{key: (origin_a, origin_b)}``)
+        and ``meta`` (``{key: (value_a, value_b)}`` for differing run facts).
+    """
+    (va, pa, ma), (vb, pb, mb) = a, b
+    changed = {k: (va[k], vb[k]) for k in sorted(va.keys() & vb.keys()) if va[k] != vb[k]}
+    return {
+        "only_a": {k: va[k] for k in sorted(va.keys() - vb.keys())},
+        "only_b": {k: vb[k] for k in sorted(vb.keys() - va.keys())},
+        "changed": changed,
+        "origins": {k: (pa.get(k, "?"), pb.get(k, "?")) for k in changed},
+        "meta": {k: (ma.get(k), mb.get(k)) for k in META_KEYS if ma.get(k) != mb.get(k)},
+    }
+
+
+def format_report(diff, name_a="A", name_b="B"):
+    """Human-readable lines for :func:`compare`'s result."""
+    lines = [f"A: {name_a}", f"B: {name_b}"]
+    for side, key in (("A", "only_a"), ("B", "only_b")):
+        for k, v in diff[key].items():
+            lines.append(f"  only in {side}: {k} = {v!r}")
+    for k, (x, y) in diff["changed"].items():
+        ox, oy = diff["origins"][k]
+        lines.append(f"  changed: {k}: {x!r} ({ox}) -> {y!r} ({oy})")
+    for k, (x, y) in diff["meta"].items():
+        lines.append(f"  run fact: {k}: {x} -> {y}")
+    n = len(diff["only_a"]) + len(diff["only_b"]) + len(diff["changed"])
+    lines.append("configs are identical" if n == 0 else f"{n} config key(s) differ")
+    return lines
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m utils.configcmp", description=__doc__.split("\n")[0])
+    parser.add_argument("a", help="config_*.json or run folder")
+    parser.add_argument("b", help="config_*.json or run folder")
+    args = parser.parse_args(argv)
+    try:
+        diff = compare(load(args.a), load(args.b))
+    except (OSError, ValueError) as exc:  # json.JSONDecodeError is a ValueError
+        print(f"configcmp: error: {exc}", file=sys.stderr)
+        return 2
+    print("\n".join(format_report(diff, args.a, args.b)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""Classification metrics accumulated over a whole dataset, not averaged over batches."""
+import torch
+
+
+class ClassificationMeter:
+    """Sums loss, top-k hits and a confusion matrix across batches.
+
+    Args:
+        num_classes: ``K``.
+        topk: the k's to report; a k larger than ``K`` is dropped
+            (top-5 only when there are more than 5 classes).
+    """
+
+    def __init__(self, num_classes, topk=(1, 5)):
+        self.num_classes = num_classes
+        self.topk = tuple(k for k in topk if k == 1 or k < num_classes)
+        self.count, self.loss_sum = 0, 0.0
+        self.hits = {k: 0 for k in self.topk}
+        self.confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+
+    @torch.no_grad()
+    def update(self, logits, labels, loss=None):
+        """Add a batch.
+
+        Args:
+            logits: float ``(N, K)``.
+            labels: int64 ``(N,)``.
+            loss: the batch's *mean* loss (a scalar), weighted here by ``N``.
+        """
+        n = labels.shape[0]
+        top = logits.topk(max(self.topk), dim=1).indices
+        correct = top.eq(labels[:, None])
+        for k in self.topk:
+            self.hits[k] += int(correct[:, :k].any(dim=1).sum())
+        if loss is not None:
+            self.loss_sum += float(loss) * n
+        self.count += n
+        pairs = labels.cpu() * self.num_classes + top[:, 0].cpu()
+        self.confusion += torch.bincount(pairs, minlength=self.num_classes ** 2).view_as(self.confusion)
+
+    def compute(self):
+        """``{"loss": mean per sample, "top1": %, "top5": %}`` (top-k in percent, 0-100).
+
+        Raises:
+            ValueError: nothing was added.
+        """
+        if self.count == 0:
+            raise ValueError("ClassificationMeter.compute() called before any update()")
+        out = {"loss": self.loss_sum / self.count}
+        out.update({f"top{k}": 100.0 * self.hits[k] / self.count for k in self.topk})
+        return out
