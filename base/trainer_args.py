@@ -11,7 +11,7 @@ def add_trainer_arguments(parser):
     run.add_argument("--config", default=None, help="start from a saved config_*.json; flags override it")
     run.add_argument("--proj_name", default="Experiment", help="runs go to <output_dir>/<proj_name>/<timestamp>")
     run.add_argument("--output_dir", default="Results", help="parent folder of all runs")
-    run.add_argument("--debug", type=str2bool, default=False, help="show tracebacks for input errors")
+    run.add_argument("--debug", type=str2bool, nargs="?", const=True, default=False, help="show tracebacks for input errors")
 
     loop = parser.add_argument_group("loop")
     loop.add_argument("--epochs", type=int, default=10, help="epochs to train")
@@ -19,9 +19,9 @@ def add_trainer_arguments(parser):
     loop.add_argument("--batch_size", type=int, default=64, help="training samples per step")
     loop.add_argument("--eval_batch_size", type=int, default=0, help="validation/test batch (0: --batch_size)")
     loop.add_argument("--num_workers", type=int, default=0, help="DataLoader worker processes")
-    loop.add_argument("--optimizer", choices=["adamw", "adam", "sgd"], default="adamw")
+    loop.add_argument("--optimizer", choices=["adamw", "adam", "sgd"], default="adamw", help="update rule")
     loop.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
-    loop.add_argument("--weight_decay", type=float, default=0.0)
+    loop.add_argument("--weight_decay", type=float, default=0.0, help="decoupled for AdamW, L2 otherwise")
     loop.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     loop.add_argument("--lr_scheduler", choices=["cosine", "none"], default="cosine",
                       help="per-step schedule after warmup")
@@ -29,7 +29,7 @@ def add_trainer_arguments(parser):
     loop.add_argument("--grad_clip", type=float, default=0.0, help="clip gradients at this value (0: off)")
     loop.add_argument("--grad_clip_mode", choices=["norm", "value"], default="norm",
                       help="clip the global L2 norm or each element")
-    loop.add_argument("--amp", type=str2bool, default=False, help="automatic mixed precision")
+    loop.add_argument("--amp", type=str2bool, nargs="?", const=True, default=False, help="automatic mixed precision")
     loop.add_argument("--amp_dtype", choices=["bfloat16", "float16"], default="bfloat16",
                       help="autocast dtype; float16 adds a gradient scaler on CUDA")
 
@@ -42,9 +42,9 @@ def add_trainer_arguments(parser):
 
     system = parser.add_argument_group("system")
     system.add_argument("--gpu_devices", default=None,
-                        help="'cpu' or a CUDA id such as 0 (default: first GPU if any, else CPU)")
+                        help="'cpu' or a CUDA id such as 0; unset: first GPU if any, else CPU")
     system.add_argument("--seed", type=int, default=42, help="seed for data splits, shuffling and init")
-    system.add_argument("--deterministic", type=str2bool, default=False,
+    system.add_argument("--deterministic", type=str2bool, nargs="?", const=True, default=False,
                         help="use deterministic algorithms (slower, reproducible)")
 
 

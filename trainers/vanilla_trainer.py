@@ -16,8 +16,9 @@ class VanillaTrainer(TrainerBase):
     @classmethod
     def add_arguments(cls, parser):
         group = parser.add_argument_group("classification")
-        group.add_argument("--model_type", choices=sorted(CLASSIFIERS), default="Vanilla")
-        group.add_argument("--label_smoothing", type=float, default=0.0)
+        group.add_argument("--model_type", choices=sorted(CLASSIFIERS), default="Vanilla",
+                           help="Vanilla: MLP on pixels; SmallCNN: 4 conv layers")
+        group.add_argument("--label_smoothing", type=float, default=0.0, help="cross-entropy label smoothing")
         add_data_arguments(parser)
 
     @classmethod

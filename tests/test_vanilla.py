@@ -1,0 +1,96 @@
+"""VanillaTrainer and its evaluator end to end on real data (scikit-learn's Digits)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from base.checkpoint import load_checkpoint
+from evaluators.vanilla_evaluator import VanillaEvaluator
+from trainers.vanilla_trainer import VanillaTrainer
+from utils import configcmp
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+QUICK = ["--epochs", "1", "--train_val_sample_rate", "0.3", "--gpu_devices", "cpu"]
+
+
+def train(tmp_path, *argv):
+    trainer = VanillaTrainer.from_argv(["--output_dir", str(tmp_path), *argv])
+    return trainer, trainer.fit()
+
+
+def test_quickstart_defaults_reach_95_percent_and_eval_reproduces(tmp_path, capsys):
+    trainer, test_metrics = train(tmp_path, "--gpu_devices", "cpu")  # the README's `make train`
+    assert test_metrics["top1"] >= 95.0
+    best = trainer.checkpoint_path("best")
+    assert os.path.basename(best) == "Vanilla_best_ckpt.pth"
+    evaluator = VanillaEvaluator.from_argv(["--model_path", best])
+    results = evaluator.run()
+    assert results["top1"] == pytest.approx(test_metrics["top1"])
+    assert results["num_samples"] == len(trainer.datasets["test"])
+    assert sum(map(sum, results["confusion_matrix"])) == results["num_samples"]
+    assert os.path.getsize(results["confusion_png"]) > 1000
+    saved = json.load(open(evaluator.output_path(".json")))
+    assert saved["top1"] == results["top1"] and len(saved["examples"]) == 10
+    assert "confusion matrix" in capsys.readouterr().out
+
+
+def test_cnn_and_mlp_log_parameter_count(tmp_path):
+    for model_type in ("Vanilla", "SmallCNN"):
+        trainer, metrics = train(tmp_path, *QUICK, "--model_type", model_type)
+        log = open(os.path.join(trainer.run_dir, f"Vanilla_{trainer.timestamp}_log.txt")).read()
+        assert f"model {model_type}:" in log and "parameters" in log
+        assert 0.0 <= metrics["top1"] <= 100.0
+
+
+def test_eval_flag_overrides_saved_config(tmp_path):
+    trainer, _ = train(tmp_path, *QUICK)
+    evaluator = VanillaEvaluator.from_argv(["--model_path", trainer.checkpoint_path("best"),
+                                            "--test_sample_rate", "0.5", "--split", "test"])
+    results = evaluator.run()
+    assert evaluator.task.args.test_sample_rate == 0.5
+    assert results["num_samples"] == pytest.approx(len(trainer.datasets["test"]) / 2, abs=1)
+
+
+def test_configcmp_shows_exactly_the_changed_lr(tmp_path, capsys):
+    a, _ = train(tmp_path, *QUICK, "--lr", "0.001")
+    b, _ = train(tmp_path, *QUICK, "--lr", "0.01")
+    diff = configcmp.compare(configcmp.load(a.run_dir), configcmp.load(b.run_dir))
+    assert set(diff["changed"]) == {"lr"} and not diff["only_a"] and not diff["only_b"]
+    assert diff["origins"]["lr"] == ("command line", "command line")
+    assert set(diff["meta"]) == {"timestamp"}
+    assert configcmp.main([a.run_dir, b.run_dir]) == 0
+    out = capsys.readouterr().out
+    assert "changed: lr: 0.001 (command line) -> 0.01 (command line)" in out
+    assert "1 config key(s) differ" in out
+
+
+def test_configcmp_key_on_one_side_only_is_reported(tmp_path, capsys):
+    (tmp_path / "a.json").write_text(json.dumps({"lr": 1, "extra": True}))
+    (tmp_path / "b.json").write_text(json.dumps({"lr": 1}))
+    assert configcmp.main([str(tmp_path / "a.json"), str(tmp_path / "b.json")]) == 0
+    assert "only in A: extra = True" in capsys.readouterr().out
+    assert configcmp.main([str(tmp_path / "a.json"), str(tmp_path / "missing.json")]) == 2
+
+
+def test_saved_config_starts_an_identical_run(tmp_path):
+    a, _ = train(tmp_path, *QUICK, "--lr", "0.003", "--model_type", "SmallCNN")
+    config = os.path.join(a.run_dir, f"config_Vanilla_{a.timestamp}.json")
+    b, _ = train(tmp_path, "--config", config, "--max_steps", "2")
+    assert b.args.lr == 0.003 and b.args.model_type == "SmallCNN" and b.args.max_steps == 2
+    assert b.provenance["lr"] == f"config file ({config})"
+    assert load_checkpoint(b.checkpoint_path("last"))["global_step"] == 2
+
+
+@pytest.mark.parametrize("argv,status,message", [
+    (["trainer_vanilla.py", "--batch_size", "0"], 2, "--batch_size=0: must be > 0"),
+    (["trainer_vanilla.py", "--train_val_sample_rate", "1.5"], 2, "--train_val_sample_rate=1.5"),
+    (["trainer_vanilla.py", "--data_type", "FashionMNIST"], 2, "--data_dir"),
+    (["trainer_vanilla.py", "--model_type", "ResNet9000"], 2, "invalid choice: 'ResNet9000'"),
+    (["eval_vanilla.py", "--model_path", "no/such.pth"], 1, "--model_path no/such.pth: no such file"),
+])
+def test_entry_scripts_give_one_line_errors(argv, status, message):
+    proc = subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == status
+    assert message in proc.stderr and "Traceback" not in proc.stderr
