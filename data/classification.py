@@ -1,0 +1,297 @@
+"""Image-classification datasets: flags, config checks and train/val/test splits.
+
+Every item is ``(image, label)``: ``image`` float32 ``(C, H, W)``, scaled to
+[0, 1] then mapped by ``(x - 0.5) / 0.5`` to [-1, 1] (one fixed rule for every
+source, so no statistics are computed or stored); ``label`` a Python ``int``
+in ``[0, num_classes)`` (the default collate makes it int64).
+
+* ``Digits``: scikit-learn's ``load_digits`` (1,797 real 8x8 scans, values
+  0..16, shipped with scikit-learn: works offline). Shape (1, 8, 8).
+* ``FashionMNIST`` / ``MNIST``: torchvision's IDX readers, files in
+  ``<data_dir>/<Name>/raw/`` or directly in ``<data_dir>``. Shape (1, 28, 28).
+* ``ImageFolder``: ``<data_dir>/<class>/*.png``, or ``<data_dir>/train/<class>/``
+  plus an optional ``<data_dir>/test/<class>/``. Shape (3, image_size, image_size).
+
+Splits are seeded permutations (``torch.Generator().manual_seed(seed)``).
+"""
+import dataclasses
+import os
+
+import torch
+import torchvision
+from PIL import Image
+from torch.utils.data import Dataset, Subset
+from torchvision.transforms import v2
+
+from base.config import check, check_dir_exists, str2bool
+from base.errors import DataError
+
+DATA_TYPES = ["Digits", "FashionMNIST", "MNIST", "ImageFolder"]
+IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+             "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+@dataclasses.dataclass
+class ClassificationData:
+    """The splits and what a model needs to know; ``test`` is empty if ``--test_fraction 0``."""
+    train: Dataset
+    val: Dataset
+    test: Dataset
+    num_classes: int
+    input_shape: tuple  # (C, H, W) of one image
+    class_names: list
+
+
+def add_data_arguments(parser):
+    """Add the ``data`` flag group to ``parser``."""
+    data = parser.add_argument_group("data")
+    data.add_argument("--data_type", choices=DATA_TYPES, default="Digits", help="which dataset")
+    data.add_argument("--data_dir", default=None, help="folder of the data (not needed for Digits)")
+    data.add_argument("--download", type=str2bool, nargs="?", const=True, default=False,
+                      help="let torchvision download FashionMNIST/MNIST into --data_dir if missing")
+    data.add_argument("--val_fraction", type=float, default=0.1,
+                      help="share of the train pool held out for validation")
+    data.add_argument("--test_fraction", type=float, default=0.2,
+                      help="share held out for test when there is no official test split")
+    data.add_argument("--train_val_sample_rate", type=float, default=1.0,
+                      help="keep this share of the train+val pool (fast runs)")
+    data.add_argument("--test_sample_rate", type=float, default=1.0,
+                      help="keep this share of the test split (fast runs)")
+    data.add_argument("--image_size", type=int, default=32, help="ImageFolder images are resized to this")
+
+
+def validate_data_config(args):
+    """Raise ``ConfigError`` naming the first data flag that breaks a rule."""
+    check(args.data_type in DATA_TYPES, "data_type", args.data_type, f"must be one of {DATA_TYPES}")
+    for flag in ("train_val_sample_rate", "test_sample_rate"):
+        value = getattr(args, flag)
+        check(0 < value <= 1, flag, value, "must be in (0, 1]")
+    for flag in ("val_fraction", "test_fraction"):
+        value = getattr(args, flag)
+        check(0 <= value < 1, flag, value, "must be in [0, 1)")
+    check(args.val_fraction + args.test_fraction < 1, "val_fraction", args.val_fraction,
+          f"--val_fraction + --test_fraction ({args.test_fraction}) must be < 1 to leave training data")
+    check(args.image_size > 0, "image_size", args.image_size, "must be > 0")
+    if args.data_type == "Digits":
+        return
+    check(bool(args.data_dir), "data_dir", args.data_dir,
+          f"--data_type {args.data_type} needs a folder that holds (or will hold) its files")
+    if args.data_type == "ImageFolder":
+        check_dir_exists("data_dir", args.data_dir)
+    elif not args.download:
+        check(os.path.isdir(args.data_dir), "data_dir", args.data_dir,
+              "no such folder (pass --download true to create it and fetch the files)")
+
+
+def build_classification_datasets(args):
+    """Build the splits chosen by ``args`` (see the module docstring).
+
+    Returns:
+        :class:`ClassificationData`.
+
+    Raises:
+        DataError: files are missing or unreadable, or a folder holds no images;
+            the message names the folder or file. Images in an ImageFolder are
+            decoded lazily, so a broken image raises ``DataError`` when read.
+    """
+    if args.data_type == "Digits":
+        pool, test, names = _load_digits(), None, [str(d) for d in range(10)]
+    elif args.data_type == "ImageFolder":
+        pool, test, names = _load_image_folder(args.data_dir, args.image_size)
+    else:
+        pool, names = _load_mnist(args.data_type, args.data_dir, True, args.download)
+        test, _ = _load_mnist(args.data_type, args.data_dir, False, args.download)
+    # Not pool[0].shape: a broken first image should fail in the loader, not here.
+    in_memory = isinstance(pool, InMemoryImages)
+    shape = tuple(pool.images.shape[1:]) if in_memory else (3, args.image_size, args.image_size)
+    train, val, test = _split(pool, test, args)
+    return ClassificationData(train=train, val=val, test=test, num_classes=len(names),
+                              input_shape=shape, class_names=list(names))
+
+
+def _split(pool, test, args):
+    """Split ``pool`` into train/val (and test when ``test`` is None); subsample.
+
+    The draws always happen in the same order, so one seed fixes every split.
+    A prefix of a random permutation is a random subset, so a smaller sample
+    rate keeps a subset of what a larger one keeps.
+    """
+    g = torch.Generator().manual_seed(args.seed)
+    pool_idx = torch.randperm(len(pool), generator=g).tolist()
+    if test is None:
+        n_test = min(round(args.test_fraction * len(pool)), len(pool) - 1)
+        test, test_idx, pool_idx = pool, pool_idx[:n_test], pool_idx[n_test:]
+    else:
+        test_idx = torch.randperm(len(test), generator=g).tolist()
+    pool_idx = pool_idx[:_keep(args.train_val_sample_rate, len(pool_idx))]
+    test_idx = test_idx[:_keep(args.test_sample_rate, len(test_idx))]
+    # Leave at least one training sample whatever the fraction.
+    n_val = min(round(args.val_fraction * len(pool_idx)), len(pool_idx) - 1)
+    # Sorted indices read files in folder order, which is kinder to disks.
+    return (Subset(pool, sorted(pool_idx[n_val:])), Subset(pool, sorted(pool_idx[:n_val])),
+            Subset(test, sorted(test_idx)))
+
+
+def _keep(rate, n):
+    """How many of ``n`` items a sample rate keeps: ``round(rate * n)``, at least 1."""
+    return min(n, max(1, round(rate * n)))
+
+
+class InMemoryImages(Dataset):
+    """Images held as one uint8 tensor, normalized per item (4x less memory than float).
+
+    Args:
+        images: uint8 tensor (N, C, H, W) with values in ``[0, max_value]``.
+        labels: integer tensor (N,).
+        max_value: the value that maps to 1.0 before ``(x - 0.5) / 0.5``.
+    """
+
+    def __init__(self, images, labels, max_value):
+        self.images, self.labels, self.max_value = images, labels.long(), float(max_value)
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, index):
+        """Return ``(float32 (C, H, W) in [-1, 1], int label)``."""
+        image = self.images[index].float() / self.max_value
+        return (image - 0.5) / 0.5, int(self.labels[index])
+
+
+def _load_digits():
+    """scikit-learn's 8x8 digits as :class:`InMemoryImages` (values 0..16)."""
+    from sklearn.datasets import load_digits  # only Digits runs need scikit-learn
+
+    digits = load_digits()
+    images = torch.from_numpy(digits.images).to(torch.uint8).unsqueeze(1)  # (1797, 1, 8, 8)
+    return InMemoryImages(images, torch.from_numpy(digits.target), max_value=16)
+
+
+class _FlatRoot:
+    """Mixin: the four raw IDX files lie directly in ``root``, not ``root/<Name>/raw``."""
+
+    @property
+    def raw_folder(self):
+        return self.root
+
+    @property
+    def processed_folder(self):
+        # torchvision derives this from the class name; keep it inside root.
+        return os.path.join(self.root, "processed")
+
+
+_FLAT = {name: type(f"Flat{name}", (_FlatRoot, getattr(torchvision.datasets, name)), {})
+         for name in ("MNIST", "FashionMNIST")}
+
+
+def _load_mnist(name, data_dir, train, download):
+    """Read one split of MNIST or FashionMNIST into :class:`InMemoryImages`.
+
+    Returns:
+        ``(dataset, class_names)``; images are uint8 (N, 1, 28, 28) scaled by 255.
+
+    Raises:
+        DataError: files missing (names both folders looked in and the four
+            files), the download failed, or a file is not a valid IDX file.
+    """
+    standard_raw = os.path.join(data_dir, name, "raw")
+    flat = all(os.path.isfile(os.path.join(data_dir, f)) for f in IDX_FILES)
+    cls = _FLAT[name] if flat else getattr(torchvision.datasets, name)
+    raw = data_dir if flat else standard_raw
+    try:
+        ds = cls(root=data_dir, train=train, download=download and not flat)
+    # torchvision checks IDX headers with assert and reports missing files,
+    # failed downloads and short files as RuntimeError.
+    except (AssertionError, KeyError, OSError, RuntimeError, TypeError, ValueError) as exc:
+        missing = [f for f in IDX_FILES if not os.path.isfile(os.path.join(raw, f))]
+        if missing and download:
+            raise DataError(f"could not download {name} into {raw}: {exc}") from exc
+        if missing:
+            gz = [f for f in missing if os.path.isfile(os.path.join(data_dir, f + ".gz"))
+                  or os.path.isfile(os.path.join(standard_raw, f + ".gz"))]
+            hint = f" (found {gz[0]}.gz: decompress it with gunzip)" if gz else ""
+            raise DataError(
+                f"{name} files not found in {standard_raw} nor in {data_dir}: expected the "
+                f"uncompressed files {', '.join(IDX_FILES)}{hint}; pass --download true "
+                f"to fetch them") from exc
+        raise DataError(f"cannot read {name} IDX files in {raw}: {exc!r}") from exc
+    if len(ds.data) != len(ds.targets) or len(ds.data) == 0:
+        raise DataError(f"{name} in {raw}: {len(ds.data)} images but {len(ds.targets)} labels "
+                        f"in the {'train' if train else 't10k'} files; expected equal, non-zero counts")
+    if int(ds.targets.max()) >= len(ds.classes):
+        raise DataError(f"{name} in {raw}: label {int(ds.targets.max())} found, "
+                        f"expected labels 0..{len(ds.classes) - 1}")
+    return InMemoryImages(ds.data.unsqueeze(1), ds.targets, max_value=255), list(ds.classes)
+
+
+class ImageFiles(Dataset):
+    """Images decoded from files on each access.
+
+    Args:
+        samples: list of ``(path, label)``.
+        image_size: side of the square output.
+
+    Items are ``(float32 (3, image_size, image_size) in [-1, 1], int label)``.
+
+    Raises:
+        DataError: ``"cannot read image <path>: <reason>"`` for a file PIL cannot
+            decode (empty, not an image, truncated). The message survives a
+            DataLoader worker, which re-raises it with the worker's traceback.
+    """
+
+    def __init__(self, samples, image_size):
+        self.samples = list(samples)
+        self.transform = v2.Compose([
+            v2.PILToTensor(),  # uint8 (3, H, W)
+            v2.Resize((image_size, image_size), antialias=True),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize([0.5] * 3, [0.5] * 3),
+        ])
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, index):
+        path, label = self.samples[index]
+        try:
+            with Image.open(path) as image:
+                # convert() forces the full decode, so truncation is caught here.
+                image = image.convert("RGB")
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+            raise DataError(f"cannot read image {path}: {exc}") from None
+        return self.transform(image), int(label)
+
+
+def _load_image_folder(data_dir, image_size):
+    """Find class folders; return ``(pool, test or None, class_names)``.
+
+    ``<data_dir>/test`` is the test split only next to ``<data_dir>/train``;
+    without ``train/`` every sub-folder of ``data_dir`` is a class.
+
+    ``test/`` uses ``train/``'s class indices, so a class missing from ``test/``
+    does not shift the labels of the others.
+
+    Raises:
+        DataError: no class folders or no images, or ``test/`` has a class
+            that ``train/`` lacks.
+    """
+    train_dir = os.path.join(data_dir, "train")
+    root = train_dir if os.path.isdir(train_dir) else data_dir
+    expected = "one sub-folder per class holding image files (.png, .jpg, ...)"
+    try:
+        pool = torchvision.datasets.ImageFolder(root)
+    except (FileNotFoundError, ValueError) as exc:
+        raise DataError(f"no images found in {root}: expected {expected} ({exc})") from None
+    test = None
+    test_dir = os.path.join(data_dir, "test")
+    if root == train_dir and os.path.isdir(test_dir):
+        extra = sorted(set(e.name for e in os.scandir(test_dir) if e.is_dir()) - set(pool.classes))
+        if extra:
+            raise DataError(f"{test_dir} has class folders {extra} that {train_dir} lacks")
+        samples = torchvision.datasets.folder.make_dataset(
+            test_dir, pool.class_to_idx, extensions=torchvision.datasets.folder.IMG_EXTENSIONS,
+            allow_empty=True)
+        if not samples:
+            raise DataError(f"no images found in {test_dir}: expected {expected}")
+        test = ImageFiles(samples, image_size)
+    return ImageFiles(pool.samples, image_size), test, pool.classes

@@ -1,0 +1,245 @@
+"""Contract tests for data/classification.py on tiny generated files (CPU, offline)."""
+import argparse
+import gzip
+import os
+import re
+import struct
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from base.config import ConfigError
+from base.errors import DataError
+from data.classification import (IDX_FILES, add_data_arguments, build_classification_datasets,
+                                 validate_data_config)
+
+
+def make_args(argv=()):
+    """Parse ``argv`` with the data flags plus ``--seed`` (as a trainer would)."""
+    parser = argparse.ArgumentParser()
+    add_data_arguments(parser)
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args(list(argv))
+
+
+def write_idx(path, array):
+    """Write a uint8 array in the big-endian IDX format (magic 0x08 type, then ndim)."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    header = struct.pack(">I", 0x0800 | array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    with open(path, "wb") as f:
+        f.write(header + array.tobytes())
+
+
+def write_mnist(folder, n_train=40, n_test=20):
+    """Write the four raw files; image ``i`` is filled with ``i`` and labelled ``i % 10``.
+
+    Returns the labels written, ``(train_labels, test_labels)``.
+    """
+    os.makedirs(folder, exist_ok=True)
+    labels = {}
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        images = np.arange(n, dtype=np.uint8)[:, None, None] * np.ones((1, 28, 28), np.uint8)
+        labels[prefix] = np.arange(n) % 10
+        write_idx(os.path.join(folder, f"{prefix}-images-idx3-ubyte"), images)
+        write_idx(os.path.join(folder, f"{prefix}-labels-idx1-ubyte"), labels[prefix])
+    return labels["train"], labels["t10k"]
+
+
+def check_items(subset, labels):
+    """Each item's pixel value names its source index; its label must match ``labels``."""
+    for k, original in enumerate(subset.indices):
+        image, label = subset[k]
+        assert image.dtype == torch.float32 and image.shape == (1, 28, 28)
+        assert type(label) is int and label == labels[original]
+        assert torch.allclose(image, torch.full_like(image, (original / 255 - 0.5) / 0.5))
+
+
+@pytest.mark.parametrize("data_type, flat", [("FashionMNIST", False), ("MNIST", True)])
+def test_mnist_layouts_load_real_idx_files(tmp_path, data_type, flat):
+    folder = tmp_path if flat else tmp_path / data_type / "raw"
+    train_labels, test_labels = write_mnist(folder)
+    args = make_args(["--data_type", data_type, "--data_dir", str(tmp_path), "--val_fraction", "0.25"])
+    validate_data_config(args)
+    data = build_classification_datasets(args)
+    assert (len(data.train), len(data.val), len(data.test)) == (30, 10, 20)
+    assert data.input_shape == (1, 28, 28) and data.num_classes == 10
+    assert data.class_names == getattr(torchvision.datasets, data_type).classes
+    assert not set(data.train.indices) & set(data.val.indices)
+    check_items(data.train, train_labels)
+    check_items(data.val, train_labels)
+    check_items(data.test, test_labels)
+    images, labels = next(iter(DataLoader(data.train, batch_size=8)))
+    assert images.shape == (8, 1, 28, 28) and labels.dtype == torch.int64
+
+
+def test_mnist_sample_rates_shrink_and_are_seeded(tmp_path):
+    write_mnist(tmp_path)
+    argv = ["--data_type", "MNIST", "--data_dir", str(tmp_path), "--val_fraction", "0.25",
+            "--train_val_sample_rate", "0.5", "--test_sample_rate", "0.25"]
+    first = build_classification_datasets(make_args(argv))
+    again = build_classification_datasets(make_args(argv))
+    assert (len(first.train), len(first.val), len(first.test)) == (15, 5, 5)
+    assert first.train.indices == again.train.indices and first.test.indices == again.test.indices
+    other = build_classification_datasets(make_args(argv + ["--seed", "1"]))
+    assert other.train.indices != first.train.indices and other.test.indices != first.test.indices
+
+
+def test_missing_mnist_files_name_folder_and_files(tmp_path):
+    args = make_args(["--data_type", "FashionMNIST", "--data_dir", str(tmp_path)])
+    validate_data_config(args)  # the folder exists; its files are checked when loading
+    with pytest.raises(DataError) as info:
+        build_classification_datasets(args)
+    message = str(info.value)
+    assert str(tmp_path / "FashionMNIST" / "raw") in message
+    assert "train-images-idx3-ubyte" in message and "--download" in message
+
+
+def test_gzipped_mnist_files_get_a_gunzip_hint(tmp_path):
+    write_mnist(tmp_path)
+    path = tmp_path / IDX_FILES[0]
+    path.with_name(path.name + ".gz").write_bytes(gzip.compress(path.read_bytes()))
+    path.unlink()
+    with pytest.raises(DataError, match="gunzip"):
+        build_classification_datasets(make_args(["--data_type", "MNIST", "--data_dir", str(tmp_path)]))
+
+
+def test_corrupt_idx_file_is_a_data_error(tmp_path):
+    write_mnist(tmp_path)
+    (tmp_path / "train-images-idx3-ubyte").write_bytes(b"not an idx file at all")
+    with pytest.raises(DataError, match="cannot read MNIST"):
+        build_classification_datasets(make_args(["--data_type", "MNIST", "--data_dir", str(tmp_path)]))
+
+
+def digits_indices(seed, *extra):
+    data = build_classification_datasets(make_args(["--seed", str(seed), *extra]))
+    return data, [sorted(s.indices) for s in (data.train, data.val, data.test)]
+
+
+def test_digits_splits_cover_everything_once_and_follow_the_seed():
+    data, splits = digits_indices(0)
+    assert sum(map(len, splits)) == 1797
+    assert len(set().union(*map(set, splits))) == 1797  # no overlap, nothing lost
+    assert len(data.test) == round(0.2 * 1797)
+    assert digits_indices(0)[1] == splits
+    assert digits_indices(1)[1] != splits
+    image, label = data.train[0]
+    assert image.shape == (1, 8, 8) and image.dtype == torch.float32 and type(label) is int
+    assert data.input_shape == (1, 8, 8) and data.num_classes == 10
+    assert image.min() >= -1 and image.max() <= 1
+
+
+def test_digits_sample_rates_shrink_the_splits():
+    _, full = digits_indices(0)
+    _, small = digits_indices(0, "--train_val_sample_rate", "0.1", "--test_sample_rate", "0.5")
+    assert len(small[0]) + len(small[1]) == round(0.1 * (len(full[0]) + len(full[1])))
+    assert len(small[2]) == round(0.5 * len(full[2]))
+    assert small[2] == sorted(set(small[2]) & set(full[2]))  # test is a subset of the full test
+
+
+def write_png(path, size=(10, 12), value=0):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.fromarray(np.full((*size, 3), value, np.uint8)).save(path)
+
+
+def test_image_folder_loads_resized_rgb(tmp_path):
+    for cls in ("cat", "dog"):
+        for i in range(3):
+            write_png(str(tmp_path / cls / f"{i}.png"), size=(10 + i, 12), value=200 if cls == "dog" else 0)
+    args = make_args(["--data_type", "ImageFolder", "--data_dir", str(tmp_path), "--image_size", "16",
+                      "--val_fraction", "0", "--test_fraction", "0"])
+    validate_data_config(args)
+    data = build_classification_datasets(args)
+    assert data.class_names == ["cat", "dog"] and data.input_shape == (3, 16, 16)
+    assert len(data.train) == 6 and len(data.val) == 0 and len(data.test) == 0
+    for image, label in data.train:
+        assert image.shape == (3, 16, 16) and image.dtype == torch.float32
+        assert torch.allclose(image, torch.full_like(image, -1.0 if label == 0 else 200 / 255 * 2 - 1))
+
+
+def test_image_folder_test_split_keeps_train_class_indices(tmp_path):
+    for cls in ("a", "b", "c"):
+        write_png(str(tmp_path / "train" / cls / "0.png"))
+        write_png(str(tmp_path / "train" / cls / "1.png"))
+    write_png(str(tmp_path / "test" / "c" / "0.png"))  # "a" and "b" absent from test
+    data = build_classification_datasets(make_args(
+        ["--data_type", "ImageFolder", "--data_dir", str(tmp_path), "--val_fraction", "0.5"]))
+    assert [label for _, label in data.test] == [2]
+    assert len(data.train) + len(data.val) == 6 and len(data.val) == 3
+
+
+def write_broken(path, kind):
+    if kind == "zero-byte":
+        open(path, "wb").close()
+    elif kind == "text":
+        with open(path, "w") as f:
+            f.write("this is not an image")
+    else:
+        noise = np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)
+        Image.fromarray(noise).save(path, format="JPEG")
+        with open(path, "rb") as f:
+            head = f.read()
+        with open(path, "wb") as f:
+            f.write(head[: len(head) // 2])
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+@pytest.mark.parametrize("kind, name", [("zero-byte", "empty.png"), ("text", "notes.png"),
+                                        ("truncated", "cut.jpg")])
+def test_broken_image_names_its_path(tmp_path, kind, name, num_workers):
+    for cls in ("a", "b"):
+        write_png(str(tmp_path / cls / "ok.png"))
+    broken = tmp_path / "b" / name
+    write_broken(str(broken), kind)
+    data = build_classification_datasets(make_args(
+        ["--data_type", "ImageFolder", "--data_dir", str(tmp_path),
+         "--val_fraction", "0", "--test_fraction", "0"]))
+    iterator = iter(DataLoader(data.train, batch_size=3, num_workers=num_workers))
+    try:
+        with pytest.raises(DataError, match=re.escape(f"cannot read image {broken}")):
+            list(iterator)
+    finally:
+        # torch's re-raise leaves the iterator in a reference cycle; when the garbage
+        # collector finalizes it, each worker join waits out a 5 s timeout.
+        if num_workers:
+            iterator._shutdown_workers()
+
+
+def test_image_folder_without_images_names_the_folder(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "readme.txt").write_text("no images here")
+    with pytest.raises(DataError, match=re.escape(f"no images found in {tmp_path}")):
+        build_classification_datasets(make_args(["--data_type", "ImageFolder", "--data_dir", str(tmp_path)]))
+
+
+def test_defaults():
+    args = make_args()
+    assert (args.data_type, args.data_dir, args.download, args.image_size) == ("Digits", None, False, 32)
+    assert (args.val_fraction, args.test_fraction) == (0.1, 0.2)
+    assert (args.train_val_sample_rate, args.test_sample_rate) == (1.0, 1.0)
+    validate_data_config(args)
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--train_val_sample_rate", "0"], "--train_val_sample_rate=0.0"),
+    (["--test_sample_rate", "1.5"], "--test_sample_rate=1.5"),
+    (["--val_fraction", "-0.1"], "--val_fraction=-0.1"),
+    (["--test_fraction", "1"], "--test_fraction=1.0"),
+    (["--val_fraction", "0.5", "--test_fraction", "0.5"], "--val_fraction=0.5"),
+    (["--image_size", "0"], "--image_size=0"),
+    (["--data_type", "FashionMNIST"], "--data_dir=None: --data_type FashionMNIST needs a folder"),
+    (["--data_type", "ImageFolder", "--data_dir", "/no/such/dir"], "--data_dir='/no/such/dir'"),
+    (["--data_type", "MNIST", "--data_dir", "/no/such/dir"], "--download true"),
+])
+def test_validation_names_the_flag(argv, expected):
+    with pytest.raises(ConfigError) as info:
+        validate_data_config(make_args(argv))
+    assert expected in str(info.value)
+
+
+def test_validation_rejects_an_empty_image_folder(tmp_path):
+    with pytest.raises(ConfigError, match="empty"):
+        validate_data_config(make_args(["--data_type", "ImageFolder", "--data_dir", str(tmp_path)]))
