@@ -83,3 +83,24 @@ def load_checkpoint(path, map_location="cpu", flag="--model_path"):
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(f"{flag} {path}: not a checkpoint of this project (no 'model' entry)")
     return state
+
+
+def load_model_state(model, state, source):
+    """Load ``state`` into ``model`` after checking every key and shape.
+
+    Raises:
+        CheckpointError: keys or shapes differ; the message names ``source``,
+            the first differing parameter and both shapes.
+    """
+    current = model.state_dict()
+    missing = sorted(current.keys() - state.keys())
+    unexpected = sorted(state.keys() - current.keys())
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{source}: the checkpoint holds a different model ({len(missing)} parameters missing, "
+            f"e.g. {missing[:1]}; {len(unexpected)} unexpected, e.g. {unexpected[:1]})")
+    for key, value in current.items():
+        if tuple(state[key].shape) != tuple(value.shape):
+            raise CheckpointError(f"{source}: shape mismatch for {key}: checkpoint "
+                                  f"{tuple(state[key].shape)}, this model {tuple(value.shape)}")
+    model.load_state_dict(state)

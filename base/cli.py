@@ -1,29 +1,52 @@
 """What the root entry scripts call: parse, run, turn input errors into one line."""
+import argparse
 import sys
 
-from base.config import ConfigError
+from base.config import ConfigError, str2bool
 from base.errors import UserError
+from base.signals import Preempted
+
+
+def one_line(exc):
+    """The user-facing line of ``exc``.
+
+    An exception re-raised from a DataLoader worker carries the worker's
+    traceback in its message; its last line holds the original message.
+    """
+    text = str(exc).strip()
+    if "Original Traceback" in text:
+        text = text.splitlines()[-1]
+        text = text.split(": ", 1)[1] if ": " in text else text
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def main(cls, argv=None):
     """Build ``cls`` from ``argv`` (trainer or evaluator) and call its ``run()``.
 
     Returns:
-        the process exit status: 0 on success, 1 for a :class:`UserError`,
-        2 for a bad flag (argparse exits with 2 itself while parsing),
-        130 after Ctrl-C (the trainer has already written its checkpoint).
-        With ``--debug`` input errors propagate with their traceback.
+        the process exit status: 0 on success; 1 for a :class:`UserError`
+        (bad data, checkpoint, ``--resume`` target); 2 for a bad flag or config
+        value (argparse exits with 2 itself while parsing); ``128 + signal``
+        (143 for SIGTERM, 130 for SIGINT) when preempted, after the checkpoint
+        is written; 130 after a second Ctrl-C. ``--debug`` shows tracebacks.
     """
-    obj = cls.from_argv(argv)
-    prog = getattr(cls, "PROG", None) or cls.__name__
+    peek = argparse.ArgumentParser(add_help=False)
+    peek.add_argument("--debug", type=str2bool, nargs="?", const=True, default=False)
+    try:  # known before the full parse, which may itself fail on --resume
+        debug = peek.parse_known_args(argv)[0].debug
+    except SystemExit:
+        debug = False    prog = getattr(cls, "PROG", None) or cls.__name__
     try:
-        obj.run()
+        cls.from_argv(argv).run()
+    except Preempted as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return exc.exit_code
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
     except (UserError, ConfigError) as exc:
-        if getattr(obj.args, "debug", False):
+        if debug:
             raise
-        print(f"{prog}: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {one_line(exc)}", file=sys.stderr)
         return 2 if isinstance(exc, ConfigError) else 1
     return 0

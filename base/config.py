@@ -135,11 +135,12 @@ def _coerce(parser, values, source):
     return out
 
 
-def parse_config(cls, argv=None):
+def parse_config(cls, argv=None, base_values=None, base_label="saved run"):
     """Resolve ``cls``'s configuration from defaults, ``--config`` and ``argv``.
 
     Precedence, lowest first: the base class's defaults, each subclass's
-    ``DEFAULTS``, the ``--config`` file, the command line. After parsing,
+    ``DEFAULTS``, ``base_values`` (a resumed run's saved flags, labelled
+    ``base_label``), the ``--config`` file, the command line. After parsing,
     ``cls.validate_config(args)`` checks cross-field rules.
 
     Returns:
@@ -152,6 +153,11 @@ def parse_config(cls, argv=None):
     parser, origins = build_parser(cls)
     args = parser.parse_args(argv)
     try:
+        if base_values:
+            values = _coerce(parser, base_values, base_label)
+            parser.set_defaults(**values)
+            origins.update({k: base_label for k in values})
+            args = parser.parse_args(argv)
         if getattr(args, "config", None):
             source = f"--config {args.config}"
             values = _coerce(parser, read_config_file(args.config), source)

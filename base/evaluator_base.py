@@ -10,8 +10,9 @@ import argparse
 import json
 import os
 
-from base.checkpoint import load_checkpoint
-from base.config import ConfigError, build_parser
+from base.checkpoint import load_checkpoint, load_model_state
+from base.config import build_parser
+from base.errors import CheckpointError
 
 
 class EvaluatorBase(abc.ABC):
@@ -58,21 +59,42 @@ class EvaluatorBase(abc.ABC):
         self.trainer_class.validate_config(task_args)
         return task_args
 
+    def load_weights_and_config(self):
+        """``(state_dict, saved_config)`` from a ``.pth`` checkpoint or a ``.safetensors`` export.
+
+        A ``.safetensors`` file needs its JSON sidecar (same stem) for the config.
+
+        Raises:
+            CheckpointError: missing, truncated, foreign or unsafe file; the message names it.
+        """
+        path = self.args.model_path
+        if not path.endswith(".safetensors"):
+            ckpt = load_checkpoint(path)
+            try:
+                return ckpt["model"], json.loads(ckpt.get("config") or "{}")
+            except (TypeError, json.JSONDecodeError):
+                raise CheckpointError(f"--model_path {path}: its saved config is not JSON") from None
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        sidecar = os.path.splitext(path)[0] + ".json"
+        try:
+            weights = load_file(path)
+            with open(sidecar, encoding="utf-8") as f:
+                return weights, json.load(f)["config"]
+        except FileNotFoundError as exc:
+            raise CheckpointError(f"--model_path {path}: {exc.filename} not found") from None
+        except (SafetensorError, OSError, ValueError, KeyError) as exc:
+            raise CheckpointError(f"--model_path {path} (or {sidecar}): unreadable ({exc})") from None
+
     def run(self):
         """Load the checkpoint, rebuild the task, evaluate, write the results JSON."""
-        ckpt = load_checkpoint(self.args.model_path)
-        try:
-            saved = json.loads(ckpt.get("config") or "{}")
-        except (TypeError, json.JSONDecodeError):
-            raise ConfigError(f"--model_path {self.args.model_path}: its saved config is not JSON") from None
+        weights, saved = self.load_weights_and_config()
         self.task = self.trainer_class(self.resolve_task_config(saved))
         self.task.build()
-        try:
-            self.task.model.load_state_dict(ckpt["model"])
-        except RuntimeError as exc:
-            raise ConfigError(f"--model_path {self.args.model_path}: weights do not fit "
-                              f"--model_type {self.task.args.model_type} "
-                              f"({str(exc).splitlines()[0]})") from None
+        load_model_state(self.task.model, weights,
+                         f"--model_path {self.args.model_path} (model_type {saved.get('model_type')!r}, "
+                         f"evaluating {self.task.args.model_type!r})")
         self.task.model.eval()
         results = self.evaluate()
         results = {"checkpoint": os.path.abspath(self.args.model_path), "split": self.args.split, **results}

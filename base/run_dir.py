@@ -115,3 +115,21 @@ class MetricsCSV:
             if new:
                 writer.writeheader()
             writer.writerow(row)
+
+
+def record_resume(path, args, provenance, checkpoint):
+    """Update a run's config JSON on resume: new values win, each resume is listed in ``meta``.
+
+    A missing or unreadable file is rewritten from scratch with what is known now.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+    except (OSError, ValueError):
+        doc = {"meta": {}}
+    doc["config"], doc["provenance"] = vars(args), provenance
+    doc.setdefault("meta", {}).setdefault("resumes", []).append(
+        {"time": datetime.datetime.now().strftime(TIMESTAMP_FORMAT), "checkpoint": checkpoint,
+         "argv": sys.argv})
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(doc, f, indent=2, sort_keys=True, default=str)

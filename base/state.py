@@ -33,7 +33,8 @@ def rng_state():
     np_state = np.random.get_state()
     state = {
         "python": random.getstate(),
-        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+        # as a tensor, not a list: cheap enough to snapshot after every step
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]],
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -46,7 +47,8 @@ def set_rng_state(state):
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     name, keys, *rest = state["numpy"]
-    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
+    keys = keys.numpy() if torch.is_tensor(keys) else np.asarray(keys, dtype=np.uint32)
+    np.random.set_state((name, keys, *rest))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

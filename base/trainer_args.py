@@ -11,6 +11,8 @@ def add_trainer_arguments(parser):
     run.add_argument("--config", default=None, help="start from a saved config_*.json; flags override it")
     run.add_argument("--proj_name", default="Experiment", help="runs go to <output_dir>/<proj_name>/<timestamp>")
     run.add_argument("--output_dir", default="Results", help="parent folder of all runs")
+    run.add_argument("--resume", default="",
+                     help="'auto' (newest run of --proj_name), a run folder or a checkpoint: continue it")
     run.add_argument("--debug", type=str2bool, nargs="?", const=True, default=False, help="show tracebacks for input errors")
 
     loop = parser.add_argument_group("loop")
@@ -40,6 +42,21 @@ def add_trainer_arguments(parser):
                      help="stop after N validations without improvement (0: off)")
     val.add_argument("--log_every_steps", type=int, default=10, help="progress/TensorBoard cadence")
 
+    faults = parser.add_argument_group("checkpoints and faults")
+    faults.add_argument("--save_every_steps", type=int, default=0,
+                        help="also checkpoint every N steps (0: only at validations)")
+    faults.add_argument("--keep_last_k", type=int, default=3, help="step checkpoints kept")
+    faults.add_argument("--nonfinite", choices=["raise", "skip", "rollback"], default="raise",
+                        help="on a NaN/inf loss: stop, drop the batch, or reload the last checkpoint")
+    faults.add_argument("--max_skipped_steps", type=int, default=20,
+                        help="stop after this many skipped or rolled-back steps")
+    faults.add_argument("--rollback_lr_factor", type=float, default=0.5,
+                        help="learning-rate factor applied at each rollback")
+    faults.add_argument("--bad_images", choices=["raise", "skip"], default="raise",
+                        help="an unreadable image stops the run, or is dropped and listed in bad_images.txt")
+    faults.add_argument("--max_bad_images", type=int, default=100,
+                        help="with --bad_images skip: stop past this many unreadable files")
+
     system = parser.add_argument_group("system")
     system.add_argument("--gpu_devices", default=None,
                         help="'cpu' or a CUDA id such as 0; unset: first GPU if any, else CPU")
@@ -53,10 +70,23 @@ def validate_trainer_config(args):
     for flag in ("epochs", "batch_size", "val_every_epochs", "log_every_steps"):
         check(getattr(args, flag) > 0, flag, getattr(args, flag), "must be > 0")
     for flag in ("max_steps", "eval_batch_size", "num_workers", "warmup_steps", "val_every_steps",
-                 "early_stop_patience", "weight_decay", "grad_clip"):
+                 "early_stop_patience", "weight_decay", "grad_clip", "save_every_steps",
+                 "max_skipped_steps", "max_bad_images"):
         check(getattr(args, flag) >= 0, flag, getattr(args, flag), "must be >= 0")
     check(args.lr > 0, "lr", args.lr, "must be > 0")
+    check(args.keep_last_k > 0, "keep_last_k", args.keep_last_k, "must be > 0")
+    check(0 < args.rollback_lr_factor <= 1, "rollback_lr_factor", args.rollback_lr_factor, "must be in (0, 1]")
     check(args.seed >= 0, "seed", args.seed, "must be >= 0")
     check(bool(args.proj_name) and os.sep not in args.proj_name, "proj_name", args.proj_name,
           "must be a non-empty name without path separators")
     select_device(args.gpu_devices)  # raises ConfigError for a GPU that is not there
+    check_writable_dir("output_dir", args.output_dir)
+
+
+def check_writable_dir(flag, path):
+    """Raise ``ConfigError`` unless ``path`` is, or can be created as, a writable folder."""
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    check(os.path.isdir(existing), flag, path, f"{existing} is not a folder")
+    check(os.access(existing, os.W_OK | os.X_OK), flag, path, f"{existing} is not writable")

@@ -13,16 +13,19 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from base import run_dir
-from base.checkpoint import save_checkpoint, load_checkpoint
+from base import resume, run_dir
+from base.bad_data import BadSampleFilter, BadSampleLog, collate_good_samples
+from base.checkpoint import load_checkpoint
 from base.config import parse_config
+from base.signals import PreemptionFlag, ignore_signals_in_worker
 from base.state import EarlyStopper, ResumableSampler, rng_state, seed_everything
 from base.trainer_args import add_trainer_arguments, validate_trainer_config
+from base.trainer_checkpoint import CheckpointingMixin
 from utils.device import select_device
 from utils.params import count_parameters, format_count
 
 
-class TrainerBase(abc.ABC):
+class TrainerBase(CheckpointingMixin, abc.ABC):
     """Owns the loop; subclasses override small named steps.
 
     Must override: :meth:`build_datasets`, :meth:`build_model`, :meth:`build_loss`,
@@ -50,19 +53,35 @@ class TrainerBase(abc.ABC):
 
     @classmethod
     def from_argv(cls, argv=None):
-        """Parse ``argv`` with the layered parser and return a trainer (nothing built yet)."""
-        args, provenance = parse_config(cls, argv)
-        return cls(args, provenance)
+        """Parse ``argv`` with the layered parser and return a trainer (nothing built yet).
 
-    def __init__(self, args, provenance=None):
+        With ``--resume`` the resumed run's saved config is the starting point
+        and flags on the command line override it.
+
+        Raises:
+            UserError: ``--resume`` names nothing resumable.
+        """
+        args, provenance = parse_config(cls, argv)
+        if not args.resume:
+            return cls(args, provenance)
+        folder, ckpt = resume.locate(args.resume, args.output_dir, args.proj_name)
+        args, provenance = parse_config(cls, argv, base_values=resume.saved_config(ckpt),
+                                        base_label=f"resumed run ({folder})")
+        return cls(args, provenance, resume_from=(folder, ckpt))
+
+    def __init__(self, args, provenance=None, resume_from=None):
         self.args = args
         self.provenance = provenance or {}
+        self.resume_from = resume_from  # (run folder, checkpoint) or None
         self.device = select_device(args.gpu_devices)
         self.epoch = 0  # completed epochs
         self.global_step = 0  # completed optimizer steps
-        self.batch_in_epoch = 0  # batches of the current epoch already trained on
+        self.batch_in_epoch = 0  # batches of the current epoch already consumed
+        self.skipped_steps = 0  # batches dropped or rolled back for a non-finite loss
         self.hooks, self.last_metrics, self.run_dir, self.logger = [], {}, None, None
         self.early_stopper = EarlyStopper(self.monitor_mode, args.early_stop_patience)
+        self._loss_sum, self._loss_count, self._validated_at = 0.0, 0, -1
+        self._restart_epoch, self.bad_samples = False, None
 
     # ----------------------------------------------------------------- to override
     @abc.abstractmethod
@@ -117,13 +136,22 @@ class TrainerBase(abc.ABC):
         return sched.SequentialLR(self.optimizer, [ramp, cosine], milestones=[warmup])
 
     def build_dataloader(self, dataset, split):
-        """A ``DataLoader``; training order comes from a :class:`ResumableSampler`."""
+        """A ``DataLoader`` whose order and worker seeds depend only on ``(--seed, epoch)``.
+
+        Training order comes from a :class:`ResumableSampler` (so a resumed
+        run continues from the exact next batch); workers ignore SIGTERM/SIGINT
+        (the main process checkpoints); with ``--bad_images skip`` unreadable
+        samples are dropped from their batch (a batch of only bad samples is ``None``).
+        """
         a = self.args
         train = split == "train"
-        sampler = ResumableSampler(len(dataset), shuffle=train, seed=a.seed)
+        if a.bad_images == "skip" and self.bad_samples is not None:
+            dataset = BadSampleFilter(dataset, self.bad_samples.path)
         return DataLoader(dataset, batch_size=a.batch_size if train else a.eval_batch_size or a.batch_size,
-                          sampler=sampler, num_workers=a.num_workers,
-                          pin_memory=self.device.type == "cuda", persistent_workers=False)
+                          sampler=ResumableSampler(len(dataset), shuffle=train, seed=a.seed),
+                          num_workers=a.num_workers, pin_memory=self.device.type == "cuda",
+                          worker_init_fn=ignore_signals_in_worker, generator=torch.Generator(),
+                          collate_fn=collate_good_samples if a.bad_images == "skip" else None)
 
     def build_hooks(self):
         """Return a list of :class:`base.hooks.HookBase`; called once, in ``setup``."""
@@ -139,13 +167,26 @@ class TrainerBase(abc.ABC):
         self.loss_fn = self.build_loss()
 
     def setup(self):
-        """Create the run folder, write the config, build everything, register hooks."""
+        """Create (or, resuming, reopen) the run folder, write the config, build everything.
+
+        Raises:
+            UserError: the run folder cannot be created or written.
+        """
         a = self.args
-        self.run_dir, self.timestamp = run_dir.create_run_dir(a.output_dir, a.proj_name)
+        if self.resume_from:
+            self.run_dir = self.resume_from[0]
+            self.timestamp = os.path.basename(self.run_dir)
+        else:
+            self.run_dir, self.timestamp = run_dir.create_run_dir(a.output_dir, a.proj_name)
         self.logger = run_dir.setup_logger(
             f"trainer.{id(self)}", os.path.join(self.run_dir, f"{a.proj_name}_{self.timestamp}_log.txt"))
-        run_dir.write_config(os.path.join(self.run_dir, f"config_{a.proj_name}_{self.timestamp}.json"),
-                             a, self.provenance, {"timestamp": self.timestamp, "trainer": type(self).__name__})
+        config_path = os.path.join(self.run_dir, f"config_{a.proj_name}_{self.timestamp}.json")
+        if self.resume_from:
+            run_dir.record_resume(config_path, a, self.provenance, self.resume_from[1])
+        else:
+            run_dir.write_config(config_path, a, self.provenance,
+                                 {"timestamp": self.timestamp, "trainer": type(self).__name__})
+        self.bad_samples = BadSampleLog(os.path.join(self.run_dir, "bad_images.txt"), a.max_bad_images)
         self.build()
         self.steps_per_epoch = len(self.loaders["train"])
         self.total_steps = a.max_steps if a.max_steps > 0 else a.epochs * self.steps_per_epoch
@@ -165,6 +206,9 @@ class TrainerBase(abc.ABC):
         self.logger.info("data: %s; %d steps per epoch, %d steps in all, device %s",
                          {k: len(v) for k, v in self.datasets.items()}, self.steps_per_epoch,
                          self.total_steps, self.device)
+        if self.resume_from:
+            self.resume(self.resume_from[1])
+        self._step_rng = rng_state()  # what a checkpoint taken before the first step holds
 
     @property
     def amp_dtype(self):
@@ -190,7 +234,7 @@ class TrainerBase(abc.ABC):
 
     # ----------------------------------------------------------------- the loop
     def fit(self):
-        """Set up, train, then evaluate the best checkpoint on the test split.
+        """Set up (or resume), train, then evaluate the best checkpoint on the test split.
 
         Returns:
             the test metrics (``{}`` when there is no test split).
@@ -213,37 +257,29 @@ class TrainerBase(abc.ABC):
                 or self.early_stopper.should_stop)
 
     def train(self):
-        """Run epochs of optimizer steps until ``--epochs``, ``--max_steps`` or early stop."""
+        """Run epochs of optimizer steps until ``--epochs``, ``--max_steps`` or early stop.
+
+        SIGTERM/SIGINT stop it at the next step boundary with a checkpoint
+        (raising :class:`base.signals.Preempted`); any other exception writes
+        the exception checkpoint, then propagates.
+        """
         a = self.args
-        self._loss_sum, self._loss_count, self._validated_at = 0.0, 0, -1
         self._call("before_train")
         try:
-            while not self._done():
-                self._call("before_epoch")
-                self.model.train()
-                loader = self.loaders["train"]
-                loader.sampler.set_epoch(self.epoch, self.batch_in_epoch * loader.batch_size)
-                bar = tqdm(loader, desc=f"epoch {self.epoch + 1}/{a.epochs}", unit="batch",
-                           initial=self.batch_in_epoch, total=self.steps_per_epoch,
-                           dynamic_ncols=True, disable=None, leave=False)
-                for batch in bar:
-                    self._call("before_step")
-                    self._step(self.to_device(batch))
-                    self._call("after_step")
-                    if self.global_step % a.log_every_steps == 0:
-                        self._log_train(bar)
-                    if a.val_every_steps and self.global_step % a.val_every_steps == 0:
-                        self._validate_and_save()
-                    if self._done():
-                        break
-                bar.close()
-                if self.batch_in_epoch >= self.steps_per_epoch:
-                    self.epoch, self.batch_in_epoch = self.epoch + 1, 0
-                    if self.epoch % a.val_every_epochs == 0 and self._validated_at != self.global_step:
-                        self._validate_and_save()
-                self._call("after_epoch")
-            if self._validated_at != self.global_step:
-                self._validate_and_save()
+            with PreemptionFlag() as self._preemption:
+                while not self._done():
+                    self._call("before_epoch")
+                    self._train_epoch()
+                    if self.batch_in_epoch >= self.steps_per_epoch:
+                        self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+                        if self.epoch % a.val_every_epochs == 0:
+                            self._validate()
+                    self._call("after_epoch")
+                    if self._validated_at == self.global_step:
+                        self.save("last")
+                if self._validated_at != self.global_step:
+                    self._validate()
+                    self.save("last")
         except BaseException as exc:
             self._on_exception(exc)
             raise
@@ -251,6 +287,41 @@ class TrainerBase(abc.ABC):
             self._call("after_train")
             if getattr(self, "writer", None) is not None:
                 self.writer.flush()
+
+    def _train_epoch(self):
+        a, loader = self.args, self.loaders["train"]
+        self.model.train()
+        loader.sampler.set_epoch(self.epoch, self.batch_in_epoch * loader.batch_size)
+        loader.generator.manual_seed(a.seed + self.epoch)  # worker seeds: not from the global RNG
+        bar = tqdm(loader, desc=f"epoch {self.epoch + 1}/{a.epochs}", unit="batch",
+                   initial=self.batch_in_epoch, total=self.steps_per_epoch,
+                   dynamic_ncols=True, disable=None, leave=False)
+        for batch in bar:
+            self._call("before_step")
+            if batch is not None:  # None: every sample of the batch was a skipped bad image
+                self._step(self.to_device(batch))
+            if self._restart_epoch:  # rolled back: the checkpoint set the data position
+                self._restart_epoch = False
+                self._call("after_step")
+                break
+            self.batch_in_epoch += 1
+            # ~0.1 ms: lets a checkpoint taken after a failure in the next step hold this step's RNG
+            self._step_rng = rng_state()
+            self._call("after_step")
+            for path in self.bad_samples.check():
+                self.logger.warning("skipped unreadable image %s", path)
+            if self.global_step % a.log_every_steps == 0:
+                self._log_train(bar)
+            if a.val_every_steps and self.global_step % a.val_every_steps == 0:
+                self._validate()
+                self.save("last")
+            if a.save_every_steps and self.global_step % a.save_every_steps == 0:
+                self.save_step_checkpoint()
+            if self._preemption.signum is not None:
+                self._preempt()
+            if self._done():
+                break
+        bar.close()
 
     def _step(self, batch):
         """One optimizer step: forward, non-finite check, backward, clip, update, schedule."""
@@ -261,8 +332,7 @@ class TrainerBase(abc.ABC):
         loss = out["loss"]
         # A host sync per step: the price of never applying an update from a NaN/inf loss.
         if not torch.isfinite(loss.detach()).all():
-            raise FloatingPointError(f"non-finite loss {loss.item()} at step {self.global_step + 1} "
-                                     f"(epoch {self.epoch + 1}); lower --lr or set --grad_clip")
+            return self.handle_nonfinite(loss)
         self.scaler.scale(loss).backward()
         self._call("after_backward")
         if a.grad_clip > 0:
@@ -272,18 +342,17 @@ class TrainerBase(abc.ABC):
                 torch.nn.utils.clip_grad_norm_(params, a.grad_clip)
             else:
                 torch.nn.utils.clip_grad_value_(params, a.grad_clip)
-        self.scaler.step(self.optimizer)
+        self.scaler.step(self.optimizer)  # with fp16 the scaler itself skips steps with inf grads
         self.scaler.update()
         if self.scheduler is not None:
             self.scheduler.step()
         self.global_step += 1
-        self.batch_in_epoch += 1
         n = _batch_size(batch)
         self._loss_sum = self._loss_sum + loss.detach().float() * n  # stays on device: no sync
         self._loss_count += n
         return out
 
-    # ----------------------------------------------------------------- metrics and checkpoints
+    # ----------------------------------------------------------------- metrics
     def train_loss(self):
         """Mean training loss per sample since the last validation (float), or NaN."""
         if not self._loss_count:
@@ -306,7 +375,8 @@ class TrainerBase(abc.ABC):
         finally:
             self.model.train()
 
-    def _validate_and_save(self):
+    def _validate(self):
+        """Validate, log a row to metrics.csv/TensorBoard/the log, save ``best`` on improvement."""
         a, start = self.args, time.perf_counter()
         metrics = self.run_validation("val")
         if self.monitor not in metrics:
@@ -327,40 +397,10 @@ class TrainerBase(abc.ABC):
                          " | new best" if is_best else "")
         if is_best:
             self.save("best")
-        self.save("last")
+            self.export_best()
         if self.early_stopper.should_stop:
             self.logger.info("early stop: %s has not improved for %d validations (best %.4f)",
                              self.monitor, a.early_stop_patience, self.early_stopper.best)
-
-    def checkpoint_path(self, tag):
-        """``<run_dir>/<model_type>_<tag>_ckpt.pth``."""
-        return os.path.join(self.run_dir, f"{self.args.model_type}_{tag}_ckpt.pth")
-
-    def state_dict(self):
-        """The whole training state: tensors and plain Python types only."""
-        return {
-            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict() if self.scheduler else None,
-            "scaler": self.scaler.state_dict(), "epoch": self.epoch, "global_step": self.global_step,
-            "batch_in_epoch": self.batch_in_epoch, "rng": rng_state(),
-            "early_stopper": self.early_stopper.state_dict(),
-            "hooks": [h.state_dict() for h in self.hooks], "metrics": self.last_metrics,
-            "config": json.dumps(vars(self.args), default=str), "trainer": type(self).__name__,
-        }
-
-    def save(self, tag):
-        """Atomically write the training state as ``<model_type>_<tag>_ckpt.pth``; returns the path."""
-        path = self.checkpoint_path(tag)
-        save_checkpoint(self.state_dict(), path)
-        return path
-
-    def _on_exception(self, exc):
-        self._call("on_exception", exc)
-        if self.run_dir is None or not hasattr(self, "optimizer"):
-            return
-        path = self.save("exception")
-        self.logger.error("%s at epoch %d step %d; checkpoint of the last completed step: %s",
-                          type(exc).__name__, self.epoch, self.global_step, path)
 
     def test(self):
         """Load the best checkpoint's weights and evaluate on the test split (if any)."""

@@ -19,12 +19,11 @@ import os
 
 import torch
 import torchvision
-from PIL import Image
 from torch.utils.data import Dataset, Subset
-from torchvision.transforms import v2
 
 from base.config import check, check_dir_exists, str2bool
 from base.errors import DataError
+from data.images import ImageFiles
 
 DATA_TYPES = ["Digits", "FashionMNIST", "MNIST", "ImageFolder"]
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
@@ -222,44 +221,6 @@ def _load_mnist(name, data_dir, train, download):
         raise DataError(f"{name} in {raw}: label {int(ds.targets.max())} found, "
                         f"expected labels 0..{len(ds.classes) - 1}")
     return InMemoryImages(ds.data.unsqueeze(1), ds.targets, max_value=255), list(ds.classes)
-
-
-class ImageFiles(Dataset):
-    """Images decoded from files on each access.
-
-    Args:
-        samples: list of ``(path, label)``.
-        image_size: side of the square output.
-
-    Items are ``(float32 (3, image_size, image_size) in [-1, 1], int label)``.
-
-    Raises:
-        DataError: ``"cannot read image <path>: <reason>"`` for a file PIL cannot
-            decode (empty, not an image, truncated). The message survives a
-            DataLoader worker, which re-raises it with the worker's traceback.
-    """
-
-    def __init__(self, samples, image_size):
-        self.samples = list(samples)
-        self.transform = v2.Compose([
-            v2.PILToTensor(),  # uint8 (3, H, W)
-            v2.Resize((image_size, image_size), antialias=True),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize([0.5] * 3, [0.5] * 3),
-        ])
-
-    def __len__(self):
-        return len(self.samples)
-
-    def __getitem__(self, index):
-        path, label = self.samples[index]
-        try:
-            with Image.open(path) as image:
-                # convert() forces the full decode, so truncation is caught here.
-                image = image.convert("RGB")
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-            raise DataError(f"cannot read image {path}: {exc}") from None
-        return self.transform(image), int(label)
 
 
 def _load_image_folder(data_dir, image_size):

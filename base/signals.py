@@ -1,0 +1,57 @@
+"""Preemption: turn SIGTERM/SIGINT into a flag the loop checks between steps."""
+import signal
+import threading
+
+
+class Preempted(Exception):
+    """Training stopped at a step boundary on a signal, after writing a checkpoint.
+
+    Attributes:
+        signum: the signal number (``signal.SIGTERM`` or ``signal.SIGINT``).
+        exit_code: ``128 + signum``, the shell's convention for death by signal.
+    """
+
+    def __init__(self, message, signum):
+        super().__init__(message)
+        self.signum, self.exit_code = signum, 128 + signum
+
+
+class PreemptionFlag:
+    """Context manager: while active, SIGTERM and SIGINT set :attr:`signum` instead of killing.
+
+    A second SIGINT raises ``KeyboardInterrupt`` at once (an impatient Ctrl-C
+    still works). Outside the main thread it does nothing, since Python only
+    lets the main thread install handlers. Previous handlers are restored on exit.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.signum, self._previous = None, {}
+
+    def _handle(self, signum, frame):
+        if signum == signal.SIGINT and self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+        return False
+
+
+def ignore_signals_in_worker(worker_id):
+    """DataLoader ``worker_init_fn``: workers leave SIGTERM/SIGINT to the main process.
+
+    The main process finishes its step and checkpoints; a worker that died on
+    the same signal would instead make the DataLoader raise mid-step.
+    """
+    for sig in PreemptionFlag.SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)

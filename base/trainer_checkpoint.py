@@ -1,0 +1,175 @@
+"""The trainer's state tree and what is done with it: save, resume, roll back, export.
+
+Mixed into :class:`base.trainer_base.TrainerBase`; kept apart so the loop
+itself reads in one sitting.
+"""
+import glob
+import json
+import os
+import re
+
+
+from base.checkpoint import atomic_write, load_checkpoint, load_model_state, save_checkpoint
+from base.errors import CheckpointError
+from base.resume import newest_checkpoint
+from base.signals import Preempted
+from base.state import set_rng_state
+
+
+class CheckpointingMixin:
+    """Checkpoint files of a run: ``<model_type>_<tag>_ckpt.pth`` in the run folder.
+
+    Tags: ``best`` (best validation), ``last`` (latest validation or end of
+    training), ``step<N>`` (every ``--save_every_steps``; the newest
+    ``--keep_last_k`` kept), ``preempt`` (SIGTERM/SIGINT), ``exception`` (an
+    exception escaped; ``last`` and ``best`` are left untouched).
+    """
+
+    def checkpoint_path(self, tag):
+        """``<run_dir>/<model_type>_<tag>_ckpt.pth``."""
+        return os.path.join(self.run_dir, f"{self.args.model_type}_{tag}_ckpt.pth")
+
+    def state_dict(self):
+        """The whole training state as of the last completed step; tensors and plain types only."""
+        return {
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+            "scaler": self.scaler.state_dict(), "epoch": self.epoch, "global_step": self.global_step,
+            "batch_in_epoch": self.batch_in_epoch, "rng": self._step_rng,
+            "early_stopper": self.early_stopper.state_dict(),
+            "hooks": [h.state_dict() for h in self.hooks], "metrics": self.last_metrics,
+            "loss_sum": float(self._loss_sum), "loss_count": self._loss_count,
+            "validated_at": self._validated_at, "skipped_steps": self.skipped_steps,
+            "config": json.dumps(vars(self.args), default=str), "trainer": type(self).__name__,
+        }
+
+    def load_state_dict(self, state, source="checkpoint"):
+        """Restore everything :meth:`state_dict` saved.
+
+        Raises:
+            CheckpointError: the checkpoint's model, optimizer or hooks do not
+                fit this trainer; the message names ``source`` and both sides.
+        """
+        saved_type = json.loads(state.get("config") or "{}").get("model_type")
+        what = f"{source} (model_type {saved_type!r}; this run builds {self.args.model_type!r})"
+        load_model_state(self.model, state["model"], what)
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+            if self.scheduler is not None and state["scheduler"] is not None:
+                self.scheduler.load_state_dict(state["scheduler"])
+        except (ValueError, KeyError) as exc:
+            raise CheckpointError(f"{what}: optimizer/scheduler state does not fit ({exc})") from None
+        self.scaler.load_state_dict(state["scaler"])
+        if len(state["hooks"]) != len(self.hooks):
+            raise CheckpointError(f"{source}: saved by {len(state['hooks'])} hooks, "
+                                  f"this trainer has {len(self.hooks)}")
+        for hook, hook_state in zip(self.hooks, state["hooks"]):
+            hook.load_state_dict(hook_state)
+        self.early_stopper.load_state_dict(state["early_stopper"])
+        self.epoch, self.global_step = state["epoch"], state["global_step"]
+        self.batch_in_epoch, self.last_metrics = state["batch_in_epoch"], state["metrics"]
+        self._loss_sum, self._loss_count = state["loss_sum"], state["loss_count"]
+        self._validated_at, self.skipped_steps = state["validated_at"], state["skipped_steps"]
+        set_rng_state(state["rng"])
+        self._step_rng = state["rng"]
+
+    def save(self, tag):
+        """Atomically write the training state as ``<model_type>_<tag>_ckpt.pth``; returns the path."""
+        path = self.checkpoint_path(tag)
+        save_checkpoint(self.state_dict(), path)
+        return path
+
+    def save_step_checkpoint(self):
+        """Write ``step<N>`` and delete step checkpoints beyond the newest ``--keep_last_k``."""
+        path = self.save(f"step{self.global_step}")
+        pattern = re.compile(re.escape(self.args.model_type) + r"_step(\d+)_ckpt\.pth$")
+        steps = sorted((int(m.group(1)), p) for p in glob.glob(os.path.join(self.run_dir, "*_ckpt.pth"))
+                       if (m := pattern.search(os.path.basename(p))))
+        for _, old in steps[:-self.args.keep_last_k]:
+            os.remove(old)
+        return path
+
+    def export_best(self):
+        """Write the model's weights as ``<model_type>_best.safetensors`` plus a JSON sidecar.
+
+        The sidecar ``<model_type>_best.json`` holds the config and the
+        validation metrics; evaluators accept either file format.
+        """
+        from safetensors.torch import save as safetensors_bytes
+
+        # Copies break shared storage (tied weights), which safetensors refuses to write.
+        tensors = {k: v.detach().cpu().clone().contiguous() for k, v in self.model.state_dict().items()}
+        stem = os.path.join(self.run_dir, f"{self.args.model_type}_best")
+        atomic_write(stem + ".safetensors", lambda f: f.write(safetensors_bytes(tensors)))
+        sidecar = {"config": vars(self.args), "metrics": self.last_metrics, "global_step": self.global_step}
+        atomic_write(stem + ".json", lambda f: f.write(json.dumps(sidecar, indent=2, default=str).encode()))
+
+    def resume(self, path):
+        """Load the checkpoint at ``path`` onto this (built) trainer and log where training continues."""
+        self.load_state_dict(load_checkpoint(path, map_location=self.device, flag="--resume"),
+                             f"--resume {path}")
+        self.logger.info("resumed from %s at epoch %d, batch %d of the epoch, step %d", path,
+                         self.epoch, self.batch_in_epoch, self.global_step)
+
+    # ----------------------------------------------------------------- failures
+    def handle_nonfinite(self, loss):
+        """Apply ``--nonfinite`` to a step whose loss is NaN/inf; the weights are never updated.
+
+        ``raise``: stop with ``FloatingPointError`` naming the step. ``skip``:
+        drop the batch and count it. ``rollback``: reload the newest resumable
+        checkpoint and multiply the learning rate by ``--rollback_lr_factor``.
+        Both stop with ``FloatingPointError`` after ``--max_skipped_steps``.
+        """
+        a = self.args
+        where = f"step {self.global_step + 1} (epoch {self.epoch + 1}, batch {self.batch_in_epoch + 1})"
+        message = f"non-finite loss {loss.detach().float().item()} at {where}"
+        if a.nonfinite == "raise":
+            raise FloatingPointError(f"{message}; lower --lr, set --grad_clip, or use --nonfinite skip")
+        self.skipped_steps += 1
+        if self.skipped_steps > a.max_skipped_steps:
+            raise FloatingPointError(f"{message}: more than --max_skipped_steps={a.max_skipped_steps} "
+                                     f"non-finite steps")
+        self.optimizer.zero_grad(set_to_none=True)
+        if a.nonfinite == "skip":
+            self.logger.warning("%s: batch skipped (%d so far)", message, self.skipped_steps)
+            return None
+        path = newest_checkpoint(self.run_dir)
+        if path is None or path.endswith("_exception_ckpt.pth"):
+            raise FloatingPointError(f"{message}: no checkpoint to roll back to (set --save_every_steps)")
+        skipped = self.skipped_steps
+        self.load_state_dict(load_checkpoint(path, map_location=self.device), path)
+        self.skipped_steps = skipped
+        self._scale_lr(a.rollback_lr_factor)
+        self._restart_epoch = True  # the data position moved back: restart the epoch loop
+        self.logger.warning("%s: rolled back to %s (step %d), learning rate x%g", message, path,
+                            self.global_step, a.rollback_lr_factor)
+        return None
+
+    def _scale_lr(self, factor):
+        """Multiply the current and the scheduled learning rates by ``factor``."""
+        for group in self.optimizer.param_groups:
+            group["lr"] *= factor
+            if "initial_lr" in group:
+                group["initial_lr"] *= factor
+        schedulers = [self.scheduler] if self.scheduler is not None else []
+        schedulers += list(getattr(self.scheduler, "_schedulers", []))  # SequentialLR's parts
+        for sched in schedulers:
+            sched.base_lrs = [lr * factor for lr in sched.base_lrs]
+            if hasattr(sched, "_last_lr"):
+                sched._last_lr = [g["lr"] for g in self.optimizer.param_groups]
+
+    def _preempt(self):
+        signum = self._preemption.signum
+        path = self.save("preempt")
+        name = {15: "SIGTERM", 2: "SIGINT"}.get(signum, f"signal {signum}")
+        self.logger.warning("%s: stopped after step %d; checkpoint %s", name, self.global_step, path)
+        raise Preempted(f"preempted by {name} after step {self.global_step}; checkpoint {path}; "
+                        f"continue with --resume {self.run_dir}", signum)
+
+    def _on_exception(self, exc):
+        self._call("on_exception", exc)
+        if isinstance(exc, Preempted) or self.run_dir is None or not hasattr(self, "optimizer"):
+            return
+        path = self.save("exception")
+        self.logger.error("%s at epoch %d step %d; checkpoint of the last completed step: %s",
+                          type(exc).__name__, self.epoch, self.global_step, path)
