@@ -35,7 +35,8 @@ def main(cls, argv=None):
     try:  # known before the full parse, which may itself fail on --resume
         debug = peek.parse_known_args(argv)[0].debug
     except SystemExit:
-        debug = False    prog = getattr(cls, "PROG", None) or cls.__name__
+        debug = False
+    prog = getattr(cls, "PROG", None) or cls.__name__
     try:
         cls.from_argv(argv).run()
     except Preempted as exc:
