@@ -125,3 +125,29 @@ class ResumableSampler(Sampler):
 
     def __len__(self):
         return self.length - self.start
+
+
+class SeededSamples(torch.utils.data.Dataset):
+    """Make random augmentation in DataLoader workers depend only on ``(seed, epoch, index)``.
+
+    In a worker process each ``__getitem__`` first reseeds Python, NumPy and
+    torch from ``(seed, epoch, index)``, so a sample's augmentation is the same
+    whichever worker loads it and wherever in the epoch a resumed run starts.
+    In the main process (``--num_workers 0``) it does nothing: the global RNG
+    is part of the checkpoint there. The trainer sets :attr:`epoch` before
+    each epoch's workers start (they copy the dataset when they do).
+    """
+
+    def __init__(self, dataset, seed):
+        self.dataset, self.seed, self.epoch = dataset, seed, 0
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        if torch.utils.data.get_worker_info() is not None:
+            sample_seed = ((self.seed * 1_000_003 + self.epoch) * 1_000_033 + index) % 2**63
+            random.seed(sample_seed)
+            np.random.seed(sample_seed % 2**32)
+            torch.manual_seed(sample_seed)
+        return self.dataset[index]

@@ -18,7 +18,7 @@ from base.bad_data import BadSampleFilter, BadSampleLog, collate_good_samples
 from base.checkpoint import load_checkpoint
 from base.config import parse_config
 from base.signals import PreemptionFlag, ignore_signals_in_worker
-from base.state import EarlyStopper, ResumableSampler, rng_state, seed_everything
+from base.state import EarlyStopper, ResumableSampler, SeededSamples, rng_state, seed_everything
 from base.trainer_args import add_trainer_arguments, validate_trainer_config
 from base.trainer_checkpoint import CheckpointingMixin
 from utils.device import select_device
@@ -142,11 +142,14 @@ class TrainerBase(CheckpointingMixin, abc.ABC):
         run continues from the exact next batch); workers ignore SIGTERM/SIGINT
         (the main process checkpoints); with ``--bad_images skip`` unreadable
         samples are dropped from their batch (a batch of only bad samples is ``None``).
+        An override for ``"train"`` must keep a :class:`ResumableSampler` for resume to work.
         """
         a = self.args
         train = split == "train"
         if a.bad_images == "skip" and self.bad_samples is not None:
             dataset = BadSampleFilter(dataset, self.bad_samples.path)
+        if train:
+            dataset = SeededSamples(dataset, a.seed)
         return DataLoader(dataset, batch_size=a.batch_size if train else a.eval_batch_size or a.batch_size,
                           sampler=ResumableSampler(len(dataset), shuffle=train, seed=a.seed),
                           num_workers=a.num_workers, pin_memory=self.device.type == "cuda",
@@ -292,7 +295,10 @@ class TrainerBase(CheckpointingMixin, abc.ABC):
         a, loader = self.args, self.loaders["train"]
         self.model.train()
         loader.sampler.set_epoch(self.epoch, self.batch_in_epoch * loader.batch_size)
-        loader.generator.manual_seed(a.seed + self.epoch)  # worker seeds: not from the global RNG
+        if loader.generator is not None:  # worker seeds: from (seed, epoch), not the global RNG
+            loader.generator.manual_seed(a.seed + self.epoch)
+        if isinstance(loader.dataset, SeededSamples):
+            loader.dataset.epoch = self.epoch
         bar = tqdm(loader, desc=f"epoch {self.epoch + 1}/{a.epochs}", unit="batch",
                    initial=self.batch_in_epoch, total=self.steps_per_epoch,
                    dynamic_ncols=True, disable=None, leave=False)

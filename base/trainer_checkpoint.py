@@ -37,7 +37,8 @@ class CheckpointingMixin:
             "scaler": self.scaler.state_dict(), "epoch": self.epoch, "global_step": self.global_step,
             "batch_in_epoch": self.batch_in_epoch, "rng": self._step_rng,
             "early_stopper": self.early_stopper.state_dict(),
-            "hooks": [h.state_dict() for h in self.hooks], "metrics": self.last_metrics,
+            "hooks": [{"type": type(h).__name__, "state": h.state_dict()} for h in self.hooks],
+            "metrics": self.last_metrics,
             "loss_sum": float(self._loss_sum), "loss_count": self._loss_count,
             "validated_at": self._validated_at, "skipped_steps": self.skipped_steps,
             "config": json.dumps(vars(self.args), default=str), "trainer": type(self).__name__,
@@ -60,11 +61,7 @@ class CheckpointingMixin:
         except (ValueError, KeyError) as exc:
             raise CheckpointError(f"{what}: optimizer/scheduler state does not fit ({exc})") from None
         self.scaler.load_state_dict(state["scaler"])
-        if len(state["hooks"]) != len(self.hooks):
-            raise CheckpointError(f"{source}: saved by {len(state['hooks'])} hooks, "
-                                  f"this trainer has {len(self.hooks)}")
-        for hook, hook_state in zip(self.hooks, state["hooks"]):
-            hook.load_state_dict(hook_state)
+        self._load_hook_states(state["hooks"], source)
         self.early_stopper.load_state_dict(state["early_stopper"])
         self.epoch, self.global_step = state["epoch"], state["global_step"]
         self.batch_in_epoch, self.last_metrics = state["batch_in_epoch"], state["metrics"]
@@ -72,6 +69,19 @@ class CheckpointingMixin:
         self._validated_at, self.skipped_steps = state["validated_at"], state["skipped_steps"]
         set_rng_state(state["rng"])
         self._step_rng = state["rng"]
+
+    def _load_hook_states(self, saved, source):
+        """Give each hook the first saved state of its class; hooks added or removed since are logged."""
+        saved = list(saved)
+        for hook in self.hooks:
+            match = next((s for s in saved if s["type"] == type(hook).__name__), None)
+            if match is None:
+                self.logger.warning("%s: no saved state for hook %s", source, type(hook).__name__)
+                continue
+            saved.remove(match)
+            hook.load_state_dict(match["state"])
+        for entry in saved:
+            self.logger.warning("%s: saved state of hook %s has no hook to go to", source, entry["type"])
 
     def save(self, tag):
         """Atomically write the training state as ``<model_type>_<tag>_ckpt.pth``; returns the path."""

@@ -34,7 +34,7 @@ def test_exception_runs_on_exception_then_after_train_and_saves(toy_argv):
     assert hook.calls[-2:] == ["on_exception", "after_train"]
     ckpt = load_checkpoint(trainer.checkpoint_path("exception"))
     assert ckpt["global_step"] == 2  # the last completed step
-    assert ckpt["hooks"] == [{"num_calls": len(hook.calls) - 1}]  # saved before after_train
+    assert ckpt["hooks"] == [{"type": "RecordingHook", "state": {"num_calls": len(hook.calls) - 1}}]
     for key, value in trainer.model.state_dict().items():
         assert torch.equal(ckpt["model"][key], value)
 

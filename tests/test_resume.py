@@ -1,0 +1,138 @@
+"""Restart parity: training N steps straight equals stopping after k steps and resuming.
+
+CPU, ``--deterministic``; weights, optimizer state and every logged loss must
+match exactly, for stops mid-epoch and at an epoch boundary, with 0 and 2
+DataLoader workers, for every trainer in the project (plus a toy task whose
+workers draw random augmentation).
+"""
+import csv
+import os
+
+import pytest
+import torch
+from torch.utils.data import Dataset
+
+from base.hooks import HookBase
+from conftest import ToyTrainer
+from test_readme_example import load_example
+from trainers.vanilla_trainer import VanillaTrainer
+
+
+class NoisyPoints(Dataset):
+    """40 fixed points; each access adds fresh noise from the global RNG (a worker's, with workers)."""
+
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return self.x[i] + 0.1 * torch.randn(4), self.y[i]
+
+
+class AugmentedToyTrainer(ToyTrainer):
+    """ToyTrainer with dropout and random augmentation, so every RNG stream matters."""
+
+    def build_datasets(self):
+        sets = super().build_datasets()
+        sets["train"] = NoisyPoints(*sets["train"].tensors)
+        return sets
+
+    def build_model(self):
+        return torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.Dropout(0.3), torch.nn.Linear(16, 1))
+
+
+class StopAfter(HookBase):
+    """Raises after step ``k`` completes, like a crash between two steps."""
+
+    def __init__(self, k):
+        self.k = k
+
+    def after_step(self):
+        if self.trainer.global_step == self.k:
+            raise RuntimeError(f"stop after step {self.k}")
+
+
+def denoise_trainer(tmp_path_factory):
+    return load_example(tmp_path_factory.mktemp("example")).DenoiseTrainer
+
+
+# trainer factory, flags, (stop mid-epoch, stop at an epoch boundary, a later stop)
+CASES = {
+    "toy": (lambda f: AugmentedToyTrainer, ["--epochs", "2"], (3, 5, 8)),
+    "vanilla": (lambda f: VanillaTrainer, ["--epochs", "2", "--train_val_sample_rate", "0.3"], (3, 7, 10)),
+    "denoise": (denoise_trainer, ["--epochs", "2", "--batch_size", "256"], (2, 6, 9)),
+}
+
+
+def train(cls, out, argv, hooks=()):
+    trainer = cls.from_argv(["--output_dir", str(out), "--gpu_devices", "cpu", "--deterministic", *argv])
+    trainer.build_hooks = lambda: list(hooks)
+    trainer.fit()
+    return trainer
+
+
+def logged(trainer):
+    rows = list(csv.DictReader(open(os.path.join(trainer.run_dir, "metrics.csv"))))
+    return [{k: v for k, v in r.items() if k != "val_seconds"} for r in rows]
+
+
+def assert_same_state(a, b):
+    for key, value in a.model.state_dict().items():
+        assert torch.equal(value, b.model.state_dict()[key]), key
+    sa, sb = a.optimizer.state_dict(), b.optimizer.state_dict()
+    assert sa["param_groups"] == sb["param_groups"]
+    for pid, state in sa["state"].items():
+        for name, value in state.items():
+            assert torch.equal(value, sb["state"][pid][name]), (pid, name)
+    assert a.scheduler.state_dict() == b.scheduler.state_dict()
+    assert (a.epoch, a.global_step, a.batch_in_epoch) == (b.epoch, b.global_step, b.batch_in_epoch)
+
+
+@pytest.fixture(scope="module")
+def straight_runs(tmp_path_factory):
+    cache = {}
+
+    def get(case, workers):
+        if (case, workers) not in cache:
+            make, argv, _ = CASES[case]
+            cache[case, workers] = train(make(tmp_path_factory), tmp_path_factory.mktemp("straight"),
+                                         [*argv, "--num_workers", str(workers)])
+        return cache[case, workers]
+    return get
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("stop", [0, 1, 2], ids=["mid_epoch", "epoch_boundary", "later"])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_stop_and_resume_equals_straight(tmp_path, tmp_path_factory, straight_runs, case, stop, workers):
+    make, argv, stops = CASES[case]
+    cls, k = make(tmp_path_factory), stops[stop]
+    argv = [*argv, "--num_workers", str(workers)]
+    with pytest.raises(RuntimeError, match=f"stop after step {k}"):
+        train(cls, tmp_path, argv, [StopAfter(k)])
+    resumed = train(cls, tmp_path, ["--resume", "auto"])
+    straight = straight_runs(case, workers)
+    assert resumed.args.num_workers == workers  # the saved config came back
+    assert_same_state(straight, resumed)
+    assert logged(straight) == logged(resumed)
+
+
+def test_resume_continues_in_the_same_run_folder_and_log(tmp_path):
+    with pytest.raises(RuntimeError):
+        first = ToyTrainer.from_argv(["--output_dir", str(tmp_path), "--gpu_devices", "cpu", "--fail_at_step", "4"])
+        first.fit()
+    resumed = ToyTrainer.from_argv(["--output_dir", str(tmp_path), "--gpu_devices", "cpu",
+                                    "--resume", first.run_dir, "--fail_at_step", "0"])
+    resumed.fit()
+    assert resumed.run_dir == first.run_dir and os.listdir(os.path.dirname(first.run_dir)) == [first.timestamp]
+    log = open(os.path.join(first.run_dir, f"Toy_{first.timestamp}_log.txt")).read()
+    assert log.count("run folder:") == 2 and "resumed from" in log and "step 3" in log
+    assert resumed.provenance["lr"].startswith("resumed run") and resumed.provenance["fail_at_step"] == "command line"
+
+
+def test_step_checkpoints_keep_last_k(tmp_path):
+    trainer = train(ToyTrainer, tmp_path, ["--save_every_steps", "1", "--keep_last_k", "2"])
+    steps = sorted(p for p in os.listdir(trainer.run_dir) if "_step" in p)
+    assert steps == ["Toy_step10_ckpt.pth", "Toy_step9_ckpt.pth"]
