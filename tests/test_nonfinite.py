@@ -1,0 +1,89 @@
+"""--nonfinite raise|skip|rollback: no weight is ever updated from a NaN loss."""
+import pytest
+import torch
+
+from base.hooks import HookBase
+from conftest import ToyTrainer
+
+
+class Poisoned(ToyTrainer):
+    """Returns a NaN loss for the batches listed in ``poison`` as (epoch, batch index)."""
+
+    poison = set()
+    once = False
+
+    def train_step(self, batch):
+        out = super().train_step(batch)
+        where = (self.epoch, self.batch_in_epoch)
+        if where in self.poison:
+            if self.once:
+                self.poison = self.poison - {where}
+            out["loss"] = out["loss"] * float("nan")
+        return out
+
+
+class WeightLog(HookBase):
+    """Weights after every batch, and the loss the step saw."""
+
+    def __init__(self):
+        self.after = []
+
+    def after_step(self):
+        self.after.append({k: v.clone() for k, v in self.trainer.model.state_dict().items()})
+
+
+def run(tmp_path, poison, *argv, once=False):
+    cls = type("P", (Poisoned,), {"poison": set(poison), "once": once})
+    trainer = cls.from_argv(["--output_dir", str(tmp_path), "--gpu_devices", "cpu", *argv])
+    log = WeightLog()
+    trainer.build_hooks = lambda: [log]
+    return trainer, log
+
+
+def all_finite(weights):
+    return all(torch.isfinite(v).all() for v in weights.values())
+
+
+def test_raise_names_the_step_and_leaves_weights(tmp_path):
+    trainer, log = run(tmp_path, {(0, 2)})
+    with pytest.raises(FloatingPointError, match=r"non-finite loss nan at step 3 \(epoch 1, batch 3\)"):
+        trainer.fit()
+    for key, value in trainer.model.state_dict().items():
+        assert torch.equal(value, log.after[-1][key])
+    assert trainer.global_step == 2
+
+
+def test_skip_drops_the_batch_and_counts_it(tmp_path):
+    trainer, log = run(tmp_path, {(0, 2)}, "--nonfinite", "skip")
+    trainer.fit()
+    assert trainer.skipped_steps == 1 and trainer.global_step == 9  # 10 batches, one dropped
+    assert all(all_finite(w) for w in log.after)
+    for key in log.after[1]:
+        assert torch.equal(log.after[1][key], log.after[2][key])  # the poisoned batch changed nothing
+    assert not torch.equal(log.after[2]["weight"], log.after[3]["weight"])  # the next one did
+
+
+def test_skip_stops_past_max_skipped_steps(tmp_path):
+    trainer, log = run(tmp_path, {(0, i) for i in range(1, 5)}, "--nonfinite", "skip", "--max_skipped_steps", "3")
+    with pytest.raises(FloatingPointError, match="--max_skipped_steps=3"):
+        trainer.fit()
+    assert trainer.skipped_steps == 4 and all(all_finite(w) for w in log.after)
+
+
+def test_rollback_reloads_last_checkpoint_and_lowers_lr(tmp_path):
+    trainer, log = run(tmp_path, {(0, 3)}, "--nonfinite", "rollback", "--save_every_steps", "2",
+                       "--lr_scheduler", "none", once=True)
+    trainer.fit()
+    assert trainer.skipped_steps == 1
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.05 * 0.5)
+    assert trainer.global_step == 10  # batches 2 and 3 were replayed after rolling back to step 2
+    assert all(all_finite(w) for w in log.after)
+    for key in log.after[1]:  # the rollback step restored step 2's weights exactly
+        assert torch.equal(log.after[1][key], log.after[3][key])
+    assert len(log.after) == 12
+
+
+def test_rollback_without_a_checkpoint_says_so(tmp_path):
+    trainer, _ = run(tmp_path, {(0, 1)}, "--nonfinite", "rollback")
+    with pytest.raises(FloatingPointError, match="no checkpoint to roll back to"):
+        trainer.fit()

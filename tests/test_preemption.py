@@ -1,0 +1,71 @@
+"""Real processes: SIGTERM to the whole process group, and kill -9 after a periodic checkpoint."""
+import glob
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import torch
+
+from base.checkpoint import load_checkpoint
+from trainers.vanilla_trainer import VanillaTrainer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FLAGS = ["--epochs", "15", "--train_val_sample_rate", "0.3", "--gpu_devices", "cpu", "--deterministic"]
+
+
+def start(out, *extra):
+    """Launch trainer_vanilla.py in its own process group (as a cluster scheduler would)."""
+    return subprocess.Popen([sys.executable, "trainer_vanilla.py", "--output_dir", str(out), *FLAGS, *extra],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def wait_for(pattern, proc, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        found = glob.glob(pattern)
+        if found:
+            return found
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    raise AssertionError(f"nothing matched {pattern} within {timeout} s")
+
+
+def straight(out, *extra):
+    trainer = VanillaTrainer.from_argv(["--output_dir", str(out), *FLAGS, *extra])
+    trainer.fit()
+    return trainer
+
+
+def assert_same_weights(a, b):
+    for key, value in a.model.state_dict().items():
+        assert torch.equal(value, b.model.state_dict()[key]), key
+
+
+def test_sigterm_stops_at_a_step_boundary_with_a_checkpoint_and_resume_finishes(tmp_path):
+    proc = start(tmp_path / "stopped", "--num_workers", "2")
+    wait_for(str(tmp_path / "stopped" / "Vanilla" / "*" / "metrics.csv"), proc)
+    os.killpg(proc.pid, signal.SIGTERM)  # the workers get it too, and must leave it to the main process
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert "preempted by SIGTERM" in err and "--resume" in err and "Traceback" not in err
+    (ckpt,) = glob.glob(str(tmp_path / "stopped" / "Vanilla" / "*" / "Vanilla_preempt_ckpt.pth"))
+    state = load_checkpoint(ckpt)
+    assert 0 < state["global_step"] < 15 * 7
+    resumed = VanillaTrainer.from_argv(["--resume", os.path.dirname(ckpt)])
+    resumed.fit()
+    assert_same_weights(straight(tmp_path / "straight", "--num_workers", "2"), resumed)
+
+
+def test_kill_9_after_periodic_checkpoint_then_resume_matches_straight(tmp_path):
+    proc = start(tmp_path / "killed", "--save_every_steps", "5")
+    found = wait_for(str(tmp_path / "killed" / "Vanilla" / "*" / "Vanilla_step*_ckpt.pth"), proc)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=60)
+    run_dir = os.path.dirname(found[0])
+    resumed = VanillaTrainer.from_argv(["--resume", run_dir])
+    resumed.fit()
+    assert resumed.run_dir == run_dir
+    assert_same_weights(straight(tmp_path / "straight", "--save_every_steps", "5"), resumed)
