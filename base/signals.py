@@ -1,4 +1,5 @@
 """Preemption: turn SIGTERM/SIGINT into a flag the loop checks between steps."""
+import contextlib
 import signal
 import threading
 
@@ -47,11 +48,32 @@ class PreemptionFlag:
         return False
 
 
+@contextlib.contextmanager
+def signals_held():
+    """Hold SIGTERM/SIGINT pending while DataLoader workers are forked.
+
+    Workers start with the signals blocked (the mask is inherited) and switch
+    to ignoring them in :func:`ignore_signals_in_worker`, so a signal sent to
+    the whole process group can never kill a worker that has just been forked.
+    The main process gets a held signal as soon as the block ends.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, PreemptionFlag.SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 def ignore_signals_in_worker(worker_id):
     """DataLoader ``worker_init_fn``: workers leave SIGTERM/SIGINT to the main process.
 
     The main process finishes its step and checkpoints; a worker that died on
-    the same signal would instead make the DataLoader raise mid-step.
+    the same signal would instead make the DataLoader raise mid-step. Ignoring
+    before unblocking discards anything that arrived while the worker started.
     """
     for sig in PreemptionFlag.SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, PreemptionFlag.SIGNALS)

@@ -17,7 +17,7 @@ from base import resume, run_dir
 from base.bad_data import BadSampleFilter, BadSampleLog, collate_good_samples
 from base.checkpoint import load_checkpoint
 from base.config import parse_config
-from base.signals import PreemptionFlag, ignore_signals_in_worker
+from base.signals import PreemptionFlag, ignore_signals_in_worker, signals_held
 from base.state import EarlyStopper, ResumableSampler, SeededSamples, rng_state, seed_everything
 from base.trainer_args import add_trainer_arguments, validate_trainer_config
 from base.trainer_checkpoint import CheckpointingMixin
@@ -299,9 +299,20 @@ class TrainerBase(CheckpointingMixin, abc.ABC):
             loader.generator.manual_seed(a.seed + self.epoch)
         if isinstance(loader.dataset, SeededSamples):
             loader.dataset.epoch = self.epoch
-        bar = tqdm(loader, desc=f"epoch {self.epoch + 1}/{a.epochs}", unit="batch",
+        with signals_held():
+            batches = iter(loader)  # forks the workers, if any
+        bar = tqdm(batches, desc=f"epoch {self.epoch + 1}/{a.epochs}", unit="batch",
                    initial=self.batch_in_epoch, total=self.steps_per_epoch,
                    dynamic_ncols=True, disable=None, leave=False)
+        try:
+            self._train_batches(bar)
+        finally:
+            bar.close()
+            # An exception's traceback keeps the iterator alive; stop its workers now, not at exit.
+            getattr(batches, "_shutdown_workers", lambda: None)()
+
+    def _train_batches(self, bar):
+        a = self.args
         for batch in bar:
             self._call("before_step")
             if batch is not None:  # None: every sample of the batch was a skipped bad image
@@ -314,8 +325,7 @@ class TrainerBase(CheckpointingMixin, abc.ABC):
             # ~0.1 ms: lets a checkpoint taken after a failure in the next step hold this step's RNG
             self._step_rng = rng_state()
             self._call("after_step")
-            for path in self.bad_samples.check():
-                self.logger.warning("skipped unreadable image %s", path)
+            self._check_bad_samples()
             if self.global_step % a.log_every_steps == 0:
                 self._log_train(bar)
             if a.val_every_steps and self.global_step % a.val_every_steps == 0:
@@ -327,7 +337,6 @@ class TrainerBase(CheckpointingMixin, abc.ABC):
                 self._preempt()
             if self._done():
                 break
-        bar.close()
 
     def _step(self, batch):
         """One optimizer step: forward, non-finite check, backward, clip, update, schedule."""
@@ -358,6 +367,10 @@ class TrainerBase(CheckpointingMixin, abc.ABC):
         self._loss_count += n
         return out
 
+    def _check_bad_samples(self):
+        for path in self.bad_samples.check():  # raises DataError past --max_bad_images
+            self.logger.warning("skipped unreadable image %s", path)
+
     # ----------------------------------------------------------------- metrics
     def train_loss(self):
         """Mean training loss per sample since the last validation (float), or NaN."""
@@ -376,7 +389,8 @@ class TrainerBase(CheckpointingMixin, abc.ABC):
         """Evaluate on ``split`` with the model in eval mode; returns ``{metric: float}``."""
         self.model.eval()
         try:
-            with torch.no_grad():
+            # validate() forks its loader's workers where we cannot see: hold signals until it ends
+            with torch.no_grad(), signals_held():
                 return {k: float(v) for k, v in self.validate(self.loaders[split]).items()}
         finally:
             self.model.train()
@@ -385,6 +399,7 @@ class TrainerBase(CheckpointingMixin, abc.ABC):
         """Validate, log a row to metrics.csv/TensorBoard/the log, save ``best`` on improvement."""
         a, start = self.args, time.perf_counter()
         metrics = self.run_validation("val")
+        self._check_bad_samples()
         if self.monitor not in metrics:
             raise KeyError(f"validate() returned {sorted(metrics)}, without the monitored "
                            f"metric {self.monitor!r} of {type(self).__name__}")
