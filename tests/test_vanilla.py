@@ -94,3 +94,17 @@ def test_entry_scripts_give_one_line_errors(argv, status, message):
     proc = subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == status
     assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_fashionmnist_run_from_raw_idx_files(tmp_path):
+    from test_data import write_mnist
+
+    data_dir = tmp_path / "data"
+    write_mnist(data_dir / "FashionMNIST" / "raw", n_train=60, n_test=20)
+    trainer, metrics = train(tmp_path / "runs", "--data_type", "FashionMNIST", "--data_dir", str(data_dir),
+                             "--model_type", "SmallCNN", "--epochs", "2", "--batch_size", "16",
+                             "--gpu_devices", "cpu")
+    assert trainer.data.input_shape == (1, 28, 28) and trainer.data.class_names[0] == "T-shirt/top"
+    assert len(trainer.datasets["test"]) == 20 and 0.0 <= metrics["top1"] <= 100.0
+    evaluator = VanillaEvaluator.from_argv(["--model_path", trainer.checkpoint_path("best")])
+    assert evaluator.run()["top1"] == pytest.approx(metrics["top1"])
