@@ -1,0 +1,85 @@
+"""Validation, test and training-loss bookkeeping of :class:`base.trainer_base.TrainerBase`."""
+import json
+import os
+import time
+
+import torch
+
+from base.checkpoint import load_checkpoint
+from base.signals import signals_held
+
+
+class ValidationMixin:
+    """When and how the trainer measures itself: ``metrics.csv``, TensorBoard, the log, ``best``."""
+
+    def _check_bad_samples(self):
+        for path in self.bad_samples.check():  # raises DataError past --max_bad_images
+            self.logger.warning("skipped unreadable image %s", path)
+
+    def train_loss(self):
+        """Mean training loss per sample since the last validation (float), or NaN."""
+        if not self._loss_count:
+            return float("nan")
+        return float(self._loss_sum) / self._loss_count
+
+    def _log_train(self, bar):
+        loss = self.train_loss()
+        lr = self.optimizer.param_groups[0]["lr"]
+        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
+        self.writer.add_scalar("train/loss", loss, self.global_step)
+        self.writer.add_scalar("train/lr", lr, self.global_step)
+
+    def run_validation(self, split="val"):
+        """Evaluate on ``split`` with the model in eval mode; returns ``{metric: float}``."""
+        self.model.eval()
+        try:
+            # validate() forks its loader's workers where we cannot see: hold signals until it ends
+            with torch.no_grad(), signals_held():
+                return {k: float(v) for k, v in self.validate(self.loaders[split]).items()}
+        finally:
+            self.model.train()
+
+    def _validate(self):
+        """Validate, log a row to metrics.csv/TensorBoard/the log, save ``best`` on improvement."""
+        a, start = self.args, time.perf_counter()
+        metrics = self.run_validation("val")
+        self._check_bad_samples()
+        if self.monitor not in metrics:
+            raise KeyError(f"validate() returned {sorted(metrics)}, without the monitored "
+                           f"metric {self.monitor!r} of {type(self).__name__}")
+        is_best = self.early_stopper.update(metrics[self.monitor])
+        row = {"epoch": self.epoch, "step": self.global_step, "train_loss": self.train_loss(),
+               "lr": self.optimizer.param_groups[0]["lr"], **{f"val_{k}": v for k, v in metrics.items()},
+               "val_seconds": time.perf_counter() - start}
+        self.last_metrics, self._validated_at = row, self.global_step
+        self._loss_sum, self._loss_count = 0.0, 0
+        self.metrics_csv.write(row)
+        for key, value in row.items():
+            if key.startswith("val_") or key == "train_loss":
+                self.writer.add_scalar(key.replace("_", "/", 1), value, self.global_step)
+        self.logger.info("epoch %d step %d | train_loss %.4f | %s%s", self.epoch, self.global_step,
+                         row["train_loss"], " ".join(f"val_{k} {v:.4f}" for k, v in metrics.items()),
+                         " | new best" if is_best else "")
+        if is_best:
+            self.save("best")
+            self.export_best()
+        if self.early_stopper.should_stop:
+            self.logger.info("early stop: %s has not improved for %d validations (best %.4f)",
+                             self.monitor, a.early_stop_patience, self.early_stopper.best)
+
+    def test(self):
+        """Load the best checkpoint's weights and evaluate on the test split (if any)."""
+        if "test" not in self.loaders:
+            return {}
+        best = self.checkpoint_path("best")
+        if os.path.isfile(best):
+            self.model.load_state_dict(load_checkpoint(best, map_location=self.device)["model"])
+        metrics = self.run_validation("test")
+        self.logger.info("test (best checkpoint, %d samples): %s", len(self.datasets["test"]),
+                         " ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        for key, value in metrics.items():
+            self.writer.add_scalar(f"test/{key}", value, self.global_step)
+        self.writer.flush()
+        with open(os.path.join(self.run_dir, "test_metrics.json"), "w", encoding="utf-8") as f:
+            json.dump({"checkpoint": os.path.basename(best), **metrics}, f, indent=2)
+        return metrics
