@@ -170,8 +170,12 @@ class TrainerBase(CheckpointingMixin, ValidationMixin, abc.ABC):
     def setup(self):
         """Create (or, resuming, reopen) the run folder, write the config, build everything.
 
+        A resumed run's config file is updated only once its checkpoint has
+        loaded, so a failed resume leaves the run as it was.
+
         Raises:
-            UserError: the run folder cannot be created or written.
+            CheckpointError: ``--resume`` names a checkpoint that does not fit.
+            OSError: the run folder cannot be written.
         """
         a = self.args
         if self.resume_from:
@@ -182,9 +186,7 @@ class TrainerBase(CheckpointingMixin, ValidationMixin, abc.ABC):
         self.logger = run_dir.setup_logger(
             f"trainer.{id(self)}", os.path.join(self.run_dir, f"{a.proj_name}_{self.timestamp}_log.txt"))
         config_path = os.path.join(self.run_dir, f"config_{a.proj_name}_{self.timestamp}.json")
-        if self.resume_from:
-            run_dir.record_resume(config_path, a, self.provenance, self.resume_from[1])
-        else:
+        if not self.resume_from:
             run_dir.write_config(config_path, a, self.provenance,
                                  {"timestamp": self.timestamp, "trainer": type(self).__name__})
         self.bad_samples = BadSampleLog(os.path.join(self.run_dir, "bad_images.txt"), a.max_bad_images)
@@ -209,6 +211,7 @@ class TrainerBase(CheckpointingMixin, ValidationMixin, abc.ABC):
                          self.total_steps, self.device)
         if self.resume_from:
             self.resume(self.resume_from[1])
+            run_dir.record_resume(config_path, a, self.provenance, self.resume_from[1])
         self._step_rng = rng_state()  # what a checkpoint taken before the first step holds
 
     @property
