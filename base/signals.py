@@ -1,5 +1,7 @@
 """Preemption: turn SIGTERM/SIGINT into a flag the loop checks between steps."""
+import atexit
 import contextlib
+import multiprocessing
 import signal
 import threading
 
@@ -77,3 +79,18 @@ def ignore_signals_in_worker(worker_id):
     for sig in PreemptionFlag.SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, PreemptionFlag.SIGNALS)
+
+
+@atexit.register  # registered after multiprocessing's own exit handler, so it runs first
+def _kill_leftover_workers():
+    """At interpreter exit, SIGKILL daemonic children (DataLoader workers) still alive.
+
+    multiprocessing ends them with SIGTERM and then waits; workers that ignore
+    SIGTERM (see :func:`ignore_signals_in_worker`) would make that wait endless
+    when an exception left a DataLoader iterator unfinished.
+    """
+    children = [c for c in multiprocessing.active_children() if c.daemon]
+    if children and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # torch's handler would report these kills
+    for child in children:
+        child.kill()

@@ -244,8 +244,11 @@ class TrainerBase(CheckpointingMixin, ValidationMixin, abc.ABC):
             the test metrics (``{}`` when there is no test split).
         """
         self.setup()
-        self.train()
-        return self.test()
+        try:
+            self.train()
+            return self.test()
+        finally:
+            self.writer.close()
 
     def run(self):
         """Entry-script action: :meth:`fit`."""

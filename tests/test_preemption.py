@@ -69,3 +69,34 @@ def test_kill_9_after_periodic_checkpoint_then_resume_matches_straight(tmp_path)
     resumed.fit()
     assert resumed.run_dir == run_dir
     assert_same_weights(straight(tmp_path / "straight", "--save_every_steps", "5"), resumed)
+
+
+def test_exit_does_not_hang_on_workers_left_by_an_exception(tmp_path):
+    """Workers ignore SIGTERM, so multiprocessing's exit-time terminate() alone would wait forever."""
+    script = tmp_path / "leftover.py"
+    script.write_text(f"""
+import sys
+sys.path.insert(0, {ROOT!r})
+import torch
+from torch.utils.data import DataLoader, Dataset
+from base.signals import ignore_signals_in_worker
+
+class Broken(Dataset):
+    def __len__(self):
+        return 64
+    def __getitem__(self, i):
+        if i == 40:
+            raise ValueError("bad sample")
+        return torch.zeros(2)
+
+kept = []
+try:
+    for _ in DataLoader(Broken(), batch_size=4, num_workers=2, worker_init_fn=ignore_signals_in_worker):
+        pass
+except ValueError:
+    kept.append(sys.exc_info())  # the traceback keeps the iterator, and its workers, alive
+print("done")
+""")
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "done" in proc.stdout
+    assert "Traceback" not in proc.stderr
