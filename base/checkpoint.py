@@ -8,7 +8,6 @@ file. Reads go through :func:`load_checkpoint` only, which uses
 """
 import os
 import pickle
-import zipfile
 
 import torch
 
@@ -72,14 +71,17 @@ def load_checkpoint(path, map_location="cpu", flag="--model_path"):
         raise CheckpointError(f"{flag} {path}: no such file")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{flag} {path}: refused, it holds objects other than "
-                              f"tensors and plain types ({first[:200]})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    except Exception as exc:  # noqa: BLE001 - any failure to parse means "not a checkpoint we read"
+        text = str(exc)
+        # The weights-only unpickler names the global it refused: that file asked to run code.
+        refused = isinstance(exc, pickle.UnpicklingError) and "Unsupported global" in text
+        detail = next((line.strip() for line in text.splitlines() if "Unsupported global" in line),
+                      text.strip().splitlines()[0] if text.strip() else type(exc).__name__)
+        if refused:
+            raise CheckpointError(f"{flag} {path}: refused, it holds objects other than "
+                                  f"tensors and plain types ({detail[:200]})") from None
         raise CheckpointError(f"{flag} {path}: not a readable checkpoint "
-                              f"(truncated or foreign file: {first[:200]})") from None
+                              f"(truncated or foreign file: {type(exc).__name__}: {detail[:200]})") from None
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(f"{flag} {path}: not a checkpoint of this project (no 'model' entry)")
     return state

@@ -79,9 +79,7 @@ def setup_logger(name, log_path=None, level=logging.INFO):
     logger = logging.getLogger(name)
     logger.setLevel(level)
     logger.propagate = False
-    for handler in list(logger.handlers):
-        logger.removeHandler(handler)
-        handler.close()
+    close_logger(logger)
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
     handlers = [logging.StreamHandler(sys.stderr)]
     if log_path:
@@ -90,6 +88,13 @@ def setup_logger(name, log_path=None, level=logging.INFO):
         handler.setFormatter(fmt)
         logger.addHandler(handler)
     return logger
+
+
+def close_logger(logger):
+    """Detach and close ``logger``'s handlers (the run's log file among them)."""
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
 
 
 class MetricsCSV:

@@ -2,6 +2,7 @@
 import atexit
 import contextlib
 import multiprocessing
+import multiprocessing.util  # registers multiprocessing's exit handler now, so ours (below) runs before it
 import signal
 import threading
 

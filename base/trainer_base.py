@@ -249,6 +249,7 @@ class TrainerBase(CheckpointingMixin, ValidationMixin, abc.ABC):
             return self.test()
         finally:
             self.writer.close()
+            run_dir.close_logger(self.logger)
 
     def run(self):
         """Entry-script action: :meth:`fit`."""

@@ -75,6 +75,7 @@ class ValidationMixin:
         if os.path.isfile(best):
             self.model.load_state_dict(load_checkpoint(best, map_location=self.device)["model"])
         metrics = self.run_validation("test")
+        self._check_bad_samples()
         self.logger.info("test (best checkpoint, %d samples): %s", len(self.datasets["test"]),
                          " ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
         for key, value in metrics.items():

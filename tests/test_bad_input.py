@@ -1,0 +1,195 @@
+"""Every bad input ends in one error line that names the culprit, never a traceback.
+
+Status 2: a bad flag or config value (argparse's usage lines, then one ``error:``
+line). Status 1: bad input found while running (a missing or foreign checkpoint,
+nothing to resume). All in-process through ``base.cli.main``, as the entry
+scripts call it.
+"""
+import os
+import pathlib
+import re
+
+import pytest
+import torch
+
+from base.cli import main
+from base.errors import CheckpointError
+from evaluators.vanilla_evaluator import VanillaEvaluator
+from trainers.vanilla_trainer import VanillaTrainer
+
+QUICK = ["--epochs", "1", "--train_val_sample_rate", "0.2", "--gpu_devices", "cpu"]
+# A line the run's logger writes to stderr: "12:34:56 INFO run folder: ...".
+LOG_LINE = re.compile(r"^\d\d:\d\d:\d\d (INFO|WARNING|ERROR) ")
+
+
+def run_main(cls, argv, capsys):
+    """``(exit status, stderr)`` of ``main(cls, argv)``; argparse's own exit counts as a return."""
+    try:
+        status = main(cls, argv)
+    except SystemExit as exc:
+        status = exc.code
+    return status, capsys.readouterr().err
+
+
+def error_line(status, err):
+    """The single ``error:`` line of ``err``, after checking that nothing else is an error.
+
+    Status 2 may be preceded only by argparse's usage (a ``usage:`` line and its
+    indented continuation lines); status 1 only by the run's log lines.
+    """
+    assert "Traceback" not in err
+    lines = err.rstrip("\n").splitlines()
+    assert lines, "nothing on stderr"
+    last, before = lines[-1], lines[:-1]
+    assert ": error: " in last
+    if status == 2:
+        assert before and before[0].startswith("usage: ")
+        assert all(line.startswith(" ") for line in before[1:]), before
+    else:
+        assert all(LOG_LINE.match(line) for line in before), before
+    return last
+
+
+def expect(cls, argv, capsys, status, *names):
+    """Run ``main``; check the status and that the error line contains every string in ``names``."""
+    got, err = run_main(cls, argv, capsys)
+    assert got == status, err
+    line = error_line(status, err)
+    for name in names:
+        assert name in line, (name, line)
+    return line
+
+
+def train(tmp_path):
+    """A tiny real Digits run; returns its trainer (run folder, checkpoint paths)."""
+    trainer = VanillaTrainer.from_argv(QUICK + ["--output_dir", str(tmp_path)])
+    trainer.fit()
+    return trainer
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    return train(tmp_path_factory.mktemp("trained"))
+
+
+# ------------------------------------------------------------------ flags and config (status 2)
+@pytest.mark.parametrize("argv, names", [
+    (["--no_such_flag", "1"], ["unrecognized arguments", "--no_such_flag"]),
+    (["--model_type", "ResNet9000"], ["--model_type", "'ResNet9000'", "'SmallCNN'", "'Vanilla'"]),
+    (["--data_type", "CIFAR"], ["--data_type", "'CIFAR'", "'Digits'", "'ImageFolder'", "'MNIST'"]),
+    (["--batch_size", "0"], ["--batch_size=0"]),
+    (["--batch_size", "-4"], ["--batch_size=-4"]),
+    (["--lr", "0"], ["--lr=0.0"]),
+    (["--lr", "-0.1"], ["--lr=-0.1"]),
+    (["--epochs", "0"], ["--epochs=0"]),
+    (["--epochs", "-1"], ["--epochs=-1"]),
+    (["--train_val_sample_rate", "0"], ["--train_val_sample_rate=0.0", "(0, 1]"]),
+    (["--train_val_sample_rate", "1.5"], ["--train_val_sample_rate=1.5", "(0, 1]"]),
+    (["--test_sample_rate", "0"], ["--test_sample_rate=0.0", "(0, 1]"]),
+    (["--test_sample_rate", "1.5"], ["--test_sample_rate=1.5", "(0, 1]"]),
+    (["--data_type", "ImageFolder"], ["--data_dir", "ImageFolder"]),
+    (["--data_type", "ImageFolder", "--data_dir", "/no/such/folder"], ["--data_dir", "/no/such/folder"]),
+])
+def test_bad_flag_value_exits_2_naming_it(tmp_path, capsys, argv, names):
+    expect(VanillaTrainer, ["--output_dir", str(tmp_path), "--gpu_devices", "cpu", *argv], capsys, 2, *names)
+    assert not os.path.exists(tmp_path / "Vanilla")  # refused before any run folder
+
+
+def test_empty_data_dir_exits_2(tmp_path, capsys):
+    empty = tmp_path / "images"
+    empty.mkdir()
+    line = expect(VanillaTrainer, ["--output_dir", str(tmp_path), "--gpu_devices", "cpu",
+                                   "--data_type", "ImageFolder", "--data_dir", str(empty)],
+                  capsys, 2, "--data_dir", str(empty))
+    assert "empty" in line
+
+
+def test_output_dir_under_a_file_exits_2(tmp_path, capsys):
+    # Tests run as root, where permissions stop nothing; a regular file in the path does.
+    (tmp_path / "afile").write_text("not a folder")
+    target = tmp_path / "afile" / "runs"
+    line = expect(VanillaTrainer, ["--output_dir", str(target), "--gpu_devices", "cpu"],
+                  capsys, 2, "--output_dir", str(target))
+    assert "not a folder" in line
+
+
+@pytest.mark.skipif(torch.cuda.device_count() > 3, reason="GPU 3 exists here")
+def test_missing_gpu_exits_2(tmp_path, capsys):
+    expect(VanillaTrainer, ["--output_dir", str(tmp_path), "--gpu_devices", "3"], capsys, 2,
+           "--gpu_devices='3'", "no such GPU")
+
+
+@pytest.mark.parametrize("text, names", [
+    ("{not json", ["not valid JSON"]),
+    ('{"batch_size": 8, "no_such_key": 1}', ["unknown key 'no_such_key'"]),
+])
+def test_bad_config_file_exits_2(tmp_path, capsys, text, names):
+    path = tmp_path / "c.json"
+    path.write_text(text)
+    expect(VanillaTrainer, ["--output_dir", str(tmp_path), "--gpu_devices", "cpu", "--config", str(path)],
+           capsys, 2, "--config", str(path), *names)
+
+
+# ------------------------------------------------------------------ resume (status 1)
+def saved_files(run_dir):
+    """``{name: (mtime_ns, bytes)}`` of a run's checkpoints and best-model export."""
+    return {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in pathlib.Path(run_dir).iterdir()
+            if p.suffix in (".pth", ".safetensors") or p.name == "Vanilla_best.json"}
+
+
+def test_resume_of_a_missing_path_exits_1(tmp_path, capsys):
+    missing = tmp_path / "no_such_run"
+    expect(VanillaTrainer, ["--output_dir", str(tmp_path), "--gpu_devices", "cpu", "--resume", str(missing)],
+           capsys, 1, "--resume", str(missing))
+
+
+def test_resume_auto_without_runs_names_the_folder_looked_in(tmp_path, capsys):
+    expect(VanillaTrainer, ["--output_dir", str(tmp_path), "--gpu_devices", "cpu", "--resume", "auto"],
+           capsys, 1, "--resume auto", str(tmp_path / "Vanilla"))
+
+
+def test_resume_with_another_model_type_fails_and_keeps_the_checkpoints(trained, capsys):
+    before = saved_files(trained.run_dir)
+    assert {"Vanilla_best_ckpt.pth", "Vanilla_last_ckpt.pth", "Vanilla_best.safetensors"} <= set(before)
+    expect(VanillaTrainer, ["--resume", trained.checkpoint_path("last"), "--model_type", "SmallCNN"],
+           capsys, 1, trained.checkpoint_path("last"), "'Vanilla'", "'SmallCNN'")
+    after = saved_files(trained.run_dir)
+    assert after == before  # nothing saved is lost, and no SmallCNN_* checkpoint appears
+
+
+# ------------------------------------------------------------------ eval --model_path (status 1)
+def test_eval_of_a_missing_checkpoint_exits_1(tmp_path, capsys):
+    missing = str(tmp_path / "no_such.pth")
+    line = expect(VanillaEvaluator, ["--model_path", missing], capsys, 1, "--model_path", missing)
+    assert "no such file" in line
+
+
+def test_eval_of_a_truncated_checkpoint_exits_1(trained, tmp_path, capsys):
+    data = pathlib.Path(trained.checkpoint_path("best")).read_bytes()
+    cut = tmp_path / "cut.pth"
+    cut.write_bytes(data[: len(data) // 2])
+    line = expect(VanillaEvaluator, ["--model_path", str(cut)], capsys, 1, "--model_path", str(cut))
+    assert "truncated" in line
+
+
+# The weights-only unpickler fails differently on each text: IndexError ("t" is pickle's
+# TUPLE opcode, popping a missing mark), KeyError ("h" reads an unset memo slot), UnpicklingError.
+@pytest.mark.parametrize("text", ["these are my notes, not a checkpoint\n", "hello world\n", '{"a": 1}\n'])
+def test_eval_of_a_text_file_exits_1(tmp_path, capsys, text):
+    path = tmp_path / "x.pth"
+    path.write_text(text)
+    expect(VanillaEvaluator, ["--model_path", str(path)], capsys, 1, "--model_path", str(path))
+
+
+def test_eval_of_a_dict_without_model_exits_1(tmp_path, capsys):
+    path = tmp_path / "weights.pth"
+    torch.save({"state_dict": {"w": torch.zeros(3)}}, path)
+    line = expect(VanillaEvaluator, ["--model_path", str(path)], capsys, 1, "--model_path", str(path))
+    assert "'model'" in line
+
+
+def test_debug_raises_with_traceback(tmp_path):
+    missing = str(tmp_path / "no_such.pth")
+    with pytest.raises(CheckpointError, match=re.escape(missing)) as info:
+        main(VanillaEvaluator, ["--model_path", missing, "--debug"])
+    assert info.traceback  # a real exception with its frames, not a printed line
