@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from base import resume, run_dir
+from base import optim, resume, run_dir
 from base.bad_data import BadSampleFilter, BadSampleLog, collate_good_samples
 from base.config import parse_config
 from base.signals import PreemptionFlag, ignore_signals_in_worker, signals_held
@@ -109,29 +109,12 @@ class TrainerBase(CheckpointingMixin, ValidationMixin, abc.ABC):
         """
 
     def build_optimizer(self):
-        """``--optimizer`` over all trainable parameters with ``--lr`` and ``--weight_decay``."""
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        a = self.args
-        if a.optimizer == "sgd":
-            return torch.optim.SGD(params, lr=a.lr, momentum=a.momentum, weight_decay=a.weight_decay)
-        cls = torch.optim.Adam if a.optimizer == "adam" else torch.optim.AdamW
-        return cls(params, lr=a.lr, weight_decay=a.weight_decay)
+        """``--optimizer`` over the model's trainable parameters (see :func:`base.optim.build_optimizer`)."""
+        return optim.build_optimizer(self.model.parameters(), self.args)
 
     def build_scheduler(self):
-        """Linear warmup (``--warmup_steps``) then cosine decay to 0, stepped per optimizer step.
-
-        Recipe: Loshchilov & Hutter, "SGDR" (2017) cosine schedule; Goyal et al.
-        (2017) linear warmup. Returns ``None`` for ``--lr_scheduler none``.
-        """
-        a, sched = self.args, torch.optim.lr_scheduler
-        if a.lr_scheduler == "none":
-            return None
-        warmup = min(a.warmup_steps, self.total_steps - 1)
-        cosine = sched.CosineAnnealingLR(self.optimizer, T_max=max(1, self.total_steps - warmup))
-        if warmup <= 0:
-            return cosine
-        ramp = sched.LinearLR(self.optimizer, start_factor=1e-3, total_iters=warmup)
-        return sched.SequentialLR(self.optimizer, [ramp, cosine], milestones=[warmup])
+        """Warmup then cosine over :attr:`total_steps` (see :func:`base.optim.build_scheduler`)."""
+        return optim.build_scheduler(self.optimizer, self.args, self.total_steps)
 
     def build_dataloader(self, dataset, split):
         """A ``DataLoader`` whose order and worker seeds depend only on ``(--seed, epoch)``.
