@@ -111,6 +111,20 @@ class MetricsCSV:
             with open(path, newline="", encoding="utf-8") as f:
                 self.fields = next(csv.reader(f))
 
+    def drop_rows_after(self, step):
+        """Remove rows logged after ``step`` (a resume redoes that work and logs it again)."""
+        if self.fields is None:
+            return
+        with open(self.path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+        kept = [r for r in rows if int(float(r.get("step") or 0)) <= step]
+        if len(kept) == len(rows):
+            return
+        with open(self.path, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=self.fields)
+            writer.writeheader()
+            writer.writerows(kept)
+
     def write(self, row):
         new = self.fields is None
         if new:

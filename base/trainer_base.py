@@ -194,6 +194,7 @@ class TrainerBase(CheckpointingMixin, ValidationMixin, abc.ABC):
                          self.total_steps, self.device)
         if self.resume_from:
             self.resume(self.resume_from[1])
+            self.metrics_csv.drop_rows_after(self.global_step)
             run_dir.record_resume(config_path, a, self.provenance, self.resume_from[1])
         self._step_rng = rng_state()  # what a checkpoint taken before the first step holds
 

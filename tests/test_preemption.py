@@ -6,9 +6,9 @@ import subprocess
 import sys
 import time
 
-import torch
 
 from base.checkpoint import load_checkpoint
+from test_resume import assert_same_state, logged
 from trainers.vanilla_trainer import VanillaTrainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -39,11 +39,6 @@ def straight(out, *extra):
     return trainer
 
 
-def assert_same_weights(a, b):
-    for key, value in a.model.state_dict().items():
-        assert torch.equal(value, b.model.state_dict()[key]), key
-
-
 def test_sigterm_stops_at_a_step_boundary_with_a_checkpoint_and_resume_finishes(tmp_path):
     proc = start(tmp_path / "stopped", "--num_workers", "2")
     wait_for(str(tmp_path / "stopped" / "Vanilla" / "*" / "metrics.csv"), proc)
@@ -56,7 +51,9 @@ def test_sigterm_stops_at_a_step_boundary_with_a_checkpoint_and_resume_finishes(
     assert 0 < state["global_step"] < 15 * 7
     resumed = VanillaTrainer.from_argv(["--resume", os.path.dirname(ckpt)])
     resumed.fit()
-    assert_same_weights(straight(tmp_path / "straight", "--num_workers", "2"), resumed)
+    reference = straight(tmp_path / "straight", "--num_workers", "2")
+    assert_same_state(reference, resumed)
+    assert logged(reference) == logged(resumed)
 
 
 def test_kill_9_after_periodic_checkpoint_then_resume_matches_straight(tmp_path):
@@ -68,7 +65,9 @@ def test_kill_9_after_periodic_checkpoint_then_resume_matches_straight(tmp_path)
     resumed = VanillaTrainer.from_argv(["--resume", run_dir])
     resumed.fit()
     assert resumed.run_dir == run_dir
-    assert_same_weights(straight(tmp_path / "straight", "--save_every_steps", "5"), resumed)
+    reference = straight(tmp_path / "straight", "--save_every_steps", "5")
+    assert_same_state(reference, resumed)
+    assert logged(reference) == logged(resumed)
 
 
 def test_exit_does_not_hang_on_workers_left_by_an_exception(tmp_path):

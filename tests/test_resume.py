@@ -136,3 +136,15 @@ def test_step_checkpoints_keep_last_k(tmp_path):
     trainer = train(ToyTrainer, tmp_path, ["--save_every_steps", "1", "--keep_last_k", "2"])
     steps = sorted(p for p in os.listdir(trainer.run_dir) if "_step" in p)
     assert steps == ["Toy_step10_ckpt.pth", "Toy_step9_ckpt.pth"]
+
+
+def test_rows_logged_after_the_checkpoint_are_redone_not_duplicated(tmp_path, tmp_path_factory, straight_runs):
+    # As if killed after writing a validation row but before its checkpoint landed.
+    with pytest.raises(RuntimeError):
+        train(AugmentedToyTrainer, tmp_path, ["--epochs", "2", "--num_workers", "0"], [StopAfter(6)])
+    path = os.path.join(tmp_path, "Toy", os.listdir(os.path.join(tmp_path, "Toy"))[0], "metrics.csv")
+    with open(path, "a") as f:
+        f.write("2,10,0.5,0.01,0.7,0.1\n")  # a row from the future, step 10 > 6
+    resumed = train(AugmentedToyTrainer, tmp_path, ["--resume", "auto"])
+    assert resumed.run_dir == os.path.dirname(path)
+    assert logged(straight_runs("toy", 0)) == logged(resumed)
