@@ -54,6 +54,9 @@ class EvaluatorBase(abc.ABC):
         defaults, _ = build_parser(self.trainer_class)
         known = vars(defaults.parse_args([]))
         merged = {**known, **{k: v for k, v in saved.items() if k in known}}
+        # Evaluation writes beside the checkpoint; the training machine's output folder
+        # may not exist here and must not fail validation.
+        merged["output_dir"] = os.path.dirname(os.path.abspath(self.args.model_path))
         merged.update({k: v for k, v in vars(self.args).items() if k in known})
         task_args = argparse.Namespace(**merged)
         self.trainer_class.validate_config(task_args)

@@ -108,3 +108,14 @@ def test_fashionmnist_run_from_raw_idx_files(tmp_path):
     assert len(trainer.datasets["test"]) == 20 and 0.0 <= metrics["top1"] <= 100.0
     evaluator = VanillaEvaluator.from_argv(["--model_path", trainer.checkpoint_path("best")])
     assert evaluator.run()["top1"] == pytest.approx(metrics["top1"])
+
+
+def test_eval_works_after_the_run_folder_moved(tmp_path):
+    trainer, metrics = train(tmp_path / "cluster", *QUICK)
+    moved = tmp_path / "laptop" / "run"
+    os.makedirs(moved.parent)
+    os.rename(trainer.run_dir, moved)
+    os.rename(tmp_path / "cluster", tmp_path / "gone")
+    (tmp_path / "cluster").write_text("")  # the saved --output_dir cannot be created here
+    results = VanillaEvaluator.from_argv(["--model_path", str(moved / "Vanilla_best_ckpt.pth")]).run()
+    assert results["top1"] == pytest.approx(metrics["top1"])
