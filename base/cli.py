@@ -25,7 +25,7 @@ def main(cls, argv=None):
 
     Returns:
         the process exit status: 0 on success; 1 for a :class:`UserError`
-        (bad data, checkpoint, ``--resume`` target); 2 for a bad flag or config
+        (bad data, checkpoint, ``--resume`` target) or a non-finite loss; 2 for a bad flag or config
         value (argparse exits with 2 itself while parsing); ``128 + signal``
         (143 for SIGTERM, 130 for SIGINT) when preempted, after the checkpoint
         is written; 130 after a second Ctrl-C. ``--debug`` shows tracebacks.
@@ -45,7 +45,7 @@ def main(cls, argv=None):
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
-    except (UserError, ConfigError) as exc:
+    except (UserError, ConfigError, FloatingPointError) as exc:  # NaN loss: its step is in the message
         if debug:
             raise
         print(f"{prog}: error: {one_line(exc)}", file=sys.stderr)

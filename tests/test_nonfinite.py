@@ -87,3 +87,13 @@ def test_rollback_without_a_checkpoint_says_so(tmp_path):
     trainer, _ = run(tmp_path, {(0, 1)}, "--nonfinite", "rollback")
     with pytest.raises(FloatingPointError, match="no checkpoint to roll back to"):
         trainer.fit()
+
+
+def test_entry_point_reports_a_nan_loss_in_one_line(tmp_path, capsys):
+    from base.cli import main
+
+    cls = type("P", (Poisoned,), {"poison": {(0, 1)}})
+    assert main(cls, ["--output_dir", str(tmp_path), "--gpu_devices", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert "error: non-finite loss nan at step 2" in err and "Traceback" not in err
+    assert len(list(tmp_path.glob("Toy/*/Toy_exception_ckpt.pth"))) == 1
