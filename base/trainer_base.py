@@ -264,8 +264,8 @@ class TrainerBase(CheckpointingMixin, ValidationMixin, abc.ABC):
                     self._train_epoch()
                     if self.batch_in_epoch >= self.steps_per_epoch:
                         self.epoch, self.batch_in_epoch = self.epoch + 1, 0
-                        if self.epoch % a.val_every_epochs == 0:
-                            self._validate()
+                        if self.epoch % a.val_every_epochs == 0 and self._validated_at != self.global_step:
+                            self._validate()  # unless --val_every_steps just did at this step
                     self._call("after_epoch")
                     if self._validated_at == self.global_step:
                         self.save("last")

@@ -13,6 +13,8 @@ class ValidationMixin:
     """When and how the trainer measures itself: ``metrics.csv``, TensorBoard, the log, ``best``."""
 
     def _check_bad_samples(self):
+        if self.args.bad_images != "skip":  # nothing is listed: spare the per-step stat()
+            return
         for path in self.bad_samples.check():  # raises DataError past --max_bad_images
             self.logger.warning("skipped unreadable image %s", path)
 

@@ -150,3 +150,10 @@ def test_same_seed_same_weights(toy_argv, seed):
     b.fit()
     for key, value in a.model.state_dict().items():
         assert torch.equal(value, b.model.state_dict()[key])
+
+
+def test_step_and_epoch_validation_at_the_same_step_run_once(toy_argv):
+    trainer = make(toy_argv + ["--epochs", "2", "--batch_size", "8", "--val_every_steps", "5"])
+    trainer.fit()  # 5 steps per epoch: both cadences fall on steps 5 and 10
+    rows = list(csv.DictReader(open(os.path.join(trainer.run_dir, "metrics.csv"))))
+    assert [int(r["step"]) for r in rows] == [5, 10]
