@@ -29,10 +29,10 @@ class BadSampleFilter(Dataset):
             return None
 
 
-def collate_good_samples(samples):
-    """``default_collate`` of the samples that are not ``None``; ``None`` when none is left."""
+def collate_good_samples(samples, collate=default_collate):
+    """``collate`` of the samples that are not ``None``; ``None`` when none is left."""
     good = [s for s in samples if s is not None]
-    return default_collate(good) if good else None
+    return collate(good) if good else None
 
 
 class BadSampleLog:

@@ -135,7 +135,7 @@ def _coerce(parser, values, source):
     return out
 
 
-def parse_config(cls, argv=None, base_values=None, base_label="saved run"):
+def parse_config(cls, argv=None, base_values=None, base_label="saved run", validate=True):
     """Resolve ``cls``'s configuration from defaults, ``--config`` and ``argv``.
 
     Precedence, lowest first: the base class's defaults, each subclass's
@@ -166,7 +166,8 @@ def parse_config(cls, argv=None, base_values=None, base_label="saved run"):
             args = parser.parse_args(argv)
         given, _ = build_parser(cls, suppress_defaults=True)
         origins.update({k: "command line" for k in vars(given.parse_args(argv))})
-        cls.validate_config(args)
+        if validate:
+            cls.validate_config(args)
     except ConfigError as exc:
         parser.error(str(exc))
     return args, {k: origins.get(k, "command line") for k in vars(args)}

@@ -5,10 +5,11 @@ loop, device, seeding, AMP, clipping, validation cadence, checkpoints, early
 stopping, logging and the checkpoint on exception live here, once.
 """
 import abc
+import functools
 import os
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, default_collate
 from tqdm import tqdm
 
 from base import optim, resume, run_dir
@@ -39,6 +40,9 @@ class TrainerBase(CheckpointingMixin, ValidationMixin, abc.ABC):
 
     monitor = "loss"
     monitor_mode = "min"
+    #: How a list of samples becomes a batch. A module-level function (not a method),
+    #: so DataLoader workers started with ``spawn`` can pickle it.
+    collate_fn = staticmethod(default_collate)
 
     @classmethod
     def add_arguments(cls, parser):
@@ -59,9 +63,11 @@ class TrainerBase(CheckpointingMixin, ValidationMixin, abc.ABC):
         Raises:
             UserError: ``--resume`` names nothing resumable.
         """
-        args, provenance = parse_config(cls, argv)
+        # Validate only once the resumed run's values are in: its defaults alone may not
+        # be valid (e.g. a --data_dir default that this machine lacks).
+        args, _ = parse_config(cls, argv, validate=False)
         if not args.resume:
-            return cls(args, provenance)
+            return cls(*parse_config(cls, argv))
         folder, ckpt = resume.locate(args.resume, args.output_dir, args.proj_name)
         args, provenance = parse_config(cls, argv, base_values=resume.saved_config(ckpt),
                                         base_label=f"resumed run ({folder})")
@@ -135,7 +141,8 @@ class TrainerBase(CheckpointingMixin, ValidationMixin, abc.ABC):
                           sampler=ResumableSampler(len(dataset), shuffle=train, seed=a.seed),
                           num_workers=a.num_workers, pin_memory=self.device.type == "cuda",
                           worker_init_fn=ignore_signals_in_worker, generator=torch.Generator(),
-                          collate_fn=collate_good_samples if a.bad_images == "skip" else None)
+                          collate_fn=(functools.partial(collate_good_samples, collate=self.collate_fn)
+                                      if a.bad_images == "skip" else self.collate_fn))
 
     def build_hooks(self):
         """Return a list of :class:`base.hooks.HookBase`; called once, in ``setup``."""

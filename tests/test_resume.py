@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
+from base.config import check_dir_exists
 from base.hooks import HookBase
 from conftest import ToyTrainer
 from test_readme_example import load_example
@@ -148,3 +149,30 @@ def test_rows_logged_after_the_checkpoint_are_redone_not_duplicated(tmp_path, tm
     resumed = train(AugmentedToyTrainer, tmp_path, ["--resume", "auto"])
     assert resumed.run_dir == os.path.dirname(path)
     assert logged(straight_runs("toy", 0)) == logged(resumed)
+
+
+def test_resume_validates_the_saved_config_not_the_defaults(tmp_path):
+    """A default that is invalid on its own (like a --data_dir this machine lacks) must not
+    stop ``--resume`` of a run that set it."""
+    class NeedsFolder(ToyTrainer):
+        @classmethod
+        def add_arguments(cls, parser):
+            parser.add_argument("--data_dir", default=str(tmp_path / "missing"))
+
+        @classmethod
+        def validate_config(cls, args):
+            super().validate_config(args)
+            check_dir_exists("data_dir", args.data_dir)
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "x.txt").write_text("x")
+    argv = ["--output_dir", str(tmp_path), "--gpu_devices", "cpu", "--max_steps", "3"]
+    first = NeedsFolder.from_argv([*argv, "--data_dir", str(data)])
+    first.fit()
+    resumed = NeedsFolder.from_argv(["--output_dir", str(tmp_path), "--resume", "auto", "--max_steps", "5"])
+    assert resumed.args.data_dir == str(data)
+    resumed.fit()
+    assert resumed.global_step == 5
+    with pytest.raises(SystemExit):  # without --resume the same default is still refused
+        NeedsFolder.from_argv(argv)
