@@ -1,0 +1,75 @@
+"""Segmentation models, looked up by ``--model_type`` through :func:`build_segmentation_model`.
+
+Every model maps ``images: float32 (N, 3, H, W)`` to ``logits: float32 (N, 1, H, W)`` (one
+binary-mask logit per pixel). The one exception: ``UNetPlusPlus`` with ``deep_supervision`` returns
+a list of 4 logits tensors in training mode (see :class:`model.unet.UNetPlusPlus`).
+
+The torchvision models are built randomly initialised (``weights=None, weights_backbone=None``):
+nothing is downloaded. ``MIN_INPUT_SIZE`` is the smallest H and W the U-Nets accept.
+"""
+from torch import nn
+from torchvision.models import segmentation as tv_seg
+
+from model.unet import MIN_INPUT_SIZE, UNet, UNetPlusPlus
+
+__all__ = ["MIN_INPUT_SIZE", "SEG_MODELS", "TorchvisionSegmentation", "build_segmentation_model"]
+
+
+class TorchvisionSegmentation(nn.Module):
+    """Wraps a torchvision segmentation model so ``forward`` returns the tensor ``out`` of its dict.
+
+    Input ``float32 (N, 3, H, W)``; output logits ``float32 (N, num_classes, H, W)``.
+    """
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, images):
+        return self.net(images)["out"]
+
+
+def _torchvision_builder(factory):
+    """A builder for ``factory`` (e.g. ``fcn_resnet50``): random init, 1 class, no aux head."""
+
+    def build(in_channels, base_channels, upsample, deep_supervision):
+        if in_channels != 3:
+            raise ValueError(f"{factory.__name__} takes 3-channel images, got in_channels={in_channels}")
+        net = factory(weights=None, weights_backbone=None, num_classes=1, aux_loss=False)
+        return TorchvisionSegmentation(net)
+
+    return build
+
+
+def _unet(in_channels, base_channels, upsample, deep_supervision):
+    return UNet(in_channels, 1, base_channels, upsample)
+
+
+def _unet_plus_plus(in_channels, base_channels, upsample, deep_supervision):
+    return UNetPlusPlus(in_channels, 1, base_channels, deep_supervision)
+
+
+# name -> builder(in_channels, base_channels, upsample, deep_supervision) -> nn.Module
+SEG_MODELS = {
+    "UNet": _unet,
+    "UNetPlusPlus": _unet_plus_plus,
+    "fcn_resnet50": _torchvision_builder(tv_seg.fcn_resnet50),
+    "deeplabv3_resnet50": _torchvision_builder(tv_seg.deeplabv3_resnet50),
+    "lraspp_mobilenet_v3_large": _torchvision_builder(tv_seg.lraspp_mobilenet_v3_large),
+}
+
+
+def build_segmentation_model(model_type, in_channels=3, base_channels=32, upsample="bilinear",
+                             deep_supervision=False):
+    """Instantiate ``SEG_MODELS[model_type]`` with one output channel.
+
+    ``base_channels`` and ``upsample`` apply to ``UNet``, ``base_channels`` and
+    ``deep_supervision`` to ``UNetPlusPlus``; the torchvision models ignore all three.
+
+    Raises:
+        KeyError: unknown ``model_type`` (the message lists the choices).
+        ValueError: a torchvision model with ``in_channels != 3``; a bad ``upsample`` for ``UNet``.
+    """
+    if model_type not in SEG_MODELS:
+        raise KeyError(f"unknown segmentation model {model_type!r}; choices: {', '.join(SEG_MODELS)}")
+    return SEG_MODELS[model_type](in_channels, base_channels, upsample, deep_supervision)
