@@ -6,18 +6,20 @@ import subprocess
 import sys
 import time
 
+import pytest
 
 from base.checkpoint import load_checkpoint
 from test_resume import assert_same_state, logged
+from trainers.seg_on_carvana_trainer import SegOnCarvanaTrainer
 from trainers.vanilla_trainer import VanillaTrainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS = ["--epochs", "15", "--train_val_sample_rate", "0.3", "--gpu_devices", "cpu", "--deterministic"]
 
 
-def start(out, *extra):
-    """Launch trainer_vanilla.py in its own process group (as a cluster scheduler would)."""
-    return subprocess.Popen([sys.executable, "trainer_vanilla.py", "--output_dir", str(out), *FLAGS, *extra],
+def start(out, *extra, script="trainer_vanilla.py", flags=FLAGS):
+    """Launch a trainer script in its own process group (as a cluster scheduler would)."""
+    return subprocess.Popen([sys.executable, script, "--output_dir", str(out), *flags, *extra],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
 
@@ -33,25 +35,42 @@ def wait_for(pattern, proc, timeout=120):
     raise AssertionError(f"nothing matched {pattern} within {timeout} s")
 
 
-def straight(out, *extra):
-    trainer = VanillaTrainer.from_argv(["--output_dir", str(out), *FLAGS, *extra])
+def straight(out, *extra, cls=VanillaTrainer, flags=FLAGS):
+    trainer = cls.from_argv(["--output_dir", str(out), *flags, *extra])
     trainer.fit()
     return trainer
 
 
-def test_sigterm_stops_at_a_step_boundary_with_a_checkpoint_and_resume_finishes(tmp_path):
-    proc = start(tmp_path / "stopped", "--num_workers", "2")
-    wait_for(str(tmp_path / "stopped" / "Vanilla" / "*" / "metrics.csv"), proc)
+def seg_flags(tmp_path_factory):
+    from test_seg_trainer import seg_data
+
+    return ["--data_dir", seg_data(tmp_path_factory), "--epochs", "12", "--batch_size", "4",
+            "--base_channels", "4", "--gpu_devices", "cpu", "--deterministic"]
+
+
+# proj_name, model_type, script, trainer class, flags(tmp_path_factory), steps in the whole run
+TASKS = {
+    "vanilla": ("Vanilla", "Vanilla", "trainer_vanilla.py", VanillaTrainer, lambda f: FLAGS, 15 * 7),
+    "seg": ("SegOnCarvana", "UNet", "trainer_seg_on_carvana.py", SegOnCarvanaTrainer, seg_flags, 12 * 3),
+}
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_sigterm_stops_at_a_step_boundary_with_a_checkpoint_and_resume_finishes(tmp_path, tmp_path_factory, task):
+    proj, model, script, cls, make_flags, total = TASKS[task]
+    flags = make_flags(tmp_path_factory)
+    proc = start(tmp_path / "stopped", "--num_workers", "2", script=script, flags=flags)
+    wait_for(str(tmp_path / "stopped" / proj / "*" / "metrics.csv"), proc)
     os.killpg(proc.pid, signal.SIGTERM)  # the workers get it too, and must leave it to the main process
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 128 + signal.SIGTERM
+    assert proc.returncode == 128 + signal.SIGTERM, err
     assert "preempted by SIGTERM" in err and "--resume" in err and "Traceback" not in err
-    (ckpt,) = glob.glob(str(tmp_path / "stopped" / "Vanilla" / "*" / "Vanilla_preempt_ckpt.pth"))
+    (ckpt,) = glob.glob(str(tmp_path / "stopped" / proj / "*" / f"{model}_preempt_ckpt.pth"))
     state = load_checkpoint(ckpt)
-    assert 0 < state["global_step"] < 15 * 7
-    resumed = VanillaTrainer.from_argv(["--resume", os.path.dirname(ckpt)])
+    assert 0 < state["global_step"] < total
+    resumed = cls.from_argv(["--resume", os.path.dirname(ckpt)])
     resumed.fit()
-    reference = straight(tmp_path / "straight", "--num_workers", "2")
+    reference = straight(tmp_path / "straight", "--num_workers", "2", cls=cls, flags=flags)
     assert_same_state(reference, resumed)
     assert logged(reference) == logged(resumed)
 

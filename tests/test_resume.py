@@ -16,6 +16,7 @@ from base.config import check_dir_exists
 from base.hooks import HookBase
 from conftest import ToyTrainer
 from test_readme_example import load_example
+from trainers.seg_on_carvana_trainer import SegOnCarvanaTrainer
 from trainers.vanilla_trainer import VanillaTrainer
 
 
@@ -59,11 +60,20 @@ def denoise_trainer(tmp_path_factory):
     return load_example(tmp_path_factory.mktemp("example")).DenoiseTrainer
 
 
+def seg_trainer(tmp_path_factory):
+    """SegOnCarvanaTrainer reading generated Carvana-layout files (random joint augmentation on)."""
+    from test_seg_trainer import seg_data
+
+    data = seg_data(tmp_path_factory)
+    return type("SegOnSyntheticCarvana", (SegOnCarvanaTrainer,), {"DEFAULTS": {"data_dir": data}})
+
+
 # trainer factory, flags, (stop mid-epoch, stop at an epoch boundary, a later stop)
 CASES = {
     "toy": (lambda f: AugmentedToyTrainer, ["--epochs", "2"], (3, 5, 8)),
     "vanilla": (lambda f: VanillaTrainer, ["--epochs", "2", "--train_val_sample_rate", "0.3"], (3, 7, 10)),
     "denoise": (denoise_trainer, ["--epochs", "2", "--batch_size", "256"], (2, 6, 9)),
+    "seg": (seg_trainer, ["--epochs", "2", "--batch_size", "4", "--base_channels", "4"], (2, 3, 5)),
 }
 
 

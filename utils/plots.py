@@ -31,3 +31,59 @@ def save_confusion_matrix(confusion, class_names, path, title=""):
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def denormalize(image):
+    """float ``(3, H, W)`` in [-1, 1] (the datasets' ``(x - 0.5) / 0.5``) -> uint8 ``(3, H, W)``."""
+    import torch
+
+    return ((image.float() * 0.5 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def segmentation_grid(images, masks, preds):
+    """One row per sample: image | ground truth | prediction, for TensorBoard's ``add_image``.
+
+    Args:
+        images: float ``(N, 3, H, W)`` in [-1, 1].
+        masks, preds: ``(N, 1, H, W)`` in {0, 1} (float or bool).
+
+    Returns:
+        uint8 ``(3, H', W')`` grid.
+    """
+    import torch
+    from torchvision.utils import make_grid
+
+    tiles = []
+    for image, mask, pred in zip(images, masks, preds):
+        tiles += [denormalize(image), *(m.to(torch.uint8).mul(255).expand(3, -1, -1) for m in (mask, pred))]
+    return make_grid(torch.stack(tiles), nrow=3, padding=2, pad_value=128)
+
+
+def save_segmentation_figure(image, target, pred, path, title=""):
+    """Save image | ground truth overlaid | prediction overlaid side by side as a PNG.
+
+    Args:
+        image: uint8 ``(H, W, 3)`` array.
+        target, pred: bool ``(H, W)`` arrays at the image's size.
+        path: output ``.png`` path.
+        title: figure title (e.g. the image's Dice).
+    """
+    import numpy as np
+
+    def overlay(mask, colour):
+        out = image.astype(np.float32)
+        out[mask] = 0.55 * out[mask] + 0.45 * np.asarray(colour, np.float32)
+        return out.astype(np.uint8)
+
+    panels = [(image, "image"), (overlay(target, (0, 110, 255)), "ground truth (blue)"),
+              (overlay(pred, (255, 0, 0)), "prediction (red)")]
+    height, width = image.shape[:2]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 12 * height / width / 3 + 0.6))
+    for ax, (picture, label) in zip(axes, panels):
+        ax.imshow(picture)
+        ax.set_title(label, fontsize=9)
+        ax.axis("off")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

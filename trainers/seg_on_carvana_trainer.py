@@ -1,0 +1,101 @@
+"""Binary segmentation of cars in the Carvana layout: U-Net, UNet++ or a torchvision baseline."""
+from torch.nn import functional as F
+
+from base.config import check, str2bool
+from base.trainer_base import TrainerBase
+from data.carvana import add_carvana_arguments, build_carvana_datasets, collate_segmentation, validate_carvana_config
+from loss.segmentation import LOSSES, SegmentationLoss
+from model.segmentation import SEG_MODELS, build_segmentation_model
+from utils.plots import segmentation_grid
+from utils.seg_metrics import SegmentationMeter
+
+
+class SegOnCarvanaTrainer(TrainerBase):
+    """Train a car/background segmenter; the best checkpoint has the highest validation Dice.
+
+    Validation and test score predictions made at the training size, resized
+    with nearest-neighbour to each image's original size, against the
+    full-size mask (see :meth:`score_batch`).
+    """
+
+    PROG = "trainer_seg_on_carvana.py"
+    DEFAULTS = {"proj_name": "SegOnCarvana", "epochs": 20, "batch_size": 8, "lr": 2e-3,
+                "weight_decay": 1e-4, "warmup_steps": 20}
+    monitor, monitor_mode = "dice", "max"
+    collate_fn = staticmethod(collate_segmentation)
+
+    @classmethod
+    def add_arguments(cls, parser):
+        group = parser.add_argument_group("segmentation")
+        group.add_argument("--model_type", choices=sorted(SEG_MODELS), default="UNet",
+                           help="UNet, UNetPlusPlus, or a torchvision baseline (random init)")
+        group.add_argument("--base_channels", type=int, default=16, help="width of the first U-Net level")
+        group.add_argument("--upsample", choices=["bilinear", "transpose"], default="bilinear",
+                           help="U-Net decoder upsampling")
+        group.add_argument("--deep_supervision", type=str2bool, nargs="?", const=True, default=False,
+                           help="UNetPlusPlus: a loss on each nested decoder's head")
+        group.add_argument("--loss", choices=LOSSES, default="bce_dice", help="training loss")
+        group.add_argument("--bce_weight", type=float, default=1.0, help="BCE weight in bce_dice")
+        group.add_argument("--dice_weight", type=float, default=1.0, help="soft Dice weight in bce_dice")
+        group.add_argument("--dice_smooth", type=float, default=1.0, help="soft Dice smooth term")
+        group.add_argument("--num_viz", type=int, default=4,
+                           help="validation images in TensorBoard's image | truth | prediction grid")
+        add_carvana_arguments(parser)
+
+    @classmethod
+    def validate_config(cls, args):
+        super().validate_config(args)
+        validate_carvana_config(args)
+        check(args.base_channels > 0, "base_channels", args.base_channels, "must be > 0")
+        for flag in ("bce_weight", "dice_weight", "num_viz"):
+            check(getattr(args, flag) >= 0, flag, getattr(args, flag), "must be >= 0")
+        check(args.dice_smooth > 0, "dice_smooth", args.dice_smooth, "must be > 0")
+
+    def build_datasets(self):
+        self.data = build_carvana_datasets(self.args)
+        return {"train": self.data.train, "val": self.data.val, "test": self.data.test}
+
+    def build_model(self):
+        a = self.args
+        return build_segmentation_model(a.model_type, base_channels=a.base_channels, upsample=a.upsample,
+                                        deep_supervision=a.deep_supervision)
+
+    def build_loss(self):
+        a = self.args
+        return SegmentationLoss(a.loss, a.bce_weight, a.dice_weight, a.dice_smooth)
+
+    def train_step(self, batch):
+        return {"loss": self.loss_fn(self.model(batch["image"]), batch["mask"])}
+
+    def score_batch(self, batch, meter):
+        """Predict one evaluation batch (on :attr:`device`) and add it to ``meter``.
+
+        The model predicts at the training size; ``logits > 0`` (probability
+        > 0.5) is resized with nearest-neighbour to each image's original size
+        and scored against its full-size mask.
+
+        Returns:
+            ``(logits float32 (N, 1, H, W), [bool (H0, W0) prediction per image])``.
+        """
+        with self.autocast():
+            logits = self.model(batch["image"])
+        logits = logits.float()
+        meter.add_loss(self.loss_fn(logits, batch["mask"]), logits.shape[0])
+        preds = []
+        for i, full in enumerate(batch["full_mask"]):
+            pred = F.interpolate((logits[i:i + 1] > 0).float(), size=full.shape[-2:], mode="nearest")[0, 0] > 0
+            meter.update(pred[None], full[None])
+            preds.append(pred)
+        return logits, preds
+
+    def validate(self, loader):
+        meter, grid = SegmentationMeter(), None
+        for batch in loader:
+            logits, _ = self.score_batch(self.to_device(batch), meter)
+            if grid is None and self.args.num_viz:
+                n = self.args.num_viz
+                grid = segmentation_grid(batch["image"][:n], batch["mask"][:n], (logits[:n] > 0).cpu())
+        writer = getattr(self, "writer", None)  # evaluators build the task without one
+        if grid is not None and writer is not None and loader is self.loaders.get("val"):
+            writer.add_image("val/image_truth_prediction", grid, self.global_step)
+        return meter.compute()
