@@ -5,7 +5,12 @@ the destination folder, flush and ``fsync`` it, then ``os.replace`` it over the
 final name, so a crash leaves either the old file or the new one, never half a
 file. Reads go through :func:`load_checkpoint` only, which uses
 ``torch.load(weights_only=True)`` and never falls back to unpickling code.
+
+Each checkpoint holds a SHA-256 of its own content under the reserved key
+``"checksum"`` (see :func:`content_checksum`), so a flipped bit in a weight is
+caught on load instead of training or evaluating on silently wrong numbers.
 """
+import hashlib
 import os
 import pickle
 
@@ -47,30 +52,126 @@ def atomic_write(path, write_fn):
     _fsync_dir(folder)
 
 
+#: The key under which :func:`save_checkpoint` stores :func:`content_checksum`.
+CHECKSUM_KEY = "checksum"
+
+
+def content_checksum(state):
+    """``"sha256:<64 hex digits>"`` over everything in ``state`` except ``state["checksum"]``.
+
+    Covers each tensor's dtype, shape and raw bytes (not its device or
+    strides) and a typed text of every other value; dict keys are walked in
+    sorted order, so the digest is the same before saving and after loading.
+    A CUDA tensor is copied to the host once; CPU tensors are not copied.
+    """
+    digest = hashlib.sha256()
+    _feed(digest, {k: v for k, v in state.items() if k != CHECKSUM_KEY})
+    return f"sha256:{digest.hexdigest()}"
+
+
+def _feed(digest, value):
+    if torch.is_tensor(value):
+        t = value.detach()
+        t = t.to_dense() if t.layout != torch.strided else t
+        digest.update(f"T{t.dtype}{tuple(t.shape)}:".encode())
+        # reshape(-1): a 0-d tensor cannot be viewed as bytes; uint8: bfloat16 has no NumPy type
+        digest.update(memoryview(t.cpu().contiguous().reshape(-1).view(torch.uint8).numpy()))
+    elif isinstance(value, dict):  # OrderedDict too: what is saved as one may load as the other
+        # Keys may mix types (the optimizer's state uses ints): order by type, then text.
+        items = sorted(value.items(), key=lambda kv: (type(kv[0]).__name__, repr(kv[0])))
+        digest.update(f"D{len(items)}:".encode())
+        for key, item in items:
+            _feed(digest, key)
+            _feed(digest, item)
+    elif isinstance(value, (list, tuple)):  # torch.Size too
+        digest.update(f"L{len(value)}:".encode())
+        for item in value:
+            _feed(digest, item)
+    elif isinstance(value, (set, frozenset)):
+        _feed(digest, sorted(value, key=repr))
+    else:  # str, int, float (repr round-trips, NaN included), bool, None, torch.dtype/device
+        text = f"{type(value).__name__}:{value!r}"
+        digest.update(f"S{len(text)}:{text}".encode("utf-8", "backslashreplace"))
+
+
+def _os_error_in(exc):
+    """The ``OSError`` that caused ``exc`` (itself, or one in its cause/context chain), or ``None``.
+
+    ``torch.save`` reports a failed ``write`` as ``RuntimeError: ... unexpected pos``
+    with the ``OSError`` only as its context.
+    """
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, OSError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def save_checkpoint(state, path):
-    """Atomically save ``state`` (tensors and plain Python types only) to ``path``."""
-    atomic_write(path, lambda f: torch.save(state, f))
+    """Atomically save ``state`` (tensors and plain Python types only) to ``path``.
+
+    The file also holds :func:`content_checksum` of ``state`` under
+    ``"checksum"``; ``state`` itself is not modified.
+
+    Raises:
+        CheckpointError: the file could not be written (disk full, no
+            permission, ...); one line naming ``path`` and the OS reason. A
+            previous file at ``path`` is left intact and no temporary file stays.
+    """
+    stamped = {**state, CHECKSUM_KEY: content_checksum(state)}
+    try:
+        atomic_write(path, lambda f: torch.save(stamped, f))
+    except (OSError, RuntimeError) as exc:
+        os_error = _os_error_in(exc)
+        if os_error is None:
+            raise
+        reason = os_error.strerror or str(os_error) or type(os_error).__name__
+        kept = "the previous file there is intact" if os.path.exists(path) else "nothing was written"
+        raise CheckpointError(f"cannot write checkpoint {path}: {reason}; {kept}") from exc
 
 
-def load_checkpoint(path, map_location="cpu", flag="--model_path"):
+def verify_checkpoint(path):
+    """``None`` when ``path`` loads as a checkpoint and matches its checksum, else why not.
+
+    The file is memory-mapped and read on the CPU, so checking a large
+    checkpoint costs a read of the file, not a second copy of it in memory.
+
+    Returns:
+        ``None``, or the one-line reason (it names ``path``), e.g. a
+        checksum mismatch, a truncated or missing file.
+    """
+    try:
+        load_checkpoint(path, flag="", mmap=True)
+    except CheckpointError as exc:
+        return str(exc)
+    return None
+
+
+def load_checkpoint(path, map_location="cpu", flag="--model_path", mmap=False):
     """Load a checkpoint written by :func:`save_checkpoint`, refusing pickled code.
 
     Args:
         path: file to read.
         map_location: passed to ``torch.load`` (default: CPU).
-        flag: the flag that named ``path``, for the error message.
+        flag: the flag that named ``path``, for the error message ("" for none).
+        mmap: memory-map the file instead of reading it into memory (``torch.load(mmap=True)``).
 
     Returns:
-        the checkpoint dict.
+        the checkpoint dict, without its ``"checksum"`` entry. A checkpoint
+        written before checksums existed (no entry) is accepted unchecked.
 
     Raises:
         CheckpointError: the file is missing, truncated or not a checkpoint,
-            or holds objects other than tensors and plain Python types.
+            holds objects other than tensors and plain Python types, or its
+            content does not match its checksum (the file is corrupted).
     """
+    where = f"{flag} {path}" if flag else str(path)
     if not os.path.isfile(path):
-        raise CheckpointError(f"{flag} {path}: no such file")
+        raise CheckpointError(f"{where}: no such file")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as exc:  # noqa: BLE001 - any failure to parse means "not a checkpoint we read"
         text = str(exc)
         # The weights-only unpickler names the global it refused: that file asked to run code.
@@ -78,12 +179,16 @@ def load_checkpoint(path, map_location="cpu", flag="--model_path"):
         detail = next((line.strip() for line in text.splitlines() if "Unsupported global" in line),
                       text.strip().splitlines()[0] if text.strip() else type(exc).__name__)
         if refused:
-            raise CheckpointError(f"{flag} {path}: refused, it holds objects other than "
+            raise CheckpointError(f"{where}: refused, it holds objects other than "
                                   f"tensors and plain types ({detail[:200]})") from None
-        raise CheckpointError(f"{flag} {path}: not a readable checkpoint "
+        raise CheckpointError(f"{where}: not a readable checkpoint "
                               f"(truncated or foreign file: {type(exc).__name__}: {detail[:200]})") from None
     if not isinstance(state, dict) or "model" not in state:
-        raise CheckpointError(f"{flag} {path}: not a checkpoint of this project (no 'model' entry)")
+        raise CheckpointError(f"{where}: not a checkpoint of this project (no 'model' entry)")
+    stored = state.pop(CHECKSUM_KEY, None)
+    if stored is not None and stored != content_checksum(state):
+        raise CheckpointError(f"{where}: checksum mismatch, the file is corrupted "
+                              f"(its content differs from what was saved; use an older checkpoint)")
     return state
 
 

@@ -1,4 +1,6 @@
 """Default optimizer and learning-rate schedule of every trainer."""
+import math
+
 import torch
 
 
@@ -16,20 +18,62 @@ def build_optimizer(parameters, args):
     return cls(params, lr=args.lr, weight_decay=args.weight_decay)
 
 
-def build_scheduler(optimizer, args, total_steps):
-    """Linear warmup over ``--warmup_steps``, then cosine decay to 0 at ``total_steps``.
+class WarmupCosine:
+    """LR factor of optimizer step ``s``: linear warmup, then cosine decay to 0 at ``total``.
 
-    Stepped once per optimizer step. Recipe: Loshchilov & Hutter, "SGDR" (2017)
-    for the cosine; Goyal et al., "Accurate, Large Minibatch SGD" (2017) for the
-    warmup; built from ``torch.optim.lr_scheduler`` parts. Returns ``None`` for
-    ``--lr_scheduler none``.
+    ``1e-3 + (1 - 1e-3) * s / warmup`` for ``s < warmup``, then
+    ``0.5 * (1 + cos(pi * (s - warmup) / (total - warmup)))``, held at 0 past
+    ``total``. A closed form of the step (not a recursion), so a resumed run
+    can change ``total`` (more epochs, another batch size) and continue from
+    its step with no jump back up and no second warmup. Recipe: Loshchilov &
+    Hutter, "SGDR" (2017) for the cosine; Goyal et al., "Accurate, Large
+    Minibatch SGD" (2017) for the warmup.
+
+    Its attributes are plain numbers, so ``LambdaLR.state_dict`` saves them.
     """
-    sched = torch.optim.lr_scheduler
+
+    def __init__(self, warmup, total):
+        self.warmup, self.total = int(warmup), int(total)
+
+    def __call__(self, step):
+        if step < self.warmup:
+            return 1e-3 + (1 - 1e-3) * step / self.warmup
+        progress = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
+        return 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def build_scheduler(optimizer, args, total_steps):
+    """``LambdaLR`` of :class:`WarmupCosine` over ``total_steps``, stepped once per optimizer step.
+
+    The warmup is ``--warmup_steps``, cut to ``total_steps - 1``. Returns
+    ``None`` for ``--lr_scheduler none``.
+    """
     if args.lr_scheduler == "none":
         return None
-    warmup = min(args.warmup_steps, total_steps - 1)
-    cosine = sched.CosineAnnealingLR(optimizer, T_max=max(1, total_steps - warmup))
-    if warmup <= 0:
-        return cosine
-    ramp = sched.LinearLR(optimizer, start_factor=1e-3, total_iters=warmup)
-    return sched.SequentialLR(optimizer, [ramp, cosine], milestones=[warmup])
+    warmup = max(0, min(args.warmup_steps, total_steps - 1))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(warmup, total_steps))
+
+
+def retarget_schedule(scheduler, total_steps, warmup_steps):
+    """Point every :class:`WarmupCosine` of ``scheduler`` at a new length and set the LR for its step.
+
+    Returns:
+        ``(old_total, new_total)`` of the first schedule (equal when nothing changed),
+        or ``None`` when ``scheduler`` has no :class:`WarmupCosine`.
+    """
+    lambdas = [f for f in getattr(scheduler, "lr_lambdas", []) if isinstance(f, WarmupCosine)]
+    if not lambdas:
+        return None
+    old = lambdas[0].total
+    for f in lambdas:
+        f.total, f.warmup = int(total_steps), max(0, min(int(warmup_steps), int(total_steps) - 1))
+    set_scheduled_lr(scheduler)
+    return old, int(total_steps)
+
+
+def set_scheduled_lr(scheduler):
+    """Set each param group's ``lr`` to ``base_lr * factor(step)`` for the scheduler's current step."""
+    step = scheduler.last_epoch
+    for group, base, factor in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+        group["lr"] = base * factor(step)
+    scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]

@@ -3,43 +3,81 @@ import glob
 import json
 import os
 
-from base.checkpoint import load_checkpoint
+from base.checkpoint import load_checkpoint, verify_checkpoint
+from base.config import LAUNCH_ONLY
 from base.errors import UserError
 
 # Checkpoints a run can continue from; `best` is a copy of an older state, never the newest work.
 RESUMABLE = ("last", "step*", "preempt", "exception")
 
 
-def newest_checkpoint(run_dir):
-    """The most recently written resumable checkpoint in ``run_dir``, or ``None``."""
-    paths = {p for tag in RESUMABLE for p in glob.glob(os.path.join(run_dir, f"*_{tag}_ckpt.pth"))}
+def newest_checkpoint(run_dir, tags=RESUMABLE):
+    """The most recently written checkpoint in ``run_dir`` with one of ``tags`` (globs), or ``None``."""
+    paths = {p for tag in tags for p in glob.glob(os.path.join(run_dir, f"*_{tag}_ckpt.pth"))}
     return max(paths, key=os.path.getmtime) if paths else None
 
 
+def newest_verified_checkpoint(run_dir, tags=RESUMABLE):
+    """The newest checkpoint like :func:`newest_checkpoint` that also loads and matches its checksum.
+
+    Each candidate, newest first, is read in full (memory-mapped) by
+    :func:`base.checkpoint.verify_checkpoint` until one passes.
+
+    Returns:
+        ``(path, skipped)``: ``path`` is ``None`` when no checkpoint passes;
+        ``skipped`` lists ``(path, one-line reason)`` for each newer checkpoint
+        passed over (corrupted, truncated, ...), newest first.
+    """
+    paths = {p for tag in tags for p in glob.glob(os.path.join(run_dir, f"*_{tag}_ckpt.pth"))}
+    skipped = []
+    for path in sorted(paths, key=os.path.getmtime, reverse=True):
+        reason = verify_checkpoint(path)
+        if reason is None:
+            return path, skipped
+        skipped.append((path, reason))
+    return None, skipped
+
+
 def locate(spec, output_dir, proj_name):
-    """Resolve ``--resume`` to ``(run_dir, checkpoint_path)``.
+    """Resolve ``--resume`` to ``(run_dir, checkpoint_path, why)``.
 
     Args:
-        spec: ``"auto"`` (newest run of ``proj_name`` under ``output_dir`` that
-            has a checkpoint), a run folder, or a checkpoint file.
+        spec: ``"auto"`` (the newest run of ``proj_name`` under ``output_dir``,
+            by its timestamped name), a run folder, or a checkpoint file.
+
+    In a folder the newest resumable checkpoint that verifies is taken; newer
+    ones that fail their checksum are passed over and named in ``why``, a
+    sentence for the log saying which checkpoint was picked and why.
 
     Raises:
-        UserError: nothing to resume; the message names what was looked for.
+        UserError: nothing to resume; the newest run of ``auto`` has no
+            checkpoint (it is never passed over quietly: the message names it
+            and the newest run that has one); no checkpoint of the folder verifies.
     """
+    why = f"--resume {spec}"
     if spec == "auto":
         parent = os.path.join(output_dir, proj_name)
-        runs = sorted((d for d in glob.glob(os.path.join(parent, "*")) if newest_checkpoint(d)),
-                      key=os.path.getmtime)
+        runs = sorted(d for d in glob.glob(os.path.join(parent, "*")) if os.path.isdir(d))
         if not runs:
-            raise UserError(f"--resume auto: no run with a checkpoint under {parent}")
+            raise UserError(f"--resume auto: no run under {parent}")
         spec = runs[-1]
+        if newest_checkpoint(spec) is None:
+            older = [d for d in runs[:-1] if newest_checkpoint(d)]
+            hint = f"; to continue an older run name it: --resume {older[-1]}" if older else ""
+            raise UserError(f"--resume auto: the newest run {spec} has no checkpoint (it stopped before its "
+                            f"first save){hint}")
+        why = f"--resume auto picked {os.path.abspath(spec)}, the newest run of {proj_name}"
     if os.path.isdir(spec):
-        ckpt = newest_checkpoint(spec)
+        ckpt, skipped = newest_verified_checkpoint(spec)
+        for path, reason in skipped:
+            why += f"; passed over {os.path.basename(path)} ({reason})"
         if ckpt is None:
-            raise UserError(f"--resume {spec}: no *_last/step/preempt/exception_ckpt.pth in this folder")
-        return os.path.abspath(spec), ckpt
+            detail = f" ({skipped[0][1]})" if skipped else ""
+            raise UserError(f"--resume {spec}: no usable *_last/step/preempt/exception_ckpt.pth in this "
+                            f"folder{detail}")
+        return os.path.abspath(spec), ckpt, why + f"; continuing from {os.path.basename(ckpt)}"
     if os.path.isfile(spec):
-        return os.path.dirname(os.path.abspath(spec)), spec
+        return os.path.dirname(os.path.abspath(spec)), spec, why
     raise UserError(f"--resume {spec}: no such run folder or checkpoint")
 
 
@@ -54,3 +92,30 @@ def saved_config(ckpt_path):
         return json.loads(state["config"])
     except (KeyError, TypeError, json.JSONDecodeError):
         raise UserError(f"--resume {ckpt_path}: the checkpoint holds no readable config") from None
+
+
+def changed_flags(saved, args, provenance, changeable, ckpt):
+    """Flags given beside ``--resume`` (command line or ``--config``) whose value differs from the run's.
+
+    Args:
+        saved: the run's saved flag values; ``args``/``provenance``: the merged config and its origins;
+        changeable: flags allowed to change; ``ckpt``: the checkpoint, for the message.
+
+    Returns:
+        ``{flag: (run's value, new value)}``.
+
+    Raises:
+        UserError: a flag outside ``changeable`` changes; the message names it and both values.
+    """
+    changes = {}
+    for flag, origin in provenance.items():
+        if flag in LAUNCH_ONLY or flag not in saved or not origin.startswith(("command line", "config file")):
+            continue
+        old, new = saved[flag], getattr(args, flag)
+        if old == new or (isinstance(new, tuple) and list(new) == old):
+            continue
+        if flag not in changeable:
+            raise UserError(f"--{flag} {new!r}: cannot change on --resume {ckpt} (the run has {old!r}); "
+                            f"start a new run to change it")
+        changes[flag] = (old, new)
+    return changes

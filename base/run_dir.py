@@ -11,14 +11,18 @@ Layout of one run::
 """
 import csv
 import datetime
+import io
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 
 import torch
 import torchvision
+
+from base.checkpoint import atomic_write
 
 TIMESTAMP_FORMAT = "%Y-%m-%d_%H-%M-%S"
 
@@ -62,6 +66,10 @@ def write_config(path, args, provenance, extra=None):
     """Write the resolved flags, their origins and environment facts as JSON.
 
     The file can be passed back as ``--config`` to start a new run from it.
+    Written atomically: a crash leaves the old file or the new one.
+
+    Raises:
+        OSError: the file cannot be written (any previous file is left intact).
     """
     doc = {
         "config": vars(args),
@@ -70,8 +78,12 @@ def write_config(path, args, provenance, extra=None):
                  "python": sys.version.split()[0], "git_commit": git_commit(),
                  "argv": sys.argv, **(extra or {})},
     }
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(doc, f, indent=2, sort_keys=True, default=str)
+    _write_json(path, doc)
+
+
+def _write_json(path, doc):
+    text = json.dumps(doc, indent=2, sort_keys=True, default=str)
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def setup_logger(name, log_path=None, level=logging.INFO):
@@ -112,7 +124,13 @@ class MetricsCSV:
                 self.fields = next(csv.reader(f))
 
     def drop_rows_after(self, step):
-        """Remove rows logged after ``step`` (a resume redoes that work and logs it again)."""
+        """Remove rows logged after ``step`` (a resume redoes that work and logs it again).
+
+        The file is rewritten atomically: a crash leaves every row or the kept ones.
+
+        Raises:
+            OSError: the file cannot be rewritten (it is left as it was).
+        """
         if self.fields is None:
             return
         with open(self.path, newline="", encoding="utf-8") as f:
@@ -120,10 +138,11 @@ class MetricsCSV:
         kept = [r for r in rows if int(float(r.get("step") or 0)) <= step]
         if len(kept) == len(rows):
             return
-        with open(self.path, "w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=self.fields)
-            writer.writeheader()
-            writer.writerows(kept)
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, fieldnames=self.fields)
+        writer.writeheader()
+        writer.writerows(kept)
+        atomic_write(self.path, lambda f: f.write(text.getvalue().encode("utf-8")))
 
     def write(self, row):
         new = self.fields is None
@@ -136,10 +155,16 @@ class MetricsCSV:
             writer.writerow(row)
 
 
-def record_resume(path, args, provenance, checkpoint):
+def record_resume(path, args, provenance, checkpoint, changes=None):
     """Update a run's config JSON on resume: new values win, each resume is listed in ``meta``.
 
+    ``changes`` (``{flag: (run's value, new value)}``) is recorded with the resume as ``changed``.
+
     A missing or unreadable file is rewritten from scratch with what is known now.
+    Written atomically: a crash leaves the old file or the new one.
+
+    Raises:
+        OSError: the file cannot be written (it is left as it was).
     """
     try:
         with open(path, encoding="utf-8") as f:
@@ -149,6 +174,53 @@ def record_resume(path, args, provenance, checkpoint):
     doc["config"], doc["provenance"] = vars(args), provenance
     doc.setdefault("meta", {}).setdefault("resumes", []).append(
         {"time": datetime.datetime.now().strftime(TIMESTAMP_FORMAT), "checkpoint": checkpoint,
-         "argv": sys.argv})
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(doc, f, indent=2, sort_keys=True, default=str)
+         "argv": sys.argv, "changed": {k: list(v) for k, v in (changes or {}).items()}})
+    _write_json(path, doc)
+
+
+# The temporary name base.checkpoint.atomic_write gives a file while writing it.
+_TEMP_FILE = re.compile(r"^\..+\.tmp(\d+)$")
+
+
+def _process_alive(pid):
+    """Whether process ``pid`` exists on this machine (this process counts as alive)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)  # signal 0: only checks that the process exists
+    except ProcessLookupError:
+        return False
+    except (OverflowError, ValueError):  # not a pid this system can have
+        return False
+    except OSError:  # e.g. PermissionError: it exists, under another user
+        return True
+    return True
+
+
+def remove_stale_temp_files(run_dir):
+    """Delete ``.<name>.tmp<pid>`` files in ``run_dir`` whose writer process is gone.
+
+    :func:`base.checkpoint.atomic_write` writes under that name, then renames;
+    a writer killed in between leaves the file behind for good. Files of live
+    processes (this one included) may still be renamed and are kept.
+    Subfolders are not searched. The pid test sees only this machine's
+    processes: do not call it while another machine writes into ``run_dir``.
+
+    Returns:
+        the removed paths (list of str).
+
+    Raises:
+        OSError: ``run_dir`` cannot be listed, or a stale file cannot be removed.
+    """
+    removed = []
+    with os.scandir(run_dir) as entries:
+        for entry in entries:
+            m = _TEMP_FILE.match(entry.name)
+            if not m or not entry.is_file(follow_symlinks=False) or _process_alive(int(m.group(1))):
+                continue
+            try:
+                os.remove(entry.path)
+            except FileNotFoundError:  # removed meanwhile
+                continue
+            removed.append(entry.path)
+    return removed

@@ -32,11 +32,32 @@ class PreemptionFlag:
 
     def __init__(self):
         self.signum, self._previous = None, {}
+        self._critical, self._interrupt_pending = 0, False
 
     def _handle(self, signum, frame):
         if signum == signal.SIGINT and self.signum is not None:
+            if self._critical:  # finish the critical section first, then stop
+                self._interrupt_pending = True
+                return
             raise KeyboardInterrupt
         self.signum = signum
+
+    @contextlib.contextmanager
+    def critical(self):
+        """A section that a second Ctrl-C does not cut in half: its ``KeyboardInterrupt`` waits for the end.
+
+        For state that must change together (weights, optimizer, counters).
+        Blocking the signal would not do: the kernel hands it to another thread
+        (torch's pools) and Python still runs the handler in the main thread.
+        """
+        self._critical += 1
+        try:
+            yield
+        finally:
+            self._critical -= 1
+        if not self._critical and self._interrupt_pending:
+            self._interrupt_pending = False
+            raise KeyboardInterrupt
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():

@@ -17,7 +17,8 @@ def add_trainer_arguments(parser):
 
     loop = parser.add_argument_group("loop")
     loop.add_argument("--epochs", type=int, default=10, help="epochs to train")
-    loop.add_argument("--max_steps", type=int, default=0, help="stop after this many optimizer steps (0: off)")
+    loop.add_argument("--max_steps", type=int, default=0,
+                      help="train exactly this many optimizer steps, whatever --epochs says (0: off)")
     loop.add_argument("--batch_size", type=int, default=64, help="training samples per step")
     loop.add_argument("--eval_batch_size", type=int, default=0, help="validation/test batch (0: --batch_size)")
     loop.add_argument("--num_workers", type=int, default=0, help="DataLoader worker processes")
@@ -67,9 +68,10 @@ def add_trainer_arguments(parser):
 
 def validate_trainer_config(args):
     """Raise ``ConfigError`` naming the first flag that breaks a rule."""
-    for flag in ("epochs", "batch_size", "val_every_epochs", "log_every_steps"):
+    for flag in ("batch_size", "val_every_epochs", "log_every_steps"):
         check(getattr(args, flag) > 0, flag, getattr(args, flag), "must be > 0")
-    for flag in ("max_steps", "eval_batch_size", "num_workers", "warmup_steps", "val_every_steps",
+    check(args.epochs > 0 or args.max_steps > 0, "epochs", args.epochs, "must be > 0 unless --max_steps is set")
+    for flag in ("epochs", "max_steps", "eval_batch_size", "num_workers", "warmup_steps", "val_every_steps",
                  "early_stop_patience", "weight_decay", "grad_clip", "save_every_steps",
                  "max_skipped_steps", "max_bad_images"):
         check(getattr(args, flag) >= 0, flag, getattr(args, flag), "must be >= 0")

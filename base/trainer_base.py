@@ -6,6 +6,7 @@ stopping, logging and the checkpoint on exception live here, once.
 """
 import abc
 import functools
+import math
 import os
 
 import torch
@@ -15,16 +16,18 @@ from tqdm import tqdm
 from base import optim, resume, run_dir
 from base.bad_data import BadSampleFilter, BadSampleLog, collate_good_samples
 from base.config import parse_config
+from base.run_lock import RunLock
 from base.signals import PreemptionFlag, ignore_signals_in_worker, signals_held
 from base.state import EarlyStopper, ResumableSampler, SeededSamples, rng_state, seed_everything
 from base.trainer_args import add_trainer_arguments, validate_trainer_config
 from base.trainer_checkpoint import CheckpointingMixin
+from base.trainer_resume import ResumeMixin
 from base.trainer_validation import ValidationMixin
 from utils.device import select_device
 from utils.params import count_parameters, format_count
 
 
-class TrainerBase(CheckpointingMixin, ValidationMixin, abc.ABC):
+class TrainerBase(CheckpointingMixin, ResumeMixin, ValidationMixin, abc.ABC):
     """Owns the loop; subclasses override small named steps.
 
     Must override: :meth:`build_datasets`, :meth:`build_model`, :meth:`build_loss`,
@@ -58,20 +61,25 @@ class TrainerBase(CheckpointingMixin, ValidationMixin, abc.ABC):
         """Parse ``argv`` with the layered parser and return a trainer (nothing built yet).
 
         With ``--resume`` the resumed run's saved config is the starting point
-        and flags on the command line override it.
+        and flags on the command line override it, if they are in
+        :attr:`RESUME_CHANGEABLE`; the changes are kept in :attr:`resume_changes`.
 
         Raises:
-            UserError: ``--resume`` names nothing resumable.
+            UserError: ``--resume`` names nothing resumable, or changes a flag
+                that cannot change on resume (the message names it and both values).
         """
         # Validate only once the resumed run's values are in: its defaults alone may not
         # be valid (e.g. a --data_dir default that this machine lacks).
         args, _ = parse_config(cls, argv, validate=False)
         if not args.resume:
             return cls(*parse_config(cls, argv))
-        folder, ckpt = resume.locate(args.resume, args.output_dir, args.proj_name)
-        args, provenance = parse_config(cls, argv, base_values=resume.saved_config(ckpt),
-                                        base_label=f"resumed run ({folder})")
-        return cls(args, provenance, resume_from=(folder, ckpt))
+        folder, ckpt, why = resume.locate(args.resume, args.output_dir, args.proj_name)
+        saved = resume.saved_config(ckpt)
+        args, provenance = parse_config(cls, argv, base_values=saved, base_label=f"resumed run ({folder})")
+        changes = resume.changed_flags(saved, args, provenance, cls.RESUME_CHANGEABLE, ckpt)
+        trainer = cls(args, provenance, resume_from=(folder, ckpt))
+        trainer.resume_changes, trainer.resume_reason = changes, why
+        return trainer
 
     def __init__(self, args, provenance=None, resume_from=None):
         self.args = args
@@ -81,11 +89,18 @@ class TrainerBase(CheckpointingMixin, ValidationMixin, abc.ABC):
         self.epoch = 0  # completed epochs
         self.global_step = 0  # completed optimizer steps
         self.batch_in_epoch = 0  # batches of the current epoch already consumed
+        self.samples_in_epoch = 0  # its samples (positions in the epoch's order): the resume point
         self.skipped_steps = 0  # batches dropped or rolled back for a non-finite loss
-        self.hooks, self.last_metrics, self.run_dir, self.logger = [], {}, None, None
+        self.hooks, self.last_metrics, self.run_dir, self.logger, self.lock = [], {}, None, None, None
         self.early_stopper = EarlyStopper(self.monitor_mode, args.early_stop_patience)
         self._loss_sum, self._loss_count, self._validated_at = 0.0, 0, -1
         self._restart_epoch, self.bad_samples = False, None
+        self.lr_scale = 1.0  # product of the --nonfinite rollback factors applied so far
+        self.resume_changes = {}  # flag -> (run's value, new value), on --resume
+        self.resume_reason = ""  # which checkpoint --resume picked, and why
+        self._validation_snapshot = None  # the state as of a validation's start, while it runs
+        self._redo_validation = False  # resumed from inside a validation: do it again first
+        self._mid_update = False  # between the first parameter write and the step counter
 
     # ----------------------------------------------------------------- to override
     @abc.abstractmethod
@@ -173,6 +188,7 @@ class TrainerBase(CheckpointingMixin, ValidationMixin, abc.ABC):
             self.timestamp = os.path.basename(self.run_dir)
         else:
             self.run_dir, self.timestamp = run_dir.create_run_dir(a.output_dir, a.proj_name)
+        self.lock = RunLock(self.run_dir).acquire()  # before anything in the folder is written
         self.logger = run_dir.setup_logger(
             f"trainer.{id(self)}", os.path.join(self.run_dir, f"{a.proj_name}_{self.timestamp}_log.txt"))
         config_path = os.path.join(self.run_dir, f"config_{a.proj_name}_{self.timestamp}.json")
@@ -182,7 +198,7 @@ class TrainerBase(CheckpointingMixin, ValidationMixin, abc.ABC):
         self.bad_samples = BadSampleLog(os.path.join(self.run_dir, "bad_images.txt"), a.max_bad_images)
         self.build()
         self.steps_per_epoch = len(self.loaders["train"])
-        self.total_steps = a.max_steps if a.max_steps > 0 else a.epochs * self.steps_per_epoch
+        self.total_steps = self.planned_total_steps()
         self.optimizer = self.build_optimizer()
         self.scheduler = self.build_scheduler()
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.use_fp16_scaler)
@@ -199,10 +215,16 @@ class TrainerBase(CheckpointingMixin, ValidationMixin, abc.ABC):
         self.logger.info("data: %s; %d steps per epoch, %d steps in all, device %s",
                          {k: len(v) for k, v in self.datasets.items()}, self.steps_per_epoch,
                          self.total_steps, self.device)
+        for path in run_dir.remove_stale_temp_files(self.run_dir):
+            self.logger.info("removed %s, left by a save that was killed", path)
         if self.resume_from:
+            if self.resume_reason:
+                self.logger.info("%s", self.resume_reason)
             self.resume(self.resume_from[1])
-            self.metrics_csv.drop_rows_after(self.global_step)
-            run_dir.record_resume(config_path, a, self.provenance, self.resume_from[1])
+            self._apply_resume_changes()
+            # Rows of work after the checkpoint are redone, and so is an interrupted validation's row.
+            self.metrics_csv.drop_rows_after(self.global_step - 1 if self._redo_validation else self.global_step)
+            run_dir.record_resume(config_path, a, self.provenance, self.resume_from[1], self.resume_changes)
         self._step_rng = rng_state()  # what a checkpoint taken before the first step holds
 
     @property
@@ -234,13 +256,17 @@ class TrainerBase(CheckpointingMixin, ValidationMixin, abc.ABC):
         Returns:
             the test metrics (``{}`` when there is no test split).
         """
-        self.setup()
         try:
+            self.setup()
             self.train()
             return self.test()
         finally:
-            self.writer.close()
-            run_dir.close_logger(self.logger)
+            if getattr(self, "writer", None) is not None:
+                self.writer.close()
+            if self.logger is not None:
+                run_dir.close_logger(self.logger)
+            if self.lock is not None:
+                self.lock.release()
 
     def run(self):
         """Entry-script action: :meth:`fit`."""
@@ -252,8 +278,9 @@ class TrainerBase(CheckpointingMixin, ValidationMixin, abc.ABC):
 
     def _done(self):
         a = self.args
-        return (self.epoch >= a.epochs or (a.max_steps > 0 and self.global_step >= a.max_steps)
-                or self.early_stopper.should_stop)
+        # --max_steps, when set, alone decides the length (--epochs is then ignored).
+        length_reached = self.global_step >= a.max_steps if a.max_steps > 0 else self.epoch >= a.epochs
+        return length_reached or self.early_stopper.should_stop
 
     def train(self):
         """Run epochs of optimizer steps until ``--epochs``, ``--max_steps`` or early stop.
@@ -266,11 +293,20 @@ class TrainerBase(CheckpointingMixin, ValidationMixin, abc.ABC):
         self._call("before_train")
         try:
             with PreemptionFlag() as self._preemption:
+                if self._redo_validation:  # the checkpoint was taken inside this validation
+                    self._redo_validation = False
+                    self._validate()
+                    self.save("last")
+                if self.resume_from and self._done():
+                    self.logger.info("the run %s is complete (epoch %d, step %d): nothing left to train; to "
+                                     "train longer, resume with a larger --epochs or --max_steps",
+                                     self.run_dir, self.epoch, self.global_step)
                 while not self._done():
                     self._call("before_epoch")
-                    self._train_epoch()
-                    if self.batch_in_epoch >= self.steps_per_epoch:
-                        self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+                    consumed = self._train_epoch()
+                    # (an epoch whose order had nothing left ends too, rather than loop forever)
+                    if self.samples_in_epoch >= len(self.loaders["train"].dataset) or not consumed:
+                        self.epoch, self.batch_in_epoch, self.samples_in_epoch = self.epoch + 1, 0, 0
                         if self.epoch % a.val_every_epochs == 0 and self._validated_at != self.global_step:
                             self._validate()  # unless --val_every_steps just did at this step
                     self._call("after_epoch")
@@ -290,7 +326,7 @@ class TrainerBase(CheckpointingMixin, ValidationMixin, abc.ABC):
     def _train_epoch(self):
         a, loader = self.args, self.loaders["train"]
         self.model.train()
-        loader.sampler.set_epoch(self.epoch, self.batch_in_epoch * loader.batch_size)
+        loader.sampler.set_epoch(self.epoch, self.samples_in_epoch)
         if loader.generator is not None:  # worker seeds: from (seed, epoch), not the global RNG
             loader.generator.manual_seed(a.seed + self.epoch)
         if isinstance(loader.dataset, SeededSamples):
@@ -298,28 +334,30 @@ class TrainerBase(CheckpointingMixin, ValidationMixin, abc.ABC):
         with signals_held():
             batches = iter(loader)  # forks the workers, if any
         bar = tqdm(batches, desc=f"epoch {self.epoch + 1}/{a.epochs}", unit="batch",
-                   initial=self.batch_in_epoch, total=self.steps_per_epoch,
+                   initial=math.ceil(self.samples_in_epoch / loader.batch_size), total=self.steps_per_epoch,
                    dynamic_ncols=True, disable=None, leave=False)
         try:
-            self._train_batches(bar)
+            return self._train_batches(bar)
         finally:
             bar.close()
             # An exception's traceback keeps the iterator alive; stop its workers now, not at exit.
             getattr(batches, "_shutdown_workers", lambda: None)()
 
     def _train_batches(self, bar):
-        a = self.args
+        """Train on the batches of ``bar``; returns how many it took (0: the epoch had none left)."""
+        a, consumed = self.args, 0
         for batch in bar:
+            consumed += 1
             self._call("before_step")
-            if batch is not None:  # None: every sample of the batch was a skipped bad image
-                self._step(self.to_device(batch))
+            # None: every sample of the batch was a skipped bad image
+            stepped = batch is not None and self._step(self.to_device(batch))
             if self._restart_epoch:  # rolled back: the checkpoint set the data position
                 self._restart_epoch = False
                 self._call("after_step")
                 break
-            self.batch_in_epoch += 1
-            # ~0.1 ms: lets a checkpoint taken after a failure in the next step hold this step's RNG
-            self._step_rng = rng_state()
+            if not stepped:  # no update (skipped batch), but the data position moves on
+                with self._preemption.critical():
+                    self._advance_position()
             self._call("after_step")
             self._check_bad_samples()
             if self.global_step % a.log_every_steps == 0:
@@ -333,9 +371,23 @@ class TrainerBase(CheckpointingMixin, ValidationMixin, abc.ABC):
                 self._preempt()
             if self._done():
                 break
+        return consumed
+
+    def _advance_position(self):
+        """Count the batch just consumed and snapshot the RNG that a checkpoint of this step holds."""
+        loader = self.loaders["train"]
+        self.batch_in_epoch += 1
+        self.samples_in_epoch = min(len(loader.dataset), self.samples_in_epoch + loader.batch_size)
+        # ~0.1 ms: lets a checkpoint taken after a failure in the next step hold this step's RNG
+        self._step_rng = rng_state()
 
     def _step(self, batch):
-        """One optimizer step: forward, non-finite check, backward, clip, update, schedule."""
+        """One optimizer step: forward, non-finite check, backward, clip, update, schedule.
+
+        Returns:
+            True when the weights were updated and the position advanced; falsy
+            when ``--nonfinite`` skipped or rolled back the batch.
+        """
         a = self.args
         self.optimizer.zero_grad(set_to_none=True)
         with self.autocast():
@@ -353,15 +405,21 @@ class TrainerBase(CheckpointingMixin, ValidationMixin, abc.ABC):
                 torch.nn.utils.clip_grad_norm_(params, a.grad_clip)
             else:
                 torch.nn.utils.clip_grad_value_(params, a.grad_clip)
-        self.scaler.step(self.optimizer)  # with fp16 the scaler itself skips steps with inf grads
-        self.scaler.update()
-        if self.scheduler is not None:
-            self.scheduler.step()
-        self.global_step += 1
-        n = _batch_size(batch)
-        self._loss_sum = self._loss_sum + loss.detach().float() * n  # stays on device: no sync
-        self._loss_count += n
-        return out
+        # Weights, optimizer, schedule, counters and data position change together: a second
+        # Ctrl-C waits until they all have, so no checkpoint holds half a step.
+        with self._preemption.critical():
+            self._mid_update = True
+            self.scaler.step(self.optimizer)  # with fp16 the scaler itself skips steps with inf grads
+            self.scaler.update()
+            if self.scheduler is not None:
+                self.scheduler.step()
+            self.global_step += 1
+            n = _batch_size(batch)
+            self._loss_sum = self._loss_sum + loss.detach().float() * n  # stays on device: no sync
+            self._loss_count += n
+            self._advance_position()
+            self._mid_update = False
+        return True
 
 
 def _batch_size(batch):

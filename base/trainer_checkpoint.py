@@ -9,7 +9,7 @@ import os
 import re
 
 
-from base.checkpoint import atomic_write, load_checkpoint, load_model_state, save_checkpoint
+from base.checkpoint import atomic_write, load_checkpoint, load_model_state, save_checkpoint, verify_checkpoint
 from base.errors import CheckpointError
 from base.resume import newest_checkpoint
 from base.signals import Preempted
@@ -35,7 +35,8 @@ class CheckpointingMixin:
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler else None,
             "scaler": self.scaler.state_dict(), "epoch": self.epoch, "global_step": self.global_step,
-            "batch_in_epoch": self.batch_in_epoch, "rng": self._step_rng,
+            "batch_in_epoch": self.batch_in_epoch, "samples_in_epoch": self.samples_in_epoch,
+            "rng": self._step_rng, "lr_scale": self.lr_scale, "validating": False,
             "early_stopper": self.early_stopper.state_dict(),
             "hooks": [{"type": type(h).__name__, "state": h.state_dict()} for h in self.hooks],
             "metrics": self.last_metrics,
@@ -65,6 +66,8 @@ class CheckpointingMixin:
         self.early_stopper.load_state_dict(state["early_stopper"])
         self.epoch, self.global_step = state["epoch"], state["global_step"]
         self.batch_in_epoch, self.last_metrics = state["batch_in_epoch"], state["metrics"]
+        self.samples_in_epoch = state.get("samples_in_epoch", self.batch_in_epoch * self.args.batch_size)
+        self.lr_scale, self._redo_validation = state.get("lr_scale", 1.0), state.get("validating", False)
         self._loss_sum, self._loss_count = state["loss_sum"], state["loss_count"]
         self._validated_at, self.skipped_steps = state["validated_at"], state["skipped_steps"]
         set_rng_state(state["rng"])
@@ -83,15 +86,36 @@ class CheckpointingMixin:
         for entry in saved:
             self.logger.warning("%s: saved state of hook %s has no hook to go to", source, entry["type"])
 
-    def save(self, tag):
-        """Atomically write the training state as ``<model_type>_<tag>_ckpt.pth``; returns the path."""
+    def save(self, tag, state=None):
+        """Atomically write ``state`` (default: :meth:`state_dict`) as ``<model_type>_<tag>_ckpt.pth``.
+
+        Returns the path. A ``preempt`` checkpoint this run resumed from is
+        removed once a newer checkpoint is on disk.
+        """
         path = self.checkpoint_path(tag)
-        save_checkpoint(self.state_dict(), path)
+        save_checkpoint(self.state_dict() if state is None else state, path)
+        resumed = self.resume_from[1] if self.resume_from else None
+        if (tag != "preempt" and resumed and os.path.abspath(resumed) == self.checkpoint_path("preempt")
+                and os.path.isfile(resumed) and os.path.getmtime(resumed) < os.path.getmtime(path)):
+            os.remove(resumed)  # superseded: a newer state of the resumed run is on disk
+            self.logger.info("removed %s: %s holds newer work", resumed, os.path.basename(path))
         return path
 
     def save_step_checkpoint(self):
-        """Write ``step<N>`` and delete step checkpoints beyond the newest ``--keep_last_k``."""
+        """Write ``step<N>`` and delete step checkpoints beyond the newest ``--keep_last_k``.
+
+        Older ones are deleted only once the new file reads back and matches
+        its checksum, so a bad write never costs the good checkpoints.
+
+        Raises:
+            CheckpointError: the new file could not be written or does not
+                verify (every older step checkpoint is kept); the message names it.
+        """
         path = self.save(f"step{self.global_step}")
+        reason = verify_checkpoint(path)
+        if reason is not None:
+            self.logger.warning("%s; every older step checkpoint is kept", reason)
+            raise CheckpointError(f"{reason}; every older step checkpoint is kept")
         pattern = re.compile(re.escape(self.args.model_type) + r"_step(\d+)_ckpt\.pth$")
         steps = sorted((int(m.group(1)), p) for p in glob.glob(os.path.join(self.run_dir, "*_ckpt.pth"))
                        if (m := pattern.search(os.path.basename(p))))
@@ -118,8 +142,9 @@ class CheckpointingMixin:
         """Load the checkpoint at ``path`` onto this (built) trainer and log where training continues."""
         self.load_state_dict(load_checkpoint(path, map_location=self.device, flag="--resume"),
                              f"--resume {path}")
-        self.logger.info("resumed from %s at epoch %d, batch %d of the epoch, step %d", path,
-                         self.epoch, self.batch_in_epoch, self.global_step)
+        self.logger.info("resumed from %s at epoch %d, sample %d of the epoch, step %d%s", path,
+                         self.epoch, self.samples_in_epoch, self.global_step,
+                         " (inside a validation: it is done again first)" if self._redo_validation else "")
 
     # ----------------------------------------------------------------- failures
     def handle_nonfinite(self, loss):
@@ -143,16 +168,19 @@ class CheckpointingMixin:
         if a.nonfinite == "skip":
             self.logger.warning("%s: batch skipped (%d so far)", message, self.skipped_steps)
             return None
-        path = newest_checkpoint(self.run_dir)
-        if path is None or path.endswith("_exception_ckpt.pth"):
-            raise FloatingPointError(f"{message}: no checkpoint to roll back to (set --save_every_steps)")
-        skipped = self.skipped_steps
+        path = newest_checkpoint(self.run_dir, tags=("last", "step*", "preempt"))  # completed, finite steps
+        if path is None:
+            hint = (f"the first step checkpoint comes at step {a.save_every_steps}" if a.save_every_steps
+                    else "set --save_every_steps")
+            raise FloatingPointError(f"{message}: no checkpoint of this run to roll back to yet ({hint})")
+        skipped, scale = self.skipped_steps, self.lr_scale * a.rollback_lr_factor
         self.load_state_dict(load_checkpoint(path, map_location=self.device), path)
         self.skipped_steps = skipped
-        self._scale_lr(a.rollback_lr_factor)
+        self._scale_lr(scale / self.lr_scale)  # the checkpoint's LR carries its own, older scale
+        self.lr_scale = scale  # so the factor compounds over rollbacks
         self._restart_epoch = True  # the data position moved back: restart the epoch loop
-        self.logger.warning("%s: rolled back to %s (step %d), learning rate x%g", message, path,
-                            self.global_step, a.rollback_lr_factor)
+        self.logger.warning("%s: rolled back to %s (step %d), learning rate x%g of the planned one", message,
+                            path, self.global_step, scale)
         return None
 
     def _scale_lr(self, factor):
@@ -180,6 +208,18 @@ class CheckpointingMixin:
         self._call("on_exception", exc)
         if isinstance(exc, Preempted) or self.run_dir is None or not hasattr(self, "optimizer"):
             return
-        path = self.save("exception")
+        if self._mid_update:  # parameters half-updated (an error inside optimizer.step): no whole step to save
+            self.logger.error("%s inside an optimizer update at step %d: no exception checkpoint (the weights "
+                              "are between two steps); resume from the newest checkpoint", type(exc).__name__,
+                              self.global_step + 1)
+            return
+        try:
+            # Inside a validation: the state as of its start, marked to be validated again on resume.
+            path = self.save("exception", state=self._validation_snapshot)
+        except CheckpointError as failed:  # e.g. the disk is full: say so, but let `exc` propagate
+            self.logger.error("%s (%s) at epoch %d step %d; the exception checkpoint could not be "
+                              "written: %s", type(exc).__name__, (str(exc).strip().splitlines() or [""])[0],
+                              self.epoch, self.global_step, failed)
+            return
         self.logger.error("%s at epoch %d step %d; checkpoint of the last completed step: %s",
                           type(exc).__name__, self.epoch, self.global_step, path)

@@ -44,6 +44,9 @@ class ValidationMixin:
     def _validate(self):
         """Validate, log a row to metrics.csv/TensorBoard/the log, save ``best`` on improvement."""
         a, start = self.args, time.perf_counter()
+        # An exception from here on saves the state as of now, marked so that a resume
+        # does this validation again, exactly once (its row, best/last, early stopping).
+        self._validation_snapshot = {**self.state_dict(), "validating": True}
         metrics = self.run_validation("val")
         self._check_bad_samples()
         if self.monitor not in metrics:
@@ -68,6 +71,7 @@ class ValidationMixin:
         if self.early_stopper.should_stop:
             self.logger.info("early stop: %s has not improved for %d validations (best %.4f)",
                              self.monitor, a.early_stop_patience, self.early_stopper.best)
+        self._validation_snapshot = None
 
     def test(self):
         """Load the best checkpoint's weights and evaluate on the test split (if any)."""

@@ -19,6 +19,7 @@ class ToyTrainer(TrainerBase):
     """Linear regression on 40 fixed random points; 'model_type' is 'Toy'."""
 
     DEFAULTS = {"proj_name": "Toy", "epochs": 2, "batch_size": 8, "lr": 0.05}
+    RESUME_CHANGEABLE = TrainerBase.RESUME_CHANGEABLE | {"fail_at_step"}
 
     @classmethod
     def add_arguments(cls, parser):

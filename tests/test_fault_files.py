@@ -104,7 +104,7 @@ def test_failed_save_keeps_the_old_checkpoint(tmp_path, monkeypatch):
         raise OSError("No space left on device")
 
     monkeypatch.setattr(base.checkpoint.torch, "save", half_then_fail)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(CheckpointError, match="No space left"):
         save_checkpoint({"model": {"w": torch.zeros(4)}, "global_step": 2}, path)
     monkeypatch.undo()
     state = load_checkpoint(path)

@@ -85,7 +85,7 @@ def test_rollback_reloads_last_checkpoint_and_lowers_lr(tmp_path):
 
 def test_rollback_without_a_checkpoint_says_so(tmp_path):
     trainer, _ = run(tmp_path, {(0, 1)}, "--nonfinite", "rollback")
-    with pytest.raises(FloatingPointError, match="no checkpoint to roll back to"):
+    with pytest.raises(FloatingPointError, match="no checkpoint of this run to roll back to yet"):
         trainer.fit()
 
 

@@ -9,6 +9,7 @@ import time
 import pytest
 
 from base.checkpoint import load_checkpoint
+from test_bad_input import error_line, run_main
 from test_resume import assert_same_state, logged
 from trainers.seg_on_carvana_trainer import SegOnCarvanaTrainer
 from trainers.vanilla_trainer import VanillaTrainer
@@ -70,6 +71,7 @@ def test_sigterm_stops_at_a_step_boundary_with_a_checkpoint_and_resume_finishes(
     assert 0 < state["global_step"] < total
     resumed = cls.from_argv(["--resume", os.path.dirname(ckpt)])
     resumed.fit()
+    assert not os.path.exists(ckpt)  # superseded by the resumed run's newer checkpoints
     reference = straight(tmp_path / "straight", "--num_workers", "2", cls=cls, flags=flags)
     assert_same_state(reference, resumed)
     assert logged(reference) == logged(resumed)
@@ -118,3 +120,41 @@ print("done")
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and "done" in proc.stdout
     assert "Traceback" not in proc.stderr
+
+
+def test_ctrl_c_exits_130_with_a_preempt_checkpoint_and_a_second_one_stops_at_once(tmp_path):
+    proc = start(tmp_path / "once")
+    wait_for(str(tmp_path / "once" / "Vanilla" / "*" / "metrics.csv"), proc)
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal sends on Ctrl-C
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "preempted by SIGINT" in err and "Traceback" not in err
+    (ckpt,) = glob.glob(str(tmp_path / "once" / "Vanilla" / "*" / "Vanilla_preempt_ckpt.pth"))
+    assert load_checkpoint(ckpt)["global_step"] > 0
+
+    proc = start(tmp_path / "twice", "--epochs", "1000")
+    wait_for(str(tmp_path / "twice" / "Vanilla" / "*" / "metrics.csv"), proc)
+    os.killpg(proc.pid, signal.SIGINT)
+    os.killpg(proc.pid, signal.SIGINT)
+    started = time.time()
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and time.time() - started < 20, err
+    assert "Traceback" not in err
+    for path in glob.glob(str(tmp_path / "twice" / "Vanilla" / "*" / "Vanilla_*_ckpt.pth")):
+        state = load_checkpoint(path)  # whatever was saved is whole and verifies
+        assert state["samples_in_epoch"] <= 1797 and state["global_step"] > 0
+
+
+def test_a_second_process_on_the_same_run_is_refused_until_the_first_is_gone(tmp_path, capsys):
+    proc = start(tmp_path, "--epochs", "1000", "--save_every_steps", "5")
+    (found,) = wait_for(str(tmp_path / "Vanilla" / "*" / "metrics.csv"), proc)
+    run_dir = os.path.dirname(found)
+    status, err = run_main(VanillaTrainer, ["--resume", run_dir], capsys)
+    assert status == 1 and f"in use by process {proc.pid}" in error_line(status, err)
+    os.killpg(proc.pid, signal.SIGKILL)  # the kernel drops the lock with the process
+    proc.communicate(timeout=60)
+    stale = os.path.join(run_dir, f".Vanilla_last_ckpt.pth.tmp{proc.pid}")  # as if killed inside a save
+    open(stale, "wb").write(b"half a checkpoint")
+    resumed = VanillaTrainer.from_argv(["--resume", run_dir, "--epochs", "2"])
+    resumed.fit()
+    assert resumed.run_dir == run_dir and not os.path.exists(stale)

@@ -8,10 +8,12 @@ workers draw random augmentation).
 import csv
 import os
 
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import Dataset
 
+from base.checkpoint import load_checkpoint
 from base.config import check_dir_exists
 from base.hooks import HookBase
 from conftest import ToyTrainer
@@ -21,7 +23,8 @@ from trainers.vanilla_trainer import VanillaTrainer
 
 
 class NoisyPoints(Dataset):
-    """40 fixed points; each access adds fresh noise from the global RNG (a worker's, with workers)."""
+    """40 fixed points; each access adds fresh noise from the global torch and NumPy RNGs
+    (a worker's, with workers)."""
 
     def __init__(self, x, y):
         self.x, self.y = x, y
@@ -30,7 +33,8 @@ class NoisyPoints(Dataset):
         return len(self.x)
 
     def __getitem__(self, i):
-        return self.x[i] + 0.1 * torch.randn(4), self.y[i]
+        noise = 0.1 * torch.randn(4) + torch.from_numpy(0.1 * np.random.randn(4)).float()
+        return self.x[i] + noise, self.y[i]
 
 
 class AugmentedToyTrainer(ToyTrainer):
@@ -43,6 +47,29 @@ class AugmentedToyTrainer(ToyTrainer):
 
     def build_model(self):
         return torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.Dropout(0.3), torch.nn.Linear(16, 1))
+
+    def validate(self, loader):
+        # Scored worse each epoch, so the early stopper's best and counter decide the best checkpoint.
+        return {"loss": super().validate(loader)["loss"] * (1 + self.epoch)}
+
+
+class StepCounter(HookBase):
+    """A hook with state: steps and epochs seen, which a checkpoint must carry."""
+
+    def __init__(self):
+        self.steps, self.epochs = 0, 0
+
+    def after_step(self):
+        self.steps += 1
+
+    def after_epoch(self):
+        self.epochs += 1
+
+    def state_dict(self):
+        return {"steps": self.steps, "epochs": self.epochs}
+
+    def load_state_dict(self, state):
+        self.steps, self.epochs = state["steps"], state["epochs"]
 
 
 class StopAfter(HookBase):
@@ -70,8 +97,9 @@ def seg_trainer(tmp_path_factory):
 
 # trainer factory, flags, (stop mid-epoch, stop at an epoch boundary, a later stop)
 CASES = {
-    "toy": (lambda f: AugmentedToyTrainer, ["--epochs", "2"], (3, 5, 8)),
-    "vanilla": (lambda f: VanillaTrainer, ["--epochs", "2", "--train_val_sample_rate", "0.3"], (3, 7, 10)),
+    "toy": (lambda f: AugmentedToyTrainer, ["--epochs", "2", "--early_stop_patience", "9"], (3, 5, 8)),
+    "vanilla": (lambda f: VanillaTrainer, ["--epochs", "2", "--train_val_sample_rate", "0.3",
+                                           "--early_stop_patience", "9"], (3, 7, 10)),
     "denoise": (denoise_trainer, ["--epochs", "2", "--batch_size", "256"], (2, 6, 9)),
     "seg": (seg_trainer, ["--epochs", "2", "--batch_size", "4", "--base_channels", "4"], (2, 3, 5)),
 }
@@ -79,8 +107,9 @@ CASES = {
 
 def train(cls, out, argv, hooks=()):
     trainer = cls.from_argv(["--output_dir", str(out), "--gpu_devices", "cpu", "--deterministic", *argv])
-    trainer.build_hooks = lambda: list(hooks)
+    trainer.build_hooks = lambda: [StepCounter(), *hooks]
     trainer.fit()
+    trainer.end_rng = (torch.get_rng_state(), np.random.get_state()[1].copy())
     return trainer
 
 
@@ -99,6 +128,15 @@ def assert_same_state(a, b):
             assert torch.equal(value, sb["state"][pid][name]), (pid, name)
     assert a.scheduler.state_dict() == b.scheduler.state_dict()
     assert (a.epoch, a.global_step, a.batch_in_epoch) == (b.epoch, b.global_step, b.batch_in_epoch)
+    assert a.samples_in_epoch == b.samples_in_epoch
+    assert a.early_stopper.state_dict() == b.early_stopper.state_dict()
+    assert [h.state_dict() for h in a.hooks] == [h.state_dict() for h in b.hooks]
+    if hasattr(a, "end_rng") and hasattr(b, "end_rng"):  # the RNG streams ended in the same place
+        assert torch.equal(a.end_rng[0], b.end_rng[0]) and np.array_equal(a.end_rng[1], b.end_rng[1])
+    best_a, best_b = (load_checkpoint(t.checkpoint_path("best")) for t in (a, b))
+    assert best_a["global_step"] == best_b["global_step"]
+    assert ({k: v for k, v in best_a["metrics"].items() if k != "val_seconds"}
+            == {k: v for k, v in best_b["metrics"].items() if k != "val_seconds"})
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,7 @@ class SegOnCarvanaTrainer(TrainerBase):
                 "weight_decay": 1e-4, "warmup_steps": 20}
     monitor, monitor_mode = "dice", "max"
     collate_fn = staticmethod(collate_segmentation)
+    RESUME_CHANGEABLE = TrainerBase.RESUME_CHANGEABLE | {"num_viz"}
 
     @classmethod
     def add_arguments(cls, parser):
