@@ -121,15 +121,25 @@ def save_checkpoint(state, path):
             previous file at ``path`` is left intact and no temporary file stays.
     """
     stamped = {**state, CHECKSUM_KEY: content_checksum(state)}
+    write_or_fail(path, lambda f: torch.save(stamped, f), what="checkpoint")
+
+
+def write_or_fail(path, write_fn, what="file"):
+    """:func:`atomic_write`, with a failed write (disk full, no permission) as one :class:`CheckpointError`.
+
+    Raises:
+        CheckpointError: ``"cannot write <what> <path>: <OS reason>; ..."``; a
+            previous file at ``path`` is left intact and no temporary file stays.
+    """
     try:
-        atomic_write(path, lambda f: torch.save(stamped, f))
+        atomic_write(path, write_fn)
     except (OSError, RuntimeError) as exc:
         os_error = _os_error_in(exc)
         if os_error is None:
             raise
         reason = os_error.strerror or str(os_error) or type(os_error).__name__
         kept = "the previous file there is intact" if os.path.exists(path) else "nothing was written"
-        raise CheckpointError(f"cannot write checkpoint {path}: {reason}; {kept}") from exc
+        raise CheckpointError(f"cannot write {what} {path}: {reason}; {kept}") from exc
 
 
 def verify_checkpoint(path):

@@ -9,7 +9,7 @@ import os
 import re
 
 
-from base.checkpoint import atomic_write, load_checkpoint, load_model_state, save_checkpoint, verify_checkpoint
+from base.checkpoint import load_checkpoint, load_model_state, save_checkpoint, verify_checkpoint, write_or_fail
 from base.errors import CheckpointError
 from base.resume import newest_checkpoint
 from base.signals import Preempted
@@ -134,9 +134,10 @@ class CheckpointingMixin:
         # Copies break shared storage (tied weights), which safetensors refuses to write.
         tensors = {k: v.detach().cpu().clone().contiguous() for k, v in self.model.state_dict().items()}
         stem = os.path.join(self.run_dir, f"{self.args.model_type}_best")
-        atomic_write(stem + ".safetensors", lambda f: f.write(safetensors_bytes(tensors)))
+        write_or_fail(stem + ".safetensors", lambda f: f.write(safetensors_bytes(tensors)), "export")
         sidecar = {"config": vars(self.args), "metrics": self.last_metrics, "global_step": self.global_step}
-        atomic_write(stem + ".json", lambda f: f.write(json.dumps(sidecar, indent=2, default=str).encode()))
+        write_or_fail(stem + ".json", lambda f: f.write(json.dumps(sidecar, indent=2, default=str).encode()),
+                      "export")
 
     def resume(self, path):
         """Load the checkpoint at ``path`` onto this (built) trainer and log where training continues."""

@@ -292,3 +292,13 @@ def test_a_full_disk_during_training_ends_in_one_line(toy_argv, tmp_path, monkey
     assert load_checkpoint(last)["global_step"] == 5 and verify_checkpoint(last) is None
     assert not os.path.exists(os.path.join(run, "Toy_exception_ckpt.pth"))
     assert not [f for f in os.listdir(run) if ".tmp" in f]
+
+
+def test_a_full_disk_during_the_best_export_ends_in_one_line(toy_argv, tmp_path, monkeypatch, capsys):
+    disk_fills_up(monkeypatch, 10, lambda file: os.path.basename(file).startswith(".Toy_best.safetensors.tmp"))
+    status, err = run_main(ToyTrainer, toy_argv, capsys)
+    monkeypatch.undo()
+    line = error_line(status, err)
+    assert status == 1 and "Toy_best.safetensors" in line and ENOSPC in line
+    (run,) = glob.glob(str(tmp_path / "Toy" / "*"))
+    assert verify_checkpoint(os.path.join(run, "Toy_best_ckpt.pth")) is None

@@ -97,3 +97,9 @@ def test_entry_point_reports_a_nan_loss_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "error: non-finite loss nan at step 2" in err and "Traceback" not in err
     assert len(list(tmp_path.glob("Toy/*/Toy_exception_ckpt.pth"))) == 1
+
+
+def test_rollback_before_the_first_step_checkpoint_says_when_it_comes(tmp_path):
+    trainer, _ = run(tmp_path, {(0, 1)}, "--nonfinite", "rollback", "--save_every_steps", "4")
+    with pytest.raises(FloatingPointError, match="the first step checkpoint comes at step 4"):
+        trainer.fit()
