@@ -10,8 +10,11 @@ import glob
 import json
 import os
 import pathlib
+import signal
 import subprocess
 import sys
+import textwrap
+import time
 
 import pytest
 import torch
@@ -25,6 +28,8 @@ from base.resume import newest_checkpoint, newest_verified_checkpoint
 from base.run_dir import MetricsCSV, record_resume, remove_stale_temp_files, write_config
 from evaluators.vanilla_evaluator import VanillaEvaluator
 from trainers.vanilla_trainer import VanillaTrainer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 ENOSPC = "No space left on device"
 
@@ -302,3 +307,47 @@ def test_a_full_disk_during_the_best_export_ends_in_one_line(toy_argv, tmp_path,
     assert status == 1 and "Toy_best.safetensors" in line and ENOSPC in line
     (run,) = glob.glob(str(tmp_path / "Toy" / "*"))
     assert verify_checkpoint(os.path.join(run, "Toy_best_ckpt.pth")) is None
+
+
+@pytest.mark.parametrize("name", ["record_resume", "drop_rows_after"])
+def test_kill_9_inside_a_rewrite_keeps_the_old_file(tmp_path, name):
+    """A real process killed with SIGKILL half-way through rewriting the config or metrics.csv."""
+    path = REWRITES[name][0](str(tmp_path))
+    before = open(path, "rb").read()
+    marker = tmp_path / "half_written"
+    call = ("record_resume(path, argparse.Namespace(lr=0.5), {}, 'Toy_last_ckpt.pth')" if name == "record_resume"
+            else "MetricsCSV(path).drop_rows_after(5)")
+    script = textwrap.dedent(f"""
+        import argparse, sys, time
+        sys.path.insert(0, {ROOT!r})
+        import base.run_dir
+        from base.run_dir import MetricsCSV, record_resume
+        real = base.run_dir.atomic_write
+
+        def slow(target, write_fn):
+            def half(f):
+                f.write(b"x" * 10)
+                f.flush()
+                open({str(marker)!r}, "w").close()
+                time.sleep(60)
+            real(target, half)
+
+        base.run_dir.atomic_write = slow
+        path = {path!r}
+        {call}
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        deadline = time.monotonic() + 60
+        while not marker.exists():
+            assert proc.poll() is None, "the writer exited before writing"
+            assert time.monotonic() < deadline, "the writer never wrote"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert open(path, "rb").read() == before
+    assert remove_stale_temp_files(str(tmp_path)) and not [f for f in os.listdir(tmp_path) if ".tmp" in f]
