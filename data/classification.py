@@ -11,6 +11,9 @@ in ``[0, num_classes)`` (the default collate makes it int64).
   ``<data_dir>/<Name>/raw/`` or directly in ``<data_dir>``. Shape (1, 28, 28).
 * ``ImageFolder``: ``<data_dir>/<class>/*.png``, or ``<data_dir>/train/<class>/``
   plus an optional ``<data_dir>/test/<class>/``. Shape (3, image_size, image_size).
+* ``ELPV``: real electroluminescence images of solar cells, shipped by the
+  ``elpv-dataset`` package (see :mod:`data.elpv`); a stratified 75/25
+  train/test split as in the paper. Shape (1, image_size, image_size).
 
 Splits are seeded permutations (``torch.Generator().manual_seed(seed)``).
 """
@@ -23,9 +26,10 @@ from torch.utils.data import Dataset, Subset
 
 from base.config import check, check_dir_exists, str2bool
 from base.errors import DataError
+from data.elpv import load_elpv
 from data.images import ImageFiles
 
-DATA_TYPES = ["Digits", "FashionMNIST", "MNIST", "ImageFolder"]
+DATA_TYPES = ["Digits", "FashionMNIST", "MNIST", "ImageFolder", "ELPV"]
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
              "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
@@ -56,7 +60,9 @@ def add_data_arguments(parser):
                       help="keep this share of the train+val pool (fast runs)")
     data.add_argument("--test_sample_rate", type=float, default=1.0,
                       help="keep this share of the test split (fast runs)")
-    data.add_argument("--image_size", type=int, default=32, help="ImageFolder images are resized to this")
+    data.add_argument("--image_size", type=int, default=32, help="ImageFolder and ELPV images are resized to this")
+    data.add_argument("--elpv_task", choices=["4class", "binary"], default="4class",
+                      help="ELPV labels: the 4 defect probabilities, or defective (p >= 0.5) vs functional")
 
 
 def validate_data_config(args):
@@ -71,7 +77,7 @@ def validate_data_config(args):
     check(args.val_fraction + args.test_fraction < 1, "val_fraction", args.val_fraction,
           f"--val_fraction + --test_fraction ({args.test_fraction}) must be < 1 to leave training data")
     check(args.image_size > 0, "image_size", args.image_size, "must be > 0")
-    if args.data_type == "Digits":
+    if args.data_type in ("Digits", "ELPV"):
         return
     check(bool(args.data_dir), "data_dir", args.data_dir,
           f"--data_type {args.data_type} needs a folder that holds (or will hold) its files")
@@ -95,6 +101,9 @@ def build_classification_datasets(args):
     """
     if args.data_type == "Digits":
         pool, test, names = _load_digits(), None, [str(d) for d in range(10)]
+    elif args.data_type == "ELPV":
+        pool_x, pool_y, _, test_x, test_y, _, names = load_elpv(args.elpv_task, args.image_size, args.seed)
+        pool, test = InMemoryImages(pool_x, pool_y, 255), InMemoryImages(test_x, test_y, 255)
     elif args.data_type == "ImageFolder":
         pool, test, names = _load_image_folder(args.data_dir, args.image_size)
     else:
