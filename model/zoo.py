@@ -1,0 +1,190 @@
+"""Image classifiers from torchvision and timm, looked up by name through :func:`build_zoo_model`.
+
+Every model maps ``images: float32 (N, in_chans, H, W)`` to ``logits: float32 (N, num_classes)``.
+All are randomly initialised (``weights=None``, ``pretrained=False``): nothing is downloaded; start
+from saved weights with :func:`load_pretrained`. Names are :data:`ZOO_MODELS` plus ``timm/<name>``
+for any ``timm.list_models()`` name.
+
+Input sizes:
+    ``vit_*``: exactly ``image_size x image_size`` (torchvision asserts it), ``image_size`` divisible
+    by ``patch_size``. ``swin_t``: any H, W >= 4 (its 4x4 patch embedding); torchvision pads each
+    stage to the 7x7 window and to even sizes before patch merging, so 224 needs no padding and
+    small sizes such as 32 or 64 run on mostly padded windows. ``resnet*``: any size.
+    ``timm/*``: whatever the model takes; ``img_size=image_size`` is passed where it is accepted.
+"""
+import fnmatch
+import math
+import os
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+from torchvision import models as tv
+
+from base.checkpoint import load_checkpoint
+from base.errors import CheckpointError
+
+__all__ = ["ZOO_MODELS", "build_zoo_model", "load_pretrained", "no_weight_decay_names"]
+
+# (layers, heads, hidden, mlp): Ti and S from DeiT (Touvron et al. 2021), B from ViT (Dosovitskiy et al. 2021)
+_VIT_CONFIGS = {"vit_ti_16": (12, 3, 192, 768), "vit_s_16": (12, 6, 384, 1536), "vit_b_16": (12, 12, 768, 3072)}
+# Parameters torchvision names that the ViT recipe keeps out of weight decay although they are not 1-D.
+_NO_DECAY_LEAVES = {"class_token", "pos_embedding", "relative_position_bias_table"}
+
+
+def _refuse_drop_path(name, drop_path):
+    if drop_path > 0:
+        raise ValueError(f"{name} has no stochastic depth: drop_path={drop_path} must be 0 "
+                         f"(swin_t and timm/ models take it)")
+
+
+def _vit(name, num_classes, in_chans, image_size, patch_size, drop_path, dropout):
+    layers, heads, hidden, mlp = _VIT_CONFIGS[name]
+    if patch_size <= 0 or image_size % patch_size:
+        raise ValueError(f"{name}: image_size={image_size} must be a multiple of patch_size={patch_size}")
+    _refuse_drop_path(name, drop_path)
+    net = tv.VisionTransformer(image_size, patch_size, layers, heads, hidden, mlp, dropout=dropout,
+                               num_classes=num_classes)
+    if in_chans != 3:  # a new patch embedding for in_chans channels, initialised as torchvision does
+        net.conv_proj = nn.Conv2d(in_chans, hidden, patch_size, patch_size)
+        nn.init.trunc_normal_(net.conv_proj.weight, std=math.sqrt(1 / (in_chans * patch_size ** 2)))
+        nn.init.zeros_(net.conv_proj.bias)
+    return net
+
+
+def _swin_t(name, num_classes, in_chans, image_size, patch_size, drop_path, dropout):
+    if image_size < 4:
+        raise ValueError(f"{name}: image_size={image_size} is too small; Swin needs H and W >= 4 "
+                         f"(its 4x4 patch embedding; 224 runs without padding)")
+    # The class, not tv.swin_t(): that factory fixes stochastic_depth_prob=0.2 and refuses another value.
+    net = tv.SwinTransformer(patch_size=[4, 4], embed_dim=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24],
+                             window_size=[7, 7], dropout=dropout, stochastic_depth_prob=drop_path,
+                             num_classes=num_classes)
+    if in_chans != 3:  # torchvision leaves this conv at PyTorch's default init, so a fresh one matches
+        net.features[0][0] = nn.Conv2d(in_chans, 96, kernel_size=4, stride=4)
+    return net
+
+
+def _resnet(name, num_classes, in_chans, image_size, patch_size, drop_path, dropout):
+    _refuse_drop_path(name, drop_path)
+    net = getattr(tv, name)(weights=None, num_classes=num_classes)
+    if in_chans != 3:  # same shape and init as torchvision's stem conv
+        net.conv1 = nn.Conv2d(in_chans, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
+    if dropout > 0:  # the head's keys become fc.1.weight / fc.1.bias
+        net.fc = nn.Sequential(nn.Dropout(dropout), net.fc)
+    return net
+
+
+def _timm(name, num_classes, in_chans, image_size, patch_size, drop_path, dropout):
+    import timm  # here, not at the top: only timm/ names pay for importing it
+
+    if not timm.is_model(name):
+        raise KeyError(f"unknown timm model {name!r}; see timm.list_models()")
+    kwargs = {"pretrained": False, "num_classes": num_classes, "in_chans": in_chans, "drop_rate": dropout,
+              "drop_path_rate": drop_path}
+    try:
+        return timm.create_model(name, img_size=image_size, **kwargs)
+    except TypeError as exc:  # convnets (ResNet, MobileNet, ...) have no img_size argument
+        if "img_size" not in str(exc):
+            raise ValueError(f"timm/{name}: {exc}") from None
+    try:
+        return timm.create_model(name, **kwargs)
+    except TypeError as exc:  # e.g. a model without drop_path_rate
+        raise ValueError(f"timm/{name}: {exc}") from None
+
+
+# name -> builder(name, num_classes, in_chans, image_size, patch_size, drop_path, dropout) -> nn.Module
+ZOO_MODELS = {**dict.fromkeys(_VIT_CONFIGS, _vit), "swin_t": _swin_t, "resnet18": _resnet,
+              "resnet50": _resnet}
+
+
+def build_zoo_model(model_type, num_classes, in_chans=3, image_size=224, patch_size=16, drop_path=0.0,
+                    dropout=0.0):
+    """Build ``model_type`` (a :data:`ZOO_MODELS` name or ``timm/<name>``), randomly initialised.
+
+    Args:
+        num_classes: number of output logits.
+        in_chans: image channels; for the torchvision models other than 3 replaces the first conv
+            (``conv_proj``, ``features[0][0]``, ``conv1``) with a freshly initialised one.
+        image_size: the ViTs' input size; checked by ``swin_t``; ``img_size`` for timm models that take it.
+        patch_size: the torchvision ViTs' patch size; ignored by the other models.
+        drop_path: stochastic depth rate (Huang et al. 2016); ``swin_t`` and timm models only.
+        dropout: torchvision ViT/Swin ``dropout`` (encoder and MLP), before ``fc`` for ResNets,
+            timm ``drop_rate`` (before the classifier).
+
+    Raises:
+        KeyError: unknown name (the message lists the choices) or unknown timm name.
+        ValueError: ``image_size`` not a multiple of ``patch_size`` (ViTs); ``image_size < 4``
+            (``swin_t``); ``drop_path > 0`` for a model without stochastic depth; timm refusing an argument.
+    """
+    if model_type.startswith("timm/"):
+        return _timm(model_type[len("timm/"):], num_classes, in_chans, image_size, patch_size, drop_path, dropout)
+    if model_type not in ZOO_MODELS:
+        raise KeyError(f"unknown zoo model {model_type!r}; choices: {', '.join(ZOO_MODELS)}, or timm/<name>")
+    return ZOO_MODELS[model_type](model_type, num_classes, in_chans, image_size, patch_size, drop_path, dropout)
+
+
+def no_weight_decay_names(model):
+    """Names of ``model``'s parameters that get no weight decay, as in "How to train your ViT"
+    (Steiner et al. 2021, following the big_vision/timm recipes).
+
+    These are every parameter with ``ndim <= 1`` (biases, norm weights), torchvision's
+    ``class_token``, ``encoder.pos_embedding`` and Swin's ``relative_position_bias_table``, and,
+    for models with a ``no_weight_decay()`` method (timm), the names or fnmatch patterns it returns.
+    Returns a ``set[str]`` of names from ``model.named_parameters()``.
+    """
+    skip = model.no_weight_decay() if callable(getattr(model, "no_weight_decay", None)) else set()
+    return {name for name, p in model.named_parameters()
+            if p.ndim <= 1 or name.rsplit(".", 1)[-1] in _NO_DECAY_LEAVES
+            or any(fnmatch.fnmatch(name, pattern) for pattern in skip)}
+
+
+def _strip_prefix(key):
+    # DataParallel/DDP save "module.", torch.compile "_orig_mod."; a compiled DDP model has both.
+    while key.startswith(("module.", "_orig_mod.")):
+        key = key.split(".", 1)[1]
+    return key
+
+
+def _read_state_dict(path):
+    where = f"--pretrained_path {path}"
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{where}: no such file")
+    try:
+        if path.endswith(".safetensors"):  # recent torch.load reads these too; this works with any torch
+            return load_file(path, device="cpu")
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:  # noqa: BLE001 - any failure to parse means "not a file we read"
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CheckpointError(f"{where}: not a readable state dict ({type(exc).__name__}: {detail[:200]})") from None
+    if isinstance(state, dict) and "model" in state:  # this project's checkpoint: read it again, checked
+        return load_checkpoint(path, flag="--pretrained_path")["model"]
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise CheckpointError(f"{where}: not a state dict (expected a dict of tensors or a checkpoint "
+                              f"with a 'model' entry)")
+    return state
+
+
+def load_pretrained(model, path):
+    """Load the weights in ``path`` into ``model`` where names and shapes match; the rest stay as they are.
+
+    ``path`` is this project's ``.pth`` checkpoint (its ``"model"`` entry, checksum checked), a plain
+    state-dict ``.pth`` (read with ``weights_only=True``) or a ``.safetensors`` file. Leading
+    ``module.`` / ``_orig_mod.`` prefixes are stripped. Keys whose shapes differ (e.g. a head for
+    another ``num_classes``) are not loaded and count as missing.
+
+    Returns:
+        ``(missing, unexpected)``: sorted lists of keys of ``model`` left unloaded and keys of the
+        file that ``model`` does not have.
+
+    Raises:
+        CheckpointError: the file is missing, unreadable, corrupted or holds no state dict (one
+            line naming the file).
+    """
+    state = {_strip_prefix(k): v for k, v in _read_state_dict(str(path)).items()}
+    current = model.state_dict()
+    # load_state_dict raises on a shape mismatch even with strict=False: drop those keys, so they are missing
+    same = {k: v for k, v in state.items() if k not in current or tuple(v.shape) == tuple(current[k].shape)}
+    result = model.load_state_dict(same, strict=False)
+    return sorted(result.missing_keys), sorted(result.unexpected_keys)
