@@ -8,14 +8,33 @@ def build_optimizer(parameters, args):
     """``--optimizer`` (sgd, adam, adamw) with ``--lr``, ``--weight_decay`` and SGD's ``--momentum``.
 
     Args:
-        parameters: iterable of ``torch.nn.Parameter``; frozen ones (``requires_grad=False``) are left out.
+        parameters: iterable of ``torch.nn.Parameter``, or of param-group dicts
+            (``{"params": [...], "weight_decay": 0.0}``); frozen parameters
+            (``requires_grad=False``) are left out.
         args: the resolved config namespace.
     """
-    params = [p for p in parameters if p.requires_grad]
+    items = list(parameters)
+    if items and isinstance(items[0], dict):
+        groups = [{**g, "params": [p for p in g["params"] if p.requires_grad]} for g in items]
+        params = [g for g in groups if g["params"]]
+    else:
+        params = [p for p in items if p.requires_grad]
     if args.optimizer == "sgd":
         return torch.optim.SGD(params, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
     cls = torch.optim.Adam if args.optimizer == "adam" else torch.optim.AdamW
     return cls(params, lr=args.lr, weight_decay=args.weight_decay)
+
+
+def decay_groups(model, no_decay_names):
+    """Two param groups of ``model``: with weight decay, and without for ``no_decay_names``.
+
+    The second group has ``"weight_decay": 0.0``; the first inherits the
+    optimizer's ``--weight_decay``. Empty groups are dropped by :func:`build_optimizer`.
+    """
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        (no_decay if name in no_decay_names else decay).append(param)
+    return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 class WarmupCosine:

@@ -20,6 +20,7 @@ from conftest import ToyTrainer
 from test_readme_example import load_example
 from trainers.seg_on_carvana_trainer import SegOnCarvanaTrainer
 from trainers.vanilla_trainer import VanillaTrainer
+from trainers.vit_trainer import ViTTrainer
 
 
 class NoisyPoints(Dataset):
@@ -101,6 +102,10 @@ CASES = {
     "vanilla": (lambda f: VanillaTrainer, ["--epochs", "2", "--train_val_sample_rate", "0.3",
                                            "--early_stop_patience", "9"], (3, 7, 10)),
     "denoise": (denoise_trainer, ["--epochs", "2", "--batch_size", "256"], (2, 6, 9)),
+    "vit": (lambda f: ViTTrainer, ["--epochs", "2", "--image_size", "16", "--patch_size", "8", "--batch_size", "32",
+                                   "--train_val_sample_rate", "0.1", "--test_sample_rate", "0.1", "--mixup_alpha",
+                                   "0.2", "--cutmix_alpha", "1.0", "--randaugment", "2", "9", "--early_stop_patience",
+                                   "9"], (2, 6, 8)),
     "seg": (seg_trainer, ["--epochs", "2", "--batch_size", "4", "--base_channels", "4"], (2, 3, 5)),
 }
 

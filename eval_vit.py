@@ -1,0 +1,11 @@
+"""Evaluate a ViTTrainer checkpoint on its run's test split.
+
+    python eval_vit.py --model_path Results/ViT/<run>/vit_ti_16_best_ckpt.pth
+"""
+import sys
+
+from base.cli import main
+from evaluators.vit_evaluator import ViTEvaluator
+
+if __name__ == "__main__":
+    sys.exit(main(ViTEvaluator))

@@ -1,0 +1,100 @@
+"""Image classification with the model zoo and the "How to train your ViT" recipe."""
+from torchvision.transforms import v2
+
+from base import optim
+from base.config import check
+from base.trainer_base import TrainerBase
+from data.augment import RandAugmented
+from data.classification import add_data_arguments, build_classification_datasets, validate_data_config
+from loss.classification import build_classification_loss
+from model.zoo import build_zoo_model, load_pretrained, no_weight_decay_names
+from utils.metrics import ClassificationMeter
+
+
+class ViTTrainer(TrainerBase):
+    """Train a zoo classifier (ViT, Swin, ResNet, any timm model); the best checkpoint has the highest top-1.
+
+    Recipe (Steiner et al. 2021, "How to train your ViT?"; torchvision's classification
+    reference): AdamW with no weight decay on biases, norms, position embeddings
+    and class tokens; linear warmup then cosine per step; Mixup / CutMix per batch;
+    RandAugment; label smoothing; gradient clipping at norm 1.
+    """
+
+    PROG = "trainer_vit.py"
+    DEFAULTS = {"proj_name": "ViT", "data_type": "ELPV", "image_size": 64, "epochs": 30, "batch_size": 64,
+                "lr": 1e-3, "weight_decay": 0.05, "warmup_steps": 100, "grad_clip": 1.0}
+    monitor, monitor_mode = "top1", "max"
+
+    @classmethod
+    def add_arguments(cls, parser):
+        model = parser.add_argument_group("model")
+        model.add_argument("--model_type", default="vit_ti_16",
+                           help="vit_ti_16, vit_s_16, vit_b_16, swin_t, resnet18, resnet50, or timm/<name>")
+        model.add_argument("--patch_size", type=int, default=8, help="ViT patch side (pixels)")
+        model.add_argument("--drop_path", type=float, default=0.0, help="stochastic depth rate (Swin, timm)")
+        model.add_argument("--dropout", type=float, default=0.0, help="dropout rate")
+        model.add_argument("--in_chans", type=int, default=0, help="input channels (0: the data's)")
+        model.add_argument("--pretrained_path", default=None, help="start from this state dict (ours or yours)")
+        recipe = parser.add_argument_group("recipe")
+        recipe.add_argument("--label_smoothing", type=float, default=0.1, help="cross-entropy label smoothing")
+        recipe.add_argument("--mixup_alpha", type=float, default=0.0, help="Mixup Beta(alpha, alpha); 0: off")
+        recipe.add_argument("--cutmix_alpha", type=float, default=0.0, help="CutMix Beta(alpha, alpha); 0: off")
+        recipe.add_argument("--mix_prob", type=float, default=1.0, help="share of batches mixed")
+        recipe.add_argument("--randaugment", type=int, nargs=2, default=None, metavar=("N", "M"),
+                            help="RandAugment: N ops of magnitude M (0-30) on training images")
+        add_data_arguments(parser)
+
+    @classmethod
+    def validate_config(cls, args):
+        super().validate_config(args)
+        validate_data_config(args)
+        for flag in ("drop_path", "dropout", "label_smoothing", "mix_prob"):
+            check(0 <= getattr(args, flag) <= 1, flag, getattr(args, flag), "must be in [0, 1]")
+        for flag in ("mixup_alpha", "cutmix_alpha", "in_chans"):
+            check(getattr(args, flag) >= 0, flag, getattr(args, flag), "must be >= 0")
+        check(args.patch_size > 0, "patch_size", args.patch_size, "must be > 0")
+        if args.randaugment is not None:
+            check(args.randaugment[0] >= 0 and 0 <= args.randaugment[1] <= 30, "randaugment", args.randaugment,
+                  "N must be >= 0 and M in 0..30")
+
+    def build_datasets(self):
+        a = self.args
+        self.data = build_classification_datasets(a)
+        train = RandAugmented(self.data.train, *a.randaugment) if a.randaugment else self.data.train
+        mixes = [v2.MixUp(alpha=a.mixup_alpha, num_classes=self.data.num_classes)] if a.mixup_alpha else []
+        mixes += [v2.CutMix(alpha=a.cutmix_alpha, num_classes=self.data.num_classes)] if a.cutmix_alpha else []
+        self.mix = v2.RandomApply([v2.RandomChoice(mixes)], p=a.mix_prob) if mixes else None
+        return {"train": train, "val": self.data.val, "test": self.data.test}
+
+    def build_model(self):
+        a = self.args
+        model = build_zoo_model(a.model_type, self.data.num_classes, in_chans=a.in_chans or self.data.input_shape[0],
+                                image_size=self.data.input_shape[-1], patch_size=a.patch_size,
+                                drop_path=a.drop_path, dropout=a.dropout)
+        if a.pretrained_path:
+            missing, unexpected = load_pretrained(model, a.pretrained_path)
+            print(f"--pretrained_path {a.pretrained_path}: {len(missing)} missing keys {missing[:5]}")
+            print(f"--pretrained_path {a.pretrained_path}: {len(unexpected)} unexpected keys {unexpected[:5]}")
+        return model
+
+    def build_loss(self):
+        return build_classification_loss(self.args.label_smoothing)
+
+    def build_optimizer(self):
+        """AdamW (or ``--optimizer``) with weight decay off for :func:`model.zoo.no_weight_decay_names`."""
+        return optim.build_optimizer(optim.decay_groups(self.model, no_weight_decay_names(self.model)), self.args)
+
+    def train_step(self, batch):
+        images, labels = batch
+        if self.mix is not None:  # per batch, on the device; targets become class probabilities
+            images, labels = self.mix(images, labels)
+        return {"loss": self.loss_fn(self.model(images), labels)}
+
+    def validate(self, loader):
+        meter = ClassificationMeter(self.data.num_classes)
+        for images, labels in loader:
+            images, labels = self.to_device((images, labels))
+            with self.autocast():
+                logits = self.model(images)
+            meter.update(logits.float(), labels, self.loss_fn(logits.float(), labels))
+        return meter.compute()
