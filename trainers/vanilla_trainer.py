@@ -41,10 +41,19 @@ class VanillaTrainer(TrainerBase):
         return {"loss": self.loss_fn(self.model(images), labels)}
 
     def validate(self, loader):
-        meter = ClassificationMeter(self.data.num_classes)
-        for images, labels in loader:
-            images, labels = self.to_device((images, labels))
-            with self.autocast():
-                logits = self.model(images)
-            meter.update(logits.float(), labels, self.loss_fn(logits.float(), labels))
-        return meter.compute()
+        return validate_classifier(self, loader)
+
+
+def validate_classifier(task, loader):
+    """Loss, top-1 and top-5 of ``task.model`` over ``loader`` (see :class:`ClassificationMeter`).
+
+    Shared by the classification trainers; ``task`` has ``model``, ``loss_fn``,
+    ``data.num_classes``, ``to_device`` and ``autocast``.
+    """
+    meter = ClassificationMeter(task.data.num_classes)
+    for images, labels in loader:
+        images, labels = task.to_device((images, labels))
+        with task.autocast():
+            logits = task.model(images)
+        meter.update(logits.float(), labels, task.loss_fn(logits.float(), labels))
+    return meter.compute()

@@ -8,7 +8,7 @@ from data.augment import RandAugmented
 from data.classification import add_data_arguments, build_classification_datasets, validate_data_config
 from loss.classification import build_classification_loss
 from model.zoo import build_zoo_model, load_pretrained, no_weight_decay_names
-from utils.metrics import ClassificationMeter
+from trainers.vanilla_trainer import validate_classifier
 
 
 class ViTTrainer(TrainerBase):
@@ -91,10 +91,4 @@ class ViTTrainer(TrainerBase):
         return {"loss": self.loss_fn(self.model(images), labels)}
 
     def validate(self, loader):
-        meter = ClassificationMeter(self.data.num_classes)
-        for images, labels in loader:
-            images, labels = self.to_device((images, labels))
-            with self.autocast():
-                logits = self.model(images)
-            meter.update(logits.float(), labels, self.loss_fn(logits.float(), labels))
-        return meter.compute()
+        return validate_classifier(self, loader)
