@@ -10,16 +10,15 @@ import glob
 import json
 import os
 import pathlib
-import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 import torch
 from conftest import ToyTrainer
 from test_bad_input import error_line, run_main
+from test_fault_files import kill_9_once_marked
 
 import base.checkpoint
 from base.checkpoint import load_checkpoint, save_checkpoint, verify_checkpoint
@@ -336,18 +335,6 @@ def test_kill_9_inside_a_rewrite_keeps_the_old_file(tmp_path, name):
         path = {path!r}
         {call}
     """)
-    proc = subprocess.Popen([sys.executable, "-c", script])
-    try:
-        deadline = time.monotonic() + 60
-        while not marker.exists():
-            assert proc.poll() is None, "the writer exited before writing"
-            assert time.monotonic() < deadline, "the writer never wrote"
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
-        assert proc.wait(timeout=30) == -signal.SIGKILL
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    kill_9_once_marked(script, marker)
     assert open(path, "rb").read() == before
     assert remove_stale_temp_files(str(tmp_path)) and not [f for f in os.listdir(tmp_path) if ".tmp" in f]

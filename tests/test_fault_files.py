@@ -112,6 +112,23 @@ def test_failed_save_keeps_the_old_checkpoint(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == ["Vanilla_last_ckpt.pth"]  # no temporary file left
 
 
+def kill_9_once_marked(script, marker):
+    """Run ``script`` in a new Python process and SIGKILL it as soon as it creates ``marker``."""
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        deadline = time.monotonic() + 60
+        while not marker.exists():
+            assert proc.poll() is None, "the writer exited before writing"
+            assert time.monotonic() < deadline, "the writer never wrote"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def test_kill_9_during_save_keeps_the_old_checkpoint(tmp_path):
     path = tmp_path / "Vanilla_last_ckpt.pth"
     save_checkpoint(OLD, str(path))
@@ -133,19 +150,7 @@ def test_kill_9_during_save_keeps_the_old_checkpoint(tmp_path):
 
         atomic_write({str(path)!r}, write_half)
     """)
-    proc = subprocess.Popen([sys.executable, "-c", script])
-    try:
-        deadline = time.monotonic() + 60
-        while not marker.exists():
-            assert proc.poll() is None, "the writer exited before writing"
-            assert time.monotonic() < deadline, "the writer never wrote"
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
-        assert proc.wait(timeout=30) == -signal.SIGKILL
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    kill_9_once_marked(script, marker)
     state = load_checkpoint(str(path))
     assert state["global_step"] == 1 and torch.equal(state["model"]["w"], OLD["model"]["w"])
     # The half-written temporary file may remain, but nothing takes it for a checkpoint.
