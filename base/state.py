@@ -105,10 +105,12 @@ class ResumableSampler(Sampler):
         length: number of samples in the dataset.
         shuffle: shuffle each epoch (else ``0..length-1``).
         seed: base seed (int).
+        with_epoch: yield ``(epoch, index)`` pairs instead of indices, for a
+            :class:`SeededSamples` dataset.
     """
 
-    def __init__(self, length, shuffle=True, seed=0):
-        self.length, self.shuffle, self.seed = length, shuffle, seed
+    def __init__(self, length, shuffle=True, seed=0, with_epoch=False):
+        self.length, self.shuffle, self.seed, self.with_epoch = length, shuffle, seed, with_epoch
         self.epoch, self.start = 0, 0
 
     def set_epoch(self, epoch, start=0):
@@ -121,7 +123,8 @@ class ResumableSampler(Sampler):
         return torch.randperm(self.length, generator=gen).tolist()
 
     def __iter__(self):
-        return iter(self._order()[self.start:])
+        order = self._order()[self.start:]
+        return iter([(self.epoch, i) for i in order] if self.with_epoch else order)
 
     def __len__(self):
         return self.length - self.start
@@ -130,23 +133,26 @@ class ResumableSampler(Sampler):
 class SeededSamples(torch.utils.data.Dataset):
     """Make random augmentation in DataLoader workers depend only on ``(seed, epoch, index)``.
 
-    In a worker process each ``__getitem__`` first reseeds Python, NumPy and
-    torch from ``(seed, epoch, index)``, so a sample's augmentation is the same
-    whichever worker loads it and wherever in the epoch a resumed run starts.
-    In the main process (``--num_workers 0``) it does nothing: the global RNG
-    is part of the checkpoint there. The trainer sets :attr:`epoch` before
-    each epoch's workers start (they copy the dataset when they do).
+    Items are asked for as ``(epoch, index)`` (see ``ResumableSampler(with_epoch=True)``).
+    The epoch travels with every index, rather than as an attribute set
+    before the epoch, because persistent workers keep the copy of the dataset
+    they started with. In a worker process each item first reseeds Python,
+    NumPy and torch from ``(seed, epoch, index)``, so a sample's augmentation is
+    the same whichever worker loads it and wherever in the epoch a resumed run
+    starts. In the main process (``--num_workers 0``) it only unpacks the
+    index: the global RNG is part of the checkpoint there.
     """
 
     def __init__(self, dataset, seed):
-        self.dataset, self.seed, self.epoch = dataset, seed, 0
+        self.dataset, self.seed = dataset, seed
 
     def __len__(self):
         return len(self.dataset)
 
-    def __getitem__(self, index):
+    def __getitem__(self, item):
+        epoch, index = item
         if torch.utils.data.get_worker_info() is not None:
-            sample_seed = ((self.seed * 1_000_003 + self.epoch) * 1_000_033 + index) % 2**63
+            sample_seed = ((self.seed * 1_000_003 + epoch) * 1_000_033 + index) % 2**63
             random.seed(sample_seed)
             np.random.seed(sample_seed % 2**32)
             torch.manual_seed(sample_seed)

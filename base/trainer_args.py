@@ -19,7 +19,9 @@ def add_trainer_arguments(parser):
     loop.add_argument("--epochs", type=int, default=10, help="epochs to train")
     loop.add_argument("--max_steps", type=int, default=0,
                       help="train exactly this many optimizer steps, whatever --epochs says (0: off)")
-    loop.add_argument("--batch_size", type=int, default=64, help="training samples per step")
+    loop.add_argument("--batch_size", type=int, default=64, help="training samples per batch")
+    loop.add_argument("--accum_steps", type=int, default=1,
+                      help="batches per optimizer step (gradient accumulation: --batch_size x this per step)")
     loop.add_argument("--eval_batch_size", type=int, default=0, help="validation/test batch (0: --batch_size)")
     loop.add_argument("--num_workers", type=int, default=0, help="DataLoader worker processes")
     loop.add_argument("--optimizer", choices=["adamw", "adam", "sgd"], default="adamw", help="update rule")
@@ -35,6 +37,21 @@ def add_trainer_arguments(parser):
     loop.add_argument("--amp", type=str2bool, nargs="?", const=True, default=False, help="automatic mixed precision")
     loop.add_argument("--amp_dtype", choices=["bfloat16", "float16"], default="bfloat16",
                       help="autocast dtype; float16 adds a gradient scaler on CUDA")
+
+    loop.add_argument("--ema_decay", type=float, default=0.0,
+                      help="keep an exponential moving average of the weights with this decay, e.g. 0.999 (0: off)")
+    loop.add_argument("--eval_ema", type=str2bool, nargs="?", const=True, default=True,
+                      help="with --ema_decay: validate, pick 'best' and test with the EMA weights")
+
+    speed = parser.add_argument_group("speed")
+    speed.add_argument("--channels_last", type=str2bool, nargs="?", const=True, default=False,
+                       help="channels-last memory format for the model and image batches (faster convs on GPU)")
+    speed.add_argument("--compile", type=str2bool, nargs="?", const=True, default=False,
+                       help="torch.compile the model (first steps are slow while it compiles)")
+    speed.add_argument("--persistent_workers", type=str2bool, nargs="?", const=True, default=True,
+                       help="with --num_workers > 0: keep DataLoader workers between epochs")
+    speed.add_argument("--plot_lr", default="", metavar="PNG",
+                       help="write the learning-rate schedule this run would follow to PNG (and a .csv) and exit")
 
     val = parser.add_argument_group("validation and logging")
     val.add_argument("--val_every_epochs", type=int, default=1, help="validate every N epochs")
@@ -76,6 +93,8 @@ def validate_trainer_config(args):
                  "max_skipped_steps", "max_bad_images"):
         check(getattr(args, flag) >= 0, flag, getattr(args, flag), "must be >= 0")
     check(args.lr > 0, "lr", args.lr, "must be > 0")
+    check(args.accum_steps >= 1, "accum_steps", args.accum_steps, "must be >= 1")
+    check(0 <= args.ema_decay < 1, "ema_decay", args.ema_decay, "must be in [0, 1) (0: off)")
     check(args.keep_last_k > 0, "keep_last_k", args.keep_last_k, "must be > 0")
     check(0 < args.rollback_lr_factor <= 1, "rollback_lr_factor", args.rollback_lr_factor, "must be in (0, 1]")
     check(args.seed >= 0, "seed", args.seed, "must be >= 0")

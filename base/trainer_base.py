@@ -22,12 +22,14 @@ from base.state import EarlyStopper, ResumableSampler, SeededSamples, rng_state,
 from base.trainer_args import add_trainer_arguments, validate_trainer_config
 from base.trainer_checkpoint import CheckpointingMixin
 from base.trainer_resume import ResumeMixin
+from base.trainer_step import StepMixin
+from base.lr_plot import plot_lr_schedule
 from base.trainer_validation import ValidationMixin
 from utils.device import select_device
 from utils.params import count_parameters, format_count
 
 
-class TrainerBase(CheckpointingMixin, ResumeMixin, ValidationMixin, abc.ABC):
+class TrainerBase(StepMixin, CheckpointingMixin, ResumeMixin, ValidationMixin, abc.ABC):
     """Owns the loop; subclasses override small named steps.
 
     Must override: :meth:`build_datasets`, :meth:`build_model`, :meth:`build_loss`,
@@ -101,6 +103,7 @@ class TrainerBase(CheckpointingMixin, ResumeMixin, ValidationMixin, abc.ABC):
         self._validation_snapshot = None  # the state as of a validation's start, while it runs
         self._redo_validation = False  # resumed from inside a validation: do it again first
         self._mid_update = False  # between the first parameter write and the step counter
+        self.ema = None  # ModelEMA with --ema_decay, made in setup
 
     # ----------------------------------------------------------------- to override
     @abc.abstractmethod
@@ -153,8 +156,10 @@ class TrainerBase(CheckpointingMixin, ResumeMixin, ValidationMixin, abc.ABC):
         if train:
             dataset = SeededSamples(dataset, a.seed)
         return DataLoader(dataset, batch_size=a.batch_size if train else a.eval_batch_size or a.batch_size,
-                          sampler=ResumableSampler(len(dataset), shuffle=train, seed=a.seed),
+                          sampler=ResumableSampler(len(dataset), shuffle=train, seed=a.seed, with_epoch=train),
                           num_workers=a.num_workers, pin_memory=self.device.type == "cuda",
+                          # the test split is read once: its workers need not stay
+                          persistent_workers=a.persistent_workers and a.num_workers > 0 and split != "test",
                           worker_init_fn=ignore_signals_in_worker, generator=torch.Generator(),
                           collate_fn=(functools.partial(collate_good_samples, collate=self.collate_fn)
                                       if a.bad_images == "skip" else self.collate_fn))
@@ -162,6 +167,10 @@ class TrainerBase(CheckpointingMixin, ResumeMixin, ValidationMixin, abc.ABC):
     def build_hooks(self):
         """Return a list of :class:`base.hooks.HookBase`; called once, in ``setup``."""
         return []
+
+    def model_card(self):
+        """JSON-able facts a predictor needs without the data (default ``{}``); saved in checkpoints and exports."""
+        return {}
 
     # ----------------------------------------------------------------- setup
     def build(self):
@@ -197,7 +206,8 @@ class TrainerBase(CheckpointingMixin, ResumeMixin, ValidationMixin, abc.ABC):
                                  {"timestamp": self.timestamp, "trainer": type(self).__name__})
         self.bad_samples = BadSampleLog(os.path.join(self.run_dir, "bad_images.txt"), a.max_bad_images)
         self.build()
-        self.steps_per_epoch = len(self.loaders["train"])
+        self.prepare_model()
+        self.steps_per_epoch = math.ceil(len(self.loaders["train"]) / a.accum_steps)  # optimizer steps
         self.total_steps = self.planned_total_steps()
         self.optimizer = self.build_optimizer()
         self.scheduler = self.build_scheduler()
@@ -227,28 +237,6 @@ class TrainerBase(CheckpointingMixin, ResumeMixin, ValidationMixin, abc.ABC):
             run_dir.record_resume(config_path, a, self.provenance, self.resume_from[1], self.resume_changes)
         self._step_rng = rng_state()  # what a checkpoint taken before the first step holds
 
-    @property
-    def amp_dtype(self):
-        return torch.float16 if self.args.amp_dtype == "float16" else torch.bfloat16
-
-    @property
-    def use_fp16_scaler(self):
-        return self.args.amp and self.amp_dtype == torch.float16 and self.device.type == "cuda"
-
-    def autocast(self):
-        """Autocast context for ``--amp`` (a no-op context when off)."""
-        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.args.amp)
-
-    def to_device(self, batch):
-        """Move tensors in (nested) tuples, lists and dicts to :attr:`device`."""
-        if torch.is_tensor(batch):
-            return batch.to(self.device, non_blocking=True)
-        if isinstance(batch, (list, tuple)):
-            return type(batch)(self.to_device(b) for b in batch)
-        if isinstance(batch, dict):
-            return {k: self.to_device(v) for k, v in batch.items()}
-        return batch
-
     # ----------------------------------------------------------------- the loop
     def fit(self):
         """Set up (or resume), train, then evaluate the best checkpoint on the test split.
@@ -256,11 +244,15 @@ class TrainerBase(CheckpointingMixin, ResumeMixin, ValidationMixin, abc.ABC):
         Returns:
             the test metrics (``{}`` when there is no test split).
         """
+        if self.args.plot_lr:
+            return plot_lr_schedule(self, self.args.plot_lr)
         try:
             self.setup()
             self.train()
             return self.test()
         finally:
+            for loader in getattr(self, "loaders", {}).values():  # persistent workers: stop them now
+                getattr(getattr(loader, "_iterator", None), "_shutdown_workers", lambda: None)()
             if getattr(self, "writer", None) is not None:
                 self.writer.close()
             if self.logger is not None:
@@ -326,38 +318,41 @@ class TrainerBase(CheckpointingMixin, ResumeMixin, ValidationMixin, abc.ABC):
     def _train_epoch(self):
         a, loader = self.args, self.loaders["train"]
         self.model.train()
+        # The sampler hands (epoch, index) to SeededSamples, so workers kept alive across
+        # epochs (persistent) still seed each sample's augmentation from this epoch.
         loader.sampler.set_epoch(self.epoch, self.samples_in_epoch)
         if loader.generator is not None:  # worker seeds: from (seed, epoch), not the global RNG
             loader.generator.manual_seed(a.seed + self.epoch)
-        if isinstance(loader.dataset, SeededSamples):
-            loader.dataset.epoch = self.epoch
         with signals_held():
-            batches = iter(loader)  # forks the workers, if any
+            batches = iter(loader)  # forks the workers, if any (once, with persistent workers)
         bar = tqdm(batches, desc=f"epoch {self.epoch + 1}/{a.epochs}", unit="batch",
-                   initial=math.ceil(self.samples_in_epoch / loader.batch_size), total=self.steps_per_epoch,
-                   dynamic_ncols=True, disable=None, leave=False)
+                   initial=math.ceil(self.samples_in_epoch / loader.batch_size),
+                   total=math.ceil(len(loader.dataset) / loader.batch_size), dynamic_ncols=True, disable=None,
+                   leave=False)
         try:
             return self._train_batches(bar)
-        finally:
-            bar.close()
+        except BaseException:
             # An exception's traceback keeps the iterator alive; stop its workers now, not at exit.
             getattr(batches, "_shutdown_workers", lambda: None)()
+            raise
+        finally:
+            bar.close()
 
     def _train_batches(self, bar):
-        """Train on the batches of ``bar``; returns how many it took (0: the epoch had none left)."""
+        """Train on the batches of ``bar``, ``--accum_steps`` per optimizer step; returns how many it took
+        (0: the epoch had none left)."""
         a, consumed = self.args, 0
-        for batch in bar:
-            consumed += 1
+        for window in self._windows(bar):
+            consumed += len(window)
             self._call("before_step")
-            # None: every sample of the batch was a skipped bad image
-            stepped = batch is not None and self._step(self.to_device(batch))
+            stepped = self._step(window)
             if self._restart_epoch:  # rolled back: the checkpoint set the data position
                 self._restart_epoch = False
                 self._call("after_step")
                 break
-            if not stepped:  # no update (skipped batch), but the data position moves on
+            if not stepped:  # no update (skipped window), but the data position moves on
                 with self._preemption.critical():
-                    self._advance_position()
+                    self._advance_position(len(window))
             self._call("after_step")
             self._check_bad_samples()
             if self.global_step % a.log_every_steps == 0:
@@ -372,60 +367,3 @@ class TrainerBase(CheckpointingMixin, ResumeMixin, ValidationMixin, abc.ABC):
             if self._done():
                 break
         return consumed
-
-    def _advance_position(self):
-        """Count the batch just consumed and snapshot the RNG that a checkpoint of this step holds."""
-        loader = self.loaders["train"]
-        self.batch_in_epoch += 1
-        self.samples_in_epoch = min(len(loader.dataset), self.samples_in_epoch + loader.batch_size)
-        # ~0.1 ms: lets a checkpoint taken after a failure in the next step hold this step's RNG
-        self._step_rng = rng_state()
-
-    def _step(self, batch):
-        """One optimizer step: forward, non-finite check, backward, clip, update, schedule.
-
-        Returns:
-            True when the weights were updated and the position advanced; falsy
-            when ``--nonfinite`` skipped or rolled back the batch.
-        """
-        a = self.args
-        self.optimizer.zero_grad(set_to_none=True)
-        with self.autocast():
-            out = self.train_step(batch)
-        loss = out["loss"]
-        # A host sync per step: the price of never applying an update from a NaN/inf loss.
-        if not torch.isfinite(loss.detach()).all():
-            return self.handle_nonfinite(loss)
-        self.scaler.scale(loss).backward()
-        self._call("after_backward")
-        if a.grad_clip > 0:
-            self.scaler.unscale_(self.optimizer)
-            params = [p for g in self.optimizer.param_groups for p in g["params"]]
-            if a.grad_clip_mode == "norm":
-                torch.nn.utils.clip_grad_norm_(params, a.grad_clip)
-            else:
-                torch.nn.utils.clip_grad_value_(params, a.grad_clip)
-        # Weights, optimizer, schedule, counters and data position change together: a second
-        # Ctrl-C waits until they all have, so no checkpoint holds half a step.
-        with self._preemption.critical():
-            self._mid_update = True
-            self.scaler.step(self.optimizer)  # with fp16 the scaler itself skips steps with inf grads
-            self.scaler.update()
-            if self.scheduler is not None:
-                self.scheduler.step()
-            self.global_step += 1
-            n = _batch_size(batch)
-            self._loss_sum = self._loss_sum + loss.detach().float() * n  # stays on device: no sync
-            self._loss_count += n
-            self._advance_position()
-            self._mid_update = False
-        return True
-
-
-def _batch_size(batch):
-    """Samples in a batch: dim 0 of its first tensor."""
-    if torch.is_tensor(batch):
-        return batch.shape[0]
-    if isinstance(batch, dict):
-        batch = list(batch.values())
-    return _batch_size(batch[0])

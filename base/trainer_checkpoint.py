@@ -34,7 +34,8 @@ class CheckpointingMixin:
         return {
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler else None,
-            "scaler": self.scaler.state_dict(), "epoch": self.epoch, "global_step": self.global_step,
+            "scaler": self.scaler.state_dict(), "ema": self.ema.state_dict() if self.ema is not None else None,
+            "epoch": self.epoch, "global_step": self.global_step,
             "batch_in_epoch": self.batch_in_epoch, "samples_in_epoch": self.samples_in_epoch,
             "rng": self._step_rng, "lr_scale": self.lr_scale, "validating": False,
             "early_stopper": self.early_stopper.state_dict(),
@@ -43,6 +44,7 @@ class CheckpointingMixin:
             "loss_sum": float(self._loss_sum), "loss_count": self._loss_count,
             "validated_at": self._validated_at, "skipped_steps": self.skipped_steps,
             "config": json.dumps(vars(self.args), default=str), "trainer": type(self).__name__,
+            "model_card": self.model_card(),
         }
 
     def load_state_dict(self, state, source="checkpoint"):
@@ -62,6 +64,11 @@ class CheckpointingMixin:
         except (ValueError, KeyError) as exc:
             raise CheckpointError(f"{what}: optimizer/scheduler state does not fit ({exc})") from None
         self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None:
+            if state.get("ema") is None:
+                raise CheckpointError(f"{what}: it holds no EMA weights, but this run has --ema_decay "
+                                      f"{self.args.ema_decay}")
+            self.ema.load_state_dict(state["ema"])
         self._load_hook_states(state["hooks"], source)
         self.early_stopper.load_state_dict(state["early_stopper"])
         self.epoch, self.global_step = state["epoch"], state["global_step"]
@@ -132,10 +139,12 @@ class CheckpointingMixin:
         from safetensors.torch import save as safetensors_bytes
 
         # Copies break shared storage (tied weights), which safetensors refuses to write.
-        tensors = {k: v.detach().cpu().clone().contiguous() for k, v in self.model.state_dict().items()}
+        # The weights that validation scored: the EMA's with --eval_ema.
+        tensors = {k: v.detach().cpu().clone().contiguous() for k, v in self.eval_model().state_dict().items()}
         stem = os.path.join(self.run_dir, f"{self.args.model_type}_best")
         write_or_fail(stem + ".safetensors", lambda f: f.write(safetensors_bytes(tensors)), "export")
-        sidecar = {"config": vars(self.args), "metrics": self.last_metrics, "global_step": self.global_step}
+        sidecar = {"config": vars(self.args), "metrics": self.last_metrics, "global_step": self.global_step,
+                   "model_card": self.model_card()}
         write_or_fail(stem + ".json", lambda f: f.write(json.dumps(sidecar, indent=2, default=str).encode()),
                       "export")
 

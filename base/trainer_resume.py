@@ -19,13 +19,14 @@ class ResumeMixin:
         "weight_decay", "warmup_steps", "grad_clip", "grad_clip_mode", "val_every_epochs", "val_every_steps",
         "early_stop_patience", "log_every_steps", "save_every_steps", "keep_last_k", "nonfinite",
         "max_skipped_steps", "rollback_lr_factor", "bad_images", "max_bad_images", "gpu_devices",
-        "deterministic", "data_dir"})
+        "deterministic", "data_dir", "compile", "channels_last", "persistent_workers", "plot_lr"})
 
     def planned_total_steps(self):
         """Optimizer steps in the whole run: ``--max_steps`` if set, else done + left to ``--epochs``.
 
         The steps left count the rest of the current epoch from its sample
-        position at the current ``--batch_size``, so a resume with another
+        position at the current ``--batch_size`` (``--accum_steps`` batches a step,
+        the last step of an epoch taking what is left), so a resume with another
         batch size or more epochs plans the schedule for what is really left.
         """
         a, loader = self.args, self.loaders["train"]
@@ -33,9 +34,9 @@ class ResumeMixin:
             return a.max_steps
         if self.epoch >= a.epochs:
             return self.global_step  # finished
-        size, batch = len(loader.dataset), loader.batch_size
-        return (self.global_step + math.ceil((size - self.samples_in_epoch) / batch)
-                + (a.epochs - self.epoch - 1) * math.ceil(size / batch))
+        size, batch, accum = len(loader.dataset), loader.batch_size, a.accum_steps
+        return (self.global_step + math.ceil(math.ceil((size - self.samples_in_epoch) / batch) / accum)
+                + (a.epochs - self.epoch - 1) * math.ceil(math.ceil(size / batch) / accum))
 
     def _apply_resume_changes(self):
         """Make flags changed on ``--resume`` take effect on the loaded state, and log each."""

@@ -32,13 +32,19 @@ class ValidationMixin:
         self.writer.add_scalar("train/lr", lr, self.global_step)
 
     def run_validation(self, split="val"):
-        """Evaluate on ``split`` with the model in eval mode; returns ``{metric: float}``."""
+        """Evaluate :meth:`eval_model` on ``split`` in eval mode; returns ``{metric: float}``.
+
+        With ``--ema_decay`` and ``--eval_ema``, ``self.model`` is the EMA model
+        while ``validate`` runs, so a task's ``validate`` needs no EMA code.
+        """
+        trained, self.model = self.model, self.eval_model()
         self.model.eval()
         try:
             # validate() forks its loader's workers where we cannot see: hold signals until it ends
             with torch.no_grad(), signals_held():
                 return {k: float(v) for k, v in self.validate(self.loaders[split]).items()}
         finally:
+            self.model = trained
             self.model.train()
 
     def _validate(self):
@@ -79,7 +85,10 @@ class ValidationMixin:
             return {}
         best = self.checkpoint_path("best")
         if os.path.isfile(best):
-            self.model.load_state_dict(load_checkpoint(best, map_location=self.device)["model"])
+            state = load_checkpoint(best, map_location=self.device)
+            self.model.load_state_dict(state["model"])
+            if self.ema is not None:
+                self.ema.load_state_dict(state["ema"])
         metrics = self.run_validation("test")
         self._check_bad_samples()
         self.logger.info("test (best checkpoint, %d samples): %s", len(self.datasets["test"]),

@@ -99,13 +99,16 @@ def seg_trainer(tmp_path_factory):
 # trainer factory, flags, (stop mid-epoch, stop at an epoch boundary, a later stop)
 CASES = {
     "toy": (lambda f: AugmentedToyTrainer, ["--epochs", "2", "--early_stop_patience", "9"], (3, 5, 8)),
+    # 5 batches an epoch in windows of 2, 2, 1: stops inside and at the end of an epoch
+    "toy_accum_ema": (lambda f: AugmentedToyTrainer, ["--epochs", "3", "--accum_steps", "2", "--ema_decay", "0.7"],
+                      (2, 3, 7)),
     "vanilla": (lambda f: VanillaTrainer, ["--epochs", "2", "--train_val_sample_rate", "0.3",
                                            "--early_stop_patience", "9"], (3, 7, 10)),
     "denoise": (denoise_trainer, ["--epochs", "2", "--batch_size", "256"], (2, 6, 9)),
     "vit": (lambda f: ViTTrainer, ["--epochs", "2", "--image_size", "16", "--patch_size", "8", "--batch_size", "32",
                                    "--train_val_sample_rate", "0.1", "--test_sample_rate", "0.1", "--mixup_alpha",
                                    "0.2", "--cutmix_alpha", "1.0", "--randaugment", "2", "9", "--early_stop_patience",
-                                   "9"], (2, 6, 8)),
+                                   "9", "--ema_decay", "0.9"], (2, 6, 8)),
     "seg": (seg_trainer, ["--epochs", "2", "--batch_size", "4", "--base_channels", "4"], (2, 3, 5)),
 }
 
@@ -132,6 +135,11 @@ def assert_same_state(a, b):
         for name, value in state.items():
             assert torch.equal(value, sb["state"][pid][name]), (pid, name)
     assert a.scheduler.state_dict() == b.scheduler.state_dict()
+    assert (a.ema is None) == (b.ema is None)
+    if a.ema is not None:
+        assert a.ema.num_updates == b.ema.num_updates
+        for key, value in a.ema.module.state_dict().items():
+            assert torch.equal(value, b.ema.module.state_dict()[key]), f"ema {key}"
     assert (a.epoch, a.global_step, a.batch_in_epoch) == (b.epoch, b.global_step, b.batch_in_epoch)
     assert a.samples_in_epoch == b.samples_in_epoch
     assert a.early_stopper.state_dict() == b.early_stopper.state_dict()

@@ -1,0 +1,146 @@
+"""One optimizer step of :class:`base.trainer_base.TrainerBase`, and the model features around it.
+
+Mixed into the trainer; kept apart so the loop reads in one sitting. Here:
+AMP, moving batches to the device (``--channels_last``), gradient
+accumulation (``--accum_steps``), clipping, the update, the EMA and
+``--compile``.
+"""
+import torch
+
+from base.ema import ModelEMA
+from base.state import rng_state
+
+
+class StepMixin:
+    """Forward, backward, clip and update; the EMA; the model's memory format and compilation."""
+
+    @property
+    def amp_dtype(self):
+        return torch.float16 if self.args.amp_dtype == "float16" else torch.bfloat16
+
+    @property
+    def use_fp16_scaler(self):
+        return self.args.amp and self.amp_dtype == torch.float16 and self.device.type == "cuda"
+
+    def autocast(self):
+        """Autocast context for ``--amp`` (a no-op context when off)."""
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.args.amp)
+
+    def to_device(self, batch):
+        """Move tensors in (nested) tuples, lists and dicts to :attr:`device`.
+
+        With ``--channels_last``, 4-D floating-point tensors (images, ``(N, C, H, W)``)
+        are stored channels-last, the layout the model's weights were given.
+        """
+        if torch.is_tensor(batch):
+            if self.args.channels_last and batch.dim() == 4 and batch.is_floating_point():
+                return batch.to(self.device, memory_format=torch.channels_last, non_blocking=True)
+            return batch.to(self.device, non_blocking=True)
+        if isinstance(batch, (list, tuple)):
+            return type(batch)(self.to_device(b) for b in batch)
+        if isinstance(batch, dict):
+            return {k: self.to_device(v) for k, v in batch.items()}
+        return batch
+
+    def prepare_model(self):
+        """After ``build``: channels-last weights, the EMA copy, then ``torch.compile`` (in that order).
+
+        ``nn.Module.compile`` compiles in place, so ``state_dict`` keys stay
+        the model's own (no ``_orig_mod.`` prefix) and checkpoints load with or
+        without ``--compile``. The EMA copy is taken before compiling: it is
+        only evaluated, and a copy of a compiled module would share its cache.
+        """
+        a = self.args
+        if a.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.ema = ModelEMA(self.model, a.ema_decay) if a.ema_decay > 0 else None
+        if a.compile:
+            self.model.compile()
+
+    def eval_model(self):
+        """The weights that validation scores and ``best`` keeps: the EMA's with ``--eval_ema``, else the model."""
+        ema = getattr(self, "ema", None)  # a build()-only trainer (an evaluator's) has none
+        return ema.module if ema is not None and self.args.eval_ema else self.model
+
+    def _windows(self, batches):
+        """Group ``batches`` into lists of ``--accum_steps`` (the last of an epoch may be shorter).
+
+        Each list makes one optimizer step.
+        """
+        window = []
+        for batch in batches:
+            window.append(batch)
+            if len(window) == self.args.accum_steps:
+                yield window
+                window = []
+        if window:
+            yield window
+
+    def _step(self, window):
+        """One optimizer step over the batches of ``window`` (on the host; moved here one at a time).
+
+        Each batch's loss is weighted by its share of the window's samples, so
+        ``--accum_steps 4 --batch_size 8`` gives the gradient of one batch of
+        32. ``None`` entries (batches of only skipped bad images) are left out.
+
+        Returns:
+            True when the weights were updated and the position advanced; falsy
+            when ``--nonfinite`` skipped or rolled back the window.
+        """
+        a = self.args
+        batches = [b for b in window if b is not None]
+        if not batches:
+            return False
+        total = sum(_batch_size(b) for b in batches)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_sum = 0.0
+        for batch in batches:
+            n = _batch_size(batch)
+            with self.autocast():
+                loss = self.train_step(self.to_device(batch))["loss"]
+            # A host sync per batch: the price of never applying an update from a NaN/inf loss.
+            if not torch.isfinite(loss.detach()).all():
+                return self.handle_nonfinite(loss)
+            self.scaler.scale(loss * (n / total)).backward()
+            loss_sum = loss_sum + loss.detach().float() * n  # stays on device: no sync
+        self._call("after_backward")
+        if a.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            params = [p for g in self.optimizer.param_groups for p in g["params"]]
+            if a.grad_clip_mode == "norm":
+                torch.nn.utils.clip_grad_norm_(params, a.grad_clip)
+            else:
+                torch.nn.utils.clip_grad_value_(params, a.grad_clip)
+        # Weights, EMA, optimizer, schedule, counters and data position change together: a
+        # second Ctrl-C waits until they all have, so no checkpoint holds half a step.
+        with self._preemption.critical():
+            self._mid_update = True
+            self.scaler.step(self.optimizer)  # with fp16 the scaler itself skips steps with inf grads
+            self.scaler.update()
+            if self.ema is not None:
+                self.ema.update(self.model)
+            if self.scheduler is not None:
+                self.scheduler.step()
+            self.global_step += 1
+            self._loss_sum = self._loss_sum + loss_sum
+            self._loss_count += total
+            self._advance_position(len(window))
+            self._mid_update = False
+        return True
+
+    def _advance_position(self, batches=1):
+        """Count ``batches`` just consumed and snapshot the RNG that a checkpoint of this step holds."""
+        loader = self.loaders["train"]
+        self.batch_in_epoch += batches
+        self.samples_in_epoch = min(len(loader.dataset), self.samples_in_epoch + batches * loader.batch_size)
+        # ~0.1 ms: lets a checkpoint taken after a failure in the next step hold this step's RNG
+        self._step_rng = rng_state()
+
+
+def _batch_size(batch):
+    """Samples in a batch: dim 0 of its first tensor."""
+    if torch.is_tensor(batch):
+        return batch.shape[0]
+    if isinstance(batch, dict):
+        batch = list(batch.values())
+    return _batch_size(batch[0])
