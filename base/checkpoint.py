@@ -13,6 +13,9 @@ caught on load instead of training or evaluating on silently wrong numbers.
 import hashlib
 import os
 import pickle
+import re
+import stat
+import warnings
 
 import torch
 
@@ -159,6 +162,23 @@ def verify_checkpoint(path):
     return None
 
 
+def _not_a_checkpoint_file(path):
+    """Why ``path`` cannot be a checkpoint file (a str), or ``None`` when it may be one."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return "no such file"
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror})"
+    if stat.S_ISDIR(info.st_mode):
+        return "is a folder; expected a checkpoint file (*.pth)"
+    if not stat.S_ISREG(info.st_mode):
+        return "is not a regular file (a device, pipe or socket); expected a checkpoint file (*.pth)"
+    if info.st_size == 0:
+        return "is empty (0 bytes): the save that wrote it did not finish"
+    return None
+
+
 def load_checkpoint(path, map_location="cpu", flag="--model_path", mmap=False):
     """Load a checkpoint written by :func:`save_checkpoint`, refusing pickled code.
 
@@ -178,21 +198,26 @@ def load_checkpoint(path, map_location="cpu", flag="--model_path", mmap=False):
             content does not match its checksum (the file is corrupted).
     """
     where = f"{flag} {path}" if flag else str(path)
-    if not os.path.isfile(path):
-        raise CheckpointError(f"{where}: no such file")
+    problem = _not_a_checkpoint_file(path)
+    if problem:
+        raise CheckpointError(f"{where}: {problem}")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+        with warnings.catch_warnings():  # torch warns about pickle protocols of foreign files: we say more below
+            warnings.simplefilter("ignore", UserWarning)
+            state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as exc:  # noqa: BLE001 - any failure to parse means "not a checkpoint we read"
         text = str(exc)
-        # The weights-only unpickler names the global it refused: that file asked to run code.
-        refused = isinstance(exc, pickle.UnpicklingError) and "Unsupported global" in text
-        detail = next((line.strip() for line in text.splitlines() if "Unsupported global" in line),
-                      text.strip().splitlines()[0] if text.strip() else type(exc).__name__)
-        if refused:
-            raise CheckpointError(f"{where}: refused, it holds objects other than "
-                                  f"tensors and plain types ({detail[:200]})") from None
-        raise CheckpointError(f"{where}: not a readable checkpoint "
-                              f"(truncated or foreign file: {type(exc).__name__}: {detail[:200]})") from None
+        if isinstance(exc, pickle.UnpicklingError) and "weights only load failed" in text.lower():
+            # The safe unpickler met a global it will not import: the file asks to run code. Name
+            # the global, and leave out torch's hint to load it unsafely.
+            found = re.search(r"GLOBAL\s+(\S+)|Unsupported global:?\s*(?:GLOBAL\s+)?(\S+)", text)
+            name = next((g for g in found.groups() if g), "") if found else ""
+            raise CheckpointError(f"{where}: refused: it holds code or objects other than tensors and "
+                                  f"plain types{f' ({name})' if name else ''}, which would run when "
+                                  f"loaded; this project never writes such files") from None
+        detail = text.strip().splitlines()[0] if text.strip() else "the file ends too early"
+        raise CheckpointError(f"{where}: not a readable checkpoint (truncated or foreign file: "
+                              f"{type(exc).__name__}: {detail[:200]})") from None
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(f"{where}: not a checkpoint of this project (no 'model' entry)")
     stored = state.pop(CHECKSUM_KEY, None)

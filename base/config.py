@@ -20,6 +20,11 @@ import os
 LAUNCH_ONLY = frozenset({"config", "resume", "model_path", "debug"})
 
 
+# Flags that hold a path: a leading ``~`` is expanded to the home folder.
+PATH_FLAGS = ("config", "resume", "model_path", "output_dir", "data_dir", "pretrained_path", "plot_lr",
+              "save_path", "output_json")
+
+
 class ConfigError(ValueError):
     """A configuration value is invalid; the message names the flag and value."""
 
@@ -38,6 +43,27 @@ def str2bool(value):
     if text in ("false", "no", "0", "off", "n", "f"):
         return False
     raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got {value!r}")
+
+
+class Parser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` whose errors are one line: the error and a pointer to ``--help``.
+
+    (argparse's own prints the whole usage block first, which buries the one line that matters.)
+    """
+
+    def parse_known_args(self, args=None, namespace=None):
+        """argparse's, then ``~`` expanded in the path flags of :data:`PATH_FLAGS` (shells leave a
+        ``~`` inside ``--flag=~/x`` or quotes alone)."""
+        namespace, extras = super().parse_known_args(args, namespace)
+        for name in PATH_FLAGS:
+            value = getattr(namespace, name, None)
+            if isinstance(value, str) and value.startswith("~"):
+                setattr(namespace, name, os.path.expanduser(value))
+        return namespace, extras
+
+    def error(self, message):
+        """Print ``<prog>: error: <message> (see <prog> --help)`` to stderr and exit with status 2."""
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _config_classes(cls):
@@ -61,7 +87,7 @@ def build_parser(cls, suppress_defaults=False):
         KeyError: a ``DEFAULTS`` entry names a flag no class defines (a bug in
             the subclass, reported at import-free parse time).
     """
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog=getattr(cls, "PROG", None), description=(cls.__doc__ or "").strip().split("\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
     origins = {}
@@ -147,7 +173,7 @@ def parse_config(cls, argv=None, base_values=None, base_label="saved run", valid
         ``(args, provenance)``: an ``argparse.Namespace`` and ``{flag: label}``.
 
     Exits:
-        status 2 with argparse's usage line for an unknown flag, a bad value,
+        status 2 with one ``error:`` line for an unknown flag, a bad value,
         a bad ``--config`` file or a failed validation.
     """
     parser, origins = build_parser(cls)
@@ -184,3 +210,19 @@ def check_dir_exists(flag, path):
     check(bool(path), flag, path, "a folder is required here")
     check(os.path.isdir(path), flag, path, "no such folder")
     check(bool(os.listdir(path)), flag, path, "the folder is empty")
+
+
+def predictor_parser(cls, what):
+    """The flags every ``predict*.py`` shares: ``--model_path``, the image files, ``--gpu_devices``, ``--debug``.
+
+    Args:
+        cls: the predictor class (its ``PROG`` and first docstring line are used).
+        what: the verb for the images' help, e.g. ``"classify"``.
+    """
+    parser = Parser(prog=cls.PROG, description=cls.__doc__.split("\n")[0], allow_abbrev=False)
+    parser.add_argument("--model_path", required=True,
+                        help="checkpoint (*_ckpt.pth) or weights export (*_best.safetensors beside its .json)")
+    parser.add_argument("images", nargs="+", help=f"image files to {what}")
+    parser.add_argument("--gpu_devices", default=None, help="'cpu', 'cuda', 'cuda:N' or a CUDA id; unset: GPU if any")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    return parser

@@ -63,32 +63,9 @@ class EvaluatorBase(abc.ABC):
         return task_args
 
     def load_weights_and_config(self):
-        """``(state_dict, saved_config)`` from a ``.pth`` checkpoint or a ``.safetensors`` export.
-
-        A ``.safetensors`` file needs its JSON sidecar (same stem) for the config.
-
-        Raises:
-            CheckpointError: missing, truncated, foreign or unsafe file; the message names it.
-        """
-        path = self.args.model_path
-        if not path.endswith(".safetensors"):
-            ckpt = load_checkpoint(path)
-            try:
-                return ckpt["model"], json.loads(ckpt.get("config") or "{}")
-            except (TypeError, json.JSONDecodeError):
-                raise CheckpointError(f"--model_path {path}: its saved config is not JSON") from None
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        sidecar = os.path.splitext(path)[0] + ".json"
-        try:
-            weights = load_file(path)
-            with open(sidecar, encoding="utf-8") as f:
-                return weights, json.load(f)["config"]
-        except FileNotFoundError as exc:
-            raise CheckpointError(f"--model_path {path}: {exc.filename} not found") from None
-        except (SafetensorError, OSError, ValueError, KeyError) as exc:
-            raise CheckpointError(f"--model_path {path} (or {sidecar}): unreadable ({exc})") from None
+        """``(state_dict, saved_config)`` of ``--model_path`` (see :func:`load_saved_model`)."""
+        weights, config, _ = load_saved_model(self.args.model_path)
+        return weights, config
 
     def run(self):
         """Load the checkpoint, rebuild the task, evaluate, write the results JSON."""
@@ -113,3 +90,39 @@ class EvaluatorBase(abc.ABC):
     @abc.abstractmethod
     def evaluate(self):
         """Evaluate ``self.task.model`` on ``self.task.loaders[self.args.split]``; return a dict."""
+
+
+def load_saved_model(path, flag="--model_path"):
+    """``(state_dict, saved_config, extras)`` from a ``.pth`` checkpoint or a ``.safetensors`` export.
+
+    A ``.safetensors`` file needs its JSON sidecar (same stem) for the config.
+
+    Returns:
+        ``state_dict``: name -> tensor (CPU); ``saved_config``: the run's config
+        dict; ``extras``: the checkpoint's (or sidecar's) other JSON-able
+        entries, e.g. ``"trainer"``, ``"model_card"``, ``"metrics"`` (optimizer
+        and other tensor states of a ``.pth`` are left out).
+
+    Raises:
+        CheckpointError: missing, truncated, foreign or unsafe file; the message names it (after ``flag``).
+    """
+    if not path.endswith(".safetensors"):
+        ckpt = load_checkpoint(path, flag=flag)
+        extras = {k: ckpt[k] for k in ("trainer", "model_card", "metrics", "global_step") if k in ckpt}
+        try:
+            return ckpt["model"], json.loads(ckpt.get("config") or "{}"), extras
+        except (TypeError, json.JSONDecodeError):
+            raise CheckpointError(f"{flag} {path}: its saved config is not JSON") from None
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    sidecar = os.path.splitext(path)[0] + ".json"
+    try:
+        weights = load_file(path)
+        with open(sidecar, encoding="utf-8") as f:
+            saved = json.load(f)
+        return weights, saved["config"], {k: v for k, v in saved.items() if k != "config"}
+    except FileNotFoundError as exc:
+        raise CheckpointError(f"{flag} {path}: {exc.filename} not found") from None
+    except (SafetensorError, OSError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{flag} {path} (or {sidecar}): unreadable ({exc})") from None

@@ -13,7 +13,8 @@ def add_trainer_arguments(parser):
     run.add_argument("--output_dir", default="Results", help="parent folder of all runs")
     run.add_argument("--resume", default="",
                      help="'auto' (newest run of --proj_name), a run folder or a checkpoint: continue it")
-    run.add_argument("--debug", type=str2bool, nargs="?", const=True, default=False, help="show tracebacks for input errors")
+    run.add_argument("--debug", type=str2bool, nargs="?", const=True, default=False,
+                     help="show tracebacks for input errors")
 
     loop = parser.add_argument_group("loop")
     loop.add_argument("--epochs", type=int, default=10, help="epochs to train")

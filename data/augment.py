@@ -4,11 +4,23 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 
-class RandAugmented(Dataset):
-    """Apply torchvision's ``v2.RandAugment`` to the images of a classification dataset.
+def train_transform(hflip=0.0, vflip=0.0, randaugment=None):
+    """The training augmentation of the classification trainers, or ``None`` when every part is off.
 
-    Cubuk et al., "RandAugment: Practical automated data augmentation with a
-    reduced search space" (2020), as implemented by torchvision transforms v2.
+    Random flips with probabilities ``hflip`` / ``vflip`` (timm's ``--hflip`` /
+    ``--vflip``), then RandAugment with ``randaugment = (N, M)``: Cubuk et al.,
+    "RandAugment: Practical automated data augmentation with a reduced search
+    space" (2020). All are torchvision transforms v2.
+    """
+    ops = [v2.RandomHorizontalFlip(hflip)] if hflip else []
+    ops += [v2.RandomVerticalFlip(vflip)] if vflip else []
+    ops += [v2.RandAugment(num_ops=randaugment[0], magnitude=randaugment[1])] if randaugment else []
+    return v2.Compose(ops) if ops else None
+
+
+class Augmented(Dataset):
+    """Apply a torchvision v2 ``transform`` to the images of a classification dataset.
+
     The wrapped dataset's images are float ``(C, H, W)`` in [-1, 1] (the
     project's ``(x - 0.5) / 0.5``); they are mapped to [0, 1] for the ops, then
     back. Randomness comes from the global torch RNG (reseeded per sample in
@@ -16,12 +28,11 @@ class RandAugmented(Dataset):
 
     Args:
         dataset: items ``(image, label)``.
-        num_ops: ops per image (N).
-        magnitude: strength of each op, 0..30 (M).
+        transform: a v2 transform of a float image in [0, 1] (see :func:`train_transform`).
     """
 
-    def __init__(self, dataset, num_ops, magnitude):
-        self.dataset, self.transform = dataset, v2.RandAugment(num_ops=num_ops, magnitude=magnitude)
+    def __init__(self, dataset, transform):
+        self.dataset, self.transform = dataset, transform
 
     def __len__(self):
         return len(self.dataset)

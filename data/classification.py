@@ -14,6 +14,7 @@ in ``[0, num_classes)`` (the default collate makes it int64).
 * ``ELPV``: real electroluminescence images of solar cells, shipped by the
   ``elpv-dataset`` package (see :mod:`data.elpv`); a stratified 75/25
   train/test split as in the paper. Shape (1, image_size, image_size).
+  :attr:`ClassificationData.groups` gives each cell's type, ``"mono"`` or ``"poly"``.
 
 Splits are seeded permutations (``torch.Generator().manual_seed(seed)``).
 """
@@ -36,13 +37,19 @@ IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
 
 @dataclasses.dataclass
 class ClassificationData:
-    """The splits and what a model needs to know; ``test`` is empty if ``--test_fraction 0``."""
+    """The splits and what a model needs to know; ``test`` is empty if ``--test_fraction 0``.
+
+    ``groups`` maps a split name to one group name per sample of that split, in
+    the split's order (e.g. ELPV's ``"mono"``/``"poly"`` cell types), for
+    accuracy per group; empty for data without groups.
+    """
     train: Dataset
     val: Dataset
     test: Dataset
     num_classes: int
     input_shape: tuple  # (C, H, W) of one image
     class_names: list
+    groups: dict = dataclasses.field(default_factory=dict)
 
 
 def add_data_arguments(parser):
@@ -99,10 +106,12 @@ def build_classification_datasets(args):
             the message names the folder or file. Images in an ImageFolder are
             decoded lazily, so a broken image raises ``DataError`` when read.
     """
+    pool_groups = test_groups = None  # one group name per sample of pool / test, where the data has groups
     if args.data_type == "Digits":
         pool, test, names = _load_digits(), None, [str(d) for d in range(10)]
     elif args.data_type == "ELPV":
-        pool_x, pool_y, _, test_x, test_y, _, names = load_elpv(args.elpv_task, args.image_size, args.seed)
+        pool_x, pool_y, pool_groups, test_x, test_y, test_groups, names = load_elpv(
+            args.elpv_task, args.image_size, args.seed)
         pool, test = InMemoryImages(pool_x, pool_y, 255), InMemoryImages(test_x, test_y, 255)
     elif args.data_type == "ImageFolder":
         pool, test, names = _load_image_folder(args.data_dir, args.image_size)
@@ -113,8 +122,13 @@ def build_classification_datasets(args):
     in_memory = isinstance(pool, InMemoryImages)
     shape = tuple(pool.images.shape[1:]) if in_memory else (3, args.image_size, args.image_size)
     train, val, test = _split(pool, test, args)
+    groups = {}
+    if pool_groups is not None:
+        # The splits are Subsets with subsampled, sorted indices: map each through its own.
+        groups = {name: [(pool_groups if split.dataset is pool else test_groups)[i] for i in split.indices]
+                  for name, split in (("train", train), ("val", val), ("test", test))}
     return ClassificationData(train=train, val=val, test=test, num_classes=len(names),
-                              input_shape=shape, class_names=list(names))
+                              input_shape=shape, class_names=list(names), groups=groups)
 
 
 def _split(pool, test, args):
@@ -255,7 +269,7 @@ def _load_image_folder(data_dir, image_size):
     test = None
     test_dir = os.path.join(data_dir, "test")
     if root == train_dir and os.path.isdir(test_dir):
-        extra = sorted(set(e.name for e in os.scandir(test_dir) if e.is_dir()) - set(pool.classes))
+        extra = sorted({e.name for e in os.scandir(test_dir) if e.is_dir()} - set(pool.classes))
         if extra:
             raise DataError(f"{test_dir} has class folders {extra} that {train_dir} lacks")
         samples = torchvision.datasets.folder.make_dataset(

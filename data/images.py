@@ -24,6 +24,34 @@ def read_image(path, mode="RGB"):
         raise BadImageError(path, str(exc) or type(exc).__name__) from None
 
 
+def image_file_to_input(path, input_shape):
+    """One image file as model input, made the way the classification datasets make theirs.
+
+    Decoded as ``"L"`` (``C`` = 1) or ``"RGB"`` (``C`` = 3); resized to ``(H, W)``
+    with antialiasing on the uint8 pixels, as :class:`ImageFiles` and the ELPV
+    loader resize; scaled to [0, 1] (255 -> 1, as Digits' 16 -> 1) and mapped by
+    ``(x - 0.5) / 0.5``.
+
+    Args:
+        path: an image file PIL can read (any size, any mode).
+        input_shape: ``(C, H, W)`` the model takes, ``C`` 1 or 3.
+
+    Returns:
+        float32 ``(C, H, W)`` in [-1, 1].
+
+    Raises:
+        BadImageError: ``path`` is missing, empty, not an image or truncated; the message names it.
+        ValueError: ``C`` is neither 1 nor 3.
+    """
+    channels, height, width = input_shape
+    if channels not in (1, 3):
+        raise ValueError(f"input_shape {tuple(input_shape)}: images need 1 or 3 channels")
+    pixels = v2.functional.pil_to_tensor(read_image(path, "L" if channels == 1 else "RGB"))  # uint8 (C, h, w)
+    if tuple(pixels.shape[-2:]) != (height, width):
+        pixels = v2.functional.resize(pixels, [height, width], antialias=True)
+    return (pixels.float() / 255 - 0.5) / 0.5
+
+
 class ImageFiles(Dataset):
     """Images decoded from files on each access.
 

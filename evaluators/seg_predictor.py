@@ -8,7 +8,7 @@ from torch.nn import functional as F
 from torchvision.transforms import v2
 
 from base.checkpoint import load_model_state
-from base.config import build_parser
+from base.config import build_parser, predictor_parser
 from base.evaluator_base import EvaluatorBase
 from data.images import read_image
 from trainers.seg_on_carvana_trainer import SegOnCarvanaTrainer
@@ -28,13 +28,8 @@ class SegPredictor(EvaluatorBase):
 
     @classmethod
     def from_argv(cls, argv=None):
-        parser = argparse.ArgumentParser(prog=cls.PROG, description=cls.__doc__.split("\n")[0],
-                                         allow_abbrev=False)
-        parser.add_argument("--model_path", required=True, help="checkpoint (*.pth or *.safetensors)")
-        parser.add_argument("images", nargs="+", help="image files to segment")
+        parser = predictor_parser(cls, "segment")
         parser.add_argument("--out", required=True, help="folder for the masks (created if missing)")
-        parser.add_argument("--gpu_devices", default=None, help="'cpu' or a CUDA id; unset: GPU if any")
-        parser.add_argument("--debug", action="store_true", help="show tracebacks")
         return cls(parser.parse_args(argv), parser)
 
     def run(self):

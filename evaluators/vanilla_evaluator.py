@@ -1,14 +1,18 @@
-"""Evaluate a classification checkpoint: accuracy, confusion matrix, example predictions."""
+"""Evaluate a classification checkpoint: accuracy, confusion matrix, example predictions, accuracy per group."""
 import torch
 
 from base.evaluator_base import EvaluatorBase
 from trainers.vanilla_trainer import VanillaTrainer
-from utils.metrics import ClassificationMeter
+from utils.metrics import ClassificationMeter, accuracy_by_group
 from utils.plots import save_confusion_matrix
 
 
 class VanillaEvaluator(EvaluatorBase):
-    """Report top-1 (and top-5) accuracy, a confusion matrix and a few predictions."""
+    """Report top-1 (and top-5) accuracy, a confusion matrix and a few predictions.
+
+    Where the data has groups (:attr:`data.classification.ClassificationData.groups`,
+    e.g. ELPV's mono/poly cells) also ``per_group_top1``: ``{group: top-1 %}``.
+    """
 
     PROG = "eval_vanilla.py"
     trainer_class = VanillaTrainer
@@ -17,13 +21,15 @@ class VanillaEvaluator(EvaluatorBase):
     def evaluate(self):
         task, data = self.task, self.task.data
         meter = ClassificationMeter(data.num_classes)
-        examples = []
+        examples, preds, targets = [], [], []
         with torch.no_grad():
             for images, labels in task.loaders[self.args.split]:
                 images, labels = task.to_device((images, labels))
                 with task.autocast():
                     logits = task.model(images).float()
                 meter.update(logits, labels, task.loss_fn(logits, labels))
+                preds += logits.argmax(1).tolist()
+                targets += labels.tolist()
                 for pred, label in zip(logits.argmax(1).tolist(), labels.tolist()):
                     if len(examples) < self.num_examples:
                         examples.append({"prediction": data.class_names[pred], "label": data.class_names[label]})
@@ -36,7 +42,24 @@ class VanillaEvaluator(EvaluatorBase):
         print("confusion matrix (rows: label, columns: prediction):")
         print(meter.confusion.numpy())
         print("examples (prediction / label):", ", ".join(f"{e['prediction']}/{e['label']}" for e in examples))
+        per_group = self.per_group_top1(preds, targets)
         print(f"wrote {self.output_path('.json')} and {png}")
         return {**metrics, "num_samples": meter.count, "class_names": data.class_names,
                 "confusion_matrix": meter.confusion.tolist(), "examples": examples,
-                "confusion_png": png}
+                "confusion_png": png, **({"per_group_top1": per_group} if per_group else {})}
+
+    def per_group_top1(self, preds, labels):
+        """``{group: top-1 %}`` of the evaluated split, or ``None`` when its data has no groups.
+
+        ``preds`` and ``labels`` are in the loader's order, which is the split's
+        order: only the training loader shuffles.
+        """
+        groups = self.task.data.groups.get(self.args.split)
+        if not groups:
+            return None
+        if len(groups) != len(preds):  # cannot happen with in-memory data; guard against dropped samples
+            print(f"per-group top-1 skipped: {len(preds)} predictions for {len(groups)} grouped samples")
+            return None
+        per_group = accuracy_by_group(preds, labels, groups)
+        print("per-group top-1 (%):", "  ".join(f"{k} {v:.2f}" for k, v in per_group.items()))
+        return per_group

@@ -1,8 +1,8 @@
 """Every bad input ends in one error line that names the culprit, never a traceback.
 
-Status 2: a bad flag or config value (argparse's usage lines, then one ``error:``
-line). Status 1: bad input found while running (a missing or foreign checkpoint,
-nothing to resume). All in-process through ``base.cli.main``, as the entry
+Status 2: a bad flag or config value (one ``error:`` line that points to
+``--help``). Status 1: bad input found while running (a missing or foreign
+checkpoint, nothing to resume). All in-process through ``base.cli.main``, as the entry
 scripts call it.
 """
 import os
@@ -34,8 +34,8 @@ def run_main(cls, argv, capsys):
 def error_line(status, err):
     """The single ``error:`` line of ``err``, after checking that nothing else is an error.
 
-    Status 2 may be preceded only by argparse's usage (a ``usage:`` line and its
-    indented continuation lines); status 1 only by the run's log lines.
+    Status 2 is that line alone, ending with a pointer to ``--help``; status 1 may
+    follow the run's log lines.
     """
     assert "Traceback" not in err
     lines = err.rstrip("\n").splitlines()
@@ -43,8 +43,7 @@ def error_line(status, err):
     last, before = lines[-1], lines[:-1]
     assert ": error: " in last
     if status == 2:
-        assert before and before[0].startswith("usage: ")
-        assert all(line.startswith(" ") for line in before[1:]), before
+        assert not before and last.endswith("--help)"), lines
     else:
         assert all(LOG_LINE.match(line) for line in before), before
     return last

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from base.optim import WarmupCosine
-from data.augment import RandAugmented
+from data.augment import Augmented
 from evaluators.vit_evaluator import ViTEvaluator
 from trainers.vit_trainer import ViTTrainer
 
@@ -51,10 +51,18 @@ def test_mixup_and_cutmix_targets_are_probabilities(tmp_path):
     assert not torch.equal(mixed_images, images)
 
 
+def test_flips_flip_training_images(tmp_path):
+    trainer = built(tmp_path, "--hflip", "1", "--vflip", "1")
+    flipped, label = trainer.datasets["train"][0]
+    plain, plain_label = trainer.data.train[0]
+    assert label == plain_label
+    torch.testing.assert_close(flipped, plain.flip(-1).flip(-2))
+
+
 def test_randaugment_changes_training_images_only(tmp_path):
     trainer = built(tmp_path, "--randaugment", "2", "15")
-    assert isinstance(trainer.datasets["train"], RandAugmented)
-    assert not isinstance(trainer.datasets["val"], RandAugmented)
+    assert isinstance(trainer.datasets["train"], Augmented)
+    assert not isinstance(trainer.datasets["val"], Augmented)
     torch.manual_seed(0)
     a, _ = trainer.datasets["train"][0]
     b, _ = trainer.datasets["train"][0]

@@ -31,7 +31,19 @@ class VanillaTrainer(TrainerBase):
         return {"train": self.data.train, "val": self.data.val, "test": self.data.test}
 
     def build_model(self):
-        return build_classifier(self.args.model_type, self.data.input_shape, self.data.num_classes)
+        return self.model_for(self.args, self.data.input_shape, self.data.num_classes)
+
+    @classmethod
+    def model_for(cls, args, input_shape, num_classes):
+        """The untrained ``args.model_type`` for images ``(C, H, W)`` and ``num_classes`` logits; needs no data.
+
+        Raises:
+            KeyError: unknown ``model_type`` (see :func:`model.classifiers.build_classifier`).
+        """
+        return build_classifier(args.model_type, input_shape, num_classes)
+
+    def model_card(self):
+        return classifier_model_card(self)
 
     def build_loss(self):
         return build_classification_loss(self.args.label_smoothing)
@@ -57,3 +69,18 @@ def validate_classifier(task, loader):
             logits = task.model(images)
         meter.update(logits.float(), labels, task.loss_fn(logits.float(), labels))
     return meter.compute()
+
+
+#: How every classification dataset maps pixels to model input (see :mod:`data.classification`).
+NORMALIZE = "(x / max_value - 0.5) / 0.5"
+
+
+def classifier_model_card(task):
+    """What predict.py needs to classify an image file without the dataset, from ``task.data``.
+
+    Returns:
+        ``{"trainer": class name, "class_names": [str] (index = label),
+        "input_shape": [C, H, W] (ints), "normalize": NORMALIZE}``; JSON-able.
+    """
+    return {"trainer": type(task).__name__, "class_names": list(task.data.class_names),
+            "input_shape": [int(n) for n in task.data.input_shape], "normalize": NORMALIZE}

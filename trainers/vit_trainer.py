@@ -4,11 +4,11 @@ from torchvision.transforms import v2
 from base import optim
 from base.config import check
 from base.trainer_base import TrainerBase
-from data.augment import RandAugmented
+from data.augment import Augmented, train_transform
 from data.classification import add_data_arguments, build_classification_datasets, validate_data_config
 from loss.classification import build_classification_loss
 from model.zoo import build_zoo_model, load_pretrained, no_weight_decay_names
-from trainers.vanilla_trainer import validate_classifier
+from trainers.vanilla_trainer import classifier_model_card, validate_classifier
 
 
 class ViTTrainer(TrainerBase):
@@ -42,13 +42,15 @@ class ViTTrainer(TrainerBase):
         recipe.add_argument("--mix_prob", type=float, default=1.0, help="share of batches mixed")
         recipe.add_argument("--randaugment", type=int, nargs=2, default=None, metavar=("N", "M"),
                             help="RandAugment: N ops of magnitude M (0-30) on training images")
+        recipe.add_argument("--hflip", type=float, default=0.0, help="probability of a horizontal flip")
+        recipe.add_argument("--vflip", type=float, default=0.0, help="probability of a vertical flip")
         add_data_arguments(parser)
 
     @classmethod
     def validate_config(cls, args):
         super().validate_config(args)
         validate_data_config(args)
-        for flag in ("drop_path", "dropout", "label_smoothing", "mix_prob"):
+        for flag in ("drop_path", "dropout", "label_smoothing", "mix_prob", "hflip", "vflip"):
             check(0 <= getattr(args, flag) <= 1, flag, getattr(args, flag), "must be in [0, 1]")
         for flag in ("mixup_alpha", "cutmix_alpha", "in_chans"):
             check(getattr(args, flag) >= 0, flag, getattr(args, flag), "must be >= 0")
@@ -60,7 +62,8 @@ class ViTTrainer(TrainerBase):
     def build_datasets(self):
         a = self.args
         self.data = build_classification_datasets(a)
-        train = RandAugmented(self.data.train, *a.randaugment) if a.randaugment else self.data.train
+        augment = train_transform(a.hflip, a.vflip, a.randaugment)
+        train = Augmented(self.data.train, augment) if augment else self.data.train
         mixes = [v2.MixUp(alpha=a.mixup_alpha, num_classes=self.data.num_classes)] if a.mixup_alpha else []
         mixes += [v2.CutMix(alpha=a.cutmix_alpha, num_classes=self.data.num_classes)] if a.cutmix_alpha else []
         self.mix = v2.RandomApply([v2.RandomChoice(mixes)], p=a.mix_prob) if mixes else None
@@ -68,14 +71,26 @@ class ViTTrainer(TrainerBase):
 
     def build_model(self):
         a = self.args
-        model = build_zoo_model(a.model_type, self.data.num_classes, in_chans=a.in_chans or self.data.input_shape[0],
-                                image_size=self.data.input_shape[-1], patch_size=a.patch_size,
-                                drop_path=a.drop_path, dropout=a.dropout)
+        model = self.model_for(a, self.data.input_shape, self.data.num_classes)
         if a.pretrained_path:
             missing, unexpected = load_pretrained(model, a.pretrained_path)
             print(f"--pretrained_path {a.pretrained_path}: {len(missing)} missing keys {missing[:5]}")
             print(f"--pretrained_path {a.pretrained_path}: {len(unexpected)} unexpected keys {unexpected[:5]}")
         return model
+
+    @classmethod
+    def model_for(cls, args, input_shape, num_classes):
+        """The randomly initialised zoo model of ``args`` for images ``(C, H, W)`` and ``num_classes``; needs no data.
+
+        Raises:
+            KeyError, ValueError: see :func:`model.zoo.build_zoo_model`.
+        """
+        return build_zoo_model(args.model_type, num_classes, in_chans=args.in_chans or input_shape[0],
+                               image_size=input_shape[-1], patch_size=args.patch_size,
+                               drop_path=args.drop_path, dropout=args.dropout)
+
+    def model_card(self):
+        return classifier_model_card(self)
 
     def build_loss(self):
         return build_classification_loss(self.args.label_smoothing)

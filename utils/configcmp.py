@@ -6,11 +6,11 @@ came from (base default, subclass default, config file, command line), and
 the run facts (timestamp, versions, git commit) are compared too. The exit
 status is 0 whether or not the configs differ; 2 when a file cannot be read.
 """
-import argparse
 import glob
 import json
 import os
 import sys
+from base.config import Parser
 
 META_KEYS = ("timestamp", "trainer", "torch", "torchvision", "python", "git_commit")
 
@@ -82,7 +82,7 @@ def format_report(diff, name_a="A", name_b="B"):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m utils.configcmp", description=__doc__.split("\n")[0])
+    parser = Parser(prog="python -m utils.configcmp", description=__doc__.split("\n")[0])
     parser.add_argument("a", help="config_*.json or run folder")
     parser.add_argument("b", help="config_*.json or run folder")
     args = parser.parse_args(argv)

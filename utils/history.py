@@ -21,6 +21,7 @@ from matplotlib.lines import Line2D
 
 from base.errors import UserError
 from utils.plots import plt
+from base.config import Parser
 
 LOSS_COLUMNS = ("train_loss", "val_loss")
 # Columns that are the x axis or bookkeeping, not a quantity to plot by default.
@@ -230,7 +231,7 @@ class HistoryInspector:
 
     @classmethod
     def from_argv(cls, argv=None):
-        parser = argparse.ArgumentParser(prog=cls.PROG, allow_abbrev=False,
+        parser = Parser(prog=cls.PROG, allow_abbrev=False,
                                          description="Plot the training history of runs from their metrics.csv.")
         parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders holding metrics.csv")
         parser.add_argument("--out", type=_png_path, default=None,

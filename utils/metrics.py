@@ -49,3 +49,27 @@ class ClassificationMeter:
         out = {"loss": self.loss_sum / self.count}
         out.update({f"top{k}": 100.0 * self.hits[k] / self.count for k in self.topk})
         return out
+
+
+def accuracy_by_group(preds, labels, groups):
+    """Top-1 accuracy (%, 0-100) of the samples of each group.
+
+    Args:
+        preds: predicted class per sample, int ``(N,)`` (tensor or sequence).
+        labels: true class per sample, int ``(N,)``.
+        groups: group name per sample, ``N`` hashable values (e.g. ``"mono"``/``"poly"``).
+
+    Returns:
+        ``{group: accuracy}`` for every group present, keys sorted.
+
+    Raises:
+        ValueError: the three lengths differ.
+    """
+    preds, labels, groups = list(map(int, preds)), list(map(int, labels)), list(groups)
+    if not len(preds) == len(labels) == len(groups):
+        raise ValueError(f"accuracy_by_group: {len(preds)} predictions, {len(labels)} labels, {len(groups)} groups")
+    hits, counts = {}, {}
+    for pred, label, group in zip(preds, labels, groups):
+        counts[group] = counts.get(group, 0) + 1
+        hits[group] = hits.get(group, 0) + (pred == label)
+    return {g: 100.0 * hits[g] / counts[g] for g in sorted(counts)}

@@ -1,0 +1,112 @@
+"""Classify new image files with a trained checkpoint: the top-k classes of each, from the checkpoint alone."""
+import argparse
+import json
+
+import torch
+
+from base.checkpoint import load_model_state, write_or_fail
+from base.config import build_parser, check, predictor_parser
+from base.errors import CheckpointError
+from base.evaluator_base import load_saved_model
+from data.images import image_file_to_input
+from trainers.vanilla_trainer import NORMALIZE, VanillaTrainer
+from trainers.vit_trainer import ViTTrainer
+from utils.device import select_device
+
+#: The trainers whose checkpoints this predictor reads, by the name a checkpoint stores.
+TRAINERS = {cls.__name__: cls for cls in (VanillaTrainer, ViTTrainer)}
+
+
+class ClassifierPredictor:
+    """Print the ``--topk`` classes and probabilities of each image; write nothing else but ``--output_json``.
+
+    Reads a ``*_ckpt.pth`` or a ``*_best.safetensors`` export (with its JSON
+    sidecar) of any trainer in :data:`TRAINERS`. The class names, input shape
+    and normalization come from the checkpoint's model card, so the training
+    data is not needed. Runs in float32 (no autocast), on a GPU if any (``--gpu_devices``).
+    """
+
+    PROG = "predict.py"
+
+    @classmethod
+    def from_argv(cls, argv=None):
+        parser = predictor_parser(cls, "classify")
+        parser.add_argument("--topk", type=int, default=5, help="classes to show per image (at most all of them)")
+        parser.add_argument("--output_json", default=None, help="also write the predictions to this JSON file")
+        args = parser.parse_args(argv)
+        check(args.topk > 0, "topk", args.topk, "must be > 0")
+        return cls(args)
+
+    def __init__(self, args):
+        self.args = args
+
+    def load_model(self):
+        """``(model in eval mode on the device, model card)`` rebuilt from ``--model_path``.
+
+        Raises:
+            CheckpointError: unreadable file; a trainer other than a classifier;
+                no model card (written before model cards existed); weights that
+                do not fit the rebuilt model. The message names the file.
+        """
+        path = self.args.model_path
+        weights, saved, extras = load_saved_model(path)
+        card = extras.get("model_card") or {}
+        trainer = extras.get("trainer") or card.get("trainer")
+        # A segmentation checkpoint has a trainer name but no card: say which, not "too old".
+        if (card or trainer is not None) and trainer not in TRAINERS:
+            raise CheckpointError(f"--model_path {path}: a {trainer or 'unnamed trainer'} checkpoint; predict.py "
+                                  f"reads {', '.join(TRAINERS)} checkpoints (segmentation: predict_seg.py)")
+        if not card:
+            raise CheckpointError(f"--model_path {path}: it predates model cards (no class names or input shape "
+                                  f"saved); evaluate it with eval_vanilla.py/eval_vit.py, or resume the run "
+                                  f"with --resume to write a checkpoint that has one")
+        shape = card.get("input_shape")
+        if card.get("normalize") != NORMALIZE or len(shape or ()) != 3 or shape[0] not in (1, 3):
+            raise CheckpointError(f"--model_path {path}: its model card asks for input {shape} normalized as "
+                                  f"{card.get('normalize')!r}; predict.py makes (1 or 3, H, W) inputs as {NORMALIZE!r}")
+        trainer_class = TRAINERS[trainer]
+        # The trainer's defaults fill flags added since the run; only model-building flags matter here.
+        defaults = vars(build_parser(trainer_class)[0].parse_args([]))
+        config = argparse.Namespace(**{**defaults, **{k: v for k, v in saved.items() if k in defaults}})
+        model = trainer_class.model_for(config, tuple(card["input_shape"]), len(card["class_names"]))
+        load_model_state(model, weights, f"--model_path {path} (model_type {config.model_type!r})")
+        return model.to(select_device(self.args.gpu_devices)).eval(), card
+
+    @torch.no_grad()
+    def predict(self, model, card):
+        """``[{"image": path, "top": [{"class", "index", "probability"}, ...]}]``, one per image, in order.
+
+        ``top`` holds ``min(--topk, number of classes)`` entries by decreasing
+        probability (softmax of the logits, float in [0, 1]).
+
+        Raises:
+            BadImageError: an image file cannot be decoded; the message names it.
+        """
+        device = next(model.parameters()).device
+        k = min(self.args.topk, len(card["class_names"]))
+        results = []
+        for path in self.args.images:
+            x = image_file_to_input(path, card["input_shape"])
+            probs = torch.softmax(model(x[None].to(device)).float(), dim=1)[0].cpu()
+            top = probs.topk(k)
+            results.append({"image": path, "top": [
+                {"class": card["class_names"][i], "index": i, "probability": float(p)}
+                for p, i in zip(top.values.tolist(), top.indices.tolist())]})
+        return results
+
+    def run(self):
+        """Load, predict, print one line per image, write ``--output_json`` if given; returns the predictions.
+
+        Raises:
+            CheckpointError: see :meth:`load_model`; ``--output_json`` cannot be written.
+            BadImageError: see :meth:`predict`.
+        """
+        model, card = self.load_model()
+        results = self.predict(model, card)
+        for r in results:
+            print(f"{r['image']}: " + ", ".join(f"{t['class']} {t['probability']:.4f}" for t in r["top"]))
+        if self.args.output_json:
+            doc = {"model_path": self.args.model_path, "class_names": card["class_names"], "predictions": results}
+            write_or_fail(self.args.output_json, lambda f: f.write(json.dumps(doc, indent=2).encode()),
+                          what="--output_json")
+        return results
