@@ -28,6 +28,19 @@ def seed_everything(seed, deterministic=False):
         torch.backends.cudnn.benchmark = False
 
 
+def global_switches():
+    """The process-wide settings :func:`seed_everything` may change: ``{name: value}``."""
+    return {"deterministic": torch.are_deterministic_algorithms_enabled(),
+            "warn_only": torch.is_deterministic_algorithms_warn_only_enabled(),
+            "cudnn_benchmark": torch.backends.cudnn.benchmark}
+
+
+def restore_global_switches(saved):
+    """Put back what :func:`global_switches` returned."""
+    torch.use_deterministic_algorithms(saved["deterministic"], warn_only=saved["warn_only"])
+    torch.backends.cudnn.benchmark = saved["cudnn_benchmark"]
+
+
 def rng_state():
     """Python, NumPy, torch CPU and (when present) CUDA generator states."""
     np_state = np.random.get_state()

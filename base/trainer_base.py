@@ -18,7 +18,8 @@ from base.bad_data import BadSampleFilter, BadSampleLog, collate_good_samples
 from base.config import parse_config
 from base.run_lock import RunLock
 from base.signals import PreemptionFlag, ignore_signals_in_worker, signals_held
-from base.state import EarlyStopper, ResumableSampler, SeededSamples, rng_state, seed_everything
+from base.state import (EarlyStopper, ResumableSampler, SeededSamples, global_switches, restore_global_switches,
+                        rng_state, seed_everything)
 from base.trainer_args import add_trainer_arguments, validate_trainer_config
 from base.trainer_checkpoint import CheckpointingMixin
 from base.trainer_resume import ResumeMixin
@@ -104,6 +105,7 @@ class TrainerBase(StepMixin, CheckpointingMixin, ResumeMixin, ValidationMixin, a
         self._redo_validation = False  # resumed from inside a validation: do it again first
         self._mid_update = False  # between the first parameter write and the step counter
         self.ema = None  # ModelEMA with --ema_decay, made in setup
+        self._extra_sums, self._extra_count = {}, 0  # train_step's other outputs since the last log (on device)
 
     # ----------------------------------------------------------------- to override
     @abc.abstractmethod
@@ -123,6 +125,9 @@ class TrainerBase(StepMixin, CheckpointingMixin, ResumeMixin, ValidationMixin, a
         """Forward one batch (already on :attr:`device`); return a dict with the scalar ``"loss"``.
 
         Runs under autocast when ``--amp`` is on. Do not call ``backward``: the loop does.
+        Other scalar entries (e.g. the terms of a two-part loss, as 0-dim tensors)
+        are averaged per sample over each ``--log_every_steps`` window and logged
+        as ``train/<key>``, without a host sync per step.
         """
 
     @abc.abstractmethod
@@ -244,21 +249,32 @@ class TrainerBase(StepMixin, CheckpointingMixin, ResumeMixin, ValidationMixin, a
         Returns:
             the test metrics (``{}`` when there is no test split).
         """
-        if self.args.plot_lr:
-            return plot_lr_schedule(self, self.args.plot_lr)
+        switches = global_switches()  # --deterministic changes them for the process: put them back after
         try:
+            if self.args.plot_lr:
+                return plot_lr_schedule(self, self.args.plot_lr)
             self.setup()
             self.train()
             return self.test()
         finally:
-            for loader in getattr(self, "loaders", {}).values():  # persistent workers: stop them now
-                getattr(getattr(loader, "_iterator", None), "_shutdown_workers", lambda: None)()
-            if getattr(self, "writer", None) is not None:
-                self.writer.close()
-            if self.logger is not None:
-                run_dir.close_logger(self.logger)
-            if self.lock is not None:
-                self.lock.release()
+            self.release()
+            restore_global_switches(switches)
+
+    def release(self):
+        """Free what a fit opened, whatever state it stopped in: workers, TensorBoard, log, run lock.
+
+        Called at the end of :meth:`fit`; a notebook or sweep may fit many
+        trainers in one process without open files, threads or loggers piling up.
+        """
+        for loader in getattr(self, "loaders", {}).values():  # persistent workers: stop them now
+            getattr(getattr(loader, "_iterator", None), "_shutdown_workers", lambda: None)()
+        if getattr(self, "writer", None) is not None:
+            self.writer.close()
+            self.writer = None
+        if self.logger is not None:
+            run_dir.close_logger(self.logger)
+        if self.lock is not None:
+            self.lock.release()
 
     def run(self):
         """Entry-script action: :meth:`fit`."""

@@ -93,16 +93,20 @@ class StepMixin:
             return False
         total = sum(_batch_size(b) for b in batches)
         self.optimizer.zero_grad(set_to_none=True)
-        loss_sum = 0.0
+        loss_sum, extra_sums = 0.0, {}
         for batch in batches:
             n = _batch_size(batch)
             with self.autocast():
-                loss = self.train_step(self.to_device(batch))["loss"]
+                out = self.train_step(self.to_device(batch))
+            loss = out["loss"]
             # A host sync per batch: the price of never applying an update from a NaN/inf loss.
             if not torch.isfinite(loss.detach()).all():
                 return self.handle_nonfinite(loss)
             self.scaler.scale(loss * (n / total)).backward()
             loss_sum = loss_sum + loss.detach().float() * n  # stays on device: no sync
+            for key, value in out.items():  # other terms train_step reports, averaged like the loss
+                if key != "loss":
+                    extra_sums[key] = extra_sums.get(key, 0.0) + torch.as_tensor(value).detach().float() * n
         self._call("after_backward")
         if a.grad_clip > 0:
             self.scaler.unscale_(self.optimizer)
@@ -124,6 +128,9 @@ class StepMixin:
             self.global_step += 1
             self._loss_sum = self._loss_sum + loss_sum
             self._loss_count += total
+            for key, value in extra_sums.items():
+                self._extra_sums[key] = self._extra_sums.get(key, 0.0) + value
+            self._extra_count += total
             self._advance_position(len(window))
             self._mid_update = False
         return True

@@ -24,12 +24,23 @@ class ValidationMixin:
             return float("nan")
         return float(self._loss_sum) / self._loss_count
 
+    def log_scalar(self, name, value, step=None):
+        """Log one scalar (a float or 0-dim tensor) at ``step`` (default: :attr:`global_step`) to every logger.
+
+        Today that is TensorBoard (``<run>/summary``). Tasks and hooks call it for
+        their own curves, e.g. ``self.log_scalar("train/kl", kl)``; a tensor
+        costs a host sync, so call it at a logging cadence, not every step.
+        """
+        self.writer.add_scalar(name, float(value), self.global_step if step is None else step)
+
     def _log_train(self, bar):
         loss = self.train_loss()
         lr = self.optimizer.param_groups[0]["lr"]
-        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
-        self.writer.add_scalar("train/loss", loss, self.global_step)
-        self.writer.add_scalar("train/lr", lr, self.global_step)
+        extras = {k: float(v) / self._extra_count for k, v in self._extra_sums.items()}  # one sync per window
+        self._extra_sums, self._extra_count = {}, 0
+        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", **{k: f"{v:.4f}" for k, v in extras.items()})
+        for name, value in {"loss": loss, "lr": lr, **extras}.items():
+            self.log_scalar(f"train/{name}", value)
 
     def run_validation(self, split="val"):
         """Evaluate :meth:`eval_model` on ``split`` in eval mode; returns ``{metric: float}``.
@@ -67,7 +78,7 @@ class ValidationMixin:
         self.metrics_csv.write(row)
         for key, value in row.items():
             if key.startswith("val_") or key == "train_loss":
-                self.writer.add_scalar(key.replace("_", "/", 1), value, self.global_step)
+                self.log_scalar(key.replace("_", "/", 1), value)
         self.logger.info("epoch %d step %d | train_loss %.4f | %s%s", self.epoch, self.global_step,
                          row["train_loss"], " ".join(f"val_{k} {v:.4f}" for k, v in metrics.items()),
                          " | new best" if is_best else "")
@@ -94,7 +105,7 @@ class ValidationMixin:
         self.logger.info("test (best checkpoint, %d samples): %s", len(self.datasets["test"]),
                          " ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
         for key, value in metrics.items():
-            self.writer.add_scalar(f"test/{key}", value, self.global_step)
+            self.log_scalar(f"test/{key}", value)
         self.writer.flush()
         with open(os.path.join(self.run_dir, "test_metrics.json"), "w", encoding="utf-8") as f:
             json.dump({"checkpoint": os.path.basename(best), **metrics}, f, indent=2)

@@ -18,6 +18,7 @@ import torch
 from torchvision.transforms import v2
 
 from base.errors import DataError
+from data.splits import stratified_split_indices
 
 TASKS = ("4class", "binary")
 CLASS_NAMES = {"4class": ["p=0", "p=1/3", "p=2/3", "p=1"], "binary": ["functional", "defective"]}
@@ -45,23 +46,11 @@ def elpv_labels(probs, task):
 def stratified_test_split(probs, types, seed):
     """``(pool indices, test indices)``: a quarter of the cells, a quarter of every (probability, type) stratum.
 
-    Stratum quotas are ``0.25 n`` rounded by largest remainder, so the test
-    split has exactly ``round(0.25 N)`` cells (656 of 2,624, as in the paper).
-    Each stratum is permuted with one ``torch.Generator().manual_seed(seed)``
-    (strata in sorted order), so the split depends only on ``seed``.
+    See :func:`data.splits.stratified_split_indices`: the test split has exactly
+    ``round(0.25 N)`` cells (656 of 2,624, as in the paper) and depends only on ``seed``.
     """
-    keys = [(round(float(p) * 3), str(t)) for p, t in zip(probs, types)]
-    strata = {k: [i for i, key in enumerate(keys) if key == k] for k in sorted(set(keys))}
-    quota = {k: int(TEST_FRACTION * len(v)) for k, v in strata.items()}
-    short = round(TEST_FRACTION * len(keys)) - sum(quota.values())
-    for k in sorted(strata, key=lambda k: -(TEST_FRACTION * len(strata[k]) % 1))[:short]:
-        quota[k] += 1
-    gen, pool, test = torch.Generator().manual_seed(seed), [], []
-    for k, members in strata.items():
-        order = [members[j] for j in torch.randperm(len(members), generator=gen).tolist()]
-        test += order[:quota[k]]
-        pool += order[quota[k]:]
-    return sorted(pool), sorted(test)
+    return stratified_split_indices([(round(float(p) * 3), str(t)) for p, t in zip(probs, types)],
+                                    TEST_FRACTION, seed)
 
 
 def load_elpv(task, image_size, seed):

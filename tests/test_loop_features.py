@@ -59,29 +59,30 @@ def test_accumulation_plans_optimizer_steps_not_batches(toy_argv):
 # ----------------------------------------------------------------- EMA
 def test_model_ema_matches_a_hand_computation():
     model = torch.nn.Linear(3, 2)
-    ema = ModelEMA(model, decay=0.9)
+    ema = ModelEMA(model, decay=0.5)
     expected = None
-    for step in range(4):
+    for step in range(12):
         with torch.no_grad():
             model.weight.add_(step + 1.0)
         ema.update(model)
         w = model.weight.detach().clone()
-        expected = w if expected is None else 0.9 * expected + 0.1 * w  # the first update copies
+        d = min(0.5, (1 + step) / (10 + step))  # warmup: 0.1, 0.18, ... until it reaches 0.5 at step 8
+        expected = w if expected is None else d * expected + (1 - d) * w  # the first update copies
     torch.testing.assert_close(ema.module.weight, expected)
-    assert ema.num_updates == 4
-    restored = ModelEMA(torch.nn.Linear(3, 2), decay=0.9)
+    assert ema.num_updates == 12
+    restored = ModelEMA(torch.nn.Linear(3, 2), decay=0.5)
     restored.load_state_dict(ema.state_dict())
     torch.testing.assert_close(restored.module.weight, expected)
-    assert restored.num_updates == 4
+    assert restored.num_updates == 12 and restored.current_decay() == ema.current_decay()
 
 
 def test_trainer_ema_follows_every_optimizer_step(toy_argv):
     record = Record()
     trainer = fit(ToyTrainer, [*toy_argv, "--ema_decay", "0.8", "--epochs", "2"], [record])
     expected = None
-    for weights in record.weights:
-        w = weights["weight"]
-        expected = w if expected is None else 0.8 * expected + 0.2 * w
+    for n, weights in enumerate(record.weights):
+        w, d = weights["weight"], min(0.8, (1 + n) / (10 + n))
+        expected = w if expected is None else d * expected + (1 - d) * w
     assert len(record.weights) == trainer.global_step == 10
     # test() reloads 'best'; the EMA in 'last' is the one after the final step
     last = load_checkpoint(trainer.checkpoint_path("last"))
@@ -244,3 +245,19 @@ def test_plot_lr_after_a_resume_is_the_schedule_the_resumed_run_follows(toy_argv
     resumed = fit(ToyTrainer, [*toy_argv, *more], [record])
     assert rows[0][0] == 10 and len(rows) == resumed.global_step - 10 == 15
     assert [lr for _, lr in rows] == pytest.approx(record.lrs)
+
+
+@pytest.mark.parametrize("eval_ema", [None, "false"])
+def test_evaluator_scores_the_weights_the_run_validated_or_the_raw_ones(toy_argv, tmp_path, eval_ema):
+    from evaluators.vanilla_evaluator import VanillaEvaluator
+    from trainers.vanilla_trainer import VanillaTrainer
+    trainer = fit(VanillaTrainer, [*toy_argv, "--max_steps", "6", "--val_every_steps", "6", "--ema_decay", "0.5",
+                                   "--train_val_sample_rate", "0.2"])
+    best = trainer.checkpoint_path("best")
+    argv = ["--model_path", best, "--split", "val"] + (["--eval_ema", eval_ema] if eval_ema else [])
+    results = VanillaEvaluator.from_argv(argv).run()
+    validated = load_checkpoint(best)["metrics"]["val_loss"]
+    if eval_ema is None:  # the EMA weights, which validation scored
+        assert results["loss"] == pytest.approx(validated, rel=1e-5)
+    else:
+        assert results["loss"] != pytest.approx(validated, rel=1e-3)

@@ -88,6 +88,7 @@ def test_max_steps_stops_mid_epoch_and_validates(toy_argv):
     trainer.fit()
     assert trainer.global_step == 7 and trainer.epoch == 1 and trainer.batch_in_epoch == 2
     assert load_checkpoint(trainer.checkpoint_path("last"))["global_step"] == 7
+    assert trainer.last_metrics["step"] == 7  # the final, mid-epoch step was validated
 
 
 def test_scheduler_steps_per_optimizer_step(toy_argv):
@@ -122,6 +123,7 @@ def test_grad_clip_bounds_gradients(toy_argv, mode):
 
     make(toy_argv + ["--grad_clip", "0.01", "--grad_clip_mode", mode], [GradProbe()]).fit()
     assert seen and max(seen) <= 0.01 + 1e-6
+    assert min(seen) > 0.005  # clipped down to the bound, not zeroed (the raw gradients are far larger)
 
 
 def test_nonfinite_loss_raises_naming_step_and_leaves_weights(toy_argv):
@@ -150,6 +152,13 @@ def test_same_seed_same_weights(toy_argv, seed):
     b.fit()
     for key, value in a.model.state_dict().items():
         assert torch.equal(value, b.model.state_dict()[key])
+
+
+def test_different_seeds_give_different_weights(toy_argv):
+    a, b = (make(toy_argv + ["--seed", seed, "--proj_name", f"s{seed}"]) for seed in ("0", "1"))
+    a.fit()
+    b.fit()
+    assert not torch.equal(a.model.weight, b.model.weight)
 
 
 def test_step_and_epoch_validation_at_the_same_step_run_once(toy_argv):

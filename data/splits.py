@@ -1,0 +1,75 @@
+"""Deterministic dataset splits for tasks: random, and stratified by label (or any key).
+
+Both depend only on their inputs and ``seed`` (a ``torch.Generator`` seeded
+with it; the global RNG is untouched), so a run, its resume and its evaluator
+see the same split. Indices come back sorted: files are then read in folder
+order, which is kinder to disks.
+"""
+import torch
+
+
+def random_split_indices(n, fractions, seed):
+    """Split ``range(n)`` at random into parts of the given shares, plus the rest.
+
+    Args:
+        n: number of samples.
+        fractions: shares in [0, 1] of the parts to hold out, e.g. ``(0.1, 0.2)``
+            for validation and test; each part has ``round(f * n)`` samples.
+        seed: int.
+
+    Returns:
+        ``[rest, part_1, part_2, ...]``: sorted lists of indices that together
+        cover ``range(n)`` once.
+
+    Raises:
+        ValueError: a share is outside [0, 1] or the shares sum to more than 1.
+    """
+    if any(not 0 <= f <= 1 for f in fractions) or sum(fractions) > 1:
+        raise ValueError(f"split fractions {tuple(fractions)} must be in [0, 1] and sum to at most 1")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    parts, start = [], 0
+    for f in fractions:
+        size = min(round(f * n), n - start)
+        parts.append(sorted(order[start:start + size]))
+        start += size
+    return [sorted(order[start:]), *parts]
+
+
+def stratified_split_indices(keys, fraction, seed):
+    """Hold out ``fraction`` of every stratum (samples sharing a key), so both sides keep the mix.
+
+    Each stratum's quota is ``fraction * size`` rounded down; the shortfall
+    to ``round(fraction * len(keys))`` goes to the strata with the largest
+    remainders, so the held-out part has exactly that many samples. Strata are
+    taken in sorted key order and each is permuted by one generator seeded
+    with ``seed``.
+
+    Args:
+        keys: one hashable, sortable key per sample: a label, or a tuple such
+            as ``(label, group)`` to stratify by both.
+        fraction: share in [0, 1] to hold out.
+        seed: int.
+
+    Returns:
+        ``(rest, held_out)``: sorted lists of indices.
+
+    Raises:
+        ValueError: ``fraction`` is outside [0, 1].
+    """
+    if not 0 <= fraction <= 1:
+        raise ValueError(f"stratified split fraction {fraction} must be in [0, 1]")
+    keys = list(keys)
+    strata = {}
+    for i, key in enumerate(keys):
+        strata.setdefault(key, []).append(i)
+    strata = dict(sorted(strata.items()))
+    quota = {k: int(fraction * len(v)) for k, v in strata.items()}
+    short = round(fraction * len(keys)) - sum(quota.values())
+    for k in sorted(strata, key=lambda k: -(fraction * len(strata[k]) % 1))[:short]:
+        quota[k] += 1
+    gen, rest, held = torch.Generator().manual_seed(seed), [], []
+    for k, members in strata.items():
+        order = [members[j] for j in torch.randperm(len(members), generator=gen).tolist()]
+        held += order[:quota[k]]
+        rest += order[quota[k]:]
+    return sorted(rest), sorted(held)
