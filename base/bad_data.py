@@ -9,8 +9,11 @@ from base.errors import BadImageError, DataError
 class BadSampleFilter(Dataset):
     """Wrap a dataset so a sample raising :class:`BadImageError` becomes ``None``.
 
-    The file's path is appended to ``log_path`` (one line per failure, from the
-    main process or any DataLoader worker: a short ``O_APPEND`` write is atomic).
+    The file's path is appended to ``log_path`` once: a path already listed (by an
+    earlier epoch, another DataLoader worker or an earlier launch of a resumed run) is
+    not written again. Any process may append (a short ``O_APPEND`` write is atomic);
+    two processes failing on the same file at the same instant could both list it,
+    which :class:`BadSampleLog` absorbs by counting distinct paths.
     No other sample is substituted, so the batch is just smaller.
     """
 
@@ -24,9 +27,20 @@ class BadSampleFilter(Dataset):
         try:
             return self.dataset[index]
         except BadImageError as exc:
-            with open(self.log_path, "a", encoding="utf-8") as f:
-                f.write(exc.path + "\n")
+            self._list_once(exc.path)
             return None
+
+    def _list_once(self, path):
+        # Read back, not a set in memory: workers are new processes each epoch (and on resume),
+        # and the file is the only state they share. Failures are rare, so the read is cheap.
+        try:
+            with open(self.log_path, encoding="utf-8") as f:
+                if any(line.strip() == path for line in f):
+                    return
+        except FileNotFoundError:
+            pass
+        with open(self.log_path, "a", encoding="utf-8") as f:
+            f.write(path + "\n")
 
 
 def collate_good_samples(samples, collate=default_collate):

@@ -143,6 +143,22 @@ class ResumableSampler(Sampler):
         return self.length - self.start
 
 
+def drops_lone_sample(samples_left, batch_size):
+    """Whether an epoch's rest of ``samples_left`` samples would end in a batch of exactly one.
+
+    Such a batch is dropped from training (``drop_last`` for that epoch):
+    BatchNorm cannot train on one sample whose feature maps are 1x1, e.g. a
+    ResNet's last stage on 32x32 images. Shuffling puts a different sample
+    last each epoch, so none is left out for good.
+    """
+    return samples_left > 1 and samples_left % batch_size == 1
+
+
+def training_batches(samples_left, batch_size):
+    """Training batches in an epoch's rest of ``samples_left`` samples (see :func:`drops_lone_sample`)."""
+    return math.ceil(samples_left / batch_size) - drops_lone_sample(samples_left, batch_size)
+
+
 class SeededSamples(torch.utils.data.Dataset):
     """Make random augmentation in DataLoader workers depend only on ``(seed, epoch, index)``.
 

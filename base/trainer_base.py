@@ -18,8 +18,8 @@ from base.bad_data import BadSampleFilter, BadSampleLog, collate_good_samples
 from base.config import parse_config
 from base.run_lock import RunLock
 from base.signals import PreemptionFlag, ignore_signals_in_worker, signals_held
-from base.state import (EarlyStopper, ResumableSampler, SeededSamples, global_switches, restore_global_switches,
-                        rng_state, seed_everything)
+from base.state import (EarlyStopper, ResumableSampler, SeededSamples, drops_lone_sample, global_switches,
+                        restore_global_switches, rng_state, seed_everything)
 from base.trainer_args import add_trainer_arguments, validate_trainer_config
 from base.trainer_checkpoint import CheckpointingMixin
 from base.trainer_resume import ResumeMixin
@@ -161,6 +161,7 @@ class TrainerBase(StepMixin, CheckpointingMixin, ResumeMixin, ValidationMixin, a
         if train:
             dataset = SeededSamples(dataset, a.seed)
         return DataLoader(dataset, batch_size=a.batch_size if train else a.eval_batch_size or a.batch_size,
+                          drop_last=train and drops_lone_sample(len(dataset), a.batch_size),
                           sampler=ResumableSampler(len(dataset), shuffle=train, seed=a.seed, with_epoch=train),
                           num_workers=a.num_workers, pin_memory=self.device.type == "cuda",
                           # the test split is read once: its workers need not stay
@@ -337,6 +338,9 @@ class TrainerBase(StepMixin, CheckpointingMixin, ResumeMixin, ValidationMixin, a
         # The sampler hands (epoch, index) to SeededSamples, so workers kept alive across
         # epochs (persistent) still seed each sample's augmentation from this epoch.
         loader.sampler.set_epoch(self.epoch, self.samples_in_epoch)
+        # Set per epoch, as a resumed epoch's rest may end differently (see drops_lone_sample).
+        loader.batch_sampler.drop_last = drops_lone_sample(len(loader.dataset) - self.samples_in_epoch,
+                                                           loader.batch_size)
         if loader.generator is not None:  # worker seeds: from (seed, epoch), not the global RNG
             loader.generator.manual_seed(a.seed + self.epoch)
         with signals_held():

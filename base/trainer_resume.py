@@ -6,6 +6,7 @@ itself reads in one sitting.
 import math
 
 from base import optim
+from base.state import training_batches
 
 
 class ResumeMixin:
@@ -35,8 +36,8 @@ class ResumeMixin:
         if self.epoch >= a.epochs:
             return self.global_step  # finished
         size, batch, accum = len(loader.dataset), loader.batch_size, a.accum_steps
-        return (self.global_step + math.ceil(math.ceil((size - self.samples_in_epoch) / batch) / accum)
-                + (a.epochs - self.epoch - 1) * math.ceil(math.ceil(size / batch) / accum))
+        return (self.global_step + math.ceil(training_batches(size - self.samples_in_epoch, batch) / accum)
+                + (a.epochs - self.epoch - 1) * math.ceil(training_batches(size, batch) / accum))
 
     def _apply_resume_changes(self):
         """Make flags changed on ``--resume`` take effect on the loaded state, and log each."""

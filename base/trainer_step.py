@@ -140,6 +140,8 @@ class StepMixin:
         loader = self.loaders["train"]
         self.batch_in_epoch += batches
         self.samples_in_epoch = min(len(loader.dataset), self.samples_in_epoch + batches * loader.batch_size)
+        if loader.batch_sampler.drop_last and len(loader.dataset) - self.samples_in_epoch < loader.batch_size:
+            self.samples_in_epoch = len(loader.dataset)  # the rest is the lone sample left out: the epoch is done
         # ~0.1 ms: lets a checkpoint taken after a failure in the next step hold this step's RNG
         self._step_rng = rng_state()
 

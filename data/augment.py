@@ -1,7 +1,6 @@
 """Training-time augmentation wrappers shared by the classification trainers."""
 import torch
 from torch.utils.data import Dataset
-from torchvision.transforms import v2
 
 
 def train_transform(hflip=0.0, vflip=0.0, randaugment=None):
@@ -12,6 +11,8 @@ def train_transform(hflip=0.0, vflip=0.0, randaugment=None):
     "RandAugment: Practical automated data augmentation with a reduced search
     space" (2020). All are torchvision transforms v2.
     """
+    from torchvision.transforms import v2  # here, not at import: scripts start faster without torchvision
+
     ops = [v2.RandomHorizontalFlip(hflip)] if hflip else []
     ops += [v2.RandomVerticalFlip(vflip)] if vflip else []
     ops += [v2.RandAugment(num_ops=randaugment[0], magnitude=randaugment[1])] if randaugment else []

@@ -10,8 +10,9 @@ competition's ``test/`` folder has no masks, so train, validation and test
 are all carved out of ``train/``, **by car**: every view of a car lands in
 one split, so no car is seen in training and scored in validation.
 
-Masks are decoded with :func:`data.images.read_image` in mode ``"L"`` (so an
-unreadable mask follows ``--bad_images``); values must be {0, 1} or {0, 255}.
+Masks are decoded with :func:`data.images.read_image` in mode ``"L"`` as labels
+(16-bit values kept, not scaled; an unreadable mask follows ``--bad_images``);
+values must be {0, 1} or {0, 255}.
 Images and masks share one joint transform (torchvision transforms v2, the
 mask a ``tv_tensors.Mask``): geometry is applied to both, nearest-neighbour
 for the mask, colour jitter to the image only.
@@ -232,7 +233,7 @@ class CarvanaDataset(Dataset):
 
     def __getitem__(self, index):
         image_path, mask_path = self.samples[index]
-        image, mask = read_image(image_path, "RGB"), read_image(mask_path, "L")
+        image, mask = read_image(image_path, "RGB"), read_image(mask_path, "L", labels=True)
         if image.size != mask.size:
             raise DataError(f"image {image_path} is {image.size[0]}x{image.size[1]} (WxH) but its mask "
                             f"{mask_path} is {mask.size[0]}x{mask.size[1]}")

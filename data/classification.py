@@ -10,7 +10,8 @@ in ``[0, num_classes)`` (the default collate makes it int64).
 * ``FashionMNIST`` / ``MNIST``: torchvision's IDX readers, files in
   ``<data_dir>/<Name>/raw/`` or directly in ``<data_dir>``. Shape (1, 28, 28).
 * ``ImageFolder``: ``<data_dir>/<class>/*.png``, or ``<data_dir>/train/<class>/``
-  plus an optional ``<data_dir>/test/<class>/``. Shape (3, image_size, image_size).
+  plus an optional ``<data_dir>/test/<class>/``; at least two classes; hidden files and
+  folders (``.*``) are skipped. Shape (3, image_size, image_size).
 * ``ELPV``: real electroluminescence images of solar cells, shipped by the
   ``elpv-dataset`` package (see :mod:`data.elpv`); a stratified 75/25
   train/test split as in the paper. Shape (1, image_size, image_size).
@@ -19,6 +20,7 @@ in ``[0, num_classes)`` (the default collate makes it int64).
 Splits are seeded permutations (``torch.Generator().manual_seed(seed)``).
 """
 import dataclasses
+import functools
 import os
 
 import torch
@@ -31,6 +33,7 @@ from data.elpv import load_elpv
 from data.images import ImageFiles
 
 DATA_TYPES = ["Digits", "FashionMNIST", "MNIST", "ImageFolder", "ELPV"]
+FIXED_SIDES = {"Digits": 8, "FashionMNIST": 28, "MNIST": 28}  # H = W of the datasets that ignore --image_size
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
              "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
@@ -60,7 +63,7 @@ def add_data_arguments(parser):
     data.add_argument("--download", type=str2bool, nargs="?", const=True, default=False,
                       help="let torchvision download FashionMNIST/MNIST into --data_dir if missing")
     data.add_argument("--val_fraction", type=float, default=0.1,
-                      help="share of the train pool held out for validation")
+                      help="share of the train pool held out for validation (> 0: it picks the best checkpoint)")
     data.add_argument("--test_fraction", type=float, default=0.2,
                       help="share held out for test when there is no official test split")
     data.add_argument("--train_val_sample_rate", type=float, default=1.0,
@@ -73,14 +76,20 @@ def add_data_arguments(parser):
 
 
 def validate_data_config(args):
-    """Raise ``ConfigError`` naming the first data flag that breaks a rule."""
+    """Raise ``ConfigError`` naming the first data flag that breaks a rule.
+
+    ``--val_fraction`` must be > 0; the model's own minimum image size is checked by the
+    trainer (see :func:`image_side`).
+    """
     check(args.data_type in DATA_TYPES, "data_type", args.data_type, f"must be one of {DATA_TYPES}")
     for flag in ("train_val_sample_rate", "test_sample_rate"):
         value = getattr(args, flag)
         check(0 < value <= 1, flag, value, "must be in (0, 1]")
-    for flag in ("val_fraction", "test_fraction"):
-        value = getattr(args, flag)
-        check(0 <= value < 1, flag, value, "must be in [0, 1)")
+    # Without validation no checkpoint is "best" and early stopping has nothing to watch.
+    check(args.val_fraction > 0, "val_fraction", args.val_fraction,
+          "must be > 0: validation picks the best checkpoint and drives early stopping")
+    check(args.val_fraction < 1, "val_fraction", args.val_fraction, "must be < 1")
+    check(0 <= args.test_fraction < 1, "test_fraction", args.test_fraction, "must be in [0, 1)")
     check(args.val_fraction + args.test_fraction < 1, "val_fraction", args.val_fraction,
           f"--val_fraction + --test_fraction ({args.test_fraction}) must be < 1 to leave training data")
     check(args.image_size > 0, "image_size", args.image_size, "must be > 0")
@@ -95,6 +104,18 @@ def validate_data_config(args):
               "no such folder (pass --download true to create it and fetch the files)")
 
 
+def image_side(args):
+    """``(flag, value, side)``: the flag that fixes the side of the square images the model gets,
+    that flag's value, and the side in pixels.
+
+    Digits (8) and (Fashion)MNIST (28) have a fixed size, named by ``--data_type``;
+    ImageFolder and ELPV images are resized to ``--image_size``.
+    """
+    if args.data_type in FIXED_SIDES:
+        return "data_type", args.data_type, FIXED_SIDES[args.data_type]
+    return "image_size", args.image_size, args.image_size
+
+
 def build_classification_datasets(args):
     """Build the splits chosen by ``args`` (see the module docstring).
 
@@ -103,7 +124,9 @@ def build_classification_datasets(args):
 
     Raises:
         DataError: files are missing or unreadable, or a folder holds no images;
-            the message names the folder or file. Images in an ImageFolder are
+            the message names the folder or file; an ImageFolder has fewer than two
+            classes; the train+val pool is too small to hold out a validation sample.
+            Images in an ImageFolder are
             decoded lazily, so a broken image raises ``DataError`` when read.
     """
     pool_groups = test_groups = None  # one group name per sample of pool / test, where the data has groups
@@ -147,8 +170,13 @@ def _split(pool, test, args):
         test_idx = torch.randperm(len(test), generator=g).tolist()
     pool_idx = pool_idx[:_keep(args.train_val_sample_rate, len(pool_idx))]
     test_idx = test_idx[:_keep(args.test_sample_rate, len(test_idx))]
-    # Leave at least one training sample whatever the fraction.
-    n_val = min(round(args.val_fraction * len(pool_idx)), len(pool_idx) - 1)
+    # At least one validation sample (a tiny pool must not round it away: validation picks
+    # the best checkpoint) and at least one training sample, whatever the fraction.
+    n_val = min(max(1, round(args.val_fraction * len(pool_idx))), len(pool_idx) - 1)
+    if n_val < 1:
+        raise DataError(f"--val_fraction {args.val_fraction}: the train+val pool holds {len(pool_idx)} sample "
+                        f"after --train_val_sample_rate {args.train_val_sample_rate}; "
+                        f"need 2 (1 to train, 1 to validate)")
     # Sorted indices read files in folder order, which is kinder to disks.
     return (Subset(pool, sorted(pool_idx[n_val:])), Subset(pool, sorted(pool_idx[:n_val])),
             Subset(test, sorted(test_idx)))
@@ -246,34 +274,61 @@ def _load_mnist(name, data_dir, train, download):
     return InMemoryImages(ds.data.unsqueeze(1), ds.targets, max_value=255), list(ds.classes)
 
 
+def _visible(name):
+    """False for hidden names (``.ipynb_checkpoints``, ``.DS_Store``, macOS ``._x.png`` copies)."""
+    return not name.startswith(".")
+
+
+def _is_image_file(path, root):
+    """An image extension, and no hidden file or folder on the way from ``root`` to ``path``."""
+    parts = os.path.relpath(path, root).split(os.sep)
+    folder = torchvision.datasets.folder
+    return all(_visible(part) for part in parts) and folder.has_file_allowed_extension(path, folder.IMG_EXTENSIONS)
+
+
+class _VisibleImageFolder(torchvision.datasets.ImageFolder):
+    """torchvision's ``ImageFolder`` that skips hidden class folders; pass :func:`_is_image_file` for files."""
+
+    def find_classes(self, directory):
+        classes = sorted(e.name for e in os.scandir(directory) if e.is_dir() and _visible(e.name))
+        if not classes:
+            raise FileNotFoundError(f"Couldn't find any class folder in {directory}.")
+        return classes, {name: i for i, name in enumerate(classes)}
+
+
 def _load_image_folder(data_dir, image_size):
     """Find class folders; return ``(pool, test or None, class_names)``.
 
     ``<data_dir>/test`` is the test split only next to ``<data_dir>/train``;
     without ``train/`` every sub-folder of ``data_dir`` is a class.
+    Hidden files and folders (names starting with ``.``, e.g. ``.ipynb_checkpoints/``,
+    ``.DS_Store``) are neither classes nor images.
 
     ``test/`` uses ``train/``'s class indices, so a class missing from ``test/``
     does not shift the labels of the others.
 
     Raises:
-        DataError: no class folders or no images, or ``test/`` has a class
-            that ``train/`` lacks.
+        DataError: no class folders or no images, fewer than two classes (a one-class
+            classifier is trivially 100% right), or ``test/`` has a class that ``train/`` lacks.
     """
     train_dir = os.path.join(data_dir, "train")
     root = train_dir if os.path.isdir(train_dir) else data_dir
     expected = "one sub-folder per class holding image files (.png, .jpg, ...)"
     try:
-        pool = torchvision.datasets.ImageFolder(root)
+        pool = _VisibleImageFolder(root, is_valid_file=functools.partial(_is_image_file, root=root))
     except (FileNotFoundError, ValueError) as exc:
         raise DataError(f"no images found in {root}: expected {expected} ({exc})") from None
+    if len(pool.classes) < 2:
+        raise DataError(f"{root} has {len(pool.classes)} class folder {pool.classes}: classification needs "
+                        f"at least two ({expected})")
     test = None
     test_dir = os.path.join(data_dir, "test")
     if root == train_dir and os.path.isdir(test_dir):
-        extra = sorted({e.name for e in os.scandir(test_dir) if e.is_dir()} - set(pool.classes))
+        extra = sorted({e.name for e in os.scandir(test_dir) if e.is_dir() and _visible(e.name)} - set(pool.classes))
         if extra:
             raise DataError(f"{test_dir} has class folders {extra} that {train_dir} lacks")
         samples = torchvision.datasets.folder.make_dataset(
-            test_dir, pool.class_to_idx, extensions=torchvision.datasets.folder.IMG_EXTENSIONS,
+            test_dir, pool.class_to_idx, is_valid_file=functools.partial(_is_image_file, root=test_dir),
             allow_empty=True)
         if not samples:
             raise DataError(f"no images found in {test_dir}: expected {expected}")

@@ -33,8 +33,8 @@ class Vanilla(nn.Module):
 class SmallCNN(nn.Module):
     """Two 3x3 conv blocks (conv-BN-ReLU, the second one twice as wide) and a linear head.
 
-    Global average pooling makes it work for any image size >= 4x4
-    (8x8 Digits, 28x28 MNIST, 32x32 CIFAR-10 alike).
+    Global average pooling makes it work for any image size >= 2x2 (:data:`MIN_IMAGE_SIZE`;
+    8x8 Digits, 28x28 MNIST, 32x32 CIFAR-10 alike).
 
     Args:
         input_shape: ``(C, H, W)``; only ``C`` is used.
@@ -59,6 +59,23 @@ class SmallCNN(nn.Module):
 
 
 CLASSIFIERS = {"Vanilla": Vanilla, "SmallCNN": SmallCNN}
+
+#: Smallest side H = W each model trains on, even on a last batch of one image (measured on CPU):
+#: SmallCNN's 2x2 max-pool makes 2x2 or 3x3 inputs 1x1, where training BatchNorm has one value per
+#: channel and raises; below 2x2 the pool has no output at all.
+MIN_IMAGE_SIZE = {"Vanilla": 1, "SmallCNN": 2}
+
+
+def image_size_problem(model_type, side):
+    """Why ``model_type`` cannot train on ``side x side`` images (a phrase naming the minimum), or ``None``.
+
+    For a ``ConfigError`` at parse time (see :func:`base.config.check`); unknown names give ``None``.
+    """
+    minimum = MIN_IMAGE_SIZE.get(model_type, 1)
+    if side < minimum:
+        return (f"{model_type} needs images of at least {minimum}x{minimum} pixels, got {side}x{side} "
+                f"(see model.classifiers.MIN_IMAGE_SIZE)")
+    return None
 
 
 def build_classifier(model_type, input_shape, num_classes):

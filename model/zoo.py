@@ -5,12 +5,14 @@ All are randomly initialised (``weights=None``, ``pretrained=False``): nothing i
 from saved weights with :func:`load_pretrained`. Names are :data:`ZOO_MODELS` plus ``timm/<name>``
 for any ``timm.list_models()`` name.
 
-Input sizes:
-    ``vit_*``: exactly ``image_size x image_size`` (torchvision asserts it), ``image_size`` divisible
-    by ``patch_size``. ``swin_t``: any H, W >= 4 (its 4x4 patch embedding); torchvision pads each
-    stage to the 7x7 window and to even sizes before patch merging, so 224 needs no padding and
-    small sizes such as 32 or 64 run on mostly padded windows. ``resnet*``: any size.
-    ``timm/*``: whatever the model takes; ``img_size=image_size`` is passed where it is accepted.
+Input sizes (:func:`image_size_problem` checks them at parse time):
+    ``vit_*``: exactly ``image_size x image_size`` (torchvision asserts it), ``image_size`` a multiple
+    of ``patch_size`` and >= it. ``swin_t``: any H, W >= 4 (its 4x4 patch embedding); torchvision pads
+    each stage to the 7x7 window and to even sizes before patch merging, so 224 needs no padding and
+    small sizes such as 32 or 64 run on mostly padded windows. ``resnet*``: any size (at 32 and below
+    the last stage is 1x1, which BatchNorm trains on only with two or more images a batch: the loop
+    leaves out a last batch of one). ``timm/*``: whatever the model takes;
+    ``img_size=image_size`` is passed where it is accepted (not checked before the build).
 """
 import fnmatch
 import math
@@ -24,10 +26,15 @@ from torchvision import models as tv
 from base.checkpoint import load_checkpoint
 from base.errors import CheckpointError
 
-__all__ = ["ZOO_MODELS", "build_zoo_model", "load_pretrained", "no_weight_decay_names"]
+__all__ = ["MIN_IMAGE_SIZE", "ZOO_MODELS", "build_zoo_model", "image_size_problem", "load_pretrained",
+           "no_weight_decay_names"]
 
 # (layers, heads, hidden, mlp): Ti and S from DeiT (Touvron et al. 2021), B from ViT (Dosovitskiy et al. 2021)
 _VIT_CONFIGS = {"vit_ti_16": (12, 3, 192, 768), "vit_s_16": (12, 6, 384, 1536), "vit_b_16": (12, 12, 768, 3072)}
+#: Smallest side H = W each model trains on (measured with a CPU training step on a batch of two; the
+#: loop never trains on a batch of one, see base.state.drops_lone_sample): Swin needs one 4x4 patch.
+#: ResNets take any size. ViTs: see image_size_problem.
+MIN_IMAGE_SIZE = {"swin_t": 4}
 # Parameters torchvision names that the ViT recipe keeps out of weight decay although they are not 1-D.
 _NO_DECAY_LEAVES = {"class_token", "pos_embedding", "relative_position_bias_table"}
 
@@ -53,7 +60,7 @@ def _vit(name, num_classes, in_chans, image_size, patch_size, drop_path, dropout
 
 
 def _swin_t(name, num_classes, in_chans, image_size, patch_size, drop_path, dropout):
-    if image_size < 4:
+    if image_size < MIN_IMAGE_SIZE[name]:
         raise ValueError(f"{name}: image_size={image_size} is too small; Swin needs H and W >= 4 "
                          f"(its 4x4 patch embedding; 224 runs without padding)")
     # The class, not tv.swin_t(): that factory fixes stochastic_depth_prob=0.2 and refuses another value.
@@ -123,6 +130,25 @@ def build_zoo_model(model_type, num_classes, in_chans=3, image_size=224, patch_s
     if model_type not in ZOO_MODELS:
         raise KeyError(f"unknown zoo model {model_type!r}; choices: {', '.join(ZOO_MODELS)}, or timm/<name>")
     return ZOO_MODELS[model_type](model_type, num_classes, in_chans, image_size, patch_size, drop_path, dropout)
+
+
+def image_size_problem(model_type, side, patch_size):
+    """Why ``model_type`` cannot train on ``side x side`` images (a phrase naming the rule), or ``None``.
+
+    ViTs need ``side`` to be a multiple of ``patch_size`` and >= it; the other torchvision models
+    ``side >= MIN_IMAGE_SIZE[model_type]``. ``timm/`` names give ``None``: their limits are the model's.
+    For a ``ConfigError`` at parse time (see :func:`base.config.check`).
+    """
+    if model_type in _VIT_CONFIGS:
+        if patch_size > 0 and (side < patch_size or side % patch_size):
+            return (f"{model_type} needs images whose side is a multiple of --patch_size={patch_size} "
+                    f"(at least {patch_size}), got {side}x{side}")
+        return None
+    minimum = MIN_IMAGE_SIZE.get(model_type, 1)
+    if side < minimum:
+        return (f"{model_type} needs images of at least {minimum}x{minimum} pixels, got {side}x{side} "
+                f"(see model.zoo.MIN_IMAGE_SIZE)")
+    return None
 
 
 def no_weight_decay_names(model):

@@ -183,3 +183,21 @@ def test_too_few_cars_to_split_says_so(tmp_path):
 def test_too_small_a_scale_names_the_flag(carvana):
     with pytest.raises(DataError, match="--img_scale 0.1"):
         build_carvana_datasets(make_args(carvana, img_scale=0.1))
+
+
+def test_a_16_bit_mask_of_0_and_1_is_read_as_labels_not_scaled_to_black(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from data.carvana import CarvanaDataset
+
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train_masks").mkdir()
+    Image.fromarray(np.full((16, 16, 3), 100, np.uint8)).save(tmp_path / "train" / "car_01.jpg")
+    mask = np.zeros((16, 16), np.uint16)
+    mask[4:12, 4:12] = 1
+    Image.fromarray(mask).save(tmp_path / "train_masks" / "car_01_mask.png")  # mode I;16
+    assert Image.open(tmp_path / "train_masks" / "car_01_mask.png").mode.startswith("I;16")
+    dataset = CarvanaDataset([(str(tmp_path / "train" / "car_01.jpg"),
+                                    str(tmp_path / "train_masks" / "car_01_mask.png"))], size=(16, 16))
+    assert int(dataset[0]["mask"].sum()) == 64

@@ -150,12 +150,12 @@ def test_image_folder_loads_resized_rgb(tmp_path):
         for i in range(3):
             write_png(str(tmp_path / cls / f"{i}.png"), size=(10 + i, 12), value=200 if cls == "dog" else 0)
     args = make_args(["--data_type", "ImageFolder", "--data_dir", str(tmp_path), "--image_size", "16",
-                      "--val_fraction", "0", "--test_fraction", "0"])
+                      "--val_fraction", "0.5", "--test_fraction", "0"])
     validate_data_config(args)
     data = build_classification_datasets(args)
     assert data.class_names == ["cat", "dog"] and data.input_shape == (3, 16, 16)
-    assert len(data.train) == 6 and len(data.val) == 0 and len(data.test) == 0
-    for image, label in data.train:
+    assert len(data.train) == 3 and len(data.val) == 3 and len(data.test) == 0
+    for image, label in [*data.train, *data.val]:
         assert image.shape == (3, 16, 16) and image.dtype == torch.float32
         assert torch.allclose(image, torch.full_like(image, -1.0 if label == 0 else 200 / 255 * 2 - 1))
 
@@ -196,8 +196,9 @@ def test_broken_image_names_its_path(tmp_path, kind, name, num_workers):
     write_broken(str(broken), kind)
     data = build_classification_datasets(make_args(
         ["--data_type", "ImageFolder", "--data_dir", str(tmp_path),
-         "--val_fraction", "0", "--test_fraction", "0"]))
-    iterator = iter(DataLoader(data.train, batch_size=3, num_workers=num_workers))
+         "--val_fraction", "0.5", "--test_fraction", "0"]))
+    # The whole pool (train and val), so the broken file is read whichever split it lands in.
+    iterator = iter(DataLoader(data.train.dataset, batch_size=3, num_workers=num_workers))
     try:
         with pytest.raises(DataError, match=re.escape(f"cannot read image {broken}")):
             list(iterator)

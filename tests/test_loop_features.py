@@ -261,3 +261,31 @@ def test_evaluator_scores_the_weights_the_run_validated_or_the_raw_ones(toy_argv
         assert results["loss"] == pytest.approx(validated, rel=1e-5)
     else:
         assert results["loss"] != pytest.approx(validated, rel=1e-3)
+
+
+# ----------------------------------------------------------------- a last batch of one
+class BatchNormToy(ConvToy):
+    """ConvToy whose 1x1 feature maps go through BatchNorm: a batch of one cannot train."""
+
+    def build_datasets(self):
+        sets = super().build_datasets()
+        x, y = sets["train"].tensors
+        sets["train"] = torch.utils.data.TensorDataset(x[:33], y[:33])  # 33 = 4 x 8 + 1
+        return sets
+
+    def build_model(self):
+        return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 4), torch.nn.BatchNorm2d(4), torch.nn.Flatten(1),
+                                   torch.nn.Linear(4, 1), torch.nn.Flatten(0))
+
+
+def test_a_last_batch_of_one_sample_is_left_out_and_the_epoch_still_ends(toy_argv):
+    sizes = []
+    hook = type("Sizes", (HookBase,), {"before_step": lambda self: None})()
+    trainer = BatchNormToy.from_argv([*toy_argv, "--epochs", "3", "--batch_size", "8"])
+    original = trainer.train_step
+    trainer.train_step = lambda batch: (sizes.append(len(batch[0])), original(batch))[1]
+    trainer.build_hooks = lambda: [hook]
+    trainer.fit()  # BatchNorm would raise on a training batch of one
+    assert sizes == [8, 8, 8, 8] * 3
+    assert trainer.steps_per_epoch == 4 and trainer.total_steps == trainer.global_step == 12
+    assert trainer.epoch == 3 and trainer.samples_in_epoch == 0

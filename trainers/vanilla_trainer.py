@@ -1,8 +1,9 @@
 """Image classification with cross-entropy on Digits, (Fashion)MNIST or an image folder."""
+from base.config import check
 from base.trainer_base import TrainerBase
-from data.classification import add_data_arguments, build_classification_datasets, validate_data_config
+from data.classification import add_data_arguments, build_classification_datasets, image_side, validate_data_config
 from loss.classification import build_classification_loss
-from model.classifiers import CLASSIFIERS, build_classifier
+from model.classifiers import CLASSIFIERS, build_classifier, image_size_problem
 from utils.metrics import ClassificationMeter
 
 
@@ -25,6 +26,9 @@ class VanillaTrainer(TrainerBase):
     def validate_config(cls, args):
         super().validate_config(args)
         validate_data_config(args)
+        flag, value, side = image_side(args)
+        problem = image_size_problem(args.model_type, side)
+        check(problem is None, flag, value, problem)
 
     def build_datasets(self):
         self.data = build_classification_datasets(self.args)

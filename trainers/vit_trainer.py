@@ -1,13 +1,11 @@
 """Image classification with the model zoo and the "How to train your ViT" recipe."""
-from torchvision.transforms import v2
-
 from base import optim
 from base.config import check
 from base.trainer_base import TrainerBase
 from data.augment import Augmented, train_transform
-from data.classification import add_data_arguments, build_classification_datasets, validate_data_config
+from data.classification import add_data_arguments, build_classification_datasets, image_side, validate_data_config
 from loss.classification import build_classification_loss
-from model.zoo import build_zoo_model, load_pretrained, no_weight_decay_names
+from model.zoo import build_zoo_model, image_size_problem, load_pretrained, no_weight_decay_names
 from trainers.vanilla_trainer import classifier_model_card, validate_classifier
 
 
@@ -58,8 +56,13 @@ class ViTTrainer(TrainerBase):
         if args.randaugment is not None:
             check(args.randaugment[0] >= 0 and 0 <= args.randaugment[1] <= 30, "randaugment", args.randaugment,
                   "N must be >= 0 and M in 0..30")
+        flag, value, side = image_side(args)
+        problem = image_size_problem(args.model_type, side, args.patch_size)
+        check(problem is None, flag, value, problem)
 
     def build_datasets(self):
+        from torchvision.transforms import v2  # here, not at import: --help should not pay for torchvision
+
         a = self.args
         self.data = build_classification_datasets(a)
         augment = train_transform(a.hflip, a.vflip, a.randaugment)
