@@ -23,8 +23,6 @@ import os
 import torch
 from PIL import Image
 from torch.utils.data import Dataset, default_collate
-from torchvision import tv_tensors
-from torchvision.transforms import v2
 
 from base.config import check, check_dir_exists, str2bool
 from base.errors import DataError
@@ -192,6 +190,8 @@ def joint_transform(size, augment):
     jitter (ignored by masks). Without it: a plain resize. v2 resizes masks
     with nearest-neighbour, so they stay binary.
     """
+    from torchvision.transforms import v2  # here, not at import: scripts start faster without torchvision
+
     if not augment:
         return v2.Resize(size, antialias=True)
     aspect = size[1] / size[0]
@@ -233,6 +233,9 @@ class CarvanaDataset(Dataset):
 
     def __getitem__(self, index):
         image_path, mask_path = self.samples[index]
+        from torchvision import tv_tensors
+        from torchvision.transforms import v2
+
         image, mask = read_image(image_path, "RGB"), read_image(mask_path, "L", labels=True)
         if image.size != mask.size:
             raise DataError(f"image {image_path} is {image.size[0]}x{image.size[1]} (WxH) but its mask "

@@ -24,7 +24,6 @@ import functools
 import os
 
 import torch
-import torchvision
 from torch.utils.data import Dataset, Subset
 
 from base.config import check, check_dir_exists, str2bool
@@ -230,8 +229,12 @@ class _FlatRoot:
         return os.path.join(self.root, "processed")
 
 
-_FLAT = {name: type(f"Flat{name}", (_FlatRoot, getattr(torchvision.datasets, name)), {})
-         for name in ("MNIST", "FashionMNIST")}
+@functools.lru_cache(maxsize=None)
+def _flat_class(name):
+    """torchvision's ``MNIST`` / ``FashionMNIST`` reading its files from ``root`` itself (built on first use)."""
+    import torchvision
+
+    return type(f"Flat{name}", (_FlatRoot, getattr(torchvision.datasets, name)), {})
 
 
 def _load_mnist(name, data_dir, train, download):
@@ -244,9 +247,11 @@ def _load_mnist(name, data_dir, train, download):
         DataError: files missing (names both folders looked in and the four
             files), the download failed, or a file is not a valid IDX file.
     """
+    import torchvision  # here, not at import: scripts start ~1 s faster without it
+
     standard_raw = os.path.join(data_dir, name, "raw")
     flat = all(os.path.isfile(os.path.join(data_dir, f)) for f in IDX_FILES)
-    cls = _FLAT[name] if flat else getattr(torchvision.datasets, name)
+    cls = _flat_class(name) if flat else getattr(torchvision.datasets, name)
     raw = data_dir if flat else standard_raw
     try:
         ds = cls(root=data_dir, train=train, download=download and not flat)
@@ -281,19 +286,24 @@ def _visible(name):
 
 def _is_image_file(path, root):
     """An image extension, and no hidden file or folder on the way from ``root`` to ``path``."""
+    from torchvision.datasets import folder
+
     parts = os.path.relpath(path, root).split(os.sep)
-    folder = torchvision.datasets.folder
     return all(_visible(part) for part in parts) and folder.has_file_allowed_extension(path, folder.IMG_EXTENSIONS)
 
 
-class _VisibleImageFolder(torchvision.datasets.ImageFolder):
-    """torchvision's ``ImageFolder`` that skips hidden class folders; pass :func:`_is_image_file` for files."""
+@functools.lru_cache(maxsize=None)
+def _visible_image_folder():
+    """torchvision's ``ImageFolder`` that skips hidden class folders (the class is built on first use)."""
+    import torchvision
 
     def find_classes(self, directory):
         classes = sorted(e.name for e in os.scandir(directory) if e.is_dir() and _visible(e.name))
         if not classes:
             raise FileNotFoundError(f"Couldn't find any class folder in {directory}.")
         return classes, {name: i for i, name in enumerate(classes)}
+
+    return type("VisibleImageFolder", (torchvision.datasets.ImageFolder,), {"find_classes": find_classes})
 
 
 def _load_image_folder(data_dir, image_size):
@@ -315,7 +325,7 @@ def _load_image_folder(data_dir, image_size):
     root = train_dir if os.path.isdir(train_dir) else data_dir
     expected = "one sub-folder per class holding image files (.png, .jpg, ...)"
     try:
-        pool = _VisibleImageFolder(root, is_valid_file=functools.partial(_is_image_file, root=root))
+        pool = _visible_image_folder()(root, is_valid_file=functools.partial(_is_image_file, root=root))
     except (FileNotFoundError, ValueError) as exc:
         raise DataError(f"no images found in {root}: expected {expected} ({exc})") from None
     if len(pool.classes) < 2:
@@ -327,7 +337,9 @@ def _load_image_folder(data_dir, image_size):
         extra = sorted({e.name for e in os.scandir(test_dir) if e.is_dir() and _visible(e.name)} - set(pool.classes))
         if extra:
             raise DataError(f"{test_dir} has class folders {extra} that {train_dir} lacks")
-        samples = torchvision.datasets.folder.make_dataset(
+        from torchvision.datasets.folder import make_dataset
+
+        samples = make_dataset(
             test_dir, pool.class_to_idx, is_valid_file=functools.partial(_is_image_file, root=test_dir),
             allow_empty=True)
         if not samples:

@@ -15,7 +15,6 @@ import functools
 
 import numpy as np
 import torch
-from torchvision.transforms import v2
 
 from base.errors import DataError
 from data.splits import stratified_split_indices
@@ -69,6 +68,8 @@ def load_elpv(task, image_size, seed):
     images, probs, types = _raw()
     pixels = torch.from_numpy(images).unsqueeze(1)  # uint8 (N, 1, 300, 300)
     if image_size != pixels.shape[-1]:
+        from torchvision.transforms import v2  # here, not at import: scripts start faster without torchvision
+
         pixels = torch.cat([v2.functional.resize(chunk, [image_size, image_size], antialias=True)
                             for chunk in pixels.split(256)])
     labels = elpv_labels(probs, task)

@@ -3,7 +3,6 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset
-from torchvision.transforms import v2
 
 from base.errors import BadImageError
 
@@ -118,6 +117,8 @@ def image_file_to_input(path, input_shape):
     channels, height, width = input_shape
     if channels not in (1, 3):
         raise ValueError(f"input_shape {tuple(input_shape)}: images need 1 or 3 channels")
+    from torchvision.transforms import v2  # here, not at import: scripts start faster without torchvision
+
     pixels = v2.functional.pil_to_tensor(read_image(path, "L" if channels == 1 else "RGB"))  # uint8 (C, h, w)
     if tuple(pixels.shape[-2:]) != (height, width):
         pixels = v2.functional.resize(pixels, [height, width], antialias=True)
@@ -141,6 +142,8 @@ class ImageFiles(Dataset):
 
     def __init__(self, samples, image_size):
         self.samples = list(samples)
+        from torchvision.transforms import v2
+
         self.transform = v2.Compose([
             v2.PILToTensor(),  # uint8 (3, H, W)
             v2.Resize((image_size, image_size), antialias=True),

@@ -8,7 +8,6 @@ The torchvision models are built randomly initialised (``weights=None, weights_b
 nothing is downloaded. ``MIN_INPUT_SIZE`` is the smallest H and W the U-Nets accept.
 """
 from torch import nn
-from torchvision.models import segmentation as tv_seg
 
 from model.unet import MIN_INPUT_SIZE, UNet, UNetPlusPlus
 
@@ -29,13 +28,16 @@ class TorchvisionSegmentation(nn.Module):
         return self.net(images)["out"]
 
 
-def _torchvision_builder(factory):
-    """A builder for ``factory`` (e.g. ``fcn_resnet50``): random init, 1 class, no aux head."""
+def _torchvision_builder(name):
+    """A builder for torchvision's segmentation model ``name`` (e.g. ``fcn_resnet50``): random init, 1 class,
+    no aux head. torchvision is imported when it builds, not when this module is imported."""
 
     def build(in_channels, base_channels, upsample, deep_supervision):
+        from torchvision.models import segmentation as tv_seg
+
         if in_channels != 3:
-            raise ValueError(f"{factory.__name__} takes 3-channel images, got in_channels={in_channels}")
-        net = factory(weights=None, weights_backbone=None, num_classes=1, aux_loss=False)
+            raise ValueError(f"{name} takes 3-channel images, got in_channels={in_channels}")
+        net = getattr(tv_seg, name)(weights=None, weights_backbone=None, num_classes=1, aux_loss=False)
         return TorchvisionSegmentation(net)
 
     return build
@@ -53,9 +55,9 @@ def _unet_plus_plus(in_channels, base_channels, upsample, deep_supervision):
 SEG_MODELS = {
     "UNet": _unet,
     "UNetPlusPlus": _unet_plus_plus,
-    "fcn_resnet50": _torchvision_builder(tv_seg.fcn_resnet50),
-    "deeplabv3_resnet50": _torchvision_builder(tv_seg.deeplabv3_resnet50),
-    "lraspp_mobilenet_v3_large": _torchvision_builder(tv_seg.lraspp_mobilenet_v3_large),
+    "fcn_resnet50": _torchvision_builder("fcn_resnet50"),
+    "deeplabv3_resnet50": _torchvision_builder("deeplabv3_resnet50"),
+    "lraspp_mobilenet_v3_large": _torchvision_builder("lraspp_mobilenet_v3_large"),
 }
 
 

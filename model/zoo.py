@@ -19,9 +19,7 @@ import math
 import os
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
-from torchvision import models as tv
 
 from base.checkpoint import load_checkpoint
 from base.errors import CheckpointError
@@ -46,6 +44,8 @@ def _refuse_drop_path(name, drop_path):
 
 
 def _vit(name, num_classes, in_chans, image_size, patch_size, drop_path, dropout):
+    from torchvision import models as tv  # here, not at import: --help should not pay for torchvision
+
     layers, heads, hidden, mlp = _VIT_CONFIGS[name]
     if patch_size <= 0 or image_size % patch_size:
         raise ValueError(f"{name}: image_size={image_size} must be a multiple of patch_size={patch_size}")
@@ -60,6 +60,8 @@ def _vit(name, num_classes, in_chans, image_size, patch_size, drop_path, dropout
 
 
 def _swin_t(name, num_classes, in_chans, image_size, patch_size, drop_path, dropout):
+    from torchvision import models as tv  # here, not at import: --help should not pay for torchvision
+
     if image_size < MIN_IMAGE_SIZE[name]:
         raise ValueError(f"{name}: image_size={image_size} is too small; Swin needs H and W >= 4 "
                          f"(its 4x4 patch embedding; 224 runs without padding)")
@@ -73,6 +75,8 @@ def _swin_t(name, num_classes, in_chans, image_size, patch_size, drop_path, drop
 
 
 def _resnet(name, num_classes, in_chans, image_size, patch_size, drop_path, dropout):
+    from torchvision import models as tv  # here, not at import: --help should not pay for torchvision
+
     _refuse_drop_path(name, drop_path)
     net = getattr(tv, name)(weights=None, num_classes=num_classes)
     if in_chans != 3:  # same shape and init as torchvision's stem conv
@@ -179,6 +183,8 @@ def _read_state_dict(path):
         raise CheckpointError(f"{where}: no such file")
     try:
         if path.endswith(".safetensors"):  # recent torch.load reads these too; this works with any torch
+            from safetensors.torch import load_file
+
             return load_file(path, device="cpu")
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:  # noqa: BLE001 - any failure to parse means "not a file we read"

@@ -6,7 +6,6 @@ from base.trainer_base import TrainerBase
 from data.carvana import add_carvana_arguments, build_carvana_datasets, collate_segmentation, validate_carvana_config
 from loss.segmentation import LOSSES, SegmentationLoss
 from model.segmentation import SEG_MODELS, build_segmentation_model
-from utils.plots import segmentation_grid
 from utils.seg_metrics import SegmentationMeter
 
 
@@ -95,6 +94,8 @@ class SegOnCarvanaTrainer(TrainerBase):
             logits, _ = self.score_batch(self.to_device(batch), meter)
             if grid is None and self.args.num_viz:
                 n = self.args.num_viz
+                from utils.plots import segmentation_grid  # matplotlib: only when a grid is drawn
+
                 grid = segmentation_grid(batch["image"][:n], batch["mask"][:n], (logits[:n] > 0).cpu())
         writer = getattr(self, "writer", None)  # evaluators build the task without one
         if grid is not None and writer is not None and loader is self.loaders.get("val"):
