@@ -16,6 +16,7 @@ import pickle
 import re
 import stat
 import warnings
+from collections.abc import Mapping
 
 import torch
 
@@ -231,17 +232,25 @@ def load_model_state(model, state, source):
     """Load ``state`` into ``model`` after checking every key and shape.
 
     Raises:
-        CheckpointError: keys or shapes differ; the message names ``source``,
-            the first differing parameter and both shapes.
+        CheckpointError: ``state`` is not a state dict (a list, a tensor, a
+            dict holding non-tensors), or keys or shapes differ; the message
+            names ``source``, the first differing parameter and both shapes.
     """
+    # A foreign or hand-edited file can hold anything under "model"; say so rather than fail on .keys().
+    if not isinstance(state, Mapping):
+        raise CheckpointError(f"{source}: its 'model' entry is a {type(state).__name__}, not a state dict "
+                              f"(parameter name -> tensor)")
     current = model.state_dict()
-    missing = sorted(current.keys() - state.keys())
-    unexpected = sorted(state.keys() - current.keys())
+    missing = sorted(current.keys() - state.keys(), key=str)
+    unexpected = sorted(state.keys() - current.keys(), key=str)  # a foreign file may mix key types
     if missing or unexpected:
         raise CheckpointError(
             f"{source}: the checkpoint holds a different model ({len(missing)} parameters missing, "
             f"e.g. {missing[:1]}; {len(unexpected)} unexpected, e.g. {unexpected[:1]})")
     for key, value in current.items():
+        if torch.is_tensor(value) and not torch.is_tensor(state[key]):
+            raise CheckpointError(f"{source}: its 'model' entry holds a {type(state[key]).__name__} under "
+                                  f"{key!r}, not a tensor: not a state dict")
         if tuple(state[key].shape) != tuple(value.shape):
             raise CheckpointError(f"{source}: shape mismatch for {key}: checkpoint "
                                   f"{tuple(state[key].shape)}, this model {tuple(value.shape)}")

@@ -1,6 +1,7 @@
 """What the root entry scripts call: parse, run, turn input errors into one line."""
 import argparse
 import sys
+import threading
 
 from base.config import ConfigError, str2bool
 from base.errors import UserError
@@ -37,6 +38,11 @@ def main(cls, argv=None):
     except SystemExit:
         debug = False
     prog = getattr(cls, "PROG", None) or cls.__name__
+    saved_hook = threading.excepthook
+    if not debug:  # a library's background thread (TensorBoard's writer) failing: one line, not a traceback
+        threading.excepthook = lambda info: print(
+            f"{prog}: warning: background thread {info.thread.name if info.thread else '?'} stopped: "
+            f"{one_line(info.exc_value) if info.exc_value else info.exc_type.__name__}", file=sys.stderr)
     try:
         cls.from_argv(argv).run()
     except Preempted as exc:
@@ -50,4 +56,6 @@ def main(cls, argv=None):
             raise
         print(f"{prog}: error: {one_line(exc)}", file=sys.stderr)
         return 2 if isinstance(exc, ConfigError) else 1
+    finally:
+        threading.excepthook = saved_hook
     return 0

@@ -115,31 +115,82 @@ def build_parser(cls, suppress_defaults=False):
     return parser, origins
 
 
-def read_config_file(path):
+def read_config_file(path, with_meta=False):
     """Read a config JSON written by a run (or a flat ``{flag: value}`` dict).
 
+    A run's file is ``{"config": {flag: value}, "provenance": ..., "meta": {...}}``
+    (see :func:`base.run_dir.write_config`); ``meta["trainer"]`` names the
+    trainer class that wrote it.
+
     Returns:
-        dict of flag values.
+        dict of flag values; with ``with_meta``, ``(values, meta)`` where
+        ``meta`` is the run's ``meta`` dict (``{}`` for a flat file).
 
     Raises:
-        ConfigError: the file is missing, not JSON, or not an object.
+        ConfigError: the file is missing, a folder, not JSON, not an object,
+            or a run's file whose ``config`` or ``meta`` is not an object (or
+            ``meta.trainer`` not a string); the message names the file and key.
     """
+    where = f"--config {path}"
+    if os.path.isdir(path):
+        raise ConfigError(f"{where}: is a folder; expected a config JSON file (e.g. the run's config_*.json)")
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
     except FileNotFoundError:
-        raise ConfigError(f"--config {path}: no such file") from None
+        raise ConfigError(f"{where}: no such file") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"--config {path}: not valid JSON ({exc})") from None
-    if isinstance(data, dict) and isinstance(data.get("config"), dict):
-        data = data["config"]
+        raise ConfigError(f"{where}: not valid JSON ({exc})") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"--config {path}: expected a JSON object of flag values")
-    return data
+        raise ConfigError(f"{where}: expected a JSON object of flag values, got a {type(data).__name__}")
+    meta = {}
+    # A run's file: its flags are under "config"; anything else is read as flat flags.
+    if "config" in data and not isinstance(data["config"], (str, type(None))):
+        if not isinstance(data["config"], dict):
+            raise ConfigError(f"{where}: its 'config' entry is a {type(data['config']).__name__}, "
+                              f"expected an object of flag values")
+        meta = data.get("meta", {})
+        if not isinstance(meta, dict):
+            raise ConfigError(f"{where}: its 'meta' entry is a {type(meta).__name__}, expected an object")
+        if not isinstance(meta.get("trainer", ""), str):
+            raise ConfigError(f"{where}: its 'meta.trainer' is {meta['trainer']!r}, expected a class name")
+        data = data["config"]
+    return (data, meta) if with_meta else data
+
+
+def _typed(action, key, value, source):
+    """``value`` converted with ``action.type`` (each item for an ``nargs`` flag's list).
+
+    Raises:
+        ConfigError: a string the type rejects, or a number flag holding a
+            non-number (a list, a bool, a dict; a fraction for an int flag).
+    """
+    if isinstance(value, list) and action.nargs not in (None, "?"):
+        return [_typed(action, key, item, source) for item in value]
+    try:
+        if isinstance(value, str) and action.type is not None:
+            return action.type(value)
+        if action.type is str2bool and value is not None:
+            return str2bool(value)
+    except (ValueError, TypeError, argparse.ArgumentTypeError) as exc:
+        raise ConfigError(f"{source}: bad value for {key!r}: {exc}") from None
+    if action.type in (int, float) and value is not None:
+        # JSON gives numbers as numbers; anything else would fail later, far from the file.
+        integral = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (action.type is int and not integral):
+            kind = "an integer" if action.type is int else "a number"
+            raise ConfigError(f"{source}: bad value for {key!r}: expected {kind}, got {value!r}")
+        return action.type(value)
+    return value
 
 
 def _coerce(parser, values, source):
-    """Convert file values with each flag's ``type`` and check ``choices``."""
+    """Convert file values with each flag's ``type`` and check ``choices``.
+
+    Raises:
+        ConfigError: an unknown key, a value its flag's type rejects, or one
+            outside its ``choices``; the message starts with ``source``.
+    """
     actions = {a.dest: a for a in parser._actions}
     out = {}
     for key, value in values.items():
@@ -148,17 +199,25 @@ def _coerce(parser, values, source):
         if key not in actions:
             raise ConfigError(f"{source}: unknown key {key!r}")
         action = actions[key]
-        try:
-            if isinstance(value, str) and action.type is not None:
-                value = action.type(value)
-            elif action.type is str2bool and value is not None:
-                value = str2bool(value)
-        except (ValueError, TypeError, argparse.ArgumentTypeError) as exc:
-            raise ConfigError(f"{source}: bad value for {key!r}: {exc}") from None
+        value = _typed(action, key, value, source)
         if action.choices is not None and value is not None and value not in action.choices:
             raise ConfigError(f"{source}: {key}={value!r} is not one of {list(action.choices)}")
         out[key] = value
     return out
+
+
+def coerce_saved_values(cls, values, source):
+    """A saved run's flag values typed and checked as ``cls``'s parser would (keys it lacks are dropped).
+
+    For configs saved in checkpoints and export sidecars, which never went
+    through a parser on this machine. Launch-only flags (``--resume`` ...) are dropped too.
+
+    Raises:
+        ConfigError: a value its flag's type or ``choices`` rejects; the message starts with ``source``.
+    """
+    parser, _ = build_parser(cls)
+    known = {a.dest for a in parser._actions}
+    return _coerce(parser, {k: v for k, v in values.items() if k in known}, source)
 
 
 def parse_config(cls, argv=None, base_values=None, base_label="saved run", validate=True):
@@ -185,8 +244,13 @@ def parse_config(cls, argv=None, base_values=None, base_label="saved run", valid
             origins.update({k: base_label for k in values})
             args = parser.parse_args(argv)
         if getattr(args, "config", None):
+            values, meta = read_config_file(args.config, with_meta=True)
             source = f"--config {args.config}"
-            values = _coerce(parser, read_config_file(args.config), source)
+            writer = meta.get("trainer")
+            if writer and writer != cls.__name__:  # its keys may be another task's flags: say whose
+                prog = getattr(cls, "PROG", None) or cls.__name__
+                source += f" (written by {writer}; {prog} trains {cls.__name__})"
+            values = _coerce(parser, values, source)
             parser.set_defaults(**values)
             origins.update({k: f"config file ({args.config})" for k in values})
             args = parser.parse_args(argv)
@@ -224,5 +288,7 @@ def predictor_parser(cls, what):
                         help="checkpoint (*_ckpt.pth) or weights export (*_best.safetensors beside its .json)")
     parser.add_argument("images", nargs="+", help=f"image files to {what}")
     parser.add_argument("--gpu_devices", default=None, help="'cpu', 'cuda', 'cuda:N' or a CUDA id; unset: GPU if any")
+    parser.add_argument("--eval_ema", type=str2bool, default=None,
+                        help="use the checkpoint's EMA weights (true) or raw ones (false); unset: as the run validated")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser

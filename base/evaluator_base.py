@@ -4,15 +4,26 @@ The checkpoint carries the run's resolved config as a JSON string; the
 evaluator re-creates the task's trainer from it (no run folder, no optimizer),
 so ``eval_x.py --model_path RUN/Model_best_ckpt.pth`` needs no other flag.
 Any trainer flag given on the command line overrides the saved value.
+A checkpoint written by another trainer is refused with one line naming both.
 """
 import abc
 import argparse
 import json
 import os
 
+import torch
+
 from base.checkpoint import load_checkpoint, load_model_state
-from base.config import build_parser
+from base.config import build_parser, coerce_saved_values
 from base.errors import CheckpointError
+
+#: ``--help``'s title for the trainer's flags, which an evaluator accepts to override the saved values.
+TRAINER_FLAGS_TITLE = "trainer flags (override the checkpoint's)"
+
+# The evaluator script of each trainer, for the hint in a refusal only (asking the
+# evaluator classes would mean importing every task).
+EVAL_SCRIPTS = {"VanillaTrainer": "eval_vanilla.py", "ViTTrainer": "eval_vit.py",
+                "SegOnCarvanaTrainer": "eval_seg_on_carvana.py"}
 
 
 class EvaluatorBase(abc.ABC):
@@ -25,11 +36,15 @@ class EvaluatorBase(abc.ABC):
     """
 
     trainer_class = None
+    #: Names of other trainer classes whose checkpoints this evaluator reads as its own
+    #: (a checkpoint records its trainer's class name; any other is refused).
+    compatible_trainers = ()
 
     @classmethod
     def add_arguments(cls, parser):
         group = parser.add_argument_group("evaluation")
-        group.add_argument("--model_path", required=True, help="checkpoint (*.pth) to evaluate")
+        group.add_argument("--model_path", required=True,
+                           help="checkpoint (*_ckpt.pth) or weights export (*_best.safetensors beside its .json)")
         group.add_argument("--split", choices=["test", "val"], default="test", help="split to evaluate")
 
     @classmethod
@@ -38,7 +53,9 @@ class EvaluatorBase(abc.ABC):
         parser, _ = build_parser(cls.trainer_class, suppress_defaults=True)
         parser.prog = getattr(cls, "PROG", None)
         parser.description = (cls.__doc__ or "").strip().split("\n")[0]
+        trainer_groups = list(parser._action_groups)
         cls.add_arguments(parser)
+        _evaluator_flags_first(parser, trainer_groups)
         args = parser.parse_args(argv)
         return cls(args, parser)
 
@@ -48,12 +65,18 @@ class EvaluatorBase(abc.ABC):
     def resolve_task_config(self, saved):
         """Trainer defaults, then the checkpoint's saved config, then command-line flags.
 
+        Saved keys the trainer no longer has are dropped; the others are typed
+        and checked like a ``--config`` file's.
+
         Raises:
-            ConfigError: the merged config fails the trainer's validation.
+            ConfigError: a saved value of the wrong type or outside its choices
+                (e.g. an unknown ``model_type``), naming ``--model_path`` and the
+                key; the merged config fails the trainer's validation.
         """
         defaults, _ = build_parser(self.trainer_class)
         known = vars(defaults.parse_args([]))
-        merged = {**known, **{k: v for k, v in saved.items() if k in known}}
+        saved = coerce_saved_values(self.trainer_class, saved, f"--model_path {self.args.model_path}: its saved config")
+        merged = {**known, **saved}
         # Evaluation writes beside the checkpoint; the training machine's output folder
         # may not exist here and must not fail validation.
         merged["output_dir"] = os.path.dirname(os.path.abspath(self.args.model_path))
@@ -64,8 +87,33 @@ class EvaluatorBase(abc.ABC):
 
     def load_weights_and_config(self):
         """``(state_dict, saved_config)`` of ``--model_path`` (see :func:`load_saved_model`)."""
-        weights, config, _ = load_saved_model(self.args.model_path)
+        weights, config, extras = load_saved_model(self.args.model_path, use_ema=getattr(self.args, "eval_ema", None))
+        self.check_trainer(extras)
+        print(f"--model_path {self.args.model_path}: evaluating its {extras['weights']} weights")
         return weights, config
+
+    def check_trainer(self, extras):
+        """Refuse a checkpoint that another trainer wrote.
+
+        The name is the checkpoint's ``"trainer"`` or its sidecar's
+        ``model_card.trainer``. Accepted: :attr:`trainer_class`'s name and
+        :attr:`compatible_trainers`; a checkpoint that names no trainer (older
+        files) is accepted and checked by its weights' keys and shapes. A
+        subclass task is refused too: it may build other data or another model.
+
+        Raises:
+            CheckpointError: ``"--model_path X: a ViTTrainer checkpoint; eval_vanilla.py
+                evaluates VanillaTrainer checkpoints (use eval_vit.py)"``.
+        """
+        card = extras.get("model_card")
+        name = extras.get("trainer") or (card.get("trainer") if isinstance(card, dict) else None)
+        expected = self.trainer_class.__name__
+        if name is None or name == expected or name in self.compatible_trainers:
+            return
+        prog = getattr(self, "PROG", None) or type(self).__name__
+        hint = f" (use {EVAL_SCRIPTS[name]})" if isinstance(name, str) and name in EVAL_SCRIPTS else ""
+        raise CheckpointError(f"--model_path {self.args.model_path}: a {name} checkpoint; {prog} evaluates "
+                              f"{expected} checkpoints{hint}")
 
     def run(self):
         """Load the checkpoint, rebuild the task, evaluate, write the results JSON."""
@@ -76,7 +124,8 @@ class EvaluatorBase(abc.ABC):
                          f"--model_path {self.args.model_path} (model_type {saved.get('model_type')!r}, "
                          f"evaluating {self.task.args.model_type!r})")
         self.task.model.eval()
-        results = self.evaluate()
+        with torch.inference_mode():  # no autograd records: less memory, faster; evaluate() never trains
+            results = self.evaluate()
         results = {"checkpoint": os.path.abspath(self.args.model_path), "split": self.args.split, **results}
         with open(self.output_path(".json"), "w", encoding="utf-8") as f:
             json.dump(results, f, indent=2)
@@ -92,10 +141,13 @@ class EvaluatorBase(abc.ABC):
         """Evaluate ``self.task.model`` on ``self.task.loaders[self.args.split]``; return a dict."""
 
 
-def load_saved_model(path, flag="--model_path"):
+def load_saved_model(path, flag="--model_path", use_ema=None):
     """``(state_dict, saved_config, extras)`` from a ``.pth`` checkpoint or a ``.safetensors`` export.
 
-    A ``.safetensors`` file needs its JSON sidecar (same stem) for the config.
+    A ``.safetensors`` file needs its JSON sidecar (same stem) for the config;
+    it holds the weights the run validated (the EMA's with ``--eval_ema``).
+    A ``.pth`` of a run with ``--ema_decay`` holds both: ``use_ema`` picks the
+    EMA weights (True) or the raw ones (False); ``None`` follows the run's ``--eval_ema``.
 
     Returns:
         ``state_dict``: name -> tensor (CPU); ``saved_config``: the run's config
@@ -110,9 +162,17 @@ def load_saved_model(path, flag="--model_path"):
         ckpt = load_checkpoint(path, flag=flag)
         extras = {k: ckpt[k] for k in ("trainer", "model_card", "metrics", "global_step") if k in ckpt}
         try:
-            return ckpt["model"], json.loads(ckpt.get("config") or "{}"), extras
+            config = json.loads(ckpt.get("config") or "{}")
         except (TypeError, json.JSONDecodeError):
             raise CheckpointError(f"{flag} {path}: its saved config is not JSON") from None
+        if not isinstance(config, dict):
+            raise CheckpointError(f"{flag} {path}: its saved 'config' is a JSON {type(config).__name__}, "
+                                  f"expected an object of flag values")
+        if use_ema is None:
+            use_ema = bool(config.get("eval_ema", True))
+        if use_ema and ckpt.get("ema") is not None:
+            return ckpt["ema"]["model"], config, {**extras, "weights": "EMA"}
+        return ckpt["model"], config, {**extras, "weights": "raw (not EMA)" if ckpt.get("ema") else "model"}
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -121,8 +181,34 @@ def load_saved_model(path, flag="--model_path"):
         weights = load_file(path)
         with open(sidecar, encoding="utf-8") as f:
             saved = json.load(f)
-        return weights, saved["config"], {k: v for k, v in saved.items() if k != "config"}
+        if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
+            raise CheckpointError(f"{flag} {path}: its sidecar {sidecar} holds no 'config' object of flag values")
+        kind = "EMA" if saved["config"].get("ema_decay") and saved["config"].get("eval_ema", True) else "model"
+        return weights, saved["config"], {**{k: v for k, v in saved.items() if k != "config"}, "weights": kind}
     except FileNotFoundError as exc:
         raise CheckpointError(f"{flag} {path}: {exc.filename} not found") from None
     except (SafetensorError, OSError, ValueError, KeyError, TypeError) as exc:
         raise CheckpointError(f"{flag} {path} (or {sidecar}): unreadable ({exc})") from None
+
+
+def _evaluator_flags_first(parser, trainer_groups):
+    """Lay out ``--help``: the evaluator's own flag groups first, then the trainer's, titled as overrides.
+
+    ``trainer_groups`` are ``parser``'s argument groups before the evaluator
+    added its own. Only what ``--help`` prints changes: argparse parses from
+    the parser's action list, whose order matters for positionals only (none here).
+    """
+    optionals = parser._optionals  # "options": -h, and trainer flags added outside any group
+    own = [g for g in parser._action_groups if g not in trainer_groups]
+    loose = parser.add_argument_group(TRAINER_FLAGS_TITLE)
+    loose._group_actions.extend(a for a in optionals._group_actions if a.dest != "help")
+    optionals._group_actions[:] = [a for a in optionals._group_actions if a.dest == "help"]
+    titled = []
+    for group in trainer_groups:
+        if group not in (parser._positionals, optionals):
+            group.title = f"{TRAINER_FLAGS_TITLE}: {group.title}"
+            titled.append(group)
+    parser._action_groups[:] = [parser._positionals, optionals, *own, loose, *titled]
+    # The usage line lists the evaluator's flags first too (argparse parses optionals in any order).
+    first = optionals._group_actions + [a for group in own for a in group._group_actions]  # -h, then own
+    parser._actions[:] = first + [a for a in parser._actions if a not in first]

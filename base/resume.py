@@ -85,13 +85,18 @@ def saved_config(ckpt_path):
     """The flag values saved in a checkpoint (dict).
 
     Raises:
-        CheckpointError / UserError: unreadable checkpoint or config.
+        CheckpointError / UserError: unreadable checkpoint; its config is missing,
+            not JSON or not a JSON object (the message names the file).
     """
     state = load_checkpoint(ckpt_path, flag="--resume")
     try:
-        return json.loads(state["config"])
+        config = json.loads(state["config"])
     except (KeyError, TypeError, json.JSONDecodeError):
         raise UserError(f"--resume {ckpt_path}: the checkpoint holds no readable config") from None
+    if not isinstance(config, dict):
+        raise UserError(f"--resume {ckpt_path}: its saved 'config' is a JSON {type(config).__name__}, "
+                        f"expected an object of flag values")
+    return config
 
 
 def changed_flags(saved, args, provenance, changeable, ckpt):

@@ -20,11 +20,27 @@ import subprocess
 import sys
 
 import torch
-import torchvision
 
 from base.checkpoint import atomic_write
+from base.errors import UserError
 
 TIMESTAMP_FORMAT = "%Y-%m-%d_%H-%M-%S"
+
+
+class RunDirError(UserError, OSError):
+    """A run folder or a file in it cannot be created or written; the message names it (exit status 1).
+
+    Also an ``OSError``, so callers that handle failed writes as OS errors keep doing so.
+    """
+
+
+def cannot_write_error(path, exc, what="write"):
+    """A one-line :class:`RunDirError` for ``exc``, a failed write of ``path``; says when its folder is gone."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        return RunDirError(f"cannot {what} {path}: the run folder {folder} is gone (deleted while the run "
+                           f"was using it?)")
+    return RunDirError(f"cannot {what} {path}: {exc.strerror or exc}")
 
 
 def create_run_dir(output_dir, proj_name):
@@ -36,11 +52,17 @@ def create_run_dir(output_dir, proj_name):
         ``(path, timestamp)``.
 
     Raises:
-        OSError: the folder cannot be created (e.g. ``output_dir`` unwritable).
+        RunDirError: the folder cannot be created (``<output_dir>/<proj_name>``
+            read-only or a file, ...); one line naming the folder.
     """
     stamp = datetime.datetime.now().strftime(TIMESTAMP_FORMAT)
     parent = os.path.join(output_dir, proj_name)
-    os.makedirs(parent, exist_ok=True)
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except OSError as exc:
+        reason = "a file is in the way" if os.path.exists(parent) else exc.strerror or exc
+        raise RunDirError(f"--output_dir {output_dir}: cannot create the folder {parent} for the runs of "
+                          f"--proj_name {proj_name}: {reason}") from None
     for i in range(1000):
         name = stamp if i == 0 else f"{stamp}_{i}"
         try:
@@ -48,18 +70,43 @@ def create_run_dir(output_dir, proj_name):
             return os.path.join(parent, name), name
         except FileExistsError:
             continue
-    raise OSError(f"could not create a run folder under {parent}")
+        except OSError as exc:  # e.g. a read-only <output_dir>/<proj_name>
+            raise RunDirError(f"--output_dir {output_dir}: cannot create a run folder in {parent}: "
+                              f"{exc.strerror or exc}") from None
+    raise RunDirError(f"--output_dir {output_dir}: could not create a run folder in {parent} "
+                      f"(1000 runs started in the same second?)")
 
 
-def git_commit():
-    """The project's current git commit, or ``None`` outside a checkout."""
-    here = os.path.dirname(os.path.abspath(__file__))
+# The project's folder: its git checkout is the code a run used.
+PROJECT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _git(folder, *args):
+    """``git <args>``'s stdout in ``folder``, or ``None`` when git is missing or fails (not a checkout)."""
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
+        # --no-optional-locks: only look, never rewrite the index (other git commands may be running).
+        out = subprocess.run(["git", "--no-optional-locks", *args], cwd=folder, capture_output=True,
                              text=True, timeout=5)
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None
+    return out.stdout if out.returncode == 0 else None
+
+
+def git_commit(folder=PROJECT_DIR):
+    """The current git commit (40 hex digits) of the checkout holding ``folder``, or ``None`` outside one."""
+    return (_git(folder, "rev-parse", "HEAD") or "").strip() or None
+
+
+def git_dirty(folder=PROJECT_DIR):
+    """Whether the checkout holding ``folder`` has uncommitted changes.
+
+    Returns:
+        ``True`` when ``git status --porcelain`` lists anything (modified,
+        staged or untracked files not ignored), ``False`` when it lists
+        nothing, ``None`` without git or outside a checkout.
+    """
+    out = _git(folder, "status", "--porcelain")
+    return None if out is None else bool(out.strip())
 
 
 def write_config(path, args, provenance, extra=None):
@@ -68,45 +115,84 @@ def write_config(path, args, provenance, extra=None):
     The file can be passed back as ``--config`` to start a new run from it.
     Written atomically: a crash leaves the old file or the new one.
 
+    ``meta`` records the git commit and ``git_dirty`` (uncommitted changes:
+    the commit alone does not give the code; ``None`` without git).
+
     Raises:
-        OSError: the file cannot be written (any previous file is left intact).
+        RunDirError: the file cannot be written (any previous file is left intact).
     """
     doc = {
         "config": vars(args),
         "provenance": provenance,
-        "meta": {"torch": torch.__version__, "torchvision": torchvision.__version__,
-                 "python": sys.version.split()[0], "git_commit": git_commit(),
+        "meta": {"torch": torch.__version__, "torchvision": _version("torchvision"),
+                 "python": sys.version.split()[0], "git_commit": git_commit(), "git_dirty": git_dirty(),
                  "argv": sys.argv, **(extra or {})},
     }
     _write_json(path, doc)
 
 
+def _version(package):
+    """``package``'s installed version from its metadata (importing torchvision just for this costs ~1 s)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
 def _write_json(path, doc):
+    """Atomically write ``doc`` as JSON; raises :class:`RunDirError` naming ``path`` (old file intact)."""
     text = json.dumps(doc, indent=2, sort_keys=True, default=str)
-    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+    try:
+        atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+    except OSError as exc:
+        raise cannot_write_error(path, exc) from exc
 
 
 def setup_logger(name, log_path=None, level=logging.INFO):
-    """A logger writing ``time level message`` lines to stderr and ``log_path`` (appended)."""
+    """A logger writing ``time level message`` lines to stderr and ``log_path`` (appended).
+
+    Its handlers are also attached to the root logger (whose level is lowered
+    to ``level`` if higher) until :func:`close_logger`, so what a task or hook
+    logs with ``logging.getLogger(__name__)`` reaches the console and the run log too.
+    """
     logger = logging.getLogger(name)
     logger.setLevel(level)
-    logger.propagate = False
+    logger.propagate = False  # its records reach the handlers once, not again through the root
     close_logger(logger)
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
     handlers = [logging.StreamHandler(sys.stderr)]
     if log_path:
         handlers.append(logging.FileHandler(log_path, mode="a", encoding="utf-8"))
+    root = logging.getLogger()
+    logger.root_level = root.level  # restored by close_logger
+    if root.level == logging.NOTSET or root.level > level:
+        root.setLevel(level)
     for handler in handlers:
         handler.setFormatter(fmt)
+        handler.setLevel(level)
         logger.addHandler(handler)
+        root.addHandler(handler)
     return logger
 
 
 def close_logger(logger):
-    """Detach and close ``logger``'s handlers (the run's log file among them)."""
+    """Detach and close ``logger``'s handlers (the run's log file among them), here and on the root logger.
+
+    The root logger's level is set back, and ``logger`` is dropped from
+    ``logging``'s registry, so a process that fits many trainers (a notebook, a
+    sweep) does not accumulate loggers, open files or handlers.
+    """
+    root = logging.getLogger()
     for handler in list(logger.handlers):
         logger.removeHandler(handler)
+        root.removeHandler(handler)
         handler.close()
+    if hasattr(logger, "root_level"):
+        root.setLevel(logger.root_level)
+        del logger.root_level
+    logging.Logger.manager.loggerDict.pop(logger.name, None)
 
 
 class MetricsCSV:
@@ -129,30 +215,41 @@ class MetricsCSV:
         The file is rewritten atomically: a crash leaves every row or the kept ones.
 
         Raises:
-            OSError: the file cannot be rewritten (it is left as it was).
+            RunDirError: the file cannot be rewritten (it is left as it was).
         """
         if self.fields is None:
             return
-        with open(self.path, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
-        kept = [r for r in rows if int(float(r.get("step") or 0)) <= step]
-        if len(kept) == len(rows):
-            return
-        text = io.StringIO(newline="")
-        writer = csv.DictWriter(text, fieldnames=self.fields)
-        writer.writeheader()
-        writer.writerows(kept)
-        atomic_write(self.path, lambda f: f.write(text.getvalue().encode("utf-8")))
+        try:
+            with open(self.path, newline="", encoding="utf-8") as f:
+                rows = list(csv.DictReader(f))
+            kept = [r for r in rows if int(float(r.get("step") or 0)) <= step]
+            if len(kept) == len(rows):
+                return
+            text = io.StringIO(newline="")
+            writer = csv.DictWriter(text, fieldnames=self.fields)
+            writer.writeheader()
+            writer.writerows(kept)
+            atomic_write(self.path, lambda f: f.write(text.getvalue().encode("utf-8")))
+        except OSError as exc:
+            raise cannot_write_error(self.path, exc, "rewrite") from exc
 
     def write(self, row):
+        """Append ``row`` (``{column: value}``), with the header first if the file is new.
+
+        Raises:
+            RunDirError: the file cannot be appended to (disk full, the run folder deleted); names it.
+        """
         new = self.fields is None
-        if new:
+        try:
+            with open(self.path, "a", newline="", encoding="utf-8") as f:
+                writer = csv.DictWriter(f, fieldnames=list(row) if new else self.fields, extrasaction="ignore")
+                if new:
+                    writer.writeheader()
+                writer.writerow(row)
+        except OSError as exc:
+            raise cannot_write_error(self.path, exc) from exc
+        if new:  # only once the header is on disk: a failed first write must write it next time
             self.fields = list(row)
-        with open(self.path, "a", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=self.fields, extrasaction="ignore")
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
 
 
 def record_resume(path, args, provenance, checkpoint, changes=None):
@@ -164,15 +261,19 @@ def record_resume(path, args, provenance, checkpoint, changes=None):
     Written atomically: a crash leaves the old file or the new one.
 
     Raises:
-        OSError: the file cannot be written (it is left as it was).
+        RunDirError: the file cannot be written (it is left as it was).
     """
     try:
         with open(path, encoding="utf-8") as f:
             doc = json.load(f)
     except (OSError, ValueError):
-        doc = {"meta": {}}
+        doc = {}
+    # A hand-edited file may hold anything: keep what fits, rebuild the rest.
+    doc = doc if isinstance(doc, dict) else {}
+    meta = doc["meta"] = doc["meta"] if isinstance(doc.get("meta"), dict) else {}
+    meta["resumes"] = meta["resumes"] if isinstance(meta.get("resumes"), list) else []
     doc["config"], doc["provenance"] = vars(args), provenance
-    doc.setdefault("meta", {}).setdefault("resumes", []).append(
+    meta["resumes"].append(
         {"time": datetime.datetime.now().strftime(TIMESTAMP_FORMAT), "checkpoint": checkpoint,
          "argv": sys.argv, "changed": {k: list(v) for k, v in (changes or {}).items()}})
     _write_json(path, doc)

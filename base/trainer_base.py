@@ -270,7 +270,10 @@ class TrainerBase(StepMixin, CheckpointingMixin, ResumeMixin, ValidationMixin, a
         for loader in getattr(self, "loaders", {}).values():  # persistent workers: stop them now
             getattr(getattr(loader, "_iterator", None), "_shutdown_workers", lambda: None)()
         if getattr(self, "writer", None) is not None:
-            self.writer.close()
+            try:
+                self.writer.close()
+            except OSError:  # the run folder is gone; the error that stopped the run says so
+                pass
             self.writer = None
         if self.logger is not None:
             run_dir.close_logger(self.logger)
@@ -330,7 +333,10 @@ class TrainerBase(StepMixin, CheckpointingMixin, ResumeMixin, ValidationMixin, a
         finally:
             self._call("after_train")
             if getattr(self, "writer", None) is not None:
-                self.writer.flush()
+                try:
+                    self.writer.flush()
+                except OSError as exc:  # e.g. the run folder was deleted: do not hide the real error
+                    self.logger.warning("TensorBoard events could not be written: %s", exc)
 
     def _train_epoch(self):
         a, loader = self.args, self.loaders["train"]

@@ -6,6 +6,7 @@ import time
 import torch
 
 from base.checkpoint import load_checkpoint
+from base.run_dir import cannot_write_error
 from base.signals import signals_held
 
 
@@ -31,7 +32,11 @@ class ValidationMixin:
         their own curves, e.g. ``self.log_scalar("train/kl", kl)``; a tensor
         costs a host sync, so call it at a logging cadence, not every step.
         """
-        self.writer.add_scalar(name, float(value), self.global_step if step is None else step)
+        try:
+            self.writer.add_scalar(name, float(value), self.global_step if step is None else step)
+        except OSError as exc:  # e.g. the run folder was deleted: one line that says so
+            raise cannot_write_error(os.path.join(self.run_dir, "summary", "events"), exc,
+                                     "write TensorBoard events") from None
 
     def _log_train(self, bar):
         loss = self.train_loss()

@@ -49,7 +49,7 @@ class ClassifierPredictor:
                 do not fit the rebuilt model. The message names the file.
         """
         path = self.args.model_path
-        weights, saved, extras = load_saved_model(path)
+        weights, saved, extras = load_saved_model(path, use_ema=self.args.eval_ema)
         card = extras.get("model_card") or {}
         trainer = extras.get("trainer") or card.get("trainer")
         # A segmentation checkpoint has a trainer name but no card: say which, not "too old".

@@ -156,6 +156,16 @@ def test_resume_with_another_model_type_fails_and_keeps_the_checkpoints(trained,
     assert after == before  # nothing saved is lost, and no SmallCNN_* checkpoint appears
 
 
+def test_resume_from_a_checkpoint_whose_config_is_not_an_object_exits_1(trained, tmp_path, capsys):
+    from base.checkpoint import load_checkpoint, save_checkpoint
+
+    state = load_checkpoint(trained.checkpoint_path("last"))
+    state["config"] = "[1, 2]"
+    path = str(tmp_path / "Vanilla_last_ckpt.pth")
+    save_checkpoint(state, path)
+    expect(VanillaTrainer, ["--resume", path], capsys, 1, f"--resume {path}", "'config' is a JSON list")
+
+
 # ------------------------------------------------------------------ eval --model_path (status 1)
 def test_eval_of_a_missing_checkpoint_exits_1(tmp_path, capsys):
     missing = str(tmp_path / "no_such.pth")

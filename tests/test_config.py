@@ -1,9 +1,11 @@
 """Layered configuration: base default < subclass default < config file < command line."""
 import json
+import subprocess
 
 import pytest
 
 from base.config import parse_config
+from base.run_dir import PROJECT_DIR, git_commit, git_dirty, write_config
 from conftest import ToyTrainer
 
 
@@ -47,6 +49,15 @@ def test_flat_config_values_are_typed(tmp_path):
     ('{"batch_size": 8, "no_such_key": 1}', "unknown key 'no_such_key'"),
     ("{not json", "not valid JSON"),
     ('{"optimizer": "lbfgs"}', "optimizer='lbfgs' is not one of"),
+    ('{"batch_size": [8]}', "bad value for 'batch_size': expected an integer, got [8]"),
+    ('{"batch_size": true}', "bad value for 'batch_size': expected an integer, got True"),
+    ('{"batch_size": 8.5}', "bad value for 'batch_size': expected an integer, got 8.5"),
+    ('{"lr": {"value": 1}}', "bad value for 'lr': expected a number"),
+    ('{"lr": "fast"}', "bad value for 'lr'"),
+    ("[1, 2]", "expected a JSON object of flag values, got a list"),
+    ('{"config": [1], "meta": {}}', "its 'config' entry is a list"),
+    ('{"config": {"lr": 0.1}, "meta": 5}', "its 'meta' entry is a int"),
+    ('{"config": {"lr": 0.1}, "meta": {"trainer": ["X"]}}', "its 'meta.trainer' is ['X']"),
 ])
 def test_bad_config_file_exits_2_naming_the_problem(tmp_path, capsys, text, message):
     path = tmp_path / "c.json"
@@ -90,3 +101,68 @@ def test_validation_names_flag_and_value(capsys, argv, message):
 def test_abbreviated_flags_are_rejected(capsys):
     with pytest.raises(SystemExit):
         parse(["--batch", "3"])
+
+
+def test_config_numbers_are_typed(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"lr": 1, "batch_size": 16.0}))
+    args, _ = parse(["--config", str(path)])
+    assert args.lr == 1.0 and isinstance(args.lr, float) and args.batch_size == 16 and isinstance(args.batch_size, int)
+
+
+@pytest.mark.parametrize("writer, note", [("ViTTrainer", True), ("Child", False)])
+def test_unknown_key_of_another_trainers_config_names_that_trainer(tmp_path, capsys, writer, note):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"config": {"lr": 0.1, "patch_size": 8}, "meta": {"trainer": writer}}))
+    with pytest.raises(SystemExit) as exit_info:
+        parse(["--config", str(path)])
+    assert exit_info.value.code == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert str(path) in line and "unknown key 'patch_size'" in line
+    assert ("written by ViTTrainer; Child trains Child" in line) is note
+
+
+def test_config_folder_exits_2(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse(["--config", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert f"--config {tmp_path}: is a folder" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ git facts in the config file
+def git(folder, *args):
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=folder, check=True,
+                   capture_output=True)
+
+
+def test_git_dirty_follows_uncommitted_changes(tmp_path):
+    git(tmp_path, "init", "-q")
+    (tmp_path / "a.py").write_text("x = 1\n")
+    git(tmp_path, "add", "a.py")
+    git(tmp_path, "commit", "-q", "-m", "one")
+    assert len(git_commit(tmp_path)) == 40 and git_dirty(tmp_path) is False
+    (tmp_path / "a.py").write_text("x = 2\n")  # modified, not committed
+    assert git_dirty(tmp_path) is True
+    git(tmp_path, "commit", "-q", "-am", "two")
+    (tmp_path / "b.py").write_text("")  # untracked code changes the run too
+    assert git_dirty(tmp_path) is True
+    plain = tmp_path.parent / f"{tmp_path.name}_plain"
+    plain.mkdir()
+    assert git_commit(plain) is None and git_dirty(plain) is None  # not a checkout
+
+
+def test_without_git_commit_and_dirty_are_null(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no git executable on it
+    path = tmp_path / "config.json"
+    write_config(str(path), ToyTrainer.from_argv(["--gpu_devices", "cpu"]).args, {})
+    meta = json.loads(path.read_text())["meta"]
+    assert meta["git_commit"] is None and meta["git_dirty"] is None
+
+
+def test_config_records_whether_the_checkout_was_dirty(tmp_path):
+    path = tmp_path / "config.json"
+    write_config(str(path), ToyTrainer.from_argv(["--gpu_devices", "cpu"]).args, {})
+    status = subprocess.run(["git", "status", "--porcelain"], cwd=PROJECT_DIR, capture_output=True, text=True)
+    expected = bool(status.stdout.strip()) if status.returncode == 0 else None
+    meta = json.loads(path.read_text())["meta"]
+    assert meta["git_dirty"] is expected and "git_commit" in meta

@@ -6,6 +6,7 @@ DataLoader workers, for every trainer in the project (plus a toy task whose
 workers draw random augmentation).
 """
 import csv
+import json
 import os
 
 import numpy as np
@@ -192,6 +193,20 @@ def test_resume_continues_in_the_same_run_folder_and_log(tmp_path):
     log = open(os.path.join(first.run_dir, f"Toy_{first.timestamp}_log.txt")).read()
     assert log.count("run folder:") == 2 and "resumed from" in log and "step 3" in log
     assert resumed.provenance["lr"].startswith("resumed run") and resumed.provenance["fail_at_step"] == "command line"
+
+
+def test_each_resume_is_listed_in_the_config_file(tmp_path):
+    argv = ["--output_dir", str(tmp_path), "--gpu_devices", "cpu"]
+    first = ToyTrainer.from_argv([*argv, "--epochs", "1"])
+    first.fit()
+    for epochs in ("2", "3"):
+        ToyTrainer.from_argv([*argv, "--resume", first.run_dir, "--epochs", epochs]).fit()
+    with open(os.path.join(first.run_dir, f"config_Toy_{first.timestamp}.json")) as f:
+        doc = json.load(f)
+    resumes = doc["meta"]["resumes"]
+    assert [r["changed"] for r in resumes] == [{"epochs": [1, 2]}, {"epochs": [2, 3]}]
+    assert all(r["checkpoint"].endswith("Toy_last_ckpt.pth") and r["time"] for r in resumes)
+    assert doc["config"]["epochs"] == 3 and doc["meta"]["trainer"] == "ToyTrainer"
 
 
 def test_step_checkpoints_keep_last_k(tmp_path):

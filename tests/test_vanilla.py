@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from base.checkpoint import load_checkpoint
 from evaluators.vanilla_evaluator import VanillaEvaluator
@@ -53,6 +54,29 @@ def test_eval_flag_overrides_saved_config(tmp_path):
     assert results["num_samples"] == pytest.approx(len(trainer.datasets["test"]) / 2, abs=1)
 
 
+def test_eval_help_lists_its_own_flags_before_the_trainer_flags_it_overrides():
+    text = VanillaEvaluator.from_argv(["--model_path", "x.pth"]).parser.format_help()
+    sections = text.split("\n\n")  # usage, description, then one block per group
+    titles = [s.splitlines()[0] for s in sections[2:]]
+    assert titles[:2] == ["options:", "evaluation:"] and len(titles) > 3, titles
+    assert all(t.startswith("trainer flags (override the checkpoint's)") for t in titles[2:]), titles
+    assert sections[0].startswith("usage: eval_vanilla.py [-h] --model_path MODEL_PATH [--split {test,val}]")
+    options, evaluation = sections[2], sections[3]
+    assert len(options.splitlines()) == 2 and "-h, --help" in options  # the trainer's loose flags moved out
+    assert "--model_path" in evaluation and "*_ckpt.pth" in evaluation and ".safetensors" in evaluation
+    assert "--batch_size" in "".join(sections[4:]) and "--batch_size" not in evaluation
+
+
+def test_evaluate_runs_under_inference_mode(tmp_path):
+    trainer, _ = train(tmp_path, *QUICK, "--max_steps", "2")
+
+    class Probe(VanillaEvaluator):
+        def evaluate(self):
+            return {**super().evaluate(), "inference_mode": torch.is_inference_mode_enabled()}
+
+    assert Probe.from_argv(["--model_path", trainer.checkpoint_path("best")]).run()["inference_mode"] is True
+
+
 def test_configcmp_shows_exactly_the_changed_lr(tmp_path, capsys):
     a, _ = train(tmp_path, *QUICK, "--lr", "0.001")
     b, _ = train(tmp_path, *QUICK, "--lr", "0.01")
@@ -72,6 +96,30 @@ def test_configcmp_key_on_one_side_only_is_reported(tmp_path, capsys):
     assert configcmp.main([str(tmp_path / "a.json"), str(tmp_path / "b.json")]) == 0
     assert "only in A: extra = True" in capsys.readouterr().out
     assert configcmp.main([str(tmp_path / "a.json"), str(tmp_path / "missing.json")]) == 2
+
+
+def test_configcmp_keys_and_run_facts_on_either_side_only(tmp_path, capsys):
+    # An older run (without a flag and without the git_dirty fact) against a newer one.
+    old = {"config": {"lr": 1, "gone": True}, "provenance": {"lr": "command line", "gone": "command line"},
+           "meta": {"git_commit": "abc"}}
+    new = {"config": {"lr": 1, "added": 3}, "provenance": {"lr": "command line", "added": "subclass default (X)"},
+           "meta": {"git_commit": "abc", "git_dirty": True}}
+    (tmp_path / "a.json").write_text(json.dumps(old))
+    (tmp_path / "b.json").write_text(json.dumps(new))
+    diff = configcmp.compare(configcmp.load(str(tmp_path / "a.json")), configcmp.load(str(tmp_path / "b.json")))
+    assert diff["only_a"] == {"gone": True} and diff["only_b"] == {"added": 3} and not diff["changed"]
+    assert diff["meta"] == {"git_dirty": (configcmp.ABSENT, True)}
+    assert configcmp.main([str(tmp_path / "a.json"), str(tmp_path / "b.json")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "  only in A: gone = True (command line)" in out
+    assert "  only in B: added = 3 (subclass default (X))" in out
+    assert "  run fact: git_dirty: (absent) -> True" in out and out[-1] == "2 config key(s) differ"
+    (tmp_path / "c.json").write_text(json.dumps(dict(old, meta={"git_commit": "abc", "git_dirty": None})))
+    no_git = configcmp.compare(configcmp.load(str(tmp_path / "a.json")), configcmp.load(str(tmp_path / "c.json")))
+    assert no_git["meta"] == {"git_dirty": (configcmp.ABSENT, None)}  # recorded as unknown is not "not recorded"
+    assert configcmp.main([str(tmp_path / "b.json"), str(tmp_path / "a.json")]) == 0  # and the other way round
+    out = capsys.readouterr().out.splitlines()
+    assert "  only in A: added = 3 (subclass default (X))" in out and "  only in B: gone = True (command line)" in out
 
 
 def test_saved_config_starts_an_identical_run(tmp_path):

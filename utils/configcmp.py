@@ -1,9 +1,11 @@
 """Compare two runs' configs: ``python -m utils.configcmp A B``.
 
 ``A`` and ``B`` are ``config_*.json`` files or run folders holding one. Keys
-present on one side only are listed, changed values are shown with where each
-came from (base default, subclass default, config file, command line), and
-the run facts (timestamp, versions, git commit) are compared too. The exit
+present on one side only are listed (a flag one of the runs did not have yet),
+changed values are shown with where each came from (base default, subclass
+default, config file, command line), and the run facts (timestamp, versions,
+git commit, uncommitted changes) are compared too, a fact recorded on one side
+only included. The exit
 status is 0 whether or not the configs differ; 2 when a file cannot be read.
 """
 import glob
@@ -12,7 +14,9 @@ import os
 import sys
 from base.config import Parser
 
-META_KEYS = ("timestamp", "trainer", "torch", "torchvision", "python", "git_commit")
+META_KEYS = ("timestamp", "trainer", "torch", "torchvision", "python", "git_commit", "git_dirty")
+# How a run fact that one config does not record is shown (older runs lack newer facts).
+ABSENT = "(absent)"
 
 
 def find_config(path):
@@ -51,26 +55,33 @@ def compare(a, b):
 
     Returns:
         dict with ``only_a``/``only_b`` (``{key: value}``), ``changed``
-        (``{key: (value_a, value_b)}``), ``origins`` (``{key: (origin_a, origin_b)}``)
-        and ``meta`` (``{key: (value_a, value_b)}`` for differing run facts).
+        (``{key: (value_a, value_b)}``), ``origins`` (``{key: (origin_a, origin_b)}``
+        for changed keys, ``(origin, None)``/``(None, origin)`` for one-sided ones)
+        and ``meta`` (``{key: (value_a, value_b)}`` for differing run facts;
+        :data:`ABSENT` for a fact one side does not record).
     """
     (va, pa, ma), (vb, pb, mb) = a, b
     changed = {k: (va[k], vb[k]) for k in sorted(va.keys() & vb.keys()) if va[k] != vb[k]}
+    only_a = {k: va[k] for k in sorted(va.keys() - vb.keys())}
+    only_b = {k: vb[k] for k in sorted(vb.keys() - va.keys())}
     return {
-        "only_a": {k: va[k] for k in sorted(va.keys() - vb.keys())},
-        "only_b": {k: vb[k] for k in sorted(vb.keys() - va.keys())},
+        "only_a": only_a,
+        "only_b": only_b,
         "changed": changed,
-        "origins": {k: (pa.get(k, "?"), pb.get(k, "?")) for k in changed},
-        "meta": {k: (ma.get(k), mb.get(k)) for k in META_KEYS if ma.get(k) != mb.get(k)},
+        "origins": {**{k: (pa.get(k, "?"), pb.get(k, "?")) for k in changed},
+                    **{k: (pa.get(k, "?"), None) for k in only_a}, **{k: (None, pb.get(k, "?")) for k in only_b}},
+        "meta": {k: (ma.get(k, ABSENT), mb.get(k, ABSENT)) for k in META_KEYS
+                 if (k in ma, ma.get(k)) != (k in mb, mb.get(k))},
     }
 
 
 def format_report(diff, name_a="A", name_b="B"):
     """Human-readable lines for :func:`compare`'s result."""
     lines = [f"A: {name_a}", f"B: {name_b}"]
-    for side, key in (("A", "only_a"), ("B", "only_b")):
+    for side, key, index in (("A", "only_a", 0), ("B", "only_b", 1)):
         for k, v in diff[key].items():
-            lines.append(f"  only in {side}: {k} = {v!r}")
+            origin = diff["origins"].get(k, (None, None))[index]
+            lines.append(f"  only in {side}: {k} = {v!r}" + (f" ({origin})" if origin not in (None, "?") else ""))
     for k, (x, y) in diff["changed"].items():
         ox, oy = diff["origins"][k]
         lines.append(f"  changed: {k}: {x!r} ({ox}) -> {y!r} ({oy})")
