@@ -10,6 +10,7 @@ import abc
 import argparse
 import json
 import os
+import sys
 
 import torch
 
@@ -124,9 +125,14 @@ class EvaluatorBase(abc.ABC):
                          f"--model_path {self.args.model_path} (model_type {saved.get('model_type')!r}, "
                          f"evaluating {self.task.args.model_type!r})")
         self.task.model.eval()
+        bad = nonfinite_count(weights)
+        if bad:  # the metrics below would be numbers computed from NaN: say so before them
+            print(f"warning: --model_path {self.args.model_path} holds {bad} non-finite weight values (NaN/inf); "
+                  f"its results are meaningless (was the run stopped by a NaN loss?)", file=sys.stderr)
         with torch.inference_mode():  # no autograd records: less memory, faster; evaluate() never trains
             results = self.evaluate()
-        results = {"checkpoint": os.path.abspath(self.args.model_path), "split": self.args.split, **results}
+        results = {"checkpoint": os.path.abspath(self.args.model_path), "split": self.args.split,
+                   "nonfinite_weights": bad, **results}
         with open(self.output_path(".json"), "w", encoding="utf-8") as f:
             json.dump(results, f, indent=2)
         return results
@@ -139,6 +145,12 @@ class EvaluatorBase(abc.ABC):
     @abc.abstractmethod
     def evaluate(self):
         """Evaluate ``self.task.model`` on ``self.task.loaders[self.args.split]``; return a dict."""
+
+
+def nonfinite_count(state):
+    """How many values of the floating-point tensors in ``state`` (a state dict) are NaN or inf (int)."""
+    return sum(int((~torch.isfinite(t)).sum()) for t in state.values()
+               if torch.is_tensor(t) and t.is_floating_point())
 
 
 def load_saved_model(path, flag="--model_path", use_ema=None):

@@ -288,3 +288,15 @@ def test_script_exits_when_a_validation_image_fails_in_a_worker(tmp_path):
         pytest.fail("trainer_vanilla.py did not exit within 45 s after an unreadable validation image")
     assert proc.returncode == 1, proc.stderr
     assert bad in error_line(proc.returncode, proc.stderr)
+
+
+def test_one_skipped_image_leaves_exactly_the_others_trained_and_max_bad_images_1_finishes(tmp_path):
+    bad = image_folder(tmp_path, sorted(BAD)[0])
+    trainer = VanillaTrainer.from_argv(argv_for(tmp_path, bad, 0, "--bad_images", "skip", "--max_bad_images", "1"))
+    seen = []
+    step = trainer.train_step
+    trainer.train_step = lambda batch: (seen.append(len(batch[1])), step(batch))[1]
+    trainer.fit()  # one bad file is within --max_bad_images 1: the run finishes
+    assert trainer.epoch == 1
+    assert sum(seen) == len(trainer.datasets["train"]) - 1  # every sample once, but the unreadable one
+    assert pathlib.Path(trainer.run_dir, "bad_images.txt").read_text().split() == [bad]

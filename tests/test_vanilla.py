@@ -167,3 +167,19 @@ def test_eval_works_after_the_run_folder_moved(tmp_path):
     (tmp_path / "cluster").write_text("")  # the saved --output_dir cannot be created here
     results = VanillaEvaluator.from_argv(["--model_path", str(moved / "Vanilla_best_ckpt.pth")]).run()
     assert results["top1"] == pytest.approx(metrics["top1"])
+
+
+def test_eval_of_nan_weights_warns(tmp_path, capsys):
+    from base.checkpoint import save_checkpoint
+    trainer = VanillaTrainer.from_argv(["--max_steps", "2", "--train_val_sample_rate", "0.2", "--gpu_devices", "cpu",
+                                        "--output_dir", str(tmp_path)])
+    trainer.fit()
+    state = load_checkpoint(trainer.checkpoint_path("best"))
+    first = next(k for k, v in state["model"].items() if v.is_floating_point())
+    state["model"][first] = torch.full_like(state["model"][first], float("nan"))
+    path = str(tmp_path / "nan_ckpt.pth")
+    save_checkpoint(state, path)
+    capsys.readouterr()
+    results = VanillaEvaluator.from_argv(["--model_path", path]).run()
+    assert "non-finite weight values" in capsys.readouterr().err
+    assert results["nonfinite_weights"] == state["model"][first].numel()
