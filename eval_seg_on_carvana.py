@@ -2,10 +2,8 @@
 
     python eval_seg_on_carvana.py --model_path Results/SegOnCarvana/<run>/UNet_best_ckpt.pth --viz --save_path ./test_viz/
 """
-import sys
-
-from base.cli import main
+from base.cli import exit_fast, main
 from evaluators.seg_on_carvana_evaluator import SegOnCarvanaEvaluator
 
 if __name__ == "__main__":
-    sys.exit(main(SegOnCarvanaEvaluator))
+    exit_fast(main(SegOnCarvanaEvaluator))

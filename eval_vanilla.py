@@ -2,10 +2,8 @@
 
     python eval_vanilla.py --model_path Results/Vanilla/<run>/Vanilla_best_ckpt.pth
 """
-import sys
-
-from base.cli import main
+from base.cli import exit_fast, main
 from evaluators.vanilla_evaluator import VanillaEvaluator
 
 if __name__ == "__main__":
-    sys.exit(main(VanillaEvaluator))
+    exit_fast(main(VanillaEvaluator))

@@ -2,10 +2,8 @@
 
     python eval_vit.py --model_path Results/ViT/<run>/vit_ti_16_best_ckpt.pth
 """
-import sys
-
-from base.cli import main
+from base.cli import exit_fast, main
 from evaluators.vit_evaluator import ViTEvaluator
 
 if __name__ == "__main__":
-    sys.exit(main(ViTEvaluator))
+    exit_fast(main(ViTEvaluator))

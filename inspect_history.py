@@ -3,10 +3,8 @@
     python inspect_history.py Results/Vanilla/<run>
     python inspect_history.py Results/Vanilla/<a> Results/Vanilla/<b> --out cmp.png --metrics val_loss,val_top1
 """
-import sys
-
-from base.cli import main
+from base.cli import exit_fast, main
 from utils.history import HistoryInspector
 
 if __name__ == "__main__":
-    sys.exit(main(HistoryInspector))
+    exit_fast(main(HistoryInspector))

@@ -2,10 +2,8 @@
 
     python predict_seg.py --model_path Results/SegOnCarvana/<run>/UNet_best_ckpt.pth car1.jpg car2.jpg --out masks/
 """
-import sys
-
-from base.cli import main
+from base.cli import exit_fast, main
 from evaluators.seg_predictor import SegPredictor
 
 if __name__ == "__main__":
-    sys.exit(main(SegPredictor))
+    exit_fast(main(SegPredictor))

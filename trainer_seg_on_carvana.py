@@ -5,10 +5,8 @@
     python trainer_seg_on_carvana.py --model_type UNetPlusPlus --deep_supervision --data_dir Dataset/Carvana
     python trainer_seg_on_carvana.py --help                      # every flag with its default
 """
-import sys
-
-from base.cli import main
+from base.cli import exit_fast, main
 from trainers.seg_on_carvana_trainer import SegOnCarvanaTrainer
 
 if __name__ == "__main__":
-    sys.exit(main(SegOnCarvanaTrainer))
+    exit_fast(main(SegOnCarvanaTrainer))

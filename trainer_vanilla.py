@@ -4,10 +4,8 @@
     python trainer_vanilla.py --model_type SmallCNN --data_type FashionMNIST --data_dir ~/data
     python trainer_vanilla.py --help                            # every flag with its default
 """
-import sys
-
-from base.cli import main
+from base.cli import exit_fast, main
 from trainers.vanilla_trainer import VanillaTrainer
 
 if __name__ == "__main__":
-    sys.exit(main(VanillaTrainer))
+    exit_fast(main(VanillaTrainer))

@@ -5,10 +5,8 @@
     python trainer_vit.py --data_type ImageFolder --data_dir ~/data/imagenette --image_size 224 --patch_size 16
     python trainer_vit.py --help                                  # every flag with its default
 """
-import sys
-
-from base.cli import main
+from base.cli import exit_fast, main
 from trainers.vit_trainer import ViTTrainer
 
 if __name__ == "__main__":
-    sys.exit(main(ViTTrainer))
+    exit_fast(main(ViTTrainer))

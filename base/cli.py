@@ -59,3 +59,25 @@ def main(cls, argv=None):
     finally:
         threading.excepthook = saved_hook
     return 0
+
+
+def exit_fast(status):
+    """End an entry script with ``status``, skipping the interpreter's teardown.
+
+    Unloading torch (and torch._dynamo, which any optimizer imports) takes ~0.6-1 s
+    at exit, after all work is done. Everything a run writes is already closed
+    (checkpoints fsynced and renamed, the log, ``metrics.csv``, TensorBoard and
+    DataLoader workers released by ``fit``), so only stdout/stderr and logging are
+    flushed here before ``os._exit``. Library ``atexit`` handlers do not run:
+    close what needs closing before returning from ``run``.
+    """
+    import logging
+    import os
+
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: nothing more can be said
+            pass
+    os._exit(status)

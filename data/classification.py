@@ -207,13 +207,40 @@ class InMemoryImages(Dataset):
         return (image - 0.5) / 0.5, int(self.labels[index])
 
 
+def digits_arrays():
+    """scikit-learn's 1,797 8x8 digits: ``(images uint8 (1797, 8, 8) in 0..16, labels int64 (1797,))``.
+
+    Read straight from the ``digits.csv.gz`` that scikit-learn ships (rows of 64
+    pixels then the label, the file ``sklearn.datasets.load_digits`` parses):
+    importing scikit-learn itself costs about a second. Falls back to
+    ``load_digits`` if the file is not where scikit-learn keeps it.
+
+    Raises:
+        DataError: scikit-learn is not installed.
+    """
+    import importlib.util
+
+    import numpy as np
+
+    spec = importlib.util.find_spec("sklearn")  # finds the package without importing it
+    if spec is None:
+        raise DataError("--data_type Digits needs scikit-learn (its bundled digits): pip install scikit-learn")
+    path = os.path.join(spec.submodule_search_locations[0], "datasets", "data", "digits.csv.gz")
+    if os.path.isfile(path):
+        table = np.loadtxt(path, delimiter=",")
+        images, labels = table[:, :-1].reshape(-1, 8, 8), table[:, -1]
+    else:
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        images, labels = digits.images, digits.target
+    return images.astype(np.uint8), labels.astype(np.int64)
+
+
 def _load_digits():
     """scikit-learn's 8x8 digits as :class:`InMemoryImages` (values 0..16)."""
-    from sklearn.datasets import load_digits  # only Digits runs need scikit-learn
-
-    digits = load_digits()
-    images = torch.from_numpy(digits.images).to(torch.uint8).unsqueeze(1)  # (1797, 1, 8, 8)
-    return InMemoryImages(images, torch.from_numpy(digits.target), max_value=16)
+    images, labels = digits_arrays()
+    return InMemoryImages(torch.from_numpy(images).unsqueeze(1), torch.from_numpy(labels), max_value=16)
 
 
 class _FlatRoot:

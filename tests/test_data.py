@@ -244,3 +244,15 @@ def test_validation_names_the_flag(argv, expected):
 def test_validation_rejects_an_empty_image_folder(tmp_path):
     with pytest.raises(ConfigError, match="empty"):
         validate_data_config(make_args(["--data_type", "ImageFolder", "--data_dir", str(tmp_path)]))
+
+
+def test_digits_read_from_the_bundled_file_equal_scikit_learns_load_digits():
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    from data.classification import digits_arrays
+
+    images, labels = digits_arrays()
+    reference = load_digits()
+    assert images.shape == (1797, 8, 8) and images.dtype == np.uint8
+    assert np.array_equal(images, reference.images) and np.array_equal(labels, reference.target)
