@@ -142,6 +142,9 @@ def write_or_fail(path, write_fn, what="file"):
         if os_error is None:
             raise
         reason = os_error.strerror or str(os_error) or type(os_error).__name__
+        folder = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(folder):
+            reason = f"the run folder {folder} is gone (deleted while the run was using it?)"
         kept = "the previous file there is intact" if os.path.exists(path) else "nothing was written"
         raise CheckpointError(f"cannot write {what} {path}: {reason}; {kept}") from exc
 

@@ -5,7 +5,7 @@ import json
 import torch
 
 from base.checkpoint import load_model_state, write_or_fail
-from base.config import build_parser, check, predictor_parser
+from base.config import build_parser, check, coerce_saved_values, predictor_parser
 from base.errors import CheckpointError
 from base.evaluator_base import load_saved_model
 from data.images import image_file_to_input
@@ -67,8 +67,14 @@ class ClassifierPredictor:
         trainer_class = TRAINERS[trainer]
         # The trainer's defaults fill flags added since the run; only model-building flags matter here.
         defaults = vars(build_parser(trainer_class)[0].parse_args([]))
-        config = argparse.Namespace(**{**defaults, **{k: v for k, v in saved.items() if k in defaults}})
-        model = trainer_class.model_for(config, tuple(card["input_shape"]), len(card["class_names"]))
+        # Saved values never went through a parser here: type-check them first (ConfigError names file and key).
+        values = coerce_saved_values(trainer_class, saved, f"--model_path {path} (its saved config)")
+        config = argparse.Namespace(**{**defaults, **{k: v for k, v in values.items() if k in defaults}})
+        try:
+            model = trainer_class.model_for(config, tuple(card["input_shape"]), len(card["class_names"]))
+        except (KeyError, ValueError) as exc:  # e.g. a model_type this version does not know
+            raise CheckpointError(f"--model_path {path}: cannot rebuild its model "
+                                  f"({str(exc).strip(chr(39))})") from None
         load_model_state(model, weights, f"--model_path {path} (model_type {config.model_type!r})")
         return model.to(select_device(self.args.gpu_devices)).eval(), card
 

@@ -338,3 +338,14 @@ def test_kill_9_inside_a_rewrite_keeps_the_old_file(tmp_path, name):
     kill_9_once_marked(script, marker)
     assert open(path, "rb").read() == before
     assert remove_stale_temp_files(str(tmp_path)) and not [f for f in os.listdir(tmp_path) if ".tmp" in f]
+
+
+def test_a_save_into_a_deleted_run_folder_says_the_folder_is_gone(tmp_path):
+    from base.checkpoint import save_checkpoint
+    from base.errors import CheckpointError
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    folder.rmdir()
+    with pytest.raises(CheckpointError, match=f"the run folder {folder} is gone"):
+        save_checkpoint({"model": {}}, str(folder / "x_last_ckpt.pth"))

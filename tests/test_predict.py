@@ -148,6 +148,14 @@ def test_bad_inputs_give_one_line_errors(vanilla, digit_pngs, tmp_path, capsys):
     assert "a SegOnCarvanaTrainer checkpoint" in capsys.readouterr().err
     assert main(ClassifierPredictor, ["--model_path", best, paths[0], "--topk", "0"]) == 2
     assert "--topk=0: must be > 0" in capsys.readouterr().err
+    for key, value, status, said in (("model_type", "NoSuchNet", 2, "model_type='NoSuchNet'"),
+                                     ("batch_size", "lots", 2, "'batch_size'")):
+        state = load_checkpoint(best)
+        state["config"] = json.dumps({**json.loads(state["config"]), key: value})
+        save_checkpoint(state, str(tmp_path / f"bad_{key}_ckpt.pth"))
+        assert main(ClassifierPredictor, ["--model_path", str(tmp_path / f"bad_{key}_ckpt.pth"), paths[0]]) == status
+        err = capsys.readouterr().err
+        assert said in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_the_root_script(vanilla, digit_pngs):
@@ -164,3 +172,13 @@ def test_the_root_script(vanilla, digit_pngs):
     proc = predict_py("--model_path", "no/such.pth", paths[0])
     assert proc.returncode == 1 and "--model_path no/such.pth: no such file" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_zoo_model_this_version_lacks_is_one_line(vit, digit_pngs, tmp_path, capsys):
+    paths, _ = digit_pngs
+    state = load_checkpoint(vit.checkpoint_path("best"))
+    state["config"] = json.dumps({**json.loads(state["config"]), "model_type": "vit_giant_99"})
+    save_checkpoint(state, str(tmp_path / "future_ckpt.pth"))
+    assert main(ClassifierPredictor, ["--model_path", str(tmp_path / "future_ckpt.pth"), paths[0]]) == 1
+    err = capsys.readouterr().err
+    assert "cannot rebuild its model" in err and "vit_giant_99" in err and len(err.strip().splitlines()) == 1, err
