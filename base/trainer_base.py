@@ -78,7 +78,7 @@ class TrainerBase(StepMixin, CheckpointingMixin, ResumeMixin, ValidationMixin, a
             return cls(*parse_config(cls, argv))
         folder, ckpt, why = resume.locate(args.resume, args.output_dir, args.proj_name)
         saved = resume.saved_config(ckpt)
-        args, provenance = parse_config(cls, argv, base_values=saved, base_label=f"resumed run ({folder})")
+        args, provenance = parse_config(cls, argv, base_values=saved, base_label=f"resumed run ({ckpt})")
         changes = resume.changed_flags(saved, args, provenance, cls.RESUME_CHANGEABLE, ckpt)
         trainer = cls(args, provenance, resume_from=(folder, ckpt))
         trainer.resume_changes, trainer.resume_reason = changes, why

@@ -202,10 +202,10 @@ def saved_contents(trained, folder):
         elif name == "model_is_a_tensor":
             derive_checkpoint(ckpt, ckpt, lambda s: s.update(model=torch.zeros(3)))
             cases[name] = eval_case("eval_vanilla.py", ckpt, 1, "'model' entry is a Tensor, not a state dict")
-        else:  # the resumed run's folder is named; the checkpoint is its newest
+        else:  # the checkpoint whose saved value is bad is named
             derive_checkpoint(last, last, with_config(batch_size=[64]))
             cases[name] = Case("trainer_vanilla.py", ["--resume", last], 2,
-                               [str(run_copy), "'batch_size'", "expected an integer, got [64]"],
+                               [str(last), "'batch_size'", "expected an integer, got [64]"],
                                watched=run_copy, only_line=True)
     return cases
 
