@@ -283,7 +283,8 @@ def predictor_parser(cls, what):
         cls: the predictor class (its ``PROG`` and first docstring line are used).
         what: the verb for the images' help, e.g. ``"classify"``.
     """
-    parser = Parser(prog=cls.PROG, description=cls.__doc__.split("\n")[0], allow_abbrev=False)
+    parser = Parser(prog=cls.PROG, description=cls.__doc__.split("\n")[0], allow_abbrev=False,
+                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--model_path", required=True,
                         help="checkpoint (*_ckpt.pth) or weights export (*_best.safetensors beside its .json)")
     parser.add_argument("images", nargs="+", help=f"image files to {what}")

@@ -62,6 +62,7 @@ def plot_lr_schedule(trainer, path):
             rows.append((step, trainer.optimizer.param_groups[0]["lr"]))
             if trainer.scheduler is not None:
                 trainer.scheduler.step()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)  # checked writable at parse time
     with open(os.path.splitext(path)[0] + ".csv", "w", newline="", encoding="utf-8") as f:
         csv.writer(f).writerows([("step", "lr"), *rows])
     fig, ax = plt.subplots(figsize=(7, 3.5))

@@ -103,6 +103,9 @@ def validate_trainer_config(args):
           "must be a non-empty name without path separators")
     select_device(args.gpu_devices)  # raises ConfigError for a GPU that is not there
     check_writable_dir("output_dir", args.output_dir)
+    if args.plot_lr:
+        check(args.plot_lr.lower().endswith(".png"), "plot_lr", args.plot_lr, "must name a .png file")
+        check_writable_dir("plot_lr", os.path.dirname(os.path.abspath(args.plot_lr)))
 
 
 def check_writable_dir(flag, path):

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_bad_input import run_main  # pytest puts tests/ on sys.path
 from torch.utils.data import DataLoader
 
 from base.bad_data import BadSampleFilter, collate_good_samples
-from base.cli import main
 from base.config import ConfigError
 from base.errors import BadImageError, DataError
 from data.classification import add_data_arguments, build_classification_datasets, validate_data_config
@@ -241,15 +241,6 @@ def test_a_small_val_fraction_still_validates_on_one_sample(tmp_path):
             write_png(str(tmp_path / cls / f"{i}.png"))
     data = build_classification_datasets(image_folder_args(tmp_path, "--val_fraction", "0.1"))  # 0.4 rounds to 0
     assert (len(data.train), len(data.val)) == (3, 1)
-
-
-def run_main(cls, argv, capsys):
-    """``(exit status, stderr)`` of ``main``; argparse's exit 2 counts as a return."""
-    try:
-        status = main(cls, argv)
-    except SystemExit as exc:
-        status = exc.code
-    return status, capsys.readouterr().err
 
 
 @pytest.mark.parametrize("cls, argv, names", [

@@ -226,12 +226,12 @@ def read_csv(path):
 
 
 def test_plot_lr_writes_the_schedule_and_trains_nothing(toy_argv, tmp_path):
-    png = tmp_path / "lr.png"
+    png = tmp_path / "plots" / "lr.png"  # a folder that does not exist yet
     rows = ToyTrainer.from_argv([*toy_argv, "--epochs", "4", "--batch_size", "8", "--accum_steps", "2",
                                  "--warmup_steps", "3", "--lr", "0.1", "--plot_lr", str(png)]).fit()
     assert png.stat().st_size > 0 and not os.path.exists(tmp_path / "Toy")  # no run folder
     assert [s for s, _ in rows] == list(range(12))  # 4 epochs x ceil(5 batches / 2)
-    assert read_csv(tmp_path / "lr.csv") == rows
+    assert read_csv(tmp_path / "plots" / "lr.csv") == rows
     lrs = [lr for _, lr in rows]
     assert lrs[3] == pytest.approx(0.1) == max(lrs)  # warmup ends at its peak
     assert lrs[0] < 0.001 and lrs[-1] < 0.01  # warmup starts low; cosine ends near 0
@@ -280,12 +280,16 @@ class BatchNormToy(ConvToy):
 
 def test_a_last_batch_of_one_sample_is_left_out_and_the_epoch_still_ends(toy_argv):
     sizes = []
-    hook = type("Sizes", (HookBase,), {"before_step": lambda self: None})()
     trainer = BatchNormToy.from_argv([*toy_argv, "--epochs", "3", "--batch_size", "8"])
     original = trainer.train_step
     trainer.train_step = lambda batch: (sizes.append(len(batch[0])), original(batch))[1]
-    trainer.build_hooks = lambda: [hook]
     trainer.fit()  # BatchNorm would raise on a training batch of one
     assert sizes == [8, 8, 8, 8] * 3
     assert trainer.steps_per_epoch == 4 and trainer.total_steps == trainer.global_step == 12
     assert trainer.epoch == 3 and trainer.samples_in_epoch == 0
+
+
+def test_plot_lr_must_name_a_png(toy_argv, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        ToyTrainer.from_argv([*toy_argv, "--plot_lr", str(tmp_path / "lr.jpg")])
+    assert exit_info.value.code == 2
