@@ -38,6 +38,9 @@ def main(cls, argv=None):
     except SystemExit:
         debug = False
     prog = getattr(cls, "PROG", None) or cls.__name__
+    status = _launch_processes(prog, argv)
+    if status is not None:
+        return status
     saved_hook = threading.excepthook
     if not debug:  # a library's background thread (TensorBoard's writer) failing: one line, not a traceback
         threading.excepthook = lambda info: print(
@@ -59,6 +62,38 @@ def main(cls, argv=None):
     finally:
         threading.excepthook = saved_hook
     return 0
+
+
+def _launch_processes(prog, argv):
+    """With ``--gpu_devices 0,1,...`` (a list) and not yet under torchrun: run torchrun, one process per device.
+
+    Returns ``None`` when there is nothing to launch (the caller goes on in
+    this process), or 2 for a bad list; otherwise this process becomes
+    ``torchrun`` (``os.execv``), so signals reach it directly, it passes them
+    on to its processes (which checkpoint and stop together), and its exit
+    status is the script's. Each process takes its device from the list by
+    local rank (see :mod:`base.distributed`).
+    """
+    import os
+
+    from base.distributed import launch_command, parse_devices
+
+    peek = argparse.ArgumentParser(add_help=False)
+    peek.add_argument("--gpu_devices", default=None)
+    try:
+        spec = peek.parse_known_args(argv)[0].gpu_devices
+    except SystemExit:
+        return None
+    if parse_devices(spec) is None or "LOCAL_RANK" in os.environ:
+        return None
+    try:
+        command = launch_command(spec, sys.argv[0], sys.argv[1:] if argv is None else list(argv))
+    except ConfigError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os.execv(command[0], command)
 
 
 def exit_fast(status):

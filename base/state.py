@@ -107,12 +107,19 @@ class EarlyStopper:
 
 
 class ResumableSampler(Sampler):
-    """Index sampler whose order depends only on ``(seed, epoch)`` and that can start mid-epoch.
+    """Index sampler whose order depends only on ``(seed, epoch)``, that can start mid-epoch and shard over ranks.
 
     The permutation of epoch ``e`` comes from a generator seeded with
     ``seed + e`` (the approach of ``torch.utils.data.DistributedSampler``), so
-    it does not touch the global RNG and a resumed run sees the same order.
-    ``start`` skips the first indices of the epoch (for resuming mid-epoch).
+    it does not touch the global RNG and a resumed run sees the same order,
+    whatever the number of processes. ``start`` skips the first positions of
+    the epoch's order (for resuming mid-epoch, counted over all ranks).
+
+    With ``world_size`` processes, rank ``r`` takes every ``world_size``-th
+    position of the rest, from ``start + r``: its k-th batch and the other
+    ranks' k-th batches are together the global positions
+    ``[start + k*B*W, start + (k+1)*B*W)``, the batch a single process with
+    ``B*W`` samples a batch would take. Nothing is padded or repeated.
 
     Args:
         length: number of samples in the dataset.
@@ -120,14 +127,26 @@ class ResumableSampler(Sampler):
         seed: base seed (int).
         with_epoch: yield ``(epoch, index)`` pairs instead of indices, for a
             :class:`SeededSamples` dataset.
+        batch_size: the per-process training batch; when given, an epoch's
+            tail that would give a process a batch of one sample, or none, is
+            left out of that epoch (see :func:`trained_samples`).
+        rank, world_size: this process's place among the data-parallel ones.
     """
 
-    def __init__(self, length, shuffle=True, seed=0, with_epoch=False):
+    def __init__(self, length, shuffle=True, seed=0, with_epoch=False, batch_size=None, rank=0, world_size=1):
         self.length, self.shuffle, self.seed, self.with_epoch = length, shuffle, seed, with_epoch
+        self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
         self.epoch, self.start = 0, 0
 
     def set_epoch(self, epoch, start=0):
         self.epoch, self.start = epoch, start
+
+    @property
+    def end(self):
+        """The position after the last one this epoch trains on (``length`` unless a tail is left out)."""
+        if self.batch_size is None:
+            return self.length
+        return self.start + trained_samples(self.length - self.start, self.batch_size, self.world_size)
 
     def _order(self):
         if not self.shuffle:
@@ -136,27 +155,35 @@ class ResumableSampler(Sampler):
         return torch.randperm(self.length, generator=gen).tolist()
 
     def __iter__(self):
-        order = self._order()[self.start:]
+        order = self._order()[self.start + self.rank:self.end:self.world_size]
         return iter([(self.epoch, i) for i in order] if self.with_epoch else order)
 
     def __len__(self):
-        return self.length - self.start
+        return len(range(self.start + self.rank, self.end, self.world_size))
 
 
-def drops_lone_sample(samples_left, batch_size):
-    """Whether an epoch's rest of ``samples_left`` samples would end in a batch of exactly one.
+def trained_samples(samples_left, batch_size, world_size=1):
+    """How many of an epoch's rest of ``samples_left`` samples are trained on; the others wait for the next epoch.
 
-    Such a batch is dropped from training (``drop_last`` for that epoch):
-    BatchNorm cannot train on one sample whose feature maps are 1x1, e.g. a
-    ResNet's last stage on 32x32 images. Shuffling puts a different sample
-    last each epoch, so none is left out for good.
+    A last global batch (``batch_size * world_size`` samples) that would give
+    some process a batch of one sample is left out: BatchNorm cannot train on
+    one sample whose feature maps are 1x1 (a ResNet's last stage on 32x32
+    images). With several processes, so is one that would leave a process
+    without a batch, which would stall the others at the gradient all-reduce.
+    Shuffling puts different samples last each epoch, so none is left out for
+    good. One process keeps a rest of exactly one sample (all there is).
     """
-    return samples_left > 1 and samples_left % batch_size == 1
+    tail = samples_left % (batch_size * world_size)
+    if world_size == 1:
+        drop = samples_left > 1 and tail == 1
+    else:
+        drop = 0 < tail < 2 * world_size
+    return samples_left - tail if drop else samples_left
 
 
-def training_batches(samples_left, batch_size):
-    """Training batches in an epoch's rest of ``samples_left`` samples (see :func:`drops_lone_sample`)."""
-    return math.ceil(samples_left / batch_size) - drops_lone_sample(samples_left, batch_size)
+def training_batches(samples_left, batch_size, world_size=1):
+    """Batches per process in an epoch's rest of ``samples_left`` samples (see :func:`trained_samples`)."""
+    return math.ceil(trained_samples(samples_left, batch_size, world_size) / (batch_size * world_size))
 
 
 class SeededSamples(torch.utils.data.Dataset):

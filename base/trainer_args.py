@@ -78,7 +78,10 @@ def add_trainer_arguments(parser):
 
     system = parser.add_argument_group("system")
     system.add_argument("--gpu_devices", default=None,
-                        help="'cpu' or a CUDA id such as 0; unset: first GPU if any, else CPU")
+                        help="'cpu' or a CUDA id such as 0; unset: first GPU if any, else CPU (under torchrun: "
+                             "GPU LOCAL_RANK); a list such as 0,1,2,3 (or cpu,cpu) starts one DDP process each")
+    system.add_argument("--sync_bn", type=str2bool, nargs="?", const=True, default=False,
+                        help="under DDP on GPUs: BatchNorm statistics over the whole global batch (SyncBatchNorm)")
     system.add_argument("--seed", type=int, default=42, help="seed for data splits, shuffling and init")
     system.add_argument("--deterministic", type=str2bool, nargs="?", const=True, default=False,
                         help="use deterministic algorithms (slower, reproducible)")

@@ -13,15 +13,15 @@ import torch
 from torch.utils.data import DataLoader, default_collate
 from tqdm import tqdm
 
-from base import optim, resume, run_dir
+from base import distributed, optim, resume, run_dir
 from base.bad_data import BadSampleFilter, BadSampleLog, collate_good_samples
 from base.config import parse_config
-from base.run_lock import RunLock
 from base.signals import PreemptionFlag, ignore_signals_in_worker, signals_held
-from base.state import (EarlyStopper, ResumableSampler, SeededSamples, drops_lone_sample, global_switches,
-                        restore_global_switches, rng_state, seed_everything)
+from base.state import (EarlyStopper, ResumableSampler, SeededSamples, global_switches, restore_global_switches,
+                        rng_state, seed_everything)
 from base.trainer_args import add_trainer_arguments, validate_trainer_config
 from base.trainer_checkpoint import CheckpointingMixin
+from base.trainer_distributed import DistributedMixin
 from base.trainer_resume import ResumeMixin
 from base.trainer_step import StepMixin
 from base.lr_plot import plot_lr_schedule
@@ -30,7 +30,7 @@ from utils.device import select_device
 from utils.params import count_parameters, format_count
 
 
-class TrainerBase(StepMixin, CheckpointingMixin, ResumeMixin, ValidationMixin, abc.ABC):
+class TrainerBase(StepMixin, CheckpointingMixin, ResumeMixin, ValidationMixin, DistributedMixin, abc.ABC):
     """Owns the loop; subclasses override small named steps.
 
     Must override: :meth:`build_datasets`, :meth:`build_model`, :meth:`build_loss`,
@@ -46,6 +46,8 @@ class TrainerBase(StepMixin, CheckpointingMixin, ResumeMixin, ValidationMixin, a
 
     monitor = "loss"
     monitor_mode = "min"
+    #: Passed to ``DistributedDataParallel``: True when some parameters get no gradient in a step.
+    find_unused_parameters = False
     #: How a list of samples becomes a batch. A module-level function (not a method),
     #: so DataLoader workers started with ``spawn`` can pickle it.
     collate_fn = staticmethod(default_collate)
@@ -89,6 +91,8 @@ class TrainerBase(StepMixin, CheckpointingMixin, ResumeMixin, ValidationMixin, a
         self.provenance = provenance or {}
         self.resume_from = resume_from  # (run folder, checkpoint) or None
         self.device = select_device(args.gpu_devices)
+        self.rank, self.world_size = 0, 1  # this process among the data-parallel ones (set by fit under torchrun)
+        self._started_group = False
         self.epoch = 0  # completed epochs
         self.global_step = 0  # completed optimizer steps
         self.batch_in_epoch = 0  # batches of the current epoch already consumed
@@ -125,6 +129,9 @@ class TrainerBase(StepMixin, CheckpointingMixin, ResumeMixin, ValidationMixin, a
         """Forward one batch (already on :attr:`device`); return a dict with the scalar ``"loss"``.
 
         Runs under autocast when ``--amp`` is on. Do not call ``backward``: the loop does.
+        Use ``self.model`` here: under DDP it is the ``DistributedDataParallel``
+        wrapper, whose forward makes ``backward`` average the gradients over
+        the processes (``self.module`` is the model itself).
         Other scalar entries (e.g. the terms of a two-part loss, as 0-dim tensors)
         are averaged per sample over each ``--log_every_steps`` window and logged
         as ``train/<key>``, without a host sync per step.
@@ -134,7 +141,13 @@ class TrainerBase(StepMixin, CheckpointingMixin, ResumeMixin, ValidationMixin, a
     def validate(self, loader):
         """Return ``{metric: float}`` over every sample of ``loader``, averaged per sample.
 
-        Called with the model in eval mode under ``torch.no_grad``.
+        Called with the model in eval mode under ``torch.no_grad``. Under DDP
+        each process's ``loader`` holds its share of the split (each sample in
+        exactly one); return per-sample means over it and the base averages
+        the processes weighted by their sample counts, or compute the metrics
+        from sums reduced over the processes (``utils.metrics.ClassificationMeter``
+        and ``utils.seg_metrics.SegmentationMeter`` do) so they are equal
+        everywhere (see :func:`base.distributed.combine_metrics`).
         """
 
     def build_optimizer(self):
@@ -152,6 +165,7 @@ class TrainerBase(StepMixin, CheckpointingMixin, ResumeMixin, ValidationMixin, a
         run continues from the exact next batch); workers ignore SIGTERM/SIGINT
         (the main process checkpoints); with ``--bad_images skip`` unreadable
         samples are dropped from their batch (a batch of only bad samples is ``None``).
+        Under DDP each process reads its share of every split (see :class:`ResumableSampler`).
         An override for ``"train"`` must keep a :class:`ResumableSampler` for resume to work.
         """
         a = self.args
@@ -160,9 +174,11 @@ class TrainerBase(StepMixin, CheckpointingMixin, ResumeMixin, ValidationMixin, a
             dataset = BadSampleFilter(dataset, self.bad_samples.path)
         if train:
             dataset = SeededSamples(dataset, a.seed)
+        sampler = ResumableSampler(len(dataset), shuffle=train, seed=a.seed, with_epoch=train,
+                                   batch_size=a.batch_size if train else None, rank=self.rank,
+                                   world_size=self.world_size)
         return DataLoader(dataset, batch_size=a.batch_size if train else a.eval_batch_size or a.batch_size,
-                          drop_last=train and drops_lone_sample(len(dataset), a.batch_size),
-                          sampler=ResumableSampler(len(dataset), shuffle=train, seed=a.seed, with_epoch=train),
+                          sampler=sampler,
                           num_workers=a.num_workers, pin_memory=self.device.type == "cuda",
                           # the test split is read once: its workers need not stay
                           persistent_workers=a.persistent_workers and a.num_workers > 0 and split != "test",
@@ -185,7 +201,10 @@ class TrainerBase(StepMixin, CheckpointingMixin, ResumeMixin, ValidationMixin, a
         self.datasets = self.build_datasets()
         self.loaders = {k: self.build_dataloader(v, k) for k, v in self.datasets.items()}
         self.model = self.build_model().to(self.device)
+        self.module = self.model  # the model itself; under DDP self.model becomes its wrapper (see setup)
         self.loss_fn = self.build_loss()
+        if self.rank > 0:  # each process its own dropout/augmentation stream; the same initial weights
+            seed_everything(self.args.seed + 1_000_003 * self.rank)
 
     def setup(self):
         """Create (or, resuming, reopen) the run folder, write the config, build everything.
@@ -197,19 +216,12 @@ class TrainerBase(StepMixin, CheckpointingMixin, ResumeMixin, ValidationMixin, a
             CheckpointError: ``--resume`` names a checkpoint that does not fit.
             OSError: the run folder cannot be written.
         """
-        a = self.args
-        if self.resume_from:
-            self.run_dir = self.resume_from[0]
-            self.timestamp = os.path.basename(self.run_dir)
-        else:
-            self.run_dir, self.timestamp = run_dir.create_run_dir(a.output_dir, a.proj_name)
-        self.lock = RunLock(self.run_dir).acquire()  # before anything in the folder is written
-        self.logger = run_dir.setup_logger(
-            f"trainer.{id(self)}", os.path.join(self.run_dir, f"{a.proj_name}_{self.timestamp}_log.txt"))
+        a, main = self.args, self.rank == 0
+        self._open_run_dir()
         config_path = os.path.join(self.run_dir, f"config_{a.proj_name}_{self.timestamp}.json")
-        if not self.resume_from:
-            run_dir.write_config(config_path, a, self.provenance,
-                                 {"timestamp": self.timestamp, "trainer": type(self).__name__})
+        if not self.resume_from and main:
+            run_dir.write_config(config_path, a, self.provenance, {"timestamp": self.timestamp, "trainer":
+                                 type(self).__name__, "world_size": self.world_size})
         self.bad_samples = BadSampleLog(os.path.join(self.run_dir, "bad_images.txt"), a.max_bad_images)
         self.build()
         self.prepare_model()
@@ -218,29 +230,39 @@ class TrainerBase(StepMixin, CheckpointingMixin, ResumeMixin, ValidationMixin, a
         self.optimizer = self.build_optimizer()
         self.scheduler = self.build_scheduler()
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.use_fp16_scaler)
+        # After the optimizer: it and build_optimizer overrides see the model's own parameter names.
+        self.model = distributed.wrap_model(self.module, self.device, a.sync_bn, self.find_unused_parameters)
         self.hooks = list(self.build_hooks())
         for hook in self.hooks:
             hook.trainer = self
-        from torch.utils.tensorboard import SummaryWriter  # slow import; only for training
-        self.writer = SummaryWriter(os.path.join(self.run_dir, "summary"))
-        self.metrics_csv = run_dir.MetricsCSV(os.path.join(self.run_dir, "metrics.csv"))
+        self.writer = self.metrics_csv = None  # other processes than rank 0 write nothing
+        if main:
+            from torch.utils.tensorboard import SummaryWriter  # slow import; only for training
+            self.writer = SummaryWriter(os.path.join(self.run_dir, "summary"))
+            self.metrics_csv = run_dir.MetricsCSV(os.path.join(self.run_dir, "metrics.csv"))
         self.logger.info("run folder: %s", self.run_dir)
-        self.logger.info("model %s: %s parameters (%s trainable)", type(self.model).__name__,
+        if self.world_size > 1:
+            self.logger.info("DDP over %d processes (%s): global batch %d = %d per process x %d processes x %d "
+                             "accumulation steps", self.world_size, torch.distributed.get_backend(),
+                             a.batch_size * self.world_size * a.accum_steps, a.batch_size, self.world_size,
+                             a.accum_steps)
+        self.logger.info("model %s: %s parameters (%s trainable)", type(self.module).__name__,
                          format_count(count_parameters(self.model)),
                          format_count(count_parameters(self.model, trainable_only=True)))
         self.logger.info("data: %s; %d steps per epoch, %d steps in all, device %s",
                          {k: len(v) for k, v in self.datasets.items()}, self.steps_per_epoch,
                          self.total_steps, self.device)
-        for path in run_dir.remove_stale_temp_files(self.run_dir):
+        for path in run_dir.remove_stale_temp_files(self.run_dir) if main else ():
             self.logger.info("removed %s, left by a save that was killed", path)
         if self.resume_from:
             if self.resume_reason:
                 self.logger.info("%s", self.resume_reason)
             self.resume(self.resume_from[1])
             self._apply_resume_changes()
-            # Rows of work after the checkpoint are redone, and so is an interrupted validation's row.
-            self.metrics_csv.drop_rows_after(self.global_step - 1 if self._redo_validation else self.global_step)
-            run_dir.record_resume(config_path, a, self.provenance, self.resume_from[1], self.resume_changes)
+            if main:
+                # Rows of work after the checkpoint are redone, and so is an interrupted validation's row.
+                self.metrics_csv.drop_rows_after(self.global_step - 1 if self._redo_validation else self.global_step)
+                run_dir.record_resume(config_path, a, self.provenance, self.resume_from[1], self.resume_changes)
         self._step_rng = rng_state()  # what a checkpoint taken before the first step holds
 
     # ----------------------------------------------------------------- the loop
@@ -254,6 +276,8 @@ class TrainerBase(StepMixin, CheckpointingMixin, ResumeMixin, ValidationMixin, a
         try:
             if self.args.plot_lr:
                 return plot_lr_schedule(self, self.args.plot_lr)
+            self._started_group = distributed.init_from_env(self.device)
+            self.rank, self.world_size = distributed.rank(), distributed.world_size()
             self.setup()
             self.train()
             return self.test()
@@ -279,6 +303,9 @@ class TrainerBase(StepMixin, CheckpointingMixin, ResumeMixin, ValidationMixin, a
             run_dir.close_logger(self.logger)
         if self.lock is not None:
             self.lock.release()
+        if self._started_group:
+            distributed.shutdown()
+            self._started_group = False
 
     def run(self):
         """Entry-script action: :meth:`fit`."""
@@ -344,17 +371,15 @@ class TrainerBase(StepMixin, CheckpointingMixin, ResumeMixin, ValidationMixin, a
         # The sampler hands (epoch, index) to SeededSamples, so workers kept alive across
         # epochs (persistent) still seed each sample's augmentation from this epoch.
         loader.sampler.set_epoch(self.epoch, self.samples_in_epoch)
-        # Set per epoch, as a resumed epoch's rest may end differently (see drops_lone_sample).
-        loader.batch_sampler.drop_last = drops_lone_sample(len(loader.dataset) - self.samples_in_epoch,
-                                                           loader.batch_size)
         if loader.generator is not None:  # worker seeds: from (seed, epoch), not the global RNG
             loader.generator.manual_seed(a.seed + self.epoch)
         with signals_held():
             batches = iter(loader)  # forks the workers, if any (once, with persistent workers)
+        per_step = loader.batch_size * self.world_size  # samples of all processes
         bar = tqdm(batches, desc=f"epoch {self.epoch + 1}/{a.epochs}", unit="batch",
-                   initial=math.ceil(self.samples_in_epoch / loader.batch_size),
-                   total=math.ceil(len(loader.dataset) / loader.batch_size), dynamic_ncols=True, disable=None,
-                   leave=False)
+                   initial=math.ceil(self.samples_in_epoch / per_step),
+                   total=math.ceil(len(loader.dataset) / per_step), dynamic_ncols=True,
+                   disable=None if self.rank == 0 else True, leave=False)
         try:
             return self._train_batches(bar)
         except BaseException:
@@ -388,6 +413,8 @@ class TrainerBase(StepMixin, CheckpointingMixin, ResumeMixin, ValidationMixin, a
                 self.save("last")
             if a.save_every_steps and self.global_step % a.save_every_steps == 0:
                 self.save_step_checkpoint()
+            if self.world_size > 1:  # a signal to any process stops them all, at the same step
+                self._preemption.signum = self._agreed_signal()
             if self._preemption.signum is not None:
                 self._preempt()
             if self._done():

@@ -10,10 +10,11 @@ import re
 
 
 from base.checkpoint import load_checkpoint, load_model_state, save_checkpoint, verify_checkpoint, write_or_fail
+from base import distributed
 from base.errors import CheckpointError
 from base.resume import newest_checkpoint
 from base.signals import Preempted
-from base.state import set_rng_state
+from base.state import rng_state, set_rng_state
 
 
 class CheckpointingMixin:
@@ -29,19 +30,30 @@ class CheckpointingMixin:
         """``<run_dir>/<model_type>_<tag>_ckpt.pth``."""
         return os.path.join(self.run_dir, f"{self.args.model_type}_{tag}_ckpt.pth")
 
-    def state_dict(self):
-        """The whole training state as of the last completed step; tensors and plain types only."""
+    def state_dict(self, gather=True):
+        """The whole training state as of the last completed step; tensors and plain types only.
+
+        Under DDP it is a collective (every process calls it): the model is
+        the unwrapped :attr:`module`, ``rng`` lists every process's state and
+        the training-loss sums are over all processes. ``gather=False`` takes
+        this process's alone, for a checkpoint written while the others may be gone.
+        """
+        gather = gather and self.world_size > 1
+        own = (float(self._loss_sum), self._loss_count)
+        loss_sums = distributed.all_gather_object(own) if gather else [own]
         return {
-            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "model": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler else None,
             "scaler": self.scaler.state_dict(), "ema": self.ema.state_dict() if self.ema is not None else None,
             "epoch": self.epoch, "global_step": self.global_step,
             "batch_in_epoch": self.batch_in_epoch, "samples_in_epoch": self.samples_in_epoch,
-            "rng": self._step_rng, "lr_scale": self.lr_scale, "validating": False,
+            "rng": self._gathered_rng() if gather else self._step_rng,
+            "world_size": self.world_size if gather else 1, "lr_scale": self.lr_scale, "validating": False,
             "early_stopper": self.early_stopper.state_dict(),
             "hooks": [{"type": type(h).__name__, "state": h.state_dict()} for h in self.hooks],
             "metrics": self.last_metrics,
-            "loss_sum": float(self._loss_sum), "loss_count": self._loss_count,
+            "loss_sum": sum(v for v, _ in loss_sums), "loss_count": sum(n for _, n in loss_sums),
+            "loss_sums": loss_sums,  # per process: a resume with as many carries each one's on, bit for bit
             "validated_at": self._validated_at, "skipped_steps": self.skipped_steps,
             "config": json.dumps(vars(self.args), default=str), "trainer": type(self).__name__,
             "model_card": self.model_card(),
@@ -56,7 +68,7 @@ class CheckpointingMixin:
         """
         saved_type = json.loads(state.get("config") or "{}").get("model_type")
         what = f"{source} (model_type {saved_type!r}; this run builds {self.args.model_type!r})"
-        load_model_state(self.model, state["model"], what)
+        load_model_state(self.module, state["model"], what)
         try:
             self.optimizer.load_state_dict(state["optimizer"])
             if self.scheduler is not None and state["scheduler"] is not None:
@@ -75,10 +87,22 @@ class CheckpointingMixin:
         self.batch_in_epoch, self.last_metrics = state["batch_in_epoch"], state["metrics"]
         self.samples_in_epoch = state.get("samples_in_epoch", self.batch_in_epoch * self.args.batch_size)
         self.lr_scale, self._redo_validation = state.get("lr_scale", 1.0), state.get("validating", False)
-        self._loss_sum, self._loss_count = state["loss_sum"], state["loss_count"]
         self._validated_at, self.skipped_steps = state["validated_at"], state["skipped_steps"]
-        set_rng_state(state["rng"])
-        self._step_rng = state["rng"]
+        saved_world = self._resumed_world_size = state.get("world_size", 1)
+        sums = state.get("loss_sums")
+        if sums and len(sums) == self.world_size:
+            self._loss_sum, self._loss_count = sums[self.rank]
+        else:  # another number of processes: rank 0 carries the total on, the others start from zero
+            self._loss_sum, self._loss_count = (state["loss_sum"], state["loss_count"]) if self.rank == 0 else (0.0, 0)
+        if saved_world != self.world_size:
+            self.logger.info("%s was written by %d process(es), this run has %d: the rest of epoch %d is shared "
+                             "out again over %d (each sample once), so the run goes on correctly but not "
+                             "bit-identically to one that kept %d", source, saved_world, self.world_size,
+                             self.epoch + 1, self.world_size, saved_world)
+        rng = self._own_rng(state["rng"], saved_world)
+        if rng is not None:
+            set_rng_state(rng)
+        self._step_rng = rng_state() if rng is None else rng
 
     def _load_hook_states(self, saved, source):
         """Give each hook the first saved state of its class; hooks added or removed since are logged."""
@@ -93,14 +117,23 @@ class CheckpointingMixin:
         for entry in saved:
             self.logger.warning("%s: saved state of hook %s has no hook to go to", source, entry["type"])
 
-    def save(self, tag, state=None):
+    def save(self, tag, state=None, sync=True):
         """Atomically write ``state`` (default: :meth:`state_dict`) as ``<model_type>_<tag>_ckpt.pth``.
 
         Returns the path. A ``preempt`` checkpoint this run resumed from is
-        removed once a newer checkpoint is on disk.
+        removed once a newer checkpoint is on disk. Under DDP every process
+        calls it and rank 0 writes; with ``sync`` the others wait until the file
+        is there (``sync=False``: no collective, for a process on its own).
         """
         path = self.checkpoint_path(tag)
-        save_checkpoint(self.state_dict() if state is None else state, path)
+        state = self.state_dict(gather=sync) if state is None else state
+        if self.rank != 0:
+            if sync:
+                distributed.barrier()
+            return path
+        save_checkpoint(state, path)
+        if sync:
+            distributed.barrier()
         resumed = self.resume_from[1] if self.resume_from else None
         if (tag != "preempt" and resumed and os.path.abspath(resumed) == self.checkpoint_path("preempt")
                 and os.path.isfile(resumed) and os.path.getmtime(resumed) < os.path.getmtime(path)):
@@ -119,11 +152,14 @@ class CheckpointingMixin:
                 verify (every older step checkpoint is kept); the message names it.
         """
         path = self.save(f"step{self.global_step}")
-        reason = verify_checkpoint(path)
-        if reason is not None:
+        reason = verify_checkpoint(path) if self.rank == 0 else None
+        if distributed.any_rank(reason is not None):
+            reason = reason or f"{path} did not verify on rank 0"
             self.logger.warning("%s; every older step checkpoint is kept", reason)
             raise CheckpointError(f"{reason}; every older step checkpoint is kept")
         pattern = re.compile(re.escape(self.args.model_type) + r"_step(\d+)_ckpt\.pth$")
+        if self.rank != 0:
+            return path
         steps = sorted((int(m.group(1)), p) for p in glob.glob(os.path.join(self.run_dir, "*_ckpt.pth"))
                        if (m := pattern.search(os.path.basename(p))))
         for _, old in steps[:-self.args.keep_last_k]:
@@ -136,6 +172,8 @@ class CheckpointingMixin:
         The sidecar ``<model_type>_best.json`` holds the config and the
         validation metrics; evaluators accept either file format.
         """
+        if self.rank != 0:
+            return
         from safetensors.torch import save as safetensors_bytes
 
         # Copies break shared storage (tied weights), which safetensors refuses to write.
@@ -225,7 +263,10 @@ class CheckpointingMixin:
             return
         try:
             # Inside a validation: the state as of its start, marked to be validated again on resume.
-            path = self.save("exception", state=self._validation_snapshot)
+            # Only this process may be left (another one failed): no collective, its own RNG state.
+            if self.rank != 0:
+                return
+            path = self.save("exception", state=self._validation_snapshot or self.state_dict(gather=False), sync=False)
         except CheckpointError as failed:  # e.g. the disk is full: say so, but let `exc` propagate
             self.logger.error("%s (%s) at epoch %d step %d; the exception checkpoint could not be "
                               "written: %s", type(exc).__name__, (str(exc).strip().splitlines() or [""])[0],

@@ -20,7 +20,7 @@ class ResumeMixin:
         "weight_decay", "warmup_steps", "grad_clip", "grad_clip_mode", "val_every_epochs", "val_every_steps",
         "early_stop_patience", "log_every_steps", "save_every_steps", "keep_last_k", "nonfinite",
         "max_skipped_steps", "rollback_lr_factor", "bad_images", "max_bad_images", "gpu_devices",
-        "deterministic", "data_dir", "compile", "channels_last", "persistent_workers", "plot_lr"})
+        "deterministic", "data_dir", "compile", "channels_last", "persistent_workers", "plot_lr", "sync_bn"})
 
     def planned_total_steps(self):
         """Optimizer steps in the whole run: ``--max_steps`` if set, else done + left to ``--epochs``.
@@ -35,9 +35,9 @@ class ResumeMixin:
             return a.max_steps
         if self.epoch >= a.epochs:
             return self.global_step  # finished
-        size, batch, accum = len(loader.dataset), loader.batch_size, a.accum_steps
-        return (self.global_step + math.ceil(training_batches(size - self.samples_in_epoch, batch) / accum)
-                + (a.epochs - self.epoch - 1) * math.ceil(training_batches(size, batch) / accum))
+        size, batch, accum, world = len(loader.dataset), loader.batch_size, a.accum_steps, self.world_size
+        return (self.global_step + math.ceil(training_batches(size - self.samples_in_epoch, batch, world) / accum)
+                + (a.epochs - self.epoch - 1) * math.ceil(training_batches(size, batch, world) / accum))
 
     def _apply_resume_changes(self):
         """Make flags changed on ``--resume`` take effect on the loaded state, and log each."""
@@ -55,7 +55,10 @@ class ResumeMixin:
             for group in self.optimizer.param_groups:
                 if group.get("weight_decay") == changes["weight_decay"][0]:  # not a no-decay group
                     group["weight_decay"] = changes["weight_decay"][1]
-        if changes.keys() & {"epochs", "max_steps", "batch_size", "warmup_steps"} and self.scheduler is not None:
+        # A new number of processes changes the samples per step like a new --batch_size does.
+        world_changed = getattr(self, "_resumed_world_size", self.world_size) != self.world_size
+        if ((changes.keys() & {"epochs", "max_steps", "batch_size", "warmup_steps"} or world_changed)
+                and self.scheduler is not None):
             self.total_steps = self.planned_total_steps()
             moved = optim.retarget_schedule(self.scheduler, self.total_steps, self.args.warmup_steps)
             if moved:

@@ -5,8 +5,11 @@ AMP, moving batches to the device (``--channels_last``), gradient
 accumulation (``--accum_steps``), clipping, the update, the EMA and
 ``--compile``.
 """
+import contextlib
+
 import torch
 
+from base import distributed
 from base.ema import ModelEMA
 from base.state import rng_state
 
@@ -53,6 +56,7 @@ class StepMixin:
         a = self.args
         if a.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        self.module = self.model
         self.ema = ModelEMA(self.model, a.ema_decay) if a.ema_decay > 0 else None
         if a.compile:
             self.model.compile()
@@ -60,7 +64,7 @@ class StepMixin:
     def eval_model(self):
         """The weights that validation scores and ``best`` keeps: the EMA's with ``--eval_ema``, else the model."""
         ema = getattr(self, "ema", None)  # a build()-only trainer (an evaluator's) has none
-        return ema.module if ema is not None and self.args.eval_ema else self.model
+        return ema.module if ema is not None and self.args.eval_ema else getattr(self, "module", self.model)
 
     def _windows(self, batches):
         """Group ``batches`` into lists of ``--accum_steps`` (the last of an epoch may be shorter).
@@ -83,26 +87,40 @@ class StepMixin:
         ``--accum_steps 4 --batch_size 8`` gives the gradient of one batch of
         32. ``None`` entries (batches of only skipped bad images) are left out.
 
+        Under DDP the weights are each batch's share of the samples of all
+        processes times their number (DDP averages the gradients over them),
+        the gradients are all-reduced only on the window's last batch
+        (``no_sync`` before), and the processes agree on a non-finite loss
+        before any ``backward``, so all skip (or stop) together.
+
         Returns:
             True when the weights were updated and the position advanced; falsy
             when ``--nonfinite`` skipped or rolled back the window.
         """
         a = self.args
-        batches = [b for b in window if b is not None]
+        batches = self._window_batches(window)
         if not batches:
             return False
-        total = sum(_batch_size(b) for b in batches)
+        total = sum(n for _, n in batches)
         self.optimizer.zero_grad(set_to_none=True)
-        loss_sum, extra_sums = 0.0, {}
-        for batch in batches:
-            n = _batch_size(batch)
-            with self.autocast():
-                out = self.train_step(self.to_device(batch))
-            loss = out["loss"]
-            # A host sync per batch: the price of never applying an update from a NaN/inf loss.
-            if not torch.isfinite(loss.detach()).all():
-                return self.handle_nonfinite(loss)
-            self.scaler.scale(loss * (n / total)).backward()
+        loss_sum, extra_sums, total_all = 0.0, {}, total
+        for i, (batch, n) in enumerate(batches):
+            # Under DDP the forward and backward of all but the window's last batch skip the all-reduce.
+            sync = self.world_size == 1 or i == len(batches) - 1
+            with contextlib.nullcontext() if sync else self.model.no_sync():
+                with self.autocast():
+                    out = self.train_step(self.to_device(batch))
+                loss = out["loss"]
+                # A host sync per batch: the price of never applying an update from a NaN/inf loss.
+                nonfinite = not torch.isfinite(loss.detach()).all()
+                weight = n / total
+                if self.world_size > 1:  # one all-reduce: the flag, and (first batch) the window's samples
+                    flag, samples = distributed.all_reduce_sum([nonfinite, total if i == 0 else 0])
+                    nonfinite, total_all = flag > 0, samples if i == 0 else total_all
+                    weight = n * self.world_size / total_all
+                if nonfinite:
+                    return self.handle_nonfinite(loss)
+                self.scaler.scale(loss * weight).backward()
             loss_sum = loss_sum + loss.detach().float() * n  # stays on device: no sync
             for key, value in out.items():  # other terms train_step reports, averaged like the loss
                 if key != "loss":
@@ -122,7 +140,7 @@ class StepMixin:
             self.scaler.step(self.optimizer)  # with fp16 the scaler itself skips steps with inf grads
             self.scaler.update()
             if self.ema is not None:
-                self.ema.update(self.model)
+                self.ema.update(self.module)
             if self.scheduler is not None:
                 self.scheduler.step()
             self.global_step += 1
@@ -135,13 +153,33 @@ class StepMixin:
             self._mid_update = False
         return True
 
+    def _window_batches(self, window):
+        """``[(batch, samples)]`` to train on from ``window``; ``None`` entries are batches of only bad images.
+
+        One process drops them. Under DDP every process must run as many
+        forward/backward passes as the others, so a ``None`` is replaced by
+        another batch of this process weighted 0 (it adds no gradient); a
+        process with no batch at all makes every process skip the window.
+        """
+        good = [b for b in window if b is not None]
+        if self.world_size == 1:
+            return [(b, _batch_size(b)) for b in good]
+        if self.args.bad_images == "skip" and distributed.any_rank(not good):
+            return []
+        spare = good[0]
+        return [(spare, 0) if b is None else (b, _batch_size(b)) for b in window]
+
     def _advance_position(self, batches=1):
-        """Count ``batches`` just consumed and snapshot the RNG that a checkpoint of this step holds."""
+        """Count ``batches`` just consumed and snapshot the RNG that a checkpoint of this step holds.
+
+        The position counts the samples of all processes (``batches`` each).
+        """
         loader = self.loaders["train"]
         self.batch_in_epoch += batches
-        self.samples_in_epoch = min(len(loader.dataset), self.samples_in_epoch + batches * loader.batch_size)
-        if loader.batch_sampler.drop_last and len(loader.dataset) - self.samples_in_epoch < loader.batch_size:
-            self.samples_in_epoch = len(loader.dataset)  # the rest is the lone sample left out: the epoch is done
+        self.samples_in_epoch = min(len(loader.dataset),
+                                    self.samples_in_epoch + batches * loader.batch_size * self.world_size)
+        if self.samples_in_epoch >= loader.sampler.end:  # what is left, if anything, waits for the next epoch
+            self.samples_in_epoch = len(loader.dataset)
         # ~0.1 ms: lets a checkpoint taken after a failure in the next step hold this step's RNG
         self._step_rng = rng_state()
 

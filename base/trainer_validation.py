@@ -5,7 +5,9 @@ import time
 
 import torch
 
+from base import distributed
 from base.checkpoint import load_checkpoint
+from base.errors import DataError
 from base.run_dir import cannot_write_error
 from base.signals import signals_held
 
@@ -14,16 +16,33 @@ class ValidationMixin:
     """When and how the trainer measures itself: ``metrics.csv``, TensorBoard, the log, ``best``."""
 
     def _check_bad_samples(self):
+        """Log newly listed unreadable images; stop past ``--max_bad_images`` (under DDP, every process together).
+
+        Raises:
+            DataError: too many unreadable images (see :class:`base.bad_data.BadSampleLog`).
+        """
         if self.args.bad_images != "skip":  # nothing is listed: spare the per-step stat()
             return
-        for path in self.bad_samples.check():  # raises DataError past --max_bad_images
+        try:
+            new, error = self.bad_samples.check(), None
+        except DataError as exc:
+            new, error = [], exc
+        # The list is one file that every process's workers append to: each may read it a step apart.
+        if distributed.any_rank(error is not None) and error is None:
+            error = DataError(f"another process found more than --max_bad_images={self.args.max_bad_images} "
+                              f"unreadable images; they are listed in {self.bad_samples.path}")
+        if error is not None:
+            raise error
+        for path in new if self.rank == 0 else ():
             self.logger.warning("skipped unreadable image %s", path)
 
     def train_loss(self):
-        """Mean training loss per sample since the last validation (float), or NaN."""
-        if not self._loss_count:
-            return float("nan")
-        return float(self._loss_sum) / self._loss_count
+        """Mean training loss per sample since the last validation (float), or NaN.
+
+        Under DDP, over the samples of all processes: a collective, called by every process.
+        """
+        loss_sum, count = distributed.all_reduce_sum([float(self._loss_sum), self._loss_count])
+        return loss_sum / count if count else float("nan")
 
     def log_scalar(self, name, value, step=None):
         """Log one scalar (a float or 0-dim tensor) at ``step`` (default: :attr:`global_step`) to every logger.
@@ -31,7 +50,11 @@ class ValidationMixin:
         Today that is TensorBoard (``<run>/summary``). Tasks and hooks call it for
         their own curves, e.g. ``self.log_scalar("train/kl", kl)``; a tensor
         costs a host sync, so call it at a logging cadence, not every step.
+        Under DDP only rank 0 writes (the others have no writer): log values
+        that are already the same on every process, or rank 0's own.
         """
+        if self.writer is None:
+            return
         try:
             self.writer.add_scalar(name, float(value), self.global_step if step is None else step)
         except OSError as exc:  # e.g. the run folder was deleted: one line that says so
@@ -41,7 +64,9 @@ class ValidationMixin:
     def _log_train(self, bar):
         loss = self.train_loss()
         lr = self.optimizer.param_groups[0]["lr"]
-        extras = {k: float(v) / self._extra_count for k, v in self._extra_sums.items()}  # one sync per window
+        keys = sorted(self._extra_sums)  # one sync per window; under DDP the same keys on every process
+        sums = distributed.all_reduce_sum([*(float(self._extra_sums[k]) for k in keys), self._extra_count])
+        extras = {k: v / sums[-1] for k, v in zip(keys, sums)}
         self._extra_sums, self._extra_count = {}, 0
         bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", **{k: f"{v:.4f}" for k, v in extras.items()})
         for name, value in {"loss": loss, "lr": lr, **extras}.items():
@@ -51,17 +76,22 @@ class ValidationMixin:
         """Evaluate :meth:`eval_model` on ``split`` in eval mode; returns ``{metric: float}``.
 
         With ``--ema_decay`` and ``--eval_ema``, ``self.model`` is the EMA model
-        while ``validate`` runs, so a task's ``validate`` needs no EMA code.
+        while ``validate`` runs, so a task's ``validate`` needs no EMA code. It is
+        never the DDP wrapper: each process scores its share of the split with
+        its replica, and the results are combined (:func:`base.distributed.combine_metrics`).
         """
         trained, self.model = self.model, self.eval_model()
         self.model.eval()
         try:
             # validate() forks its loader's workers where we cannot see: hold signals until it ends
             with torch.no_grad(), signals_held():
-                return {k: float(v) for k, v in self.validate(self.loaders[split]).items()}
+                metrics = {k: float(v) for k, v in self.validate(self.loaders[split]).items()}
         finally:
             self.model = trained
             self.model.train()
+        if self.world_size > 1:
+            metrics = distributed.combine_metrics(metrics, len(self.loaders[split].sampler))
+        return metrics
 
     def _validate(self):
         """Validate, log a row to metrics.csv/TensorBoard/the log, save ``best`` on improvement."""
@@ -80,14 +110,15 @@ class ValidationMixin:
                "val_seconds": time.perf_counter() - start}
         self.last_metrics, self._validated_at = row, self.global_step
         self._loss_sum, self._loss_count = 0.0, 0
-        self.metrics_csv.write(row)
+        if self.metrics_csv is not None:  # rank 0's
+            self.metrics_csv.write(row)
         for key, value in row.items():
             if key.startswith("val_") or key == "train_loss":
                 self.log_scalar(key.replace("_", "/", 1), value)
         self.logger.info("epoch %d step %d | train_loss %.4f | %s%s", self.epoch, self.global_step,
                          row["train_loss"], " ".join(f"val_{k} {v:.4f}" for k, v in metrics.items()),
                          " | new best" if is_best else "")
-        if is_best:
+        if is_best:  # the same decision on every process: the metrics are
             self.save("best")
             self.export_best()
         if self.early_stopper.should_stop:
@@ -100,9 +131,9 @@ class ValidationMixin:
         if "test" not in self.loaders:
             return {}
         best = self.checkpoint_path("best")
-        if os.path.isfile(best):
+        if distributed.any_rank(os.path.isfile(best)):  # the same weights on every process
             state = load_checkpoint(best, map_location=self.device)
-            self.model.load_state_dict(state["model"])
+            self.module.load_state_dict(state["model"])
             if self.ema is not None:
                 self.ema.load_state_dict(state["ema"])
         metrics = self.run_validation("test")
@@ -111,6 +142,8 @@ class ValidationMixin:
                          " ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
         for key, value in metrics.items():
             self.log_scalar(f"test/{key}", value)
+        if self.rank != 0:
+            return metrics
         self.writer.flush()
         with open(os.path.join(self.run_dir, "test_metrics.json"), "w", encoding="utf-8") as f:
             json.dump({"checkpoint": os.path.basename(best), **metrics}, f, indent=2)

@@ -41,13 +41,20 @@ class ClassificationMeter:
     def compute(self):
         """``{"loss": mean per sample, "top1": %, "top5": %}`` (top-k in percent, 0-100).
 
+        Under DDP (a process group running) the counts are summed over all
+        processes first, so every process gets the metrics of the whole split:
+        a collective, called by every process. (:attr:`confusion` stays this process's.)
+
         Raises:
-            ValueError: nothing was added.
+            ValueError: nothing was added, on any process.
         """
-        if self.count == 0:
+        from base.distributed import all_reduce_sum
+
+        count, loss_sum, *hits = all_reduce_sum([self.count, self.loss_sum, *(self.hits[k] for k in self.topk)])
+        if count == 0:
             raise ValueError("ClassificationMeter.compute() called before any update()")
-        out = {"loss": self.loss_sum / self.count}
-        out.update({f"top{k}": 100.0 * self.hits[k] / self.count for k in self.topk})
+        out = {"loss": loss_sum / count}
+        out.update({f"top{k}": 100.0 * h / count for k, h in zip(self.topk, hits)})
         return out
 
 

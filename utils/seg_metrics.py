@@ -62,14 +62,22 @@ class SegmentationMeter:
     def compute(self):
         """``{"loss", "dice", "iou", "dice_per_image", "iou_per_image"}`` as floats in [0, 1] (loss: mean per sample).
 
+        Under DDP (a process group running) the sums are taken over all
+        processes first, so every process gets the metrics of the whole split:
+        a collective, called by every process.
+
         Raises:
-            ValueError: nothing was added.
+            ValueError: nothing was added, on any process.
         """
-        if self.count == 0:
+        from base.distributed import all_reduce_sum
+
+        count, loss_sum, inter, pred, target, dice_sum, iou_sum = all_reduce_sum(
+            [self.count, self.loss_sum, self.inter, self.pred, self.target, self.dice_sum, self.iou_sum])
+        if count == 0:
             raise ValueError("SegmentationMeter.compute() called before any update()")
-        areas, union = self.pred + self.target, self.pred + self.target - self.inter
-        return {"loss": self.loss_sum / self.count,
-                "dice": 2 * self.inter / areas if areas else 1.0,
-                "iou": self.inter / union if union else 1.0,
-                "dice_per_image": self.dice_sum / self.count,
-                "iou_per_image": self.iou_sum / self.count}
+        areas, union = pred + target, pred + target - inter
+        return {"loss": loss_sum / count,
+                "dice": 2 * inter / areas if areas else 1.0,
+                "iou": inter / union if union else 1.0,
+                "dice_per_image": dice_sum / count,
+                "iou_per_image": iou_sum / count}
