@@ -53,8 +53,13 @@ def spawn(argv, world=2, script=TOY):
 
 
 def finish(procs, timeout=180):
-    """``[(exit status, output)]`` once every rank has ended (a hung rank fails the test)."""
-    return [(p.wait(timeout=timeout), p.stdout.read()) for p in procs]
+    """``[(exit status, output)]`` once every rank has ended (a hung rank fails the test, and is killed)."""
+    try:
+        return [(p.wait(timeout=timeout), p.stdout.read()) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
 
 
 def run_folders(out):
@@ -145,8 +150,18 @@ def test_sigterm_to_one_rank_stops_both_and_resume_is_identical(tmp_path):
     (run,) = run_folders(tmp_path)
     stopped = ckpt(run, "preempt")
     assert 4 <= stopped["global_step"] < 12 and len(stopped["rng"]) == 2  # each process's RNG state
+    import shutil
+
+    other = shutil.copytree(run, tmp_path / "Other" / os.path.basename(run))
     resumed = finish(spawn(["--resume", run, *flags]))
     assert [rc for rc, _ in resumed] == [0, 0], resumed
+    # with one process instead of two: the rest of the epoch is shared out again, and the run finishes
+    alone = subprocess.run([sys.executable, TOY, "--resume", str(other), *flags], cwd=ROOT, capture_output=True,
+                           text=True, timeout=120)
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    assert "written by 2 process(es), this run has 1" in alone.stderr
+    finished = ckpt(str(other))
+    assert finished["global_step"] > stopped["global_step"] and finished["epoch"] == 3
     (reference,) = glob.glob(os.path.join(tmp_path, "Straight", "*"))
     straight, after = ckpt(reference), ckpt(run)
     for key in straight["model"]:
@@ -185,3 +200,40 @@ def test_gpu_devices_list_starts_ddp_and_the_checkpoint_evaluates_in_one_process
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     (result,) = glob.glob(os.path.join(run, "Vanilla_best_ckpt_eval_*.json"))
     assert json.load(open(result))["top1"] == json.load(open(os.path.join(run, "test_metrics.json")))["top1"]
+
+
+def carvana_layout(tmp_path_factory):
+    from data.make_synthetic_carvana import generate
+
+    root = tmp_path_factory.getbasetemp() / "ddp_carvana"
+    if not root.exists():
+        generate(str(root), cars=8, views=2, width=96, height=64, seed=5)
+    return str(root)
+
+
+TASKS = {  # entry script, evaluator, flags, the metric compared
+    "vit": ("trainer_vit.py", "eval_vit.py", ["--image_size", "16", "--patch_size", "8", "--train_val_sample_rate",
+                                              "0.05", "--test_sample_rate", "0.05", "--mixup_alpha", "0.2",
+                                              "--randaugment", "2", "9", "--ema_decay", "0.9"], "top1"),
+    "seg": ("trainer_seg_on_carvana.py", "eval_seg_on_carvana.py", ["--base_channels", "4", "--batch_size", "2"],
+            "loss"),
+}
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_every_trainer_runs_under_ddp_and_its_checkpoint_evaluates_alone(task, tmp_path, tmp_path_factory):
+    """Task code unchanged: 2 processes train and test; the evaluator scores the best checkpoint in one
+    process as the run's own test did over 2 shards."""
+    script, evaluator, flags, metric = TASKS[task]
+    data = ["--data_dir", carvana_layout(tmp_path_factory)] if task == "seg" else []
+    done = torchrun([*data, "--output_dir", str(tmp_path), "--gpu_devices", "cpu", "--epochs", "2", *flags],
+                    script=script)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (run,) = [d for d in glob.glob(os.path.join(tmp_path, "*", "*")) if os.path.isdir(d)]
+    (best,) = glob.glob(os.path.join(run, "*_best_ckpt.pth"))
+    evaluated = subprocess.run([sys.executable, evaluator, "--model_path", best, "--gpu_devices", "cpu", *data],
+                               cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    (result,) = glob.glob(os.path.join(run, "*_best_ckpt_eval_*.json"))
+    own = json.load(open(os.path.join(run, "test_metrics.json")))
+    assert json.load(open(result))[metric] == pytest.approx(own[metric], rel=1e-5)
