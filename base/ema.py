@@ -30,23 +30,14 @@ class ModelEMA:
         if not 0 < decay < 1:
             raise ValueError(f"EMA decay must be in (0, 1), got {decay}")
         self.decay = decay
-        self.updates = 0  # a Python copy of AveragedModel.n_averaged: reading that tensor would sync the GPU
+        self.updates = 0  # a Python counter: reading AveragedModel.n_averaged would sync the GPU
         # use_buffers: BatchNorm running statistics are averaged too, so the EMA model is usable as is.
-        self.averaged = AveragedModel(model, multi_avg_fn=self._average, use_buffers=True)
+        self.averaged = AveragedModel(model, use_buffers=True)
         self.averaged.eval()
 
     def current_decay(self):
         """The ``d`` of the next update: ``min(decay, (1 + n) / (10 + n))`` after ``n`` updates."""
         return min(self.decay, (1 + self.updates) / (10 + self.updates))
-
-    @torch.no_grad()
-    def _average(self, ema_tensors, model_tensors, _num_averaged):
-        keep = self.current_decay()
-        for ema, new in zip(ema_tensors, model_tensors):
-            if ema.is_floating_point():
-                ema.lerp_(new, 1 - keep)
-            else:  # integer buffers (BatchNorm's num_batches_tracked): follow the model
-                ema.copy_(new)
 
     @property
     def module(self):
@@ -59,8 +50,21 @@ class ModelEMA:
 
     @torch.no_grad()
     def update(self, model):
-        """Fold the current weights of ``model`` into the average."""
-        self.averaged.update_parameters(model)
+        """Fold the current weights of ``model`` into the average.
+
+        Not ``AveragedModel.update_parameters``: it tests its tensor counter
+        with ``==``, a host sync per step on a GPU. One fused ``lerp`` over the
+        floating-point tensors; integer buffers (BatchNorm's ``num_batches_tracked``)
+        follow the model.
+        """
+        ema = [*self.module.parameters(), *self.module.buffers()]
+        new = [*model.parameters(), *model.buffers()]
+        floats = [(e, n.detach()) for e, n in zip(ema, new) if e.is_floating_point() and self.updates > 0]
+        if floats:
+            torch._foreach_lerp_([e for e, _ in floats], [n for _, n in floats], 1 - self.current_decay())
+        for e, n in zip(ema, new):
+            if not (e.is_floating_point() and self.updates > 0):  # the first update copies
+                e.copy_(n)
         self.updates += 1
 
     def state_dict(self):

@@ -7,6 +7,9 @@ import torch
 def build_optimizer(parameters, args):
     """``--optimizer`` (sgd, adam, adamw) with ``--lr``, ``--weight_decay`` and SGD's ``--momentum``.
 
+    PyTorch's fused implementation when every parameter is a floating-point
+    tensor on the CPU or a CUDA device (``fused=True``).
+
     Args:
         parameters: iterable of ``torch.nn.Parameter``, or of param-group dicts
             (``{"params": [...], "weight_decay": 0.0}``); frozen parameters
@@ -19,10 +22,15 @@ def build_optimizer(parameters, args):
         params = [g for g in groups if g["params"]]
     else:
         params = [p for p in items if p.requires_grad]
+    tensors = [p for g in params for p in g["params"]] if params and isinstance(params[0], dict) else params
+    # PyTorch's fused kernels (CPU and CUDA): one kernel per step, and they skip an update on the
+    # device when told the loss was non-finite, without a host sync (see StepMixin._step).
+    fused = bool(tensors) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in tensors)
     if args.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
+        return torch.optim.SGD(params, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
+                               fused=fused)
     cls = torch.optim.Adam if args.optimizer == "adam" else torch.optim.AdamW
-    return cls(params, lr=args.lr, weight_decay=args.weight_decay)
+    return cls(params, lr=args.lr, weight_decay=args.weight_decay, fused=fused)
 
 
 def decay_groups(model, no_decay_names):

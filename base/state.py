@@ -41,30 +41,31 @@ def restore_global_switches(saved):
     torch.backends.cudnn.benchmark = saved["cudnn_benchmark"]
 
 
-def rng_state():
-    """Python, NumPy, torch CPU and (when present) CUDA generator states."""
-    np_state = np.random.get_state()
-    state = {
-        "python": random.getstate(),
-        # as a tensor, not a list: cheap enough to snapshot after every step
-        "numpy": [np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]],
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+def seed_position(seed, *position):
+    """Seed Python's, NumPy's and torch's global generators (CPU, and CUDA once started) from ``(seed, *position)``.
 
+    The loop calls it before each optimizer step's batches are read, with
+    ``(rank, epoch, sample position in the epoch)``, and before each
+    validation: the random numbers a step draws (augmentation in the main
+    process, dropout, Mixup) then depend only on where it is in the run, so a
+    checkpoint needs no RNG state, a resume from any checkpoint (one written
+    in the middle of a step included) continues bit-identically, validating
+    more or less often does not change training, and DDP processes draw
+    independent streams. ~12 us on CPU, where capturing the states after every
+    step took ~100 us (NumPy's ``get_state`` alone 60 us).
 
-def set_rng_state(state):
-    """Restore what :func:`rng_state` captured."""
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    name, keys, *rest = state["numpy"]
-    keys = keys.numpy() if torch.is_tensor(keys) else np.asarray(keys, dtype=np.uint32)
-    np.random.set_state((name, keys, *rest))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    Args:
+        seed: ``--seed``; position: non-negative ints.
+    """
+    mixed = seed
+    for part in position:
+        mixed = (mixed * 1_000_003 + part + 1) % 2**63
+    random.seed(mixed)
+    np.random.seed(mixed % 2**32)
+    torch.default_generator.manual_seed(mixed)  # not torch.manual_seed: it queues CUDA work, ~200 us
+    if torch.cuda.is_initialized():
+        for i in range(torch.cuda.device_count()):
+            torch.cuda.default_generators[i].manual_seed(mixed)
 
 
 class EarlyStopper:

@@ -18,7 +18,7 @@ from base.bad_data import BadSampleFilter, BadSampleLog, collate_good_samples
 from base.config import parse_config
 from base.signals import PreemptionFlag, ignore_signals_in_worker, signals_held
 from base.state import (EarlyStopper, ResumableSampler, SeededSamples, global_switches, restore_global_switches,
-                        rng_state, seed_everything)
+                        seed_everything)
 from base.trainer_args import add_trainer_arguments, validate_trainer_config
 from base.trainer_checkpoint import CheckpointingMixin
 from base.trainer_distributed import DistributedMixin
@@ -110,6 +110,7 @@ class TrainerBase(StepMixin, CheckpointingMixin, ResumeMixin, ValidationMixin, D
         self._mid_update = False  # between the first parameter write and the step counter
         self.ema = None  # ModelEMA with --ema_decay, made in setup
         self._extra_sums, self._extra_count = {}, 0  # train_step's other outputs since the last log (on device)
+        self._nonfinite_on_device, self._first_nonfinite = False, None  # see StepMixin._mark_nonfinite
 
     # ----------------------------------------------------------------- to override
     @abc.abstractmethod
@@ -263,7 +264,10 @@ class TrainerBase(StepMixin, CheckpointingMixin, ResumeMixin, ValidationMixin, D
                 # Rows of work after the checkpoint are redone, and so is an interrupted validation's row.
                 self.metrics_csv.drop_rows_after(self.global_step - 1 if self._redo_validation else self.global_step)
                 run_dir.record_resume(config_path, a, self.provenance, self.resume_from[1], self.resume_changes)
-        self._step_rng = rng_state()  # what a checkpoint taken before the first step holds
+        # --nonfinite raise with a fused optimizer (the default): NaN/inf losses are caught without a host
+        # sync per step. skip/rollback decide per batch on the host, and so does DDP (all ranks agree first).
+        self._nonfinite_on_device = (a.nonfinite == "raise" and self.world_size == 1 and not self.use_fp16_scaler
+                                     and all(g.get("fused") for g in self.optimizer.param_groups))
 
     # ----------------------------------------------------------------- the loop
     def fit(self):

@@ -14,7 +14,6 @@ from base import distributed
 from base.errors import CheckpointError
 from base.resume import newest_checkpoint
 from base.signals import Preempted
-from base.state import rng_state, set_rng_state
 
 
 class CheckpointingMixin:
@@ -47,7 +46,6 @@ class CheckpointingMixin:
             "scaler": self.scaler.state_dict(), "ema": self.ema.state_dict() if self.ema is not None else None,
             "epoch": self.epoch, "global_step": self.global_step,
             "batch_in_epoch": self.batch_in_epoch, "samples_in_epoch": self.samples_in_epoch,
-            "rng": self._gathered_rng() if gather else self._step_rng,
             "world_size": self.world_size if gather else 1, "lr_scale": self.lr_scale, "validating": False,
             "early_stopper": self.early_stopper.state_dict(),
             "hooks": [{"type": type(h).__name__, "state": h.state_dict()} for h in self.hooks],
@@ -99,10 +97,6 @@ class CheckpointingMixin:
                              "out again over %d (each sample once), so the run goes on correctly but not "
                              "bit-identically to one that kept %d", source, saved_world, self.world_size,
                              self.epoch + 1, self.world_size, saved_world)
-        rng = self._own_rng(state["rng"], saved_world)
-        if rng is not None:
-            set_rng_state(rng)
-        self._step_rng = rng_state() if rng is None else rng
 
     def _load_hook_states(self, saved, source):
         """Give each hook the first saved state of its class; hooks added or removed since are logged."""
@@ -126,6 +120,8 @@ class CheckpointingMixin:
         is there (``sync=False``: no collective, for a process on its own).
         """
         path = self.checkpoint_path(tag)
+        if self._nonfinite_on_device and tag != "exception":
+            self._check_nonfinite()  # never save the steps counted after a non-finite loss
         state = self.state_dict(gather=sync) if state is None else state
         if self.rank != 0:
             if sync:
@@ -255,6 +251,10 @@ class CheckpointingMixin:
     def _on_exception(self, exc):
         self._call("on_exception", exc)
         if isinstance(exc, Preempted) or self.run_dir is None or not hasattr(self, "optimizer"):
+            return
+        if self._nonfinite_on_device and self._first_nonfinite is not None and int(self._first_nonfinite):
+            self.logger.error("%s: no exception checkpoint: the steps counted since the non-finite loss were not "
+                              "applied; resume from the newest checkpoint", type(exc).__name__)
             return
         if self._mid_update:  # parameters half-updated (an error inside optimizer.step): no whole step to save
             self.logger.error("%s inside an optimizer update at step %d: no exception checkpoint (the weights "

@@ -10,6 +10,7 @@ from base.checkpoint import load_checkpoint
 from base.errors import DataError
 from base.run_dir import cannot_write_error
 from base.signals import signals_held
+from base.state import seed_position
 
 
 class ValidationMixin:
@@ -62,6 +63,8 @@ class ValidationMixin:
                                      "write TensorBoard events") from None
 
     def _log_train(self, bar):
+        if self._nonfinite_on_device:
+            self._check_nonfinite()
         loss = self.train_loss()
         lr = self.optimizer.param_groups[0]["lr"]
         keys = sorted(self._extra_sums)  # one sync per window; under DDP the same keys on every process
@@ -82,6 +85,7 @@ class ValidationMixin:
         """
         trained, self.model = self.model, self.eval_model()
         self.model.eval()
+        seed_position(self.args.seed, self.rank, self.global_step)  # its random draws, if any, from here alone
         try:
             # validate() forks its loader's workers where we cannot see: hold signals until it ends
             with torch.no_grad(), signals_held():
@@ -96,6 +100,8 @@ class ValidationMixin:
     def _validate(self):
         """Validate, log a row to metrics.csv/TensorBoard/the log, save ``best`` on improvement."""
         a, start = self.args, time.perf_counter()
+        if self._nonfinite_on_device:
+            self._check_nonfinite()
         # An exception from here on saves the state as of now, marked so that a resume
         # does this validation again, exactly once (its row, best/last, early stopping).
         self._validation_snapshot = {**self.state_dict(), "validating": True}

@@ -32,8 +32,8 @@ class WeightLog(HookBase):
         self.after.append({k: v.clone() for k, v in self.trainer.model.state_dict().items()})
 
 
-def run(tmp_path, poison, *argv, once=False):
-    cls = type("P", (Poisoned,), {"poison": set(poison), "once": once})
+def run(tmp_path, poison, *argv, once=False, base=Poisoned):
+    cls = type("P", (base,), {"poison": set(poison), "once": once})
     trainer = cls.from_argv(["--output_dir", str(tmp_path), "--gpu_devices", "cpu", *argv])
     log = WeightLog()
     trainer.build_hooks = lambda: [log]
@@ -45,12 +45,30 @@ def all_finite(weights):
 
 
 def test_raise_names_the_step_and_leaves_weights(tmp_path):
+    """Fused optimizer (the default): no host sync per step; the update of the bad step and of every step
+    after it is skipped on the device, and the run stops at the next check (here the validation after step 5)."""
     trainer, log = run(tmp_path, {(0, 2)})
+    with pytest.raises(FloatingPointError, match=r"non-finite loss at step 3 \(noticed at step 5"):
+        trainer.fit()
+    assert trainer._nonfinite_on_device and len(log.after) == 5
+    for weights in (log.after[2:] + [trainer.model.state_dict()]):  # as after step 2, the last good one
+        for key, value in weights.items():
+            assert torch.equal(value, log.after[1][key])
+    assert not list(tmp_path.glob("Toy/*/*_ckpt.pth"))  # the counted-but-not-applied steps are never saved
+
+
+class NotFused(Poisoned):
+    def build_optimizer(self):
+        return torch.optim.SGD(self.model.parameters(), lr=self.args.lr)
+
+
+def test_raise_with_an_optimizer_that_cannot_skip_on_the_device_checks_each_step(tmp_path):
+    trainer, log = run(tmp_path, {(0, 2)}, base=NotFused)
     with pytest.raises(FloatingPointError, match=r"non-finite loss nan at step 3 \(epoch 1, batch 3\)"):
         trainer.fit()
+    assert not trainer._nonfinite_on_device and trainer.global_step == 2
     for key, value in trainer.model.state_dict().items():
         assert torch.equal(value, log.after[-1][key])
-    assert trainer.global_step == 2
 
 
 def test_skip_drops_the_batch_and_counts_it(tmp_path):
@@ -95,11 +113,25 @@ def test_entry_point_reports_a_nan_loss_in_one_line(tmp_path, capsys):
     cls = type("P", (Poisoned,), {"poison": {(0, 1)}})
     assert main(cls, ["--output_dir", str(tmp_path), "--gpu_devices", "cpu"]) == 1
     err = capsys.readouterr().err
-    assert "error: non-finite loss nan at step 2" in err and "Traceback" not in err
-    assert len(list(tmp_path.glob("Toy/*/Toy_exception_ckpt.pth"))) == 1
+    assert "error: non-finite loss at step 2 (noticed at step 5" in err and "Traceback" not in err
+    assert "no exception checkpoint: the steps counted since the non-finite loss were not applied" in err
+    assert not list(tmp_path.glob("Toy/*/Toy_exception_ckpt.pth"))
+    cls = type("P", (NotFused,), {"poison": {(0, 1)}})  # checked per step: the exception checkpoint is step 1
+    assert main(cls, ["--output_dir", str(tmp_path), "--gpu_devices", "cpu"]) == 1
+    assert "error: non-finite loss nan at step 2 (epoch 1, batch 2)" in capsys.readouterr().err
+    (path,) = tmp_path.glob("Toy/*/Toy_exception_ckpt.pth")
+    assert torch.load(path, weights_only=True)["global_step"] == 1
 
 
 def test_rollback_before_the_first_step_checkpoint_says_when_it_comes(tmp_path):
     trainer, _ = run(tmp_path, {(0, 1)}, "--nonfinite", "rollback", "--save_every_steps", "4")
     with pytest.raises(FloatingPointError, match="the first step checkpoint comes at step 4"):
         trainer.fit()
+
+
+def test_no_checkpoint_holds_a_step_counted_after_a_nonfinite_loss(tmp_path):
+    """With an update skipped on the device, a step checkpoint is where the bad step is noticed."""
+    trainer, _ = run(tmp_path, {(0, 2)}, "--save_every_steps", "1")
+    with pytest.raises(FloatingPointError, match=r"non-finite loss at step 3 \(noticed at step 3"):
+        trainer.fit()
+    assert sorted(p.name for p in tmp_path.glob("Toy/*/*_ckpt.pth")) == ["Toy_step1_ckpt.pth", "Toy_step2_ckpt.pth"]
