@@ -128,6 +128,32 @@ def save_checkpoint(state, path):
     write_or_fail(path, lambda f: torch.save(stamped, f), what="checkpoint")
 
 
+def link_checkpoint(source, path):
+    """Make ``path`` a second name of the checkpoint file ``source`` (a hard link; a copy where links fail).
+
+    Atomic like :func:`save_checkpoint`: ``path`` is the old file or the new
+    one. Checkpoints are only ever replaced, never changed in place, so the
+    two names stay equal until one of them is saved again.
+
+    Raises:
+        CheckpointError: as :func:`write_or_fail`.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp{os.getpid()}")
+    try:
+        try:
+            os.link(source, tmp)
+        except OSError:
+            write_or_fail(path, lambda f: f.write(open(source, "rb").read()), what="checkpoint")
+            return
+        os.replace(tmp, path)
+    except OSError as exc:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise CheckpointError(f"cannot write checkpoint {path}: {exc.strerror or exc}") from None
+    _fsync_dir(folder)
+
+
 def write_or_fail(path, write_fn, what="file"):
     """:func:`atomic_write`, with a failed write (disk full, no permission) as one :class:`CheckpointError`.
 

@@ -8,9 +8,11 @@ import json
 import os
 import re
 
+import torch
 
-from base.checkpoint import load_checkpoint, load_model_state, save_checkpoint, verify_checkpoint, write_or_fail
 from base import distributed
+from base.checkpoint import (link_checkpoint, load_checkpoint, load_model_state, save_checkpoint, verify_checkpoint,
+                             write_or_fail)
 from base.errors import CheckpointError
 from base.resume import newest_checkpoint
 from base.signals import Preempted
@@ -122,6 +124,15 @@ class CheckpointingMixin:
         path = self.checkpoint_path(tag)
         if self._nonfinite_on_device and tag != "exception":
             self._check_nonfinite()  # never save the steps counted after a non-finite loss
+        # `last` right after an improving validation holds what `best` was just given: link, do not
+        # serialize again. Only without hooks: an after_epoch hook runs between the two and may change state.
+        position = (self.epoch, self.global_step, self.samples_in_epoch, self.skipped_steps)
+        if (state is None and tag == "last" and not self.hooks and self.world_size == 1
+                and getattr(self, "_best_saved_at", None) == position and os.path.isfile(self.checkpoint_path("best"))):
+            link_checkpoint(self.checkpoint_path("best"), path)
+            return path
+        if state is None and tag == "best":
+            self._best_saved_at = position
         state = self.state_dict(gather=sync) if state is None else state
         if self.rank != 0:
             if sync:
@@ -172,9 +183,16 @@ class CheckpointingMixin:
             return
         from safetensors.torch import save as safetensors_bytes
 
-        # Copies break shared storage (tied weights), which safetensors refuses to write.
-        # The weights that validation scored: the EMA's with --eval_ema.
-        tensors = {k: v.detach().cpu().clone().contiguous() for k, v in self.eval_model().state_dict().items()}
+        # The weights that validation scored: the EMA's with --eval_ema. safetensors refuses tensors that
+        # share storage (tied weights) or are not contiguous: those alone are copied.
+        tensors, storages = {}, set()
+        for key, value in self.eval_model().state_dict().items():
+            value = value.detach().cpu()  # no copy on the CPU
+            storage = value.untyped_storage().data_ptr()
+            if storage in storages or not value.is_contiguous():
+                value = value.clone(memory_format=torch.contiguous_format)
+            storages.add(value.untyped_storage().data_ptr())
+            tensors[key] = value
         stem = os.path.join(self.run_dir, f"{self.args.model_type}_best")
         write_or_fail(stem + ".safetensors", lambda f: f.write(safetensors_bytes(tensors)), "export")
         sidecar = {"config": vars(self.args), "metrics": self.last_metrics, "global_step": self.global_step,

@@ -137,7 +137,7 @@ def test_sigterm_to_one_rank_stops_both_and_resume_is_identical(tmp_path):
     flags = ["--output_dir", str(tmp_path), *DDP_FLAGS, "--noise", "0.3"]
     straight = finish(spawn([*flags, "--proj_name", "Straight"]))
     assert [rc for rc, _ in straight] == [0, 0], straight
-    procs = spawn([*flags, "--step_sleep", "0.3"])
+    procs = spawn([*flags, "--step_sleep", "0.2"])
     deadline = time.time() + 120
     while time.time() < deadline:  # the first validation (after step 4) is in rank 0's log
         logs = glob.glob(os.path.join(tmp_path, "DistToy", "*", "*_log.txt"))
@@ -226,7 +226,7 @@ def test_every_trainer_runs_under_ddp_and_its_checkpoint_evaluates_alone(task, t
     process as the run's own test did over 2 shards."""
     script, evaluator, flags, metric = TASKS[task]
     data = ["--data_dir", carvana_layout(tmp_path_factory)] if task == "seg" else []
-    done = torchrun([*data, "--output_dir", str(tmp_path), "--gpu_devices", "cpu", "--epochs", "2", *flags],
+    done = torchrun([*data, "--output_dir", str(tmp_path), "--gpu_devices", "cpu", "--epochs", "1", *flags],
                     script=script)
     assert done.returncode == 0, done.stderr[-3000:]
     (run,) = [d for d in glob.glob(os.path.join(tmp_path, "*", "*")) if os.path.isdir(d)]
