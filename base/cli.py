@@ -80,11 +80,13 @@ def _launch_processes(prog, argv):
 
     peek = argparse.ArgumentParser(add_help=False)
     peek.add_argument("--gpu_devices", default=None)
+    peek.add_argument("--print_config", nargs="?", const=True, default=False)
     try:
-        spec = peek.parse_known_args(argv)[0].gpu_devices
+        known = peek.parse_known_args(argv)[0]
     except SystemExit:
         return None
-    if parse_devices(spec) is None or "LOCAL_RANK" in os.environ:
+    spec = known.gpu_devices
+    if parse_devices(spec) is None or "LOCAL_RANK" in os.environ or known.print_config:  # printing starts nothing
         return None
     try:
         command = launch_command(spec, sys.argv[0], sys.argv[1:] if argv is None else list(argv))

@@ -7,17 +7,18 @@ Each class in a trainer's (or evaluator's) MRO may define
 * ``DEFAULTS`` (a dict in the class body): new defaults for inherited flags.
 
 :func:`parse_config` builds the parser from the base class down to the leaf,
-applies a ``--config`` JSON file on top of the defaults, then the command
-line on top of that. The resolved namespace comes back with a provenance map
+applies a ``--config`` file (JSON, or YAML for ``.yaml``/``.yml``: see
+:mod:`base.config_files`) on top of the defaults, then the command line on
+top of that. The resolved namespace comes back with a provenance map
 ``{flag: "base default (TrainerBase)" | "subclass default (X)" |
 "config file (path)" | "command line"}`` that is written next to the values.
+``--print_config`` (beside ``--config``) prints the result as YAML and exits.
 """
 import argparse
-import json
 import os
 
 # Flags that describe one launch, not an experiment: never taken from a file.
-LAUNCH_ONLY = frozenset({"config", "resume", "model_path", "debug"})
+LAUNCH_ONLY = frozenset({"config", "resume", "model_path", "debug", "print_config"})
 
 
 # Flags that hold a path: a leading ``~`` is expanded to the home folder.
@@ -115,62 +116,27 @@ def build_parser(cls, suppress_defaults=False):
     return parser, origins
 
 
-def read_config_file(path, with_meta=False):
-    """Read a config JSON written by a run (or a flat ``{flag: value}`` dict).
-
-    A run's file is ``{"config": {flag: value}, "provenance": ..., "meta": {...}}``
-    (see :func:`base.run_dir.write_config`); ``meta["trainer"]`` names the
-    trainer class that wrote it.
-
-    Returns:
-        dict of flag values; with ``with_meta``, ``(values, meta)`` where
-        ``meta`` is the run's ``meta`` dict (``{}`` for a flat file).
-
-    Raises:
-        ConfigError: the file is missing, a folder, not JSON, not an object,
-            or a run's file whose ``config`` or ``meta`` is not an object (or
-            ``meta.trainer`` not a string); the message names the file and key.
-    """
-    where = f"--config {path}"
-    if os.path.isdir(path):
-        raise ConfigError(f"{where}: is a folder; expected a config JSON file (e.g. the run's config_*.json)")
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"{where}: no such file") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{where}: not valid JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a JSON object of flag values, got a {type(data).__name__}")
-    meta = {}
-    # A run's file: its flags are under "config"; anything else is read as flat flags.
-    if "config" in data and not isinstance(data["config"], (str, type(None))):
-        if not isinstance(data["config"], dict):
-            raise ConfigError(f"{where}: its 'config' entry is a {type(data['config']).__name__}, "
-                              f"expected an object of flag values")
-        meta = data.get("meta", {})
-        if not isinstance(meta, dict):
-            raise ConfigError(f"{where}: its 'meta' entry is a {type(meta).__name__}, expected an object")
-        if not isinstance(meta.get("trainer", ""), str):
-            raise ConfigError(f"{where}: its 'meta.trainer' is {meta['trainer']!r}, expected a class name")
-        data = data["config"]
-    return (data, meta) if with_meta else data
-
-
 def _typed(action, key, value, source):
     """``value`` converted with ``action.type`` (each item for an ``nargs`` flag's list).
 
+    A ``store_true``-like flag (no type) reads its value as a boolean too.
+
     Raises:
         ConfigError: a string the type rejects, or a number flag holding a
-            non-number (a list, a bool, a dict; a fraction for an int flag).
+            non-number (a list, a bool, a dict; a fraction for an int flag);
+            ``None`` (JSON null, an empty YAML value) for a typed flag whose
+            default is not ``None``.
     """
     if isinstance(value, list) and action.nargs not in (None, "?"):
         return [_typed(action, key, item, source) for item in value]
+    boolean = action.type is str2bool or (action.nargs == 0 and isinstance(action.const, bool))
+    if value is None and (action.type is not None or boolean) and action.default is not None:
+        # It would pass here and fail far from the file (``None > 0`` in validation).
+        raise ConfigError(f"{source}: bad value for {key!r}: expected a value, got None (null or empty)")
     try:
         if isinstance(value, str) and action.type is not None:
             return action.type(value)
-        if action.type is str2bool and value is not None:
+        if boolean and value is not None:
             return str2bool(value)
     except (ValueError, TypeError, argparse.ArgumentTypeError) as exc:
         raise ConfigError(f"{source}: bad value for {key!r}: {exc}") from None
@@ -228,15 +194,23 @@ def parse_config(cls, argv=None, base_values=None, base_label="saved run", valid
     ``base_label``), the ``--config`` file, the command line. After parsing,
     ``cls.validate_config(args)`` checks cross-field rules.
 
+    A class with ``--config`` also gets ``--print_config``: with ``validate``,
+    the resolved config is printed as YAML (:func:`base.config_files.format_config`)
+    and the process exits 0. ``print_config`` itself is never in ``args``.
+
     Returns:
         ``(args, provenance)``: an ``argparse.Namespace`` and ``{flag: label}``.
 
     Exits:
         status 2 with one ``error:`` line for an unknown flag, a bad value,
-        a bad ``--config`` file or a failed validation.
+        a bad ``--config`` file or a failed validation; status 0 after ``--print_config``.
     """
+    from base.config_files import format_config, read_config_file  # imports PyYAML only when used
+
     parser, origins = build_parser(cls)
+    _add_print_config(parser)
     args = parser.parse_args(argv)
+    show = vars(args).pop("print_config", False)
     try:
         if base_values:
             values = _coerce(parser, base_values, base_label)
@@ -254,13 +228,35 @@ def parse_config(cls, argv=None, base_values=None, base_label="saved run", valid
             parser.set_defaults(**values)
             origins.update({k: f"config file ({args.config})" for k in values})
             args = parser.parse_args(argv)
+        vars(args).pop("print_config", None)
         given, _ = build_parser(cls, suppress_defaults=True)
+        _add_print_config(given)
         origins.update({k: "command line" for k in vars(given.parse_args(argv))})
         if validate:
             cls.validate_config(args)
+        provenance = {k: origins.get(k, "command line") for k in vars(args)}
+        if show and validate:  # only the final parse prints (from_argv first parses unvalidated)
+            print(format_config(args, provenance, parser.prog), end="")
+            parser.exit(0)
     except ConfigError as exc:
         parser.error(str(exc))
-    return args, {k: origins.get(k, "command line") for k in vars(args)}
+    return args, provenance
+
+
+def _add_print_config(parser):
+    """Add ``--print_config`` beside ``--config``, if ``parser`` has one (trainers do; evaluators do not).
+
+    Its default is ``SUPPRESS``: the flag is in a namespace only when given, and
+    :func:`parse_config` takes it out, so no run records it.
+    """
+    config = next((a for a in parser._actions if a.dest == "config"), None)
+    if config is None:
+        return
+    group = next((g for g in parser._action_groups if config in g._group_actions), parser)
+    group.add_argument("--print_config", action="store_true", default=argparse.SUPPRESS,
+                       help="print the resolved config as YAML, each value's source in a comment, and exit "
+                            "(save it as a .yaml to pass back with --config)")
+    group._group_actions.insert(group._group_actions.index(config) + 1, group._group_actions.pop())  # in --help
 
 
 def check(condition, flag, value, rule):

@@ -8,7 +8,8 @@ from utils.device import select_device
 def add_trainer_arguments(parser):
     """Add the loop's flags to ``parser`` (grouped for ``--help``)."""
     run = parser.add_argument_group("run")
-    run.add_argument("--config", default=None, help="start from a saved config_*.json; flags override it")
+    run.add_argument("--config", default=None,
+                     help="start from a config file (a saved config_*.json, or YAML); flags override it")
     run.add_argument("--proj_name", default="Experiment", help="runs go to <output_dir>/<proj_name>/<timestamp>")
     run.add_argument("--output_dir", default="Results", help="parent folder of all runs")
     run.add_argument("--resume", default="",
