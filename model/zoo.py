@@ -30,7 +30,7 @@ __all__ = ["MIN_IMAGE_SIZE", "ZOO_MODELS", "build_zoo_model", "image_size_proble
 # (layers, heads, hidden, mlp): Ti and S from DeiT (Touvron et al. 2021), B from ViT (Dosovitskiy et al. 2021)
 _VIT_CONFIGS = {"vit_ti_16": (12, 3, 192, 768), "vit_s_16": (12, 6, 384, 1536), "vit_b_16": (12, 12, 768, 3072)}
 #: Smallest side H = W each model trains on (measured with a CPU training step on a batch of two; the
-#: loop never trains on a batch of one, see base.state.drops_lone_sample): Swin needs one 4x4 patch.
+#: loop never trains on a batch of one, see base.state.trained_samples): Swin needs one 4x4 patch.
 #: ResNets take any size. ViTs: see image_size_problem.
 MIN_IMAGE_SIZE = {"swin_t": 4}
 # Parameters torchvision names that the ViT recipe keeps out of weight decay although they are not 1-D.
