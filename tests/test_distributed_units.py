@@ -108,3 +108,18 @@ def test_meters_and_plain_means_reduce_to_the_whole_split(tmp_path):
         assert results[0]["seg"][key] == pytest.approx(whole_seg[key], rel=1e-12), key
     assert results[0]["combined"]["mse"] == pytest.approx(float(logits[:, 0].pow(2).mean()), rel=1e-6)
     assert not os.environ.get("RANK")  # nothing leaked into this process
+
+
+@pytest.mark.skipif(torch.cuda.device_count() >= 2, reason="needs GPUs 0 and 1 to be missing")
+def test_a_list_of_missing_gpus_is_one_line_before_any_process_starts(tmp_path):
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, "trainer_vanilla.py", "--gpu_devices", "0,1", "--output_dir", str(tmp_path)],
+                          cwd=root, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"trainer_vanilla.py: error: --gpu_devices='0,1': no such GPU ({torch.cuda.device_count()} CUDA device(s) "
+        "visible); use --gpu_devices cpu"]
+    assert not list(tmp_path.iterdir())
