@@ -81,6 +81,7 @@ class EvaluatorBase(abc.ABC):
         # Evaluation writes beside the checkpoint; the training machine's output folder
         # may not exist here and must not fail validation.
         merged["output_dir"] = os.path.dirname(os.path.abspath(self.args.model_path))
+        merged["loggers"] = ""  # evaluation reports to no tracker (whose package may not be installed here)
         merged.update({k: v for k, v in vars(self.args).items() if k in known})
         task_args = argparse.Namespace(**merged)
         self.trainer_class.validate_config(task_args)

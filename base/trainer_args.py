@@ -2,6 +2,7 @@
 import os
 
 from base.config import check, str2bool
+from base.loggers import parse_logger_names
 from utils.device import select_device
 
 
@@ -60,7 +61,10 @@ def add_trainer_arguments(parser):
     val.add_argument("--val_every_steps", type=int, default=0, help="also validate every N steps (0: off)")
     val.add_argument("--early_stop_patience", type=int, default=0,
                      help="stop after N validations without improvement (0: off)")
-    val.add_argument("--log_every_steps", type=int, default=10, help="progress/TensorBoard cadence")
+    val.add_argument("--log_every_steps", type=int, default=10,
+                     help="cadence of the progress bar and of train/* scalars (loss, lr, grad_norm, images/s)")
+    val.add_argument("--loggers", default="tensorboard,csv",
+                     help="comma list of tensorboard, csv (scalars.csv), wandb, mlflow: where scalars go")
 
     faults = parser.add_argument_group("checkpoints and faults")
     faults.add_argument("--save_every_steps", type=int, default=0,
@@ -105,6 +109,7 @@ def validate_trainer_config(args):
     check(args.seed >= 0, "seed", args.seed, "must be >= 0")
     check(bool(args.proj_name) and os.sep not in args.proj_name, "proj_name", args.proj_name,
           "must be a non-empty name without path separators")
+    parse_logger_names(args.loggers)  # an unknown logger, or a tracker whose package is missing
     select_device(args.gpu_devices)  # raises ConfigError for a GPU that is not there
     check_writable_dir("output_dir", args.output_dir)
     if args.plot_lr:

@@ -8,15 +8,18 @@ import abc
 import functools
 import math
 import os
+import time
 
 import torch
 from torch.utils.data import DataLoader, default_collate
 from tqdm import tqdm
 
 from base import distributed, optim, resume, run_dir
+from base.loggers import LoggerSet, RunInfo, build_loggers, parse_logger_names
+from base.run_status import RunStatus
 from base.bad_data import BadSampleFilter, BadSampleLog, collate_good_samples
 from base.config import parse_config
-from base.signals import PreemptionFlag, ignore_signals_in_worker, signals_held
+from base.signals import Preempted, PreemptionFlag, ignore_signals_in_worker, signals_held
 from base.state import (EarlyStopper, ResumableSampler, SeededSamples, global_switches, restore_global_switches,
                         seed_everything)
 from base.trainer_args import add_trainer_arguments, validate_trainer_config
@@ -111,6 +114,11 @@ class TrainerBase(StepMixin, CheckpointingMixin, ResumeMixin, ValidationMixin, D
         self.ema = None  # ModelEMA with --ema_decay, made in setup
         self._extra_sums, self._extra_count = {}, 0  # train_step's other outputs since the last log (on device)
         self._nonfinite_on_device, self._first_nonfinite = False, None  # see StepMixin._mark_nonfinite
+        self.loggers = LoggerSet()  # rank 0's, from setup on (see base.loggers); empty elsewhere
+        self.status = None  # rank 0's RunStatus (status.json), from setup on
+        # train/grad_norm (a device tensor) and train/images_per_sec: the training clock and the
+        # window's sample count when it started (validation and checkpoint time is left out).
+        self._grad_norm, self._log_clock, self._clock_count = None, None, 0
 
     # ----------------------------------------------------------------- to override
     @abc.abstractmethod
@@ -236,10 +244,8 @@ class TrainerBase(StepMixin, CheckpointingMixin, ResumeMixin, ValidationMixin, D
         self.hooks = list(self.build_hooks())
         for hook in self.hooks:
             hook.trainer = self
-        self.writer = self.metrics_csv = None  # other processes than rank 0 write nothing
+        self.metrics_csv = None  # other processes than rank 0 write nothing
         if main:
-            from torch.utils.tensorboard import SummaryWriter  # slow import; only for training
-            self.writer = SummaryWriter(os.path.join(self.run_dir, "summary"))
             self.metrics_csv = run_dir.MetricsCSV(os.path.join(self.run_dir, "metrics.csv"))
         self.logger.info("run folder: %s", self.run_dir)
         if self.world_size > 1:
@@ -264,10 +270,41 @@ class TrainerBase(StepMixin, CheckpointingMixin, ResumeMixin, ValidationMixin, D
                 # Rows of work after the checkpoint are redone, and so is an interrupted validation's row.
                 self.metrics_csv.drop_rows_after(self.global_step - 1 if self._redo_validation else self.global_step)
                 run_dir.record_resume(config_path, a, self.provenance, self.resume_from[1], self.resume_changes)
+        if main:
+            self._start_loggers(config_path)
         # --nonfinite raise with a fused optimizer (the default): NaN/inf losses are caught without a host
         # sync per step. skip/rollback decide per batch on the host, and so does DDP (all ranks agree first).
         self._nonfinite_on_device = (a.nonfinite == "raise" and self.world_size == 1 and not self.use_fp16_scaler
                                      and all(g.get("fused") for g in self.optimizer.param_groups))
+
+    def _start_loggers(self, config_path):
+        """Mark the run ``running`` in status.json and open the ``--loggers`` (rank 0)."""
+        a = self.args
+        self.status = RunStatus(self.run_dir)
+        self.status.begin(self, resumed=bool(self.resume_from))
+        self.loggers = LoggerSet(build_loggers(parse_logger_names(a.loggers)), warn=self.logger.warning)
+        keep = self.global_step - 1 if self._redo_validation else self.global_step  # as metrics.csv
+        self.loggers.start(RunInfo(self.run_dir, a.proj_name, self.timestamp, a.output_dir, type(self).__name__,
+                                   dict(vars(a)), dict(self.provenance), config_path, keep, bool(self.resume_from)))
+
+    def _end_run(self, status, test=None, error=None):
+        """Record how this launch ended in status.json and close the loggers with the final metrics (rank 0).
+
+        With an ``error`` (the launch is failing already) a failure here is logged, never raised over it.
+        """
+        if self.status is None:
+            return
+        final = {}
+        if self.early_stopper.best not in (math.inf, -math.inf):
+            final[f"best/val_{self.monitor}"] = self.early_stopper.best
+        final.update({f"test/{k}": v for k, v in (test or {}).items()})
+        try:
+            self.status.end(status, self, test=test, error=error)
+            self.loggers.finish(status, final, self.global_step)
+        except Exception as exc:  # noqa: BLE001
+            if error is None:
+                raise
+            self.logger.error("could not record the run's end (%s): %s", status, exc)
 
     # ----------------------------------------------------------------- the loop
     def fit(self):
@@ -284,7 +321,12 @@ class TrainerBase(StepMixin, CheckpointingMixin, ResumeMixin, ValidationMixin, D
             self.rank, self.world_size = distributed.rank(), distributed.world_size()
             self.setup()
             self.train()
-            return self.test()
+            metrics = self.test()
+            self._end_run("finished", test=metrics)
+            return metrics
+        except BaseException as exc:
+            self._end_run("preempted" if isinstance(exc, Preempted) else "crashed", error=exc)
+            raise
         finally:
             self.release()
             restore_global_switches(switches)
@@ -297,12 +339,7 @@ class TrainerBase(StepMixin, CheckpointingMixin, ResumeMixin, ValidationMixin, D
         """
         for loader in getattr(self, "loaders", {}).values():  # persistent workers: stop them now
             getattr(getattr(loader, "_iterator", None), "_shutdown_workers", lambda: None)()
-        if getattr(self, "writer", None) is not None:
-            try:
-                self.writer.close()
-            except OSError:  # the run folder is gone; the error that stopped the run says so
-                pass
-            self.writer = None
+        self.loggers.close()
         if self.logger is not None:
             run_dir.close_logger(self.logger)
         if self.lock is not None:
@@ -363,11 +400,10 @@ class TrainerBase(StepMixin, CheckpointingMixin, ResumeMixin, ValidationMixin, D
             raise
         finally:
             self._call("after_train")
-            if getattr(self, "writer", None) is not None:
-                try:
-                    self.writer.flush()
-                except OSError as exc:  # e.g. the run folder was deleted: do not hide the real error
-                    self.logger.warning("TensorBoard events could not be written: %s", exc)
+            try:
+                self.loggers.flush()
+            except OSError as exc:  # e.g. the run folder was deleted: do not hide the real error
+                self.logger.warning("%s", exc)
 
     def _train_epoch(self):
         a, loader = self.args, self.loaders["train"]
@@ -399,6 +435,8 @@ class TrainerBase(StepMixin, CheckpointingMixin, ResumeMixin, ValidationMixin, D
         a, consumed = self.args, 0
         for window in self._windows(bar):
             consumed += len(window)
+            if self._log_clock is None:  # after a validation or at the start: time training alone
+                self._log_clock, self._clock_count = time.perf_counter(), self._extra_count
             self._call("before_step")
             stepped = self._step(window)
             if self._restart_epoch:  # rolled back: the checkpoint set the data position
@@ -408,10 +446,12 @@ class TrainerBase(StepMixin, CheckpointingMixin, ResumeMixin, ValidationMixin, D
             if not stepped:  # no update (skipped window), but the data position moves on
                 with self._preemption.critical():
                     self._advance_position(len(window))
-            self._call("after_step")
-            self._check_bad_samples()
+            # Logged before after_step: an exception there still saves this step (the exception
+            # checkpoint), and a resume starts after it, so its row must be written already.
             if self.global_step % a.log_every_steps == 0:
                 self._log_train(bar)
+            self._call("after_step")
+            self._check_bad_samples()
             if a.val_every_steps and self.global_step % a.val_every_steps == 0:
                 self._validate()
                 self.save("last")

@@ -138,6 +138,14 @@ class CheckpointingMixin:
             if sync:
                 distributed.barrier()
             return path
+        # What was logged up to this step reaches the disk first: a resume from this checkpoint keeps
+        # those rows and redoes the rest (see base.loggers.CSVLogger), so none may be lost in a buffer.
+        try:
+            self.loggers.flush()
+        except OSError as exc:
+            if tag != "exception":
+                raise
+            self.logger.warning("%s", exc)  # the run is failing already: still try to save its state
         save_checkpoint(state, path)
         if sync:
             distributed.barrier()

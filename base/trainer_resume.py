@@ -20,7 +20,8 @@ class ResumeMixin:
         "weight_decay", "warmup_steps", "grad_clip", "grad_clip_mode", "val_every_epochs", "val_every_steps",
         "early_stop_patience", "log_every_steps", "save_every_steps", "keep_last_k", "nonfinite",
         "max_skipped_steps", "rollback_lr_factor", "bad_images", "max_bad_images", "gpu_devices",
-        "deterministic", "data_dir", "compile", "channels_last", "persistent_workers", "plot_lr", "sync_bn"})
+        "deterministic", "data_dir", "compile", "channels_last", "persistent_workers", "plot_lr", "sync_bn",
+        "loggers"})
 
     def planned_total_steps(self):
         """Optimizer steps in the whole run: ``--max_steps`` if set, else done + left to ``--epochs``.

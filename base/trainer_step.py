@@ -134,13 +134,19 @@ class StepMixin:
                 if key != "loss":
                     extra_sums[key] = extra_sums.get(key, 0.0) + torch.as_tensor(value).detach().float() * n
         self._call("after_backward")
-        if a.grad_clip > 0:
+        # The step about to be logged records its gradient norm (before clipping): a device tensor, no sync.
+        logged = (self.global_step + 1) % a.log_every_steps == 0
+        if a.grad_clip > 0 or logged:
             self.scaler.unscale_(self.optimizer)
             params = [p for g in self.optimizer.param_groups for p in g["params"]]
-            if a.grad_clip_mode == "norm":
-                torch.nn.utils.clip_grad_norm_(params, a.grad_clip)
+            if a.grad_clip > 0 and a.grad_clip_mode == "norm":
+                norm = torch.nn.utils.clip_grad_norm_(params, a.grad_clip)  # the norm before clipping
             else:
-                torch.nn.utils.clip_grad_value_(params, a.grad_clip)
+                norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]) if logged else None
+                if a.grad_clip > 0:
+                    torch.nn.utils.clip_grad_value_(params, a.grad_clip)
+            if logged:
+                self._grad_norm = norm
         # Weights, EMA, optimizer, schedule, counters and data position change together: a
         # second Ctrl-C waits until they all have, so no checkpoint holds half a step.
         if bad is not None:

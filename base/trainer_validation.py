@@ -8,7 +8,6 @@ import torch
 from base import distributed
 from base.checkpoint import load_checkpoint
 from base.errors import DataError
-from base.run_dir import cannot_write_error
 from base.signals import signals_held
 from base.state import seed_position
 
@@ -48,19 +47,27 @@ class ValidationMixin:
     def log_scalar(self, name, value, step=None):
         """Log one scalar (a float or 0-dim tensor) at ``step`` (default: :attr:`global_step`) to every logger.
 
-        Today that is TensorBoard (``<run>/summary``). Tasks and hooks call it for
-        their own curves, e.g. ``self.log_scalar("train/kl", kl)``; a tensor
-        costs a host sync, so call it at a logging cadence, not every step.
-        Under DDP only rank 0 writes (the others have no writer): log values
+        The loggers are those of ``--loggers`` (see :mod:`base.loggers`). Tasks
+        and hooks call it for their own curves, e.g. ``self.log_scalar("train/kl", kl)``;
+        a tensor costs a host sync, so call it at a logging cadence, not every step.
+        Under DDP only rank 0 writes (the others have no loggers): log values
         that are already the same on every process, or rank 0's own.
+
+        Raises:
+            RunDirError: a logger writing into the run folder cannot write (names the file).
         """
-        if self.writer is None:
-            return
-        try:
-            self.writer.add_scalar(name, float(value), self.global_step if step is None else step)
-        except OSError as exc:  # e.g. the run folder was deleted: one line that says so
-            raise cannot_write_error(os.path.join(self.run_dir, "summary", "events"), exc,
-                                     "write TensorBoard events") from None
+        self.log_scalars({name: value}, step)
+
+    def log_scalars(self, scalars, step=None):
+        """Log ``{name: float or 0-dim tensor}`` at ``step`` (default: :attr:`global_step`); see :meth:`log_scalar`."""
+        if self.loggers:
+            self.loggers.log_scalars({k: float(v) for k, v in scalars.items()},
+                                     self.global_step if step is None else step)
+
+    def log_image(self, name, image, step=None):
+        """Log ``image``, a float tensor ``(3, H, W)`` in [0, 1], at ``step`` to the loggers that take images."""
+        if self.loggers:
+            self.loggers.log_image(name, image, self.global_step if step is None else step)
 
     def _log_train(self, bar):
         if self._nonfinite_on_device:
@@ -68,12 +75,21 @@ class ValidationMixin:
         loss = self.train_loss()
         lr = self.optimizer.param_groups[0]["lr"]
         keys = sorted(self._extra_sums)  # one sync per window; under DDP the same keys on every process
-        sums = distributed.all_reduce_sum([*(float(self._extra_sums[k]) for k in keys), self._extra_count])
-        extras = {k: v / sums[-1] for k, v in zip(keys, sums)}
+        timed = self._extra_count - self._clock_count  # samples since the images/s clock started
+        sums = distributed.all_reduce_sum([*(float(self._extra_sums[k]) for k in keys), self._extra_count, timed])
+        extras = {k: v / sums[-2] for k, v in zip(keys, sums)}
         self._extra_sums, self._extra_count = {}, 0
         bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", **{k: f"{v:.4f}" for k, v in extras.items()})
-        for name, value in {"loss": loss, "lr": lr, **extras}.items():
-            self.log_scalar(f"train/{name}", value)
+        scalars = {"loss": loss, "lr": lr, **extras}
+        if self._grad_norm is not None:  # this step's, before clipping (see StepMixin._step)
+            scalars["grad_norm"] = self._grad_norm
+        now = time.perf_counter()
+        if self._log_clock is not None and now > self._log_clock:  # samples of all processes per second
+            scalars["images_per_sec"] = sums[-1] / (now - self._log_clock)
+        self._log_clock, self._clock_count = now, 0
+        if self.device.type == "cuda":
+            scalars["peak_gpu_memory_mib"] = torch.cuda.max_memory_allocated(self.device) / 2 ** 20
+        self.log_scalars({f"train/{k}": v for k, v in scalars.items()})
 
     def run_validation(self, split="val"):
         """Evaluate :meth:`eval_model` on ``split`` in eval mode; returns ``{metric: float}``.
@@ -118,9 +134,12 @@ class ValidationMixin:
         self._loss_sum, self._loss_count = 0.0, 0
         if self.metrics_csv is not None:  # rank 0's
             self.metrics_csv.write(row)
-        for key, value in row.items():
-            if key.startswith("val_") or key == "train_loss":
-                self.log_scalar(key.replace("_", "/", 1), value)
+        # The mean training loss since the previous validation is not the window mean of train/loss.
+        scalars = {"train/loss_since_val": row["train_loss"], **{k.replace("_", "/", 1): v for k, v in row.items()
+                                                                  if k.startswith("val_")}}
+        if self.global_step % a.log_every_steps:  # (else this step's window logged it)
+            scalars["train/lr"] = row["lr"]
+        self.log_scalars(scalars)
         self.logger.info("epoch %d step %d | train_loss %.4f | %s%s", self.epoch, self.global_step,
                          row["train_loss"], " ".join(f"val_{k} {v:.4f}" for k, v in metrics.items()),
                          " | new best" if is_best else "")
@@ -130,7 +149,10 @@ class ValidationMixin:
         if self.early_stopper.should_stop:
             self.logger.info("early stop: %s has not improved for %d validations (best %.4f)",
                              self.monitor, a.early_stop_patience, self.early_stopper.best)
+        if self.status is not None:
+            self.status.progress(self)
         self._validation_snapshot = None
+        self._log_clock = None  # images/s counts training time only: restart the clock at the next window
 
     def test(self):
         """Load the best checkpoint's weights and evaluate on the test split (if any)."""
@@ -146,11 +168,10 @@ class ValidationMixin:
         self._check_bad_samples()
         self.logger.info("test (best checkpoint, %d samples): %s", len(self.datasets["test"]),
                          " ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-        for key, value in metrics.items():
-            self.log_scalar(f"test/{key}", value)
+        self.log_scalars({f"test/{k}": v for k, v in metrics.items()})
         if self.rank != 0:
             return metrics
-        self.writer.flush()
+        self.loggers.flush()
         with open(os.path.join(self.run_dir, "test_metrics.json"), "w", encoding="utf-8") as f:
             json.dump({"checkpoint": os.path.basename(best), **metrics}, f, indent=2)
         return metrics

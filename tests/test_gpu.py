@@ -38,3 +38,17 @@ def test_fp16_scaler_skip_is_respected_and_not_counted_as_nonfinite(tmp_path):
     trainer.build_hooks = lambda: [hook, Watch()]
     trainer.fit()
     assert trainer.skipped_steps == 0 and trainer.scaler.get_scale() < scale_before
+
+
+def test_peak_gpu_memory_is_logged_with_the_other_train_scalars(tmp_path):
+    import csv
+    import os
+
+    trainer = ToyTrainer.from_argv(["--output_dir", str(tmp_path), "--gpu_devices", "0", "--max_steps", "6",
+                                    "--log_every_steps", "2"])
+    trainer.fit()
+    rows = list(csv.reader(open(os.path.join(trainer.run_dir, "scalars.csv"))))
+    peaks = {int(s): float(v) for s, name, v in rows if name == "train/peak_gpu_memory_mib"}
+    assert sorted(peaks) == [2, 4, 6]
+    total = torch.cuda.get_device_properties(0).total_memory / 2 ** 20
+    assert all(0 < v < total for v in peaks.values())

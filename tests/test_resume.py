@@ -122,9 +122,17 @@ def train(cls, out, argv, hooks=()):
     return trainer
 
 
+#: Scalars that measure the machine, not the training: they differ between any two runs.
+TIMING_SCALARS = ("train/images_per_sec", "val/seconds", "train/peak_gpu_memory_mib")
+
+
 def logged(trainer):
+    """metrics.csv's rows and scalars.csv's (step, name, value) rows, timings left out."""
     rows = list(csv.DictReader(open(os.path.join(trainer.run_dir, "metrics.csv"))))
-    return [{k: v for k, v in r.items() if k != "val_seconds"} for r in rows]
+    scalars = list(csv.reader(open(os.path.join(trainer.run_dir, "scalars.csv"))))
+    assert scalars[0] == ["step", "name", "value"] and len(scalars) > 1
+    return ([{k: v for k, v in r.items() if k != "val_seconds"} for r in rows],
+            [r for r in scalars[1:] if r[1] not in TIMING_SCALARS])
 
 
 def assert_same_state(a, b):

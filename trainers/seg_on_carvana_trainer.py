@@ -97,7 +97,6 @@ class SegOnCarvanaTrainer(TrainerBase):
                 from utils.plots import segmentation_grid  # matplotlib: only when a grid is drawn
 
                 grid = segmentation_grid(batch["image"][:n], batch["mask"][:n], (logits[:n] > 0).cpu())
-        writer = getattr(self, "writer", None)  # evaluators build the task without one
-        if grid is not None and writer is not None and loader is self.loaders.get("val"):
-            writer.add_image("val/image_truth_prediction", grid, self.global_step)
+        if grid is not None and loader is self.loaders.get("val"):  # (an evaluator's task has no loggers)
+            self.log_image("val/image_truth_prediction", grid)
         return meter.compute()

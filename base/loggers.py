@@ -1,0 +1,292 @@
+"""Where a run's numbers go: ``--loggers tensorboard,csv,wandb,mlflow`` behind one small interface.
+
+A task or hook never calls a tracker: it calls ``trainer.log_scalar`` (or
+``log_image``) and the trainer hands the values to every chosen logger
+through a :class:`LoggerSet`. Call order for one launch of a run (a resume
+is a new launch of the same run)::
+
+    start(run)                 once, after the run folder and any resumed state are ready
+    [ log_scalars(scalars, step) | log_image(name, image, step) ]*
+    finish(status, final, step)  once: status 'finished', 'preempted' or 'crashed'
+    close()                    always (also after a failed start)
+
+What each logger receives: the resolved config with provenance at ``start``
+(TensorBoard as a text table, W&B as the run's config, MLflow as params and
+tags; ``csv`` relies on the config JSON beside it), ``train/*`` scalars every
+``--log_every_steps``, ``val/*`` scalars at each validation, ``test/*`` at the
+end, and the final metrics at ``finish``.
+
+Loggers that write into the run folder (``tensorboard``, ``csv``) fail like the
+checkpoints would: a write error stops the run with one line naming the file.
+Trackers outside it (``wandb``, ``mlflow``: a server, another disk) are
+best-effort: their first error is logged once as a warning, that tracker is
+switched off for the rest of the launch, and training goes on.
+"""
+import csv
+import dataclasses
+import importlib.util
+import io
+import os
+
+from base.config import ConfigError
+from base.run_dir import cannot_write_error
+
+#: Logger name -> (module:class, the pip package it needs or None).
+LOGGERS = {
+    "tensorboard": ("base.loggers:TensorBoardLogger", None),
+    "csv": ("base.loggers:CSVLogger", None),
+    "wandb": ("base.trackers:WandbLogger", "wandb"),
+    "mlflow": ("base.trackers:MLflowLogger", "mlflow-skinny"),
+}
+
+
+@dataclasses.dataclass
+class RunInfo:
+    """What a logger may know about the run it logs.
+
+    ``config`` is the resolved flags (``{flag: value}``), ``provenance`` where each
+    came from, ``step`` the optimizer step the launch starts from (its
+    rows after it are redone and logged again), ``resumed`` whether this
+    launch continues an existing run folder.
+    """
+    run_dir: str
+    proj_name: str
+    timestamp: str
+    output_dir: str
+    trainer: str
+    config: dict
+    provenance: dict
+    config_path: str
+    step: int = 0
+    resumed: bool = False
+
+
+class RunLogger:
+    """A logger does nothing by default; override what it supports.
+
+    ``best_effort`` loggers (trackers outside the run folder) may fail without
+    stopping training (see the module docstring).
+    """
+
+    name = ""
+    best_effort = False
+
+    def start(self, run):
+        """Open the logger for ``run`` (a :class:`RunInfo`)."""
+
+    def log_scalars(self, scalars, step):
+        """Record ``{name: float}`` at optimizer step ``step`` (int)."""
+
+    def log_image(self, name, image, step):
+        """Record ``image`` (a float tensor ``(3, H, W)`` in [0, 1]) at ``step``."""
+
+    def flush(self):
+        """Make what was logged so far durable (called at the end of training and of the test)."""
+
+    def finish(self, status, final, step):
+        """End the launch at optimizer step ``step``: ``status`` 'finished' | 'preempted' | 'crashed';
+        ``final`` ``{name: float}`` (the best validation value as ``best/val_<metric>`` and the test
+        metrics as ``test/<metric>``; may be empty)."""
+
+    def close(self):
+        """Release files, threads or connections; called once, whatever happened before."""
+
+
+def parse_logger_names(value):
+    """``"tensorboard,csv"`` -> ``["tensorboard", "csv"]``, checked.
+
+    Raises:
+        ConfigError: an unknown name, or a chosen tracker whose package is not
+            installed (the message says what to ``pip install``).
+    """
+    names = [n.strip().lower() for n in str(value).split(",") if n.strip()]
+    for name in names:
+        if name not in LOGGERS:
+            raise ConfigError(f"--loggers={value!r}: unknown logger {name!r} (choose from {', '.join(LOGGERS)})")
+        module = LOGGERS[name][1]
+        if module and importlib.util.find_spec(name) is None:
+            raise ConfigError(f"--loggers={value!r}: the {name} logger needs the {module} package: "
+                              f"pip install {module}")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"--loggers={value!r}: a logger is named twice")
+    return names
+
+
+def build_loggers(names):
+    """One fresh logger per name of :func:`parse_logger_names`."""
+    loggers = []
+    for name in names:
+        module, cls = LOGGERS[name][0].split(":")
+        loggers.append(getattr(importlib.import_module(module), cls)())
+    return loggers
+
+
+class LoggerSet:
+    """Hands every call to each logger; switches off a best-effort one at its first error.
+
+    ``warn(message)`` reports that error (once per logger).
+    """
+
+    def __init__(self, loggers=(), warn=print):
+        self.loggers, self.warn, self._closed = list(loggers), warn, False
+
+    def __bool__(self):
+        return bool(self.loggers)
+
+    def get(self, name):
+        """The logger called ``name``, or ``None``."""
+        return next((lg for lg in self.loggers if lg.name == name), None)
+
+    def _call(self, method, *args):
+        for logger in list(self.loggers):
+            try:
+                getattr(logger, method)(*args)
+            except Exception as exc:  # noqa: BLE001 - a tracker may fail in any way; the run must not
+                if not logger.best_effort:
+                    raise
+                self.loggers.remove(logger)
+                self.warn(f"the {logger.name} logger failed in {method} ({type(exc).__name__}: "
+                          f"{(str(exc).strip().splitlines() or [''])[0]}); it is off for the rest of this run, "
+                          f"training goes on")
+                try:
+                    logger.close()
+                except Exception:  # noqa: BLE001 - already reported
+                    pass
+
+    def start(self, run):
+        self._call("start", run)
+
+    def log_scalars(self, scalars, step):
+        if scalars:
+            self._call("log_scalars", scalars, step)
+
+    def log_image(self, name, image, step):
+        self._call("log_image", name, image, step)
+
+    def flush(self):
+        self._call("flush")
+
+    def finish(self, status, final, step):
+        self._call("finish", status, final, step)
+
+    def close(self):
+        """Close every logger once; errors of one do not keep the others open."""
+        if self._closed:
+            return
+        self._closed = True
+        for logger in self.loggers:
+            try:
+                logger.close()
+            except Exception:  # noqa: BLE001 - closing after the run: nothing left to save
+                pass
+
+
+def _hparam_value(value):
+    """A config value as TensorBoard's HParams plugin takes it (bool, int, float or str)."""
+    return value if isinstance(value, (bool, int, float, str)) else str(value)
+
+
+class TensorBoardLogger(RunLogger):
+    """TensorBoard events in ``<run>/summary``; the config as a text table; HParams at the end."""
+
+    name = "tensorboard"
+
+    def __init__(self):
+        self.writer, self.run = None, None
+
+    def start(self, run):
+        from torch.utils.tensorboard import SummaryWriter  # slow import; only for training
+
+        self.run, self.folder = run, os.path.join(run.run_dir, "summary")
+        self.writer = SummaryWriter(self.folder)
+        rows = [f"| {k} | {v!r} | {run.provenance.get(k, '')} |" for k, v in sorted(run.config.items())]
+        self._write(lambda: self.writer.add_text("config", "\n".join(["| flag | value | from |", "|---|---|---|",
+                                                                      *rows]), run.step))
+
+    def _write(self, fn, what="write TensorBoard events"):
+        try:
+            fn()
+        except OSError as exc:  # e.g. the run folder was deleted: one line that says so
+            raise cannot_write_error(os.path.join(self.folder, "events"), exc, what) from None
+
+    def log_scalars(self, scalars, step):
+        def write():
+            for name, value in scalars.items():
+                self.writer.add_scalar(name, value, step)
+        self._write(write)
+
+    def log_image(self, name, image, step):
+        self._write(lambda: self.writer.add_image(name, image, step))
+
+    def flush(self):
+        self._write(self.writer.flush)
+
+    def finish(self, status, final, step):
+        if status != "finished" or not final:
+            return
+        # run_name ".": into this run's own folder, so the HParams tab shows one row per run.
+        hparams = {k: _hparam_value(v) for k, v in self.run.config.items()}
+        metrics = {f"hparam/{k}": v for k, v in final.items()}
+        self._write(lambda: self.writer.add_hparams(hparams, metrics, run_name=".", global_step=step))
+
+    def close(self):
+        if self.writer is not None:
+            try:
+                self.writer.close()
+            except OSError:  # the run folder is gone; the error that stopped the run says so
+                pass
+            self.writer = None
+
+
+class CSVLogger(RunLogger):
+    """Every scalar as a row ``step,name,value`` of ``<run>/scalars.csv`` (per-step curves in plain text).
+
+    ``metrics.csv`` (one row per validation) is written whatever ``--loggers``
+    says: resume, ``inspect_history.py`` and ``utils.runs`` read it.
+    """
+
+    name = "csv"
+
+    def __init__(self):
+        self.path, self.file = None, None
+
+    def start(self, run):
+        self.path = os.path.join(run.run_dir, "scalars.csv")
+        try:
+            if os.path.isfile(self.path):  # a resume redoes the steps after its checkpoint: drop their rows
+                with open(self.path, newline="", encoding="utf-8") as f:
+                    rows = list(csv.reader(f))
+                kept = [r for r in rows[1:] if len(r) == 3 and int(r[0]) <= run.step]
+                if len(kept) != len(rows) - 1:
+                    from base.checkpoint import atomic_write
+
+                    text = io.StringIO()
+                    csv.writer(text, lineterminator="\n").writerows([["step", "name", "value"], *kept])
+                    atomic_write(self.path, lambda f: f.write(text.getvalue().encode("utf-8")))
+            new = not os.path.isfile(self.path)
+            self.file = open(self.path, "a", newline="", encoding="utf-8")
+            self.writer = csv.writer(self.file, lineterminator="\n")
+            if new:
+                self.writer.writerow(["step", "name", "value"])
+        except OSError as exc:
+            raise cannot_write_error(self.path, exc) from None
+
+    def log_scalars(self, scalars, step):
+        try:
+            self.writer.writerows([step, name, repr(float(value))] for name, value in scalars.items())
+        except OSError as exc:
+            raise cannot_write_error(self.path, exc) from None
+
+    def flush(self):
+        try:
+            self.file.flush()
+        except OSError as exc:
+            raise cannot_write_error(self.path, exc) from None
+
+    def close(self):
+        if self.file is not None:
+            try:
+                self.file.close()
+            except OSError:
+                pass
+            self.file = None

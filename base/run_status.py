@@ -1,0 +1,99 @@
+"""``<run>/status.json``: what state a run is in, kept up to date by its trainer (read by ``utils.runs``).
+
+Written (atomically, by rank 0) when a launch starts (``running``), after
+every validation (progress, best metric), and when it ends: ``finished``,
+``preempted`` (SIGTERM/SIGINT, a checkpoint to resume from) or ``crashed``
+(an exception; its first line is kept in ``error``). A process killed
+without warning (``kill -9``, a lost node) leaves ``running`` behind; the
+run folder's lock (:mod:`base.run_lock`) tells such a run from a live one.
+
+Fields: ``status``, ``resumes`` (launches after the first), ``trainer``,
+``model``, ``data``, ``epoch``/``global_step`` done, ``planned_epochs``/
+``planned_steps``, ``monitor`` (``val_<metric>``), ``monitor_mode``, ``best``
+(its best value or ``None``), ``test`` (``{metric: float}``), ``wall_seconds``
+(all launches together, seconds), ``started``/``updated`` (local time,
+``YYYY-mm-dd HH:MM:SS``), ``error``, ``pid``, ``host``.
+"""
+import datetime
+import json
+import math
+import os
+import socket
+import time
+
+STATUS_FILE = "status.json"
+STATES = ("running", "finished", "preempted", "crashed")
+
+
+def read_status(run_dir):
+    """The run's status dict, or ``{}`` when it has none (or it cannot be read)."""
+    try:
+        with open(os.path.join(run_dir, STATUS_FILE), encoding="utf-8") as f:
+            doc = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def _now():
+    return datetime.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _finite(value):
+    """``value`` as a float, ``None`` for +-inf or NaN (no best yet): JSON has no infinity."""
+    return float(value) if math.isfinite(value) else None
+
+
+class RunStatus:
+    """The trainer's side of ``status.json``: :meth:`begin`, :meth:`progress`, :meth:`end`.
+
+    Raises:
+        RunDirError: from any method, the file cannot be written (names it).
+    """
+
+    def __init__(self, run_dir):
+        self.path = os.path.join(run_dir, STATUS_FILE)
+        self.doc, self._start, self._wall_before = {}, time.monotonic(), 0.0
+
+    def begin(self, trainer, resumed):
+        """Mark the launch ``running``; a resumed run counts one more resume and keeps its wall time."""
+        old = read_status(os.path.dirname(self.path)) if resumed else {}
+        a = trainer.args
+        self._start, self._wall_before = time.monotonic(), float(old.get("wall_seconds") or 0.0)
+        data = getattr(a, "data_type", None) or os.path.basename(os.path.normpath(getattr(a, "data_dir", "") or ""))
+        self.doc = {**old, "trainer": type(trainer).__name__, "model": getattr(a, "model_type", None),
+                    "data": data or None, "resumes": int(old.get("resumes", -1)) + 1,
+                    "monitor": f"val_{trainer.monitor}", "monitor_mode": trainer.monitor_mode,
+                    "started": old.get("started") or _now(), "pid": os.getpid(), "host": socket.gethostname(),
+                    "error": None}
+        self._write("running", trainer)
+
+    def progress(self, trainer):
+        """Record the position and best metric (after a validation)."""
+        self._write("running", trainer)
+
+    def end(self, status, trainer, test=None, error=None):
+        """Record how the launch ended: ``status`` in :data:`STATES`; ``error`` an exception or ``None``."""
+        if test is not None:
+            self.doc["test"] = {k: float(v) for k, v in test.items()}
+        if error is not None:
+            lines = str(error).strip().splitlines()
+            self.doc["error"] = f"{type(error).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+        self._write(status, trainer)
+
+    def _write(self, status, trainer):
+        from base.checkpoint import atomic_write  # (torch: kept out of utils.runs's import)
+        from base.run_dir import cannot_write_error
+
+        a = trainer.args
+        self.doc.update({
+            "status": status, "epoch": trainer.epoch, "global_step": trainer.global_step,
+            "planned_epochs": a.epochs if a.max_steps <= 0 else None,
+            "planned_steps": getattr(trainer, "total_steps", None),
+            "best": _finite(trainer.early_stopper.best),
+            "wall_seconds": round(self._wall_before + time.monotonic() - self._start, 3), "updated": _now()})
+        text = json.dumps(self.doc, indent=2, sort_keys=True)
+        try:
+            atomic_write(self.path, lambda f: f.write(text.encode("utf-8")))
+        except OSError as exc:
+            raise cannot_write_error(self.path, exc) from None
