@@ -9,10 +9,12 @@ import time
 import pytest
 
 from base.checkpoint import load_checkpoint
+from base.run_status import read_status
 from test_bad_input import error_line, run_main
 from test_resume import assert_same_state, logged
 from trainers.seg_on_carvana_trainer import SegOnCarvanaTrainer
 from trainers.vanilla_trainer import VanillaTrainer
+from utils.runs import status_text
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS = ["--epochs", "15", "--train_val_sample_rate", "0.3", "--gpu_devices", "cpu", "--deterministic"]
@@ -69,8 +71,11 @@ def test_sigterm_stops_at_a_step_boundary_with_a_checkpoint_and_resume_finishes(
     (ckpt,) = glob.glob(str(tmp_path / "stopped" / proj / "*" / f"{model}_preempt_ckpt.pth"))
     state = load_checkpoint(ckpt)
     assert 0 < state["global_step"] < total
+    status = read_status(os.path.dirname(ckpt))
+    assert (status["status"], status["global_step"]) == ("preempted", state["global_step"])
     resumed = cls.from_argv(["--resume", os.path.dirname(ckpt)])
     resumed.fit()
+    assert status_text(read_status(resumed.run_dir)) == "finished, resumed 1x"
     assert not os.path.exists(ckpt)  # superseded by the resumed run's newer checkpoints
     reference = straight(tmp_path / "straight", "--num_workers", "2", cls=cls, flags=flags)
     assert_same_state(reference, resumed)
@@ -83,6 +88,7 @@ def test_kill_9_after_periodic_checkpoint_then_resume_matches_straight(tmp_path)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.communicate(timeout=60)
     run_dir = os.path.dirname(found[0])
+    assert status_text(read_status(run_dir)) == "killed"  # it said running; its process is gone
     resumed = VanillaTrainer.from_argv(["--resume", run_dir])
     resumed.fit()
     assert resumed.run_dir == run_dir

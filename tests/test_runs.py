@@ -1,0 +1,88 @@
+"""status.json kept by the trainer, and ``python -m utils.runs`` reading it (SIGTERM and kill -9
+runs are in test_preemption.py)."""
+import csv
+import io
+import json
+import os
+import subprocess
+
+import pytest
+
+from base.run_status import read_status
+from conftest import ToyTrainer
+from utils import runs
+
+
+def table(capsys, *argv):
+    """``utils.runs`` output as CSV rows (dicts), and its exit status."""
+    status = runs.main([*argv, "--csv"])
+    return list(csv.DictReader(io.StringIO(capsys.readouterr().out))), status
+
+
+@pytest.fixture
+def two_runs(tmp_path):
+    argv = ["--output_dir", str(tmp_path), "--gpu_devices", "cpu", "--epochs", "2"]
+    finished = ToyTrainer.from_argv(argv)
+    finished.fit()
+    crashed = ToyTrainer.from_argv([*argv, "--fail_at_step", "8", "--lr", "0.01"])
+    with pytest.raises(RuntimeError, match="boom"):
+        crashed.fit()
+    return tmp_path, finished, crashed
+
+
+def test_status_file_of_a_finished_and_a_crashed_run(two_runs):
+    _, finished, crashed = two_runs
+    done = read_status(finished.run_dir)
+    test = json.load(open(os.path.join(finished.run_dir, "test_metrics.json")))
+    assert done["status"] == "finished" and done["resumes"] == 0 and done["error"] is None
+    assert (done["epoch"], done["global_step"], done["planned_epochs"], done["planned_steps"]) == (2, 10, 2, 10)
+    assert done["best"] == finished.early_stopper.best and done["monitor"] == "val_loss"
+    assert done["test"] == {"loss": test["loss"]} and done["trainer"] == "ToyTrainer" and done["model"] == "Toy"
+    assert done["wall_seconds"] > 0
+    failed = read_status(crashed.run_dir)
+    assert failed["status"] == "crashed" and failed["error"] == "RuntimeError: boom"
+    assert failed["global_step"] == 7 and failed["epoch"] == 1 and "test" not in failed
+
+
+def test_table_shows_each_run_and_a_resume(two_runs, capsys):
+    out, finished, crashed = two_runs
+    rows, status = table(capsys, str(out))
+    assert status == 0
+    assert [(r["timestamp"], r["status"]) for r in rows] == [(finished.timestamp, "finished"),
+                                                              (crashed.timestamp, "crashed")]
+    assert rows[0]["progress"] == "2/2 ep" and rows[1]["progress"] == "1/2 ep"
+    assert rows[0]["best"] == f"val_loss {finished.early_stopper.best:.4g}"
+    assert rows[0]["test"].startswith("loss ") and rows[1]["test"] == ""
+    assert rows[0]["project"] == "Toy" and rows[0]["trainer"] == "ToyTrainer" and rows[0]["model"] == "Toy"
+    wall = read_status(crashed.run_dir)["wall_seconds"]
+
+    ToyTrainer.from_argv(["--resume", crashed.run_dir, "--fail_at_step", "0"]).fit()
+    rows, _ = table(capsys, str(out), "--sort", "timestamp", "--desc")
+    assert [(r["timestamp"], r["status"]) for r in rows] == [(crashed.timestamp, "finished, resumed 1x"),
+                                                              (finished.timestamp, "finished")]
+    assert read_status(crashed.run_dir)["wall_seconds"] > wall  # both launches count
+    assert table(capsys, str(out), "--proj", "Other")[0] == []
+
+
+def test_diff_lists_only_the_keys_that_differ(two_runs, capsys):
+    out, finished, crashed = two_runs
+    rows, _ = table(capsys, str(out), "--diff")
+    assert set(rows[0]) == {"project", "timestamp", "fail_at_step", "lr"}
+    by_stamp = {r["timestamp"]: r for r in rows}
+    assert by_stamp[crashed.timestamp]["lr"] == "0.01" and by_stamp[finished.timestamp]["fail_at_step"] == "0"
+
+
+def test_a_run_that_says_running_but_whose_process_is_gone_is_killed(tmp_path):
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    assert runs.status_text({"status": "running", "pid": gone.pid, "host": os.uname().nodename}) == "killed"
+    assert runs.status_text({"status": "running", "pid": os.getpid(), "host": os.uname().nodename}) == "running"
+    assert runs.status_text({"status": "preempted", "resumes": 2}) == "preempted, resumed 2x"
+    assert runs.status_text({}) == "unknown"
+
+
+def test_bad_folder_and_sort_key_exit_2_with_one_line(tmp_path, capsys):
+    assert runs.main([str(tmp_path / "missing")]) == 2
+    assert capsys.readouterr().err.strip() == f"runs: error: {tmp_path / 'missing'}: no such folder"
+    assert runs.main([str(tmp_path), "--sort", "speed"]) == 2
+    assert "--sort 'speed': choose one of project" in capsys.readouterr().err
