@@ -24,7 +24,7 @@ TRAINER_FLAGS_TITLE = "trainer flags (override the checkpoint's)"
 # The evaluator script of each trainer, for the hint in a refusal only (asking the
 # evaluator classes would mean importing every task).
 EVAL_SCRIPTS = {"VanillaTrainer": "eval_vanilla.py", "ViTTrainer": "eval_vit.py",
-                "SegOnCarvanaTrainer": "eval_seg_on_carvana.py"}
+                "SegOnCarvanaTrainer": "eval_seg_on_carvana.py", "MAETrainer": "eval_mae.py"}
 
 
 class EvaluatorBase(abc.ABC):
@@ -82,6 +82,8 @@ class EvaluatorBase(abc.ABC):
         # may not exist here and must not fail validation.
         merged["output_dir"] = os.path.dirname(os.path.abspath(self.args.model_path))
         merged["loggers"] = ""  # evaluation reports to no tracker (whose package may not be installed here)
+        if "pretrained_path" in merged:  # the checkpoint's weights replace them: the file need not exist here
+            merged["pretrained_path"] = None
         merged.update({k: v for k, v in vars(self.args).items() if k in known})
         task_args = argparse.Namespace(**merged)
         self.trainer_class.validate_config(task_args)

@@ -45,6 +45,25 @@ def decay_groups(model, no_decay_names):
     return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def layer_decay_groups(model, no_decay_names, layer_of, num_layers, lr, decay):
+    """Param groups with layer-wise learning-rate decay (BEiT, Bao et al. 2022; the MAE fine-tuning recipe).
+
+    A parameter of layer ``i = layer_of(name)`` (0: the embeddings, ``num_layers + 1``: the last
+    norm and the head) gets ``lr * decay ** (num_layers + 1 - i)``, so the head trains at ``lr`` and
+    each block below at ``decay`` times the one above. Weight decay is off for ``no_decay_names``
+    as in :func:`decay_groups`. Each group records its ``"layer"`` and ``"lr_scale"``.
+    """
+    groups = {}
+    for name, param in model.named_parameters():
+        layer, no_decay = layer_of(name), name in no_decay_names
+        group = groups.setdefault((layer, no_decay), {
+            "params": [], "layer": layer, "lr_scale": decay ** (num_layers + 1 - layer),
+            "lr": lr * decay ** (num_layers + 1 - layer), **({"weight_decay": 0.0} if no_decay else {})})
+        group["params"].append(param)
+    # The head's group first: param_groups[0]["lr"] is what the log and metrics.csv report as the lr.
+    return [groups[key] for key in sorted(groups, key=lambda k: (-k[0], k[1]))]
+
+
 class WarmupCosine:
     """LR factor of optimizer step ``s``: linear warmup, then cosine decay to 0 at ``total``.
 

@@ -24,8 +24,8 @@ from torch import nn
 from base.checkpoint import load_checkpoint
 from base.errors import CheckpointError
 
-__all__ = ["MIN_IMAGE_SIZE", "ZOO_MODELS", "build_zoo_model", "image_size_problem", "load_pretrained",
-           "no_weight_decay_names"]
+__all__ = ["MIN_IMAGE_SIZE", "VIT_MODELS", "ZOO_MODELS", "build_zoo_model", "image_size_problem", "load_pretrained",
+           "no_weight_decay_names", "vit_layer_id", "vit_num_layers"]
 
 # (layers, heads, hidden, mlp): Ti and S from DeiT (Touvron et al. 2021), B from ViT (Dosovitskiy et al. 2021)
 _VIT_CONFIGS = {"vit_ti_16": (12, 3, 192, 768), "vit_s_16": (12, 6, 384, 1536), "vit_b_16": (12, 12, 768, 3072)}
@@ -168,6 +168,27 @@ def no_weight_decay_names(model):
     return {name for name, p in model.named_parameters()
             if p.ndim <= 1 or name.rsplit(".", 1)[-1] in _NO_DECAY_LEAVES
             or any(fnmatch.fnmatch(name, pattern) for pattern in skip)}
+
+
+def vit_layer_id(name, num_layers):
+    """The layer of a torchvision ``VisionTransformer`` parameter for layer-wise LR decay (BEiT/MAE numbering).
+
+    0: ``conv_proj``, ``class_token``, ``encoder.pos_embedding``; ``i + 1``: ``encoder.layers.encoder_layer_<i>``;
+    ``num_layers + 1``: everything after the blocks (``encoder.ln``, ``heads``).
+    """
+    if name.startswith(("conv_proj.", "class_token", "encoder.pos_embedding")):
+        return 0
+    if name.startswith("encoder.layers.encoder_layer_"):
+        return int(name.split(".")[2].rsplit("_", 1)[1]) + 1
+    return num_layers + 1
+
+
+def vit_num_layers(model_type):
+    """Encoder blocks of the zoo ViT ``model_type`` (``vit_ti_16``: 12)."""
+    return _VIT_CONFIGS[model_type][0]
+
+
+VIT_MODELS = tuple(_VIT_CONFIGS)
 
 
 def _strip_prefix(key):

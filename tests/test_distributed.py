@@ -219,6 +219,9 @@ TASKS = {  # entry script, evaluator, flags, the metric compared
                                               "--randaugment", "2", "9", "--ema_decay", "0.9"], "top1"),
     "seg": ("trainer_seg_on_carvana.py", "eval_seg_on_carvana.py", ["--base_channels", "4", "--batch_size", "2"],
             "loss"),
+    # the k-NN bank gathered from both processes; its top-1 needs no random mask, so one process matches
+    "mae": ("trainer_mae.py", "eval_mae.py", ["--data_type", "Digits", "--patch_size", "4", "--batch_size", "64",
+                                              "--train_val_sample_rate", "0.3", "--knn_k", "5"], "knn_top1"),
 }
 
 

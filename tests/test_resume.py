@@ -19,6 +19,7 @@ from base.config import check_dir_exists
 from base.hooks import HookBase
 from conftest import ToyTrainer
 from test_readme_example import load_example
+from trainers.mae_trainer import MAETrainer
 from trainers.seg_on_carvana_trainer import SegOnCarvanaTrainer
 from trainers.vanilla_trainer import VanillaTrainer
 from trainers.vit_trainer import ViTTrainer
@@ -111,6 +112,10 @@ CASES = {
                                    "0.2", "--cutmix_alpha", "1.0", "--randaugment", "2", "9", "--early_stop_patience",
                                    "9", "--ema_decay", "0.9"], (2, 6, 8)),
     "seg": (seg_trainer, ["--epochs", "2", "--batch_size", "4", "--base_channels", "4"], (2, 3, 5)),
+    # random masks per step, the k-NN monitor picking best, EMA: 5 steps an epoch
+    "mae": (lambda f: MAETrainer, ["--epochs", "2", "--data_type", "Digits", "--patch_size", "4", "--batch_size", "96",
+                                   "--train_val_sample_rate", "0.3", "--knn_k", "5", "--ema_decay", "0.9",
+                                   "--early_stop_patience", "9"], (2, 5, 8)),
 }
 
 

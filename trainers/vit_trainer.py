@@ -1,11 +1,16 @@
 """Image classification with the model zoo and the "How to train your ViT" recipe."""
+from collections import OrderedDict
+
+from torch import nn
+
 from base import optim
-from base.config import check
+from base.config import check, str2bool
 from base.trainer_base import TrainerBase
 from data.augment import Augmented, train_transform
 from data.classification import add_data_arguments, build_classification_datasets, image_side, validate_data_config
 from loss.classification import build_classification_loss
-from model.zoo import build_zoo_model, image_size_problem, load_pretrained, no_weight_decay_names
+from model.zoo import (VIT_MODELS, build_zoo_model, image_size_problem, load_pretrained, no_weight_decay_names,
+                       vit_layer_id, vit_num_layers)
 from trainers.vanilla_trainer import classifier_model_card, validate_classifier
 
 
@@ -32,7 +37,13 @@ class ViTTrainer(TrainerBase):
         model.add_argument("--drop_path", type=float, default=0.0, help="stochastic depth rate (Swin, timm)")
         model.add_argument("--dropout", type=float, default=0.0, help="dropout rate")
         model.add_argument("--in_chans", type=int, default=0, help="input channels (0: the data's)")
-        model.add_argument("--pretrained_path", default=None, help="start from this state dict (ours or yours)")
+        model.add_argument("--pretrained_path", default=None,
+                           help="start from this state dict (ours, an MAE checkpoint of trainer_mae.py, or yours)")
+        model.add_argument("--layer_decay", type=float, default=1.0,
+                           help="vit_*: layer-wise LR decay; block i of L trains at lr * layer_decay^(L+1-i) "
+                                "(MAE fine-tuning: 0.65-0.75; 1: off)")
+        model.add_argument("--linear_probe", type=str2bool, nargs="?", const=True, default=False,
+                           help="vit_*: freeze the encoder, train a BatchNorm (no affine) + linear head only")
         recipe = parser.add_argument_group("recipe")
         recipe.add_argument("--label_smoothing", type=float, default=0.1, help="cross-entropy label smoothing")
         recipe.add_argument("--mixup_alpha", type=float, default=0.0, help="Mixup Beta(alpha, alpha); 0: off")
@@ -59,6 +70,10 @@ class ViTTrainer(TrainerBase):
         flag, value, side = image_side(args)
         problem = image_size_problem(args.model_type, side, args.patch_size)
         check(problem is None, flag, value, problem)
+        check(0 < args.layer_decay <= 1, "layer_decay", args.layer_decay, "must be in (0, 1] (1: off)")
+        for flag, on in (("layer_decay", args.layer_decay < 1), ("linear_probe", args.linear_probe)):
+            check(not on or args.model_type in VIT_MODELS, flag, getattr(args, flag),
+                  f"needs a zoo ViT ({', '.join(VIT_MODELS)}), not --model_type {args.model_type}")
 
     def build_datasets(self):
         from torchvision.transforms import v2  # here, not at import: --help should not pay for torchvision
@@ -79,6 +94,9 @@ class ViTTrainer(TrainerBase):
             missing, unexpected = load_pretrained(model, a.pretrained_path)
             print(f"--pretrained_path {a.pretrained_path}: {len(missing)} missing keys {missing[:5]}")
             print(f"--pretrained_path {a.pretrained_path}: {len(unexpected)} unexpected keys {unexpected[:5]}")
+        if a.linear_probe:  # only the head learns; the encoder's tensors stay as loaded
+            for name, param in model.named_parameters():
+                param.requires_grad = name.startswith("heads.")
         return model
 
     @classmethod
@@ -88,9 +106,12 @@ class ViTTrainer(TrainerBase):
         Raises:
             KeyError, ValueError: see :func:`model.zoo.build_zoo_model`.
         """
-        return build_zoo_model(args.model_type, num_classes, in_chans=args.in_chans or input_shape[0],
-                               image_size=input_shape[-1], patch_size=args.patch_size,
-                               drop_path=args.drop_path, dropout=args.dropout)
+        model = build_zoo_model(args.model_type, num_classes, in_chans=args.in_chans or input_shape[0],
+                                image_size=input_shape[-1], patch_size=args.patch_size,
+                                drop_path=args.drop_path, dropout=args.dropout)
+        if getattr(args, "linear_probe", False):
+            model.heads = linear_probe_head(model.hidden_dim, num_classes)
+        return model
 
     def model_card(self):
         return classifier_model_card(self)
@@ -99,8 +120,16 @@ class ViTTrainer(TrainerBase):
         return build_classification_loss(self.args.label_smoothing)
 
     def build_optimizer(self):
-        """AdamW (or ``--optimizer``) with weight decay off for :func:`model.zoo.no_weight_decay_names`."""
-        return optim.build_optimizer(optim.decay_groups(self.model, no_weight_decay_names(self.model)), self.args)
+        """AdamW (or ``--optimizer``) with weight decay off for :func:`model.zoo.no_weight_decay_names`;
+        with ``--layer_decay`` < 1, one group per layer (:func:`base.optim.layer_decay_groups`)."""
+        a, no_decay = self.args, no_weight_decay_names(self.model)
+        if a.layer_decay < 1:
+            layers = vit_num_layers(a.model_type)
+            groups = optim.layer_decay_groups(self.model, no_decay, lambda name: vit_layer_id(name, layers), layers,
+                                              a.lr, a.layer_decay)
+        else:
+            groups = optim.decay_groups(self.model, no_decay)
+        return optim.build_optimizer(groups, a)
 
     def train_step(self, batch):
         images, labels = batch
@@ -110,3 +139,16 @@ class ViTTrainer(TrainerBase):
 
     def validate(self, loader):
         return validate_classifier(self, loader)
+
+
+def linear_probe_head(hidden_dim, num_classes):
+    """The MAE paper's linear-probing head: BatchNorm without affine parameters, then a linear layer.
+
+    Replaces a torchvision ViT's ``heads``; its keys are ``heads.norm.*`` (statistics only) and
+    ``heads.head.*``. He et al. (2022), Appendix A.2: the BatchNorm normalises the frozen features,
+    which speeds linear probing without changing what a linear classifier can express.
+    """
+    head = nn.Linear(hidden_dim, num_classes)
+    nn.init.trunc_normal_(head.weight, std=0.01)
+    nn.init.zeros_(head.bias)
+    return nn.Sequential(OrderedDict(norm=nn.BatchNorm1d(hidden_dim, affine=False, eps=1e-6), head=head))

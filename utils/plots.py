@@ -87,3 +87,24 @@ def save_segmentation_figure(image, target, pred, path, title=""):
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def save_reconstruction_figure(rows, path, titles=("image", "masked", "reconstruction")):
+    """Save a grid of ``len(rows)`` rows x 3 pictures (an MAE's input, its visible patches, its output).
+
+    Args:
+        rows: list of triples of float ``(C, H, W)`` tensors in [0, 1] (C = 1 or 3).
+        path: output ``.png`` path.
+    """
+    fig, axes = plt.subplots(len(rows), 3, figsize=(6, 2 * len(rows)), squeeze=False)
+    for r, triple in enumerate(rows):
+        for c, picture in enumerate(triple):
+            ax = axes[r][c]
+            array = picture.permute(1, 2, 0).numpy()
+            ax.imshow(array[..., 0] if array.shape[-1] == 1 else array, cmap="gray", vmin=0, vmax=1)
+            ax.set_axis_off()
+            if r == 0:
+                ax.set_title(titles[c], fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

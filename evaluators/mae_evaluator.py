@@ -1,0 +1,49 @@
+"""Evaluate an MAE checkpoint: reconstruction loss, k-NN top-1 of its encoder, reconstruction figures."""
+import torch
+
+from base.config import str2bool
+from base.evaluator_base import EvaluatorBase
+from trainers.mae_trainer import MAETrainer
+
+
+class MAEEvaluator(EvaluatorBase):
+    """Report the reconstruction loss and k-NN top-1 on a split; ``--viz`` saves a figure of reconstructions."""
+
+    PROG = "eval_mae.py"
+    trainer_class = MAETrainer
+
+    @classmethod
+    def add_arguments(cls, parser):
+        super().add_arguments(parser)
+        group = parser.add_argument_group("pictures")
+        group.add_argument("--viz", type=str2bool, nargs="?", const=True, default=False,
+                           help="save image | masked | reconstruction for the split's first --num_viz images")
+
+    def evaluate(self):
+        task, a = self.task, self.args
+        torch.manual_seed(task.args.seed)  # the masks are random: the same ones at every evaluation
+        metrics = task.validate(task.loaders[a.split])
+        print(f"{a.split} split, {len(task.datasets[a.split])} images, mask ratio {task.args.mask_ratio}:")
+        print("  " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        results = {**metrics, "num_samples": len(task.datasets[a.split]), "mask_ratio": task.args.mask_ratio}
+        if a.viz:
+            results["figure"] = self.save_figure()
+            print(f"wrote {results['figure']}")
+        print(f"wrote {self.output_path('.json')}")
+        return results
+
+    def save_figure(self):
+        """``<checkpoint stem>_recon_<split>.png``: the first ``--num_viz`` (at least 1) images of the split."""
+        from utils.plots import save_reconstruction_figure
+
+        task = self.task
+        count = max(1, task.args.num_viz)
+        images = torch.stack([task.datasets[self.args.split][i][0] for i in range(
+            min(count, len(task.datasets[self.args.split])))]).to(task.device)
+        torch.manual_seed(task.args.seed)
+        pred, mask = task.model(images)
+        masked, pasted = task.model.reconstruct(images, pred.float(), mask)
+        rows = [[(t * 0.5 + 0.5).clamp(0, 1).cpu() for t in triple] for triple in zip(images.float(), masked, pasted)]
+        path = self.output_path(".png", kind="recon")
+        save_reconstruction_figure(rows, path)
+        return path

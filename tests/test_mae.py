@@ -1,0 +1,166 @@
+"""MAETrainer and the path from its weights to a classifier: masking, the loss, loading into ViTTrainer,
+linear probing, layer-wise LR decay, the k-NN monitor and the evaluator."""
+import json
+import os
+
+import pytest
+import torch
+
+from base.checkpoint import load_checkpoint
+from base.config import ConfigError
+from evaluators.mae_evaluator import MAEEvaluator
+from model.mae import MAE, patchify, random_masking, unpatchify
+from model.zoo import build_zoo_model
+from trainers.mae_trainer import MAETrainer
+from trainers.vit_trainer import ViTTrainer
+from utils.knn import knn_predict
+
+# Digits: 8x8 images, 4x4 patches -> 4 patches an image; a vit_ti_16 encoder
+DIGITS = ["--data_type", "Digits", "--patch_size", "4", "--batch_size", "64", "--gpu_devices", "cpu"]
+
+
+def small_mae(mask_ratio=0.75, side=16, patch=4, channels=1, norm_pix_loss=True):
+    vit = build_zoo_model("vit_ti_16", 3, in_chans=channels, image_size=side, patch_size=patch)
+    return MAE(vit, channels, mask_ratio, decoder_dim=32, decoder_depth=1, decoder_heads=2,
+               norm_pix_loss=norm_pix_loss)
+
+
+@pytest.mark.parametrize("ratio, kept", [(0.75, 4), (0.5, 8), (0.9, 2), (0.6, 6)])  # of 16 patches
+def test_masking_keeps_round_n_times_one_minus_ratio_patches_per_image_and_differs_per_image(ratio, kept):
+    assert kept == round(16 * (1 - ratio))
+    mae, seen = small_mae(ratio), []
+    mae.encoder.layers.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0].shape))
+    pred, mask = mae(torch.randn(8, 1, 16, 16))
+    assert pred.shape == (8, 16, 16) and mask.shape == (8, 16)
+    assert mask.sum(dim=1).tolist() == [16 - kept] * 8  # hidden patches, each image
+    assert seen == [(8, 1 + kept, 192)]  # the encoder saw the class token and the kept patches only
+    assert len({tuple(row.tolist()) for row in mask}) > 1  # not one mask for the whole batch
+    ids_keep, ids_restore, mask = random_masking(16, kept, 3, "cpu")
+    assert all(m[k].sum() == 0 for m, k in zip(mask, ids_keep))  # the kept ones are the unmasked ones
+
+
+def test_the_loss_ignores_visible_patches_and_targets_are_normalised_per_patch():
+    mae = small_mae()
+    images = torch.randn(4, 1, 16, 16)
+    pred, mask = mae(images)
+    loss = mae.loss(images, pred, mask)
+    visible, hidden = mask == 0, mask == 1
+    changed = pred.clone()
+    changed[visible] += 100.0  # any prediction on a visible patch
+    assert mae.loss(images, changed, mask) == loss
+    changed = pred.clone()
+    changed[hidden] += 1.0
+    assert mae.loss(images, changed, mask) > loss
+    target = mae.targets(images)
+    assert torch.allclose(target.mean(-1), torch.zeros(4, 16), atol=1e-5)
+    assert torch.allclose(target.var(-1), torch.ones(4, 16), atol=1e-3)
+    assert torch.equal(unpatchify(patchify(images, 4), 4, 1), images)
+    # without norm_pix_loss the target is the pixels themselves
+    assert torch.equal(small_mae(norm_pix_loss=False).targets(images), patchify(images, 4))
+
+
+def test_knn_votes_by_weighted_neighbours():
+    bank = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
+    labels = torch.tensor([0, 0, 1, 1])
+    queries = torch.tensor([[1.0, 0.05], [0.05, 1.0]])
+    assert knn_predict(queries, bank, labels, 2, k=2).tolist() == [0, 1]
+    assert knn_predict(queries, bank, labels, 2, k=99).tolist() == [0, 1]  # k capped at the bank, weights decide
+    with pytest.raises(ValueError):
+        knn_predict(queries, bank[:0], labels[:0], 2)
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("mae")
+    trainer = MAETrainer.from_argv(["--output_dir", str(out), *DIGITS, "--epochs", "1", "--knn_k", "5"])
+    metrics = trainer.fit()
+    return trainer, metrics
+
+
+def test_mae_trains_without_labels_and_reports_loss_and_knn(pretrained):
+    trainer, metrics = pretrained
+    assert set(metrics) == {"loss", "knn_top1"} and 0 <= metrics["knn_top1"] <= 100
+    assert trainer.monitor == "knn_top1" and trainer.early_stopper.best > 10  # above chance with 10 classes
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(os.path.join(trainer.run_dir, "summary")).Reload()
+    (image,) = events.Images("val/image_masked_reconstruction")[:1]
+    assert image.width > 3 * 8 and image.height > 4 * 8  # 4 rows of image | masked | reconstruction
+
+
+def test_an_mae_checkpoint_loads_into_vit_trainer_with_only_the_decoder_unexpected(pretrained, tmp_path, capsys):
+    mae_trainer, _ = pretrained
+    ckpt = mae_trainer.checkpoint_path("best")
+    vit = ViTTrainer.from_argv(["--output_dir", str(tmp_path), *DIGITS, "--pretrained_path", ckpt])
+    vit.build()
+    out = capsys.readouterr().out.splitlines()
+    missing, unexpected = (line for line in out if line.startswith("--pretrained_path"))
+    assert missing.endswith("2 missing keys ['heads.head.bias', 'heads.head.weight']")
+    saved = load_checkpoint(ckpt)["model"]
+    decoder = sorted(k for k in saved if k.startswith("decoder."))
+    assert f"{len(decoder)} unexpected keys {decoder[:5]}" in unexpected
+    for key, value in vit.model.state_dict().items():
+        if not key.startswith("heads."):
+            assert torch.equal(value, saved[key]), key
+
+
+def test_linear_probe_leaves_every_encoder_tensor_bit_identical(pretrained, tmp_path):
+    ckpt = pretrained[0].checkpoint_path("best")
+    probe = ViTTrainer.from_argv(["--output_dir", str(tmp_path), *DIGITS, "--pretrained_path", ckpt,
+                                  "--linear_probe", "--epochs", "1", "--lr", "0.05", "--weight_decay", "0.05"])
+    metrics = probe.fit()
+    saved = load_checkpoint(ckpt)["model"]
+    trained = load_checkpoint(probe.checkpoint_path("last"))["model"]
+    encoder = [k for k in trained if not k.startswith("heads.")]
+    assert encoder and all(torch.equal(trained[k], saved[k]) for k in encoder)
+    assert {k for k in trained if k.startswith("heads.")} == {
+        "heads.norm.running_mean", "heads.norm.running_var", "heads.norm.num_batches_tracked", "heads.head.weight",
+        "heads.head.bias"}  # BatchNorm without affine parameters, then the linear layer
+    assert metrics["top1"] > 30  # a linear classifier on pretrained features, 10 classes
+
+
+def test_layer_decay_gives_each_block_its_documented_lr(tmp_path):
+    trainer = ViTTrainer.from_argv(["--output_dir", str(tmp_path), *DIGITS, "--layer_decay", "0.5", "--lr", "0.01"])
+    trainer.build()
+    trainer.optimizer = trainer.build_optimizer()
+    lr_of = {id(p): g["lr"] for g in trainer.optimizer.param_groups for p in g["params"]}
+    names = dict(trainer.model.named_parameters())
+    expected = {"conv_proj.weight": 0.01 * 0.5 ** 13, "class_token": 0.01 * 0.5 ** 13,
+                "encoder.pos_embedding": 0.01 * 0.5 ** 13,
+                "encoder.layers.encoder_layer_0.mlp.0.weight": 0.01 * 0.5 ** 12,
+                "encoder.layers.encoder_layer_5.ln_1.weight": 0.01 * 0.5 ** 7,
+                "encoder.layers.encoder_layer_11.self_attention.in_proj_weight": 0.01 * 0.5,
+                "encoder.ln.weight": 0.01, "heads.head.weight": 0.01}
+    for name, lr in expected.items():
+        assert lr_of[id(names[name])] == pytest.approx(lr, rel=1e-12), name
+    assert trainer.optimizer.param_groups[0]["lr"] == 0.01  # the head's: what the log reports
+    no_decay = {g["layer"] for g in trainer.optimizer.param_groups if g.get("weight_decay") == 0.0}
+    assert no_decay == set(range(14))  # biases and norms of every layer stay out of weight decay
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--model_type", "resnet18"], "--model_type='resnet18': the MAE encoder must be a zoo ViT"),
+    (["--mask_ratio", "1"], "--mask_ratio=1.0: must be in (0, 1)"),
+    (["--mixup_alpha", "0.2"], "--mixup_alpha=0.2: has no meaning without labels"),
+    (["--decoder_dim", "30"], "--decoder_dim=30: must be a positive multiple of 4"),
+])
+def test_bad_mae_flags_name_the_flag(tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit):
+        MAETrainer.from_argv(["--output_dir", str(tmp_path), *DIGITS, *argv])
+    assert message in capsys.readouterr().err
+
+
+def test_layer_decay_and_linear_probe_need_a_vit(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        ViTTrainer.from_argv(["--output_dir", str(tmp_path), *DIGITS, "--model_type", "resnet18", "--linear_probe"])
+    assert "--linear_probe=True: needs a zoo ViT" in capsys.readouterr().err
+
+
+def test_evaluator_from_the_checkpoint_alone_reports_knn_and_draws_reconstructions(pretrained, capsys):
+    trainer, metrics = pretrained
+    results = MAEEvaluator.from_argv(["--model_path", trainer.checkpoint_path("best"), "--viz",
+                                      "--gpu_devices", "cpu"]).run()
+    assert results["knn_top1"] == pytest.approx(metrics["knn_top1"], rel=1e-9)  # features need no random mask
+    assert os.path.getsize(results["figure"]) > 1000
+    saved = json.load(open(os.path.splitext(trainer.checkpoint_path("best"))[0] + "_eval_test.json"))
+    assert saved["knn_top1"] == results["knn_top1"]
