@@ -9,6 +9,8 @@ in ``[0, num_classes)`` (the default collate makes it int64).
   0..16, shipped with scikit-learn: works offline). Shape (1, 8, 8).
 * ``FashionMNIST`` / ``MNIST``: torchvision's IDX readers, files in
   ``<data_dir>/<Name>/raw/`` or directly in ``<data_dir>``. Shape (1, 28, 28).
+* ``CIFAR10``: the official Python-pickle batches in ``<data_dir>/cifar-10-batches-py/``,
+  read by torchvision (see :mod:`data.cifar`). Shape (3, 32, 32).
 * ``ImageFolder``: ``<data_dir>/<class>/*.png``, or ``<data_dir>/train/<class>/``
   plus an optional ``<data_dir>/test/<class>/``; at least two classes; hidden files and
   folders (``.*``) are skipped. Shape (3, image_size, image_size).
@@ -31,8 +33,8 @@ from base.errors import DataError
 from data.elpv import load_elpv
 from data.images import ImageFiles
 
-DATA_TYPES = ["Digits", "FashionMNIST", "MNIST", "ImageFolder", "ELPV"]
-FIXED_SIDES = {"Digits": 8, "FashionMNIST": 28, "MNIST": 28}  # H = W of the datasets that ignore --image_size
+DATA_TYPES = ["Digits", "FashionMNIST", "MNIST", "CIFAR10", "ImageFolder", "ELPV"]
+FIXED_SIDES = {"Digits": 8, "FashionMNIST": 28, "MNIST": 28, "CIFAR10": 32}  # H = W of the datasets that ignore --image_size
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
              "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
@@ -60,7 +62,7 @@ def add_data_arguments(parser):
     data.add_argument("--data_type", choices=DATA_TYPES, default="Digits", help="which dataset")
     data.add_argument("--data_dir", default=None, help="folder of the data (not needed for Digits)")
     data.add_argument("--download", type=str2bool, nargs="?", const=True, default=False,
-                      help="let torchvision download FashionMNIST/MNIST into --data_dir if missing")
+                      help="let torchvision download FashionMNIST/MNIST/CIFAR10 into --data_dir if missing")
     data.add_argument("--val_fraction", type=float, default=0.1,
                       help="share of the train pool held out for validation (> 0: it picks the best checkpoint)")
     data.add_argument("--test_fraction", type=float, default=0.2,
@@ -137,6 +139,11 @@ def build_classification_datasets(args):
         pool, test = InMemoryImages(pool_x, pool_y, 255), InMemoryImages(test_x, test_y, 255)
     elif args.data_type == "ImageFolder":
         pool, test, names = _load_image_folder(args.data_dir, args.image_size)
+    elif args.data_type == "CIFAR10":
+        from data.cifar import load_cifar10
+
+        *pool, names = load_cifar10(args.data_dir, True, args.download)
+        pool, test = InMemoryImages(*pool, 255), InMemoryImages(*load_cifar10(args.data_dir, False, False)[:2], 255)
     else:
         pool, names = _load_mnist(args.data_type, args.data_dir, True, args.download)
         test, _ = _load_mnist(args.data_type, args.data_dir, False, args.download)
