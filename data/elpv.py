@@ -12,6 +12,7 @@ Labels (``--elpv_task``): ``4class`` maps the probability ``p`` to
 drawn with ``--seed``, so both splits keep the data's class and type mix.
 """
 import functools
+import os
 
 import numpy as np
 import torch
@@ -22,6 +23,10 @@ from data.splits import stratified_split_indices
 TASKS = ("4class", "binary")
 CLASS_NAMES = {"4class": ["p=0", "p=1/3", "p=2/3", "p=1"], "binary": ["functional", "defective"]}
 TEST_FRACTION = 0.25
+#: Cached cells are kept up to this side: 2,624 x 128 x 128 bytes is 43 MB (300x300 would be 236 MB).
+CACHE_MAX_SIDE = 128
+#: Part of the cache file's name: change it when what load_elpv computes from the package changes.
+CACHE_FORMAT = 1
 
 
 @functools.lru_cache(maxsize=1)
@@ -33,6 +38,55 @@ def _raw():
         raise DataError("--data_type ELPV needs the elpv-dataset package: pip install elpv-dataset") from None
     images, probs, types = load_dataset()
     return images, probs, types
+
+
+def cache_path(image_size):
+    """Where the cells resized to ``image_size`` are cached: ``$VISION_TRAINER_CACHE`` (default
+    ``~/.cache/vision-trainer``)/``elpv-<package version>-<side>-v<CACHE_FORMAT>.npz``, or ``None``
+    past :data:`CACHE_MAX_SIDE` or without the package."""
+    from importlib import metadata
+
+    try:
+        version = metadata.version("elpv-dataset")
+    except metadata.PackageNotFoundError:
+        return None
+    if image_size > CACHE_MAX_SIDE:
+        return None
+    folder = os.environ.get("VISION_TRAINER_CACHE") or os.path.join(os.path.expanduser("~"), ".cache",
+                                                                     "vision-trainer")
+    return os.path.join(folder, f"elpv-{version}-{image_size}-v{CACHE_FORMAT}.npz")
+
+
+def _resized(image_size):
+    """``(pixels uint8 (N, 1, s, s), probabilities, types)``; decoding the 2,624 PNGs takes ~5 s, so the
+    resized cells are cached (:func:`cache_path`) and read back in ~0.1 s. A cache file that cannot be
+    read or has the wrong shape is ignored and rewritten; one that cannot be written is skipped."""
+    path = cache_path(image_size)
+    if path and os.path.isfile(path):
+        try:
+            with np.load(path) as cached:
+                pixels, probs, types = cached["pixels"], cached["probs"], cached["types"]
+            if pixels.shape == (len(probs), 1, image_size, image_size) and len(types) == len(probs):
+                return torch.from_numpy(pixels), probs, types
+        except (OSError, ValueError, KeyError):
+            pass
+    images, probs, types = _raw()
+    pixels = torch.from_numpy(images).unsqueeze(1)  # uint8 (N, 1, 300, 300)
+    if image_size != pixels.shape[-1]:
+        from torchvision.transforms import v2  # here, not at import: scripts start faster without torchvision
+
+        pixels = torch.cat([v2.functional.resize(chunk, [image_size, image_size], antialias=True)
+                            for chunk in pixels.split(256)])
+    if path:
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            tmp = f"{path}.tmp{os.getpid()}"
+            with open(tmp, "wb") as f:
+                np.savez(f, pixels=pixels.numpy(), probs=np.asarray(probs), types=np.asarray(types, dtype=str))
+            os.replace(tmp, path)  # whole or absent: another process may read it at any time
+        except OSError:
+            pass
+    return pixels, probs, types
 
 
 def elpv_labels(probs, task):
@@ -65,13 +119,7 @@ def load_elpv(task, image_size, seed):
     """
     if task not in TASKS:
         raise DataError(f"--elpv_task {task!r}: expected one of {list(TASKS)}")
-    images, probs, types = _raw()
-    pixels = torch.from_numpy(images).unsqueeze(1)  # uint8 (N, 1, 300, 300)
-    if image_size != pixels.shape[-1]:
-        from torchvision.transforms import v2  # here, not at import: scripts start faster without torchvision
-
-        pixels = torch.cat([v2.functional.resize(chunk, [image_size, image_size], antialias=True)
-                            for chunk in pixels.split(256)])
+    pixels, probs, types = _resized(image_size)
     labels = elpv_labels(probs, task)
     pool, test = stratified_test_split(probs, types, seed)
     types = [str(t) for t in types]

@@ -1,5 +1,6 @@
 """ELPV: the real solar-cell images of the elpv-dataset package, labelled and split as in the paper."""
 import collections
+import os
 
 import pytest
 import torch
@@ -116,3 +117,26 @@ def test_vit_evaluator_reports_accuracy_per_cell_type_on_val(tmp_path, capsys):
     expected = sum(per_group[g] * n for g, n in collections.Counter(groups).items()) / len(groups)
     assert expected == pytest.approx(results["top1"]) and set(results["per_class_top1"]) == {"functional", "defective"}
     assert "per-group top-1 (%): mono" in capsys.readouterr().out
+
+
+def test_resized_cells_are_cached_and_a_broken_cache_is_rebuilt(tmp_path, monkeypatch):
+    import numpy as np
+
+    from data import elpv
+
+    monkeypatch.setenv("VISION_TRAINER_CACHE", str(tmp_path))
+    first = elpv.load_elpv("binary", 12, 3)
+    path = elpv.cache_path(12)
+    assert os.path.dirname(path) == str(tmp_path) and os.path.isfile(path)
+    again = elpv.load_elpv("binary", 12, 3)
+    assert all(torch.equal(a, b) if torch.is_tensor(a) else a == b for a, b in zip(first, again))
+    for broken in (b"not an npz", None):
+        if broken is None:  # readable, but of another size: ignored too
+            np.savez(path, pixels=np.zeros((3, 1, 5, 5), np.uint8), probs=np.zeros(3), types=np.array(["mono"] * 3))
+        else:
+            open(path, "wb").write(broken)
+        rebuilt = elpv.load_elpv("binary", 12, 3)
+        assert torch.equal(rebuilt[0], first[0]) and torch.equal(rebuilt[3], first[3])
+        with np.load(path) as cached:
+            assert cached["pixels"].shape == (2624, 1, 12, 12)  # written again, whole
+    assert elpv.cache_path(elpv.CACHE_MAX_SIDE + 1) is None
