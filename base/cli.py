@@ -107,13 +107,19 @@ def exit_fast(status):
     Unloading torch (and torch._dynamo, which any optimizer imports) takes ~0.6-1 s
     at exit, after all work is done. Everything a run writes is already closed
     (checkpoints fsynced and renamed, the log, ``metrics.csv``, TensorBoard and
-    DataLoader workers released by ``fit``), so only stdout/stderr and logging are
-    flushed here before ``os._exit``. Library ``atexit`` handlers do not run:
+    DataLoader workers released by ``fit``), so only W&B's service (if imported),
+    stdout/stderr and logging are flushed here before ``os._exit``. Library ``atexit`` handlers do not run:
     close what needs closing before returning from ``run``.
     """
     import logging
     import os
 
+    wandb = sys.modules.get("wandb")
+    if wandb is not None:  # W&B's service process may still be writing a run's log: wait for it
+        try:
+            wandb.teardown()
+        except Exception:  # noqa: BLE001 - the run is over; its tracker's errors were reported already
+            pass
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         try:

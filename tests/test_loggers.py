@@ -7,6 +7,7 @@ import os
 import struct
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -60,7 +61,7 @@ def _key(item):
 def read_wandb(run_dir):
     """``{"ids", "names", "projects", "config", "history": {step: {key: value}}, "summary"}`` of every
     offline W&B run written under ``run_dir`` (one per launch)."""
-    out = {"ids": [], "names": [], "projects": [], "config": {}, "history": {}, "summary": {}}
+    out = {"ids": [], "names": [], "projects": [], "config": {}, "history": {}, "summary": {}, "exits": 0}
     # In launch order: two launches in one second get folders '<time>-<id>' and '<time>-<id>-1'.
     paths = glob.glob(os.path.join(run_dir, "wandb", "offline-run-*", "run-*.wandb"))
     for path in sorted(paths, key=os.path.getmtime):
@@ -77,7 +78,20 @@ def read_wandb(run_dir):
                 out["history"].setdefault(record.history.step.num, {}).update(items)
             elif kind == "summary":
                 out["summary"].update({_key(i): json.loads(i.value_json) for i in record.summary.update})
+            elif kind == "exit":
+                out["exits"] += 1
     return out
+
+
+def read_finished_wandb(run_dir, launches, timeout=30):
+    """:func:`read_wandb` once ``launches`` runs have their exit record: W&B's service process may
+    still be writing a run's log for a moment after ``finish()`` returned in the training process."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = read_wandb(run_dir)
+        if got["exits"] >= launches or time.monotonic() > deadline:
+            return got
+        time.sleep(0.2)
 
 
 def steps_of(history, key):
@@ -101,7 +115,7 @@ def test_wandb_offline_without_credentials_then_a_resume_continues_the_same_run(
     pytest.importorskip("wandb")
     first = fit(tracker_env, "--loggers", "wandb", "--lr", "0.04")
     assert json.load(open(os.path.join(first.run_dir, "wandb_run.json")))["mode"] == "offline"
-    got = read_wandb(first.run_dir)
+    got = read_finished_wandb(first.run_dir, 1)
     assert got["names"] == [first.timestamp] and got["projects"] == ["Toy"]
     assert got["config"]["lr"] == 0.04 and got["config"]["provenance"]["lr"] == "command line"
     assert got["config"]["epochs"] == 2 and got["config"]["trainer"] == "ToyTrainer"
@@ -117,8 +131,9 @@ def test_wandb_offline_without_credentials_then_a_resume_continues_the_same_run(
     monkeypatch.setenv("WANDB_MODE", "offline")
     resumed = ToyTrainer.from_argv(["--resume", first.run_dir, "--epochs", "3"])
     resumed.fit()
-    got = read_wandb(first.run_dir)
-    assert len(got["ids"]) == 2 and len(set(got["ids"])) == 1  # two launches, one W&B run
+    got = read_finished_wandb(first.run_dir, 2)
+    found = sorted(os.listdir(os.path.join(first.run_dir, "wandb")))
+    assert len(got["ids"]) == 2 and len(set(got["ids"])) == 1, found  # two launches, one W&B run
     assert steps_of(got["history"], "val/loss") == [5, 10, 15]
     assert got["config"]["epochs"] == 3, os.listdir(os.path.join(first.run_dir, "wandb"))
 
@@ -169,6 +184,18 @@ def test_a_missing_tracker_package_is_one_line_before_training(tmp_path):
     assert line.startswith("trainer_vanilla.py: error: --loggers='tensorboard,wandb': the wandb logger needs the "
                            "wandb package: pip install wandb")
     assert not out.exists()  # nothing started
+
+
+def test_a_script_exits_only_once_wandb_has_written_the_whole_run(tracker_env):
+    pytest.importorskip("wandb")
+    proc = subprocess.run([sys.executable, "trainer_vanilla.py", "--output_dir", str(tracker_env), "--epochs", "1",
+                           "--loggers", "wandb", "--gpu_devices", "cpu", "--train_val_sample_rate", "0.2"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120, env={**os.environ, "WANDB_MODE": "offline"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (run_dir,) = glob.glob(str(tracker_env / "Vanilla" / "*"))
+    got = read_wandb(run_dir)  # at once: no waiting for a service that may outlive the script
+    test = json.load(open(os.path.join(run_dir, "test_metrics.json")))
+    assert got["exits"] == 1 and got["summary"]["test/top1"] == pytest.approx(test["top1"], rel=1e-12)
 
 
 @pytest.mark.parametrize("value, message", [("tensorbord", "unknown logger 'tensorbord'"),
@@ -254,3 +281,23 @@ def test_resuming_an_earlier_checkpoint_logs_the_redone_steps_once(tmp_path):
     again = ToyTrainer.from_argv(["--resume", os.path.join(first.run_dir, "Toy_step6_ckpt.pth")])
     again.fit()
     assert again.global_step == 10 and scalars(first.run_dir) == before  # steps 7-10 once, as first logged
+
+
+def test_exit_fast_lets_wandb_finish_writing_before_the_process_ends(monkeypatch):
+    import types
+
+    from base import cli
+
+    calls = []
+
+    class Exited(Exception):
+        pass
+
+    def fake_exit(status):
+        calls.append(("exit", status))
+        raise Exited
+    monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(teardown=lambda: calls.append(("teardown",))))
+    monkeypatch.setattr(os, "_exit", fake_exit)
+    with pytest.raises(Exited):
+        cli.exit_fast(3)
+    assert calls == [("teardown",), ("exit", 3)]  # os._exit skips atexit: W&B's own teardown would not run
