@@ -150,6 +150,15 @@ class EvaluatorBase(abc.ABC):
         """Evaluate ``self.task.model`` on ``self.task.loaders[self.args.split]``; return a dict."""
 
 
+def add_viz_argument(parser, help):
+    """Add the ``pictures`` group with ``--viz`` (a boolean, off by default) to ``parser``; returns the group."""
+    from base.config import str2bool
+
+    group = parser.add_argument_group("pictures")
+    group.add_argument("--viz", type=str2bool, nargs="?", const=True, default=False, help=help)
+    return group
+
+
 def nonfinite_count(state):
     """How many values of the floating-point tensors in ``state`` (a state dict) are NaN or inf (int)."""
     return sum(int((~torch.isfinite(t)).sum()) for t in state.values()

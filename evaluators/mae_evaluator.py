@@ -1,8 +1,7 @@
 """Evaluate an MAE checkpoint: reconstruction loss, k-NN top-1 of its encoder, reconstruction figures."""
 import torch
 
-from base.config import str2bool
-from base.evaluator_base import EvaluatorBase
+from base.evaluator_base import EvaluatorBase, add_viz_argument
 from trainers.mae_trainer import MAETrainer
 
 
@@ -15,9 +14,7 @@ class MAEEvaluator(EvaluatorBase):
     @classmethod
     def add_arguments(cls, parser):
         super().add_arguments(parser)
-        group = parser.add_argument_group("pictures")
-        group.add_argument("--viz", type=str2bool, nargs="?", const=True, default=False,
-                           help="save image | masked | reconstruction for the split's first --num_viz images")
+        add_viz_argument(parser, "save image | masked | reconstruction for the split's first --num_viz images")
 
     def evaluate(self):
         task, a = self.task, self.args

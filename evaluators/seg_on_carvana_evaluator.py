@@ -5,8 +5,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from base.config import str2bool
-from base.evaluator_base import EvaluatorBase
+from base.evaluator_base import EvaluatorBase, add_viz_argument
 from data.images import read_image
 from trainers.seg_on_carvana_trainer import SegOnCarvanaTrainer
 from utils.plots import save_segmentation_figure
@@ -22,9 +21,7 @@ class SegOnCarvanaEvaluator(EvaluatorBase):
     @classmethod
     def add_arguments(cls, parser):
         super().add_arguments(parser)
-        group = parser.add_argument_group("pictures")
-        group.add_argument("--viz", type=str2bool, nargs="?", const=True, default=False,
-                           help="save pictures of every --viz_every-th sample")
+        group = add_viz_argument(parser, "save pictures of every --viz_every-th sample")
         group.add_argument("--viz_every", type=int, default=5, help="picture every N-th sample of the split")
         group.add_argument("--save_path", default=None,
                            help="folder for the pictures (default: <checkpoint stem>_viz_<split>/ beside it)")
