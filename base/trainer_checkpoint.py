@@ -42,6 +42,9 @@ class CheckpointingMixin:
         gather = gather and self.world_size > 1
         own = (float(self._loss_sum), self._loss_count)
         loss_sums = distributed.all_gather_object(own) if gather else [own]
+        # The logging window's sums of train_step's extra terms (so a resume inside a window logs its mean right).
+        window = ({k: float(v) for k, v in self._extra_sums.items()}, self._extra_count)
+        extra_sums = distributed.all_gather_object(window) if gather else [window]
         return {
             "model": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler else None,
@@ -54,6 +57,7 @@ class CheckpointingMixin:
             "metrics": self.last_metrics,
             "loss_sum": sum(v for v, _ in loss_sums), "loss_count": sum(n for _, n in loss_sums),
             "loss_sums": loss_sums,  # per process: a resume with as many carries each one's on, bit for bit
+            "extra_sums": extra_sums,  # per process, likewise
             "validated_at": self._validated_at, "skipped_steps": self.skipped_steps,
             "config": json.dumps(vars(self.args), default=str), "trainer": type(self).__name__,
             "model_card": self.model_card(),
@@ -94,6 +98,15 @@ class CheckpointingMixin:
             self._loss_sum, self._loss_count = sums[self.rank]
         else:  # another number of processes: rank 0 carries the total on, the others start from zero
             self._loss_sum, self._loss_count = (state["loss_sum"], state["loss_count"]) if self.rank == 0 else (0.0, 0)
+        windows = state.get("extra_sums") or [({}, 0)]  # (older checkpoints: a fresh window)
+        if len(windows) == self.world_size:
+            self._extra_sums, self._extra_count = dict(windows[self.rank][0]), windows[self.rank][1]
+        elif self.rank == 0:
+            keys = {k for sums, _ in windows for k in sums}
+            self._extra_sums = {k: sum(sums.get(k, 0.0) for sums, _ in windows) for k in keys}
+            self._extra_count = sum(n for _, n in windows)
+        else:
+            self._extra_sums, self._extra_count = {}, 0
         if saved_world != self.world_size:
             self.logger.info("%s was written by %d process(es), this run has %d: the rest of epoch %d is shared "
                              "out again over %d (each sample once), so the run goes on correctly but not "

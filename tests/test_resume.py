@@ -51,6 +51,12 @@ class AugmentedToyTrainer(ToyTrainer):
     def build_model(self):
         return torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.Dropout(0.3), torch.nn.Linear(16, 1))
 
+    def train_step(self, batch):
+        # An extra term, averaged over each logging window: a resume inside a window must carry its sums.
+        x, y = batch
+        error = self.model(x).squeeze(1) - y
+        return {"loss": self.loss_fn(error, torch.zeros_like(error)), "abs_error": error.detach().abs().mean()}
+
     def validate(self, loader):
         # Scored worse each epoch, so the early stopper's best and counter decide the best checkpoint.
         return {"loss": super().validate(loader)["loss"] * (1 + self.epoch)}
@@ -100,7 +106,8 @@ def seg_trainer(tmp_path_factory):
 
 # trainer factory, flags, (stop mid-epoch, stop at an epoch boundary, a later stop)
 CASES = {
-    "toy": (lambda f: AugmentedToyTrainer, ["--epochs", "2", "--early_stop_patience", "9"], (3, 5, 8)),
+    "toy": (lambda f: AugmentedToyTrainer, ["--epochs", "2", "--early_stop_patience", "9", "--log_every_steps", "4"],
+            (3, 5, 8)),
     # 5 batches an epoch in windows of 2, 2, 1: stops inside and at the end of an epoch
     "toy_accum_ema": (lambda f: AugmentedToyTrainer, ["--epochs", "3", "--accum_steps", "2", "--ema_decay", "0.7"],
                       (2, 3, 7)),
@@ -231,7 +238,8 @@ def test_step_checkpoints_keep_last_k(tmp_path):
 def test_rows_logged_after_the_checkpoint_are_redone_not_duplicated(tmp_path, tmp_path_factory, straight_runs):
     # As if killed after writing a validation row but before its checkpoint landed.
     with pytest.raises(RuntimeError):
-        train(AugmentedToyTrainer, tmp_path, ["--epochs", "2", "--num_workers", "0"], [StopAfter(6)])
+        train(AugmentedToyTrainer, tmp_path, ["--epochs", "2", "--num_workers", "0", "--log_every_steps", "4"],
+              [StopAfter(6)])
     path = os.path.join(tmp_path, "Toy", os.listdir(os.path.join(tmp_path, "Toy"))[0], "metrics.csv")
     with open(path, "a") as f:
         f.write("2,10,0.5,0.01,0.7,0.1\n")  # a row from the future, step 10 > 6
