@@ -82,8 +82,7 @@ class RunStatus:
         self._write(status, trainer)
 
     def _write(self, status, trainer):
-        from base.checkpoint import atomic_write  # (torch: kept out of utils.runs's import)
-        from base.run_dir import cannot_write_error
+        from base.run_dir import cannot_write_error  # (torch: kept out of utils.runs's import)
 
         a = trainer.args
         self.doc.update({
@@ -93,7 +92,13 @@ class RunStatus:
             "best": _finite(trainer.early_stopper.best),
             "wall_seconds": round(self._wall_before + time.monotonic() - self._start, 3), "updated": _now()})
         text = json.dumps(self.doc, indent=2, sort_keys=True)
+        # The temporary name of base.checkpoint.atomic_write: a stale one is removed at the next launch.
+        tmp = os.path.join(os.path.dirname(self.path), f".{STATUS_FILE}.tmp{os.getpid()}")
         try:
-            atomic_write(self.path, lambda f: f.write(text.encode("utf-8")))
+            # Renamed into place, so a reader sees the old file or the new one; not fsynced: it is
+            # rewritten at every validation, and after a power cut the run's checkpoints say the rest.
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(text)
+            os.replace(tmp, self.path)
         except OSError as exc:
             raise cannot_write_error(self.path, exc) from None
