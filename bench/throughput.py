@@ -3,6 +3,7 @@
     python bench/throughput.py                                # GPU: the four rows below (< 10 min on one H100)
     python bench/throughput.py --models resnet50 --batch_size 256 --steps 100 --output_json r50.json
     python bench/throughput.py --tiny --gpu_devices cpu       # CPU smoke run of the script itself
+    python bench/throughput.py --models resnet50 --profile prof/ --memory_workers 8   # where (b) loses time
 
 Rows (``--models``): ``resnet50`` and ``vit_b_16`` (patch 16) at ``--image_size`` 224, ``vit_b_16+compile``,
 and ``unet`` (the Carvana task's UNet, width 16) at 320x480; bf16 autocast and channels-last everywhere. Each
@@ -62,17 +63,43 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-class Timer(HookBase):
-    """Wall seconds from the end of optimizer step ``first`` to the end of step ``last``; syncs CUDA there only."""
+class Profile:
+    """``torch.profiler`` over a span of steps, its table (25 ops by self CPU time) written to ``path``."""
 
-    def __init__(self, first, last):
-        self.first, self.last, self.start, self.end = first, last, None, None
+    def __init__(self, path):
+        self.path, self.profiler = path, None
+
+    def start(self):
+        from torch.profiler import ProfilerActivity, profile
+
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+        self.profiler = profile(activities=activities)
+        self.profiler.__enter__()
+
+    def stop(self):
+        self.profiler.__exit__(None, None, None)
+        table = self.profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=25)
+        with open(self.path, "w", encoding="utf-8") as f:
+            f.write(table)
+
+
+class Timer(HookBase):
+    """Wall seconds from the end of optimizer step ``first`` to the end of step ``last``; syncs CUDA there only.
+
+    With ``profile`` (a :class:`Profile`) the timed steps are also profiled (and slowed by it)."""
+
+    def __init__(self, first, last, profile=None):
+        self.first, self.last, self.start, self.end, self.profile = first, last, None, None, profile
 
     def after_step(self):
         step = self.trainer.global_step
         if step in (self.first, self.last):
             sync(self.trainer.device)
+            if self.profile and step == self.last:
+                self.profile.stop()
             setattr(self, "start" if step == self.first else "end", time.perf_counter())
+            if self.profile and step == self.first:
+                self.profile.start()
 
 
 def synthetic(task, batch, size):
@@ -85,7 +112,7 @@ def synthetic(task, batch, size):
     return images, (torch.rand(2 * batch, 1, *size, generator=gen) > 0.5).float()
 
 
-def measured(task, warmup, steps, data=None):
+def measured(task, warmup, steps, data=None, profile=None):
     """The task's trainer class timed by a :class:`Timer` (``.timer``), without a test split; with ``data`` =
     :func:`synthetic` tensors it trains on them for one epoch of exactly ``--max_steps`` batches."""
     from trainers.seg_on_carvana_trainer import SegOnCarvanaTrainer
@@ -111,14 +138,15 @@ def measured(task, warmup, steps, data=None):
             return {"train": (pool * self.args.max_steps)[:self.args.max_steps * n], "val": val}
 
         def build_hooks(self):
-            self.timer = Timer(warmup, warmup + steps)
+            self.timer = Timer(warmup, warmup + steps, profile)
             return [self.timer]
 
     return Measured
 
 
-def bare_rate(task, argv, warmup, steps, data):
-    """Images/s of a hand-written training step on one batch of ``data`` on the device (see the module docstring)."""
+def bare_rate(task, argv, warmup, steps, data, profile=None):
+    """Images/s of a hand-written training step on one batch of ``data`` on the device (see the module docstring);
+    ``profile``: a :class:`Profile` of the timed steps."""
     trainer = measured(task, warmup, steps, data).from_argv(argv)
     trainer.build_datasets()  # what build_model reads (ViTTrainer: the images' shape, the classes)
     a, device = trainer.args, trainer.device
@@ -134,18 +162,23 @@ def bare_rate(task, argv, warmup, steps, data):
         if i == warmup:
             sync(device)
             start = time.perf_counter()
+            if profile:
+                profile.start()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=a.amp):
             loss = loss_fn(model(x), y)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     sync(device)
-    return steps * a.batch_size / (time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    if profile:
+        profile.stop()
+    return steps * a.batch_size / seconds
 
 
-def trainer_rate(task, argv, warmup, steps, data=None):
+def trainer_rate(task, argv, warmup, steps, data=None, profile=None):
     """Images/s of the task's trainer (``fit``) over steps ``warmup + 1 .. warmup + steps``."""
-    trainer = measured(task, warmup, steps, data).from_argv(argv)
+    trainer = measured(task, warmup, steps, data, profile).from_argv(argv)
     trainer.fit()
     shutil.rmtree(trainer.run_dir, ignore_errors=True)  # ViT-B's checkpoints hold a GB each
     return steps * trainer.args.batch_size / (trainer.timer.end - trainer.timer.start)
@@ -202,6 +235,11 @@ def parse(argv):
     p.add_argument("--warmup", type=int, default=None, help="untimed steps before them, >= 1 (default 10; --tiny 1)")
     p.add_argument("--image_size", type=int, default=None, help="classifiers' side (default 224; --tiny 32)")
     p.add_argument("--num_workers", type=int, default=None, help="(c)'s DataLoader workers (default: CPU count)")
+    p.add_argument("--memory_workers", type=int, default=0,
+                   help="(b)'s DataLoader workers (0: collation and pinning on the main thread)")
+    p.add_argument("--profile", default=None, metavar="DIR",
+                   help="write torch.profiler tables of (a)'s and (b)'s timed steps to DIR/<model>_{bare,trainer}.txt "
+                        "(their rates then include the profiler's cost)")
     p.add_argument("--gpu_devices", default=None, help="default: cuda if available, else cpu")
     p.add_argument("--compile_backend", default=None, help="torch.compile backend (default inductor; --tiny eager)")
     p.add_argument("--tiny", action="store_true", help="CPU smoke mode: tiny models, data and step counts")
@@ -248,9 +286,15 @@ def main(argv=None):
         files = ["--data_type", "ImageFolder", "--data_dir", os.path.join(tmp, "jpeg"), "--randaugment", "2", "9",
                  "--hflip", "0.5", "--num_workers", str(a.num_workers), "--val_fraction", str(VAL_FRACTION),
                  "--test_fraction", "0", "--max_steps", str(a.files_warmup + a.files_steps)]
+        if a.profile:
+            os.makedirs(a.profile, exist_ok=True)
         for name, (task, argv, batch, hw) in specs.items():
             data = synthetic(task, batch, hw)
-            rates = [bare_rate(task, argv, a.warmup, a.steps, data), trainer_rate(task, argv, a.warmup, a.steps, data),
+            profiles = [Profile(os.path.join(a.profile, f"{name}_{k}.txt")) if a.profile else None
+                        for k in ("bare", "trainer")]
+            memory = argv + ["--num_workers", str(a.memory_workers)]
+            rates = [bare_rate(task, argv, a.warmup, a.steps, data, profiles[0]),
+                     trainer_rate(task, memory, a.warmup, a.steps, data, profiles[1]),
                      trainer_rate(task, argv + files, a.files_warmup, a.files_steps) if task == "cls" else None]
             shown = [None if r is None else round(r, 1) for r in rates]  # ratios are of these printed figures
             rows.append({"model": name, "batch": batch, "input": f"{hw[0]}x{hw[1]}", "bare": shown[0],
@@ -273,7 +317,8 @@ def report(a, device, rows):
             "device": f"{name} ({device}), {os.cpu_count()} CPUs", "torch": torch.__version__}
     print("\n".join(f"{k}: {v}" for k, v in head.items()))
     print(f"setup: bf16 autocast {'on' if a.amp else 'off'}, channels-last, compile backend {a.compile_backend}; "
-          f"{a.steps} steps timed after {a.warmup}; (c): {a.files_steps} after {a.files_warmup}, {a.jpeg['count']} "
+          f"{a.steps} steps timed after {a.warmup}; (b): {a.memory_workers} workers"
+          f"{' (profiled)' if a.profile else ''}; (c): {a.files_steps} after {a.files_warmup}, {a.jpeg['count']} "
           f"JPEGs ({a.jpeg['distinct']} distinct, about {a.jpeg['width']}x{a.jpeg['height']}), {a.num_workers} "
           f"workers" + ("; --tiny: resnet18, vit_ti_16 (patch 8), UNet width 4" if a.tiny else "") + "\n")
     fmt = lambda v, spec: "n/a" if v is None else format(v, spec)  # noqa: E731

@@ -23,8 +23,8 @@ def run(*args, timeout=120):
 TESTED = ("resnet50", "unet")
 
 
-def test_tiny_run_prints_one_row_per_model_with_consistent_ratios():
-    result = run("--tiny", "--gpu_devices", "cpu", "--models", ",".join(TESTED))
+def test_tiny_run_prints_one_row_per_model_with_consistent_ratios(tmp_path):
+    result = run("--tiny", "--gpu_devices", "cpu", "--models", ",".join(TESTED), "--profile", str(tmp_path))
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
     assert "command: " in out and "bench/throughput.py --tiny --gpu_devices cpu" in out
@@ -47,6 +47,11 @@ def test_tiny_run_prints_one_row_per_model_with_consistent_ratios():
             c = float(files)
             assert c > 0 and abs(float(c_ratio) - c / a) <= 0.0005 + 1e-9, rows[name]
     assert "target (b)/(a) >= 0.97" in out and "target (c)/(a) >= 0.90 for resnet50" in out
+    assert "(b): 0 workers (profiled)" in out
+    for name in TESTED:  # a profile of each timed span: the optimizer's kernels are in both
+        for kind in ("bare", "trainer"):
+            table = (tmp_path / f"{name}_{kind}.txt").read_text()
+            assert "Self CPU" in table and "aten::" in table, (name, kind)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the error is for machines without CUDA")
