@@ -15,10 +15,9 @@ from torch.utils.data import DataLoader, default_collate
 from tqdm import tqdm
 
 from base import distributed, optim, resume, run_dir
-from base.loggers import LoggerSet, RunInfo, build_loggers, parse_logger_names
-from base.run_status import RunStatus
 from base.bad_data import BadSampleFilter, BadSampleLog, collate_good_samples
 from base.config import parse_config
+from base.loggers import LoggerSet
 from base.signals import Preempted, PreemptionFlag, ignore_signals_in_worker, signals_held
 from base.state import (EarlyStopper, ResumableSampler, SeededSamples, global_switches, restore_global_switches,
                         seed_everything)
@@ -27,13 +26,15 @@ from base.trainer_checkpoint import CheckpointingMixin
 from base.trainer_distributed import DistributedMixin
 from base.trainer_resume import ResumeMixin
 from base.trainer_step import StepMixin
+from base.trainer_tracking import TrackingMixin
 from base.lr_plot import plot_lr_schedule
 from base.trainer_validation import ValidationMixin
 from utils.device import select_device
 from utils.params import count_parameters, format_count
 
 
-class TrainerBase(StepMixin, CheckpointingMixin, ResumeMixin, ValidationMixin, DistributedMixin, abc.ABC):
+class TrainerBase(StepMixin, CheckpointingMixin, ResumeMixin, ValidationMixin, TrackingMixin, DistributedMixin,
+                  abc.ABC):
     """Owns the loop; subclasses override small named steps.
 
     Must override: :meth:`build_datasets`, :meth:`build_model`, :meth:`build_loss`,
@@ -271,40 +272,11 @@ class TrainerBase(StepMixin, CheckpointingMixin, ResumeMixin, ValidationMixin, D
                 self.metrics_csv.drop_rows_after(self.global_step - 1 if self._redo_validation else self.global_step)
                 run_dir.record_resume(config_path, a, self.provenance, self.resume_from[1], self.resume_changes)
         if main:
-            self._start_loggers(config_path)
+            self._start_tracking(config_path)
         # --nonfinite raise with a fused optimizer (the default): NaN/inf losses are caught without a host
         # sync per step. skip/rollback decide per batch on the host, and so does DDP (all ranks agree first).
         self._nonfinite_on_device = (a.nonfinite == "raise" and self.world_size == 1 and not self.use_fp16_scaler
                                      and all(g.get("fused") for g in self.optimizer.param_groups))
-
-    def _start_loggers(self, config_path):
-        """Mark the run ``running`` in status.json and open the ``--loggers`` (rank 0)."""
-        a = self.args
-        self.status = RunStatus(self.run_dir)
-        self.status.begin(self, resumed=bool(self.resume_from))
-        self.loggers = LoggerSet(build_loggers(parse_logger_names(a.loggers)), warn=self.logger.warning)
-        keep = self.global_step - 1 if self._redo_validation else self.global_step  # as metrics.csv
-        self.loggers.start(RunInfo(self.run_dir, a.proj_name, self.timestamp, a.output_dir, type(self).__name__,
-                                   dict(vars(a)), dict(self.provenance), config_path, keep, bool(self.resume_from)))
-
-    def _end_run(self, status, test=None, error=None):
-        """Record how this launch ended in status.json and close the loggers with the final metrics (rank 0).
-
-        With an ``error`` (the launch is failing already) a failure here is logged, never raised over it.
-        """
-        if self.status is None:
-            return
-        final = {}
-        if self.early_stopper.best not in (math.inf, -math.inf):
-            final[f"best/val_{self.monitor}"] = self.early_stopper.best
-        final.update({f"test/{k}": v for k, v in (test or {}).items()})
-        try:
-            self.status.end(status, self, test=test, error=error)
-            self.loggers.finish(status, final, self.global_step)
-        except Exception as exc:  # noqa: BLE001
-            if error is None:
-                raise
-            self.logger.error("could not record the run's end (%s): %s", status, exc)
 
     # ----------------------------------------------------------------- the loop
     def fit(self):
@@ -322,10 +294,10 @@ class TrainerBase(StepMixin, CheckpointingMixin, ResumeMixin, ValidationMixin, D
             self.setup()
             self.train()
             metrics = self.test()
-            self._end_run("finished", test=metrics)
+            self._end_tracking("finished", test=metrics)
             return metrics
         except BaseException as exc:
-            self._end_run("preempted" if isinstance(exc, Preempted) else "crashed", error=exc)
+            self._end_tracking("preempted" if isinstance(exc, Preempted) else "crashed", error=exc)
             raise
         finally:
             self.release()
