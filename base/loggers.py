@@ -133,10 +133,6 @@ class LoggerSet:
     def __bool__(self):
         return bool(self.loggers)
 
-    def get(self, name):
-        """The logger called ``name``, or ``None``."""
-        return next((lg for lg in self.loggers if lg.name == name), None)
-
     def _call(self, method, *args):
         for logger in list(self.loggers):
             try:

@@ -23,6 +23,7 @@ import torch
 
 from base.checkpoint import atomic_write
 from base.errors import UserError
+from base.run_lock import process_alive
 
 TIMESTAMP_FORMAT = "%Y-%m-%d_%H-%M-%S"
 
@@ -283,21 +284,6 @@ def record_resume(path, args, provenance, checkpoint, changes=None):
 _TEMP_FILE = re.compile(r"^\..+\.tmp(\d+)$")
 
 
-def _process_alive(pid):
-    """Whether process ``pid`` exists on this machine (this process counts as alive)."""
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)  # signal 0: only checks that the process exists
-    except ProcessLookupError:
-        return False
-    except (OverflowError, ValueError):  # not a pid this system can have
-        return False
-    except OSError:  # e.g. PermissionError: it exists, under another user
-        return True
-    return True
-
-
 def remove_stale_temp_files(run_dir):
     """Delete ``.<name>.tmp<pid>`` files in ``run_dir`` whose writer process is gone.
 
@@ -317,7 +303,7 @@ def remove_stale_temp_files(run_dir):
     with os.scandir(run_dir) as entries:
         for entry in entries:
             m = _TEMP_FILE.match(entry.name)
-            if not m or not entry.is_file(follow_symlinks=False) or _process_alive(int(m.group(1))):
+            if not m or not entry.is_file(follow_symlinks=False) or process_alive(int(m.group(1))):
                 continue
             try:
                 os.remove(entry.path)

@@ -15,6 +15,21 @@ except ImportError:  # pragma: no cover - not on POSIX
     fcntl = None
 
 
+def process_alive(pid):
+    """Whether process ``pid`` exists on this machine (this process counts as alive); ``pid`` an int."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)  # signal 0: only checks that the process exists
+    except ProcessLookupError:
+        return False
+    except (OverflowError, ValueError):  # not a pid this system can have
+        return False
+    except OSError:  # e.g. PermissionError: it exists, under another user
+        return True
+    return True
+
+
 class RunLock:
     """Hold the run folder's lock from :meth:`acquire` to :meth:`release`.
 

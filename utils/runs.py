@@ -23,6 +23,7 @@ import os
 import sys
 
 from base.config import LAUNCH_ONLY, Parser
+from base.run_lock import process_alive
 from base.run_status import read_status
 from utils.configcmp import load
 
@@ -50,13 +51,9 @@ def find_runs(roots):
 def status_text(status):
     """The status column for a ``status.json`` dict (see the module docstring)."""
     state = status.get("status") or "unknown"
-    if state == "running" and status.get("host") == os.uname().nodename and status.get("pid"):
-        try:
-            os.kill(int(status["pid"]), 0)  # signal 0: only asks whether the process exists
-        except ProcessLookupError:
-            state = "killed"
-        except (OSError, ValueError, OverflowError):  # exists under another user, or no valid pid
-            pass
+    if (state == "running" and status.get("host") == os.uname().nodename and isinstance(status.get("pid"), int)
+            and not process_alive(status["pid"])):
+        state = "killed"
     resumes = int(status.get("resumes") or 0)
     return f"{state}, resumed {resumes}x" if resumes else state
 
