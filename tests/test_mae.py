@@ -164,3 +164,15 @@ def test_evaluator_from_the_checkpoint_alone_reports_knn_and_draws_reconstructio
     assert os.path.getsize(results["figure"]) > 1000
     saved = json.load(open(os.path.splitext(trainer.checkpoint_path("best"))[0] + "_eval_test.json"))
     assert saved["knn_top1"] == results["knn_top1"]
+
+
+def test_a_process_without_validation_samples_still_joins_the_feature_bank(pretrained, monkeypatch):
+    # Under DDP the bank is gathered from every process: one whose shard of a small split is empty must
+    # still take part (else the others wait for it forever), and report 0 samples' worth of k-NN.
+    trainer, _ = pretrained
+    calls = []
+    original = trainer.feature_bank
+    monkeypatch.setattr(trainer, "feature_bank", lambda: calls.append(1) or original())
+    with torch.no_grad():
+        metrics = trainer.validate([])
+    assert calls == [1] and metrics == {"loss": 0.0, "knn_top1": 0.0}

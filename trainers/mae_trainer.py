@@ -103,14 +103,15 @@ class MAETrainer(ViTTrainer):
             if self.args.knn_k:
                 feats.append(mae.features(images).float())
                 labels.append(targets)
-            if count == len(images) and loader is self.loaders.get("val") and self.args.num_viz:
+            if count == len(images) and loader is self.loaders.get("val") and self.args.num_viz and self.loggers:
                 self.log_image("val/image_masked_reconstruction", self.reconstruction_grid(images, pred, mask))
         metrics = {"loss": total / max(count, 1)}
-        if self.args.knn_k and feats:
-            bank, bank_labels = self.feature_bank()
+        if self.args.knn_k:
+            bank, bank_labels = self.feature_bank()  # under DDP a collective: every process, even one without samples
             guess = knn_predict(torch.cat(feats), bank, bank_labels, self.data.num_classes, self.args.knn_k,
-                                self.args.knn_temperature)
-            metrics["knn_top1"] = 100.0 * float((guess == torch.cat(labels)).float().mean())
+                                self.args.knn_temperature) if feats else None
+            # (a process without samples counts 0 of them in the average over processes)
+            metrics["knn_top1"] = 100.0 * float((guess == torch.cat(labels)).float().mean()) if feats else 0.0
         return metrics
 
     def feature_bank(self):
