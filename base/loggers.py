@@ -124,33 +124,46 @@ def build_loggers(names):
 class LoggerSet:
     """Hands every call to each logger; switches off a best-effort one at its first error.
 
-    ``warn(message)`` reports that error (once per logger).
+    Only the loggers whose ``start`` succeeded get the later calls (a logger that
+    failed to start has nothing to log to or finish), and each is finished at
+    most once (a failed ``finish`` makes the launch a crash, whose own ``finish``
+    reaches only the loggers not finished yet). ``warn(message)`` reports a
+    best-effort logger's error (once per logger).
     """
 
     def __init__(self, loggers=(), warn=print):
         self.loggers, self.warn, self._closed = list(loggers), warn, False
+        self._started, self._finished = [], []
 
     def __bool__(self):
-        return bool(self.loggers)
+        return bool(self._started)
+
+    def _call_one(self, logger, method, *args):
+        """``logger.method(*args)``; True if it returned. A best-effort logger's error switches it off."""
+        try:
+            getattr(logger, method)(*args)
+            return True
+        except Exception as exc:  # noqa: BLE001 - a tracker may fail in any way; the run must not
+            if not logger.best_effort:
+                raise
+            self._started = [other for other in self._started if other is not logger]
+            self.warn(f"the {logger.name} logger failed in {method} ({type(exc).__name__}: "
+                      f"{(str(exc).strip().splitlines() or [''])[0]}); it is off for the rest of this run, "
+                      f"training goes on")
+            try:
+                logger.close()
+            except Exception:  # noqa: BLE001 - already reported
+                pass
+            return False
 
     def _call(self, method, *args):
-        for logger in list(self.loggers):
-            try:
-                getattr(logger, method)(*args)
-            except Exception as exc:  # noqa: BLE001 - a tracker may fail in any way; the run must not
-                if not logger.best_effort:
-                    raise
-                self.loggers.remove(logger)
-                self.warn(f"the {logger.name} logger failed in {method} ({type(exc).__name__}: "
-                          f"{(str(exc).strip().splitlines() or [''])[0]}); it is off for the rest of this run, "
-                          f"training goes on")
-                try:
-                    logger.close()
-                except Exception:  # noqa: BLE001 - already reported
-                    pass
+        for logger in list(self._started):
+            self._call_one(logger, method, *args)
 
     def start(self, run):
-        self._call("start", run)
+        for logger in self.loggers:  # close() releases the loggers whose start failed half-way
+            if self._call_one(logger, "start", run):
+                self._started.append(logger)
 
     def log_scalars(self, scalars, step):
         if scalars:
@@ -163,7 +176,9 @@ class LoggerSet:
         self._call("flush")
 
     def finish(self, status, final, step):
-        self._call("finish", status, final, step)
+        for logger in [lg for lg in self._started if lg not in self._finished]:
+            self._finished.append(logger)  # once, even if it raises here
+            self._call_one(logger, "finish", status, final, step)
 
     def close(self):
         """Close every logger once; errors of one do not keep the others open."""
@@ -183,7 +198,12 @@ def _hparam_value(value):
 
 
 class TensorBoardLogger(RunLogger):
-    """TensorBoard events in ``<run>/summary``; the config as a text table; HParams at the end."""
+    """TensorBoard events in ``<run>/summary``; the config as a text table; HParams at the end.
+
+    A resumed launch opens its events file with ``purge_step`` one past its start
+    step: TensorBoard then hides the earlier launches' points from that step on,
+    which this launch logs again as it redoes those steps.
+    """
 
     name = "tensorboard"
 
@@ -194,16 +214,19 @@ class TensorBoardLogger(RunLogger):
         from torch.utils.tensorboard import SummaryWriter  # slow import; only for training
 
         self.run, self.folder = run, os.path.join(run.run_dir, "summary")
-        self.writer = SummaryWriter(self.folder)
+
+        def open_writer():
+            self.writer = SummaryWriter(self.folder, purge_step=run.step + 1 if run.resumed else None)
+        self._write(open_writer, "create TensorBoard events in", self.folder)
         rows = [f"| {k} | {v!r} | {run.provenance.get(k, '')} |" for k, v in sorted(run.config.items())]
         self._write(lambda: self.writer.add_text("config", "\n".join(["| flag | value | from |", "|---|---|---|",
                                                                       *rows]), run.step))
 
-    def _write(self, fn, what="write TensorBoard events"):
+    def _write(self, fn, what="write TensorBoard events", path=None):
         try:
             fn()
         except OSError as exc:  # e.g. the run folder was deleted: one line that says so
-            raise cannot_write_error(os.path.join(self.folder, "events"), exc, what) from None
+            raise cannot_write_error(path or os.path.join(self.folder, "events"), exc, what) from None
 
     def log_scalars(self, scalars, step):
         def write():

@@ -117,6 +117,9 @@ class TrainerBase(StepMixin, CheckpointingMixin, ResumeMixin, ValidationMixin, T
         self._nonfinite_on_device, self._first_nonfinite = False, None  # see StepMixin._mark_nonfinite
         self.loggers = LoggerSet()  # rank 0's, from setup on (see base.loggers); empty elsewhere
         self.status = None  # rank 0's RunStatus (status.json), from setup on
+        # The step up to which a resumed run's loggers keep what earlier launches logged (-1: a new run),
+        # and whether one of those launches finished there (see TrackingMixin._start_tracking).
+        self._logged_until, self._ended_logged = -1, False
         # train/grad_norm (a device tensor) and train/images_per_sec: the training clock and the
         # window's sample count when it started (validation and checkpoint time is left out).
         self._grad_norm, self._log_clock, self._clock_count = None, None, 0

@@ -5,7 +5,7 @@ Mixed into :class:`base.trainer_base.TrainerBase`; kept apart so the loop itself
 import math
 
 from base.loggers import LoggerSet, RunInfo, build_loggers, parse_logger_names
-from base.run_status import RunStatus
+from base.run_status import RunStatus, read_status
 
 
 class TrackingMixin:
@@ -15,10 +15,15 @@ class TrackingMixin:
     def _start_tracking(self, config_path):
         """Mark the run ``running`` in status.json and open the ``--loggers`` (rank 0)."""
         a = self.args
+        keep = self.global_step - 1 if self._redo_validation else self.global_step  # as metrics.csv
+        # The loggers keep what was logged up to `keep`: an earlier launch that ended there
+        # ("finished": its loggers got the final metrics first) needs them no more.
+        old = read_status(self.run_dir) if self.resume_from else {}
+        self._logged_until = keep
+        self._ended_logged = old.get("status") == "finished" and old.get("global_step") == keep
         self.status = RunStatus(self.run_dir)
         self.status.begin(self, resumed=bool(self.resume_from))
         self.loggers = LoggerSet(build_loggers(parse_logger_names(a.loggers)), warn=self.logger.warning)
-        keep = self.global_step - 1 if self._redo_validation else self.global_step  # as metrics.csv
         self.loggers.start(RunInfo(self.run_dir, a.proj_name, self.timestamp, a.output_dir, type(self).__name__,
                                    dict(vars(a)), dict(self.provenance), config_path, keep, bool(self.resume_from)))
 
@@ -34,9 +39,12 @@ class TrackingMixin:
         if self.early_stopper.best not in (math.inf, -math.inf):
             final[f"best/val_{self.monitor}"] = self.early_stopper.best
         final.update({f"test/{k}": v for k, v in (test or {}).items()})
+        if self._ended_logged and self.global_step == self._logged_until:
+            final = {}  # a finished run resumed with nothing to do: its loggers have these already
         try:
-            self.status.end(status, self, test=test, error=error)
+            # The loggers first: "finished" in status.json then says that they got `final`.
             self.loggers.finish(status, final, self.global_step)
+            self.status.end(status, self, test=test, error=error)
         except Exception as exc:  # noqa: BLE001
             if error is None:
                 raise
