@@ -16,6 +16,14 @@ tags; ``csv`` relies on the config JSON beside it), ``train/*`` scalars every
 ``--log_every_steps``, ``val/*`` scalars at each validation, ``test/*`` at the
 end, and the final metrics at ``finish``.
 
+Each ``(name, step)`` is recorded once by each logger, also across launches.
+A resumed launch redoes the steps after ``RunInfo.step`` and logs them again,
+so each logger forgets or skips what earlier launches logged there: ``csv``
+drops those rows, TensorBoard purges them (``purge_step``), MLflow skips the
+points its run holds, W&B ignores steps below its run's last. What a launch
+that trained nothing would repeat (the test, the final metrics) the trainer
+does not log again.
+
 Loggers that write into the run folder (``tensorboard``, ``csv``) fail like the
 checkpoints would: a write error stops the run with one line naming the file.
 Trackers outside it (``wandb``, ``mlflow``: a server, another disk) are
@@ -86,7 +94,8 @@ class RunLogger:
     def finish(self, status, final, step):
         """End the launch at optimizer step ``step``: ``status`` 'finished' | 'preempted' | 'crashed';
         ``final`` ``{name: float}`` (the best validation value as ``best/val_<metric>`` and the test
-        metrics as ``test/<metric>``; may be empty)."""
+        metrics as ``test/<metric>``, the latter already given to :meth:`log_scalars` at ``step``;
+        empty when an earlier launch finished the run at ``step`` and got them)."""
 
     def close(self):
         """Release files, threads or connections; called once, whatever happened before."""

@@ -61,7 +61,9 @@ class WandbLogger(RunLogger):
     ``WANDB_MODE`` is obeyed; without it and without credentials the run is
     logged offline (upload it later with ``wandb sync <run>/wandb/offline-run-*``).
     The W&B run id is kept in ``<run>/wandb_run.json``; a resumed launch
-    continues that W&B run (``resume="allow"``). The config holds the flags and
+    continues that W&B run (``resume="allow"``); W&B itself ignores the steps a
+    resume redoes below the run's last one (offline, each launch is a log of
+    its own: W&B cannot resume offline runs). The config holds the flags and
     their ``provenance``; the final metrics go to the run's summary.
     """
 
