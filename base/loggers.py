@@ -55,7 +55,9 @@ class RunInfo:
     ``config`` is the resolved flags (``{flag: value}``), ``provenance`` where each
     came from, ``step`` the optimizer step the launch starts from (its
     rows after it are redone and logged again), ``resumed`` whether this
-    launch continues an existing run folder.
+    launch continues an existing run folder. ``redo_validation``: the launch
+    starts inside the validation at step ``step + 1`` and does it again, so at
+    that step only the validation's points come again, not the training's.
     """
     run_dir: str
     proj_name: str
@@ -67,6 +69,7 @@ class RunInfo:
     config_path: str
     step: int = 0
     resumed: bool = False
+    redo_validation: bool = False
 
 
 class RunLogger:
@@ -211,7 +214,9 @@ class TensorBoardLogger(RunLogger):
 
     A resumed launch opens its events file with ``purge_step`` one past its start
     step: TensorBoard then hides the earlier launches' points from that step on,
-    which this launch logs again as it redoes those steps.
+    which this launch logs again as it redoes those steps. TensorBoard purges
+    whole steps, so a redone validation's step is kept, training points and all
+    (its validation points show twice only if they were logged before the failure).
     """
 
     name = "tensorboard"
@@ -225,7 +230,8 @@ class TensorBoardLogger(RunLogger):
         self.run, self.folder = run, os.path.join(run.run_dir, "summary")
 
         def open_writer():
-            self.writer = SummaryWriter(self.folder, purge_step=run.step + 1 if run.resumed else None)
+            purge = run.step + 1 + run.redo_validation if run.resumed else None
+            self.writer = SummaryWriter(self.folder, purge_step=purge)
         self._write(open_writer, "create TensorBoard events in", self.folder)
         rows = [f"| {k} | {v!r} | {run.provenance.get(k, '')} |" for k, v in sorted(run.config.items())]
         self._write(lambda: self.writer.add_text("config", "\n".join(["| flag | value | from |", "|---|---|---|",

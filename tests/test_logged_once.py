@@ -113,6 +113,30 @@ def test_kill_9_after_a_logged_window_then_resume_logs_each_point_once(out):
     assert dict(points["tensorboard"]["train/loss"]) == pytest.approx(dict(points["csv"]["train/loss"]), rel=1e-6)
 
 
+class FailsInValidation(ToyTrainer):
+    """Raises once inside the validation at step 10, after that step's train/* were logged."""
+
+    failed = False
+
+    def validate(self, loader):
+        if self.global_step == 10 and not FailsInValidation.failed:
+            FailsInValidation.failed = True
+            raise RuntimeError("boom in validation")
+        return super().validate(loader)
+
+
+def test_a_validation_redone_on_resume_keeps_the_training_points_of_its_step(out):
+    first = FailsInValidation.from_argv(["--output_dir", str(out), *ARGV])
+    with pytest.raises(RuntimeError, match="boom in validation"):
+        first.fit()
+    resumed = FailsInValidation.from_argv(["--resume", first.run_dir])
+    resumed.fit()
+    assert resumed.resume_from[1].endswith("Toy_exception_ckpt.pth")  # taken inside the validation
+    points = all_points(out, first.run_dir)
+    del points["csv"]  # (its rows follow the row rules of metrics.csv)
+    assert_each_point_once(points, [2, 4, 6, 8, 10], 10)
+
+
 class MLflowStatusProbe(HookBase):
     """The MLflow run's status as training starts."""
 
