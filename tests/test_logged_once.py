@@ -187,6 +187,16 @@ def test_a_corrupt_tracker_id_file_is_one_warning_and_a_new_tracker_run(out, mon
         assert " WARNING " in line and f"a new {tracker} run is started" in line
         assert json.load(open(path))["run_id"]  # the new run's id, for the next resume
 
+    # A run kept at another tracking server is not continued here either, and that is said too.
+    path, other = os.path.join(first.run_dir, "mlflow_run.json"), (out / "other_store").resolve().as_uri()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", other)
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 opens a file store only with it
+    ToyTrainer.from_argv(["--resume", first.run_dir, "--epochs", "4", "--loggers", "csv,mlflow"]).fit()
+    log = open(glob.glob(os.path.join(first.run_dir, "*_log.txt"))[0]).read().splitlines()
+    (line,) = [line for line in log if path in line and "tracked at" in line]
+    assert line.endswith(f"not at {other}: a new MLflow run is started")
+    assert json.load(open(path))["tracking_uri"] == other
+
 
 def test_a_csv_or_tensorboard_write_error_stops_the_run_with_one_line(out, capsys):
     first = ToyTrainer.from_argv(["--output_dir", str(out), *ARGV[:-1], "tensorboard,csv"])
