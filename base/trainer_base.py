@@ -344,7 +344,7 @@ class TrainerBase(StepMixin, CheckpointingMixin, ResumeMixin, ValidationMixin, T
         (raising :class:`base.signals.Preempted`); any other exception writes
         the exception checkpoint, then propagates.
         """
-        a = self.args
+        a, failing = self.args, False
         self._call("before_train")
         try:
             with PreemptionFlag() as self._preemption:
@@ -371,14 +371,17 @@ class TrainerBase(StepMixin, CheckpointingMixin, ResumeMixin, ValidationMixin, T
                     self._validate()
                     self.save("last")
         except BaseException as exc:
+            failing = True
             self._on_exception(exc)
             raise
         finally:
             self._call("after_train")
             try:
                 self.loggers.flush()
-            except OSError as exc:  # e.g. the run folder was deleted: do not hide the real error
-                self.logger.warning("%s", exc)
+            except OSError as exc:  # e.g. the run folder was deleted
+                if not failing:
+                    raise  # the error that stops the run
+                self.logger.warning("%s", exc)  # the run is failing already: do not hide the real error
 
     def _train_epoch(self):
         a, loader = self.args, self.loaders["train"]

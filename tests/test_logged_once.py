@@ -216,3 +216,54 @@ def test_a_csv_or_tensorboard_write_error_stops_the_run_with_one_line(out, capsy
     assert status == 1 and error_line(status, err).endswith(f"cannot create TensorBoard events in {summary}: "
                                                              "File exists")
     assert json.load(open(os.path.join(first.run_dir, "status.json")))["global_step"] == 10  # no step trained
+
+
+class WriteFault(HookBase):
+    """Makes a logger's writes fail as a full disk or a moved folder would, at ``when``.
+
+    ``csv``: its file becomes ``/dev/full`` (every write flushed there fails with ENOSPC);
+    ``tensorboard``: its folder is renamed away under the open writer.
+    """
+
+    def __init__(self, logger, when):
+        self.logger, self.when = logger, when
+
+    def _break(self):
+        (target,) = [lg for lg in self.trainer.loggers.loggers if lg.name == self.logger]
+        if self.logger == "csv":
+            target.file = open("/dev/full", "a", newline="", encoding="utf-8")  # the logger closes it
+            target.writer = csv.writer(target.file, lineterminator="\n")
+        else:
+            os.rename(target.folder, target.folder + ".moved")
+
+    def after_step(self):
+        if self.when == "step 3" and self.trainer.global_step == 3:
+            self._break()
+
+    def after_train(self):
+        if self.when == "after training":
+            self._break()
+            self.trainer.log_scalar("train/summary", 1.0)
+
+
+class FaultyToy(ToyTrainer):
+    fault = None
+
+    def build_hooks(self):
+        return [FaultyToy.fault]
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+@pytest.mark.parametrize("logger, when, message", [
+    ("csv", "step 3", "cannot write {run}/scalars.csv: No space left on device"),
+    ("csv", "after training", "cannot write {run}/scalars.csv: No space left on device"),
+    ("tensorboard", "step 3", "cannot write TensorBoard events {run}/summary/events: "),
+])
+def test_a_csv_or_tensorboard_write_error_mid_run_stops_it_naming_the_file(out, capsys, logger, when, message):
+    FaultyToy.fault = WriteFault(logger, when)
+    status, err = run_main(FaultyToy, ["--output_dir", str(out), *ARGV[:-1], "tensorboard,csv"], capsys)
+    (run_dir,) = glob.glob(str(out / "Toy" / "*"))
+    assert status == 1 and err.splitlines()[-1].startswith(f"FaultyToy: error: {message.format(run=run_dir)}")
+    done = json.load(open(os.path.join(run_dir, "status.json")))
+    assert done["status"] == "crashed" and done["global_step"] == (5 if when == "step 3" else 10)
+    assert "test (best checkpoint" not in err  # stopped there, not later at the test
