@@ -16,8 +16,8 @@ class TrackingMixin:
         """Mark the run ``running`` in status.json and open the ``--loggers`` (rank 0)."""
         a = self.args
         keep = self.global_step - 1 if self._redo_validation else self.global_step  # as metrics.csv
-        # The loggers keep what was logged up to `keep`: an earlier launch that ended there
-        # ("finished": its loggers got the final metrics first) needs them no more.
+        # A resumed run's loggers keep what earlier launches logged up to `keep`; a launch that
+        # finished the run there gave them the final metrics too (see _end_tracking).
         old = read_status(self.run_dir) if self.resume_from else {}
         self._logged_until = keep
         self._ended_logged = old.get("status") == "finished" and old.get("global_step") == keep
