@@ -31,7 +31,7 @@ from torch.utils.data import Dataset, Subset
 from base.config import check, check_dir_exists, str2bool
 from base.errors import DataError
 from data.elpv import load_elpv
-from data.images import ImageFiles
+from data.image_folder import load_image_folder
 
 DATA_TYPES = ["Digits", "FashionMNIST", "MNIST", "CIFAR10", "ImageFolder", "ELPV"]
 FIXED_SIDES = {"Digits": 8, "FashionMNIST": 28, "MNIST": 28, "CIFAR10": 32}  # H = W of the datasets that ignore --image_size
@@ -138,7 +138,7 @@ def build_classification_datasets(args):
             args.elpv_task, args.image_size, args.seed)
         pool, test = InMemoryImages(pool_x, pool_y, 255), InMemoryImages(test_x, test_y, 255)
     elif args.data_type == "ImageFolder":
-        pool, test, names = _load_image_folder(args.data_dir, args.image_size)
+        pool, test, names = load_image_folder(args.data_dir, args.image_size)
     elif args.data_type == "CIFAR10":
         from data.cifar import load_cifar10
 
@@ -311,72 +311,3 @@ def _load_mnist(name, data_dir, train, download):
         raise DataError(f"{name} in {raw}: label {int(ds.targets.max())} found, "
                         f"expected labels 0..{len(ds.classes) - 1}")
     return InMemoryImages(ds.data.unsqueeze(1), ds.targets, max_value=255), list(ds.classes)
-
-
-def _visible(name):
-    """False for hidden names (``.ipynb_checkpoints``, ``.DS_Store``, macOS ``._x.png`` copies)."""
-    return not name.startswith(".")
-
-
-def _is_image_file(path, root):
-    """An image extension, and no hidden file or folder on the way from ``root`` to ``path``."""
-    from torchvision.datasets import folder
-
-    parts = os.path.relpath(path, root).split(os.sep)
-    return all(_visible(part) for part in parts) and folder.has_file_allowed_extension(path, folder.IMG_EXTENSIONS)
-
-
-@functools.lru_cache(maxsize=None)
-def _visible_image_folder():
-    """torchvision's ``ImageFolder`` that skips hidden class folders (the class is built on first use)."""
-    import torchvision
-
-    def find_classes(self, directory):
-        classes = sorted(e.name for e in os.scandir(directory) if e.is_dir() and _visible(e.name))
-        if not classes:
-            raise FileNotFoundError(f"Couldn't find any class folder in {directory}.")
-        return classes, {name: i for i, name in enumerate(classes)}
-
-    return type("VisibleImageFolder", (torchvision.datasets.ImageFolder,), {"find_classes": find_classes})
-
-
-def _load_image_folder(data_dir, image_size):
-    """Find class folders; return ``(pool, test or None, class_names)``.
-
-    ``<data_dir>/test`` is the test split only next to ``<data_dir>/train``;
-    without ``train/`` every sub-folder of ``data_dir`` is a class.
-    Hidden files and folders (names starting with ``.``, e.g. ``.ipynb_checkpoints/``,
-    ``.DS_Store``) are neither classes nor images.
-
-    ``test/`` uses ``train/``'s class indices, so a class missing from ``test/``
-    does not shift the labels of the others.
-
-    Raises:
-        DataError: no class folders or no images, fewer than two classes (a one-class
-            classifier is trivially 100% right), or ``test/`` has a class that ``train/`` lacks.
-    """
-    train_dir = os.path.join(data_dir, "train")
-    root = train_dir if os.path.isdir(train_dir) else data_dir
-    expected = "one sub-folder per class holding image files (.png, .jpg, ...)"
-    try:
-        pool = _visible_image_folder()(root, is_valid_file=functools.partial(_is_image_file, root=root))
-    except (FileNotFoundError, ValueError) as exc:
-        raise DataError(f"no images found in {root}: expected {expected} ({exc})") from None
-    if len(pool.classes) < 2:
-        raise DataError(f"{root} has {len(pool.classes)} class folder {pool.classes}: classification needs "
-                        f"at least two ({expected})")
-    test = None
-    test_dir = os.path.join(data_dir, "test")
-    if root == train_dir and os.path.isdir(test_dir):
-        extra = sorted({e.name for e in os.scandir(test_dir) if e.is_dir() and _visible(e.name)} - set(pool.classes))
-        if extra:
-            raise DataError(f"{test_dir} has class folders {extra} that {train_dir} lacks")
-        from torchvision.datasets.folder import make_dataset
-
-        samples = make_dataset(
-            test_dir, pool.class_to_idx, is_valid_file=functools.partial(_is_image_file, root=test_dir),
-            allow_empty=True)
-        if not samples:
-            raise DataError(f"no images found in {test_dir}: expected {expected}")
-        test = ImageFiles(samples, image_size)
-    return ImageFiles(pool.samples, image_size), test, pool.classes

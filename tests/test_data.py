@@ -171,6 +171,59 @@ def test_image_folder_test_split_keeps_train_class_indices(tmp_path):
     assert len(data.train) + len(data.val) == 6 and len(data.val) == 3
 
 
+def two_classes(root, per_class=3):
+    for cls in ("a", "b"):
+        for i in range(per_class):
+            write_png(str(root / cls / f"{i}.png"), value=i)
+
+
+def image_folder_args(root, *extra):
+    return make_args(["--data_type", "ImageFolder", "--data_dir", str(root), "--image_size", "8", *extra])
+
+
+@pytest.mark.parametrize("outside", [False, True])
+def test_image_folder_refuses_a_symlink_loop_naming_the_link(tmp_path, outside):
+    data = tmp_path / "data"
+    two_classes(data)
+    if outside:  # a/ext -> other/, other/back -> data/a: the loop closes through a folder beside the data
+        (tmp_path / "other").mkdir()
+        os.symlink(data / "a", tmp_path / "other" / "back")
+        os.symlink(tmp_path / "other", data / "a" / "ext")
+        link = data / "a" / "ext" / "back"
+    else:  # a/up/a/up/...: the whole folder again and again, read ~40 times over into every split
+        link = data / "a" / "up"
+        os.symlink("..", link)
+    with pytest.raises(DataError, match=re.escape(f"{link}: a symbolic link loop")):
+        build_classification_datasets(image_folder_args(data))
+
+
+def test_image_folder_counts_each_file_once_whatever_links_lead_to_it(tmp_path):
+    two_classes(tmp_path)
+    os.symlink("0.png", tmp_path / "a" / "copy.png")
+    (tmp_path / "a" / "sub").mkdir()
+    os.symlink("../1.png", tmp_path / "a" / "sub" / "again.png")
+    os.symlink("sub", tmp_path / "a" / "more")  # a folder reached by two paths (not a loop)
+    data = build_classification_datasets(image_folder_args(tmp_path, "--val_fraction", "0.5"))
+    pool = data.train.dataset
+    assert sorted(os.path.relpath(p, tmp_path) for p, _ in pool.samples) == [
+        "a/0.png", "a/1.png", "a/2.png", "b/0.png", "b/1.png", "b/2.png"]
+    assert len(data.train) + len(data.val) + len(data.test) == 6
+
+
+@pytest.mark.parametrize("link, target", [
+    ("train/b/9.png", "../a/0.png"),  # one file, two labels
+    ("test/b/9.png", "../../train/b/1.png"),  # one file trained on and tested on: a leak
+])
+def test_image_folder_refuses_one_file_in_two_classes_or_splits(tmp_path, link, target):
+    two_classes(tmp_path / "train")
+    write_png(str(tmp_path / "test" / "a" / "0.png"), value=9)
+    os.makedirs(os.path.dirname(tmp_path / link), exist_ok=True)
+    os.symlink(target, tmp_path / link)
+    first = os.path.normpath(os.path.join(os.path.dirname(tmp_path / link), target))
+    with pytest.raises(DataError, match=re.escape(f"{tmp_path / link} and {first} are one file")):
+        build_classification_datasets(image_folder_args(tmp_path))
+
+
 def write_broken(path, kind):
     if kind == "zero-byte":
         open(path, "wb").close()
