@@ -309,3 +309,37 @@ def test_digits_read_from_the_bundled_file_equal_scikit_learns_load_digits():
     reference = load_digits()
     assert images.shape == (1797, 8, 8) and images.dtype == np.uint8
     assert np.array_equal(images, reference.images) and np.array_equal(labels, reference.target)
+
+
+def test_the_training_order_changes_each_epoch_and_is_fixed_by_seed_and_epoch():
+    from base.state import ResumableSampler
+
+    def order(seed, epoch):
+        sampler = ResumableSampler(50, seed=seed)
+        sampler.set_epoch(epoch)
+        return list(sampler)
+
+    orders = [order(3, epoch) for epoch in range(4)]
+    assert all(sorted(o) == list(range(50)) for o in orders)  # each epoch sees every sample once
+    assert len({tuple(o) for o in orders}) == 4  # a new order each epoch: not a fixed shuffle
+    assert order(3, 2) == orders[2]  # a resumed run rebuilds an epoch's order exactly
+    assert order(4, 0) != orders[0]  # and the seed chooses it
+    sampler = ResumableSampler(50, seed=3, with_epoch=True)
+    sampler.set_epoch(1, start=10)  # mid-epoch: the rest of the same order
+    assert list(sampler) == [(1, i) for i in orders[1][10:]]
+
+
+def test_a_trainer_sees_a_new_order_each_epoch(toy_argv):
+    from conftest import ToyTrainer
+
+    class Recording(ToyTrainer):
+        def train_step(self, batch):
+            self.seen.setdefault(self.epoch, []).extend(batch[0][:, 0].tolist())  # first feature: a sample's id
+            return super().train_step(batch)
+
+    trainer = Recording.from_argv([*toy_argv, "--epochs", "2", "--val_every_epochs", "2"])
+    trainer.seen = {}
+    trainer.fit()
+    first, second = trainer.seen[0], trainer.seen[1]
+    assert sorted(first) == sorted(second) and len(first) == 40  # every sample once per epoch
+    assert first != second
