@@ -34,6 +34,8 @@ from data.elpv import load_elpv
 from data.image_folder import load_image_folder
 
 DATA_TYPES = ["Digits", "FashionMNIST", "MNIST", "CIFAR10", "ImageFolder", "ELPV"]
+#: C of the images of each --data_type (ImageFolder: made RGB whatever the files hold), known without reading them.
+CHANNELS = {"Digits": 1, "FashionMNIST": 1, "MNIST": 1, "CIFAR10": 3, "ImageFolder": 3, "ELPV": 1}
 FIXED_SIDES = {"Digits": 8, "FashionMNIST": 28, "MNIST": 28, "CIFAR10": 32}  # H = W of the datasets that ignore --image_size
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
              "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -115,6 +117,14 @@ def image_side(args):
     if args.data_type in FIXED_SIDES:
         return "data_type", args.data_type, FIXED_SIDES[args.data_type]
     return "image_size", args.image_size, args.image_size
+
+
+def data_channels(data_type):
+    """``C`` of the images that ``--data_type`` gives (:attr:`ClassificationData.input_shape`'s first entry).
+
+    Known without reading the data, so a model's channel count is checked before a run starts.
+    """
+    return CHANNELS[data_type]
 
 
 def build_classification_datasets(args):

@@ -343,3 +343,36 @@ def test_a_trainer_sees_a_new_order_each_epoch(toy_argv):
     first, second = trainer.seen[0], trainer.seen[1]
     assert sorted(first) == sorted(second) and len(first) == 40  # every sample once per epoch
     assert first != second
+
+
+@pytest.mark.parametrize("data_type, in_chans, channels", [("ELPV", 3, 1), ("Digits", 3, 1), ("ImageFolder", 1, 3)])
+def test_in_chans_other_than_the_datas_is_refused_before_a_run_folder(tmp_path, capsys, data_type, in_chans, channels):
+    from test_bad_input import expect
+    from trainers.vit_trainer import ViTTrainer
+
+    two_classes(tmp_path / "images")
+    argv = ["--output_dir", str(tmp_path / "runs"), "--gpu_devices", "cpu", "--data_type", data_type,
+            "--data_dir", str(tmp_path / "images"), "--image_size", "16", "--patch_size", "8", "--epochs", "1",
+            "--in_chans", str(in_chans)]
+    expect(ViTTrainer, argv, capsys, 2, f"--in_chans={in_chans}", f"--data_type {data_type}",
+           f"{channels} channel")
+    assert not os.path.exists(tmp_path / "runs")
+
+
+def test_the_channel_table_matches_the_data(tmp_path):
+    from data.classification import data_channels
+
+    write_mnist(str(tmp_path / "mnist"))
+    two_classes(tmp_path / "images")
+    for data_type, data_dir in (("Digits", None), ("MNIST", tmp_path / "mnist"), ("ImageFolder", tmp_path / "images")):
+        args = make_args(["--data_type", data_type, *(["--data_dir", str(data_dir)] if data_dir else [])])
+        assert build_classification_datasets(args).input_shape[0] == data_channels(data_type)
+
+
+def test_in_chans_is_checked_against_a_tasks_own_data_too():
+    from trainers.vit_trainer import ViTTrainer
+
+    args = argparse.Namespace(model_type="vit_ti_16", in_chans=3, patch_size=8, drop_path=0.0, dropout=0.0)
+    with pytest.raises(ConfigError, match=re.escape("--in_chans=3: the data gives images of 1 channel")):
+        ViTTrainer.model_for(args, (1, 16, 16), 2)  # e.g. a subclass's build_datasets, not --data_type's
+    assert ViTTrainer.model_for(argparse.Namespace(**{**vars(args), "in_chans": 0}), (1, 16, 16), 2)
