@@ -23,6 +23,7 @@ Splits are seeded permutations (``torch.Generator().manual_seed(seed)``).
 """
 import dataclasses
 import functools
+import itertools
 import os
 
 import torch
@@ -179,8 +180,14 @@ def _split(pool, test, args):
     """
     g = torch.Generator().manual_seed(args.seed)
     pool_idx = torch.randperm(len(pool), generator=g).tolist()
+    source = f"--data_dir {args.data_dir}" if args.data_type == "ImageFolder" else f"--data_type {args.data_type}"
     if test is None:
-        n_test = min(round(args.test_fraction * len(pool)), len(pool) - 1)
+        n_test = _test_count(args.test_fraction, len(pool))
+        if args.test_fraction > 0 and n_test < 1:  # else the run trains, then fails on an empty test split
+            need = next(n for n in itertools.count(max(3, int(0.5 / args.test_fraction))) if _test_count(args.test_fraction, n) >= 1)
+            raise DataError(f"{source}: --test_fraction {args.test_fraction} of its {len(pool)} images holds no "
+                            f"test image; the test split needs at least {need} images in all "
+                            f"(or pass --test_fraction 0 to train without a test)")
         test, test_idx, pool_idx = pool, pool_idx[:n_test], pool_idx[n_test:]
     else:
         test_idx = torch.randperm(len(test), generator=g).tolist()
@@ -190,12 +197,18 @@ def _split(pool, test, args):
     # the best checkpoint) and at least one training sample, whatever the fraction.
     n_val = min(max(1, round(args.val_fraction * len(pool_idx))), len(pool_idx) - 1)
     if n_val < 1:
-        raise DataError(f"--val_fraction {args.val_fraction}: the train+val pool holds {len(pool_idx)} sample "
+        raise DataError(f"{source}: --val_fraction {args.val_fraction}: the train+val pool holds {len(pool_idx)} sample "
                         f"after --train_val_sample_rate {args.train_val_sample_rate}; "
                         f"need 2 (1 to train, 1 to validate)")
     # Sorted indices read files in folder order, which is kinder to disks.
     return (Subset(pool, sorted(pool_idx[n_val:])), Subset(pool, sorted(pool_idx[:n_val])),
             Subset(test, sorted(test_idx)))
+
+
+def _test_count(fraction, n):
+    """Test images held out of a pool of ``n`` by ``--test_fraction``: ``round(fraction * n)``, leaving 2 to train
+    and validate on (0 when ``n`` is too small)."""
+    return max(0, min(round(fraction * n), n - 2))
 
 
 def _keep(rate, n):

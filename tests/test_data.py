@@ -376,3 +376,23 @@ def test_in_chans_is_checked_against_a_tasks_own_data_too():
     with pytest.raises(ConfigError, match=re.escape("--in_chans=3: the data gives images of 1 channel")):
         ViTTrainer.model_for(args, (1, 16, 16), 2)  # e.g. a subclass's build_datasets, not --data_type's
     assert ViTTrainer.model_for(argparse.Namespace(**{**vars(args), "in_chans": 0}), (1, 16, 16), 2)
+
+
+def test_a_folder_too_small_for_a_test_image_is_one_line_naming_it(tmp_path, capsys):
+    from test_bad_input import expect
+    from trainers.vanilla_trainer import VanillaTrainer
+
+    two_classes(tmp_path / "images", per_class=1)  # --test_fraction 0.2 of 2 images rounds to none
+    argv = ["--output_dir", str(tmp_path / "runs"), "--gpu_devices", "cpu", "--data_type", "ImageFolder",
+            "--data_dir", str(tmp_path / "images"), "--image_size", "8", "--epochs", "1"]
+    expect(VanillaTrainer, argv, capsys, 1, f"--data_dir {tmp_path / 'images'}", "no test image",
+           "at least 3 images")
+
+
+def test_no_test_split_trains_and_skips_the_test(tmp_path):
+    from trainers.vanilla_trainer import VanillaTrainer
+
+    trainer = VanillaTrainer.from_argv(["--output_dir", str(tmp_path), "--gpu_devices", "cpu", "--max_steps", "2",
+                                        "--train_val_sample_rate", "0.1", "--test_fraction", "0"])
+    assert trainer.fit() == {}
+    assert not os.path.exists(os.path.join(trainer.run_dir, "test_metrics.json"))
