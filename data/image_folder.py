@@ -13,6 +13,7 @@ links followed), with three differences:
   with ``os.path.realpath``); one file in two classes, or in ``train/`` and
   ``test/``, is refused. Hard links are separate files: they are not resolved.
 """
+import errno
 import os
 
 from base.errors import DataError
@@ -148,7 +149,14 @@ def _scan(folder, real, above, link, found, extensions, allowed):
         is_link = entry.is_symlink()
         # realpath only for links: one lstat per path part, for each of a million files otherwise
         entry_real = os.path.realpath(entry.path) if is_link else os.path.join(real, entry.name)
-        if entry.is_dir():  # follows links
+        try:
+            is_dir = entry.is_dir()  # follows links
+        except OSError as exc:  # e.g. a link to itself: ELOOP
+            if exc.errno == errno.ELOOP:
+                raise DataError(f"{entry.path}: a symbolic link loop ({exc.strerror}); remove the link or point it "
+                                f"elsewhere") from None
+            raise DataError(f"{entry.path}: cannot read it ({exc.strerror or exc})") from None
+        if is_dir:
             if entry_real in above:
                 culprit = entry.path if is_link or link is None else link
                 raise DataError(f"{culprit}: a symbolic link loop ({entry.path} is {entry_real}, a folder "

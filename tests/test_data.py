@@ -181,11 +181,14 @@ def image_folder_args(root, *extra):
     return make_args(["--data_type", "ImageFolder", "--data_dir", str(root), "--image_size", "8", *extra])
 
 
-@pytest.mark.parametrize("outside", [False, True])
+@pytest.mark.parametrize("outside", [False, True, "self"])
 def test_image_folder_refuses_a_symlink_loop_naming_the_link(tmp_path, outside):
     data = tmp_path / "data"
     two_classes(data)
-    if outside:  # a/ext -> other/, other/back -> data/a: the loop closes through a folder beside the data
+    if outside == "self":  # a link to itself: not even a folder
+        link = data / "b" / "3.png"
+        os.symlink("3.png", link)
+    elif outside:  # a/ext -> other/, other/back -> data/a: the loop closes through a folder beside the data
         (tmp_path / "other").mkdir()
         os.symlink(data / "a", tmp_path / "other" / "back")
         os.symlink(tmp_path / "other", data / "a" / "ext")
