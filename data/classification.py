@@ -13,7 +13,8 @@ in ``[0, num_classes)`` (the default collate makes it int64).
   read by torchvision (see :mod:`data.cifar`). Shape (3, 32, 32).
 * ``ImageFolder``: ``<data_dir>/<class>/*.png``, or ``<data_dir>/train/<class>/``
   plus an optional ``<data_dir>/test/<class>/``; at least two classes; hidden files and
-  folders (``.*``) are skipped. Shape (3, image_size, image_size).
+  folders (``.*``) are skipped; links are followed, loops refused, each real file read once
+  (see :mod:`data.image_folder`). Shape (3, image_size, image_size).
 * ``ELPV``: real electroluminescence images of solar cells, shipped by the
   ``elpv-dataset`` package (see :mod:`data.elpv`); a stratified 75/25
   train/test split as in the paper. Shape (1, image_size, image_size).
