@@ -155,8 +155,9 @@ class ValidationMixin:
         self._log_clock = None  # images/s counts training time only: restart the clock at the next window
 
     def test(self):
-        """Load the best checkpoint's weights and evaluate on the test split (if any)."""
-        if "test" not in self.loaders:
+        """Load the best checkpoint's weights and evaluate on the test split (if any: an empty one, e.g. of
+        ``--test_fraction 0``, is none)."""
+        if "test" not in self.loaders or len(self.datasets["test"]) == 0:
             return {}
         best = self.checkpoint_path("best")
         if distributed.any_rank(os.path.isfile(best)):  # the same weights on every process
