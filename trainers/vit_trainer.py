@@ -10,8 +10,9 @@ from data.augment import Augmented, train_transform
 from data.classification import (add_data_arguments, build_classification_datasets, data_channels, image_side,
                                  validate_data_config)
 from loss.classification import build_classification_loss
-from model.zoo import (VIT_MODELS, build_zoo_model, image_size_problem, load_pretrained, no_weight_decay_names,
-                       vit_layer_id, vit_num_layers)
+from model.pretrained import load_pretrained
+from model.zoo import (VIT_MODELS, build_zoo_model, image_size_problem, no_weight_decay_names, vit_layer_id,
+                       vit_num_layers)
 from trainers.vanilla_trainer import classifier_model_card, validate_classifier
 
 
@@ -93,9 +94,7 @@ class ViTTrainer(TrainerBase):
         a = self.args
         model = self.model_for(a, self.data.input_shape, self.data.num_classes)
         if a.pretrained_path:
-            missing, unexpected = load_pretrained(model, a.pretrained_path)
-            print(f"--pretrained_path {a.pretrained_path}: {len(missing)} missing keys {missing[:5]}")
-            print(f"--pretrained_path {a.pretrained_path}: {len(unexpected)} unexpected keys {unexpected[:5]}")
+            load_pretrained(model, a.pretrained_path)  # adapts, logs to the run log, refuses a file that fits nothing
         if a.linear_probe:  # only the head learns; the encoder's tensors stay as loaded
             for name, param in model.named_parameters():
                 param.requires_grad = name.startswith("heads.")
