@@ -14,6 +14,7 @@ import hashlib
 import os
 import pickle
 import re
+import shutil
 import stat
 import warnings
 from collections.abc import Mapping
@@ -128,30 +129,26 @@ def save_checkpoint(state, path):
     write_or_fail(path, lambda f: torch.save(stamped, f), what="checkpoint")
 
 
-def link_checkpoint(source, path):
-    """Make ``path`` a second name of the checkpoint file ``source`` (a hard link; a copy where links fail).
+def copy_checkpoint(source, path):
+    """Write a byte copy of the checkpoint file ``source`` as ``path``, atomically and synced.
 
-    Atomic like :func:`save_checkpoint`: ``path`` is the old file or the new
-    one. Checkpoints are only ever replaced, never changed in place, so the
-    two names stay equal until one of them is saved again.
+    A second, independent file (not a hard link): a byte later damaged in one
+    of them leaves the other loadable. Copying the bytes costs a read and a
+    write of the file, less than serializing the state again. ``path`` is the
+    old file or the complete copy, as with :func:`save_checkpoint`.
 
     Raises:
-        CheckpointError: as :func:`write_or_fail`.
+        CheckpointError: as :func:`write_or_fail` (also when ``source`` cannot be read).
     """
-    folder = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp{os.getpid()}")
-    try:
-        try:
-            os.link(source, tmp)
-        except OSError:
-            write_or_fail(path, lambda f: f.write(open(source, "rb").read()), what="checkpoint")
-            return
-        os.replace(tmp, path)
-    except OSError as exc:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise CheckpointError(f"cannot write checkpoint {path}: {exc.strerror or exc}") from None
-    _fsync_dir(folder)
+    def copy(f):
+        with open(source, "rb") as src:
+            shutil.copyfileobj(src, f, _COPY_CHUNK)
+
+    write_or_fail(path, copy, what="checkpoint")
+
+
+# Bytes per read/write of copy_checkpoint: large enough that a copy of a large checkpoint takes few system calls.
+_COPY_CHUNK = 16 << 20
 
 
 def write_or_fail(path, write_fn, what="file"):
@@ -209,13 +206,14 @@ def _not_a_checkpoint_file(path):
     return None
 
 
-def load_checkpoint(path, map_location="cpu", flag="--model_path", mmap=False):
+def load_checkpoint(path, map_location="cpu", flag="", mmap=False):
     """Load a checkpoint written by :func:`save_checkpoint`, refusing pickled code.
 
     Args:
         path: file to read.
         map_location: passed to ``torch.load`` (default: CPU).
-        flag: the flag that named ``path``, for the error message ("" for none).
+        flag: what named ``path``, put before it in an error message (e.g. ``"--model_path"``;
+            "" for nothing: the file of a run, named by no flag).
         mmap: memory-map the file instead of reading it into memory (``torch.load(mmap=True)``).
 
     Returns:

@@ -11,7 +11,7 @@ import re
 import torch
 
 from base import distributed
-from base.checkpoint import (link_checkpoint, load_checkpoint, load_model_state, save_checkpoint, verify_checkpoint,
+from base.checkpoint import (copy_checkpoint, load_checkpoint, load_model_state, save_checkpoint, verify_checkpoint,
                              write_or_fail)
 from base.errors import CheckpointError
 from base.file_names import file_name_part
@@ -141,12 +141,13 @@ class CheckpointingMixin:
         path = self.checkpoint_path(tag)
         if self._nonfinite_on_device and tag != "exception":
             self._check_nonfinite()  # never save the steps counted after a non-finite loss
-        # `last` right after an improving validation holds what `best` was just given: link, do not
-        # serialize again. Only without hooks: an after_epoch hook runs between the two and may change state.
+        # `last` right after an improving validation holds what `best` was just given: copy the file's bytes
+        # rather than serialize again. A copy, not a link: a damaged `best` must leave `last` intact. Only
+        # without hooks: an after_epoch hook runs between the two and may change state.
         position = (self.epoch, self.global_step, self.samples_in_epoch, self.skipped_steps)
         if (state is None and tag == "last" and not self.hooks and self.world_size == 1
                 and getattr(self, "_best_saved_at", None) == position and os.path.isfile(self.checkpoint_path("best"))):
-            link_checkpoint(self.checkpoint_path("best"), path)
+            copy_checkpoint(self.checkpoint_path("best"), path)
             return path
         if state is None and tag == "best":
             self._best_saved_at = position
@@ -261,7 +262,7 @@ class CheckpointingMixin:
                     else "set --save_every_steps")
             raise FloatingPointError(f"{message}: no checkpoint of this run to roll back to yet ({hint})")
         skipped, scale = self.skipped_steps, self.lr_scale * a.rollback_lr_factor
-        self.load_state_dict(load_checkpoint(path, map_location=self.device), path)
+        self.load_state_dict(load_checkpoint(path, map_location=self.device, flag="rolling back to"), path)
         self.skipped_steps = skipped
         self._scale_lr(scale / self.lr_scale)  # the checkpoint's LR carries its own, older scale
         self.lr_scale = scale  # so the factor compounds over rollbacks
