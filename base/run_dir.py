@@ -8,6 +8,9 @@ Layout of one run::
         metrics.csv          one row per validation
         summary/             TensorBoard events
         <model>_best_ckpt.pth, <model>_last_ckpt.pth, ...
+
+``<proj_name>`` and ``<model>`` (``--model_type``) in file names are made safe by
+:func:`base.file_names.file_name_part` (``timm/resnet18`` -> ``timm-resnet18``).
 """
 import csv
 import datetime

@@ -17,6 +17,7 @@ from tqdm import tqdm
 from base import distributed, optim, resume, run_dir
 from base.bad_data import BadSampleFilter, BadSampleLog, collate_good_samples
 from base.config import parse_config
+from base.file_names import file_name_part
 from base.loggers import LoggerSet
 from base.signals import Preempted, PreemptionFlag, ignore_signals_in_worker, signals_held
 from base.state import (EarlyStopper, ResumableSampler, SeededSamples, global_switches, restore_global_switches,
@@ -228,7 +229,7 @@ class TrainerBase(StepMixin, CheckpointingMixin, ResumeMixin, ValidationMixin, T
         """
         a, main = self.args, self.rank == 0
         self._open_run_dir()
-        config_path = os.path.join(self.run_dir, f"config_{a.proj_name}_{self.timestamp}.json")
+        config_path = os.path.join(self.run_dir, f"config_{file_name_part(a.proj_name)}_{self.timestamp}.json")
         if not self.resume_from and main:
             run_dir.write_config(config_path, a, self.provenance, {"timestamp": self.timestamp, "trainer":
                                  type(self).__name__, "world_size": self.world_size})

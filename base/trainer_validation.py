@@ -161,7 +161,10 @@ class ValidationMixin:
             return {}
         best = self.checkpoint_path("best")
         if distributed.any_rank(os.path.isfile(best)):  # the same weights on every process
-            state = load_checkpoint(best, map_location=self.device)
+            # Name what the user gave: a resumed run's folder came from --resume (never from --model_path).
+            named = (f"--resume {self.args.resume}: its best checkpoint" if self.resume_from
+                     else "the run's best checkpoint")
+            state = load_checkpoint(best, map_location=self.device, flag=named)
             self.module.load_state_dict(state["model"])
             if self.ema is not None:
                 self.ema.load_state_dict(state["ema"])

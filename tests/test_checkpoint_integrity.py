@@ -66,6 +66,22 @@ def test_a_flipped_weight_byte_is_refused(tmp_path, dtype):
     assert reason is not None and path in reason and "checksum" in reason
 
 
+@pytest.mark.parametrize("change", [lambda w: w.view(torch.int32), lambda w: w.reshape(8, 8)],
+                         ids=["dtype", "shape"])
+def test_a_tensor_read_as_another_dtype_or_shape_is_refused(tmp_path, change):
+    """The same bytes under another dtype or shape are other numbers: the checksum covers both."""
+    path = str(tmp_path / "Toy_last_ckpt.pth")
+    save_checkpoint({"model": weights(torch.float32), "global_step": 3}, path)
+    stamped = torch.load(path, weights_only=True)  # the checksum as saved, kept below
+    w = stamped["model"]["w"]
+    stamped["model"]["w"] = changed = change(w)
+    assert changed.dtype != w.dtype or changed.shape != w.shape
+    assert changed.numpy().tobytes() == w.numpy().tobytes()
+    torch.save(stamped, path)
+    with pytest.raises(CheckpointError, match="checksum mismatch"):
+        load_checkpoint(path)
+
+
 def test_an_intact_checkpoint_round_trips(tmp_path):
     path = str(tmp_path / "ckpt.pth")
     state = {"model": weights(torch.bfloat16), "step": 0, "scalar": torch.tensor(2.5),
