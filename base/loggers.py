@@ -25,10 +25,10 @@ switched off for the rest of the launch, and training goes on.
 import csv
 import dataclasses
 import importlib.util
-import io
 import os
 
 from base.config import ConfigError
+from base.row_files import resume_rows, step_of
 from base.run_dir import cannot_write_error
 
 #: Logger name -> (module:class, the pip package it needs or None).
@@ -47,7 +47,9 @@ class RunInfo:
     ``config`` is the resolved flags (``{flag: value}``), ``provenance`` where each
     came from, ``step`` the optimizer step the launch starts from (its
     rows after it are redone and logged again), ``resumed`` whether this
-    launch continues an existing run folder.
+    launch continues an existing run folder, ``states`` each logger's
+    :meth:`RunLogger.state_dict` as saved in the checkpoint the launch resumes
+    from (``{logger name: state}``; empty for a new run).
     """
     run_dir: str
     proj_name: str
@@ -59,6 +61,7 @@ class RunInfo:
     config_path: str
     step: int = 0
     resumed: bool = False
+    states: dict = dataclasses.field(default_factory=dict)
 
 
 class RunLogger:
@@ -82,6 +85,12 @@ class RunLogger:
 
     def flush(self):
         """Make what was logged so far durable (called at the end of training and of the test)."""
+
+    def state_dict(self):
+        """What a resume from a checkpoint saved now must know of this logger (plain types), or ``None``.
+
+        Saved in every checkpoint and handed back in :attr:`RunInfo.states` when a launch resumes from it.
+        """
 
     def finish(self, status, final, step):
         """End the launch at optimizer step ``step``: ``status`` 'finished' | 'preempted' | 'crashed';
@@ -133,8 +142,8 @@ class LoggerSet:
     def __bool__(self):
         return bool(self.loggers)
 
-    def _call(self, method, *args):
-        for logger in list(self.loggers):
+    def _call(self, method, *args, loggers=None):
+        for logger in list(self.loggers if loggers is None else loggers):
             try:
                 getattr(logger, method)(*args)
             except Exception as exc:  # noqa: BLE001 - a tracker may fail in any way; the run must not
@@ -150,7 +159,23 @@ class LoggerSet:
                     pass
 
     def start(self, run):
-        self._call("start", run)
+        """Start each logger in turn. When one fails for good, the run stops: the loggers after it never
+        started and are closed, not finished, so the error that stops the run is the only line about it."""
+        waiting = list(self.loggers)
+        try:
+            while waiting:
+                self._call("start", run, loggers=[waiting.pop(0)])
+        finally:
+            for logger in waiting:
+                self.loggers.remove(logger)
+                try:
+                    logger.close()
+                except Exception:  # noqa: BLE001 - it never started: nothing of it to keep
+                    pass
+
+    def state_dict(self):
+        """``{logger name: state}`` of the loggers that have one (see :meth:`RunLogger.state_dict`)."""
+        return {logger.name: state for logger in self.loggers if (state := logger.state_dict()) is not None}
 
     def log_scalars(self, scalars, step):
         if scalars:
@@ -238,32 +263,27 @@ class CSVLogger(RunLogger):
     """Every scalar as a row ``step,name,value`` of ``<run>/scalars.csv`` (per-step curves in plain text).
 
     ``metrics.csv`` (one row per validation) is written whatever ``--loggers``
-    says: resume, ``inspect_history.py`` and ``utils.runs`` read it.
+    says: resume, ``inspect_history.py`` and ``utils.runs`` read it. On resume
+    the file is cut back to the rows the checkpoint covers (its state counts
+    them; see :mod:`base.row_files`).
     """
 
     name = "csv"
+    HEADER = ("step", "name", "value")
 
     def __init__(self):
-        self.path, self.file = None, None
+        self.path, self.file, self.rows = None, None, 0
 
     def start(self, run):
         self.path = os.path.join(run.run_dir, "scalars.csv")
+        covered = (run.states.get(self.name) or {}).get("rows")  # None: a new run, or a checkpoint without it
+        header, self.rows = resume_rows(self.path, covered, lambda row: step_of(row) <= run.step,
+                                        lambda header: tuple(header) == self.HEADER, "\n")
         try:
-            if os.path.isfile(self.path):  # a resume redoes the steps after its checkpoint: drop their rows
-                with open(self.path, newline="", encoding="utf-8") as f:
-                    rows = list(csv.reader(f))
-                kept = [r for r in rows[1:] if len(r) == 3 and int(r[0]) <= run.step]
-                if len(kept) != len(rows) - 1:
-                    from base.checkpoint import atomic_write
-
-                    text = io.StringIO()
-                    csv.writer(text, lineterminator="\n").writerows([["step", "name", "value"], *kept])
-                    atomic_write(self.path, lambda f: f.write(text.getvalue().encode("utf-8")))
-            new = not os.path.isfile(self.path)
             self.file = open(self.path, "a", newline="", encoding="utf-8")
             self.writer = csv.writer(self.file, lineterminator="\n")
-            if new:
-                self.writer.writerow(["step", "name", "value"])
+            if header is None:
+                self.writer.writerow(self.HEADER)
         except OSError as exc:
             raise cannot_write_error(self.path, exc) from None
 
@@ -272,6 +292,11 @@ class CSVLogger(RunLogger):
             self.writer.writerows([step, name, repr(float(value))] for name, value in scalars.items())
         except OSError as exc:
             raise cannot_write_error(self.path, exc) from None
+        self.rows += len(scalars)
+
+    def state_dict(self):
+        """``{"rows": data rows written}``: a resume from this checkpoint keeps those, drops the rest."""
+        return {"rows": self.rows}
 
     def flush(self):
         try:

@@ -63,6 +63,9 @@ class CheckpointingMixin:
             "loss_sums": loss_sums,  # per process: a resume with as many carries each one's on, bit for bit
             "extra_sums": extra_sums,  # per process, likewise
             "validated_at": self._validated_at, "skipped_steps": self.skipped_steps,
+            # the rows written so far (rank 0's): a resume from this state keeps them, redoes the rest
+            "metrics_rows": self.metrics_csv.rows if self.metrics_csv is not None else None,
+            "loggers": self.loggers.state_dict(),
             "config": json.dumps(vars(self.args), default=str), "trainer": type(self).__name__,
             "model_card": self.model_card(),
         }
@@ -96,6 +99,8 @@ class CheckpointingMixin:
         self.samples_in_epoch = state.get("samples_in_epoch", self.batch_in_epoch * self.args.batch_size)
         self.lr_scale, self._redo_validation = state.get("lr_scale", 1.0), state.get("validating", False)
         self._validated_at, self.skipped_steps = state["validated_at"], state["skipped_steps"]
+        # (older checkpoints: None and {}, the row files are then cut back by step)
+        self._resumed_metrics_rows, self._resumed_logger_states = state.get("metrics_rows"), state.get("loggers") or {}
         saved_world = self._resumed_world_size = state.get("world_size", 1)
         sums = state.get("loss_sums")
         if sums and len(sums) == self.world_size:

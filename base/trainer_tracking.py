@@ -18,9 +18,10 @@ class TrackingMixin:
         self.status = RunStatus(self.run_dir)
         self.status.begin(self, resumed=bool(self.resume_from))
         self.loggers = LoggerSet(build_loggers(parse_logger_names(a.loggers)), warn=self.logger.warning)
-        keep = self.global_step - 1 if self._redo_validation else self.global_step  # as metrics.csv
+        keep = self.global_step - 1 if self._redo_validation else self.global_step  # an interrupted validation: redone
         self.loggers.start(RunInfo(self.run_dir, a.proj_name, self.timestamp, a.output_dir, type(self).__name__,
-                                   dict(vars(a)), dict(self.provenance), config_path, keep, bool(self.resume_from)))
+                                   dict(vars(a)), dict(self.provenance), config_path, keep, bool(self.resume_from),
+                                   self._resumed_logger_states))
 
     def _end_tracking(self, status, test=None, error=None):
         """Record how this launch ended in status.json and close the loggers with the final metrics (rank 0).
