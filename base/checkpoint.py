@@ -10,10 +10,12 @@ Each checkpoint holds a SHA-256 of its own content under the reserved key
 ``"checksum"`` (see :func:`content_checksum`), so a flipped bit in a weight is
 caught on load instead of training or evaluating on silently wrong numbers.
 """
+import codecs
 import hashlib
 import os
 import pickle
 import re
+import shutil
 import stat
 import warnings
 from collections.abc import Mapping
@@ -128,30 +130,26 @@ def save_checkpoint(state, path):
     write_or_fail(path, lambda f: torch.save(stamped, f), what="checkpoint")
 
 
-def link_checkpoint(source, path):
-    """Make ``path`` a second name of the checkpoint file ``source`` (a hard link; a copy where links fail).
+def copy_checkpoint(source, path):
+    """Write a byte copy of the checkpoint file ``source`` as ``path``, atomically and synced.
 
-    Atomic like :func:`save_checkpoint`: ``path`` is the old file or the new
-    one. Checkpoints are only ever replaced, never changed in place, so the
-    two names stay equal until one of them is saved again.
+    A second, independent file (not a hard link): a byte later damaged in one
+    of them leaves the other loadable. Copying the bytes costs a read and a
+    write of the file, less than serializing the state again. ``path`` is the
+    old file or the complete copy, as with :func:`save_checkpoint`.
 
     Raises:
-        CheckpointError: as :func:`write_or_fail`.
+        CheckpointError: as :func:`write_or_fail` (also when ``source`` cannot be read).
     """
-    folder = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp{os.getpid()}")
-    try:
-        try:
-            os.link(source, tmp)
-        except OSError:
-            write_or_fail(path, lambda f: f.write(open(source, "rb").read()), what="checkpoint")
-            return
-        os.replace(tmp, path)
-    except OSError as exc:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise CheckpointError(f"cannot write checkpoint {path}: {exc.strerror or exc}") from None
-    _fsync_dir(folder)
+    def copy(f):
+        with open(source, "rb") as src:
+            shutil.copyfileobj(src, f, _COPY_CHUNK)
+
+    write_or_fail(path, copy, what="checkpoint")
+
+
+# Bytes per read/write of copy_checkpoint: large enough that a copy of a large checkpoint takes few system calls.
+_COPY_CHUNK = 16 << 20
 
 
 def write_or_fail(path, write_fn, what="file"):
@@ -209,13 +207,14 @@ def _not_a_checkpoint_file(path):
     return None
 
 
-def load_checkpoint(path, map_location="cpu", flag="--model_path", mmap=False):
+def load_checkpoint(path, map_location="cpu", flag="", mmap=False):
     """Load a checkpoint written by :func:`save_checkpoint`, refusing pickled code.
 
     Args:
         path: file to read.
         map_location: passed to ``torch.load`` (default: CPU).
-        flag: the flag that named ``path``, for the error message ("" for none).
+        flag: what named ``path``, put before it in an error message (e.g. ``"--model_path"``;
+            "" for nothing: the file of a run, named by no flag).
         mmap: memory-map the file instead of reading it into memory (``torch.load(mmap=True)``).
 
     Returns:
@@ -237,10 +236,14 @@ def load_checkpoint(path, map_location="cpu", flag="--model_path", mmap=False):
             state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as exc:  # noqa: BLE001 - any failure to parse means "not a checkpoint we read"
         text = str(exc)
-        if isinstance(exc, pickle.UnpicklingError) and "weights only load failed" in text.lower():
-            # The safe unpickler met a global it will not import: the file asks to run code. Name
-            # the global, and leave out torch's hint to load it unsafely.
-            found = re.search(r"GLOBAL\s+(\S+)|Unsupported global:?\s*(?:GLOBAL\s+)?(\S+)", text)
+        refused = isinstance(exc, pickle.UnpicklingError) and "weights only load failed" in text.lower()
+        # The safe unpickler met a global it will not import: the file asks to run code.
+        found = re.search(r"GLOBAL\s+(\S+)|Unsupported global:?\s*(?:GLOBAL\s+)?(\S+)", text) if refused else None
+        kind = None if found else _foreign_kind(path)
+        if kind:  # torch's own message would be the unpickler's ("KeyError: 101"): say what the file is
+            raise CheckpointError(f"{where}: not a checkpoint of this project: {kind}, not a file written by "
+                                  f"torch.save (a zip archive)") from None
+        if refused:  # name the global, and leave out torch's hint to load the file unsafely
             name = next((g for g in found.groups() if g), "") if found else ""
             raise CheckpointError(f"{where}: refused: it holds code or objects other than tensors and "
                                   f"plain types{f' ({name})' if name else ''}, which would run when "
@@ -249,12 +252,41 @@ def load_checkpoint(path, map_location="cpu", flag="--model_path", mmap=False):
         raise CheckpointError(f"{where}: not a readable checkpoint (truncated or foreign file: "
                               f"{type(exc).__name__}: {detail[:200]})") from None
     if not isinstance(state, dict) or "model" not in state:
-        raise CheckpointError(f"{where}: not a checkpoint of this project (no 'model' entry)")
+        kind = _foreign_kind(path)  # recent torch reads safetensors files too: say that that is what it is
+        raise CheckpointError(f"{where}: not a checkpoint of this project: {kind}" if kind else
+                              f"{where}: not a checkpoint of this project (no 'model' entry)")
     stored = state.pop(CHECKSUM_KEY, None)
     if stored is not None and stored != content_checksum(state):
         raise CheckpointError(f"{where}: checksum mismatch, the file is corrupted "
                               f"(its content differs from what was saved; use an older checkpoint)")
     return state
+
+
+def _foreign_kind(path):
+    """What the file at ``path`` is when it cannot be a torch file, as a phrase, else ``None``.
+
+    ``torch.save`` writes a zip archive (``PK\\x03\\x04``); files of torch before 1.6 and plain
+    pickles start with pickle's PROTO opcode (``\\x80``). Those give ``None``: their reading
+    failed for another reason (cut short, damaged). A safetensors file starts with the 8-byte
+    length of its JSON header, then ``{``.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return None
+    if head.startswith((b"PK\x03\x04", b"\x80")):
+        return None
+    if len(head) > 8 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < os.path.getsize(path):
+        return "a safetensors file (weights alone, without the training state)"
+    try:  # a cut multi-byte character at the end of `head` is still text
+        text = codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+    except UnicodeDecodeError:
+        return f"a binary file of another kind (it starts with {head[:8]!r})"
+    if "\x00" in text:
+        return f"a binary file of another kind (it starts with {head[:8]!r})"
+    first = (text.strip().splitlines() or [""])[0]
+    return f"a text file (it starts with {first[:40]!r})"
 
 
 def load_model_state(model, state, source):

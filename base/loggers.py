@@ -33,10 +33,10 @@ switched off for the rest of the launch, and training goes on.
 import csv
 import dataclasses
 import importlib.util
-import io
 import os
 
 from base.config import ConfigError
+from base.row_files import resume_rows, step_of
 from base.run_dir import cannot_write_error
 
 #: Logger name -> (module:class, the pip package it needs or None).
@@ -58,6 +58,8 @@ class RunInfo:
     launch continues an existing run folder. ``redo_validation``: the launch
     starts inside the validation at step ``step + 1`` and does it again, so at
     that step only the validation's points come again, not the training's.
+    ``states``: each logger's :meth:`RunLogger.state_dict` as saved in the
+    checkpoint the launch resumes from (``{logger name: state}``; empty for a new run).
     """
     run_dir: str
     proj_name: str
@@ -70,6 +72,7 @@ class RunInfo:
     step: int = 0
     resumed: bool = False
     redo_validation: bool = False
+    states: dict = dataclasses.field(default_factory=dict)
 
 
 class RunLogger:
@@ -93,6 +96,12 @@ class RunLogger:
 
     def flush(self):
         """Make what was logged so far durable (called at the end of training and of the test)."""
+
+    def state_dict(self):
+        """What a resume from a checkpoint saved now must know of this logger (plain types), or ``None``.
+
+        Saved in every checkpoint and handed back in :attr:`RunInfo.states` when a launch resumes from it.
+        """
 
     def finish(self, status, final, step):
         """End the launch at optimizer step ``step``: ``status`` 'finished' | 'preempted' | 'crashed';
@@ -176,6 +185,10 @@ class LoggerSet:
         for logger in self.loggers:  # close() releases the loggers whose start failed half-way
             if self._call_one(logger, "start", run):
                 self._started.append(logger)
+
+    def state_dict(self):
+        """``{logger name: state}`` of the started loggers that have one (see :meth:`RunLogger.state_dict`)."""
+        return {logger.name: state for logger in self._started if (state := logger.state_dict()) is not None}
 
     def log_scalars(self, scalars, step):
         if scalars:
@@ -276,32 +289,27 @@ class CSVLogger(RunLogger):
     """Every scalar as a row ``step,name,value`` of ``<run>/scalars.csv`` (per-step curves in plain text).
 
     ``metrics.csv`` (one row per validation) is written whatever ``--loggers``
-    says: resume, ``inspect_history.py`` and ``utils.runs`` read it.
+    says: resume, ``inspect_history.py`` and ``utils.runs`` read it. On resume
+    the file is cut back to the rows the checkpoint covers (its state counts
+    them; see :mod:`base.row_files`).
     """
 
     name = "csv"
+    HEADER = ("step", "name", "value")
 
     def __init__(self):
-        self.path, self.file = None, None
+        self.path, self.file, self.rows = None, None, 0
 
     def start(self, run):
         self.path = os.path.join(run.run_dir, "scalars.csv")
+        covered = (run.states.get(self.name) or {}).get("rows")  # None: a new run, or a checkpoint without it
+        header, self.rows = resume_rows(self.path, covered, lambda row: step_of(row) <= run.step,
+                                        lambda header: tuple(header) == self.HEADER, "\n")
         try:
-            if os.path.isfile(self.path):  # a resume redoes the steps after its checkpoint: drop their rows
-                with open(self.path, newline="", encoding="utf-8") as f:
-                    rows = list(csv.reader(f))
-                kept = [r for r in rows[1:] if len(r) == 3 and int(r[0]) <= run.step]
-                if len(kept) != len(rows) - 1:
-                    from base.checkpoint import atomic_write
-
-                    text = io.StringIO()
-                    csv.writer(text, lineterminator="\n").writerows([["step", "name", "value"], *kept])
-                    atomic_write(self.path, lambda f: f.write(text.getvalue().encode("utf-8")))
-            new = not os.path.isfile(self.path)
             self.file = open(self.path, "a", newline="", encoding="utf-8")
             self.writer = csv.writer(self.file, lineterminator="\n")
-            if new:
-                self.writer.writerow(["step", "name", "value"])
+            if header is None:
+                self.writer.writerow(self.HEADER)
         except OSError as exc:
             raise cannot_write_error(self.path, exc) from None
 
@@ -310,6 +318,11 @@ class CSVLogger(RunLogger):
             self.writer.writerows([step, name, repr(float(value))] for name, value in scalars.items())
         except OSError as exc:
             raise cannot_write_error(self.path, exc) from None
+        self.rows += len(scalars)
+
+    def state_dict(self):
+        """``{"rows": data rows written}``: a resume from this checkpoint keeps those, drops the rest."""
+        return {"rows": self.rows}
 
     def flush(self):
         try:

@@ -1,17 +1,18 @@
-"""Run folders, their config JSON, log file, TensorBoard events and ``metrics.csv``.
+"""Run folders, their config JSON and log file.
 
 Layout of one run::
 
     <output_dir>/<proj_name>/<timestamp>/
         config_<proj_name>_<timestamp>.json
         <proj_name>_<timestamp>_log.txt
-        metrics.csv          one row per validation
+        metrics.csv          one row per validation (see base.row_files)
         summary/             TensorBoard events
         <model>_best_ckpt.pth, <model>_last_ckpt.pth, ...
+
+``<proj_name>`` and ``<model>`` (``--model_type``) in file names are made safe by
+:func:`base.file_names.file_name_part` (``timm/resnet18`` -> ``timm-resnet18``).
 """
-import csv
 import datetime
-import io
 import json
 import logging
 import os
@@ -194,63 +195,6 @@ def close_logger(logger):
         root.setLevel(logger.root_level)
         del logger.root_level
     logging.Logger.manager.loggerDict.pop(logger.name, None)
-
-
-class MetricsCSV:
-    """Append-only ``metrics.csv``; the header is fixed by the first row written.
-
-    Keys that a later row lacks are left empty; keys it adds are dropped with
-    the header unchanged, so the file always parses as one table.
-    """
-
-    def __init__(self, path):
-        self.path = path
-        self.fields = None
-        if os.path.isfile(path) and os.path.getsize(path) > 0:
-            with open(path, newline="", encoding="utf-8") as f:
-                self.fields = next(csv.reader(f))
-
-    def drop_rows_after(self, step):
-        """Remove rows logged after ``step`` (a resume redoes that work and logs it again).
-
-        The file is rewritten atomically: a crash leaves every row or the kept ones.
-
-        Raises:
-            RunDirError: the file cannot be rewritten (it is left as it was).
-        """
-        if self.fields is None:
-            return
-        try:
-            with open(self.path, newline="", encoding="utf-8") as f:
-                rows = list(csv.DictReader(f))
-            kept = [r for r in rows if int(float(r.get("step") or 0)) <= step]
-            if len(kept) == len(rows):
-                return
-            text = io.StringIO(newline="")
-            writer = csv.DictWriter(text, fieldnames=self.fields)
-            writer.writeheader()
-            writer.writerows(kept)
-            atomic_write(self.path, lambda f: f.write(text.getvalue().encode("utf-8")))
-        except OSError as exc:
-            raise cannot_write_error(self.path, exc, "rewrite") from exc
-
-    def write(self, row):
-        """Append ``row`` (``{column: value}``), with the header first if the file is new.
-
-        Raises:
-            RunDirError: the file cannot be appended to (disk full, the run folder deleted); names it.
-        """
-        new = self.fields is None
-        try:
-            with open(self.path, "a", newline="", encoding="utf-8") as f:
-                writer = csv.DictWriter(f, fieldnames=list(row) if new else self.fields, extrasaction="ignore")
-                if new:
-                    writer.writeheader()
-                writer.writerow(row)
-        except OSError as exc:
-            raise cannot_write_error(self.path, exc) from exc
-        if new:  # only once the header is on disk: a failed first write must write it next time
-            self.fields = list(row)
 
 
 def record_resume(path, args, provenance, checkpoint, changes=None):

@@ -16,6 +16,7 @@ Fields: ``status``, ``resumes`` (launches after the first), ``trainer``,
 """
 import datetime
 import json
+import logging
 import math
 import os
 import socket
@@ -25,14 +26,27 @@ STATUS_FILE = "status.json"
 STATES = ("running", "finished", "preempted", "crashed")
 
 
-def read_status(run_dir):
-    """The run's status dict, or ``{}`` when it has none (or it cannot be read)."""
+def read_status(run_dir, strict=False):
+    """The run's status dict, or ``{}`` when it has none.
+
+    A file that cannot be read as a JSON object gives ``{}`` too, unless
+    ``strict``: then it raises ``ValueError`` with one line naming the file.
+    """
+    path = os.path.join(run_dir, STATUS_FILE)
     try:
-        with open(os.path.join(run_dir, STATUS_FILE), encoding="utf-8") as f:
+        with open(path, encoding="utf-8") as f:
             doc = json.load(f)
-    except (OSError, ValueError):
+    except FileNotFoundError:
         return {}
-    return doc if isinstance(doc, dict) else {}
+    except (OSError, ValueError) as exc:
+        if strict:
+            raise ValueError(f"{path} cannot be read ({type(exc).__name__}: {exc})") from None
+        return {}
+    if not isinstance(doc, dict):
+        if strict:
+            raise ValueError(f"{path} holds a JSON {type(doc).__name__}, not an object")
+        return {}
+    return doc
 
 
 def _now():
@@ -57,7 +71,11 @@ class RunStatus:
 
     def begin(self, trainer, resumed):
         """Mark the launch ``running``; a resumed run counts one more resume and keeps its wall time."""
-        old = read_status(os.path.dirname(self.path)) if resumed else {}
+        try:
+            old = read_status(os.path.dirname(self.path), strict=True) if resumed else {}
+        except ValueError as exc:  # say so: the count of launches and the wall time start again
+            logging.getLogger(__name__).warning("%s: the run's resumes and wall time so far are lost", exc)
+            old = {}
         a = trainer.args
         self._start, self._wall_before = time.monotonic(), float(old.get("wall_seconds") or 0.0)
         data = getattr(a, "data_type", None) or os.path.basename(os.path.normpath(getattr(a, "data_dir", "") or ""))

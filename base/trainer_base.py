@@ -14,9 +14,10 @@ import torch
 from torch.utils.data import DataLoader, default_collate
 from tqdm import tqdm
 
-from base import distributed, optim, resume, run_dir
+from base import distributed, optim, resume, row_files, run_dir
 from base.bad_data import BadSampleFilter, BadSampleLog, collate_good_samples
 from base.config import parse_config
+from base.file_names import file_name_part
 from base.loggers import LoggerSet
 from base.signals import Preempted, PreemptionFlag, ignore_signals_in_worker, signals_held
 from base.state import (EarlyStopper, ResumableSampler, SeededSamples, global_switches, restore_global_switches,
@@ -120,6 +121,9 @@ class TrainerBase(StepMixin, CheckpointingMixin, ResumeMixin, ValidationMixin, T
         # The step up to which a resumed run's loggers keep what earlier launches logged (-1: a new run),
         # and whether one of those launches finished there (see TrackingMixin._start_tracking).
         self._logged_until, self._ended_logged = -1, False
+        self.metrics_csv = None  # rank 0's MetricsCSV, from setup on
+        # What the checkpoint resumed from covers of metrics.csv (rows) and of each logger (its state).
+        self._resumed_metrics_rows, self._resumed_logger_states = None, {}
         # train/grad_norm (a device tensor) and train/images_per_sec: the training clock and the
         # window's sample count when it started (validation and checkpoint time is left out).
         self._grad_norm, self._log_clock, self._clock_count = None, None, 0
@@ -231,7 +235,7 @@ class TrainerBase(StepMixin, CheckpointingMixin, ResumeMixin, ValidationMixin, T
         """
         a, main = self.args, self.rank == 0
         self._open_run_dir()
-        config_path = os.path.join(self.run_dir, f"config_{a.proj_name}_{self.timestamp}.json")
+        config_path = os.path.join(self.run_dir, f"config_{file_name_part(a.proj_name)}_{self.timestamp}.json")
         if not self.resume_from and main:
             run_dir.write_config(config_path, a, self.provenance, {"timestamp": self.timestamp, "trainer":
                                  type(self).__name__, "world_size": self.world_size})
@@ -248,9 +252,8 @@ class TrainerBase(StepMixin, CheckpointingMixin, ResumeMixin, ValidationMixin, T
         self.hooks = list(self.build_hooks())
         for hook in self.hooks:
             hook.trainer = self
-        self.metrics_csv = None  # other processes than rank 0 write nothing
-        if main:
-            self.metrics_csv = run_dir.MetricsCSV(os.path.join(self.run_dir, "metrics.csv"))
+        if main:  # other processes than rank 0 write nothing
+            self.metrics_csv = row_files.MetricsCSV(os.path.join(self.run_dir, "metrics.csv"))
         self.logger.info("run folder: %s", self.run_dir)
         if self.world_size > 1:
             self.logger.info("DDP over %d processes (%s): global batch %d = %d per process x %d processes x %d "
@@ -271,8 +274,8 @@ class TrainerBase(StepMixin, CheckpointingMixin, ResumeMixin, ValidationMixin, T
             self.resume(self.resume_from[1])
             self._apply_resume_changes()
             if main:
-                # Rows of work after the checkpoint are redone, and so is an interrupted validation's row.
-                self.metrics_csv.drop_rows_after(self.global_step - 1 if self._redo_validation else self.global_step)
+                # The rows the checkpoint covers stay; the work after it (a validation too) is redone and logged again.
+                self.metrics_csv.resume(self._resumed_metrics_rows, self._validated_at)
                 run_dir.record_resume(config_path, a, self.provenance, self.resume_from[1], self.resume_changes)
         if main:
             self._start_tracking(config_path)

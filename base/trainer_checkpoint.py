@@ -11,15 +11,19 @@ import re
 import torch
 
 from base import distributed
-from base.checkpoint import (link_checkpoint, load_checkpoint, load_model_state, save_checkpoint, verify_checkpoint,
+from base.checkpoint import (copy_checkpoint, load_checkpoint, load_model_state, save_checkpoint, verify_checkpoint,
                              write_or_fail)
 from base.errors import CheckpointError
+from base.file_names import file_name_part
 from base.resume import newest_checkpoint
 from base.signals import Preempted
 
 
 class CheckpointingMixin:
-    """Checkpoint files of a run: ``<model_type>_<tag>_ckpt.pth`` in the run folder.
+    """Checkpoint files of a run: ``<model>_<tag>_ckpt.pth`` in the run folder.
+
+    ``<model>`` is ``--model_type`` as a file name part (:func:`base.file_names.file_name_part`:
+    ``timm/resnet18`` -> ``timm-resnet18``).
 
     Tags: ``best`` (best validation), ``last`` (latest validation or end of
     training), ``step<N>`` (every ``--save_every_steps``; the newest
@@ -28,8 +32,8 @@ class CheckpointingMixin:
     """
 
     def checkpoint_path(self, tag):
-        """``<run_dir>/<model_type>_<tag>_ckpt.pth``."""
-        return os.path.join(self.run_dir, f"{self.args.model_type}_{tag}_ckpt.pth")
+        """``<run_dir>/<model>_<tag>_ckpt.pth`` (see the class docstring for ``<model>``)."""
+        return os.path.join(self.run_dir, f"{file_name_part(self.args.model_type)}_{tag}_ckpt.pth")
 
     def state_dict(self, gather=True):
         """The whole training state as of the last completed step; tensors and plain types only.
@@ -59,6 +63,9 @@ class CheckpointingMixin:
             "loss_sums": loss_sums,  # per process: a resume with as many carries each one's on, bit for bit
             "extra_sums": extra_sums,  # per process, likewise
             "validated_at": self._validated_at, "skipped_steps": self.skipped_steps,
+            # the rows written so far (rank 0's): a resume from this state keeps them, redoes the rest
+            "metrics_rows": self.metrics_csv.rows if self.metrics_csv is not None else None,
+            "loggers": self.loggers.state_dict(),
             "config": json.dumps(vars(self.args), default=str), "trainer": type(self).__name__,
             "model_card": self.model_card(),
         }
@@ -92,6 +99,8 @@ class CheckpointingMixin:
         self.samples_in_epoch = state.get("samples_in_epoch", self.batch_in_epoch * self.args.batch_size)
         self.lr_scale, self._redo_validation = state.get("lr_scale", 1.0), state.get("validating", False)
         self._validated_at, self.skipped_steps = state["validated_at"], state["skipped_steps"]
+        # (older checkpoints: None and {}, the row files are then cut back by step)
+        self._resumed_metrics_rows, self._resumed_logger_states = state.get("metrics_rows"), state.get("loggers") or {}
         saved_world = self._resumed_world_size = state.get("world_size", 1)
         sums = state.get("loss_sums")
         if sums and len(sums) == self.world_size:
@@ -127,7 +136,7 @@ class CheckpointingMixin:
             self.logger.warning("%s: saved state of hook %s has no hook to go to", source, entry["type"])
 
     def save(self, tag, state=None, sync=True):
-        """Atomically write ``state`` (default: :meth:`state_dict`) as ``<model_type>_<tag>_ckpt.pth``.
+        """Atomically write ``state`` (default: :meth:`state_dict`) as :meth:`checkpoint_path` ``(tag)``.
 
         Returns the path. A ``preempt`` checkpoint this run resumed from is
         removed once a newer checkpoint is on disk. Under DDP every process
@@ -137,12 +146,13 @@ class CheckpointingMixin:
         path = self.checkpoint_path(tag)
         if self._nonfinite_on_device and tag != "exception":
             self._check_nonfinite()  # never save the steps counted after a non-finite loss
-        # `last` right after an improving validation holds what `best` was just given: link, do not
-        # serialize again. Only without hooks: an after_epoch hook runs between the two and may change state.
+        # `last` right after an improving validation holds what `best` was just given: copy the file's bytes
+        # rather than serialize again. A copy, not a link: a damaged `best` must leave `last` intact. Only
+        # without hooks: an after_epoch hook runs between the two and may change state.
         position = (self.epoch, self.global_step, self.samples_in_epoch, self.skipped_steps)
         if (state is None and tag == "last" and not self.hooks and self.world_size == 1
                 and getattr(self, "_best_saved_at", None) == position and os.path.isfile(self.checkpoint_path("best"))):
-            link_checkpoint(self.checkpoint_path("best"), path)
+            copy_checkpoint(self.checkpoint_path("best"), path)
             return path
         if state is None and tag == "best":
             self._best_saved_at = position
@@ -185,7 +195,7 @@ class CheckpointingMixin:
             reason = reason or f"{path} did not verify on rank 0"
             self.logger.warning("%s; every older step checkpoint is kept", reason)
             raise CheckpointError(f"{reason}; every older step checkpoint is kept")
-        pattern = re.compile(re.escape(self.args.model_type) + r"_step(\d+)_ckpt\.pth$")
+        pattern = re.compile(re.escape(file_name_part(self.args.model_type)) + r"_step(\d+)_ckpt\.pth$")
         if self.rank != 0:
             return path
         steps = sorted((int(m.group(1)), p) for p in glob.glob(os.path.join(self.run_dir, "*_ckpt.pth"))
@@ -195,9 +205,9 @@ class CheckpointingMixin:
         return path
 
     def export_best(self):
-        """Write the model's weights as ``<model_type>_best.safetensors`` plus a JSON sidecar.
+        """Write the model's weights as ``<model>_best.safetensors`` plus a JSON sidecar.
 
-        The sidecar ``<model_type>_best.json`` holds the config and the
+        ``<model>`` as in :meth:`checkpoint_path`. The sidecar ``<model>_best.json`` holds the config and the
         validation metrics; evaluators accept either file format.
         """
         if self.rank != 0:
@@ -214,7 +224,7 @@ class CheckpointingMixin:
                 value = value.clone(memory_format=torch.contiguous_format)
             storages.add(value.untyped_storage().data_ptr())
             tensors[key] = value
-        stem = os.path.join(self.run_dir, f"{self.args.model_type}_best")
+        stem = os.path.join(self.run_dir, f"{file_name_part(self.args.model_type)}_best")
         write_or_fail(stem + ".safetensors", lambda f: f.write(safetensors_bytes(tensors)), "export")
         sidecar = {"config": vars(self.args), "metrics": self.last_metrics, "global_step": self.global_step,
                    "model_card": self.model_card()}
@@ -257,7 +267,7 @@ class CheckpointingMixin:
                     else "set --save_every_steps")
             raise FloatingPointError(f"{message}: no checkpoint of this run to roll back to yet ({hint})")
         skipped, scale = self.skipped_steps, self.lr_scale * a.rollback_lr_factor
-        self.load_state_dict(load_checkpoint(path, map_location=self.device), path)
+        self.load_state_dict(load_checkpoint(path, map_location=self.device, flag="rolling back to"), path)
         self.skipped_steps = skipped
         self._scale_lr(scale / self.lr_scale)  # the checkpoint's LR carries its own, older scale
         self.lr_scale = scale  # so the factor compounds over rollbacks

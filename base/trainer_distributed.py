@@ -11,6 +11,7 @@ import logging
 import os
 
 from base import distributed, run_dir
+from base.file_names import file_name_part
 from base.run_lock import RunLock
 
 
@@ -32,8 +33,8 @@ class DistributedMixin:
         self.timestamp = os.path.basename(self.run_dir)
         if self.rank == 0:
             self.lock = RunLock(self.run_dir).acquire()  # before anything in the folder is written
-            self.logger = run_dir.setup_logger(
-                f"trainer.{id(self)}", os.path.join(self.run_dir, f"{a.proj_name}_{self.timestamp}_log.txt"))
+            log_file = f"{file_name_part(a.proj_name)}_{self.timestamp}_log.txt"
+            self.logger = run_dir.setup_logger(f"trainer.{id(self)}", os.path.join(self.run_dir, log_file))
         else:
             self.logger = run_dir.setup_logger(
                 f"trainer.{id(self)}", os.path.join(self.run_dir, f"rank{self.rank}_log.txt") if a.debug else None,

@@ -20,13 +20,19 @@ class TrackingMixin:
         # finished the run there gave them the final metrics too (see _end_tracking).
         old = read_status(self.run_dir) if self.resume_from else {}
         self._logged_until = keep
-        self._ended_logged = old.get("status") == "finished" and old.get("global_step") == keep
+        # Only from the state that launch ended in (validated at its last step, nothing redone): a resume
+        # from an older checkpoint of the same step (one written before that validation) redoes work.
+        self._ended_logged = (old.get("status") == "finished" and old.get("global_step") == self.global_step
+                              and self._validated_at == self.global_step and not self._redo_validation)
         self.status = RunStatus(self.run_dir)
         self.status.begin(self, resumed=bool(self.resume_from))
         self.loggers = LoggerSet(build_loggers(parse_logger_names(a.loggers)), warn=self.logger.warning)
+        # A finished run resumed from its end state redoes nothing: its loggers keep all they hold (the
+        # test's points come after `last`, and this launch does not log them again), so no rows are cut.
+        states = {} if self._ended_logged else self._resumed_logger_states
         self.loggers.start(RunInfo(self.run_dir, a.proj_name, self.timestamp, a.output_dir, type(self).__name__,
                                    dict(vars(a)), dict(self.provenance), config_path, keep, bool(self.resume_from),
-                                   self._redo_validation))
+                                   self._redo_validation, states))
 
     def _end_tracking(self, status, test=None, error=None):
         """Record how this launch ended in status.json and close the loggers with the final metrics (rank 0).

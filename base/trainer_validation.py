@@ -155,18 +155,22 @@ class ValidationMixin:
         self._log_clock = None  # images/s counts training time only: restart the clock at the next window
 
     def test(self):
-        """Load the best checkpoint's weights and evaluate on the test split (if any).
+        """Load the best checkpoint's weights and evaluate on the test split (if any: an empty one, e.g. of
+        ``--test_fraction 0``, is none).
 
         The metrics go to ``<run>/test_metrics.json`` (with the step) and as
         ``test/<metric>`` to the loggers, unless a launch that trained nothing
         finds them logged at this step already (a finished run resumed: the test
         runs again, e.g. over another number of processes, but is logged once).
         """
-        if "test" not in self.loaders:
+        if "test" not in self.loaders or len(self.datasets["test"]) == 0:
             return {}
         best = self.checkpoint_path("best")
         if distributed.any_rank(os.path.isfile(best)):  # the same weights on every process
-            state = load_checkpoint(best, map_location=self.device)
+            # Name what the user gave: a resumed run's folder came from --resume (never from --model_path).
+            named = (f"--resume {self.args.resume}: its best checkpoint" if self.resume_from
+                     else "the run's best checkpoint")
+            state = load_checkpoint(best, map_location=self.device, flag=named)
             self.module.load_state_dict(state["model"])
             if self.ema is not None:
                 self.ema.load_state_dict(state["ema"])
@@ -190,7 +194,7 @@ class ValidationMixin:
     def _test_logged(self, path):
         """Whether the loggers hold this test already: this launch trained nothing after the step
         they keep, and ``path`` (test_metrics.json) was written at that step."""
-        if self.global_step != self._logged_until:
+        if not self._ended_logged or self.global_step != self._logged_until:
             return False
         try:
             with open(path, encoding="utf-8") as f:

@@ -101,7 +101,7 @@ def main():
         argv = ["--samples", str(samples), "--warmup", str(a.warmup), "--", "--model_type", a.model_type,
                 "--image_size", str(a.image_size), "--batch_size", str(a.batch_size), "--max_steps", str(a.steps),
                 "--amp", a.amp, "--amp_dtype", "bfloat16", "--channels_last", a.channels_last, "--compile", a.compile,
-                "--output_dir", out, "--log_every_steps", "50", "--in_chans", "3", "--warmup_steps", "0"]
+                "--output_dir", out, "--log_every_steps", "50", "--warmup_steps", "0"]
         argv += ["--gpu_devices", a.gpu_devices] if a.gpu_devices else []
         report = os.path.join(out, "report")
         plain = measure([sys.executable], argv, report)

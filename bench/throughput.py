@@ -223,8 +223,8 @@ def row_argv(name, a, tmp):
         size = (64, 96) if a.tiny else (320, 480)
         return task, flags + ["--base_channels", "4" if a.tiny else "16", "--image_size", *map(str, size),
                               "--data_dir", tmp, "--num_viz", "0"], batch, size
-    return task, flags + ["--patch_size", "8" if a.tiny else "16", "--image_size", str(a.image_size),
-                          "--in_chans", "3"], batch, (a.image_size, a.image_size)
+    return task, flags + ["--patch_size", "8" if a.tiny else "16", "--image_size", str(a.image_size)], batch, \
+        (a.image_size, a.image_size)
 
 
 def parse(argv):

@@ -24,13 +24,15 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, default_collate
 
-from base.config import check, check_dir_exists, str2bool
+from base.config import check, str2bool
 from base.errors import DataError
 from data.images import read_image
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 MASK_SUFFIXES = ("_mask.gif", "_mask.png")
 MIN_SIZE = 16  # 4 poolings of a U-Net; the smallest side any model here takes
+LAYOUT = "train/<id>_<view>.jpg and train_masks/<id>_<view>_mask.gif (Kaggle's Carvana layout)"
+MAKE_SYNTHETIC = "python -m data.make_synthetic_carvana --out Dataset/SyntheticCarvana --cars 20"
 
 
 @dataclasses.dataclass
@@ -62,8 +64,13 @@ def add_carvana_arguments(parser):
 
 
 def validate_carvana_config(args):
-    """Raise ``ConfigError`` naming the first data flag that breaks a rule."""
-    check_dir_exists("data_dir", args.data_dir)
+    """Raise ``ConfigError`` naming the first data flag that breaks a rule.
+
+    Raises:
+        DataError: ``--data_dir`` lacks the layout (see :func:`check_layout`): a missing data
+            folder is bad input found at run time (exit status 1), as for every task.
+    """
+    check_layout(args.data_dir)
     check(args.img_scale > 0, "img_scale", args.img_scale, "must be > 0")
     if args.image_size is not None:
         check(min(args.image_size) >= MIN_SIZE, "image_size", args.image_size,
@@ -75,6 +82,25 @@ def validate_carvana_config(args):
           f"--val_fraction + --test_fraction ({args.test_fraction}) must be < 1 to leave training cars")
     for flag in ("train_val_sample_rate", "test_sample_rate"):
         check(0 < getattr(args, flag) <= 1, flag, getattr(args, flag), "must be in (0, 1]")
+
+
+def check_layout(data_dir):
+    """Raise ``DataError`` unless ``data_dir`` holds the folders ``train/`` and ``train_masks/``.
+
+    Cheap (two ``isdir`` calls), so a trainer refuses before it creates a run folder. The one-line
+    message names the folder, the layout and how to make synthetic data in it.
+    """
+    if not data_dir:
+        problem = "a folder is required here"
+    elif not os.path.isdir(data_dir):
+        problem = "no such folder"
+    else:
+        missing = [f"{name}/" for name in ("train", "train_masks") if not os.path.isdir(os.path.join(data_dir, name))]
+        if not missing:
+            return
+        problem = f"it has no {' and no '.join(missing)}"
+    raise DataError(f"--data_dir {data_dir}: {problem}; expected {LAYOUT} (no data yet? `{MAKE_SYNTHETIC}` "
+                    f"writes synthetic cars in that layout)")
 
 
 def car_id(image_path):
@@ -93,14 +119,13 @@ def find_samples(data_dir):
             mask; the message names the folder or both files.
     """
     image_dir, mask_dir = os.path.join(data_dir, "train"), os.path.join(data_dir, "train_masks")
-    layout = "train/<id>_<view>.jpg and train_masks/<id>_<view>_mask.gif (Kaggle's Carvana layout)"
     for folder in (image_dir, mask_dir):
         if not os.path.isdir(folder):
-            raise DataError(f"--data_dir {data_dir}: expected the folder {folder} ({layout})")
+            raise DataError(f"--data_dir {data_dir}: expected the folder {folder} ({LAYOUT})")
     names = sorted(n for n in os.listdir(image_dir)
                    if not n.startswith(".") and n.lower().endswith(IMAGE_EXTENSIONS))
     if not names:
-        raise DataError(f"no images (<id>_<view>.jpg) in {image_dir}; expected {layout}")
+        raise DataError(f"no images (<id>_<view>.jpg) in {image_dir}; expected {LAYOUT}")
     samples = []
     for name in names:
         stem = os.path.splitext(name)[0]

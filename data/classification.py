@@ -13,7 +13,8 @@ in ``[0, num_classes)`` (the default collate makes it int64).
   read by torchvision (see :mod:`data.cifar`). Shape (3, 32, 32).
 * ``ImageFolder``: ``<data_dir>/<class>/*.png``, or ``<data_dir>/train/<class>/``
   plus an optional ``<data_dir>/test/<class>/``; at least two classes; hidden files and
-  folders (``.*``) are skipped. Shape (3, image_size, image_size).
+  folders (``.*``) are skipped; links are followed, loops refused, each real file read once
+  (see :mod:`data.image_folder`). Shape (3, image_size, image_size).
 * ``ELPV``: real electroluminescence images of solar cells, shipped by the
   ``elpv-dataset`` package (see :mod:`data.elpv`); a stratified 75/25
   train/test split as in the paper. Shape (1, image_size, image_size).
@@ -23,6 +24,7 @@ Splits are seeded permutations (``torch.Generator().manual_seed(seed)``).
 """
 import dataclasses
 import functools
+import itertools
 import os
 
 import torch
@@ -31,9 +33,11 @@ from torch.utils.data import Dataset, Subset
 from base.config import check, check_dir_exists, str2bool
 from base.errors import DataError
 from data.elpv import load_elpv
-from data.images import ImageFiles
+from data.image_folder import load_image_folder
 
 DATA_TYPES = ["Digits", "FashionMNIST", "MNIST", "CIFAR10", "ImageFolder", "ELPV"]
+#: C of the images of each --data_type (ImageFolder: made RGB whatever the files hold), known without reading them.
+CHANNELS = {"Digits": 1, "FashionMNIST": 1, "MNIST": 1, "CIFAR10": 3, "ImageFolder": 3, "ELPV": 1}
 FIXED_SIDES = {"Digits": 8, "FashionMNIST": 28, "MNIST": 28, "CIFAR10": 32}  # H = W of the datasets that ignore --image_size
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
              "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -117,6 +121,14 @@ def image_side(args):
     return "image_size", args.image_size, args.image_size
 
 
+def data_channels(data_type):
+    """``C`` of the images that ``--data_type`` gives (:attr:`ClassificationData.input_shape`'s first entry).
+
+    Known without reading the data, so a model's channel count is checked before a run starts.
+    """
+    return CHANNELS[data_type]
+
+
 def build_classification_datasets(args):
     """Build the splits chosen by ``args`` (see the module docstring).
 
@@ -138,7 +150,7 @@ def build_classification_datasets(args):
             args.elpv_task, args.image_size, args.seed)
         pool, test = InMemoryImages(pool_x, pool_y, 255), InMemoryImages(test_x, test_y, 255)
     elif args.data_type == "ImageFolder":
-        pool, test, names = _load_image_folder(args.data_dir, args.image_size)
+        pool, test, names = load_image_folder(args.data_dir, args.image_size)
     elif args.data_type == "CIFAR10":
         from data.cifar import load_cifar10
 
@@ -169,8 +181,14 @@ def _split(pool, test, args):
     """
     g = torch.Generator().manual_seed(args.seed)
     pool_idx = torch.randperm(len(pool), generator=g).tolist()
+    source = f"--data_dir {args.data_dir}" if args.data_type == "ImageFolder" else f"--data_type {args.data_type}"
     if test is None:
-        n_test = min(round(args.test_fraction * len(pool)), len(pool) - 1)
+        n_test = _test_count(args.test_fraction, len(pool))
+        if args.test_fraction > 0 and n_test < 1:  # else the run trains, then fails on an empty test split
+            need = next(n for n in itertools.count(max(3, int(0.5 / args.test_fraction))) if _test_count(args.test_fraction, n) >= 1)
+            raise DataError(f"{source}: --test_fraction {args.test_fraction} of its {len(pool)} images holds no "
+                            f"test image; the test split needs at least {need} images in all "
+                            f"(or pass --test_fraction 0 to train without a test)")
         test, test_idx, pool_idx = pool, pool_idx[:n_test], pool_idx[n_test:]
     else:
         test_idx = torch.randperm(len(test), generator=g).tolist()
@@ -180,12 +198,18 @@ def _split(pool, test, args):
     # the best checkpoint) and at least one training sample, whatever the fraction.
     n_val = min(max(1, round(args.val_fraction * len(pool_idx))), len(pool_idx) - 1)
     if n_val < 1:
-        raise DataError(f"--val_fraction {args.val_fraction}: the train+val pool holds {len(pool_idx)} sample "
+        raise DataError(f"{source}: --val_fraction {args.val_fraction}: the train+val pool holds {len(pool_idx)} sample "
                         f"after --train_val_sample_rate {args.train_val_sample_rate}; "
                         f"need 2 (1 to train, 1 to validate)")
     # Sorted indices read files in folder order, which is kinder to disks.
     return (Subset(pool, sorted(pool_idx[n_val:])), Subset(pool, sorted(pool_idx[:n_val])),
             Subset(test, sorted(test_idx)))
+
+
+def _test_count(fraction, n):
+    """Test images held out of a pool of ``n`` by ``--test_fraction``: ``round(fraction * n)``, leaving 2 to train
+    and validate on (0 when ``n`` is too small)."""
+    return max(0, min(round(fraction * n), n - 2))
 
 
 def _keep(rate, n):
@@ -311,72 +335,3 @@ def _load_mnist(name, data_dir, train, download):
         raise DataError(f"{name} in {raw}: label {int(ds.targets.max())} found, "
                         f"expected labels 0..{len(ds.classes) - 1}")
     return InMemoryImages(ds.data.unsqueeze(1), ds.targets, max_value=255), list(ds.classes)
-
-
-def _visible(name):
-    """False for hidden names (``.ipynb_checkpoints``, ``.DS_Store``, macOS ``._x.png`` copies)."""
-    return not name.startswith(".")
-
-
-def _is_image_file(path, root):
-    """An image extension, and no hidden file or folder on the way from ``root`` to ``path``."""
-    from torchvision.datasets import folder
-
-    parts = os.path.relpath(path, root).split(os.sep)
-    return all(_visible(part) for part in parts) and folder.has_file_allowed_extension(path, folder.IMG_EXTENSIONS)
-
-
-@functools.lru_cache(maxsize=None)
-def _visible_image_folder():
-    """torchvision's ``ImageFolder`` that skips hidden class folders (the class is built on first use)."""
-    import torchvision
-
-    def find_classes(self, directory):
-        classes = sorted(e.name for e in os.scandir(directory) if e.is_dir() and _visible(e.name))
-        if not classes:
-            raise FileNotFoundError(f"Couldn't find any class folder in {directory}.")
-        return classes, {name: i for i, name in enumerate(classes)}
-
-    return type("VisibleImageFolder", (torchvision.datasets.ImageFolder,), {"find_classes": find_classes})
-
-
-def _load_image_folder(data_dir, image_size):
-    """Find class folders; return ``(pool, test or None, class_names)``.
-
-    ``<data_dir>/test`` is the test split only next to ``<data_dir>/train``;
-    without ``train/`` every sub-folder of ``data_dir`` is a class.
-    Hidden files and folders (names starting with ``.``, e.g. ``.ipynb_checkpoints/``,
-    ``.DS_Store``) are neither classes nor images.
-
-    ``test/`` uses ``train/``'s class indices, so a class missing from ``test/``
-    does not shift the labels of the others.
-
-    Raises:
-        DataError: no class folders or no images, fewer than two classes (a one-class
-            classifier is trivially 100% right), or ``test/`` has a class that ``train/`` lacks.
-    """
-    train_dir = os.path.join(data_dir, "train")
-    root = train_dir if os.path.isdir(train_dir) else data_dir
-    expected = "one sub-folder per class holding image files (.png, .jpg, ...)"
-    try:
-        pool = _visible_image_folder()(root, is_valid_file=functools.partial(_is_image_file, root=root))
-    except (FileNotFoundError, ValueError) as exc:
-        raise DataError(f"no images found in {root}: expected {expected} ({exc})") from None
-    if len(pool.classes) < 2:
-        raise DataError(f"{root} has {len(pool.classes)} class folder {pool.classes}: classification needs "
-                        f"at least two ({expected})")
-    test = None
-    test_dir = os.path.join(data_dir, "test")
-    if root == train_dir and os.path.isdir(test_dir):
-        extra = sorted({e.name for e in os.scandir(test_dir) if e.is_dir() and _visible(e.name)} - set(pool.classes))
-        if extra:
-            raise DataError(f"{test_dir} has class folders {extra} that {train_dir} lacks")
-        from torchvision.datasets.folder import make_dataset
-
-        samples = make_dataset(
-            test_dir, pool.class_to_idx, is_valid_file=functools.partial(_is_image_file, root=test_dir),
-            allow_empty=True)
-        if not samples:
-            raise DataError(f"no images found in {test_dir}: expected {expected}")
-        test = ImageFiles(samples, image_size)
-    return ImageFiles(pool.samples, image_size), test, pool.classes

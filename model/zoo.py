@@ -1,8 +1,8 @@
 """Image classifiers from torchvision and timm, looked up by name through :func:`build_zoo_model`.
 
 Every model maps ``images: float32 (N, in_chans, H, W)`` to ``logits: float32 (N, num_classes)``.
-All are randomly initialised (``weights=None``, ``pretrained=False``): nothing is downloaded; start
-from saved weights with :func:`load_pretrained`. Names are :data:`ZOO_MODELS` plus ``timm/<name>``
+All are randomly initialised (``weights=None``, ``pretrained=False``): nothing is downloaded; start from
+saved weights with :func:`load_pretrained` (:mod:`model.pretrained`). Names are :data:`ZOO_MODELS` plus ``timm/<name>``
 for any ``timm.list_models()`` name.
 
 Input sizes (:func:`image_size_problem` checks them at parse time):
@@ -16,13 +16,10 @@ Input sizes (:func:`image_size_problem` checks them at parse time):
 """
 import fnmatch
 import math
-import os
 
-import torch
 from torch import nn
 
-from base.checkpoint import load_checkpoint
-from base.errors import CheckpointError
+from model.pretrained import load_pretrained  # re-exported: the zoo's models start from saved weights with it
 
 __all__ = ["MIN_IMAGE_SIZE", "VIT_MODELS", "ZOO_MODELS", "build_zoo_model", "image_size_problem", "load_pretrained",
            "no_weight_decay_names", "vit_layer_id", "vit_num_layers"]
@@ -189,55 +186,3 @@ def vit_num_layers(model_type):
 
 
 VIT_MODELS = tuple(_VIT_CONFIGS)
-
-
-def _strip_prefix(key):
-    # DataParallel/DDP save "module.", torch.compile "_orig_mod."; a compiled DDP model has both.
-    while key.startswith(("module.", "_orig_mod.")):
-        key = key.split(".", 1)[1]
-    return key
-
-
-def _read_state_dict(path):
-    where = f"--pretrained_path {path}"
-    if not os.path.isfile(path):
-        raise CheckpointError(f"{where}: no such file")
-    try:
-        if path.endswith(".safetensors"):  # recent torch.load reads these too; this works with any torch
-            from safetensors.torch import load_file
-
-            return load_file(path, device="cpu")
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as exc:  # noqa: BLE001 - any failure to parse means "not a file we read"
-        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise CheckpointError(f"{where}: not a readable state dict ({type(exc).__name__}: {detail[:200]})") from None
-    if isinstance(state, dict) and "model" in state:  # this project's checkpoint: read it again, checked
-        return load_checkpoint(path, flag="--pretrained_path")["model"]
-    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
-        raise CheckpointError(f"{where}: not a state dict (expected a dict of tensors or a checkpoint "
-                              f"with a 'model' entry)")
-    return state
-
-
-def load_pretrained(model, path):
-    """Load the weights in ``path`` into ``model`` where names and shapes match; the rest stay as they are.
-
-    ``path`` is this project's ``.pth`` checkpoint (its ``"model"`` entry, checksum checked), a plain
-    state-dict ``.pth`` (read with ``weights_only=True``) or a ``.safetensors`` file. Leading
-    ``module.`` / ``_orig_mod.`` prefixes are stripped. Keys whose shapes differ (e.g. a head for
-    another ``num_classes``) are not loaded and count as missing.
-
-    Returns:
-        ``(missing, unexpected)``: sorted lists of keys of ``model`` left unloaded and keys of the
-        file that ``model`` does not have.
-
-    Raises:
-        CheckpointError: the file is missing, unreadable, corrupted or holds no state dict (one
-            line naming the file).
-    """
-    state = {_strip_prefix(k): v for k, v in _read_state_dict(str(path)).items()}
-    current = model.state_dict()
-    # load_state_dict raises on a shape mismatch even with strict=False: drop those keys, so they are missing
-    same = {k: v for k, v in state.items() if k not in current or tuple(v.shape) == tuple(current[k].shape)}
-    result = model.load_state_dict(same, strict=False)
-    return sorted(result.missing_keys), sorted(result.unexpected_keys)

@@ -183,11 +183,40 @@ def test_eval_of_a_truncated_checkpoint_exits_1(trained, tmp_path, capsys):
 
 # The weights-only unpickler fails differently on each text: IndexError ("t" is pickle's
 # TUPLE opcode, popping a missing mark), KeyError ("h" reads an unset memo slot), UnpicklingError.
+# The line says what the file is, not the unpickler's failure.
 @pytest.mark.parametrize("text", ["these are my notes, not a checkpoint\n", "hello world\n", '{"a": 1}\n'])
 def test_eval_of_a_text_file_exits_1(tmp_path, capsys, text):
     path = tmp_path / "x.pth"
     path.write_text(text)
-    expect(VanillaEvaluator, ["--model_path", str(path)], capsys, 1, "--model_path", str(path))
+    line = expect(VanillaEvaluator, ["--model_path", str(path)], capsys, 1, "--model_path", str(path))
+    assert line.endswith(f"{path}: not a checkpoint of this project: a text file (it starts with "
+                         f"{text.strip()[:40]!r}), not a file written by torch.save (a zip archive)"), line
+
+
+def test_resume_and_export_of_a_text_file_say_what_it_is_not(tmp_path, capsys):
+    from utils import export
+
+    path = tmp_path / "notes.pth"
+    path.write_text("hello world\n")
+    expect(VanillaTrainer, ["--resume", str(path)], capsys, 1, f"--resume {path}: not a checkpoint of this project: "
+           "a text file", "not a file written by torch.save")
+    assert export.main(["--model_path", str(path), "--format", "onnx"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == (f"python -m utils.export: error: --model_path {path}: not a checkpoint of this project: a text "
+                   f"file (it starts with 'hello world'), not a file written by torch.save (a zip archive)")
+
+
+def test_resume_of_a_weights_export_says_it_holds_no_training_state(trained, capsys):
+    path = os.path.join(trained.run_dir, "Vanilla_best.safetensors")
+    expect(VanillaTrainer, ["--resume", path], capsys, 1, f"--resume {path}: not a checkpoint of this project: a "
+           "safetensors file (weights alone, without the training state)")
+
+
+def test_a_binary_file_of_another_kind_is_named_by_its_first_bytes(tmp_path, capsys):
+    path = tmp_path / "image.pth"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)))
+    expect(VanillaEvaluator, ["--model_path", str(path)], capsys, 1, f"--model_path {path}: not a checkpoint of "
+           "this project: a binary file of another kind (it starts with b'\\x89PNG\\r\\n\\x1a\\n')")
 
 
 def test_eval_of_a_dict_without_model_exits_1(tmp_path, capsys):

@@ -24,7 +24,8 @@ import base.checkpoint
 from base.checkpoint import load_checkpoint, save_checkpoint, verify_checkpoint
 from base.errors import CheckpointError
 from base.resume import newest_checkpoint, newest_verified_checkpoint
-from base.run_dir import MetricsCSV, record_resume, remove_stale_temp_files, write_config
+from base.row_files import MetricsCSV
+from base.run_dir import record_resume, remove_stale_temp_files, write_config
 from evaluators.vanilla_evaluator import VanillaEvaluator
 from trainers.vanilla_trainer import VanillaTrainer
 
@@ -64,6 +65,22 @@ def test_a_flipped_weight_byte_is_refused(tmp_path, dtype):
     assert path in str(info.value) and len(str(info.value).splitlines()) == 1
     reason = verify_checkpoint(path)
     assert reason is not None and path in reason and "checksum" in reason
+
+
+@pytest.mark.parametrize("change", [lambda w: w.view(torch.int32), lambda w: w.reshape(8, 8)],
+                         ids=["dtype", "shape"])
+def test_a_tensor_read_as_another_dtype_or_shape_is_refused(tmp_path, change):
+    """The same bytes under another dtype or shape are other numbers: the checksum covers both."""
+    path = str(tmp_path / "Toy_last_ckpt.pth")
+    save_checkpoint({"model": weights(torch.float32), "global_step": 3}, path)
+    stamped = torch.load(path, weights_only=True)  # the checksum as saved, kept below
+    w = stamped["model"]["w"]
+    stamped["model"]["w"] = changed = change(w)
+    assert changed.dtype != w.dtype or changed.shape != w.shape
+    assert changed.numpy().tobytes() == w.numpy().tobytes()
+    torch.save(stamped, path)
+    with pytest.raises(CheckpointError, match="checksum mismatch"):
+        load_checkpoint(path)
 
 
 def test_an_intact_checkpoint_round_trips(tmp_path):
@@ -213,7 +230,7 @@ REWRITES = {
         path, ToyTrainer.from_argv(["--gpu_devices", "cpu", "--lr", "0.5"]).args, {"lr": "command line"})),
     "record_resume": (config_file, lambda path: record_resume(
         path, ToyTrainer.from_argv(["--gpu_devices", "cpu"]).args, {}, "Toy_last_ckpt.pth")),
-    "drop_rows_after": (metrics_file, lambda path: MetricsCSV(path).drop_rows_after(5)),
+    "metrics_resume": (metrics_file, lambda path: MetricsCSV(path).resume(1, 5)),
 }
 
 
@@ -308,19 +325,20 @@ def test_a_full_disk_during_the_best_export_ends_in_one_line(toy_argv, tmp_path,
     assert verify_checkpoint(os.path.join(run, "Toy_best_ckpt.pth")) is None
 
 
-@pytest.mark.parametrize("name", ["record_resume", "drop_rows_after"])
+@pytest.mark.parametrize("name", ["record_resume", "metrics_resume"])
 def test_kill_9_inside_a_rewrite_keeps_the_old_file(tmp_path, name):
     """A real process killed with SIGKILL half-way through rewriting the config or metrics.csv."""
     path = REWRITES[name][0](str(tmp_path))
     before = open(path, "rb").read()
     marker = tmp_path / "half_written"
     call = ("record_resume(path, argparse.Namespace(lr=0.5), {}, 'Toy_last_ckpt.pth')" if name == "record_resume"
-            else "MetricsCSV(path).drop_rows_after(5)")
+            else "MetricsCSV(path).resume(1, 5)")
     script = textwrap.dedent(f"""
         import argparse, sys, time
         sys.path.insert(0, {ROOT!r})
-        import base.run_dir
-        from base.run_dir import MetricsCSV, record_resume
+        import base.row_files, base.run_dir
+        from base.row_files import MetricsCSV
+        from base.run_dir import record_resume
         real = base.run_dir.atomic_write
 
         def slow(target, write_fn):
@@ -331,7 +349,7 @@ def test_kill_9_inside_a_rewrite_keeps_the_old_file(tmp_path, name):
                 time.sleep(60)
             real(target, half)
 
-        base.run_dir.atomic_write = slow
+        base.run_dir.atomic_write = base.row_files.atomic_write = slow
         path = {path!r}
         {call}
     """)

@@ -1,5 +1,6 @@
-"""What an improving validation writes: `best` once, `last` as a second name of it, the export without copies."""
+"""What an improving validation writes: `best` once, `last` as a byte copy of it, the export without copies."""
 import os
+import pathlib
 
 import pytest
 import torch
@@ -8,6 +9,8 @@ from safetensors.torch import load_file
 from base.checkpoint import load_checkpoint
 from base.hooks import HookBase
 from conftest import ToyTrainer
+from test_bad_input import error_line, run_main
+from test_checkpoint_integrity import flip_weight_byte
 
 
 class Improving(ToyTrainer):
@@ -35,17 +38,40 @@ def fit(cls, tmp_path, hooks=(), *argv):
     return trainer
 
 
-def test_last_after_an_improvement_is_the_best_file_and_resumes(tmp_path):
+def test_last_after_an_improvement_is_a_copy_of_best_and_resumes(tmp_path):
     trainer = fit(Improving, tmp_path)
     best, last = trainer.checkpoint_path("best"), trainer.checkpoint_path("last")
-    assert os.path.samefile(best, last)  # one serialization, two names
+    assert not os.path.samefile(best, last)  # two files: damage to one leaves the other
+    assert pathlib.Path(best).read_bytes() == pathlib.Path(last).read_bytes()  # one serialization, copied
     state = load_checkpoint(last)
     assert state["global_step"] == trainer.global_step == 10 and state["validated_at"] == 10
     resumed = Improving.from_argv(["--output_dir", str(tmp_path), "--resume", trainer.run_dir, "--epochs", "3",
                                    "--gpu_devices", "cpu"])
     resumed.fit()
-    assert resumed.global_step == 15 and os.path.samefile(resumed.checkpoint_path("best"), last)
-    assert load_checkpoint(best)["global_step"] == 15
+    assert resumed.global_step == 15
+    assert load_checkpoint(best)["global_step"] == load_checkpoint(last)["global_step"] == 15
+
+
+class ImprovesUntilStep10(ToyTrainer):
+    """Validation loss falls up to step 10, then stays worse: a resume past step 10 writes no new `best`."""
+
+    def validate(self, loader):
+        return {"loss": 1.0 / (1 + self.global_step) if self.global_step <= 10 else 1.0}
+
+
+def test_a_damaged_best_leaves_last_loadable_and_the_resume_names_resume(tmp_path, capsys):
+    trainer = fit(ImprovesUntilStep10, tmp_path)
+    best, last = trainer.checkpoint_path("best"), trainer.checkpoint_path("last")
+    flip_weight_byte(best)
+    assert load_checkpoint(last)["global_step"] == 10  # the other copy is intact
+    status, err = run_main(ImprovesUntilStep10, ["--output_dir", str(tmp_path), "--resume", trainer.run_dir,
+                                                 "--epochs", "3", "--gpu_devices", "cpu"], capsys)
+    assert load_checkpoint(last)["global_step"] == 15  # the resume trained on from `last`
+    # ... and its test on the best weights cannot run: one line naming the flag the user gave
+    assert status == 1
+    line = error_line(status, err)
+    assert f"--resume {trainer.run_dir}: its best checkpoint {best}: checksum mismatch" in line, line
+    assert "--model_path" not in err
 
 
 def test_with_hooks_last_is_written_after_them(tmp_path):

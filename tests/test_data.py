@@ -171,6 +171,62 @@ def test_image_folder_test_split_keeps_train_class_indices(tmp_path):
     assert len(data.train) + len(data.val) == 6 and len(data.val) == 3
 
 
+def two_classes(root, per_class=3):
+    for cls in ("a", "b"):
+        for i in range(per_class):
+            write_png(str(root / cls / f"{i}.png"), value=i)
+
+
+def image_folder_args(root, *extra):
+    return make_args(["--data_type", "ImageFolder", "--data_dir", str(root), "--image_size", "8", *extra])
+
+
+@pytest.mark.parametrize("outside", [False, True, "self"])
+def test_image_folder_refuses_a_symlink_loop_naming_the_link(tmp_path, outside):
+    data = tmp_path / "data"
+    two_classes(data)
+    if outside == "self":  # a link to itself: not even a folder
+        link = data / "b" / "3.png"
+        os.symlink("3.png", link)
+    elif outside:  # a/ext -> other/, other/back -> data/a: the loop closes through a folder beside the data
+        (tmp_path / "other").mkdir()
+        os.symlink(data / "a", tmp_path / "other" / "back")
+        os.symlink(tmp_path / "other", data / "a" / "ext")
+        link = data / "a" / "ext" / "back"
+    else:  # a/up/a/up/...: the whole folder again and again, read ~40 times over into every split
+        link = data / "a" / "up"
+        os.symlink("..", link)
+    with pytest.raises(DataError, match=re.escape(f"{link}: a symbolic link loop")):
+        build_classification_datasets(image_folder_args(data))
+
+
+def test_image_folder_counts_each_file_once_whatever_links_lead_to_it(tmp_path):
+    two_classes(tmp_path)
+    os.symlink("0.png", tmp_path / "a" / "copy.png")
+    (tmp_path / "a" / "sub").mkdir()
+    os.symlink("../1.png", tmp_path / "a" / "sub" / "again.png")
+    os.symlink("sub", tmp_path / "a" / "more")  # a folder reached by two paths (not a loop)
+    data = build_classification_datasets(image_folder_args(tmp_path, "--val_fraction", "0.5"))
+    pool = data.train.dataset
+    assert sorted(os.path.relpath(p, tmp_path) for p, _ in pool.samples) == [
+        "a/0.png", "a/1.png", "a/2.png", "b/0.png", "b/1.png", "b/2.png"]
+    assert len(data.train) + len(data.val) + len(data.test) == 6
+
+
+@pytest.mark.parametrize("link, target", [
+    ("train/b/9.png", "../a/0.png"),  # one file, two labels
+    ("test/b/9.png", "../../train/b/1.png"),  # one file trained on and tested on: a leak
+])
+def test_image_folder_refuses_one_file_in_two_classes_or_splits(tmp_path, link, target):
+    two_classes(tmp_path / "train")
+    write_png(str(tmp_path / "test" / "a" / "0.png"), value=9)
+    os.makedirs(os.path.dirname(tmp_path / link), exist_ok=True)
+    os.symlink(target, tmp_path / link)
+    first = os.path.normpath(os.path.join(os.path.dirname(tmp_path / link), target))
+    with pytest.raises(DataError, match=re.escape(f"{tmp_path / link} and {first} are one file")):
+        build_classification_datasets(image_folder_args(tmp_path))
+
+
 def write_broken(path, kind):
     if kind == "zero-byte":
         open(path, "wb").close()
@@ -256,3 +312,92 @@ def test_digits_read_from_the_bundled_file_equal_scikit_learns_load_digits():
     reference = load_digits()
     assert images.shape == (1797, 8, 8) and images.dtype == np.uint8
     assert np.array_equal(images, reference.images) and np.array_equal(labels, reference.target)
+
+
+def test_the_training_order_changes_each_epoch_and_is_fixed_by_seed_and_epoch():
+    from base.state import ResumableSampler
+
+    def order(seed, epoch):
+        sampler = ResumableSampler(50, seed=seed)
+        sampler.set_epoch(epoch)
+        return list(sampler)
+
+    orders = [order(3, epoch) for epoch in range(4)]
+    assert all(sorted(o) == list(range(50)) for o in orders)  # each epoch sees every sample once
+    assert len({tuple(o) for o in orders}) == 4  # a new order each epoch: not a fixed shuffle
+    assert order(3, 2) == orders[2]  # a resumed run rebuilds an epoch's order exactly
+    assert order(4, 0) != orders[0]  # and the seed chooses it
+    sampler = ResumableSampler(50, seed=3, with_epoch=True)
+    sampler.set_epoch(1, start=10)  # mid-epoch: the rest of the same order
+    assert list(sampler) == [(1, i) for i in orders[1][10:]]
+
+
+def test_a_trainer_sees_a_new_order_each_epoch(toy_argv):
+    from conftest import ToyTrainer
+
+    class Recording(ToyTrainer):
+        def train_step(self, batch):
+            self.seen.setdefault(self.epoch, []).extend(batch[0][:, 0].tolist())  # first feature: a sample's id
+            return super().train_step(batch)
+
+    trainer = Recording.from_argv([*toy_argv, "--epochs", "2", "--val_every_epochs", "2"])
+    trainer.seen = {}
+    trainer.fit()
+    first, second = trainer.seen[0], trainer.seen[1]
+    assert sorted(first) == sorted(second) and len(first) == 40  # every sample once per epoch
+    assert first != second
+
+
+@pytest.mark.parametrize("data_type, in_chans, channels", [("ELPV", 3, 1), ("Digits", 3, 1), ("ImageFolder", 1, 3)])
+def test_in_chans_other_than_the_datas_is_refused_before_a_run_folder(tmp_path, capsys, data_type, in_chans, channels):
+    from test_bad_input import expect
+
+    from trainers.vit_trainer import ViTTrainer
+
+    two_classes(tmp_path / "images")
+    argv = ["--output_dir", str(tmp_path / "runs"), "--gpu_devices", "cpu", "--data_type", data_type,
+            "--data_dir", str(tmp_path / "images"), "--image_size", "16", "--patch_size", "8", "--epochs", "1",
+            "--in_chans", str(in_chans)]
+    expect(ViTTrainer, argv, capsys, 2, f"--in_chans={in_chans}", f"--data_type {data_type}",
+           f"{channels} channel")
+    assert not os.path.exists(tmp_path / "runs")
+
+
+def test_the_channel_table_matches_the_data(tmp_path):
+    from data.classification import data_channels
+
+    write_mnist(str(tmp_path / "mnist"))
+    two_classes(tmp_path / "images")
+    for data_type, data_dir in (("Digits", None), ("MNIST", tmp_path / "mnist"), ("ImageFolder", tmp_path / "images")):
+        args = make_args(["--data_type", data_type, *(["--data_dir", str(data_dir)] if data_dir else [])])
+        assert build_classification_datasets(args).input_shape[0] == data_channels(data_type)
+
+
+def test_in_chans_is_checked_against_a_tasks_own_data_too():
+    from trainers.vit_trainer import ViTTrainer
+
+    args = argparse.Namespace(model_type="vit_ti_16", in_chans=3, patch_size=8, drop_path=0.0, dropout=0.0)
+    with pytest.raises(ConfigError, match=re.escape("--in_chans=3: the data gives images of 1 channel")):
+        ViTTrainer.model_for(args, (1, 16, 16), 2)  # e.g. a subclass's build_datasets, not --data_type's
+    assert ViTTrainer.model_for(argparse.Namespace(**{**vars(args), "in_chans": 0}), (1, 16, 16), 2)
+
+
+def test_a_folder_too_small_for_a_test_image_is_one_line_naming_it(tmp_path, capsys):
+    from test_bad_input import expect
+
+    from trainers.vanilla_trainer import VanillaTrainer
+
+    two_classes(tmp_path / "images", per_class=1)  # --test_fraction 0.2 of 2 images rounds to none
+    argv = ["--output_dir", str(tmp_path / "runs"), "--gpu_devices", "cpu", "--data_type", "ImageFolder",
+            "--data_dir", str(tmp_path / "images"), "--image_size", "8", "--epochs", "1"]
+    expect(VanillaTrainer, argv, capsys, 1, f"--data_dir {tmp_path / 'images'}", "no test image",
+           "at least 3 images")
+
+
+def test_no_test_split_trains_and_skips_the_test(tmp_path):
+    from trainers.vanilla_trainer import VanillaTrainer
+
+    trainer = VanillaTrainer.from_argv(["--output_dir", str(tmp_path), "--gpu_devices", "cpu", "--max_steps", "2",
+                                        "--train_val_sample_rate", "0.1", "--test_fraction", "0"])
+    assert trainer.fit() == {}
+    assert not os.path.exists(os.path.join(trainer.run_dir, "test_metrics.json"))

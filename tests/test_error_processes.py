@@ -29,7 +29,8 @@ import torch
 
 from base.checkpoint import load_checkpoint, save_checkpoint
 from base.errors import UserError
-from base.run_dir import MetricsCSV, create_run_dir, record_resume, write_config
+from base.row_files import MetricsCSV
+from base.run_dir import create_run_dir, record_resume, write_config
 from trainers.vanilla_trainer import VanillaTrainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -379,7 +380,7 @@ def test_writes_into_a_deleted_run_folder_raise_one_line(tmp_path):
     write_config(config, types.SimpleNamespace(lr=0.1), {"lr": "command line"})
     shutil.rmtree(folder)
     calls = {"metrics row": lambda: metrics.write({"step": 2, "loss": 0.4}),
-             "metrics rewrite": lambda: metrics.drop_rows_after(0),
+             "metrics rewrite": lambda: metrics.resume(0, -1),
              "config": lambda: write_config(config, types.SimpleNamespace(lr=0.1), {}),
              "resume record": lambda: record_resume(config, types.SimpleNamespace(lr=0.1), {}, "x_last_ckpt.pth")}
     for what, call in calls.items():

@@ -203,11 +203,11 @@ def test_a_csv_or_tensorboard_write_error_stops_the_run_with_one_line(out, capsy
     first.fit()
     scalars, summary = os.path.join(first.run_dir, "scalars.csv"), os.path.join(first.run_dir, "summary")
     os.remove(scalars)
-    os.mkdir(scalars)  # the file cannot be opened for appending
+    os.mkdir(scalars)  # the file cannot be read back on resume, nor opened for appending
     # mlflow comes after csv: it never starts, so nothing of it is finished or warned about either
     status, err = run_main(ToyTrainer, ["--resume", first.run_dir, "--epochs", "3", "--loggers",
                                         "tensorboard,csv,mlflow"], capsys)
-    assert status == 1 and error_line(status, err).endswith(f"cannot write {scalars}: Is a directory")
+    assert status == 1 and error_line(status, err).endswith(f"cannot read {scalars}: Is a directory")
     assert "WARNING" not in err
     os.rmdir(scalars)
     shutil.rmtree(summary)

@@ -125,7 +125,8 @@ def test_load_pretrained_round_trips_a_state_dict(tmp_path):
     source, target = vit(seed=0), vit(seed=1)
     assert not torch.equal(source.conv_proj.weight, target.conv_proj.weight)
     torch.save(source.state_dict(), tmp_path / "w.pth")
-    assert load_pretrained(target, tmp_path / "w.pth") == ([], [])
+    report = load_pretrained(target, tmp_path / "w.pth")
+    assert (report.missing, report.unexpected, report.loaded) == ([], [], report.total)
     assert_same_weights(source, target)
 
 
@@ -138,7 +139,8 @@ def test_load_pretrained_reads_checkpoints_and_safetensors(tmp_path, fmt):
     else:
         path = tmp_path / "w.safetensors"
         save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(path))
-    assert load_pretrained(target, path) == ([], [])
+    report = load_pretrained(target, path)
+    assert (report.missing, report.unexpected, report.loaded) == ([], [], report.total)
     assert_same_weights(source, target)
 
 
@@ -148,8 +150,10 @@ def test_load_pretrained_reports_other_head_and_extra_keys_and_strips_prefixes(t
     state = {f"module.{k}": v for k, v in source.state_dict().items()}
     state["module._orig_mod.extra.weight"] = torch.zeros(3)
     torch.save(state, tmp_path / "w.pth")
-    missing, unexpected = load_pretrained(target, tmp_path / "w.pth")
-    assert missing == ["heads.head.bias", "heads.head.weight"] and unexpected == ["extra.weight"]
+    report = load_pretrained(target, tmp_path / "w.pth")
+    missing = report.missing
+    assert missing == ["heads.head.bias", "heads.head.weight"] and report.unexpected == ["extra.weight"]
+    assert report.mismatched == {"heads.head.weight": ((10, 192), (5, 192)), "heads.head.bias": ((10,), (5,))}
     torch.testing.assert_close(target.heads.head.weight, head_before)  # left as it was
     assert_same_weights(source, target, skip=set(missing))
 

@@ -5,6 +5,7 @@ import io
 import json
 import os
 import subprocess
+import time
 
 import pytest
 
@@ -86,3 +87,36 @@ def test_bad_folder_and_sort_key_exit_2_with_one_line(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == f"runs: error: {tmp_path / 'missing'}: no such folder"
     assert runs.main([str(tmp_path), "--sort", "speed"]) == 2
     assert "--sort 'speed': choose one of project" in capsys.readouterr().err
+
+
+def test_wall_time_of_the_earlier_launches_is_added_on_resume(two_runs):
+    _, _, crashed = two_runs
+    path = os.path.join(crashed.run_dir, "status.json")
+    doc = read_status(crashed.run_dir)
+    doc["wall_seconds"] = 1000.0  # far longer than any launch here: only a carried sum reaches it
+    with open(path, "w") as f:
+        json.dump(doc, f)
+    start = time.monotonic()
+    ToyTrainer.from_argv(["--resume", crashed.run_dir, "--fail_at_step", "0"]).fit()
+    launch = time.monotonic() - start
+    assert 1000.0 < read_status(crashed.run_dir)["wall_seconds"] <= 1000.0 + launch + 0.001  # (rounded to ms)
+
+
+def test_a_corrupt_status_file_is_named_not_shown_as_unknown(two_runs, capsys):
+    out, _, crashed = two_runs
+    path = os.path.join(crashed.run_dir, "status.json")
+    with open(path, "w") as f:
+        f.write('{"status": "crash')  # cut short
+    capsys.readouterr()
+    assert runs.main([str(out), "--csv"]) == 0
+    printed = capsys.readouterr()
+    rows = list(csv.DictReader(io.StringIO(printed.out)))
+    assert {r["timestamp"]: r["status"] for r in rows}[crashed.timestamp] == "corrupt status.json"
+    (line,) = printed.err.splitlines()
+    assert line.startswith(f"runs: warning: {path} cannot be read (JSONDecodeError: ")
+    # a resume says what it cannot carry over, and writes a whole file again
+    ToyTrainer.from_argv(["--resume", crashed.run_dir, "--fail_at_step", "0"]).fit()
+    (log,) = [name for name in os.listdir(crashed.run_dir) if name.endswith("_log.txt")]
+    with open(os.path.join(crashed.run_dir, log)) as f:
+        assert f"{path} cannot be read (JSONDecodeError: " in f.read()
+    assert read_status(crashed.run_dir)["status"] == "finished"

@@ -2,6 +2,8 @@
 import glob
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -152,13 +154,33 @@ def test_bad_seg_flags_exit_2_naming_them(tmp_path_factory, tmp_path, capsys, ar
     expect(SegOnCarvanaTrainer, ["--data_dir", data, "--output_dir", str(tmp_path), *argv], capsys, 2, *names)
 
 
-def test_missing_data_dir_exits_2_and_wrong_layout_exits_1(tmp_path, capsys):
-    expect(SegOnCarvanaTrainer, ["--data_dir", str(tmp_path / "nope"), "--output_dir", str(tmp_path)],
-           capsys, 2, "--data_dir", "no such folder")
-    (tmp_path / "images").mkdir()
-    (tmp_path / "images" / "a.jpg").write_bytes(b"")
-    expect(SegOnCarvanaTrainer, ["--data_dir", str(tmp_path), "--output_dir", str(tmp_path / "o"),
-                                 "--gpu_devices", "cpu"], capsys, 1, str(tmp_path / "train"))
+def test_without_data_a_real_run_exits_1_naming_the_layout_and_the_synthetic_data(tmp_path):
+    # As a new user runs it: the default --data_dir (Dataset/Carvana) does not exist.
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run([sys.executable, os.path.join(root, "trainer_seg_on_carvana.py"), "--output_dir", "runs"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 1, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("trainer_seg_on_carvana.py: error: --data_dir Dataset/Carvana: no such folder;"), line
+    for part in ("train/<id>_<view>.jpg", "train_masks/<id>_<view>_mask.gif", "python -m data.make_synthetic_carvana"):
+        assert part in line
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("folders, problem", [
+    ([], "it has no train/ and no train_masks/"),
+    (["images"], "it has no train/ and no train_masks/"),
+    (["train"], "it has no train_masks/"),
+])
+def test_a_wrong_layout_exits_1_before_a_run_folder(tmp_path, capsys, folders, problem):
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in folders:
+        (data / name).mkdir()
+        (data / name / "a.jpg").write_bytes(b"")
+    expect(SegOnCarvanaTrainer, ["--data_dir", str(data), "--output_dir", str(tmp_path / "runs"), "--gpu_devices",
+                                 "cpu"], capsys, 1, f"--data_dir {data}: {problem}", "make_synthetic_carvana")
+    assert not (tmp_path / "runs").exists()
 
 
 def broken_mask_data(tmp_path_factory, tmp_path):

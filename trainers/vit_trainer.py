@@ -7,10 +7,12 @@ from base import optim
 from base.config import check, str2bool
 from base.trainer_base import TrainerBase
 from data.augment import Augmented, train_transform
-from data.classification import add_data_arguments, build_classification_datasets, image_side, validate_data_config
+from data.classification import (add_data_arguments, build_classification_datasets, data_channels, image_side,
+                                 validate_data_config)
 from loss.classification import build_classification_loss
-from model.zoo import (VIT_MODELS, build_zoo_model, image_size_problem, load_pretrained, no_weight_decay_names,
-                       vit_layer_id, vit_num_layers)
+from model.pretrained import load_pretrained
+from model.zoo import (VIT_MODELS, build_zoo_model, image_size_problem, no_weight_decay_names, vit_layer_id,
+                       vit_num_layers)
 from trainers.vanilla_trainer import classifier_model_card, validate_classifier
 
 
@@ -64,6 +66,7 @@ class ViTTrainer(TrainerBase):
         for flag in ("mixup_alpha", "cutmix_alpha", "in_chans"):
             check(getattr(args, flag) >= 0, flag, getattr(args, flag), "must be >= 0")
         check(args.patch_size > 0, "patch_size", args.patch_size, "must be > 0")
+        check_in_chans(args, data_channels(args.data_type), f"--data_type {args.data_type}")
         if args.randaugment is not None:
             check(args.randaugment[0] >= 0 and 0 <= args.randaugment[1] <= 30, "randaugment", args.randaugment,
                   "N must be >= 0 and M in 0..30")
@@ -91,9 +94,7 @@ class ViTTrainer(TrainerBase):
         a = self.args
         model = self.model_for(a, self.data.input_shape, self.data.num_classes)
         if a.pretrained_path:
-            missing, unexpected = load_pretrained(model, a.pretrained_path)
-            print(f"--pretrained_path {a.pretrained_path}: {len(missing)} missing keys {missing[:5]}")
-            print(f"--pretrained_path {a.pretrained_path}: {len(unexpected)} unexpected keys {unexpected[:5]}")
+            load_pretrained(model, a.pretrained_path)  # adapts, logs to the run log, refuses a file that fits nothing
         if a.linear_probe:  # only the head learns; the encoder's tensors stay as loaded
             for name, param in model.named_parameters():
                 param.requires_grad = name.startswith("heads.")
@@ -106,6 +107,7 @@ class ViTTrainer(TrainerBase):
         Raises:
             KeyError, ValueError: see :func:`model.zoo.build_zoo_model`.
         """
+        check_in_chans(args, input_shape[0], "the data")  # a task's own data, which --data_type does not describe
         model = build_zoo_model(args.model_type, num_classes, in_chans=args.in_chans or input_shape[0],
                                 image_size=input_shape[-1], patch_size=args.patch_size,
                                 drop_path=args.drop_path, dropout=args.dropout)
@@ -139,6 +141,14 @@ class ViTTrainer(TrainerBase):
 
     def validate(self, loader):
         return validate_classifier(self, loader)
+
+
+def check_in_chans(args, channels, data):
+    """Raise ``ConfigError`` naming ``--in_chans`` unless it is 0 (the data's) or ``channels``, the ``C`` of ``data``'s
+    images: a model built for other channels fails at its first batch."""
+    plural = "" if channels == 1 else "s"
+    check(args.in_chans in (0, channels), "in_chans", args.in_chans,
+          f"{data} gives images of {channels} channel{plural}: leave it at 0 (the data's) or pass {channels}")
 
 
 def linear_probe_head(hidden_dim, num_classes):

@@ -8,7 +8,8 @@ status. Status is read from the ``status.json`` each trainer keeps (see
 :mod:`base.run_status`): finished, running, preempted, crashed, with
 ``resumed Nx`` when the run was resumed; ``killed`` when it says running but
 its process is gone (``kill -9``, a lost machine); ``unknown`` for runs
-written before status files existed.
+written before status files existed; ``corrupt status.json`` when the file
+cannot be read (a warning line names it).
 
 ``--diff`` prints, instead of the results, the config keys that differ
 across the listed runs, one column each (``utils.configcmp`` compares two runs
@@ -24,7 +25,7 @@ import sys
 
 from base.config import LAUNCH_ONLY, Parser
 from base.run_lock import process_alive
-from base.run_status import read_status
+from base.run_status import STATUS_FILE, read_status
 from utils.configcmp import load
 
 COLUMNS = ("project", "timestamp", "trainer", "model", "data", "progress", "best", "test", "wall", "status")
@@ -67,9 +68,13 @@ def _wall(seconds):
 
 
 def run_row(folder):
-    """``{column: str}`` for one run folder, plus ``_sort`` (``{column: sortable value}``) and ``_config``."""
+    """``{column: str}`` for one run folder, plus ``_sort`` (``{column: sortable value}``), ``_config``,
+    and ``_warning``: a line naming its ``status.json`` when that cannot be read (status ``corrupt status.json``)."""
     config, _, meta = load(folder)
-    status = read_status(folder)
+    try:
+        status, warning = read_status(folder, strict=True), None
+    except ValueError as exc:
+        status, warning = {}, str(exc)
     monitor = status.get("monitor") or ""
     metric = monitor[4:] if monitor.startswith("val_") else monitor
     test = status.get("test") or {}
@@ -90,11 +95,11 @@ def run_row(folder):
         "best": f"{monitor} {_number(best)}" if best is not None else "",
         "test": f"{metric} {_number(test_value)}" if test_value is not None else "",
         "wall": _wall(status.get("wall_seconds")),
-        "status": status_text(status),
+        "status": status_text(status) if warning is None else f"corrupt {STATUS_FILE}",
     }
     row["_sort"] = {**row, "best": best, "test": test_value, "wall": status.get("wall_seconds"),
                     "progress": status.get("global_step")}
-    row["_config"] = config
+    row["_config"], row["_warning"] = config, warning
     return row
 
 
@@ -142,9 +147,13 @@ def main(argv=None):
         rows = []
         for folder in find_runs(args.folders):
             try:
-                rows.append(run_row(folder))
+                row = run_row(folder)
             except (OSError, ValueError) as exc:  # a broken config: say so, show the others
                 print(f"runs: warning: skipped {folder}: {exc}", file=sys.stderr)
+                continue
+            if row["_warning"]:
+                print(f"runs: warning: {row['_warning']}", file=sys.stderr)
+            rows.append(row)
         rows = sort_rows([r for r in rows if args.proj is None or r["project"] == args.proj], args.sort,
                          args.desc)
     except (OSError, ValueError) as exc:
