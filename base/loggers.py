@@ -16,6 +16,14 @@ tags; ``csv`` relies on the config JSON beside it), ``train/*`` scalars every
 ``--log_every_steps``, ``val/*`` scalars at each validation, ``test/*`` at the
 end, and the final metrics at ``finish``.
 
+Each ``(name, step)`` is recorded once by each logger, also across launches.
+A resumed launch redoes the steps after ``RunInfo.step`` and logs them again,
+so each logger forgets or skips what earlier launches logged there: ``csv``
+drops those rows, TensorBoard purges them (``purge_step``), MLflow skips the
+points its run holds, W&B ignores steps below its run's last. What a launch
+that trained nothing would repeat (the test, the final metrics) the trainer
+does not log again.
+
 Loggers that write into the run folder (``tensorboard``, ``csv``) fail like the
 checkpoints would: a write error stops the run with one line naming the file.
 Trackers outside it (``wandb``, ``mlflow``: a server, another disk) are
@@ -47,9 +55,11 @@ class RunInfo:
     ``config`` is the resolved flags (``{flag: value}``), ``provenance`` where each
     came from, ``step`` the optimizer step the launch starts from (its
     rows after it are redone and logged again), ``resumed`` whether this
-    launch continues an existing run folder, ``states`` each logger's
-    :meth:`RunLogger.state_dict` as saved in the checkpoint the launch resumes
-    from (``{logger name: state}``; empty for a new run).
+    launch continues an existing run folder. ``redo_validation``: the launch
+    starts inside the validation at step ``step + 1`` and does it again, so at
+    that step only the validation's points come again, not the training's.
+    ``states``: each logger's :meth:`RunLogger.state_dict` as saved in the
+    checkpoint the launch resumes from (``{logger name: state}``; empty for a new run).
     """
     run_dir: str
     proj_name: str
@@ -61,6 +71,7 @@ class RunInfo:
     config_path: str
     step: int = 0
     resumed: bool = False
+    redo_validation: bool = False
     states: dict = dataclasses.field(default_factory=dict)
 
 
@@ -95,7 +106,8 @@ class RunLogger:
     def finish(self, status, final, step):
         """End the launch at optimizer step ``step``: ``status`` 'finished' | 'preempted' | 'crashed';
         ``final`` ``{name: float}`` (the best validation value as ``best/val_<metric>`` and the test
-        metrics as ``test/<metric>``; may be empty)."""
+        metrics as ``test/<metric>``, the latter already given to :meth:`log_scalars` at ``step``;
+        empty when an earlier launch finished the run at ``step`` and got them)."""
 
     def close(self):
         """Release files, threads or connections; called once, whatever happened before."""
@@ -133,49 +145,50 @@ def build_loggers(names):
 class LoggerSet:
     """Hands every call to each logger; switches off a best-effort one at its first error.
 
-    ``warn(message)`` reports that error (once per logger).
+    Only the loggers whose ``start`` succeeded get the later calls (a logger that
+    failed to start has nothing to log to or finish), and each is finished at
+    most once (a failed ``finish`` makes the launch a crash, whose own ``finish``
+    reaches only the loggers not finished yet). ``warn(message)`` reports a
+    best-effort logger's error (once per logger).
     """
 
     def __init__(self, loggers=(), warn=print):
         self.loggers, self.warn, self._closed = list(loggers), warn, False
+        self._started, self._finished = [], []
 
     def __bool__(self):
-        return bool(self.loggers)
+        return bool(self._started)
 
-    def _call(self, method, *args, loggers=None):
-        for logger in list(self.loggers if loggers is None else loggers):
+    def _call_one(self, logger, method, *args):
+        """``logger.method(*args)``; True if it returned. A best-effort logger's error switches it off."""
+        try:
+            getattr(logger, method)(*args)
+            return True
+        except Exception as exc:  # noqa: BLE001 - a tracker may fail in any way; the run must not
+            if not logger.best_effort:
+                raise
+            self._started = [other for other in self._started if other is not logger]
+            self.warn(f"the {logger.name} logger failed in {method} ({type(exc).__name__}: "
+                      f"{(str(exc).strip().splitlines() or [''])[0]}); it is off for the rest of this run, "
+                      f"training goes on")
             try:
-                getattr(logger, method)(*args)
-            except Exception as exc:  # noqa: BLE001 - a tracker may fail in any way; the run must not
-                if not logger.best_effort:
-                    raise
-                self.loggers.remove(logger)
-                self.warn(f"the {logger.name} logger failed in {method} ({type(exc).__name__}: "
-                          f"{(str(exc).strip().splitlines() or [''])[0]}); it is off for the rest of this run, "
-                          f"training goes on")
-                try:
-                    logger.close()
-                except Exception:  # noqa: BLE001 - already reported
-                    pass
+                logger.close()
+            except Exception:  # noqa: BLE001 - already reported
+                pass
+            return False
+
+    def _call(self, method, *args):
+        for logger in list(self._started):
+            self._call_one(logger, method, *args)
 
     def start(self, run):
-        """Start each logger in turn. When one fails for good, the run stops: the loggers after it never
-        started and are closed, not finished, so the error that stops the run is the only line about it."""
-        waiting = list(self.loggers)
-        try:
-            while waiting:
-                self._call("start", run, loggers=[waiting.pop(0)])
-        finally:
-            for logger in waiting:
-                self.loggers.remove(logger)
-                try:
-                    logger.close()
-                except Exception:  # noqa: BLE001 - it never started: nothing of it to keep
-                    pass
+        for logger in self.loggers:  # close() releases the loggers whose start failed half-way
+            if self._call_one(logger, "start", run):
+                self._started.append(logger)
 
     def state_dict(self):
-        """``{logger name: state}`` of the loggers that have one (see :meth:`RunLogger.state_dict`)."""
-        return {logger.name: state for logger in self.loggers if (state := logger.state_dict()) is not None}
+        """``{logger name: state}`` of the started loggers that have one (see :meth:`RunLogger.state_dict`)."""
+        return {logger.name: state for logger in self._started if (state := logger.state_dict()) is not None}
 
     def log_scalars(self, scalars, step):
         if scalars:
@@ -188,7 +201,9 @@ class LoggerSet:
         self._call("flush")
 
     def finish(self, status, final, step):
-        self._call("finish", status, final, step)
+        for logger in [lg for lg in self._started if lg not in self._finished]:
+            self._finished.append(logger)  # once, even if it raises here
+            self._call_one(logger, "finish", status, final, step)
 
     def close(self):
         """Close every logger once; errors of one do not keep the others open."""
@@ -208,7 +223,14 @@ def _hparam_value(value):
 
 
 class TensorBoardLogger(RunLogger):
-    """TensorBoard events in ``<run>/summary``; the config as a text table; HParams at the end."""
+    """TensorBoard events in ``<run>/summary``; the config as a text table; HParams at the end.
+
+    A resumed launch opens its events file with ``purge_step`` one past its start
+    step: TensorBoard then hides the earlier launches' points from that step on,
+    which this launch logs again as it redoes those steps. TensorBoard purges
+    whole steps, so a redone validation's step is kept, training points and all
+    (its validation points show twice only if they were logged before the failure).
+    """
 
     name = "tensorboard"
 
@@ -219,16 +241,20 @@ class TensorBoardLogger(RunLogger):
         from torch.utils.tensorboard import SummaryWriter  # slow import; only for training
 
         self.run, self.folder = run, os.path.join(run.run_dir, "summary")
-        self.writer = SummaryWriter(self.folder)
+
+        def open_writer():
+            purge = run.step + 1 + run.redo_validation if run.resumed else None
+            self.writer = SummaryWriter(self.folder, purge_step=purge)
+        self._write(open_writer, "create TensorBoard events in", self.folder)
         rows = [f"| {k} | {v!r} | {run.provenance.get(k, '')} |" for k, v in sorted(run.config.items())]
         self._write(lambda: self.writer.add_text("config", "\n".join(["| flag | value | from |", "|---|---|---|",
                                                                       *rows]), run.step))
 
-    def _write(self, fn, what="write TensorBoard events"):
+    def _write(self, fn, what="write TensorBoard events", path=None):
         try:
             fn()
         except OSError as exc:  # e.g. the run folder was deleted: one line that says so
-            raise cannot_write_error(os.path.join(self.folder, "events"), exc, what) from None
+            raise cannot_write_error(path or os.path.join(self.folder, "events"), exc, what) from None
 
     def log_scalars(self, scalars, step):
         def write():

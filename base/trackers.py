@@ -2,9 +2,11 @@
 
 Both are best-effort: an error switches the tracker off for the rest of the
 launch with one warning, and training goes on. Each keeps its run id in the
-run folder, so ``--resume`` continues the same tracker run.
+run folder, so ``--resume`` continues the same tracker run; an id file that
+cannot be read is one warning naming it, and a new tracker run.
 """
 import json
+import logging
 import netrc
 import os
 import pathlib
@@ -18,12 +20,24 @@ from base.loggers import RunLogger
 MLFLOW_STATUS = {"finished": "FINISHED", "preempted": "KILLED", "crashed": "FAILED"}
 
 
-def _read_json(path):
+def _saved_run(path, tracker):
+    """The tracker run kept in ``path`` (a dict with a ``run_id``), or ``{}`` for a new one.
+
+    No file: ``{}`` (the first launch). A file that cannot be read, is not a JSON
+    object or has no ``run_id`` (e.g. emptied by a full disk): one warning naming
+    it, then ``{}``, so the resume goes on in a new ``tracker`` run rather than stopping.
+    """
+    if not os.path.lexists(path):
+        return {}
     try:
         with open(path, encoding="utf-8") as f:
             doc = json.load(f)
-        return doc if isinstance(doc, dict) else {}
-    except (OSError, ValueError):
+        if not (isinstance(doc, dict) and isinstance(doc.get("run_id"), str) and doc["run_id"]):
+            raise ValueError("no run_id in it")
+        return doc
+    except (OSError, ValueError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0]
+        logging.getLogger(__name__).warning("cannot read %s (%s): a new %s run is started", path, why, tracker)
         return {}
 
 
@@ -47,7 +61,9 @@ class WandbLogger(RunLogger):
     ``WANDB_MODE`` is obeyed; without it and without credentials the run is
     logged offline (upload it later with ``wandb sync <run>/wandb/offline-run-*``).
     The W&B run id is kept in ``<run>/wandb_run.json``; a resumed launch
-    continues that W&B run (``resume="allow"``). The config holds the flags and
+    continues that W&B run (``resume="allow"``); W&B itself ignores the steps a
+    resume redoes below the run's last one (offline, each launch is a log of
+    its own: W&B cannot resume offline runs). The config holds the flags and
     their ``provenance``; the final metrics go to the run's summary.
     """
 
@@ -61,7 +77,7 @@ class WandbLogger(RunLogger):
         import wandb
 
         id_file = os.path.join(run.run_dir, "wandb_run.json")
-        run_id = _read_json(id_file).get("run_id") or uuid.uuid4().hex[:8]  # W&B ids: [a-z0-9], 8 by default
+        run_id = _saved_run(id_file, "W&B").get("run_id") or uuid.uuid4().hex[:8]  # W&B ids: [a-z0-9], 8 by default
         mode = os.environ.get("WANDB_MODE") or (None if wandb_has_credentials() else "offline")
         self.run = wandb.init(project=run.proj_name, name=run.timestamp, id=run_id, resume="allow",
                               dir=run.run_dir, mode=mode, reinit="create_new", job_type="train",
@@ -108,6 +124,7 @@ class MLflowLogger(RunLogger):
 
     def __init__(self):
         self.client, self.run_id = None, None
+        self.logged = {}  # step -> keys already in the run at that step, for steps not passed yet
 
     def start(self, run):
         from mlflow.entities import Param, RunTag
@@ -119,11 +136,18 @@ class MLflowLogger(RunLogger):
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         self.run, self.client = run, MlflowClient(tracking_uri=uri)
         self.id_file = os.path.join(run.run_dir, "mlflow_run.json")
-        saved = _read_json(self.id_file)
+        saved = _saved_run(self.id_file, "MLflow")
+        if saved and saved.get("tracking_uri") != uri:
+            logging.getLogger(__name__).warning("%s names a run tracked at %s, not at %s: a new MLflow run is "
+                                                "started", self.id_file, saved.get("tracking_uri"), uri)
         if saved.get("run_id") and saved.get("tracking_uri") == uri:
             self.run_id = saved["run_id"]
             self.client.update_run(self.run_id, status="RUNNING")
             data = self.client.get_run(self.run_id).data
+            for key in data.metrics:  # the points this launch may redo: at its start step and after
+                for point in self.client.get_metric_history(self.run_id, key):
+                    if point.step >= run.step:
+                        self.logged.setdefault(point.step, set()).add(key)
             resumes = int(data.tags.get("resumes", "0")) + 1
             changed = [RunTag(f"resume{resumes}.{k}", str(v)[:5000]) for k, v in sorted(run.config.items())
                        if data.params.get(k, str(v)[:6000]) != str(v)[:6000]]
@@ -147,8 +171,14 @@ class MLflowLogger(RunLogger):
     def log_scalars(self, scalars, step):
         from mlflow.entities import Metric
 
+        for passed in [s for s in self.logged if s < step]:  # steps only go forward: forget the ones behind
+            del self.logged[passed]
+        logged = self.logged.setdefault(step, set())
         now = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in scalars.items()])
+        metrics = [Metric(k, float(v), now, step) for k, v in scalars.items() if k not in logged]
+        if metrics:
+            self.client.log_batch(self.run_id, metrics=metrics)
+            logged.update(m.key for m in metrics)
 
     def finish(self, status, final, step):
         if final:

@@ -118,6 +118,9 @@ class TrainerBase(StepMixin, CheckpointingMixin, ResumeMixin, ValidationMixin, T
         self._nonfinite_on_device, self._first_nonfinite = False, None  # see StepMixin._mark_nonfinite
         self.loggers = LoggerSet()  # rank 0's, from setup on (see base.loggers); empty elsewhere
         self.status = None  # rank 0's RunStatus (status.json), from setup on
+        # The step up to which a resumed run's loggers keep what earlier launches logged (-1: a new run),
+        # and whether one of those launches finished there (see TrackingMixin._start_tracking).
+        self._logged_until, self._ended_logged = -1, False
         self.metrics_csv = None  # rank 0's MetricsCSV, from setup on
         # What the checkpoint resumed from covers of metrics.csv (rows) and of each logger (its state).
         self._resumed_metrics_rows, self._resumed_logger_states = None, {}
@@ -344,7 +347,7 @@ class TrainerBase(StepMixin, CheckpointingMixin, ResumeMixin, ValidationMixin, T
         (raising :class:`base.signals.Preempted`); any other exception writes
         the exception checkpoint, then propagates.
         """
-        a = self.args
+        a, failing = self.args, False
         self._call("before_train")
         try:
             with PreemptionFlag() as self._preemption:
@@ -371,14 +374,17 @@ class TrainerBase(StepMixin, CheckpointingMixin, ResumeMixin, ValidationMixin, T
                     self._validate()
                     self.save("last")
         except BaseException as exc:
+            failing = True
             self._on_exception(exc)
             raise
         finally:
             self._call("after_train")
             try:
                 self.loggers.flush()
-            except OSError as exc:  # e.g. the run folder was deleted: do not hide the real error
-                self.logger.warning("%s", exc)
+            except OSError as exc:  # e.g. the run folder was deleted
+                if not failing:
+                    raise  # the error that stops the run
+                self.logger.warning("%s", exc)  # the run is failing already: do not hide the real error
 
     def _train_epoch(self):
         a, loader = self.args, self.loaders["train"]

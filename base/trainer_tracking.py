@@ -5,7 +5,7 @@ Mixed into :class:`base.trainer_base.TrainerBase`; kept apart so the loop itself
 import math
 
 from base.loggers import LoggerSet, RunInfo, build_loggers, parse_logger_names
-from base.run_status import RunStatus
+from base.run_status import RunStatus, read_status
 
 
 class TrackingMixin:
@@ -15,13 +15,24 @@ class TrackingMixin:
     def _start_tracking(self, config_path):
         """Mark the run ``running`` in status.json and open the ``--loggers`` (rank 0)."""
         a = self.args
+        keep = self.global_step - 1 if self._redo_validation else self.global_step  # as metrics.csv
+        # A resumed run's loggers keep what earlier launches logged up to `keep`; a launch that
+        # finished the run there gave them the final metrics too (see _end_tracking).
+        old = read_status(self.run_dir) if self.resume_from else {}
+        self._logged_until = keep
+        # Only from the state that launch ended in (validated at its last step, nothing redone): a resume
+        # from an older checkpoint of the same step (one written before that validation) redoes work.
+        self._ended_logged = (old.get("status") == "finished" and old.get("global_step") == self.global_step
+                              and self._validated_at == self.global_step and not self._redo_validation)
         self.status = RunStatus(self.run_dir)
         self.status.begin(self, resumed=bool(self.resume_from))
         self.loggers = LoggerSet(build_loggers(parse_logger_names(a.loggers)), warn=self.logger.warning)
-        keep = self.global_step - 1 if self._redo_validation else self.global_step  # an interrupted validation: redone
+        # A finished run resumed from its end state redoes nothing: its loggers keep all they hold (the
+        # test's points come after `last`, and this launch does not log them again), so no rows are cut.
+        states = {} if self._ended_logged else self._resumed_logger_states
         self.loggers.start(RunInfo(self.run_dir, a.proj_name, self.timestamp, a.output_dir, type(self).__name__,
                                    dict(vars(a)), dict(self.provenance), config_path, keep, bool(self.resume_from),
-                                   self._resumed_logger_states))
+                                   self._redo_validation, states))
 
     def _end_tracking(self, status, test=None, error=None):
         """Record how this launch ended in status.json and close the loggers with the final metrics (rank 0).
@@ -35,9 +46,12 @@ class TrackingMixin:
         if self.early_stopper.best not in (math.inf, -math.inf):
             final[f"best/val_{self.monitor}"] = self.early_stopper.best
         final.update({f"test/{k}": v for k, v in (test or {}).items()})
+        if self._ended_logged and self.global_step == self._logged_until:
+            final = {}  # a finished run resumed with nothing to do: its loggers have these already
         try:
-            self.status.end(status, self, test=test, error=error)
+            # The loggers first: "finished" in status.json then says that they got `final`.
             self.loggers.finish(status, final, self.global_step)
+            self.status.end(status, self, test=test, error=error)
         except Exception as exc:  # noqa: BLE001
             if error is None:
                 raise

@@ -6,7 +6,7 @@ import time
 import torch
 
 from base import distributed
-from base.checkpoint import load_checkpoint
+from base.checkpoint import atomic_write, load_checkpoint
 from base.errors import DataError
 from base.signals import signals_held
 from base.state import seed_position
@@ -156,7 +156,13 @@ class ValidationMixin:
 
     def test(self):
         """Load the best checkpoint's weights and evaluate on the test split (if any: an empty one, e.g. of
-        ``--test_fraction 0``, is none)."""
+        ``--test_fraction 0``, is none).
+
+        The metrics go to ``<run>/test_metrics.json`` (with the step) and as
+        ``test/<metric>`` to the loggers, unless a launch that trained nothing
+        finds them logged at this step already (a finished run resumed: the test
+        runs again, e.g. over another number of processes, but is logged once).
+        """
         if "test" not in self.loaders or len(self.datasets["test"]) == 0:
             return {}
         best = self.checkpoint_path("best")
@@ -170,12 +176,28 @@ class ValidationMixin:
                 self.ema.load_state_dict(state["ema"])
         metrics = self.run_validation("test")
         self._check_bad_samples()
-        self.logger.info("test (best checkpoint, %d samples): %s", len(self.datasets["test"]),
-                         " ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-        self.log_scalars({f"test/{k}": v for k, v in metrics.items()})
+        path = os.path.join(self.run_dir, "test_metrics.json")
+        logged = self.rank == 0 and self._test_logged(path)
+        self.logger.info("test (best checkpoint, %d samples): %s%s", len(self.datasets["test"]),
+                         " ".join(f"{k} {v:.4f}" for k, v in metrics.items()),
+                         f" (already logged at step {self.global_step}: not logged again)" if logged else "")
+        if not logged:
+            self.log_scalars({f"test/{k}": v for k, v in metrics.items()})
         if self.rank != 0:
             return metrics
         self.loggers.flush()
-        with open(os.path.join(self.run_dir, "test_metrics.json"), "w", encoding="utf-8") as f:
-            json.dump({"checkpoint": os.path.basename(best), **metrics}, f, indent=2)
+        # Written once the loggers have the test: its step then says that they do.
+        doc = {"checkpoint": os.path.basename(best), "step": self.global_step, **metrics}
+        atomic_write(path, lambda f: f.write(json.dumps(doc, indent=2).encode("utf-8")))
         return metrics
+
+    def _test_logged(self, path):
+        """Whether the loggers hold this test already: this launch trained nothing after the step
+        they keep, and ``path`` (test_metrics.json) was written at that step."""
+        if not self._ended_logged or self.global_step != self._logged_until:
+            return False
+        try:
+            with open(path, encoding="utf-8") as f:
+                return json.load(f).get("step") == self.global_step
+        except (OSError, ValueError, AttributeError):  # none yet, or not a JSON object: log the test
+            return False
