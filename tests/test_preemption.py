@@ -224,3 +224,48 @@ def test_a_second_lock_in_one_process_is_refused_and_the_first_still_holds(tmp_p
     assert other.returncode == 1 and f"in use by process {os.getpid()}" in other.stderr
     first.release()
     assert subprocess.run(probe, capture_output=True, text=True, timeout=60, check=False).returncode == 0
+
+
+def test_ctrl_c_twice_during_the_final_test_with_workers_ends_in_one_line(tmp_path):
+    """The test split's workers live in the interrupted loop's frames; freeing them joins the workers, and a
+    second Ctrl-C landing there must not become a traceback from a ``__del__``."""
+    script = tmp_path / "slow_test_split.py"
+    script.write_text(f"""
+import os, sys, time
+sys.path[:0] = [{ROOT!r}, {os.path.join(ROOT, "tests")!r}]
+from torch.utils.data import Dataset
+from base.cli import exit_fast, main
+from conftest import ToyTrainer
+
+class Slow(Dataset):
+    def __init__(self, samples, marker):
+        self.samples, self.marker = samples, marker
+    def __len__(self):
+        return len(self.samples)
+    def __getitem__(self, i):
+        open(self.marker, "a").close()  # a worker is reading the test split
+        time.sleep(2)  # a batch of 4 takes 8 s: the main process wakes within 5 s, its workers are still busy
+        return self.samples[i]
+
+class SlowTest(ToyTrainer):
+    def build_datasets(self):
+        splits = super().build_datasets()
+        splits["test"] = Slow(splits["test"], os.path.join(self.args.output_dir, "testing"))
+        return splits
+
+exit_fast(main(SlowTest, sys.argv[1:]))
+""")
+    proc = start(tmp_path, "--num_workers", "2", "--eval_batch_size", "4", script=str(script),
+                 flags=["--gpu_devices", "cpu"])
+    wait_for(str(tmp_path / "testing"), proc)
+    os.killpg(proc.pid, signal.SIGINT)
+    err = []
+    for line in proc.stderr:  # the second Ctrl-C once the first has stopped the run, while its workers finish
+        err.append(line)
+        if line.endswith(": interrupted\n"):
+            time.sleep(0.5)
+            os.killpg(proc.pid, signal.SIGINT)
+            break
+    err.append(proc.communicate(timeout=60)[1])
+    assert proc.returncode == 130, "".join(err)
+    assert "Traceback" not in "".join(err) and "".join(err).rstrip().endswith("SlowTest: interrupted")
