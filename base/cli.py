@@ -5,7 +5,7 @@ import threading
 
 from base.config import ConfigError, str2bool
 from base.errors import UserError
-from base.signals import Preempted
+from base.signals import Preempted, ctrl_c_ignored, release_frames
 
 
 def one_line(exc):
@@ -51,8 +51,10 @@ def main(cls, argv=None):
     except Preempted as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        with ctrl_c_ignored():  # stopping already: a further Ctrl-C in a DataLoader's __del__ would be a traceback
+            print(f"{prog}: interrupted", file=sys.stderr)
+            release_frames(exc)
         return 130
     except (UserError, ConfigError, FloatingPointError) as exc:  # NaN loss: its step is in the message
         if debug:

@@ -38,6 +38,32 @@ def newest_verified_checkpoint(run_dir, tags=RESUMABLE):
     return None, skipped
 
 
+def _same_state_with_every_process_sums(run_dir, ckpt):
+    """``(path, note)``: ``ckpt``, or an older checkpoint of the same position that it should give way to.
+
+    Under DDP a process left alone after another failed writes the
+    ``exception`` checkpoint with its own training-loss sums only (the
+    others' are ``None``; see ``TrainerBase.state_dict``). A ``last``,
+    ``step`` or ``preempt`` checkpoint at the same position (epoch, step,
+    sample) is the same state with every process's sums: that one is taken,
+    and ``note`` says why. Anything else is returned as it is, with no note.
+    """
+    if not ckpt.endswith("_exception_ckpt.pth"):
+        return ckpt, ""
+
+    def position(state):
+        return state["epoch"], state["global_step"], state.get("samples_in_epoch")
+
+    state = load_checkpoint(ckpt, flag="--resume", mmap=True)
+    if None not in (state.get("loss_sums") or ()):
+        return ckpt, ""
+    whole, _ = newest_verified_checkpoint(run_dir, tags=tuple(t for t in RESUMABLE if t != "exception"))
+    if whole is None or position(load_checkpoint(whole, flag="--resume", mmap=True)) != position(state):
+        return ckpt, ""
+    return whole, (f" (step {state['global_step']}, like {os.path.basename(ckpt)}, with every process's "
+                   f"loss sums)")
+
+
 def locate(spec, output_dir, proj_name):
     """Resolve ``--resume`` to ``(run_dir, checkpoint_path, why)``.
 
@@ -47,7 +73,9 @@ def locate(spec, output_dir, proj_name):
 
     In a folder the newest resumable checkpoint that verifies is taken; newer
     ones that fail their checksum are passed over and named in ``why``, a
-    sentence for the log saying which checkpoint was picked and why.
+    sentence for the log saying which checkpoint was picked and why. An
+    ``exception`` checkpoint with one process's loss sums gives way to a
+    checkpoint of the same position with every process's.
 
     Raises:
         UserError: nothing to resume; the newest run of ``auto`` has no
@@ -75,7 +103,8 @@ def locate(spec, output_dir, proj_name):
             detail = f" ({skipped[0][1]})" if skipped else ""
             raise UserError(f"--resume {spec}: no usable *_last/step/preempt/exception_ckpt.pth in this "
                             f"folder{detail}")
-        return os.path.abspath(spec), ckpt, why + f"; continuing from {os.path.basename(ckpt)}"
+        ckpt, note = _same_state_with_every_process_sums(spec, ckpt)
+        return os.path.abspath(spec), ckpt, why + f"; continuing from {os.path.basename(ckpt)}{note}"
     if os.path.isfile(spec):
         return os.path.dirname(os.path.abspath(spec)), spec, why
     raise UserError(f"--resume {spec}: no such run folder or checkpoint")

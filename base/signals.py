@@ -1,10 +1,12 @@
 """Preemption: turn SIGTERM/SIGINT into a flag the loop checks between steps."""
 import atexit
 import contextlib
+import gc
 import multiprocessing
 import multiprocessing.util  # registers multiprocessing's exit handler now, so ours (below) runs before it
 import signal
 import threading
+import traceback
 
 
 class Preempted(Exception):
@@ -101,6 +103,41 @@ def ignore_signals_in_worker(worker_id):
     for sig in PreemptionFlag.SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, PreemptionFlag.SIGNALS)
+
+
+@contextlib.contextmanager
+def ctrl_c_ignored():
+    """SIGINT is ignored inside (from the main thread; elsewhere nothing changes); its handler is restored after.
+
+    For a process that has already decided to stop on Ctrl-C, while it lets
+    go of what it holds: a further Ctrl-C has nothing left to stop.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def release_frames(exc):
+    """Free the locals of the frames in ``exc``'s traceback, and in those of the exceptions it happened during.
+
+    An interrupted loop over a DataLoader keeps its iterator alive there, and
+    with it the worker processes, until the exception is gone; releasing the
+    iterator joins the workers, which may take seconds. Called inside
+    :func:`ctrl_c_ignored`, that happens at a known moment, not in a
+    ``__del__`` that a Ctrl-C would turn into a traceback on stderr. Frames
+    still running (the caller's) are left as they are.
+    """
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        traceback.clear_frames(exc.__traceback__)
+        exc = exc.__context__
+    gc.collect()  # what reference cycles held
 
 
 @atexit.register  # registered after multiprocessing's own exit handler, so it runs first

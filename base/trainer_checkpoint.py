@@ -28,7 +28,8 @@ class CheckpointingMixin:
     Tags: ``best`` (best validation), ``last`` (latest validation or end of
     training), ``step<N>`` (every ``--save_every_steps``; the newest
     ``--keep_last_k`` kept), ``preempt`` (SIGTERM/SIGINT), ``exception`` (an
-    exception escaped; ``last`` and ``best`` are left untouched).
+    exception escaped; ``last`` and ``best`` are left untouched; under DDP
+    written by rank 0 alone, see :meth:`state_dict`).
     """
 
     def checkpoint_path(self, tag):
@@ -39,27 +40,37 @@ class CheckpointingMixin:
         """The whole training state as of the last completed step; tensors and plain types only.
 
         Under DDP it is a collective (every process calls it): the model is
-        the unwrapped :attr:`module`, ``rng`` lists every process's state and
-        the training-loss sums are over all processes. ``gather=False`` takes
-        this process's alone, for a checkpoint written while the others may be gone.
+        the unwrapped :attr:`module` and the training-loss sums are every
+        process's (``loss_sums``, one entry per rank) and their total
+        (``loss_sum``/``loss_count``). ``gather=False`` is no collective, for a
+        checkpoint written while the others may be gone: under DDP it holds
+        this process's sums alone, the others' entries ``None`` and the totals
+        ``None``, so a resume knows they are lost (see :meth:`load_state_dict`);
+        ``world_size`` stays the run's.
         """
-        gather = gather and self.world_size > 1
         own = (float(self._loss_sum), self._loss_count)
-        loss_sums = distributed.all_gather_object(own) if gather else [own]
         # The logging window's sums of train_step's extra terms (so a resume inside a window logs its mean right).
         window = ({k: float(v) for k, v in self._extra_sums.items()}, self._extra_count)
-        extra_sums = distributed.all_gather_object(window) if gather else [window]
+        if self.world_size == 1:
+            loss_sums, extra_sums = [own], [window]
+        elif gather:
+            loss_sums, extra_sums = distributed.all_gather_object(own), distributed.all_gather_object(window)
+        else:
+            loss_sums = [own if r == self.rank else None for r in range(self.world_size)]
+            extra_sums = [window if r == self.rank else None for r in range(self.world_size)]
+        whole = None not in loss_sums
         return {
             "model": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler else None,
             "scaler": self.scaler.state_dict(), "ema": self.ema.state_dict() if self.ema is not None else None,
             "epoch": self.epoch, "global_step": self.global_step,
             "batch_in_epoch": self.batch_in_epoch, "samples_in_epoch": self.samples_in_epoch,
-            "world_size": self.world_size if gather else 1, "lr_scale": self.lr_scale, "validating": False,
+            "world_size": self.world_size, "lr_scale": self.lr_scale, "validating": False,
             "early_stopper": self.early_stopper.state_dict(),
             "hooks": [{"type": type(h).__name__, "state": h.state_dict()} for h in self.hooks],
             "metrics": self.last_metrics,
-            "loss_sum": sum(v for v, _ in loss_sums), "loss_count": sum(n for _, n in loss_sums),
+            "loss_sum": sum(v for v, _ in loss_sums) if whole else None,
+            "loss_count": sum(n for _, n in loss_sums) if whole else None,
             "loss_sums": loss_sums,  # per process: a resume with as many carries each one's on, bit for bit
             "extra_sums": extra_sums,  # per process, likewise
             "validated_at": self._validated_at, "skipped_steps": self.skipped_steps,
@@ -102,25 +113,43 @@ class CheckpointingMixin:
         # (older checkpoints: None and {}, the row files are then cut back by step)
         self._resumed_metrics_rows, self._resumed_logger_states = state.get("metrics_rows"), state.get("loggers") or {}
         saved_world = self._resumed_world_size = state.get("world_size", 1)
-        sums = state.get("loss_sums")
-        if sums and len(sums) == self.world_size:
-            self._loss_sum, self._loss_count = sums[self.rank]
-        else:  # another number of processes: rank 0 carries the total on, the others start from zero
-            self._loss_sum, self._loss_count = (state["loss_sum"], state["loss_count"]) if self.rank == 0 else (0.0, 0)
-        windows = state.get("extra_sums") or [({}, 0)]  # (older checkpoints: a fresh window)
-        if len(windows) == self.world_size:
-            self._extra_sums, self._extra_count = dict(windows[self.rank][0]), windows[self.rank][1]
-        elif self.rank == 0:
-            keys = {k for sums, _ in windows for k in sums}
-            self._extra_sums = {k: sum(sums.get(k, 0.0) for sums, _ in windows) for k in keys}
-            self._extra_count = sum(n for _, n in windows)
-        else:
-            self._extra_sums, self._extra_count = {}, 0
+        self._load_running_sums(state, source)
         if saved_world != self.world_size:
             self.logger.info("%s was written by %d process(es), this run has %d: the rest of epoch %d is shared "
                              "out again over %d (each sample once), so the run goes on correctly but not "
                              "bit-identically to one that kept %d", source, saved_world, self.world_size,
                              self.epoch + 1, self.world_size, saved_world)
+
+    def _load_running_sums(self, state, source):
+        """Take up the training-loss sums since the last validation and the logging window's sums.
+
+        With as many processes as the checkpoint, each takes its own; with
+        another number, rank 0 carries the totals on and the others start
+        from zero. A checkpoint written by one process of several (see
+        :meth:`state_dict`) holds no totals: every process starts from zero,
+        so the first ``train_loss`` after the resume averages the steps after
+        it alone, never one process's share of the earlier steps with them.
+        """
+        sums = state.get("loss_sums")
+        windows = state.get("extra_sums") or [({}, 0)]  # (older checkpoints: a fresh window)
+        self._loss_sum, self._loss_count, self._extra_sums, self._extra_count = 0.0, 0, {}, 0
+        if sums and None in sums:
+            if self.rank == 0:
+                self.logger.warning("%s was written by one process of %d after another had failed: it holds one "
+                                    "process's training-loss sums only, which are dropped; the train_loss of the "
+                                    "next validation averages the steps after %d alone", source, len(sums),
+                                    state["global_step"])
+            return
+        if sums and len(sums) == self.world_size:
+            self._loss_sum, self._loss_count = sums[self.rank]
+        elif self.rank == 0:
+            self._loss_sum, self._loss_count = state["loss_sum"], state["loss_count"]
+        if len(windows) == self.world_size:
+            self._extra_sums, self._extra_count = dict(windows[self.rank][0]), windows[self.rank][1]
+        elif self.rank == 0:
+            keys = {k for window, _ in windows for k in window}
+            self._extra_sums = {k: sum(window.get(k, 0.0) for window, _ in windows) for k in keys}
+            self._extra_count = sum(n for _, n in windows)
 
     def _load_hook_states(self, saved, source):
         """Give each hook the first saved state of its class; hooks added or removed since are logged."""
@@ -139,7 +168,8 @@ class CheckpointingMixin:
         """Atomically write ``state`` (default: :meth:`state_dict`) as :meth:`checkpoint_path` ``(tag)``.
 
         Returns the path. A ``preempt`` checkpoint this run resumed from is
-        removed once a newer checkpoint is on disk. Under DDP every process
+        removed once a newer checkpoint is on disk, and an ``exception`` one
+        once a newer one to resume from is. Under DDP every process
         calls it and rank 0 writes; with ``sync`` the others wait until the file
         is there (``sync=False``: no collective, for a process on its own).
         """
@@ -153,6 +183,7 @@ class CheckpointingMixin:
         if (state is None and tag == "last" and not self.hooks and self.world_size == 1
                 and getattr(self, "_best_saved_at", None) == position and os.path.isfile(self.checkpoint_path("best"))):
             copy_checkpoint(self.checkpoint_path("best"), path)
+            self._remove_stale_exception(tag, path)
             return path
         if state is None and tag == "best":
             self._best_saved_at = position
@@ -177,7 +208,22 @@ class CheckpointingMixin:
                 and os.path.isfile(resumed) and os.path.getmtime(resumed) < os.path.getmtime(path)):
             os.remove(resumed)  # superseded: a newer state of the resumed run is on disk
             self.logger.info("removed %s: %s holds newer work", resumed, os.path.basename(path))
+        self._remove_stale_exception(tag, path)
         return path
+
+    def _remove_stale_exception(self, tag, path):
+        """Delete the run's ``exception`` checkpoint once ``path``, just written as ``tag``, is newer work.
+
+        Only a tag a resume continues from counts (``last``, ``step<N>``,
+        ``preempt``), not ``best``: a run killed between ``best`` and ``last``
+        must still find the exception checkpoint's steps. Rank 0 only.
+        """
+        stale = self.checkpoint_path("exception")
+        if (tag in ("exception", "best") or not os.path.isfile(stale)
+                or os.path.getmtime(stale) >= os.path.getmtime(path)):
+            return
+        os.remove(stale)
+        self.logger.info("removed %s: %s holds newer work", stale, os.path.basename(path))
 
     def save_step_checkpoint(self):
         """Write ``step<N>`` and delete step checkpoints beyond the newest ``--keep_last_k``.
@@ -312,7 +358,8 @@ class CheckpointingMixin:
             return
         try:
             # Inside a validation: the state as of its start, marked to be validated again on resume.
-            # Only this process may be left (another one failed): no collective, its own RNG state.
+            # Only this process may be left (another one failed): no collective, so under DDP the
+            # checkpoint holds this process's training-loss sums alone, marked as such (see state_dict).
             if self.rank != 0:
                 return
             path = self.save("exception", state=self._validation_snapshot or self.state_dict(gather=False), sync=False)

@@ -39,7 +39,7 @@ class DistToyTrainer(TrainerBase):
     DEFAULTS = {"proj_name": "DistToy", "epochs": 3, "batch_size": 4, "eval_batch_size": 4, "lr": 0.05,
                 "log_every_steps": 1}
     monitor, monitor_mode = "top1", "max"
-    RESUME_CHANGEABLE = TrainerBase.RESUME_CHANGEABLE | {"step_sleep", "count_allreduce", "nan_at_step"}
+    RESUME_CHANGEABLE = TrainerBase.RESUME_CHANGEABLE | {"step_sleep", "count_allreduce", "nan_at_step", "die_at_step"}
 
     @classmethod
     def add_arguments(cls, parser):
@@ -49,6 +49,8 @@ class DistToyTrainer(TrainerBase):
         parser.add_argument("--noise", type=float, default=0.0,
                             help="add Gaussian noise of this std to inputs from the global RNG (each process its own)")
         parser.add_argument("--nan_at_step", type=int, default=0, help="rank 1's loss is NaN at this step (once)")
+        parser.add_argument("--die_at_step", type=int, default=0,
+                            help="rank 1 exits at once (status 3) in this step's train_step, leaving rank 0 alone")
 
     def build_datasets(self):
         gen = torch.Generator().manual_seed(0)
@@ -87,6 +89,8 @@ class DistToyTrainer(TrainerBase):
 
     def train_step(self, batch):
         x, y = batch
+        if self.rank == 1 and self.global_step + 1 == self.args.die_at_step:
+            os._exit(3)
         if self.args.noise:  # like random augmentation in the main process: the RNG state must survive a resume
             x = x + self.args.noise * torch.randn_like(x)
         loss = self.loss_fn(self.model(x), y)

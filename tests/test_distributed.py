@@ -6,6 +6,7 @@ to one rank stops both with a checkpoint, and resuming continues bit-identically
 a DDP checkpoint evaluates in one process. The model of ``dist_toy.py`` has no
 BatchNorm and no dropout.
 """
+import csv
 import glob
 import json
 import os
@@ -172,6 +173,45 @@ def test_sigterm_to_one_rank_stops_both_and_resume_is_identical(tmp_path):
         assert all(torch.equal(a[k], b[k]) for k in a)
     rows = [open(os.path.join(r, "metrics.csv")).read().splitlines() for r in (run, reference)]
     assert [r.rsplit(",", 1)[0] for r in rows[0]] == [r.rsplit(",", 1)[0] for r in rows[1]]  # but val_seconds
+
+
+def test_a_rank_dies_and_the_exception_checkpoint_of_the_other_resumes_without_mixing_loss_sums(runs, tmp_path):
+    """Rank 1 exits in step 7; rank 0, alone, writes the exception checkpoint of step 6, which holds only its
+    own training-loss sums of steps 5-6. ``--resume auto`` takes it with both processes again: the weights go
+    on as in the uninterrupted run, and the train_loss of the validation at step 8 averages every process's
+    samples of steps 7-8, never rank 0's share of steps 5-6 with them."""
+    flags = ["--output_dir", str(tmp_path), *DDP_FLAGS]
+    crashed = finish(spawn([*flags, "--die_at_step", "7"]))
+    assert [rc for rc, _ in crashed] == [1, 3], crashed  # rank 0 fails on its lost peer
+    (run,) = run_folders(tmp_path)
+    state = ckpt(run, "exception")
+    assert (state["global_step"], state["world_size"]) == (6, 2)
+    assert state["loss_sums"][1] is None and state["loss_sum"] is None  # said to be one process's, not a total
+    resumed = finish(spawn(["--resume", "auto", *flags, "--die_at_step", "0"]))
+    assert [rc for rc, _ in resumed] == [0, 0], resumed
+    assert "continuing from DistToy_exception_ckpt.pth" in resumed[0][1]
+    assert not glob.glob(os.path.join(run, "*_exception_ckpt.pth"))  # superseded by the resumed run's saves
+    reference = runs["ddp"][0]
+    for key, value in ckpt(reference)["model"].items():
+        torch.testing.assert_close(ckpt(run)["model"][key], value, rtol=0, atol=1e-6)
+
+    def read(name):
+        with open(os.path.join(reference, name)) as ref, open(os.path.join(run, name)) as got:
+            return list(csv.DictReader(ref)), list(csv.DictReader(got))
+
+    scalars, _ = read("scalars.csv")
+    since_val = {int(r["step"]): float(r["value"]) for r in scalars if r["name"] == "train/loss"}
+    # train/loss is the mean since the validation at step 4: steps 5-6 hold 24 samples, steps 5-8 all 47
+    steps_7_8 = (since_val[8] * 47 - since_val[6] * 24) / 23
+    want, got = read("metrics.csv")
+    assert [r["step"] for r in got] == [r["step"] for r in want] == ["4", "8", "12"]
+    assert float(got[1]["train_loss"]) == pytest.approx(steps_7_8, rel=1e-5)
+    assert float(got[1]["train_loss"]) != pytest.approx(float(want[1]["train_loss"]), rel=1e-3)
+    for row, other in zip(got, want):
+        assert float(row["val_top1"]) == float(other["val_top1"])
+        assert float(row["val_loss"]) == pytest.approx(float(other["val_loss"]), rel=1e-5)
+    assert float(got[2]["train_loss"]) == pytest.approx(float(want[2]["train_loss"]), rel=1e-5)
+    assert "one process's training-loss sums only, which are dropped" in resumed[0][1]
 
 
 def test_nonfinite_loss_on_one_rank_stops_every_rank(tmp_path):

@@ -1,4 +1,4 @@
-"""Real processes: SIGTERM to the whole process group, and kill -9 after a periodic checkpoint."""
+"""Real processes: SIGTERM to the whole process group, kill -9 after a periodic checkpoint, the run lock."""
 import glob
 import os
 import signal
@@ -7,11 +7,14 @@ import sys
 import time
 
 import pytest
-
-from base.checkpoint import load_checkpoint
-from base.run_status import read_status
+from conftest import ToyTrainer
 from test_bad_input import error_line, run_main
 from test_resume import assert_same_state, logged
+
+from base.checkpoint import load_checkpoint
+from base.errors import UserError
+from base.run_lock import RunLock
+from base.run_status import read_status
 from trainers.seg_on_carvana_trainer import SegOnCarvanaTrainer
 from trainers.vanilla_trainer import VanillaTrainer
 from utils.runs import status_text
@@ -123,7 +126,7 @@ except ValueError:
     kept.append(sys.exc_info())  # the traceback keeps the iterator, and its workers, alive
 print("done")
 """)
-    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 0 and "done" in proc.stdout
     assert "Traceback" not in proc.stderr
 
@@ -160,7 +163,109 @@ def test_a_second_process_on_the_same_run_is_refused_until_the_first_is_gone(tmp
     os.killpg(proc.pid, signal.SIGKILL)  # the kernel drops the lock with the process
     proc.communicate(timeout=60)
     stale = os.path.join(run_dir, f".Vanilla_last_ckpt.pth.tmp{proc.pid}")  # as if killed inside a save
-    open(stale, "wb").write(b"half a checkpoint")
+    with open(stale, "wb") as f:
+        f.write(b"half a checkpoint")
     resumed = VanillaTrainer.from_argv(["--resume", run_dir, "--epochs", "2"])
     resumed.fit()
     assert resumed.run_dir == run_dir and not os.path.exists(stale)
+
+
+def test_kill_9_with_dataloader_workers_alive_then_resume_is_not_refused(tmp_path, capsys):
+    """Workers forked while the run folder is locked must not hold its lock: they outlive a kill -9 by seconds."""
+    script = tmp_path / "killed_with_workers.py"
+    script.write_text(f"""
+import multiprocessing, os, signal, sys
+sys.path[:0] = [{ROOT!r}, {os.path.join(ROOT, "tests")!r}]
+from base.cli import main
+from base.hooks import HookBase
+from conftest import ToyTrainer
+
+class KillAtStep3(HookBase):
+    def after_step(self):
+        if self.trainer.global_step == 3:  # after the step2 checkpoint
+            workers = [c.pid for c in multiprocessing.active_children()]
+            for pid in workers:  # orphans that stay alive, as workers do for up to ~5 s after their parent
+                os.kill(pid, signal.SIGSTOP)
+            open(sys.argv[1], "w").write(" ".join(map(str, workers)))
+            os.kill(os.getpid(), signal.SIGKILL)
+
+class Killed(ToyTrainer):
+    def build_hooks(self):
+        return [KillAtStep3()]
+
+main(Killed, sys.argv[2:])
+""")
+    pids, log = tmp_path / "workers", tmp_path / "stderr.txt"
+    with open(log, "w") as stderr:  # a file, not a pipe: the orphans keep their copy of it open
+        proc = subprocess.run([sys.executable, str(script), str(pids), "--output_dir", str(tmp_path), "--gpu_devices",
+                               "cpu", "--num_workers", "2", "--save_every_steps", "2"], cwd=ROOT,
+                              stdout=subprocess.DEVNULL, stderr=stderr, timeout=120, check=False)
+    workers = [int(pid) for pid in pids.read_text().split()]
+    try:
+        assert proc.returncode == -signal.SIGKILL and len(workers) == 2, log.read_text()
+        assert all(os.path.exists(f"/proc/{pid}") for pid in workers)  # still alive (stopped) orphans
+        status, err = run_main(ToyTrainer, ["--resume", "auto", "--output_dir", str(tmp_path)], capsys)
+        assert status == 0 and "in use by" not in err, err
+    finally:
+        for pid in workers:
+            os.kill(pid, signal.SIGKILL)
+    (run,) = glob.glob(str(tmp_path / "Toy" / "*"))
+    assert load_checkpoint(os.path.join(run, "Toy_last_ckpt.pth"))["global_step"] == 10
+
+
+def test_a_second_lock_in_one_process_is_refused_and_the_first_still_holds(tmp_path):
+    """Record locks are per process: the kernel would grant the second, and closing its file would drop the first."""
+    first = RunLock(str(tmp_path)).acquire()
+    with pytest.raises(UserError, match=f"in use by process {os.getpid()}"):
+        RunLock(str(tmp_path)).acquire()
+    probe = [sys.executable, "-c", (f"import sys; sys.path.insert(0, {ROOT!r}); from base.run_lock import RunLock; "
+                                    f"RunLock({str(tmp_path)!r}).acquire()")]
+    other = subprocess.run(probe, capture_output=True, text=True, timeout=60, check=False)
+    assert other.returncode == 1 and f"in use by process {os.getpid()}" in other.stderr
+    first.release()
+    assert subprocess.run(probe, capture_output=True, text=True, timeout=60, check=False).returncode == 0
+
+
+def test_ctrl_c_twice_during_the_final_test_with_workers_ends_in_one_line(tmp_path):
+    """The test split's workers live in the interrupted loop's frames; freeing them joins the workers, and a
+    second Ctrl-C landing there must not become a traceback from a ``__del__``."""
+    script = tmp_path / "slow_test_split.py"
+    script.write_text(f"""
+import os, sys, time
+sys.path[:0] = [{ROOT!r}, {os.path.join(ROOT, "tests")!r}]
+from torch.utils.data import Dataset
+from base.cli import exit_fast, main
+from conftest import ToyTrainer
+
+class Slow(Dataset):
+    def __init__(self, samples, marker):
+        self.samples, self.marker = samples, marker
+    def __len__(self):
+        return len(self.samples)
+    def __getitem__(self, i):
+        open(self.marker, "a").close()  # a worker is reading the test split
+        time.sleep(2)  # a batch of 4 takes 8 s: the main process wakes within 5 s, its workers are still busy
+        return self.samples[i]
+
+class SlowTest(ToyTrainer):
+    def build_datasets(self):
+        splits = super().build_datasets()
+        splits["test"] = Slow(splits["test"], os.path.join(self.args.output_dir, "testing"))
+        return splits
+
+exit_fast(main(SlowTest, sys.argv[1:]))
+""")
+    proc = start(tmp_path, "--num_workers", "2", "--eval_batch_size", "4", script=str(script),
+                 flags=["--gpu_devices", "cpu"])
+    wait_for(str(tmp_path / "testing"), proc)
+    os.killpg(proc.pid, signal.SIGINT)
+    err = []
+    for line in proc.stderr:  # the second Ctrl-C once the first has stopped the run, while its workers finish
+        err.append(line)
+        if line.endswith(": interrupted\n"):
+            time.sleep(0.5)
+            os.killpg(proc.pid, signal.SIGINT)
+            break
+    err.append(proc.communicate(timeout=60)[1])
+    assert proc.returncode == 130, "".join(err)
+    assert "Traceback" not in "".join(err) and "".join(err).rstrip().endswith("SlowTest: interrupted")

@@ -14,9 +14,10 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
-from base.checkpoint import load_checkpoint
+from base.checkpoint import load_checkpoint, save_checkpoint
 from base.config import check_dir_exists
 from base.hooks import HookBase
+from base.resume import locate
 from conftest import ToyTrainer
 from test_readme_example import load_example
 from trainers.mae_trainer import MAETrainer
@@ -278,3 +279,26 @@ def test_resume_validates_the_saved_config_not_the_defaults(tmp_path):
     assert resumed.global_step == 5
     with pytest.raises(SystemExit):  # without --resume the same default is still refused
         NeedsFolder.from_argv(argv)
+
+
+def test_resume_takes_a_whole_checkpoint_over_a_one_process_exception_checkpoint_of_the_same_step(tmp_path):
+    """Under DDP a process left alone writes the exception checkpoint with its own training-loss sums only
+    (see ``TrainerBase.state_dict``). A step checkpoint of the same step holds every process's: ``--resume``
+    takes that one. A one-process exception checkpoint of a later step is newer work, and is taken."""
+    trainer = ToyTrainer.from_argv(["--output_dir", str(tmp_path), "--gpu_devices", "cpu", "--save_every_steps", "2",
+                                    "--fail_at_step", "3"])
+    with pytest.raises(RuntimeError, match="boom"):
+        trainer.fit()
+    exception, step2 = trainer.checkpoint_path("exception"), trainer.checkpoint_path("step2")
+    state = load_checkpoint(exception)
+    assert state["global_step"] == 2 and os.path.getmtime(exception) > os.path.getmtime(step2)
+    alone = {**state, "world_size": 2, "loss_sum": None, "loss_count": None,  # as rank 0 of 2 writes it alone
+             "loss_sums": [state["loss_sums"][0], None], "extra_sums": [state["extra_sums"][0], None]}
+    save_checkpoint(alone, exception)
+    why = (f"--resume auto picked {trainer.run_dir}, the newest run of Toy; continuing from Toy_step2_ckpt.pth "
+           "(step 2, like Toy_exception_ckpt.pth, with every process's loss sums)")
+    assert locate("auto", str(tmp_path), "Toy")[1:] == (step2, why)
+    save_checkpoint({**alone, "global_step": 3}, exception)
+    assert locate(trainer.run_dir, str(tmp_path), "Toy")[1] == exception
+    save_checkpoint(state, exception)  # every process's sums (here: one process's of one)
+    assert locate(trainer.run_dir, str(tmp_path), "Toy")[1] == exception

@@ -177,6 +177,7 @@ def test_an_interrupted_validation_is_redone_exactly_once(tmp_path, fail_at):
                 for t in (resumed, straight)]
     assert timeless[0] == timeless[1]
     assert load_checkpoint(resumed.checkpoint_path("last"))["global_step"] == 15
+    assert not os.path.exists(resumed.checkpoint_path("exception"))  # superseded by newer work
 
 
 class AlwaysNaN(ToyTrainer):
