@@ -121,6 +121,8 @@ def test_missing_gpu_exits_2(tmp_path, capsys):
 @pytest.mark.parametrize("text, names", [
     ("{not json", ["not valid JSON"]),
     ('{"batch_size": 8, "no_such_key": 1}', ["unknown key 'no_such_key'"]),
+    ('{"lr": 0.1, "batch_size": 8, "lr": 0.2}', ["key 'lr' is given twice"]),
+    ('{"config": {"lr": 0.1, "lr": 0.2}, "meta": {}}', ["key 'lr' is given twice"]),
 ])
 def test_bad_config_file_exits_2(tmp_path, capsys, text, names):
     path = tmp_path / "c.json"
