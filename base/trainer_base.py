@@ -265,8 +265,9 @@ class TrainerBase(StepMixin, CheckpointingMixin, ResumeMixin, ValidationMixin, T
         if self.resume_from:
             if self.resume_reason:
                 self.logger.info("%s", self.resume_reason)
+            built = [group.get("weight_decay") for group in self.optimizer.param_groups]  # before the load
             self.resume(self.resume_from[1])
-            self._apply_resume_changes()
+            self._apply_resume_changes(built)
             if main:
                 # Rows of work after the checkpoint are redone, and so is an interrupted validation's row.
                 self.metrics_csv.drop_rows_after(self.global_step - 1 if self._redo_validation else self.global_step)
