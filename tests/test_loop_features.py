@@ -49,6 +49,19 @@ def test_accumulating_4_batches_of_8_equals_one_batch_of_32(toy_argv):
         assert small.last_metrics[key] == pytest.approx(big.last_metrics[key], rel=1e-5)
 
 
+def test_a_window_of_uneven_batches_weighs_every_sample_alike(toy_argv):
+    # 40 samples in batches of 16: each epoch is one window of 16 + 16 + 8 samples, whose update must be
+    # that of one batch of 40 (the mean over samples, not over batches). SGD without momentum: w - lr * g.
+    common = [*toy_argv, "--deterministic", "--max_steps", "2", "--warmup_steps", "0", "--optimizer", "sgd",
+              "--momentum", "0", "--lr", "0.05", "--lr_scheduler", "none"]
+    big = fit(ToyTrainer, [*common, "--batch_size", "40"])
+    small = fit(ToyTrainer, [*common, "--batch_size", "16", "--accum_steps", "3"])
+    assert big.global_step == small.global_step == 2 and big.epoch == small.epoch == 2
+    for key, value in big.model.state_dict().items():
+        torch.testing.assert_close(small.model.state_dict()[key], value, rtol=1e-6, atol=1e-7)
+    assert small.last_metrics["train_loss"] == pytest.approx(big.last_metrics["train_loss"], rel=1e-6)
+
+
 def test_accumulation_plans_optimizer_steps_not_batches(toy_argv):
     trainer = fit(ToyTrainer, [*toy_argv, "--epochs", "3", "--batch_size", "8", "--accum_steps", "2"])
     # 5 batches an epoch -> 3 optimizer steps (2 + 2 + 1 batches)

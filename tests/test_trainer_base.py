@@ -98,6 +98,34 @@ def test_scheduler_steps_per_optimizer_step(toy_argv):
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-9)  # cosine to 0
 
 
+class UpdateProbe(HookBase):
+    """The weight before each step, its gradient after backward, and the weight after the update."""
+
+    def __init__(self):
+        self.before, self.grads, self.after = [], [], []
+
+    def before_step(self):
+        self.before.append(self.trainer.module.weight.detach().clone())
+
+    def after_backward(self):
+        self.grads.append(self.trainer.module.weight.grad.detach().clone())
+
+    def after_step(self):
+        self.after.append(self.trainer.module.weight.detach().clone())
+
+
+def test_the_kth_update_uses_the_schedules_lr_for_step_k(toy_argv):
+    # Plain SGD (no momentum, no decay): update k is w - lr_k * g_k. The schedule of step k is
+    # 0.1 x WarmupCosine(3, 6)(k): warmup 0.001, 0.334, 0.667, then cosine 1, 0.75, 0.25.
+    probe = UpdateProbe()
+    make(toy_argv + ["--max_steps", "6", "--warmup_steps", "3", "--optimizer", "sgd", "--momentum", "0",
+                     "--lr", "0.1"], [probe]).fit()
+    factors = [0.001, 0.001 + 0.999 / 3, 0.001 + 2 * 0.999 / 3, 1.0, 0.75, 0.25]
+    assert len(probe.after) == len(factors)
+    for k, factor in enumerate(factors):
+        torch.testing.assert_close(probe.after[k], probe.before[k] - 0.1 * factor * probe.grads[k])
+
+
 def test_early_stopping_stops_after_patience(toy_argv):
     class Worsening(ToyTrainer):
         def validate(self, loader):
