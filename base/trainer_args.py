@@ -35,7 +35,9 @@ def add_trainer_arguments(parser):
     loop.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     loop.add_argument("--lr_scheduler", choices=["cosine", "none"], default="cosine",
                       help="per-step schedule after warmup")
-    loop.add_argument("--warmup_steps", type=int, default=0, help="linear warmup steps")
+    loop.add_argument("--warmup_steps", type=int, default=0,
+                      help="linear warmup steps; at most half the run's optimizer steps (a longer one is cut "
+                           "to half, with a warning in the run log)")
     loop.add_argument("--grad_clip", type=float, default=0.0, help="clip gradients at this value (0: off)")
     loop.add_argument("--grad_clip_mode", choices=["norm", "value"], default="norm",
                       help="clip the global L2 norm or each element")

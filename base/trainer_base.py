@@ -272,6 +272,9 @@ class TrainerBase(StepMixin, CheckpointingMixin, ResumeMixin, ValidationMixin, T
                 # Rows of work after the checkpoint are redone, and so is an interrupted validation's row.
                 self.metrics_csv.drop_rows_after(self.global_step - 1 if self._redo_validation else self.global_step)
                 run_dir.record_resume(config_path, a, self.provenance, self.resume_from[1], self.resume_changes)
+        note = optim.warmup_note(self.scheduler, a.warmup_steps)  # after a resume: the warmup it continues
+        if note:
+            self.logger.warning("%s", note)
         if main:
             self._start_tracking(config_path)
         # --nonfinite raise with a fused optimizer (the default): NaN/inf losses are caught without a host

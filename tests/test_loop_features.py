@@ -260,6 +260,48 @@ def test_plot_lr_after_a_resume_is_the_schedule_the_resumed_run_follows(toy_argv
     assert [lr for _, lr in rows] == pytest.approx(record.lrs)
 
 
+def test_plot_lr_shows_the_warmup_the_run_uses(toy_argv, tmp_path, monkeypatch, capsys):
+    from utils.plots import plt
+    titles = []
+    close = plt.close
+    monkeypatch.setattr(plt, "close", lambda fig: (titles.append(fig.axes[0].get_title()), close(fig)))
+    rows = ToyTrainer.from_argv([*toy_argv, "--max_steps", "20", "--warmup_steps", "100",
+                                 "--plot_lr", str(tmp_path / "lr.png")]).fit()
+    assert max(rows, key=lambda r: r[1])[0] == 10  # the peak: the end of the warmup used
+    (title,) = titles
+    assert "warmup 10 (--warmup_steps 100 cut to half the run)" in title
+    assert "--warmup_steps 100 is more than half of the run's 20 optimizer steps" in capsys.readouterr().out
+
+
+def test_plot_lr_of_a_huge_run_draws_a_sample_of_its_steps(toy_argv, tmp_path, monkeypatch):
+    # 10^9 epochs of 5 steps: stepping the schedule once per step would take hours and hold 10^10 rows.
+    # Fail fast instead of hanging: count the schedule's evaluations and the lines drawn.
+    from matplotlib.axes import Axes
+
+    from base.optim import WarmupCosine
+    calls = {"schedule": 0, "axvline": 0}
+
+    def counted(name, original):
+        def call(*args, **kwargs):
+            calls[name] += 1
+            assert calls[name] <= 10_000, f"{name} called for every step"
+            return original(*args, **kwargs)
+        return call
+
+    monkeypatch.setattr(WarmupCosine, "__call__", counted("schedule", WarmupCosine.__call__))
+    monkeypatch.setattr(Axes, "axvline", counted("axvline", Axes.axvline))
+    png = tmp_path / "lr.png"
+    rows = ToyTrainer.from_argv([*toy_argv, "--epochs", "1000000000", "--warmup_steps", "7",
+                                 "--plot_lr", str(png)]).fit()
+    total = 5 * 10**9
+    steps = [s for s, _ in rows]
+    assert 1000 <= len(rows) <= 2002 and steps == sorted(set(steps))
+    assert steps[0] == 0 and steps[-1] == total - 1 and 7 in steps  # start, warmup end, last step
+    factor = WarmupCosine(7, total)
+    assert [lr for _, lr in rows] == pytest.approx([0.05 * factor(s) for s in steps], rel=1e-12, abs=1e-18)
+    assert read_csv(tmp_path / "lr.csv") == rows and png.stat().st_size > 0
+
+
 @pytest.mark.parametrize("eval_ema", [None, "false"])
 def test_evaluator_scores_the_weights_the_run_validated_or_the_raw_ones(toy_argv, tmp_path, eval_ema):
     from evaluators.vanilla_evaluator import VanillaEvaluator

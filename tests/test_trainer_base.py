@@ -2,6 +2,7 @@
 import csv
 import glob
 import json
+import math
 import os
 
 import pytest
@@ -124,6 +125,22 @@ def test_the_kth_update_uses_the_schedules_lr_for_step_k(toy_argv):
     assert len(probe.after) == len(factors)
     for k, factor in enumerate(factors):
         torch.testing.assert_close(probe.after[k], probe.before[k] - 0.1 * factor * probe.grads[k])
+
+
+def test_a_warmup_longer_than_half_the_run_is_cut_to_half_with_a_warning(toy_argv):
+    lrs = []
+
+    class LR(HookBase):
+        def before_step(self):
+            lrs.append(self.trainer.optimizer.param_groups[0]["lr"])
+
+    trainer = make(toy_argv + ["--max_steps", "20", "--warmup_steps", "100"], [LR()])
+    trainer.fit()
+    assert lrs.index(max(lrs)) == 10 and max(lrs) == pytest.approx(0.05)  # warmup 10, then 10 steps of cosine
+    assert lrs[-1] == pytest.approx(0.05 * 0.5 * (1 + math.cos(math.pi * 9 / 10)))
+    with open(os.path.join(trainer.run_dir, f"Toy_{trainer.timestamp}_log.txt")) as f:
+        (line,) = [line for line in f.read().splitlines() if "--warmup_steps" in line]
+    assert " WARNING --warmup_steps 100 is more than half of the run's 20 optimizer steps: warming up for 10" in line
 
 
 def test_early_stopping_stops_after_patience(toy_argv):
