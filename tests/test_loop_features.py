@@ -302,6 +302,19 @@ def test_plot_lr_of_a_huge_run_draws_a_sample_of_its_steps(toy_argv, tmp_path, m
     assert read_csv(tmp_path / "lr.csv") == rows and png.stat().st_size > 0
 
 
+class StepLRToy(ToyTrainer):
+    def build_scheduler(self):
+        return torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=10, gamma=0.5)
+
+
+def test_plot_lr_steps_through_a_schedule_without_a_closed_form_or_refuses_a_huge_one(toy_argv, tmp_path):
+    from base.config import ConfigError
+    rows = StepLRToy.from_argv([*toy_argv, "--epochs", "8", "--plot_lr", str(tmp_path / "lr.png")]).fit()
+    assert rows == [(s, pytest.approx(0.05 * 0.5 ** (s // 10))) for s in range(40)]
+    with pytest.raises(ConfigError, match=r"--plot_lr: StepLR has to be stepped through 4999999999 steps"):
+        StepLRToy.from_argv([*toy_argv, "--epochs", "1000000000", "--plot_lr", str(tmp_path / "lr.png")]).fit()
+
+
 @pytest.mark.parametrize("eval_ema", [None, "false"])
 def test_evaluator_scores_the_weights_the_run_validated_or_the_raw_ones(toy_argv, tmp_path, eval_ema):
     from evaluators.vanilla_evaluator import VanillaEvaluator
