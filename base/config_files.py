@@ -32,7 +32,8 @@ def read_config_file(path, with_meta=False):
 
     Raises:
         ConfigError: the file is missing, a folder, not JSON/YAML, empty (YAML),
-            not an object/mapping; a run's layout whose ``config`` or ``meta`` is
+            not an object/mapping; a key given twice in one object/mapping (JSON and
+            YAML would keep the last silently); a run's layout whose ``config`` or ``meta`` is
             not one (or ``meta.trainer`` not a string); a YAML value of a type
             JSON lacks (``!!timestamp``, ``!!binary``, ``!!set``). The message
             is one line naming the file (and the key).
@@ -44,7 +45,7 @@ def read_config_file(path, with_meta=False):
         raise ConfigError(f"{where}: is a folder; expected a config file (a run's config_*.json, or a .yaml)")
     try:
         with open(path, encoding="utf-8") as f:
-            data = _load_yaml(f.read(), where) if yaml_file else json.load(f)
+            data = _load_yaml(f.read(), where) if yaml_file else json.load(f, object_pairs_hook=_unique(where))
     except FileNotFoundError:
         raise ConfigError(f"{where}: no such file") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -74,6 +75,22 @@ def read_config_file(path, with_meta=False):
     return (data, meta) if with_meta else data
 
 
+def _unique(where):
+    """A ``json`` ``object_pairs_hook`` building a dict, refusing a key given twice (``json`` keeps the last).
+
+    Raises:
+        ConfigError: one line naming ``where`` and the key.
+    """
+    def pairs_to_dict(pairs):
+        data = {}
+        for key, value in pairs:
+            if key in data:
+                raise ConfigError(f"{where}: key {key!r} is given twice; keep one")
+            data[key] = value
+        return data
+    return pairs_to_dict
+
+
 def _load_yaml(text, where):
     """``text`` parsed as one YAML document by :func:`_loader` (``None`` if empty).
 
@@ -85,7 +102,7 @@ def _load_yaml(text, where):
     except ImportError:
         raise ConfigError(f"{where}: reading YAML needs PyYAML (pip install 'PyYAML>=6.0')") from None
     try:
-        return yaml.load(text, Loader=_loader(yaml))  # noqa: S506 - a SafeLoader subclass
+        return yaml.load(text, Loader=_loader(yaml, where))  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark, problem = getattr(exc, "problem_mark", None), getattr(exc, "problem", None)
         if problem and mark:  # str(exc) spans lines and quotes the text; one line: what, and where
@@ -96,14 +113,31 @@ def _load_yaml(text, where):
         raise ConfigError(f"{where}: not valid YAML ({detail})") from None
 
 
-def _loader(yaml):
+def _loader(yaml, where):
     """A ``yaml.SafeLoader`` that resolves only null, merge keys (``<<``) and ``.inf``/``.nan``.
 
     Every other plain scalar (``on``, ``1e-3``, ``010``, ``2024-01-01``) stays
     a string for the flag's ``type`` to convert; explicit tags (``!!float``) still apply.
+    A key written twice in one mapping raises ``ConfigError`` naming ``where``, the
+    key and both lines (PyYAML keeps the last silently); a key after a merge
+    (``<<: *base``) overrides the merged one, as YAML means it to.
     """
     class FlagLoader(yaml.SafeLoader):
-        pass
+        def construct_mapping(self, node, deep=False):
+            if isinstance(node, yaml.MappingNode):
+                lines = {}  # key -> the line it was first given on
+                for key_node, _ in node.value:
+                    if key_node.tag == "tag:yaml.org,2002:merge":
+                        continue
+                    key, line = self.construct_object(key_node, deep=True), key_node.start_mark.line + 1
+                    try:
+                        if key in lines:
+                            raise ConfigError(f"{where}: key {key!r} is given twice (lines {lines[key]} and "
+                                              f"{line}); keep one")
+                        lines[key] = line
+                    except TypeError:  # an unhashable key: SafeLoader's own error names it
+                        continue
+            return super().construct_mapping(node, deep)
 
     keep = ("tag:yaml.org,2002:null", "tag:yaml.org,2002:merge")
     FlagLoader.yaml_implicit_resolvers = {

@@ -1,9 +1,13 @@
 """``--plot_lr PNG``: draw the learning-rate schedule a run would follow, without training it.
 
-The schedule is the trainer's own (``build_optimizer`` / ``build_scheduler``),
-stepped once per optimizer step over the planned length, so warmup,
-``--accum_steps``, ``--max_steps`` and, with ``--resume``, the resumed step
-and any flag changed there (``--epochs``, ``--lr``, ...) are all in it.
+The schedule is the trainer's own (``build_optimizer`` / ``build_scheduler``)
+over the planned length, so warmup (the one the run really uses, see
+:func:`base.optim.warmup_used`), ``--accum_steps``, ``--max_steps`` and,
+with ``--resume``, the resumed step and any flag changed there (``--epochs``,
+``--lr``, ...) are all in it. A run of more than :data:`MAX_POINTS` steps is
+drawn at that many steps spread evenly over it (its first and last step and
+the end of the warmup among them): the LR of a ``LambdaLR`` is computed at
+each of them directly, any other schedule is stepped through.
 """
 import csv
 import logging
@@ -11,8 +15,16 @@ import math
 import os
 import warnings
 
+import torch
+
+from base import optim
 from base.checkpoint import load_checkpoint
+from base.config import ConfigError
 from base.errors import CheckpointError
+
+MAX_POINTS = 2000  # steps drawn and written to the .csv: a curve's worth, whatever the run's length
+MAX_EPOCH_LINES = 200  # grey lines at epoch ends; more would be a grey block
+MAX_STEPPED = 1_000_000  # a schedule with no closed form is stepped through, up to this many steps (~10 s)
 
 
 def plot_lr_schedule(trainer, path):
@@ -27,10 +39,13 @@ def plot_lr_schedule(trainer, path):
             (columns ``step``, ``lr``: optimizer steps and the first param group's LR).
 
     Returns:
-        list of ``(step, lr)`` for every optimizer step still to run.
+        list of ``(step, lr)``: every optimizer step still to run, or, for more
+        than :data:`MAX_POINTS` of them, the steps of :func:`sampled_steps`.
 
     Raises:
         CheckpointError: the ``--resume`` checkpoint cannot be read or does not fit.
+        ConfigError: a schedule that is not a ``LambdaLR`` over more than
+            :data:`MAX_STEPPED` steps (it would have to be stepped through).
     """
     from utils.plots import plt  # matplotlib with the Agg backend (slow import: only here)
 
@@ -46,6 +61,7 @@ def plot_lr_schedule(trainer, path):
     trainer.optimizer = trainer.build_optimizer()
     trainer.scheduler = trainer.build_scheduler()
     if state is not None:
+        built = [group.get("weight_decay") for group in trainer.optimizer.param_groups]
         try:
             trainer.optimizer.load_state_dict(state["optimizer"])
             if trainer.scheduler is not None and state["scheduler"] is not None:
@@ -54,30 +70,86 @@ def plot_lr_schedule(trainer, path):
             raise CheckpointError(f"--resume {trainer.resume_from[1]}: optimizer/scheduler state does not fit "
                                   f"({exc})") from None
         trainer.logger = logging.getLogger("plot_lr")
-        trainer._apply_resume_changes()
-    rows = []
-    with warnings.catch_warnings():  # stepping the schedule without optimizer steps is the point here
-        warnings.simplefilter("ignore", UserWarning)
-        for step in range(trainer.global_step, trainer.total_steps):
-            rows.append((step, trainer.optimizer.param_groups[0]["lr"]))
-            if trainer.scheduler is not None:
-                trainer.scheduler.step()
+        trainer._apply_resume_changes(built)
+    start, end = trainer.global_step, trainer.total_steps
+    warmup = _warmup(trainer.scheduler, a.warmup_steps)
+    note = optim.warmup_note(trainer.scheduler, a.warmup_steps)
+    if note:
+        print(f"--plot_lr: {note}")
+    steps = sampled_steps(start, end, marks=(warmup,))
+    rows = list(zip(steps, _lrs(trainer.optimizer, trainer.scheduler, start, steps)))
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)  # checked writable at parse time
     with open(os.path.splitext(path)[0] + ".csv", "w", newline="", encoding="utf-8") as f:
         csv.writer(f).writerows([("step", "lr"), *rows])
     fig, ax = plt.subplots(figsize=(7, 3.5))
     ax.plot([r[0] for r in rows], [r[1] for r in rows], lw=1.5)
-    for epoch_end in range(per_epoch, trainer.total_steps, per_epoch):
-        ax.axvline(epoch_end, color="0.85", lw=0.6, zorder=0)
+    epoch_ends = range(per_epoch, end, per_epoch)
+    if len(epoch_ends) <= MAX_EPOCH_LINES:
+        for epoch_end in epoch_ends:
+            ax.axvline(epoch_end, color="0.85", lw=0.6, zorder=0)
     if trainer.resume_from:
-        ax.axvline(trainer.global_step, color="tab:red", ls="--", lw=1, label=f"resumed at step {trainer.global_step}")
+        ax.axvline(start, color="tab:red", ls="--", lw=1, label=f"resumed at step {start}")
         ax.legend()
-    ax.set(xlabel=f"optimizer step ({a.batch_size} x {a.accum_steps} samples each; grey: epoch ends)",
-           ylabel="learning rate", title=f"{type(trainer).__name__}: {trainer.total_steps} steps, "
-                                         f"warmup {a.warmup_steps}, {a.lr_scheduler}")
+    cut = f" (--warmup_steps {a.warmup_steps} cut to half the run)" if warmup != a.warmup_steps else ""
+    grey = "grey: epoch ends" if len(epoch_ends) <= MAX_EPOCH_LINES else f"{len(epoch_ends) + 1} epochs"
+    ax.set(xlabel=f"optimizer step ({a.batch_size} x {a.accum_steps} samples each; {grey})",
+           ylabel="learning rate", title=f"{type(trainer).__name__}: {end} steps, warmup {warmup}{cut}, "
+                                         f"{a.lr_scheduler}")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-    print(f"--plot_lr: wrote {path} and its .csv ({len(rows)} steps, from step {trainer.global_step}; "
+    drawn = f"{len(rows)} steps" if len(rows) == end - start else f"{len(rows)} of {end - start} steps"
+    print(f"--plot_lr: wrote {path} and its .csv ({drawn}, from step {start}; "
           f"peak lr {max((r[1] for r in rows), default=0):.3g})")
     return rows
+
+
+def sampled_steps(start, end, marks=(), limit=MAX_POINTS):
+    """The steps of ``range(start, end)`` to draw: all of them, or ``limit`` spread evenly plus ``marks``.
+
+    Evenly spread: ``start + (end - 1 - start) * i // (limit - 1)`` for ``i`` in
+    ``0 .. limit - 1``, so the first and last step are always in; each of
+    ``marks`` inside the range (the warmup's end) is added.
+
+    Returns:
+        sorted list of distinct ints.
+    """
+    if end - start <= limit:
+        return list(range(start, end))
+    spread = {start + (end - 1 - start) * i // (limit - 1) for i in range(limit)}
+    return sorted(spread | {m for m in marks if start <= m < end})
+
+
+def _warmup(scheduler, warmup_steps):
+    """The warmup ``scheduler`` uses (its :class:`base.optim.WarmupCosine`'s), else ``warmup_steps``."""
+    lambdas = [f for f in getattr(scheduler, "lr_lambdas", []) if isinstance(f, optim.WarmupCosine)]
+    return lambdas[0].warmup if lambdas else warmup_steps
+
+
+def _lrs(optimizer, scheduler, start, steps):
+    """The first param group's LR at each of ``steps`` (sorted, the first being ``start``, the current step).
+
+    At ``start`` it is the group's LR now; after that a ``LambdaLR`` gives
+    ``base_lr * lambda(step)`` (what its ``step()`` sets), with no need to step;
+    any other scheduler is stepped through to the last of ``steps``.
+
+    Raises:
+        ConfigError: stepping through would take more than :data:`MAX_STEPPED` steps.
+    """
+    now = optimizer.param_groups[0]["lr"]
+    if scheduler is None:
+        return [now] * len(steps)
+    if type(scheduler) is torch.optim.lr_scheduler.LambdaLR:
+        base, factor = scheduler.base_lrs[0], scheduler.lr_lambdas[0]
+        return [now if step == start else base * factor(step) for step in steps]
+    if steps and steps[-1] - start > MAX_STEPPED:
+        raise ConfigError(f"--plot_lr: {type(scheduler).__name__} has to be stepped through "
+                          f"{steps[-1] - start} steps, more than {MAX_STEPPED}; plot a shorter run (--max_steps)")
+    lrs, wanted = [], set(steps)
+    with warnings.catch_warnings():  # stepping the schedule without optimizer steps is the point here
+        warnings.simplefilter("ignore", UserWarning)
+        for step in range(start, steps[-1] + 1 if steps else start):
+            if step in wanted:
+                lrs.append(optimizer.param_groups[0]["lr"])
+            scheduler.step()
+    return lrs

@@ -88,16 +88,40 @@ class WarmupCosine:
         return 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def warmup_used(warmup_steps, total_steps):
+    """The warmup a run of ``total_steps`` optimizer steps gets for ``--warmup_steps``: at most half of it.
+
+    A longer warmup would leave no room for the decay (at ``total_steps - 1`` the
+    whole run is warmup and the LR falls to 0 only after the last step), so it
+    is cut to ``total_steps // 2``; :func:`warmup_note` says so.
+    """
+    return max(0, min(int(warmup_steps), int(total_steps) // 2))
+
+
 def build_scheduler(optimizer, args, total_steps):
     """``LambdaLR`` of :class:`WarmupCosine` over ``total_steps``, stepped once per optimizer step.
 
-    The warmup is ``--warmup_steps``, cut to ``total_steps - 1``. Returns
-    ``None`` for ``--lr_scheduler none``.
+    The warmup is ``--warmup_steps``, cut to half the run (:func:`warmup_used`).
+    Returns ``None`` for ``--lr_scheduler none``.
     """
     if args.lr_scheduler == "none":
         return None
-    warmup = max(0, min(args.warmup_steps, total_steps - 1))
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(warmup, total_steps))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(warmup_used(args.warmup_steps, total_steps),
+                                                                     total_steps))
+
+
+def warmup_note(scheduler, warmup_steps):
+    """One line saying that ``scheduler`` warms up for fewer steps than ``--warmup_steps`` asked, else ``None``.
+
+    Reads the :class:`WarmupCosine` the scheduler holds, so it tells the warmup
+    a run really uses (also one loaded from a checkpoint or retargeted on resume).
+    """
+    lambdas = [f for f in getattr(scheduler, "lr_lambdas", []) if isinstance(f, WarmupCosine)]
+    if not lambdas or lambdas[0].warmup == warmup_steps:
+        return None
+    f = lambdas[0]
+    return (f"--warmup_steps {warmup_steps} is more than half of the run's {f.total} optimizer steps: "
+            f"warming up for {f.warmup} steps, then cosine decay")
 
 
 def retarget_schedule(scheduler, total_steps, warmup_steps):
@@ -112,7 +136,7 @@ def retarget_schedule(scheduler, total_steps, warmup_steps):
         return None
     old = lambdas[0].total
     for f in lambdas:
-        f.total, f.warmup = int(total_steps), max(0, min(int(warmup_steps), int(total_steps) - 1))
+        f.total, f.warmup = int(total_steps), warmup_used(warmup_steps, total_steps)
     set_scheduled_lr(scheduler)
     return old, int(total_steps)
 

@@ -55,10 +55,16 @@ def create_run_dir(output_dir, proj_name):
 
     Raises:
         RunDirError: the folder cannot be created (``<output_dir>/<proj_name>``
-            read-only or a file, ...); one line naming the folder.
+            read-only or a file, ...), or ``proj_name`` does not name one folder
+            right under ``output_dir`` (``..``, ``a/b``); one line naming the folder.
     """
     stamp = datetime.datetime.now().strftime(TIMESTAMP_FORMAT)
     parent = os.path.join(output_dir, proj_name)
+    # Behind --proj_name's own check: never create anything outside --output_dir. Compared by name,
+    # not by resolving links: a project folder the user linked to another disk is theirs to choose.
+    if os.path.dirname(os.path.normpath(os.path.abspath(parent))) != os.path.normpath(os.path.abspath(output_dir)):
+        raise RunDirError(f"--proj_name {proj_name!r}: {parent} is outside --output_dir {output_dir} or "
+                          f"not right under it; give one folder name")
     try:
         os.makedirs(parent, exist_ok=True)
     except OSError as exc:

@@ -11,7 +11,9 @@ def add_trainer_arguments(parser):
     run = parser.add_argument_group("run")
     run.add_argument("--config", default=None,
                      help="start from a config file (a saved config_*.json, or YAML); flags override it")
-    run.add_argument("--proj_name", default="Experiment", help="runs go to <output_dir>/<proj_name>/<timestamp>")
+    run.add_argument("--proj_name", default="Experiment",
+                     help="runs go to <output_dir>/<proj_name>/<timestamp>; one folder name (no path separator, "
+                          "not '.' or '..')")
     run.add_argument("--output_dir", default="Results", help="parent folder of all runs")
     run.add_argument("--resume", default="",
                      help="'auto' (newest run of --proj_name), a run folder or a checkpoint: continue it")
@@ -33,7 +35,9 @@ def add_trainer_arguments(parser):
     loop.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     loop.add_argument("--lr_scheduler", choices=["cosine", "none"], default="cosine",
                       help="per-step schedule after warmup")
-    loop.add_argument("--warmup_steps", type=int, default=0, help="linear warmup steps")
+    loop.add_argument("--warmup_steps", type=int, default=0,
+                      help="linear warmup steps; at most half the run's optimizer steps (a longer one is cut "
+                           "to half, with a warning in the run log)")
     loop.add_argument("--grad_clip", type=float, default=0.0, help="clip gradients at this value (0: off)")
     loop.add_argument("--grad_clip_mode", choices=["norm", "value"], default="norm",
                       help="clip the global L2 norm or each element")
@@ -107,14 +111,26 @@ def validate_trainer_config(args):
     check(args.keep_last_k > 0, "keep_last_k", args.keep_last_k, "must be > 0")
     check(0 < args.rollback_lr_factor <= 1, "rollback_lr_factor", args.rollback_lr_factor, "must be in (0, 1]")
     check(args.seed >= 0, "seed", args.seed, "must be >= 0")
-    check(bool(args.proj_name) and os.sep not in args.proj_name, "proj_name", args.proj_name,
-          "must be a non-empty name without path separators")
+    check_folder_name("proj_name", args.proj_name)
     parse_logger_names(args.loggers)  # an unknown logger, or a tracker whose package is missing
     select_device(args.gpu_devices)  # raises ConfigError for a GPU that is not there
     check_writable_dir("output_dir", args.output_dir)
     if args.plot_lr:
         check(args.plot_lr.lower().endswith(".png"), "plot_lr", args.plot_lr, "must name a .png file")
         check_writable_dir("plot_lr", os.path.dirname(os.path.abspath(args.plot_lr)))
+
+
+def check_folder_name(flag, name):
+    """Raise ``ConfigError`` unless ``name`` is one folder name: the run folders stay under ``--output_dir``.
+
+    Refused: empty, ``.`` and ``..``, a path separator (``/``, and ``\\`` on
+    Windows) and control characters (a newline would split the log's lines and
+    ``utils.runs``' table).
+    """
+    check(name not in ("", ".", ".."), flag, name, "must name a folder (not empty, '.' or '..')")
+    for sep in {"/", os.sep, os.altsep} - {None}:
+        check(sep not in name, flag, name, f"must be one folder name, without a path separator ({sep!r})")
+    check(name.isprintable(), flag, name, "must not hold a control character (a newline, a tab, ...)")
 
 
 def check_writable_dir(flag, path):

@@ -271,12 +271,16 @@ class TrainerBase(StepMixin, CheckpointingMixin, ResumeMixin, ValidationMixin, T
         if self.resume_from:
             if self.resume_reason:
                 self.logger.info("%s", self.resume_reason)
+            built = [group.get("weight_decay") for group in self.optimizer.param_groups]  # before the load
             self.resume(self.resume_from[1])
-            self._apply_resume_changes()
+            self._apply_resume_changes(built)
             if main:
                 # The rows the checkpoint covers stay; the work after it (a validation too) is redone and logged again.
                 self.metrics_csv.resume(self._resumed_metrics_rows, self._validated_at)
                 run_dir.record_resume(config_path, a, self.provenance, self.resume_from[1], self.resume_changes)
+        note = optim.warmup_note(self.scheduler, a.warmup_steps)  # after a resume: the warmup it continues
+        if note:
+            self.logger.warning("%s", note)
         if main:
             self._start_tracking(config_path)
         # --nonfinite raise with a fused optimizer (the default): NaN/inf losses are caught without a host

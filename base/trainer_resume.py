@@ -40,8 +40,16 @@ class ResumeMixin:
         return (self.global_step + math.ceil(training_batches(size - self.samples_in_epoch, batch, world) / accum)
                 + (a.epochs - self.epoch - 1) * math.ceil(training_batches(size, batch, world) / accum))
 
-    def _apply_resume_changes(self):
-        """Make flags changed on ``--resume`` take effect on the loaded state, and log each."""
+    def _apply_resume_changes(self, built_weight_decays=None):
+        """Make flags changed on ``--resume`` take effect on the loaded state, and log each.
+
+        Args:
+            built_weight_decays: each param group's ``weight_decay`` as :meth:`build_optimizer`
+                made it under this launch's flags, taken before the checkpoint's optimizer state
+                replaced it. A new ``--weight_decay`` then gives each group its built value, so a
+                no-decay group stays at 0 even when the run's old value was 0 as well. ``None``:
+                groups whose decay equals the old value take the new one.
+        """
         changes, log = self.resume_changes, self.logger
         for flag, (old, new) in sorted(changes.items()):
             log.info("--resume: --%s %r (the run had %r)", flag, new, old)
@@ -53,9 +61,14 @@ class ResumeMixin:
             if self.scheduler is not None:
                 self.scheduler.base_lrs = [lr * ratio for lr in self.scheduler.base_lrs]
         if "weight_decay" in changes:
-            for group in self.optimizer.param_groups:
-                if group.get("weight_decay") == changes["weight_decay"][0]:  # not a no-decay group
-                    group["weight_decay"] = changes["weight_decay"][1]
+            groups = self.optimizer.param_groups
+            if built_weight_decays is not None and len(built_weight_decays) == len(groups):
+                for group, decay in zip(groups, built_weight_decays):
+                    group["weight_decay"] = decay
+            else:
+                for group in groups:
+                    if group.get("weight_decay") == changes["weight_decay"][0]:  # not a no-decay group
+                        group["weight_decay"] = changes["weight_decay"][1]
         # A new number of processes changes the samples per step like a new --batch_size does.
         world_changed = getattr(self, "_resumed_world_size", self.world_size) != self.world_size
         if ((changes.keys() & {"epochs", "max_steps", "batch_size", "warmup_steps"} or world_changed)

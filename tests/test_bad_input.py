@@ -14,6 +14,7 @@ import torch
 
 from base.cli import main
 from base.errors import CheckpointError
+from base.run_dir import RunDirError, create_run_dir
 from evaluators.vanilla_evaluator import VanillaEvaluator
 from trainers.vanilla_trainer import VanillaTrainer
 
@@ -88,6 +89,12 @@ def trained(tmp_path_factory):
     (["--test_sample_rate", "1.5"], ["--test_sample_rate=1.5", "(0, 1]"]),
     (["--data_type", "ImageFolder"], ["--data_dir", "ImageFolder"]),
     (["--data_type", "ImageFolder", "--data_dir", "/no/such/folder"], ["--data_dir", "/no/such/folder"]),
+    # A run folder is <output_dir>/<proj_name>/<timestamp>: the name must stay one folder below --output_dir.
+    (["--proj_name", ".."], ["--proj_name='..'"]),
+    (["--proj_name", "."], ["--proj_name='.'"]),
+    (["--proj_name", "a/b"], ["--proj_name='a/b'", "path separator"]),
+    (["--proj_name", "two\nlines"], ["--proj_name='two\\nlines'", "control character"]),
+    (["--proj_name", ""], ["--proj_name=''"]),
 ])
 def test_bad_flag_value_exits_2_naming_it(tmp_path, capsys, argv, names):
     expect(VanillaTrainer, ["--output_dir", str(tmp_path), "--gpu_devices", "cpu", *argv], capsys, 2, *names)
@@ -121,12 +128,23 @@ def test_missing_gpu_exits_2(tmp_path, capsys):
 @pytest.mark.parametrize("text, names", [
     ("{not json", ["not valid JSON"]),
     ('{"batch_size": 8, "no_such_key": 1}', ["unknown key 'no_such_key'"]),
+    ('{"lr": 0.1, "batch_size": 8, "lr": 0.2}', ["key 'lr' is given twice"]),
+    ('{"config": {"lr": 0.1, "lr": 0.2}, "meta": {}}', ["key 'lr' is given twice"]),
 ])
 def test_bad_config_file_exits_2(tmp_path, capsys, text, names):
     path = tmp_path / "c.json"
     path.write_text(text)
     expect(VanillaTrainer, ["--output_dir", str(tmp_path), "--gpu_devices", "cpu", "--config", str(path)],
            capsys, 2, "--config", str(path), *names)
+
+
+@pytest.mark.parametrize("name", ["..", os.path.join("..", "x"), os.path.join("a", "..", "..", "b")])
+def test_a_run_folder_outside_output_dir_is_refused(tmp_path, name):
+    # The last line of defence behind --proj_name's check: nothing is created outside --output_dir.
+    out = tmp_path / "runs"
+    with pytest.raises(RunDirError, match="outside --output_dir"):
+        create_run_dir(str(out), name)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
 # ------------------------------------------------------------------ resume (status 1)

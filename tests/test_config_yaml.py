@@ -81,6 +81,12 @@ def test_yaml_null_and_block_lists(tmp_path):
     assert args.gpu_devices is None and args.sizes == [5, 6] and args.lr == float("inf")
 
 
+def test_a_key_after_a_yaml_merge_overrides_it_and_is_no_duplicate(tmp_path):
+    path = write(tmp_path, "c.yaml", "<<: {lr: 0.1, batch_size: 8}\nlr: 0.2\n")
+    args, _ = parse(["--config", path])
+    assert args.lr == 0.2 and args.batch_size == 8
+
+
 BAD = [  # (YAML text, message); each names the file, exits 2, one line
     ("batch_size: 8\nno_such_key: 1\n", "unknown key 'no_such_key'"),
     ("on: 1\n", "unknown key 'on'"),
@@ -96,6 +102,8 @@ BAD = [  # (YAML text, message); each names the file, exits 2, one line
                     "at line 2, column 1)"),
     ("lr: 0.1\n---\nlr: 0.2\n", "not valid YAML (expected a single document in the stream, but found another "
                                  "document at line 2, column 1)"),
+    ("lr: 0.1\nbatch_size: 8\nlr: 0.2\n", "key 'lr' is given twice (lines 1 and 3)"),
+    ("config: {lr: 0.1}\nmeta: {trainer: A, trainer: B}\n", "key 'trainer' is given twice (lines 2 and 2)"),
     ("- 1\n- 2\n", "expected a YAML mapping of flag values, got a list"),
     ("just text\n", "expected a YAML mapping of flag values, got a str"),
     ("# nothing\n", "the file is empty"),

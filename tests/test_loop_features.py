@@ -49,6 +49,19 @@ def test_accumulating_4_batches_of_8_equals_one_batch_of_32(toy_argv):
         assert small.last_metrics[key] == pytest.approx(big.last_metrics[key], rel=1e-5)
 
 
+def test_a_window_of_uneven_batches_weighs_every_sample_alike(toy_argv):
+    # 40 samples in batches of 16: each epoch is one window of 16 + 16 + 8 samples, whose update must be
+    # that of one batch of 40 (the mean over samples, not over batches). SGD without momentum: w - lr * g.
+    common = [*toy_argv, "--deterministic", "--max_steps", "2", "--warmup_steps", "0", "--optimizer", "sgd",
+              "--momentum", "0", "--lr", "0.05", "--lr_scheduler", "none"]
+    big = fit(ToyTrainer, [*common, "--batch_size", "40"])
+    small = fit(ToyTrainer, [*common, "--batch_size", "16", "--accum_steps", "3"])
+    assert big.global_step == small.global_step == 2 and big.epoch == small.epoch == 2
+    for key, value in big.model.state_dict().items():
+        torch.testing.assert_close(small.model.state_dict()[key], value, rtol=1e-6, atol=1e-7)
+    assert small.last_metrics["train_loss"] == pytest.approx(big.last_metrics["train_loss"], rel=1e-6)
+
+
 def test_accumulation_plans_optimizer_steps_not_batches(toy_argv):
     trainer = fit(ToyTrainer, [*toy_argv, "--epochs", "3", "--batch_size", "8", "--accum_steps", "2"])
     # 5 batches an epoch -> 3 optimizer steps (2 + 2 + 1 batches)
@@ -245,6 +258,61 @@ def test_plot_lr_after_a_resume_is_the_schedule_the_resumed_run_follows(toy_argv
     resumed = fit(ToyTrainer, [*toy_argv, *more], [record])
     assert rows[0][0] == 10 and len(rows) == resumed.global_step - 10 == 15
     assert [lr for _, lr in rows] == pytest.approx(record.lrs)
+
+
+def test_plot_lr_shows_the_warmup_the_run_uses(toy_argv, tmp_path, monkeypatch, capsys):
+    from utils.plots import plt
+    titles = []
+    close = plt.close
+    monkeypatch.setattr(plt, "close", lambda fig: (titles.append(fig.axes[0].get_title()), close(fig)))
+    rows = ToyTrainer.from_argv([*toy_argv, "--max_steps", "20", "--warmup_steps", "100",
+                                 "--plot_lr", str(tmp_path / "lr.png")]).fit()
+    assert max(rows, key=lambda r: r[1])[0] == 10  # the peak: the end of the warmup used
+    (title,) = titles
+    assert "warmup 10 (--warmup_steps 100 cut to half the run)" in title
+    assert "--warmup_steps 100 is more than half of the run's 20 optimizer steps" in capsys.readouterr().out
+
+
+def test_plot_lr_of_a_huge_run_draws_a_sample_of_its_steps(toy_argv, tmp_path, monkeypatch):
+    # 10^9 epochs of 5 steps: stepping the schedule once per step would take hours and hold 10^10 rows.
+    # Fail fast instead of hanging: count the schedule's evaluations and the lines drawn.
+    from matplotlib.axes import Axes
+
+    from base.optim import WarmupCosine
+    calls = {"schedule": 0, "axvline": 0}
+
+    def counted(name, original):
+        def call(*args, **kwargs):
+            calls[name] += 1
+            assert calls[name] <= 10_000, f"{name} called for every step"
+            return original(*args, **kwargs)
+        return call
+
+    monkeypatch.setattr(WarmupCosine, "__call__", counted("schedule", WarmupCosine.__call__))
+    monkeypatch.setattr(Axes, "axvline", counted("axvline", Axes.axvline))
+    png = tmp_path / "lr.png"
+    rows = ToyTrainer.from_argv([*toy_argv, "--epochs", "1000000000", "--warmup_steps", "7",
+                                 "--plot_lr", str(png)]).fit()
+    total = 5 * 10**9
+    steps = [s for s, _ in rows]
+    assert 1000 <= len(rows) <= 2002 and steps == sorted(set(steps))
+    assert steps[0] == 0 and steps[-1] == total - 1 and 7 in steps  # start, warmup end, last step
+    factor = WarmupCosine(7, total)
+    assert [lr for _, lr in rows] == pytest.approx([0.05 * factor(s) for s in steps], rel=1e-12, abs=1e-18)
+    assert read_csv(tmp_path / "lr.csv") == rows and png.stat().st_size > 0
+
+
+class StepLRToy(ToyTrainer):
+    def build_scheduler(self):
+        return torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=10, gamma=0.5)
+
+
+def test_plot_lr_steps_through_a_schedule_without_a_closed_form_or_refuses_a_huge_one(toy_argv, tmp_path):
+    from base.config import ConfigError
+    rows = StepLRToy.from_argv([*toy_argv, "--epochs", "8", "--plot_lr", str(tmp_path / "lr.png")]).fit()
+    assert rows == [(s, pytest.approx(0.05 * 0.5 ** (s // 10))) for s in range(40)]
+    with pytest.raises(ConfigError, match=r"--plot_lr: StepLR has to be stepped through 4999999999 steps"):
+        StepLRToy.from_argv([*toy_argv, "--epochs", "1000000000", "--plot_lr", str(tmp_path / "lr.png")]).fit()
 
 
 @pytest.mark.parametrize("eval_ema", [None, "false"])

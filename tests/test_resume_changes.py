@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
+from base import optim
 from base.checkpoint import load_checkpoint
 from base.hooks import HookBase
 from conftest import ToyTrainer
@@ -70,6 +71,22 @@ def test_lr_and_weight_decay_given_on_resume_take_effect(tmp_path):
     factor = resumed.scheduler.lr_lambdas[0]
     assert log.lrs[5] == pytest.approx(0.001 * factor(4))  # the very next step uses the new LR
     assert resumed.provenance["lr"] == "command line"
+
+
+class NoDecayBias(ToyTrainer):
+    """ToyTrainer whose bias is in a param group without weight decay."""
+
+    def build_optimizer(self):
+        return optim.build_optimizer(optim.decay_groups(self.module, {"bias"}), self.args)
+
+
+@pytest.mark.parametrize("before", ["0", "0.05"])
+def test_a_weight_decay_given_on_resume_leaves_the_no_decay_group_at_0(tmp_path, before):
+    run(NoDecayBias, tmp_path, ["--max_steps", "4", "--weight_decay", before])
+    resumed = run(NoDecayBias, tmp_path, ["--resume", "auto", "--max_steps", "8", "--weight_decay", "0.3"])
+    assert resumed.global_step == 8
+    assert [len(g["params"]) for g in resumed.optimizer.param_groups] == [1, 1]  # weight; bias
+    assert [g["weight_decay"] for g in resumed.optimizer.param_groups] == [0.3, 0.0]
 
 
 def test_a_flag_that_cannot_change_on_resume_is_refused_naming_it(tmp_path, capsys):

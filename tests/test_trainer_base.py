@@ -2,6 +2,7 @@
 import csv
 import glob
 import json
+import math
 import os
 
 import pytest
@@ -96,6 +97,50 @@ def test_scheduler_steps_per_optimizer_step(toy_argv):
     trainer.fit()
     assert trainer.scheduler.last_epoch == trainer.global_step == 10
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-9)  # cosine to 0
+
+
+class UpdateProbe(HookBase):
+    """The weight before each step, its gradient after backward, and the weight after the update."""
+
+    def __init__(self):
+        self.before, self.grads, self.after = [], [], []
+
+    def before_step(self):
+        self.before.append(self.trainer.module.weight.detach().clone())
+
+    def after_backward(self):
+        self.grads.append(self.trainer.module.weight.grad.detach().clone())
+
+    def after_step(self):
+        self.after.append(self.trainer.module.weight.detach().clone())
+
+
+def test_the_kth_update_uses_the_schedules_lr_for_step_k(toy_argv):
+    # Plain SGD (no momentum, no decay): update k is w - lr_k * g_k. The schedule of step k is
+    # 0.1 x WarmupCosine(3, 6)(k): warmup 0.001, 0.334, 0.667, then cosine 1, 0.75, 0.25.
+    probe = UpdateProbe()
+    make(toy_argv + ["--max_steps", "6", "--warmup_steps", "3", "--optimizer", "sgd", "--momentum", "0",
+                     "--lr", "0.1"], [probe]).fit()
+    factors = [0.001, 0.001 + 0.999 / 3, 0.001 + 2 * 0.999 / 3, 1.0, 0.75, 0.25]
+    assert len(probe.after) == len(factors)
+    for k, factor in enumerate(factors):
+        torch.testing.assert_close(probe.after[k], probe.before[k] - 0.1 * factor * probe.grads[k])
+
+
+def test_a_warmup_longer_than_half_the_run_is_cut_to_half_with_a_warning(toy_argv):
+    lrs = []
+
+    class LR(HookBase):
+        def before_step(self):
+            lrs.append(self.trainer.optimizer.param_groups[0]["lr"])
+
+    trainer = make(toy_argv + ["--max_steps", "20", "--warmup_steps", "100"], [LR()])
+    trainer.fit()
+    assert lrs.index(max(lrs)) == 10 and max(lrs) == pytest.approx(0.05)  # warmup 10, then 10 steps of cosine
+    assert lrs[-1] == pytest.approx(0.05 * 0.5 * (1 + math.cos(math.pi * 9 / 10)))
+    with open(os.path.join(trainer.run_dir, f"Toy_{trainer.timestamp}_log.txt")) as f:
+        (line,) = [line for line in f.read().splitlines() if "--warmup_steps" in line]
+    assert " WARNING --warmup_steps 100 is more than half of the run's 20 optimizer steps: warming up for 10" in line
 
 
 def test_early_stopping_stops_after_patience(toy_argv):
