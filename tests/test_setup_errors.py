@@ -1,4 +1,4 @@
-"""Bad input found after a new run's folder exists.
+"""Bad input found after a new run's folder exists, and an evaluation of a split the run does not have.
 
 A run folder is made before the data and model are built (the log records the build), so an error
 there must leave a folder that says what happened: the error line in the run log, ``crashed`` with
@@ -11,9 +11,11 @@ import pathlib
 
 import pytest
 from conftest import ToyTrainer
-from test_bad_input import error_line, run_main
+from test_bad_input import error_line, expect, run_main
 from test_data import two_classes
 
+from base.cli import main
+from evaluators.vanilla_evaluator import VanillaEvaluator
 from trainers.vanilla_trainer import VanillaTrainer
 from utils import runs
 
@@ -50,3 +52,13 @@ def test_a_crash_while_training_puts_its_error_line_in_the_log(tmp_path):
         trainer.fit()
     log = pathlib.Path(trainer.run_dir, f"Toy_{trainer.timestamp}_log.txt").read_text().splitlines()
     assert [x for x in log if "boom" in x] == [log[-1]] and log[-1].endswith(" ERROR crashed: RuntimeError: boom")
+
+
+def test_eval_of_the_test_split_of_a_run_without_one_is_one_line(tmp_path, capsys):
+    trainer = VanillaTrainer.from_argv(["--output_dir", str(tmp_path), *DIGITS, "--test_fraction", "0"])
+    trainer.fit()
+    best = trainer.checkpoint_path("best")
+    expect(VanillaEvaluator, ["--model_path", best, "--split", "test"], capsys, 1,
+           "--split test", "no test split", "--test_fraction 0", "--split val")
+    assert not glob.glob(os.path.join(trainer.run_dir, "*_eval_test.json"))
+    assert main(VanillaEvaluator, ["--model_path", best, "--split", "val"]) == 0  # the run's val split still works
