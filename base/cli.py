@@ -4,21 +4,8 @@ import sys
 import threading
 
 from base.config import ConfigError, str2bool
-from base.errors import UserError
+from base.errors import UserError, one_line
 from base.signals import Preempted, ctrl_c_ignored, release_frames
-
-
-def one_line(exc):
-    """The user-facing line of ``exc``.
-
-    An exception re-raised from a DataLoader worker carries the worker's
-    traceback in its message; its last line holds the original message.
-    """
-    text = str(exc).strip()
-    if "Original Traceback" in text:
-        text = text.splitlines()[-1]
-        text = text.split(": ", 1)[1] if ": " in text else text
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def main(cls, argv=None):

@@ -30,3 +30,23 @@ class BadImageError(DataError):
 
     def __reduce__(self):  # DataLoader workers pickle exceptions; keep the path
         return (type(self), (self.path, str(self).split(": ", 1)[-1]))
+
+
+def one_line(exc):
+    """The user-facing line of ``exc`` (str): its message's first line, or its type's name without one.
+
+    An exception re-raised from a DataLoader worker carries the worker's
+    traceback in its message; its last line holds the original message.
+    """
+    text = str(exc).strip()
+    if "Original Traceback" in text:
+        text = text.splitlines()[-1]
+        text = text.split(": ", 1)[1] if ": " in text else text
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def error_line(exc):
+    """``"<type>: <one line>"`` (the type alone for an exception without a message, e.g. ``KeyboardInterrupt``):
+    how a run's log and its ``status.json`` record the error that stopped it."""
+    name = type(exc).__name__
+    return f"{name}: {one_line(exc)}" if str(exc).strip() else name

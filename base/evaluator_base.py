@@ -16,7 +16,7 @@ import torch
 
 from base.checkpoint import load_checkpoint, load_model_state
 from base.config import build_parser, coerce_saved_values
-from base.errors import CheckpointError
+from base.errors import CheckpointError, UserError
 
 #: ``--help``'s title for the trainer's flags, which an evaluator accepts to override the saved values.
 TRAINER_FLAGS_TITLE = "trainer flags (override the checkpoint's)"
@@ -124,6 +124,7 @@ class EvaluatorBase(abc.ABC):
         weights, saved = self.load_weights_and_config()
         self.task = self.trainer_class(self.resolve_task_config(saved))
         self.task.build()
+        self.check_split()
         load_model_state(self.task.model, weights,
                          f"--model_path {self.args.model_path} (model_type {saved.get('model_type')!r}, "
                          f"evaluating {self.task.args.model_type!r})")
@@ -139,6 +140,22 @@ class EvaluatorBase(abc.ABC):
         with open(self.output_path(".json"), "w", encoding="utf-8") as f:
             json.dump(results, f, indent=2)
         return results
+
+    def check_split(self):
+        """Refuse a ``--split`` of which the rebuilt task has no sample (``test`` of a run trained with
+        ``--test_fraction 0``), before any evaluation.
+
+        Raises:
+            UserError: one line naming ``--split``, ``--model_path`` and what to evaluate instead.
+        """
+        split = self.args.split
+        if len(self.task.datasets.get(split, ())):
+            return
+        why = (" (it was trained with --test_fraction 0)"
+               if split == "test" and getattr(self.task.args, "test_fraction", None) == 0 else "")
+        instead = "; evaluate --split val" if split == "test" else ""
+        raise UserError(f"--split {split}: the run of --model_path {self.args.model_path} has no {split} "
+                        f"split{why}{instead}")
 
     def output_path(self, suffix, kind="eval"):
         """``<checkpoint folder>/<checkpoint stem>_<kind>_<split><suffix>``."""

@@ -158,12 +158,18 @@ def _write_json(path, doc):
         raise cannot_write_error(path, exc) from exc
 
 
+#: ``extra=`` of a record for the run's log file alone, not stderr: what the console shows already in
+#: another form (the entry script's one error line).
+FILE_ONLY = {"console": False}
+
+
 def setup_logger(name, log_path=None, level=logging.INFO):
     """A logger writing ``time level message`` lines to stderr and ``log_path`` (appended).
 
     Its handlers are also attached to the root logger (whose level is lowered
     to ``level`` if higher) until :func:`close_logger`, so what a task or hook
     logs with ``logging.getLogger(__name__)`` reaches the console and the run log too.
+    A record logged with ``extra=FILE_ONLY`` goes to ``log_path`` only.
     """
     logger = logging.getLogger(name)
     logger.setLevel(level)
@@ -171,6 +177,7 @@ def setup_logger(name, log_path=None, level=logging.INFO):
     close_logger(logger)
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
     handlers = [logging.StreamHandler(sys.stderr)]
+    handlers[0].addFilter(lambda record: getattr(record, "console", True))
     if log_path:
         handlers.append(logging.FileHandler(log_path, mode="a", encoding="utf-8"))
     root = logging.getLogger()

@@ -1,10 +1,12 @@
 """``<run>/status.json``: what state a run is in, kept up to date by its trainer (read by ``utils.runs``).
 
-Written (atomically, by rank 0) when a launch starts (``running``), after
-every validation (progress, best metric), and when it ends: ``finished``,
+Written (atomically, by rank 0) when a launch starts (``running``: a new run
+as soon as its folder exists, so an error while its data and model are built
+is recorded too; a resumed run once its checkpoint has loaded), after every
+validation (progress, best metric), and when it ends: ``finished``,
 ``preempted`` (SIGTERM/SIGINT, a checkpoint to resume from) or ``crashed``
-(an exception; its first line is kept in ``error``). A process killed
-without warning (``kill -9``, a lost node) leaves ``running`` behind; the
+(an exception; its line, ``<type>: <message>``, is kept in ``error``). A process
+killed without warning (``kill -9``, a lost node) leaves ``running`` behind; the
 run folder's lock (:mod:`base.run_lock`) tells such a run from a live one.
 
 Fields: ``status``, ``resumes`` (launches after the first), ``trainer``,
@@ -21,6 +23,8 @@ import math
 import os
 import socket
 import time
+
+from base.errors import error_line
 
 STATUS_FILE = "status.json"
 STATES = ("running", "finished", "preempted", "crashed")
@@ -95,8 +99,7 @@ class RunStatus:
         if test is not None:
             self.doc["test"] = {k: float(v) for k, v in test.items()}
         if error is not None:
-            lines = str(error).strip().splitlines()
-            self.doc["error"] = f"{type(error).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+            self.doc["error"] = error_line(error)
         self._write(status, trainer)
 
     def _write(self, status, trainer):

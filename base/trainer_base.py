@@ -226,8 +226,11 @@ class TrainerBase(StepMixin, CheckpointingMixin, ResumeMixin, ValidationMixin, T
     def setup(self):
         """Create (or, resuming, reopen) the run folder, write the config, build everything.
 
-        A resumed run's config file is updated only once its checkpoint has
-        loaded, so a failed resume leaves the run as it was.
+        A new run's ``status.json`` starts as soon as its folder exists, so an
+        error while it is built (bad data, a ``--pretrained_path`` that fits
+        nothing) leaves ``crashed`` and the error line there and in the log (see
+        :meth:`fit`). A resumed run's config file and status are updated only
+        once its checkpoint has loaded, so a failed resume leaves the run as it was.
 
         Raises:
             CheckpointError: ``--resume`` names a checkpoint that does not fit.
@@ -235,6 +238,8 @@ class TrainerBase(StepMixin, CheckpointingMixin, ResumeMixin, ValidationMixin, T
         """
         a, main = self.args, self.rank == 0
         self._open_run_dir()
+        if main and not self.resume_from:  # from here on a failure leaves `crashed` in the new run's folder
+            self._begin_status()
         config_path = os.path.join(self.run_dir, f"config_{file_name_part(a.proj_name)}_{self.timestamp}.json")
         if not self.resume_from and main:
             run_dir.write_config(config_path, a, self.provenance, {"timestamp": self.timestamp, "trainer":

@@ -4,16 +4,30 @@ Mixed into :class:`base.trainer_base.TrainerBase`; kept apart so the loop itself
 """
 import math
 
+from base.errors import error_line
 from base.loggers import LoggerSet, RunInfo, build_loggers, parse_logger_names
+from base.run_dir import FILE_ONLY
 from base.run_status import RunStatus, read_status
 
 
 class TrackingMixin:
-    """Rank 0 opens ``status.json`` and the loggers once set up (:meth:`_start_tracking`) and records
-    how the launch ended (:meth:`_end_tracking`); other processes have neither."""
+    """Rank 0 opens ``status.json`` (:meth:`_begin_status`, :meth:`_start_tracking`) and the loggers once
+    set up (:meth:`_start_tracking`), and records how the launch ended (:meth:`_end_tracking`); other
+    processes have neither."""
+
+    def _begin_status(self):
+        """Mark a new run ``running`` in status.json as soon as its folder exists (rank 0).
+
+        So an error while its data and model are built leaves ``crashed`` and that error there, not a
+        folder that says nothing. A resumed run's status changes only once its checkpoint has loaded
+        (:meth:`_start_tracking`): a failed resume leaves the run as it was.
+        """
+        self.status = RunStatus(self.run_dir)
+        self.status.begin(self, resumed=False)
 
     def _start_tracking(self, config_path):
-        """Mark the run ``running`` in status.json and open the ``--loggers`` (rank 0)."""
+        """Mark a resumed run ``running`` in status.json (a new one: record its plan) and open the
+        ``--loggers`` (rank 0)."""
         a = self.args
         keep = self.global_step - 1 if self._redo_validation else self.global_step  # as metrics.csv
         # A resumed run's loggers keep what earlier launches logged up to `keep`; a launch that
@@ -24,8 +38,11 @@ class TrackingMixin:
         # from an older checkpoint of the same step (one written before that validation) redoes work.
         self._ended_logged = (old.get("status") == "finished" and old.get("global_step") == self.global_step
                               and self._validated_at == self.global_step and not self._redo_validation)
-        self.status = RunStatus(self.run_dir)
-        self.status.begin(self, resumed=bool(self.resume_from))
+        if self.resume_from:
+            self.status = RunStatus(self.run_dir)
+            self.status.begin(self, resumed=True)
+        else:  # begun when its folder was made: now with the planned steps
+            self.status.progress(self)
         self.loggers = LoggerSet(build_loggers(parse_logger_names(a.loggers)), warn=self.logger.warning)
         # A finished run resumed from its end state redoes nothing: its loggers keep all they hold (the
         # test's points come after `last`, and this launch does not log them again), so no rows are cut.
@@ -38,8 +55,12 @@ class TrackingMixin:
         """Record how this launch ended in status.json and close the loggers with the final metrics (rank 0).
 
         ``status``: 'finished', 'preempted' or 'crashed'. With an ``error`` (the launch is failing
-        already) a failure here is logged, never raised over it.
+        already) a failure here is logged, never raised over it. A crash's error line goes to the run
+        log as well (every process with a log file), to the file only: the entry script prints it on
+        the console.
         """
+        if status == "crashed" and error is not None and self.logger is not None:
+            self.logger.error("crashed: %s", error_line(error), extra=FILE_ONLY)
         if self.status is None:
             return
         final = {}

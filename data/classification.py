@@ -30,7 +30,7 @@ import os
 import torch
 from torch.utils.data import Dataset, Subset
 
-from base.config import check, check_dir_exists, str2bool
+from base.config import check, str2bool
 from base.errors import DataError
 from data.elpv import load_elpv
 from data.image_folder import load_image_folder
@@ -85,6 +85,10 @@ def validate_data_config(args):
 
     ``--val_fraction`` must be > 0; the model's own minimum image size is checked by the
     trainer (see :func:`image_side`).
+
+    Raises:
+        ConfigError: a flag value breaks a rule (exit status 2).
+        DataError: ``--data_dir`` is missing (see :func:`check_data_dir`).
     """
     check(args.data_type in DATA_TYPES, "data_type", args.data_type, f"must be one of {DATA_TYPES}")
     for flag in ("train_val_sample_rate", "test_sample_rate"):
@@ -98,15 +102,31 @@ def validate_data_config(args):
     check(args.val_fraction + args.test_fraction < 1, "val_fraction", args.val_fraction,
           f"--val_fraction + --test_fraction ({args.test_fraction}) must be < 1 to leave training data")
     check(args.image_size > 0, "image_size", args.image_size, "must be > 0")
-    if args.data_type in ("Digits", "ELPV"):
+    check_data_dir(args)
+
+
+def check_data_dir(args):
+    """Raise ``DataError`` unless ``--data_dir`` is there for a ``--data_type`` read from a folder.
+
+    A missing data folder (not given, no such folder, an empty ImageFolder) is bad input found
+    at run time, exit status 1, as for every task (see :func:`data.carvana.check_layout`); cheap
+    (no file is read), so a trainer refuses before it creates a run folder. With ``--download
+    true`` (MNIST, FashionMNIST, CIFAR10) the folder may not exist yet: it is made.
+    """
+    if args.data_type in ("Digits", "ELPV"):  # shipped with a package: no folder
         return
-    check(bool(args.data_dir), "data_dir", args.data_dir,
-          f"--data_type {args.data_type} needs a folder that holds (or will hold) its files")
-    if args.data_type == "ImageFolder":
-        check_dir_exists("data_dir", args.data_dir)
-    elif not args.download:
-        check(os.path.isdir(args.data_dir), "data_dir", args.data_dir,
-              "no such folder (pass --download true to create it and fetch the files)")
+    downloadable = args.data_type != "ImageFolder"
+    if not args.data_dir:
+        will = " (or, with --download true, will hold)" if downloadable else ""
+        raise DataError(f"--data_type {args.data_type} needs --data_dir, a folder that holds{will} its files")
+    if args.download and downloadable:
+        return
+    if not os.path.isdir(args.data_dir):
+        hint = " (pass --download true to create it and fetch the files)" if downloadable else ""
+        problem = "not a folder" if os.path.exists(args.data_dir) else f"no such folder{hint}"
+        raise DataError(f"--data_dir {args.data_dir}: {problem}")
+    if not downloadable and not os.listdir(args.data_dir):
+        raise DataError(f"--data_dir {args.data_dir}: the folder is empty; expected <class>/ folders of images")
 
 
 def image_side(args):

@@ -1,8 +1,8 @@
 """Every bad input ends in one error line that names the culprit, never a traceback.
 
 Status 2: a bad flag or config value (one ``error:`` line that points to
-``--help``). Status 1: bad input found while running (a missing or foreign
-checkpoint, nothing to resume). All in-process through ``base.cli.main``, as the entry
+``--help``). Status 1: bad input found while running (a missing data folder,
+a missing or foreign checkpoint, nothing to resume). All in-process through ``base.cli.main``, as the entry
 scripts call it.
 """
 import os
@@ -87,8 +87,6 @@ def trained(tmp_path_factory):
     (["--train_val_sample_rate", "1.5"], ["--train_val_sample_rate=1.5", "(0, 1]"]),
     (["--test_sample_rate", "0"], ["--test_sample_rate=0.0", "(0, 1]"]),
     (["--test_sample_rate", "1.5"], ["--test_sample_rate=1.5", "(0, 1]"]),
-    (["--data_type", "ImageFolder"], ["--data_dir", "ImageFolder"]),
-    (["--data_type", "ImageFolder", "--data_dir", "/no/such/folder"], ["--data_dir", "/no/such/folder"]),
     # A run folder is <output_dir>/<proj_name>/<timestamp>: the name must stay one folder below --output_dir.
     (["--proj_name", ".."], ["--proj_name='..'"]),
     (["--proj_name", "."], ["--proj_name='.'"]),
@@ -99,15 +97,6 @@ def trained(tmp_path_factory):
 def test_bad_flag_value_exits_2_naming_it(tmp_path, capsys, argv, names):
     expect(VanillaTrainer, ["--output_dir", str(tmp_path), "--gpu_devices", "cpu", *argv], capsys, 2, *names)
     assert not os.path.exists(tmp_path / "Vanilla")  # refused before any run folder
-
-
-def test_empty_data_dir_exits_2(tmp_path, capsys):
-    empty = tmp_path / "images"
-    empty.mkdir()
-    line = expect(VanillaTrainer, ["--output_dir", str(tmp_path), "--gpu_devices", "cpu",
-                                   "--data_type", "ImageFolder", "--data_dir", str(empty)],
-                  capsys, 2, "--data_dir", str(empty))
-    assert "empty" in line
 
 
 def test_output_dir_under_a_file_exits_2(tmp_path, capsys):
@@ -145,6 +134,30 @@ def test_a_run_folder_outside_output_dir_is_refused(tmp_path, name):
     with pytest.raises(RunDirError, match="outside --output_dir"):
         create_run_dir(str(out), name)
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------ a missing data folder (status 1, as for Carvana)
+@pytest.mark.parametrize("argv, names", [
+    (["--data_type", "ImageFolder"], ["--data_type ImageFolder needs --data_dir"]),
+    (["--data_type", "FashionMNIST"], ["--data_type FashionMNIST needs --data_dir", "--download true"]),
+    (["--data_type", "ImageFolder", "--data_dir", "/no/such/folder"], ["--data_dir /no/such/folder: no such folder"]),
+    (["--data_type", "MNIST", "--data_dir", "/no/such/folder"], ["--data_dir /no/such/folder: no such folder",
+                                                                 "--download true"]),
+    (["--data_type", "CIFAR10", "--data_dir", "/no/such/folder"], ["--data_dir /no/such/folder: no such folder"]),
+])
+def test_a_missing_data_folder_exits_1_naming_it(tmp_path, capsys, argv, names):
+    expect(VanillaTrainer, ["--output_dir", str(tmp_path), "--gpu_devices", "cpu", *argv], capsys, 1, *names)
+    assert not os.path.exists(tmp_path / "Vanilla")  # refused before any run folder
+
+
+def test_an_empty_or_file_data_dir_exits_1(tmp_path, capsys):
+    empty = tmp_path / "images"
+    empty.mkdir()
+    argv = ["--output_dir", str(tmp_path), "--gpu_devices", "cpu", "--data_type", "ImageFolder", "--data_dir"]
+    expect(VanillaTrainer, [*argv, str(empty)], capsys, 1, f"--data_dir {empty}: the folder is empty")
+    (tmp_path / "afile").write_text("x")
+    expect(VanillaTrainer, [*argv, str(tmp_path / "afile")], capsys, 1, f"--data_dir {tmp_path / 'afile'}: not a folder")
+    assert not os.path.exists(tmp_path / "Vanilla")
 
 
 # ------------------------------------------------------------------ resume (status 1)

@@ -287,9 +287,6 @@ def test_defaults():
     (["--test_fraction", "1"], "--test_fraction=1.0"),
     (["--val_fraction", "0.5", "--test_fraction", "0.5"], "--val_fraction=0.5"),
     (["--image_size", "0"], "--image_size=0"),
-    (["--data_type", "FashionMNIST"], "--data_dir=None: --data_type FashionMNIST needs a folder"),
-    (["--data_type", "ImageFolder", "--data_dir", "/no/such/dir"], "--data_dir='/no/such/dir'"),
-    (["--data_type", "MNIST", "--data_dir", "/no/such/dir"], "--download true"),
 ])
 def test_validation_names_the_flag(argv, expected):
     with pytest.raises(ConfigError) as info:
@@ -297,9 +294,21 @@ def test_validation_names_the_flag(argv, expected):
     assert expected in str(info.value)
 
 
+@pytest.mark.parametrize("argv, expected", [
+    (["--data_type", "FashionMNIST"], "--data_type FashionMNIST needs --data_dir"),
+    (["--data_type", "ImageFolder", "--data_dir", "/no/such/dir"], "--data_dir /no/such/dir: no such folder"),
+    (["--data_type", "MNIST", "--data_dir", "/no/such/dir"], "--download true"),
+])
+def test_a_missing_data_folder_is_a_data_error_naming_it(argv, expected):
+    with pytest.raises(DataError) as info:  # bad data, exit status 1, as a missing Carvana folder
+        validate_data_config(make_args(argv))
+    assert expected in str(info.value)
+
+
 def test_validation_rejects_an_empty_image_folder(tmp_path):
-    with pytest.raises(ConfigError, match="empty"):
+    with pytest.raises(DataError, match="empty"):
         validate_data_config(make_args(["--data_type", "ImageFolder", "--data_dir", str(tmp_path)]))
+    validate_data_config(make_args(["--data_type", "MNIST", "--data_dir", str(tmp_path / "new"), "--download"]))
 
 
 def test_digits_read_from_the_bundled_file_equal_scikit_learns_load_digits():

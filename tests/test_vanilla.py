@@ -134,7 +134,7 @@ def test_saved_config_starts_an_identical_run(tmp_path):
 @pytest.mark.parametrize("argv,status,message", [
     (["trainer_vanilla.py", "--batch_size", "0"], 2, "--batch_size=0: must be > 0"),
     (["trainer_vanilla.py", "--train_val_sample_rate", "1.5"], 2, "--train_val_sample_rate=1.5"),
-    (["trainer_vanilla.py", "--data_type", "FashionMNIST"], 2, "--data_dir"),
+    (["trainer_vanilla.py", "--data_type", "FashionMNIST"], 1, "--data_dir"),  # a missing data folder
     (["trainer_vanilla.py", "--model_type", "ResNet9000"], 2, "invalid choice: 'ResNet9000'"),
     (["eval_vanilla.py", "--model_path", "no/such.pth"], 1, "--model_path no/such.pth: no such file"),
 ])

@@ -3,13 +3,13 @@
 One row per run folder (a folder holding ``config_*.json``, searched up to
 three levels below the given folders): project, timestamp, trainer, model,
 data, progress (epochs or steps done of planned), the best monitored
-validation metric, the test metric of the best checkpoint, wall time and
-status. Status is read from the ``status.json`` each trainer keeps (see
-:mod:`base.run_status`): finished, running, preempted, crashed, with
-``resumed Nx`` when the run was resumed; ``killed`` when it says running but
-its process is gone (``kill -9``, a lost machine); ``unknown`` for runs
-written before status files existed; ``corrupt status.json`` when the file
-cannot be read (a warning line names it).
+validation metric, the test metric of the best checkpoint, wall time,
+status and, for a crashed run, its error line. Status is read from the
+``status.json`` each trainer keeps (see :mod:`base.run_status`): finished,
+running, preempted, crashed, with ``resumed Nx`` when the run was resumed;
+``killed`` when it says running but its process is gone (``kill -9``, a lost
+machine); ``unknown`` for runs written before status files existed; ``corrupt
+status.json`` when the file cannot be read (a warning line names it).
 
 ``--diff`` prints, instead of the results, the config keys that differ
 across the listed runs, one column each (``utils.configcmp`` compares two runs
@@ -28,7 +28,8 @@ from base.run_lock import process_alive
 from base.run_status import STATUS_FILE, read_status
 from utils.configcmp import load
 
-COLUMNS = ("project", "timestamp", "trainer", "model", "data", "progress", "best", "test", "wall", "status")
+COLUMNS = ("project", "timestamp", "trainer", "model", "data", "progress", "best", "test", "wall", "status",
+           "error")
 #: Keys that differ between runs without being part of the experiment.
 NOT_COMPARED = LAUNCH_ONLY | {"output_dir", "gpu_devices", "num_workers", "loggers"}
 
@@ -96,6 +97,7 @@ def run_row(folder):
         "test": f"{metric} {_number(test_value)}" if test_value is not None else "",
         "wall": _wall(status.get("wall_seconds")),
         "status": status_text(status) if warning is None else f"corrupt {STATUS_FILE}",
+        "error": status.get("error") or "",  # why a crashed launch stopped: the line its script printed
     }
     row["_sort"] = {**row, "best": best, "test": test_value, "wall": status.get("wall_seconds"),
                     "progress": status.get("global_step")}
