@@ -6,7 +6,7 @@ through a :class:`LoggerSet`. Call order for one launch of a run (a resume
 is a new launch of the same run)::
 
     start(run)                 once, after the run folder and any resumed state are ready
-    [ log_scalars(scalars, step) | log_image(name, image, step) ]*
+    [ log_scalars(scalars, step) | log_image(name, image, step) | rewind(states, step) ]*
     finish(status, final, step)  once: status 'finished', 'preempted' or 'crashed'
     close()                    always (also after a failed start)
 
@@ -14,7 +14,10 @@ What each logger receives: the resolved config with provenance at ``start``
 (TensorBoard as a text table, W&B as the run's config, MLflow as params and
 tags; ``csv`` relies on the config JSON beside it), ``train/*`` scalars every
 ``--log_every_steps``, ``val/*`` scalars at each validation, ``test/*`` at the
-end, and the final metrics at ``finish``.
+end, and the final metrics at ``finish``. ``rewind`` comes when the trainer
+loads a checkpoint mid-launch (``--nonfinite rollback``): what was logged after
+it is forgotten where the logger can (as a resume does at ``start``), since the
+steps after it are redone and logged again.
 
 Each ``(name, step)`` is recorded once by each logger, also across launches.
 A resumed launch redoes the steps after ``RunInfo.step`` and logs them again,
@@ -96,6 +99,15 @@ class RunLogger:
 
     def flush(self):
         """Make what was logged so far durable (called at the end of training and of the test)."""
+
+    def rewind(self, states, step):
+        """Forget what was logged after a checkpoint the launch has just gone back to; it is logged again.
+
+        ``states`` is ``{logger name: state}`` as saved in that checkpoint (this
+        logger's :meth:`state_dict` under its :attr:`name`, as :attr:`RunInfo.states`),
+        ``step`` the optimizer step the launch goes on from (int): the points up to
+        it stay. A logger that cannot forget leaves what it logged.
+        """
 
     def state_dict(self):
         """What a resume from a checkpoint saved now must know of this logger (plain types), or ``None``.
@@ -200,6 +212,9 @@ class LoggerSet:
     def flush(self):
         self._call("flush")
 
+    def rewind(self, states, step):
+        self._call("rewind", states, step)
+
     def finish(self, status, final, step):
         for logger in [lg for lg in self._started if lg not in self._finished]:
             self._finished.append(logger)  # once, even if it raises here
@@ -268,6 +283,22 @@ class TensorBoardLogger(RunLogger):
     def flush(self):
         self._write(self.writer.flush)
 
+    def rewind(self, states, step):
+        """Go on in a new events file whose ``purge_step`` is ``step + 1``: TensorBoard hides the points
+        after ``step`` in the files before it, which this launch logs again.
+
+        TensorBoard purges whole steps: a validation at ``step`` itself logged after the checkpoint (when
+        its step checkpoint was saved before it) is kept, and shows twice once it is done again.
+        """
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.flush()  # what was logged up to now reaches the old file before the new one starts
+        self.close()
+
+        def reopen():
+            self.writer = SummaryWriter(self.folder, purge_step=step + 1)
+        self._write(reopen)
+
     def finish(self, status, final, step):
         if status != "finished" or not final:
             return
@@ -290,8 +321,8 @@ class CSVLogger(RunLogger):
 
     ``metrics.csv`` (one row per validation) is written whatever ``--loggers``
     says: resume, ``inspect_history.py`` and ``utils.runs`` read it. On resume
-    the file is cut back to the rows the checkpoint covers (its state counts
-    them; see :mod:`base.row_files`).
+    and on a rollback the file is cut back to the rows the checkpoint covers
+    (its state counts them; see :mod:`base.row_files`).
     """
 
     name = "csv"
@@ -302,8 +333,22 @@ class CSVLogger(RunLogger):
 
     def start(self, run):
         self.path = os.path.join(run.run_dir, "scalars.csv")
-        covered = (run.states.get(self.name) or {}).get("rows")  # None: a new run, or a checkpoint without it
-        header, self.rows = resume_rows(self.path, covered, lambda row: step_of(row) <= run.step,
+        self.rewind(run.states, run.step)
+
+    def rewind(self, states, step):
+        """Keep the rows the checkpoint of ``states`` counts, drop the rest, and append after them.
+
+        ``states``' ``csv`` entry ``None`` (a new run, or a checkpoint written before rows were
+        counted): keep the rows up to ``step``. See :func:`base.row_files.resume_rows`.
+
+        Raises:
+            RunDirError: the file cannot be read, repaired or rewritten; names it.
+        """
+        if self.file is not None:  # a rollback: the rows written so far reach the file before it is cut
+            self.flush()
+            self.close()
+        covered = (states.get(self.name) or {}).get("rows")
+        header, self.rows = resume_rows(self.path, covered, lambda row: step_of(row) <= step,
                                         lambda header: tuple(header) == self.HEADER, "\n")
         try:
             self.file = open(self.path, "a", newline="", encoding="utf-8")

@@ -122,8 +122,8 @@ class TrainerBase(StepMixin, CheckpointingMixin, ResumeMixin, ValidationMixin, T
         # and whether one of those launches finished there (see TrackingMixin._start_tracking).
         self._logged_until, self._ended_logged = -1, False
         self.metrics_csv = None  # rank 0's MetricsCSV, from setup on
-        # What the checkpoint resumed from covers of metrics.csv (rows) and of each logger (its state).
-        self._resumed_metrics_rows, self._resumed_logger_states = None, {}
+        # What the checkpoint loaded last covers of each logger (its state), for loggers started after it.
+        self._resumed_logger_states = {}
         # train/grad_norm (a device tensor) and train/images_per_sec: the training clock and the
         # window's sample count when it started (validation and checkpoint time is left out).
         self._grad_norm, self._log_clock, self._clock_count = None, None, 0
@@ -279,9 +279,7 @@ class TrainerBase(StepMixin, CheckpointingMixin, ResumeMixin, ValidationMixin, T
             built = [group.get("weight_decay") for group in self.optimizer.param_groups]  # before the load
             self.resume(self.resume_from[1])
             self._apply_resume_changes(built)
-            if main:
-                # The rows the checkpoint covers stay; the work after it (a validation too) is redone and logged again.
-                self.metrics_csv.resume(self._resumed_metrics_rows, self._validated_at)
+            if main:  # (loading it cut metrics.csv back to the rows it covers: see _keep_rows_of_checkpoint)
                 run_dir.record_resume(config_path, a, self.provenance, self.resume_from[1], self.resume_changes)
         note = optim.warmup_note(self.scheduler, a.warmup_steps)  # after a resume: the warmup it continues
         if note:

@@ -82,11 +82,12 @@ class CheckpointingMixin:
         }
 
     def load_state_dict(self, state, source="checkpoint"):
-        """Restore everything :meth:`state_dict` saved.
+        """Restore everything :meth:`state_dict` saved; metrics.csv and the loggers keep only what it covers.
 
         Raises:
             CheckpointError: the checkpoint's model, optimizer or hooks do not
                 fit this trainer; the message names ``source`` and both sides.
+            RunDirError: metrics.csv or a logger's file cannot be cut back; names it.
         """
         saved_type = json.loads(state.get("config") or "{}").get("model_type")
         what = f"{source} (model_type {saved_type!r}; this run builds {self.args.model_type!r})"
@@ -110,8 +111,7 @@ class CheckpointingMixin:
         self.samples_in_epoch = state.get("samples_in_epoch", self.batch_in_epoch * self.args.batch_size)
         self.lr_scale, self._redo_validation = state.get("lr_scale", 1.0), state.get("validating", False)
         self._validated_at, self.skipped_steps = state["validated_at"], state["skipped_steps"]
-        # (older checkpoints: None and {}, the row files are then cut back by step)
-        self._resumed_metrics_rows, self._resumed_logger_states = state.get("metrics_rows"), state.get("loggers") or {}
+        self._resumed_logger_states = state.get("loggers") or {}  # for loggers that start after this
         saved_world = self._resumed_world_size = state.get("world_size", 1)
         self._load_running_sums(state, source)
         if saved_world != self.world_size:
@@ -119,6 +119,9 @@ class CheckpointingMixin:
                              "out again over %d (each sample once), so the run goes on correctly but not "
                              "bit-identically to one that kept %d", source, saved_world, self.world_size,
                              self.epoch + 1, self.world_size, saved_world)
+        # Last, once the state fits: the rows logged after this checkpoint go (older checkpoints: None and
+        # {}, the row files are then cut back by step).
+        self._keep_rows_of_checkpoint(state.get("metrics_rows"), self._resumed_logger_states)
 
     def _load_running_sums(self, state, source):
         """Take up the training-loss sums since the last validation and the logging window's sums.
@@ -291,7 +294,9 @@ class CheckpointingMixin:
 
         ``raise``: stop with ``FloatingPointError`` naming the step. ``skip``:
         drop the batch and count it. ``rollback``: reload the newest resumable
-        checkpoint and multiply the learning rate by ``--rollback_lr_factor``.
+        checkpoint and multiply the learning rate by ``--rollback_lr_factor``;
+        the rows and points logged after that checkpoint are dropped, as on resume,
+        since the steps after it are done and logged again.
         Both stop with ``FloatingPointError`` after ``--max_skipped_steps``.
         """
         a = self.args

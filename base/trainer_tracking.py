@@ -51,6 +51,23 @@ class TrackingMixin:
                                    dict(vars(a)), dict(self.provenance), config_path, keep, bool(self.resume_from),
                                    self._redo_validation, states))
 
+    def _keep_rows_of_checkpoint(self, metrics_rows, logger_states):
+        """Cut metrics.csv and the loggers back to what the checkpoint just loaded covers (rank 0).
+
+        Called whenever a checkpoint is loaded, on resume and on ``--nonfinite rollback`` alike: the
+        work after the checkpoint is redone and logged again, so what was logged of it goes.
+        ``metrics_rows`` (int, or ``None`` from a checkpoint that does not count them) and
+        ``logger_states`` (``{logger name: state}``) are as the checkpoint saved them. Loggers not
+        started yet (a resume) are given ``logger_states`` at ``start`` and cut there.
+
+        Raises:
+            RunDirError: a row file cannot be read, repaired or rewritten; names it.
+        """
+        if self.metrics_csv is not None:
+            self.metrics_csv.resume(metrics_rows, self._validated_at)
+        # The step the points stay up to, as RunInfo.step in _start_tracking.
+        self.loggers.rewind(logger_states, self.global_step - 1 if self._redo_validation else self.global_step)
+
     def _end_tracking(self, status, test=None, error=None):
         """Record how this launch ended in status.json and close the loggers with the final metrics (rank 0).
 

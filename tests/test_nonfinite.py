@@ -1,7 +1,14 @@
-"""--nonfinite raise|skip|rollback: no weight is ever updated from a NaN loss."""
+"""--nonfinite raise|skip|rollback: no weight is ever updated from a NaN loss; a rollback's redone steps are
+logged once."""
+import collections
+import csv
+import os
+
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+import base.trainer_checkpoint
 from base.hooks import HookBase
 from conftest import ToyTrainer
 
@@ -135,3 +142,54 @@ def test_no_checkpoint_holds_a_step_counted_after_a_nonfinite_loss(tmp_path):
     with pytest.raises(FloatingPointError, match=r"non-finite loss at step 3 \(noticed at step 3"):
         trainer.fit()
     assert sorted(p.name for p in tmp_path.glob("Toy/*/*_ckpt.pth")) == ["Toy_step1_ckpt.pth", "Toy_step2_ckpt.pth"]
+
+
+# ------------------------------------------------------------------ rows after a rollback
+ROWS = ["--nonfinite", "rollback", "--log_every_steps", "1", "--lr_scheduler", "none", "--loggers", "csv,tensorboard"]
+
+
+def rows_of(run_dir):
+    """metrics.csv's steps, scalars.csv's ``{(step, name): [value, ...]}`` and TensorBoard's likewise."""
+    with open(os.path.join(run_dir, "metrics.csv"), newline="") as f:
+        validations = [int(r["step"]) for r in csv.DictReader(f)]
+    scalars, board = collections.defaultdict(list), collections.defaultdict(list)
+    with open(os.path.join(run_dir, "scalars.csv"), newline="") as f:
+        for r in csv.DictReader(f):
+            scalars[int(r["step"]), r["name"]].append(float(r["value"]))
+    events = EventAccumulator(os.path.join(run_dir, "summary")).Reload()  # applies purge_step as TensorBoard does
+    for tag in events.Tags()["scalars"]:
+        for point in events.Scalars(tag):
+            board[point.step, tag].append(point.value)
+    return validations, scalars, board
+
+
+def test_rollback_drops_the_rows_logged_after_its_checkpoint_and_logs_the_redone_steps_once(tmp_path):
+    """Step 3's rows are logged after step 2's checkpoint; the NaN at step 4 rolls back to it and step 3 is
+    redone at half the LR: each point is in metrics.csv, scalars.csv and TensorBoard once, the redone one."""
+    trainer, _ = run(tmp_path, {(0, 3)}, *ROWS, "--save_every_steps", "2", "--val_every_steps", "2", once=True)
+    trainer.fit()
+    validations, scalars, board = rows_of(trainer.run_dir)
+    assert validations == [2, 4, 5, 6, 8, 10]
+    for points in (scalars, board):
+        assert {key: values for key, values in points.items() if len(values) > 1} == {}
+        lrs = {step: values[0] for (step, name), values in points.items() if name == "train/lr"}
+        assert lrs == pytest.approx({1: 0.05, 2: 0.05, **{step: 0.025 for step in range(3, 11)}})
+    assert {k for k in scalars if k[0] == 3} == {(3, f"train/{n}") for n in ("loss", "lr", "grad_norm",
+                                                                             "images_per_sec")}
+
+
+def test_rollback_to_a_checkpoint_saved_before_its_steps_validation_logs_that_validation_once(tmp_path, monkeypatch):
+    """Whichever checkpoint the rollback loads: here step 5's, saved before the validation that ends epoch 1
+    (`last`, saved after it, may carry the same file time). The validation is done again after the
+    rollback, and its row and points are in the row files once. TensorBoard purges whole steps: it keeps
+    step 5's first validation points (step 5's training points must stay), so those show twice there."""
+    monkeypatch.setattr(base.trainer_checkpoint, "newest_checkpoint",
+                        lambda run_dir, tags: os.path.join(run_dir, "Toy_step5_ckpt.pth"))
+    trainer, _ = run(tmp_path, {(1, 1)}, *ROWS, "--save_every_steps", "5", once=True)
+    trainer.fit()
+    validations, scalars, board = rows_of(trainer.run_dir)
+    assert trainer.skipped_steps == 1 and validations == [5, 10]
+    twice = {(5, name) for name in ("val/loss", "val/seconds", "train/loss_since_val")}
+    for points, repeated in ((scalars, set()), (board, twice)):
+        assert {key for key, values in points.items() if len(values) > 1} == repeated
+        assert points[5, "train/lr"] == pytest.approx([0.05]) and points[6, "train/lr"] == pytest.approx([0.025])
