@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from base.checkpoint import load_checkpoint
-from base.config import ConfigError
 from evaluators.mae_evaluator import MAEEvaluator
 from model.mae import MAE, patchify, random_masking, unpatchify
 from model.zoo import build_zoo_model
@@ -57,6 +56,56 @@ def test_the_loss_ignores_visible_patches_and_targets_are_normalised_per_patch()
     assert torch.equal(unpatchify(patchify(images, 4), 4, 1), images)
     # without norm_pix_loss the target is the pixels themselves
     assert torch.equal(small_mae(norm_pix_loss=False).targets(images), patchify(images, 4))
+
+
+def test_the_loss_is_the_mean_over_hidden_patches_of_the_per_pixel_squared_error_by_hand():
+    # 8x8 images, 4x4 patches: 4 patches of 16 pixels per image. Two hidden patches per image, fixed.
+    mask = torch.tensor([[1.0, 0.0, 1.0, 0.0], [0.0, 1.0, 1.0, 0.0]])
+    target = torch.randn(2, 4, 16)
+    offset = torch.tensor([[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 8.0]])
+    pred = target + offset[..., None]  # each pixel of patch (n, l) off by offset[n, l]: squared error offset**2
+    images = unpatchify(target, 4, 1)
+    plain = small_mae(side=8, norm_pix_loss=False)
+    # hidden: offsets 1, 3 (image 0) and 6, 7 (image 1); all patches would give 204 / 8, the visible 109 / 4
+    torch.testing.assert_close(plain.loss(images, pred, mask), torch.tensor((1 + 9 + 36 + 49) / 4))
+    # norm_pix_loss: each patch b + a * (+1 or -1, eight of each) has mean b and (unbiased, as in the paper's
+    # code) variance a**2 * 16 / 15, so its target is the sign pattern times a / sqrt(a**2 * 16 / 15 + 1e-6)
+    signs = torch.tensor([1.0, -1.0]).repeat(8)
+    a, b = torch.tensor([[1.0, 2.0, 3.0, 4.0], [0.5, 1.0, 1.5, 2.0]]), torch.arange(8.0).view(2, 4)
+    images = unpatchify(b[..., None] + a[..., None] * signs, 4, 1)
+    normed = small_mae(side=8, norm_pix_loss=True)
+    per_patch = a ** 2 / (a ** 2 * 16 / 15 + 1e-6)  # squared error of a zero prediction
+    expected = (per_patch[0, 0] + per_patch[0, 2] + per_patch[1, 1] + per_patch[1, 2]) / 4
+    torch.testing.assert_close(normed.loss(images, torch.zeros(2, 4, 16), mask), expected)
+
+
+def mae_trainer(tmp_path, *argv):
+    trainer = MAETrainer.from_argv(["--output_dir", str(tmp_path), *DIGITS, *argv])
+    trainer.build()
+    return trainer
+
+
+def hidden_patch_loss(images, pred, mask):
+    """The loss by hand: targets normalised per patch, squared error per pixel, mean over hidden patches."""
+    target = patchify(images, 4)
+    target = (target - target.mean(-1, keepdim=True)) / (target.var(-1, keepdim=True) + 1e-6).sqrt()
+    return ((pred - target) ** 2).mean(-1)[mask == 1].mean()
+
+
+def test_train_step_and_validate_score_the_hidden_patches_of_the_models_own_mask(tmp_path):
+    trainer = mae_trainer(tmp_path, "--knn_k", "0", "--num_viz", "0")
+    seen = []
+    trainer.model.register_forward_hook(lambda module, inputs, output: seen.append((inputs[0], *output)))
+    batch = next(iter(trainer.loaders["train"]))
+    loss = trainer.train_step(batch)["loss"]
+    (images, pred, mask), = seen
+    assert 0 < int(mask.sum()) < mask.numel()  # some patches hidden, some not: the average has to pick
+    torch.testing.assert_close(loss, hidden_patch_loss(images, pred, mask))
+    seen.clear()
+    with torch.no_grad():
+        metrics = trainer.validate([batch])
+    (images, pred, mask), = seen
+    assert metrics == {"loss": pytest.approx(float(hidden_patch_loss(images, pred, mask)), rel=1e-6)}
 
 
 def test_knn_votes_by_weighted_neighbours():
