@@ -51,6 +51,26 @@ def test_mixup_and_cutmix_targets_are_probabilities(tmp_path):
     assert not torch.equal(mixed_images, images)
 
 
+@pytest.mark.parametrize("mix", [["--mixup_alpha", "0.4"], ["--cutmix_alpha", "1.0"]], ids=["mixup", "cutmix"])
+def test_train_step_scores_the_mixed_images_against_the_mixed_soft_targets(tmp_path, mix):
+    trainer = built(tmp_path, *mix, "--label_smoothing", "0.1")
+    torch.nn.init.normal_(trainer.model.heads.head.weight, std=0.1)  # (zeros at first: every target would score log K)
+    mixes, mix_of = [], trainer.mix
+    trainer.mix = lambda images, labels: mixes.append(mix_of(images, labels)) or mixes[-1]
+    images, labels = next(iter(trainer.loaders["train"]))
+    torch.manual_seed(0)
+    loss = trainer.train_step((images, labels))["loss"]
+    (mixed, soft), = mixes
+    assert not torch.equal(mixed, images) and (soft.max(1).values < 1).any()  # really mixed
+    # Cross-entropy against the soft targets by hand, smoothed as torch does: (1 - e) * soft + e / K
+    with torch.no_grad():
+        log_p = trainer.model(mixed).log_softmax(1)
+        expected = -((0.9 * soft + 0.1 / soft.shape[1]) * log_p).sum(1).mean()
+        hard = -((0.9 * torch.nn.functional.one_hot(labels, soft.shape[1]) + 0.1 / soft.shape[1]) * log_p).sum(1)
+    assert float((expected - hard.mean()).abs()) > 1e-3  # the hard labels would give another loss
+    torch.testing.assert_close(loss.detach(), expected)
+
+
 def test_flips_flip_training_images(tmp_path):
     trainer = built(tmp_path, "--hflip", "1", "--vflip", "1")
     flipped, label = trainer.datasets["train"][0]
