@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 
 from base.config import ConfigError
 from base.errors import DataError
-from data.classification import (IDX_FILES, add_data_arguments, build_classification_datasets,
+from data.classification import (IDX_FILES, add_data_arguments, build_classification_datasets, digits_arrays,
                                  validate_data_config)
 
 
@@ -129,7 +129,8 @@ def test_digits_splits_cover_everything_once_and_follow_the_seed():
     image, label = data.train[0]
     assert image.shape == (1, 8, 8) and image.dtype == torch.float32 and type(label) is int
     assert data.input_shape == (1, 8, 8) and data.num_classes == 10
-    assert image.min() >= -1 and image.max() <= 1
+    pixels = torch.from_numpy(digits_arrays()[0][data.train.indices[0]]).float()[None]  # 0..16
+    torch.testing.assert_close(image, (pixels / 16 - 0.5) / 0.5, rtol=0, atol=0)  # 0 -> -1, 16 -> 1
 
 
 def test_digits_sample_rates_shrink_the_splits():

@@ -4,6 +4,7 @@ import os
 
 import pytest
 import torch
+from by_hand import top1_by_hand
 from test_data import make_args
 
 from data.classification import build_classification_datasets
@@ -62,11 +63,13 @@ def test_elpv_builds_classification_splits_and_trains(tmp_path):
     _, test = stratified_test_split(probs, types, seed=0)
     assert collections.Counter(data.groups["test"]) == collections.Counter(str(types[i]) for i in test)
     image, label = data.train[0]
-    assert image.shape == (1, 16, 16) and -1 <= float(image.min()) < float(image.max()) <= 1 and label in (0, 1)
+    assert image.shape == (1, 16, 16) and label in (0, 1)
+    pixels = data.train.dataset.images[data.train.indices[0]].float()  # uint8 0..255
+    torch.testing.assert_close(image, (pixels / 255 - 0.5) / 0.5, rtol=0, atol=0)
     trainer = VanillaTrainer.from_argv(["--data_type", "ELPV", "--model_type", "SmallCNN", "--image_size", "16",
                                         "--max_steps", "4", "--output_dir", str(tmp_path), "--gpu_devices", "cpu"])
     metrics = trainer.fit()
-    assert 0 <= metrics["top1"] <= 100 and trainer.global_step == 4
+    assert metrics["top1"] == pytest.approx(top1_by_hand(trainer), abs=1e-9) and trainer.global_step == 4
     results = VanillaEvaluator.from_argv(["--model_path", trainer.checkpoint_path("best")]).run()
     per_group, groups = results["per_group_top1"], collections.Counter(trainer.data.groups["test"])
     assert set(per_group) == {"mono", "poly"} and sum(groups.values()) == results["num_samples"]

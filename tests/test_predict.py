@@ -126,7 +126,10 @@ def test_file_preprocessing_equals_the_image_folder_dataset(tmp_path):
     assert got.shape == (3, 16, 16) and got.dtype == torch.float32
     assert torch.allclose(got, expected, atol=1e-6)
     gray = image_file_to_input(path, (1, 8, 8))  # an RGB file for a grayscale model: converted to "L"
-    assert gray.shape == (1, 8, 8) and -1 <= float(gray.min()) <= float(gray.max()) <= 1
+    assert gray.shape == (1, 8, 8)
+    # Luma (ITU-R 601, PIL's "L") of the RGB input, up to the rounding of "L" to 8 bits before resizing
+    luma = (torch.tensor([0.299, 0.587, 0.114])[:, None, None] * expected).sum(0, keepdim=True)
+    torch.testing.assert_close(image_file_to_input(path, (1, 16, 16)), luma, rtol=0, atol=4 / 255)
 
 
 def test_bad_inputs_give_one_line_errors(vanilla, digit_pngs, tmp_path, capsys):

@@ -3,6 +3,7 @@ import math
 
 import pytest
 import torch
+from by_hand import top1_by_hand
 
 from base.optim import WarmupCosine
 from data.augment import Augmented
@@ -51,6 +52,26 @@ def test_mixup_and_cutmix_targets_are_probabilities(tmp_path):
     assert not torch.equal(mixed_images, images)
 
 
+@pytest.mark.parametrize("mix", [["--mixup_alpha", "0.4"], ["--cutmix_alpha", "1.0"]], ids=["mixup", "cutmix"])
+def test_train_step_scores_the_mixed_images_against_the_mixed_soft_targets(tmp_path, mix):
+    trainer = built(tmp_path, *mix, "--label_smoothing", "0.1")
+    torch.nn.init.normal_(trainer.model.heads.head.weight, std=0.1)  # (zeros at first: every target would score log K)
+    mixes, mix_of = [], trainer.mix
+    trainer.mix = lambda images, labels: mixes.append(mix_of(images, labels)) or mixes[-1]
+    images, labels = next(iter(trainer.loaders["train"]))
+    torch.manual_seed(0)
+    loss = trainer.train_step((images, labels))["loss"]
+    (mixed, soft), = mixes
+    assert not torch.equal(mixed, images) and (soft.max(1).values < 1).any()  # really mixed
+    # Cross-entropy against the soft targets by hand, smoothed as torch does: (1 - e) * soft + e / K
+    with torch.no_grad():
+        log_p = trainer.model(mixed).log_softmax(1)
+        expected = -((0.9 * soft + 0.1 / soft.shape[1]) * log_p).sum(1).mean()
+        hard = -((0.9 * torch.nn.functional.one_hot(labels, soft.shape[1]) + 0.1 / soft.shape[1]) * log_p).sum(1)
+    assert float((expected - hard.mean()).abs()) > 1e-3  # the hard labels would give another loss
+    torch.testing.assert_close(loss.detach(), expected)
+
+
 def test_flips_flip_training_images(tmp_path):
     trainer = built(tmp_path, "--hflip", "1", "--vflip", "1")
     flipped, label = trainer.datasets["train"][0]
@@ -67,8 +88,12 @@ def test_randaugment_changes_training_images_only(tmp_path):
     a, _ = trainer.datasets["train"][0]
     b, _ = trainer.datasets["train"][0]
     plain, _ = trainer.data.train[0]
-    assert a.shape == plain.shape and -1 <= float(a.min()) and float(a.max()) <= 1
     assert not (torch.equal(a, plain) and torch.equal(b, plain))
+    # RandAugment(N=2, M=15) of the image in [0, 1], mapped back to [-1, 1], with the same random draws
+    from torchvision.transforms import v2
+
+    torch.manual_seed(0)
+    torch.testing.assert_close(a, (v2.RandAugment(num_ops=2, magnitude=15)(plain * 0.5 + 0.5) - 0.5) / 0.5)
 
 
 def test_a_short_run_with_the_whole_recipe_then_eval(tmp_path, capsys):
@@ -76,7 +101,7 @@ def test_a_short_run_with_the_whole_recipe_then_eval(tmp_path, capsys):
                                     "--cutmix_alpha", "1.0", "--randaugment", "2", "9", "--warmup_steps", "2",
                                     "--num_workers", "2"])
     metrics = trainer.fit()
-    assert trainer.global_step == 6 and 0 <= metrics["top1"] <= 100
+    assert trainer.global_step == 6 and metrics["top1"] == pytest.approx(top1_by_hand(trainer), abs=1e-9)
     results = ViTEvaluator.from_argv(["--model_path", trainer.checkpoint_path("best")]).run()
     assert results["top1"] == pytest.approx(metrics["top1"])
     assert set(results["per_class_top1"]) == set(trainer.data.class_names)
