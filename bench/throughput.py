@@ -221,8 +221,12 @@ def row_argv(name, a, tmp):
              "0"]
     if task == "seg":
         size = (64, 96) if a.tiny else (320, 480)
+        # The images are tensors in memory (see measured); the config's layout check wants Carvana's folders.
+        folder = os.path.join(tmp, "carvana")
+        for sub in ("train", "train_masks"):
+            os.makedirs(os.path.join(folder, sub), exist_ok=True)
         return task, flags + ["--base_channels", "4" if a.tiny else "16", "--image_size", *map(str, size),
-                              "--data_dir", tmp, "--num_viz", "0"], batch, size
+                              "--data_dir", folder, "--num_viz", "0"], batch, size
     return task, flags + ["--patch_size", "8" if a.tiny else "16", "--image_size", str(a.image_size)], batch, \
         (a.image_size, a.image_size)
 
