@@ -155,6 +155,18 @@ def test_early_stopping_stops_after_patience(toy_argv):
     assert load_checkpoint(trainer.checkpoint_path("best"))["global_step"] == 5  # epoch 1 of 5 steps
 
 
+def test_train_loss_of_a_validation_row_is_the_mean_since_the_previous_validation(toy_argv):
+    class EpochLoss(ToyTrainer):
+        def train_step(self, batch):
+            out = super().train_step(batch)
+            return {"loss": out["loss"] * 0 + (self.epoch + 1)}  # 1.0 per sample in epoch 0, 2.0 in epoch 1
+
+    trainer = EpochLoss.from_argv(toy_argv + ["--epochs", "2"])
+    trainer.fit()
+    with open(os.path.join(trainer.run_dir, "metrics.csv")) as f:
+        assert [float(r["train_loss"]) for r in csv.DictReader(f)] == [1.0, 2.0]  # not 1.5, a mean since the start
+
+
 def test_early_stopper_counts_only_improvements_beyond_min_delta():
     from base.state import EarlyStopper
 
