@@ -83,6 +83,17 @@ def test_a_tensor_read_as_another_dtype_or_shape_is_refused(tmp_path, change):
         load_checkpoint(path)
 
 
+def test_a_renamed_key_is_refused(tmp_path):
+    """A key is part of the content: the same tensor under another name (e.g. one flipped byte of it) fails."""
+    path = str(tmp_path / "Toy_last_ckpt.pth")
+    save_checkpoint({"model": weights(torch.float32), "global_step": 3}, path)
+    stamped = torch.load(path, weights_only=True)
+    stamped["model"]["x"] = stamped["model"].pop("w")  # sorts where "w" did: only the name differs
+    torch.save(stamped, path)
+    with pytest.raises(CheckpointError, match="checksum mismatch"):
+        load_checkpoint(path)
+
+
 def test_an_intact_checkpoint_round_trips(tmp_path):
     path = str(tmp_path / "ckpt.pth")
     state = {"model": weights(torch.bfloat16), "step": 0, "scalar": torch.tensor(2.5),

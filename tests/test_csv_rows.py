@@ -18,6 +18,9 @@ import pytest
 from conftest import ToyTrainer
 from test_resume import StopAfter, logged
 
+from base.row_files import MetricsCSV
+from base.run_dir import RunDirError
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # 40 samples in batches of 8: 5 steps an epoch, a validation at steps 5 and 10.
 FLAGS = ["--gpu_devices", "cpu", "--deterministic", "--epochs", "2", "--log_every_steps", "1", "--loggers", "csv",
@@ -202,3 +205,13 @@ def test_a_checkpoint_that_does_not_count_rows_keeps_the_validations_its_state_h
     save_checkpoint(state, path)
     resumed = resume(tmp_path)
     assert logged(resumed)[0] == straight[0]
+
+
+def test_a_first_row_that_failed_to_write_gets_its_header_with_the_next_row(tmp_path):
+    path = tmp_path / "gone" / "metrics.csv"
+    rows = MetricsCSV(str(path))
+    with pytest.raises(RunDirError):  # the folder is missing: nothing was written
+        rows.write({"step": 1, "val_loss": 0.5})
+    path.parent.mkdir()
+    rows.write({"step": 2, "val_loss": 0.25})
+    assert open(path, newline="").read() == "step,val_loss\r\n2,0.25\r\n" and rows.rows == 1

@@ -95,6 +95,16 @@ def test_skip_stops_past_max_skipped_steps(tmp_path):
     assert trainer.skipped_steps == 4 and all(all_finite(w) for w in log.after)
 
 
+def test_the_skipped_steps_of_a_resumed_run_count_against_max_skipped_steps(tmp_path):
+    first, _ = run(tmp_path, {(0, 1), (0, 2)}, "--nonfinite", "skip", "--max_skipped_steps", "3", "--max_steps", "3")
+    first.fit()
+    assert first.skipped_steps == 2 and first.global_step == 3
+    resumed, _ = run(tmp_path, {(1, 0), (1, 1)}, "--resume", first.checkpoint_path("last"), "--max_steps", "8")
+    with pytest.raises(FloatingPointError, match="--max_skipped_steps=3"):  # 2 before the resume + 2 after
+        resumed.fit()
+    assert resumed.skipped_steps == 4
+
+
 def test_rollback_reloads_last_checkpoint_and_lowers_lr(tmp_path):
     trainer, log = run(tmp_path, {(0, 3)}, "--nonfinite", "rollback", "--save_every_steps", "2",
                        "--lr_scheduler", "none", once=True)
@@ -106,6 +116,15 @@ def test_rollback_reloads_last_checkpoint_and_lowers_lr(tmp_path):
     for key in log.after[1]:  # the rollback step restored step 2's weights exactly
         assert torch.equal(log.after[1][key], log.after[3][key])
     assert len(log.after) == 12
+
+
+def test_a_second_rollback_to_a_checkpoint_saved_after_the_first_scales_the_lr_once_more(tmp_path):
+    """The checkpoint written after the first rollback carries its LR x0.5 and says so (``lr_scale``)."""
+    trainer, log = run(tmp_path, {(0, 3), (1, 3)}, "--nonfinite", "rollback", "--save_every_steps", "2",
+                       "--lr_scheduler", "none", once=True)
+    trainer.fit()
+    assert trainer.skipped_steps == 2 and trainer.lr_scale == 0.25
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.05 * 0.25)  # not x0.125
 
 
 def test_rollback_without_a_checkpoint_says_so(tmp_path):

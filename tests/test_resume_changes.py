@@ -73,6 +73,17 @@ def test_lr_and_weight_decay_given_on_resume_take_effect(tmp_path):
     assert resumed.provenance["lr"] == "command line"
 
 
+def test_an_lr_given_on_resume_takes_effect_without_a_scheduler(tmp_path):
+    trainer = ToyTrainer.from_argv(["--output_dir", str(tmp_path), "--gpu_devices", "cpu", "--max_steps", "10",
+                                    "--lr_scheduler", "none"])
+    trainer.build_hooks = lambda: [StopAfter(4)]
+    with pytest.raises(RuntimeError):
+        trainer.fit()
+    log = LRLog()
+    run(ToyTrainer, tmp_path, ["--resume", "auto", "--lr", "0.001"], [log])
+    assert sorted(log.lrs) == list(range(5, 11)) and set(log.lrs.values()) == {0.001}
+
+
 class NoDecayBias(ToyTrainer):
     """ToyTrainer whose bias is in a param group without weight decay."""
 

@@ -64,6 +64,14 @@ def test_soft_dice_matches_hand_computed_value():
     assert float(soft_dice_loss(torch.full_like(empty, -100.0), empty)) == pytest.approx(0.0, abs=1e-6)
 
 
+def test_soft_dice_is_a_mean_over_images_not_one_ratio_over_the_batch():
+    # image 1: all four pixels found (loss 0); image 2: its one foreground pixel missed, nothing predicted:
+    # 1 - (0 + 1) / (0 + 1 + 1) = 0.5. Mean over images 0.25 (one ratio over the batch would be 1 - 9/10 = 0.1).
+    logits = torch.tensor([[100.0] * 4, [-100.0] * 4]).view(2, 1, 1, 4)
+    target = torch.tensor([[1.0] * 4, [1.0, 0.0, 0.0, 0.0]]).view(2, 1, 1, 4)
+    assert float(soft_dice_loss(logits, target, smooth=1.0)) == pytest.approx(0.25, abs=1e-6)
+
+
 def test_loss_kinds_weights_and_deep_supervision_average():
     torch.manual_seed(0)
     logits, target = torch.randn(2, 1, 8, 8), (torch.rand(2, 1, 8, 8) > 0.5).float()

@@ -8,6 +8,7 @@ import os
 import pytest
 import torch
 
+from base import optim
 from base.checkpoint import load_checkpoint
 from base.hooks import HookBase
 from conftest import RecordingHook, ToyTrainer
@@ -154,8 +155,35 @@ def test_early_stopping_stops_after_patience(toy_argv):
     assert load_checkpoint(trainer.checkpoint_path("best"))["global_step"] == 5  # epoch 1 of 5 steps
 
 
+def test_train_loss_of_a_validation_row_is_the_mean_since_the_previous_validation(toy_argv):
+    class EpochLoss(ToyTrainer):
+        def train_step(self, batch):
+            out = super().train_step(batch)
+            return {"loss": out["loss"] * 0 + (self.epoch + 1)}  # 1.0 per sample in epoch 0, 2.0 in epoch 1
+
+    trainer = EpochLoss.from_argv(toy_argv + ["--epochs", "2"])
+    trainer.fit()
+    with open(os.path.join(trainer.run_dir, "metrics.csv")) as f:
+        assert [float(r["train_loss"]) for r in csv.DictReader(f)] == [1.0, 2.0]  # not 1.5, a mean since the start
+
+
+def test_early_stopper_counts_only_improvements_beyond_min_delta():
+    from base.state import EarlyStopper
+
+    up = EarlyStopper("max", patience=2, min_delta=0.5)
+    # 1.3 and 1.5 are within min_delta of the best 1.0 (a tie is no improvement); 1.6 is beyond it
+    assert [up.update(v) for v in (1.0, 1.3, 1.5, 1.6)] == [True, False, False, True]
+    assert up.best == 1.6 and up.bad_count == 0 and not up.should_stop
+    down = EarlyStopper("min", patience=2, min_delta=0.5)
+    assert [down.update(v) for v in (1.0, 0.7, 0.5, 0.4)] == [True, False, False, True]
+    assert down.best == 0.4
+    assert [down.update(v) for v in (0.4, 0.3)] == [False, False] and down.should_stop  # a tie counts as no gain
+
+
+@pytest.mark.parametrize("groups", [1, 2])
 @pytest.mark.parametrize("mode", ["norm", "value"])
-def test_grad_clip_bounds_gradients(toy_argv, mode):
+def test_grad_clip_bounds_gradients(toy_argv, mode, groups):
+    """Every parameter is clipped, in every param group (2: the bias in a no-decay group of its own)."""
     seen = []
 
     class GradProbe(HookBase):
@@ -166,7 +194,12 @@ def test_grad_clip_bounds_gradients(toy_argv, mode):
             else:
                 seen.append(max(float(g.abs().max()) for g in grads))
 
-    make(toy_argv + ["--grad_clip", "0.01", "--grad_clip_mode", mode], [GradProbe()]).fit()
+    trainer = make(toy_argv + ["--grad_clip", "0.01", "--grad_clip_mode", mode], [GradProbe()])
+    if groups == 2:
+        trainer.build_optimizer = lambda: optim.build_optimizer(optim.decay_groups(trainer.model, {"bias"}),
+                                                                trainer.args)
+    trainer.fit()
+    assert len(trainer.optimizer.param_groups) == groups
     assert seen and max(seen) <= 0.01 + 1e-6
     assert min(seen) > 0.005  # clipped down to the bound, not zeroed (the raw gradients are far larger)
 
