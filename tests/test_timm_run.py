@@ -8,6 +8,8 @@ tiny ResNet, random init, nothing downloaded) on Digits, on the CPU.
 import glob
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -53,8 +55,15 @@ def _run(tmp_path, capsys, *argv):
     assert status == 0, err
 
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
 def test_a_timm_model_trains_resumes_evaluates_predicts_and_exports(tmp_path, capsys):
-    _run(tmp_path, capsys, *QUICK, "--max_steps", "2")
+    # The first launch is the entry script in a process of its own, as a user runs it: the save that
+    # used to fail ("the run folder ... is gone") is its first checkpoint.
+    launch = subprocess.run([sys.executable, os.path.join(ROOT, "trainer_vit.py"), "--output_dir", str(tmp_path),
+                             *QUICK, "--max_steps", "2"], cwd=tmp_path, capture_output=True, text=True, check=False)
+    assert launch.returncode == 0, launch.stderr[-2000:]
     (run_dir,) = glob.glob(str(tmp_path / "ViT" / "*"))
     files = set(os.listdir(run_dir))
     assert {f"{PART}_best_ckpt.pth", f"{PART}_last_ckpt.pth", f"{PART}_step2_ckpt.pth", f"{PART}_best.safetensors",
