@@ -180,6 +180,13 @@ class MLflowLogger(RunLogger):
             self.client.log_batch(self.run_id, metrics=metrics)
             logged.update(m.key for m in metrics)
 
+    def rewind(self, states, step):
+        """A ``--nonfinite rollback`` to ``step``: the steps after it are redone at another LR, so their
+        points are logged again. MLflow cannot delete points: at those steps its history holds the
+        rolled-back value and, after it in time, the redone one the run went on from."""
+        for later in [s for s in self.logged if s > step]:
+            del self.logged[later]
+
     def finish(self, status, final, step):
         if final:
             self.log_scalars(final, step)

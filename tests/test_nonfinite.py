@@ -2,6 +2,7 @@
 logged once."""
 import collections
 import csv
+import json
 import os
 
 import pytest
@@ -195,6 +196,25 @@ def test_rollback_drops_the_rows_logged_after_its_checkpoint_and_logs_the_redone
         assert lrs == pytest.approx({1: 0.05, 2: 0.05, **{step: 0.025 for step in range(3, 11)}})
     assert {k for k in scalars if k[0] == 3} == {(3, f"train/{n}") for n in ("loss", "lr", "grad_norm",
                                                                              "images_per_sec")}
+
+
+def test_rollback_logs_the_redone_steps_to_mlflow_after_the_rolled_back_ones(tmp_path, monkeypatch):
+    """MLflow keeps every point it was given: at step 3 its history holds the rolled-back LR, then the
+    redone one the run went on from; the steps after it hold the redone one alone."""
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    argv = [*ROWS[:-1], "csv,mlflow", "--save_every_steps", "2", "--val_every_steps", "2"]
+    trainer, _ = run(tmp_path, {(0, 3)}, *argv, once=True)
+    trainer.fit()
+    with open(os.path.join(trainer.run_dir, "mlflow_run.json")) as f:
+        run_id = json.load(f)["run_id"]
+    client = MlflowClient(tracking_uri=(tmp_path / "mlruns").resolve().as_uri())
+    lrs = collections.defaultdict(list)
+    for point in sorted(client.get_metric_history(run_id, "train/lr"), key=lambda p: p.timestamp):
+        lrs[point.step].append(point.value)
+    assert lrs[3] == pytest.approx([0.05, 0.025]) and lrs[4] == pytest.approx([0.025])
 
 
 def test_rollback_to_a_checkpoint_saved_before_its_steps_validation_logs_that_validation_once(tmp_path, monkeypatch):
