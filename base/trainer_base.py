@@ -118,9 +118,9 @@ class TrainerBase(StepMixin, CheckpointingMixin, ResumeMixin, ValidationMixin, T
         self._nonfinite_on_device, self._first_nonfinite = False, None  # see StepMixin._mark_nonfinite
         self.loggers = LoggerSet()  # rank 0's, from setup on (see base.loggers); empty elsewhere
         self.status = None  # rank 0's RunStatus (status.json), from setup on
-        # The step up to which a resumed run's loggers keep what earlier launches logged (-1: a new run),
-        # and whether one of those launches finished there (see TrackingMixin._start_tracking).
-        self._logged_until, self._ended_logged = -1, False
+        # The step at which an earlier launch finished the run, when this one resumed from that very end
+        # state (its loggers hold the test and final metrics already); None otherwise. See _start_tracking.
+        self._finished_at = None
         self.metrics_csv = None  # rank 0's MetricsCSV, from setup on
         # What the checkpoint loaded last covers of each logger (its state), for loggers started after it.
         self._resumed_logger_states = {}

@@ -29,15 +29,12 @@ class TrackingMixin:
         """Mark a resumed run ``running`` in status.json (a new one: record its plan) and open the
         ``--loggers`` (rank 0)."""
         a = self.args
-        keep = self.global_step - 1 if self._redo_validation else self.global_step  # as metrics.csv
-        # A resumed run's loggers keep what earlier launches logged up to `keep`; a launch that
-        # finished the run there gave them the final metrics too (see _end_tracking).
+        # Did an earlier launch finish the run in the very state loaded (validated at its last step, nothing
+        # to redo)? A resume from an older checkpoint of that step (written before its validation) redoes work.
         old = read_status(self.run_dir) if self.resume_from else {}
-        self._logged_until = keep
-        # Only from the state that launch ended in (validated at its last step, nothing redone): a resume
-        # from an older checkpoint of the same step (one written before that validation) redoes work.
-        self._ended_logged = (old.get("status") == "finished" and old.get("global_step") == self.global_step
-                              and self._validated_at == self.global_step and not self._redo_validation)
+        if (old.get("status") == "finished" and old.get("global_step") == self.global_step
+                and self._validated_at == self.global_step and not self._redo_validation):
+            self._finished_at = self.global_step
         if self.resume_from:
             self.status = RunStatus(self.run_dir)
             self.status.begin(self, resumed=True)
@@ -46,10 +43,10 @@ class TrackingMixin:
         self.loggers = LoggerSet(build_loggers(parse_logger_names(a.loggers)), warn=self.logger.warning)
         # A finished run resumed from its end state redoes nothing: its loggers keep all they hold (the
         # test's points come after `last`, and this launch does not log them again), so no rows are cut.
-        states = {} if self._ended_logged else self._resumed_logger_states
+        states = {} if self._finished_at is not None else self._resumed_logger_states
         self.loggers.start(RunInfo(self.run_dir, a.proj_name, self.timestamp, a.output_dir, type(self).__name__,
-                                   dict(vars(a)), dict(self.provenance), config_path, keep, bool(self.resume_from),
-                                   self._redo_validation, states))
+                                   dict(vars(a)), dict(self.provenance), config_path, self._kept_step(),
+                                   bool(self.resume_from), self._redo_validation, states))
 
     def _keep_rows_of_checkpoint(self, metrics_rows, logger_states):
         """Cut metrics.csv and the loggers back to what the checkpoint just loaded covers (rank 0).
@@ -65,8 +62,12 @@ class TrackingMixin:
         """
         if self.metrics_csv is not None:
             self.metrics_csv.resume(metrics_rows, self._validated_at)
-        # The step the points stay up to, as RunInfo.step in _start_tracking.
-        self.loggers.rewind(logger_states, self.global_step - 1 if self._redo_validation else self.global_step)
+        self.loggers.rewind(logger_states, self._kept_step())
+
+    def _kept_step(self):
+        """The last step whose logged points a launch from the loaded state keeps (int): the checkpoint's,
+        or the one before it when the checkpoint was taken inside that step's validation (redone)."""
+        return self.global_step - 1 if self._redo_validation else self.global_step
 
     def _end_tracking(self, status, test=None, error=None):
         """Record how this launch ended in status.json and close the loggers with the final metrics (rank 0).
@@ -84,7 +85,7 @@ class TrackingMixin:
         if self.early_stopper.best not in (math.inf, -math.inf):
             final[f"best/val_{self.monitor}"] = self.early_stopper.best
         final.update({f"test/{k}": v for k, v in (test or {}).items()})
-        if self._ended_logged and self.global_step == self._logged_until:
+        if self._finished_at == self.global_step:
             final = {}  # a finished run resumed with nothing to do: its loggers have these already
         try:
             # The loggers first: "finished" in status.json then says that they got `final`.

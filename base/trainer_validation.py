@@ -192,9 +192,9 @@ class ValidationMixin:
         return metrics
 
     def _test_logged(self, path):
-        """Whether the loggers hold this test already: this launch trained nothing after the step
-        they keep, and ``path`` (test_metrics.json) was written at that step."""
-        if not self._ended_logged or self.global_step != self._logged_until:
+        """Whether the loggers hold this test already: an earlier launch finished the run at this step
+        (this one trained nothing more), and ``path`` (test_metrics.json) was written at it."""
+        if self._finished_at != self.global_step:
             return False
         try:
             with open(path, encoding="utf-8") as f:
