@@ -253,17 +253,19 @@ class TensorBoardLogger(RunLogger):
         self.writer, self.run = None, None
 
     def start(self, run):
-        from torch.utils.tensorboard import SummaryWriter  # slow import; only for training
-
         self.run, self.folder = run, os.path.join(run.run_dir, "summary")
-
-        def open_writer():
-            purge = run.step + 1 + run.redo_validation if run.resumed else None
-            self.writer = SummaryWriter(self.folder, purge_step=purge)
-        self._write(open_writer, "create TensorBoard events in", self.folder)
+        self._open(run.step + 1 + run.redo_validation if run.resumed else None)
         rows = [f"| {k} | {v!r} | {run.provenance.get(k, '')} |" for k, v in sorted(run.config.items())]
         self._write(lambda: self.writer.add_text("config", "\n".join(["| flag | value | from |", "|---|---|---|",
                                                                       *rows]), run.step))
+
+    def _open(self, purge_step):
+        """Start a new events file; TensorBoard hides the points at ``purge_step`` and after in the older ones."""
+        from torch.utils.tensorboard import SummaryWriter  # slow import; only for training
+
+        def open_writer():
+            self.writer = SummaryWriter(self.folder, purge_step=purge_step)
+        self._write(open_writer, "create TensorBoard events in", self.folder)
 
     def _write(self, fn, what="write TensorBoard events", path=None):
         try:
@@ -290,14 +292,9 @@ class TensorBoardLogger(RunLogger):
         TensorBoard purges whole steps: a validation at ``step`` itself logged after the checkpoint (when
         its step checkpoint was saved before it) is kept, and shows twice once it is done again.
         """
-        from torch.utils.tensorboard import SummaryWriter
-
         self.flush()  # what was logged up to now reaches the old file before the new one starts
         self.close()
-
-        def reopen():
-            self.writer = SummaryWriter(self.folder, purge_step=step + 1)
-        self._write(reopen)
+        self._open(step + 1)
 
     def finish(self, status, final, step):
         if status != "finished" or not final:
