@@ -183,7 +183,18 @@ def coerce_saved_values(cls, values, source):
     """
     parser, _ = build_parser(cls)
     known = {a.dest for a in parser._actions}
+    values = with_older_run_values(cls, values)
     return _coerce(parser, {k: v for k, v in values.items() if k in known}, source)
+
+
+def with_older_run_values(cls, saved):
+    """``saved`` (a run's flag values) with the values ``cls.OLDER_RUN_VALUES`` gives for the flags it lacks.
+
+    A run saved before a flag existed ran with that flag's old behaviour, which is
+    not always the new default (e.g. ``--mean``: 0.5 then, the data's statistics
+    now); this is the one place where such configs are read as they were meant.
+    """
+    return {**getattr(cls, "OLDER_RUN_VALUES", {}), **saved}
 
 
 def parse_config(cls, argv=None, base_values=None, base_label="saved run", validate=True):
@@ -213,7 +224,7 @@ def parse_config(cls, argv=None, base_values=None, base_label="saved run", valid
     show = vars(args).pop("print_config", False)
     try:
         if base_values:
-            values = _coerce(parser, base_values, base_label)
+            values = _coerce(parser, with_older_run_values(cls, base_values), base_label)
             parser.set_defaults(**values)
             origins.update({k: base_label for k in values})
             args = parser.parse_args(argv)

@@ -39,6 +39,11 @@ def world_size():
     return dist.get_world_size() if is_distributed() else 1
 
 
+def local_world_size():
+    """Processes of the run on this node: torchrun's ``LOCAL_WORLD_SIZE`` (1 when not set)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+
+
 def is_main():
     """True on the process that writes the run folder (global rank 0)."""
     return rank() == 0

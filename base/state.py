@@ -188,29 +188,42 @@ def training_batches(samples_left, batch_size, world_size=1):
 
 
 class SeededSamples(torch.utils.data.Dataset):
-    """Make random augmentation in DataLoader workers depend only on ``(seed, epoch, index)``.
+    """Make random augmentation depend only on ``(seed, epoch, index)``.
 
     Items are asked for as ``(epoch, index)`` (see ``ResumableSampler(with_epoch=True)``).
     The epoch travels with every index, rather than as an attribute set
     before the epoch, because persistent workers keep the copy of the dataset
-    they started with. In a worker process each item first reseeds Python,
-    NumPy and torch from ``(seed, epoch, index)``, so a sample's augmentation is
-    the same whichever worker loads it and wherever in the epoch a resumed run
-    starts. In the main process (``--num_workers 0``) it only unpacks the
-    index: the global RNG is part of the checkpoint there.
+    they started with. Each item first reseeds Python, NumPy and torch's CPU
+    generator from ``(seed, epoch, index)``, in a worker process or in the main
+    one (``--num_workers 0``) alike: a sample's augmentation is the same whichever
+    process loads it, however many workers there are, however far ahead the
+    loader reads, and wherever in the epoch a resumed run starts. The loop seeds
+    the step's own draws after its batches are read (:func:`seed_position`).
+
+    A dataset that fetches whole batches and draws no random numbers
+    (``fetches_batches = True``, also behind ``Subset``) is read a batch at a time
+    (``__getitems__``), without reseeding.
     """
 
     def __init__(self, dataset, seed):
         self.dataset, self.seed = dataset, seed
+        inner = dataset
+        while isinstance(inner, torch.utils.data.Subset):
+            inner = inner.dataset
+        self._batched = getattr(inner, "fetches_batches", False)
 
     def __len__(self):
         return len(self.dataset)
 
     def __getitem__(self, item):
         epoch, index = item
-        if torch.utils.data.get_worker_info() is not None:
-            sample_seed = ((self.seed * 1_000_003 + epoch) * 1_000_033 + index) % 2**63
-            random.seed(sample_seed)
-            np.random.seed(sample_seed % 2**32)
-            torch.manual_seed(sample_seed)
+        sample_seed = ((self.seed * 1_000_003 + epoch) * 1_000_033 + index) % 2**63
+        random.seed(sample_seed)
+        np.random.seed(sample_seed % 2**32)
+        torch.default_generator.manual_seed(sample_seed)  # not torch.manual_seed: it queues CUDA work
         return self.dataset[index]
+
+    def __getitems__(self, items):
+        if self._batched:
+            return self.dataset.__getitems__([index for _, index in items])
+        return [self[item] for item in items]

@@ -1,4 +1,5 @@
 """Flags every trainer has, and the checks on them."""
+import argparse
 import os
 
 from base.config import check, str2bool
@@ -28,7 +29,9 @@ def add_trainer_arguments(parser):
     loop.add_argument("--accum_steps", type=int, default=1,
                       help="batches per optimizer step (gradient accumulation: --batch_size x this per step)")
     loop.add_argument("--eval_batch_size", type=int, default=0, help="validation/test batch (0: --batch_size)")
-    loop.add_argument("--num_workers", type=int, default=0, help="DataLoader worker processes")
+    loop.add_argument("--num_workers", type=workers_type, default="auto",
+                      help="DataLoader worker processes; auto: 0 on CPU, on CUDA the CPUs of this process's share "
+                           "of the node less one, at most 12 (see base.trainer_args.resolve_workers)")
     loop.add_argument("--optimizer", choices=["adamw", "adam", "sgd"], default="adamw", help="update rule")
     loop.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
     loop.add_argument("--weight_decay", type=float, default=0.0, help="decoupled for AdamW, L2 otherwise")
@@ -55,6 +58,9 @@ def add_trainer_arguments(parser):
                        help="channels-last memory format for the model and image batches (faster convs on GPU)")
     speed.add_argument("--compile", type=str2bool, nargs="?", const=True, default=False,
                        help="torch.compile the model (first steps are slow while it compiles)")
+    speed.add_argument("--data_on_device", type=str2bool, nargs="?", const=True, default=False,
+                       help="upload the training images (uint8) to the device once and augment batches there "
+                            "with kornia; for data sets that fit in GPU memory (Digits, MNIST, CIFAR10, ELPV)")
     speed.add_argument("--persistent_workers", type=str2bool, nargs="?", const=True, default=True,
                        help="with --num_workers > 0: keep DataLoader workers between epochs")
     speed.add_argument("--plot_lr", default="", metavar="PNG",
@@ -85,6 +91,14 @@ def add_trainer_arguments(parser):
     faults.add_argument("--max_bad_images", type=int, default=100,
                         help="with --bad_images skip: stop past this many unreadable files")
 
+    inputs = parser.add_argument_group("input statistics")
+    inputs.add_argument("--mean", type=float, nargs="+", default=None,
+                        help="per-channel mean of [0, 1] pixels subtracted on the device (1 or C values); "
+                             "default: the data's (ImageNet's for RGB image files, else 0.5)")
+    inputs.add_argument("--std", type=float, nargs="+", default=None,
+                        help="per-channel std the pixels are divided by (1 or C values); default: the data's "
+                             "(ImageNet's for RGB image files, else 0.5)")
+
     system = parser.add_argument_group("system")
     system.add_argument("--gpu_devices", default=None,
                         help="'cpu' or a CUDA id such as 0; unset: first GPU if any, else CPU (under torchrun: "
@@ -101,11 +115,17 @@ def validate_trainer_config(args):
     for flag in ("batch_size", "val_every_epochs", "log_every_steps"):
         check(getattr(args, flag) > 0, flag, getattr(args, flag), "must be > 0")
     check(args.epochs > 0 or args.max_steps > 0, "epochs", args.epochs, "must be > 0 unless --max_steps is set")
-    for flag in ("epochs", "max_steps", "eval_batch_size", "num_workers", "warmup_steps", "val_every_steps",
+    for flag in ("epochs", "max_steps", "eval_batch_size", "warmup_steps", "val_every_steps",
                  "early_stop_patience", "weight_decay", "grad_clip", "save_every_steps",
                  "max_skipped_steps", "max_bad_images"):
         check(getattr(args, flag) >= 0, flag, getattr(args, flag), "must be >= 0")
     check(args.lr > 0, "lr", args.lr, "must be > 0")
+    for flag in ("mean", "std"):
+        values = getattr(args, flag)
+        check(values is None or 1 <= len(values), flag, values, "must give 1 value, or one per channel")
+    check(args.std is None or min(args.std) > 0, "std", args.std, "must be > 0")
+    check(args.mean is None or args.std is None or len(args.mean) == len(args.std), "std", args.std,
+          f"must give as many values as --mean {args.mean}")
     check(args.accum_steps >= 1, "accum_steps", args.accum_steps, "must be >= 1")
     check(0 <= args.ema_decay < 1, "ema_decay", args.ema_decay, "must be in [0, 1) (0: off)")
     check(args.keep_last_k > 0, "keep_last_k", args.keep_last_k, "must be > 0")
@@ -118,6 +138,35 @@ def validate_trainer_config(args):
     if args.plot_lr:
         check(args.plot_lr.lower().endswith(".png"), "plot_lr", args.plot_lr, "must name a .png file")
         check_writable_dir("plot_lr", os.path.dirname(os.path.abspath(args.plot_lr)))
+
+
+def workers_type(text):
+    """``--num_workers``: ``"auto"`` or an int >= 0."""
+    if str(text).strip().lower() == "auto":
+        return "auto"
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a whole number >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a whole number >= 0, got {text!r}")
+    return value
+
+
+def resolve_workers(value, device, local_processes=1):
+    """The DataLoader workers of one process for ``--num_workers`` ``value`` (``"auto"`` or an int).
+
+    ``auto``: 0 on CPU (the model and the workers would share the same cores); on CUDA the CPUs
+    this process may use (``os.sched_getaffinity``) divided among the ``local_processes``
+    processes of this node, less one for the main process, at least 1 and at most 12 (beyond a
+    dozen decoding workers a GPU's input rarely gains, and each worker holds a copy of the dataset).
+    """
+    if value != "auto":
+        return int(value)
+    if device.type != "cuda":
+        return 0
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(12, cpus // max(1, local_processes) - 1))
 
 
 def check_folder_name(flag, name):

@@ -22,7 +22,9 @@ from base.loggers import LoggerSet
 from base.signals import Preempted, PreemptionFlag, ignore_signals_in_worker, signals_held
 from base.state import (EarlyStopper, ResumableSampler, SeededSamples, global_switches, restore_global_switches,
                         seed_everything)
-from base.trainer_args import add_trainer_arguments, validate_trainer_config
+from base.config import check
+from base.input_stage import InputStage
+from base.trainer_args import add_trainer_arguments, resolve_workers, validate_trainer_config
 from base.trainer_checkpoint import CheckpointingMixin
 from base.trainer_distributed import DistributedMixin
 from base.trainer_resume import ResumeMixin
@@ -56,6 +58,9 @@ class TrainerBase(StepMixin, CheckpointingMixin, ResumeMixin, ValidationMixin, T
     #: How a list of samples becomes a batch. A module-level function (not a method),
     #: so DataLoader workers started with ``spawn`` can pickle it.
     collate_fn = staticmethod(default_collate)
+    #: What a run saved before a flag existed ran with, for the flags its config lacks (see
+    #: :func:`base.config.with_older_run_values`): inputs were ``(x - 0.5) / 0.5`` before ``--mean``/``--std``.
+    OLDER_RUN_VALUES = {"mean": [0.5], "std": [0.5]}
 
     @classmethod
     def add_arguments(cls, parser):
@@ -63,8 +68,26 @@ class TrainerBase(StepMixin, CheckpointingMixin, ResumeMixin, ValidationMixin, T
 
     @classmethod
     def validate_config(cls, args):
-        """Check cross-field rules; raise ``ConfigError`` naming the flag. Extend with super()."""
+        """Check cross-field rules; raise ``ConfigError`` naming the flag. Extend with super().
+
+        Also resolves ``--mean``/``--std`` left unset to :meth:`default_statistics`, so the
+        saved config holds the values the run used.
+        """
         validate_trainer_config(args)
+        if args.mean is None or args.std is None:
+            mean, std = cls.default_statistics(args)
+            args.mean = list(mean) if args.mean is None else args.mean
+            args.std = list(std) if args.std is None else args.std
+        check(len(args.mean) == len(args.std), "std", args.std, f"must give as many values as --mean {args.mean}")
+
+    @classmethod
+    def default_statistics(cls, args):
+        """``(mean, std)``: the per-channel statistics of [0, 1] pixels that ``--mean``/``--std`` default to.
+
+        0.5 / 0.5 (pixels mapped to [-1, 1]); a task whose data has its own (ImageNet's for
+        photos, or those of pretrained weights) overrides this. Called in :meth:`validate_config`.
+        """
+        return [0.5], [0.5]
 
     @classmethod
     def from_argv(cls, argv=None):
@@ -127,6 +150,9 @@ class TrainerBase(StepMixin, CheckpointingMixin, ResumeMixin, ValidationMixin, T
         # train/grad_norm (a device tensor) and train/images_per_sec: the training clock and the
         # window's sample count when it started (validation and checkpoint time is left out).
         self._grad_norm, self._log_clock, self._clock_count = None, None, 0
+        # Seconds the loop waited for batches since the clock started (train/data_time), the wait for the
+        # window just read, and whether the log already said that data loading holds training back.
+        self._data_time, self._window_wait, self._data_warned, self._clock_step = 0.0, 0.0, False, 0
 
     # ----------------------------------------------------------------- to override
     @abc.abstractmethod
@@ -187,6 +213,10 @@ class TrainerBase(StepMixin, CheckpointingMixin, ResumeMixin, ValidationMixin, T
         """
         a = self.args
         train = split == "train"
+        workers = resolve_workers(a.num_workers, self.device, distributed.local_world_size())
+        if workers == 0 and self.device.type == "cuda" and reads_files(dataset) and self.logger is not None:
+            self.logger.warning("the %s split decodes image files in the main process (--num_workers 0): the GPU "
+                                "waits for each batch; pass --num_workers auto (or N > 0)", split)
         if a.bad_images == "skip" and self.bad_samples is not None:
             dataset = BadSampleFilter(dataset, self.bad_samples.path)
         if train:
@@ -196,9 +226,9 @@ class TrainerBase(StepMixin, CheckpointingMixin, ResumeMixin, ValidationMixin, T
                                    world_size=self.world_size)
         return DataLoader(dataset, batch_size=a.batch_size if train else a.eval_batch_size or a.batch_size,
                           sampler=sampler,
-                          num_workers=a.num_workers, pin_memory=self.device.type == "cuda",
+                          num_workers=workers, pin_memory=self.device.type == "cuda",
                           # the test split is read once: its workers need not stay
-                          persistent_workers=a.persistent_workers and a.num_workers > 0 and split != "test",
+                          persistent_workers=a.persistent_workers and workers > 0 and split != "test",
                           worker_init_fn=ignore_signals_in_worker, generator=torch.Generator(),
                           collate_fn=(functools.partial(collate_good_samples, collate=self.collate_fn)
                                       if a.bad_images == "skip" else self.collate_fn))
@@ -207,6 +237,16 @@ class TrainerBase(StepMixin, CheckpointingMixin, ResumeMixin, ValidationMixin, T
         """Return a list of :class:`base.hooks.HookBase`; called once, in ``setup``."""
         return []
 
+    def build_device_augment(self):
+        """``None``, or a callable on float ``(N, C, H, W)`` training images in [0, 1] on the device (e.g. a kornia
+        ``AugmentationSequential``); called in :meth:`build`, after :meth:`build_datasets` (see :mod:`base.input_stage`)."""
+        return None
+
+    def build_mix(self):
+        """``None``, or a callable ``(images, targets) -> (images, targets)`` that mixes training batches on the device
+        (Mixup / CutMix); called in :meth:`build`, after :meth:`build_datasets` (see :mod:`base.input_stage`)."""
+        return None
+
     def model_card(self):
         """JSON-able facts a predictor needs without the data (default ``{}``); saved in checkpoints and exports."""
         return {}
@@ -214,12 +254,17 @@ class TrainerBase(StepMixin, CheckpointingMixin, ResumeMixin, ValidationMixin, T
     # ----------------------------------------------------------------- setup
     def build(self):
         """Build data, loaders, model and loss (no run folder): shared with evaluators."""
-        seed_everything(self.args.seed, self.args.deterministic)
+        a = self.args
+        seed_everything(a.seed, a.deterministic)
+        # cuDNN picks the fastest kernels for each input shape (fixed here) unless results must repeat.
+        torch.backends.cudnn.benchmark = not a.deterministic
         self.datasets = self.build_datasets()
         self.loaders = {k: self.build_dataloader(v, k) for k, v in self.datasets.items()}
         self.model = self.build_model().to(self.device)
         self.module = self.model  # the model itself; under DDP self.model becomes its wrapper (see setup)
         self.loss_fn = self.build_loss()
+        self.inputs = InputStage(self.device, a.mean, a.std, a.channels_last, augment=self.build_device_augment(),
+                                 mix=self.build_mix())
         if self.rank > 0:  # each process its own dropout/augmentation stream; the same initial weights
             seed_everything(self.args.seed + 1_000_003 * self.rank)
 
@@ -402,7 +447,9 @@ class TrainerBase(StepMixin, CheckpointingMixin, ResumeMixin, ValidationMixin, T
         if loader.generator is not None:  # worker seeds: from (seed, epoch), not the global RNG
             loader.generator.manual_seed(a.seed + self.epoch)
         with signals_held():
-            batches = iter(loader)  # forks the workers, if any (once, with persistent workers)
+            # forks the workers, if any (once, with persistent workers); on CUDA, copies a batch ahead
+            reader = iter(loader)
+        batches = self.inputs.prefetch(reader)
         per_step = loader.batch_size * self.world_size  # samples of all processes
         bar = tqdm(batches, desc=f"epoch {self.epoch + 1}/{a.epochs}", unit="batch",
                    initial=math.ceil(self.samples_in_epoch / per_step),
@@ -412,7 +459,8 @@ class TrainerBase(StepMixin, CheckpointingMixin, ResumeMixin, ValidationMixin, T
             return self._train_batches(bar)
         except BaseException:
             # An exception's traceback keeps the iterator alive; stop its workers now, not at exit.
-            getattr(batches, "_shutdown_workers", lambda: None)()
+            batches.close()
+            getattr(reader, "_shutdown_workers", lambda: None)()
             raise
         finally:
             bar.close()
@@ -424,7 +472,10 @@ class TrainerBase(StepMixin, CheckpointingMixin, ResumeMixin, ValidationMixin, T
         for window in self._windows(bar):
             consumed += len(window)
             if self._log_clock is None:  # after a validation or at the start: time training alone
-                self._log_clock, self._clock_count = time.perf_counter(), self._extra_count
+                self._log_clock, self._clock_count, self._data_time = time.perf_counter(), self._extra_count, 0.0
+                self._clock_step = self.global_step
+            else:  # (the first window's wait was before the clock started)
+                self._data_time += self._window_wait
             self._call("before_step")
             stepped = self._step(window)
             if self._restart_epoch:  # rolled back: the checkpoint set the data position
@@ -452,3 +503,12 @@ class TrainerBase(StepMixin, CheckpointingMixin, ResumeMixin, ValidationMixin, T
             if self._done():
                 break
         return consumed
+
+
+def reads_files(dataset):
+    """True when ``dataset``, or one it wraps (``.dataset``), decodes a file per item (``reads_files = True``)."""
+    while dataset is not None:
+        if getattr(dataset, "reads_files", False):
+            return True
+        dataset = getattr(dataset, "dataset", None)
+    return False

@@ -7,6 +7,7 @@ accumulation (``--accum_steps``), clipping, the update, the EMA and
 """
 import contextlib
 import itertools
+import time
 
 import torch
 
@@ -33,20 +34,12 @@ class StepMixin:
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     def to_device(self, batch):
-        """Move tensors in (nested) tuples, lists and dicts to :attr:`device`.
+        """``batch`` (tensors in nested tuples, lists and dicts) on :attr:`device`, its uint8 images made the
+        model's normalised float input (``--mean``/``--std``, ``--channels_last``): see :mod:`base.input_stage`.
 
-        With ``--channels_last``, 4-D floating-point tensors (images, ``(N, C, H, W)``)
-        are stored channels-last, the layout the model's weights were given.
+        For validation, tests and evaluators; training batches go through ``inputs.train_input`` in the loop.
         """
-        if torch.is_tensor(batch):
-            if self.args.channels_last and batch.dim() == 4 and batch.is_floating_point():
-                return batch.to(self.device, memory_format=torch.channels_last, non_blocking=True)
-            return batch.to(self.device, non_blocking=True)
-        if isinstance(batch, (list, tuple)):
-            return type(batch)(self.to_device(b) for b in batch)
-        if isinstance(batch, dict):
-            return {k: self.to_device(v) for k, v in batch.items()}
-        return batch
+        return self.inputs.to_device(batch)
 
     def prepare_model(self):
         """After ``build``: channels-last weights, the EMA copy, then ``torch.compile`` (in that order).
@@ -72,16 +65,22 @@ class StepMixin:
     def _windows(self, batches):
         """Group ``batches`` into lists of ``--accum_steps`` (the last of an epoch may be shorter).
 
-        Each list makes one optimizer step. Before its batches are read the
+        Each list makes one optimizer step. Once its batches are read, the
         global generators are seeded from the step's place in the run (see
-        :func:`base.state.seed_position`).
+        :func:`base.state.seed_position`), for what the step draws (device
+        augmentation, Mixup, dropout); each sample's own augmentation was
+        seeded from its index when it was read (:class:`base.state.SeededSamples`),
+        so reading ahead (copy-ahead, workers) changes nothing. The seconds spent
+        waiting for the batches are added to :attr:`_data_time`.
         """
         batches = iter(batches)
         while True:
-            seed_position(self.args.seed, self.rank, self.epoch, self.samples_in_epoch)
+            start = time.perf_counter()
             window = list(itertools.islice(batches, self.args.accum_steps))
+            self._window_wait = time.perf_counter() - start
             if not window:
                 return
+            seed_position(self.args.seed, self.rank, self.epoch, self.samples_in_epoch)
             yield window
 
     def _step(self, window):
@@ -113,7 +112,7 @@ class StepMixin:
             sync = self.world_size == 1 or i == len(batches) - 1
             with contextlib.nullcontext() if sync else self.model.no_sync():
                 with self.autocast():
-                    out = self.train_step(self.to_device(batch))
+                    out = self.train_step(self.inputs.train_input(batch))
                 loss = out["loss"]
                 weight = n / total
                 if self._nonfinite_on_device:  # no sync: the fused optimizer skips the update (below)

@@ -85,8 +85,18 @@ class ValidationMixin:
             scalars["grad_norm"] = self._grad_norm
         now = time.perf_counter()
         if self._log_clock is not None and now > self._log_clock:  # samples of all processes per second
-            scalars["images_per_sec"] = sums[-1] / (now - self._log_clock)
-        self._log_clock, self._clock_count = now, 0
+            elapsed = now - self._log_clock
+            scalars["images_per_sec"] = sums[-1] / elapsed
+            steps = max(1, self.global_step - self._clock_step)
+            scalars["step_time"] = elapsed / steps  # seconds per optimizer step, this process
+            scalars["data_time"] = self._data_time / steps  # of which waiting for the next batches
+            share = self._data_time / elapsed
+            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", data=f"{share:.0%}",
+                            **{k: f"{v:.4f}" for k, v in extras.items()})
+            if share > 0.1 and not self._data_warned:
+                self._data_warned = True
+                self.logger.warning("%s", data_wait_note(share, self.args))
+        self._log_clock, self._clock_count, self._clock_step, self._data_time = now, 0, self.global_step, 0.0
         if self.device.type == "cuda":
             scalars["peak_gpu_memory_mib"] = torch.cuda.max_memory_allocated(self.device) / 2 ** 20
         self.log_scalars({f"train/{k}": v for k, v in scalars.items()})
@@ -201,3 +211,17 @@ class ValidationMixin:
                 return json.load(f).get("step") == self.global_step
         except (OSError, ValueError, AttributeError):  # none yet, or not a JSON object: log the test
             return False
+
+
+def data_wait_note(share, args):
+    """One line for a run whose loop waited for data ``share`` (0..1) of a logging window, naming the flag to try."""
+    if args.data_on_device:
+        hint = "the device augmentation is part of the step: try a larger --batch_size"
+    elif args.num_workers in (0, "auto"):
+        hint = ("try --num_workers N (auto chose 0 on the CPU)" if args.num_workers == "auto"
+                else "try --num_workers auto (or N > 0)")
+        hint += ", or --data_on_device for data that fit in GPU memory"
+    else:
+        hint = f"try more than --num_workers {args.num_workers}, or --data_on_device for data that fit in GPU memory"
+    return (f"the loop waited for data {share:.0%} of the last logging window (train/data_time): the input "
+            f"pipeline holds training back; {hint}")

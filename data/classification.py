@@ -1,9 +1,9 @@
 """Image-classification datasets: flags, config checks and train/val/test splits.
 
-Every item is ``(image, label)``: ``image`` float32 ``(C, H, W)``, scaled to
-[0, 1] then mapped by ``(x - 0.5) / 0.5`` to [-1, 1] (one fixed rule for every
-source, so no statistics are computed or stored); ``label`` a Python ``int``
-in ``[0, num_classes)`` (the default collate makes it int64).
+Every item is ``(image, label)``: ``image`` uint8 ``(C, H, W)``, values 0..255
+(the device makes floats of it with ``--mean``/``--std``: :mod:`base.input_stage`);
+``label`` a Python ``int`` in ``[0, num_classes)`` (the default collate makes it int64).
+The recipe of the training and evaluation crops is :mod:`data.transforms`.
 
 * ``Digits``: scikit-learn's ``load_digits`` (1,797 real 8x8 scans, values
   0..16, shipped with scikit-learn: works offline). Shape (1, 8, 8).
@@ -32,8 +32,11 @@ from torch.utils.data import Dataset, Subset
 
 from base.config import check, str2bool
 from base.errors import DataError
+from data import transforms
+from data.augment import Augmented
 from data.elpv import load_elpv
 from data.image_folder import load_image_folder
+from data.images import ImageFiles
 
 DATA_TYPES = ["Digits", "FashionMNIST", "MNIST", "CIFAR10", "ImageFolder", "ELPV"]
 #: C of the images of each --data_type (ImageFolder: made RGB whatever the files hold), known without reading them.
@@ -58,6 +61,10 @@ class ClassificationData:
     input_shape: tuple  # (C, H, W) of one image
     class_names: list
     groups: dict = dataclasses.field(default_factory=dict)
+    #: The training images read as evaluation reads them (no random op): a k-NN bank, or --data_on_device's source.
+    plain_train: Dataset = None
+    #: The evaluation pipeline as facts (:func:`data.transforms.describe_eval`), for the model card.
+    eval_transform: dict = dataclasses.field(default_factory=dict)
 
 
 def add_data_arguments(parser):
@@ -76,6 +83,17 @@ def add_data_arguments(parser):
     data.add_argument("--test_sample_rate", type=float, default=1.0,
                       help="keep this share of the test split (fast runs)")
     data.add_argument("--image_size", type=int, default=32, help="ImageFolder and ELPV images are resized to this")
+    recipe = parser.add_argument_group("input recipe")
+    recipe.add_argument("--train_crop", choices=list(transforms.CROPS), default=None,
+                        help="rrc: random-resized crop to train, resize the shorter side to image_size / crop_pct "
+                             "and centre-crop to evaluate (timm, torchvision references); squash: resize to a "
+                             "square, aspect ratio not kept; default: rrc for ImageFolder, squash otherwise")
+    recipe.add_argument("--scale", type=float, nargs=2, default=[0.08, 1.0], metavar=("LOW", "HIGH"),
+                        help="rrc: share of the image's area a crop covers (timm's default)")
+    recipe.add_argument("--ratio", type=float, nargs=2, default=[3 / 4, 4 / 3], metavar=("LOW", "HIGH"),
+                        help="rrc: range of a crop's aspect ratio, width / height (timm's default)")
+    recipe.add_argument("--crop_pct", type=float, default=0.875,
+                        help="rrc: centre crop's share of the resized side at evaluation (224 of 256)")
     data.add_argument("--elpv_task", choices=["4class", "binary"], default="4class",
                       help="ELPV labels: the 4 defect probabilities, or defective (p >= 0.5) vs functional")
 
@@ -102,7 +120,20 @@ def validate_data_config(args):
     check(args.val_fraction + args.test_fraction < 1, "val_fraction", args.val_fraction,
           f"--val_fraction + --test_fraction ({args.test_fraction}) must be < 1 to leave training data")
     check(args.image_size > 0, "image_size", args.image_size, "must be > 0")
+    if args.train_crop is None:  # the recipe of the data: file images crop; fixed-size sets keep their size
+        args.train_crop = "rrc" if args.data_type == "ImageFolder" else "squash"
+    check(0 < args.scale[0] <= args.scale[1] <= 1, "scale", args.scale, "must be LOW HIGH with 0 < LOW <= HIGH <= 1")
+    check(0 < args.ratio[0] <= args.ratio[1], "ratio", args.ratio, "must be LOW HIGH with 0 < LOW <= HIGH")
+    check(0 < args.crop_pct <= 1, "crop_pct", args.crop_pct, "must be in (0, 1]")
     check_data_dir(args)
+
+
+def default_statistics(args):
+    """``(mean, std)`` for ``--data_type``: ImageNet's for RGB file images (``ImageFolder``, where pretrained
+    weights expect them), 0.5 / 0.5 for the others (x / 255 mapped to [-1, 1], as before the flags existed)."""
+    if args.data_type == "ImageFolder":
+        return list(transforms.IMAGENET_MEAN), list(transforms.IMAGENET_STD)
+    return [0.5], [0.5]
 
 
 def check_data_dir(args):
@@ -149,8 +180,12 @@ def data_channels(data_type):
     return CHANNELS[data_type]
 
 
-def build_classification_datasets(args):
+def build_classification_datasets(args, ops=()):
     """Build the splits chosen by ``args`` (see the module docstring).
+
+    The training split goes through :func:`data.transforms.train_transform` (the crop of
+    ``--train_crop``, then ``ops``, e.g. :func:`data.transforms.augment_ops`); validation and test
+    through :func:`data.transforms.eval_transform`. Items are uint8 ``(C, H, W)``.
 
     Returns:
         :class:`ClassificationData`.
@@ -163,33 +198,45 @@ def build_classification_datasets(args):
             decoded lazily, so a broken image raises ``DataError`` when read.
     """
     pool_groups = test_groups = None  # one group name per sample of pool / test, where the data has groups
+    flag, value, side = image_side(args)
+    eval_tf = transforms.eval_transform(args.train_crop, side, args.crop_pct)
+    train_tf = transforms.train_transform(args.train_crop, side, args.scale, args.ratio, ops)
     if args.data_type == "Digits":
         pool, test, names = _load_digits(), None, [str(d) for d in range(10)]
     elif args.data_type == "ELPV":
         pool_x, pool_y, pool_groups, test_x, test_y, test_groups, names = load_elpv(
             args.elpv_task, args.image_size, args.seed)
-        pool, test = InMemoryImages(pool_x, pool_y, 255), InMemoryImages(test_x, test_y, 255)
+        pool, test = InMemoryImages(pool_x, pool_y), InMemoryImages(test_x, test_y)
     elif args.data_type == "ImageFolder":
-        pool, test, names = load_image_folder(args.data_dir, args.image_size)
+        pool, test, names = load_image_folder(args.data_dir, eval_tf)
     elif args.data_type == "CIFAR10":
         from data.cifar import load_cifar10
 
         *pool, names = load_cifar10(args.data_dir, True, args.download)
-        pool, test = InMemoryImages(*pool, 255), InMemoryImages(*load_cifar10(args.data_dir, False, False)[:2], 255)
+        pool, test = InMemoryImages(*pool), InMemoryImages(*load_cifar10(args.data_dir, False, False)[:2])
     else:
         pool, names = _load_mnist(args.data_type, args.data_dir, True, args.download)
         test, _ = _load_mnist(args.data_type, args.data_dir, False, args.download)
     # Not pool[0].shape: a broken first image should fail in the loader, not here.
-    in_memory = isinstance(pool, InMemoryImages)
-    shape = tuple(pool.images.shape[1:]) if in_memory else (3, args.image_size, args.image_size)
+    channels = pool.images.shape[1] if isinstance(pool, InMemoryImages) else 3
     train, val, test = _split(pool, test, args)
     groups = {}
     if pool_groups is not None:
         # The splits are Subsets with subsampled, sorted indices: map each through its own.
         groups = {name: [(pool_groups if split.dataset is pool else test_groups)[i] for i in split.indices]
                   for name, split in (("train", train), ("val", val), ("test", test))}
+    plain_train = train
+    if isinstance(pool, ImageFiles):  # decoded per item: the training pipeline runs on each decoded file
+        train = Subset(ImageFiles(pool.samples, train_tf, pool.mode), train.indices)
+    else:  # in memory, already uint8 at their size: transforms only where they change something
+        if args.train_crop != "squash" or ops or pool.images.shape[-1] != side:
+            train = Augmented(train, train_tf)
+        if args.train_crop != "squash" or pool.images.shape[-1] != side:
+            plain_train, val, test = (Augmented(split, eval_tf) for split in (plain_train, val, test))
     return ClassificationData(train=train, val=val, test=test, num_classes=len(names),
-                              input_shape=shape, class_names=list(names), groups=groups)
+                              input_shape=(channels, side, side), class_names=list(names), groups=groups,
+                              plain_train=plain_train,
+                              eval_transform=transforms.describe_eval(args.train_crop, side, args.crop_pct))
 
 
 def _split(pool, test, args):
@@ -238,24 +285,39 @@ def _keep(rate, n):
 
 
 class InMemoryImages(Dataset):
-    """Images held as one uint8 tensor, normalized per item (4x less memory than float).
+    """Images held as one uint8 tensor; items are views of it, normalised on the device.
 
     Args:
-        images: uint8 tensor (N, C, H, W) with values in ``[0, max_value]``.
+        images: uint8 tensor (N, C, H, W), values 0..255.
         labels: integer tensor (N,).
-        max_value: the value that maps to 1.0 before ``(x - 0.5) / 0.5``.
+
+    Items are ``(uint8 (C, H, W), int label)``. :meth:`__getitems__` fetches a
+    whole batch with one indexing op (the DataLoader calls it when present).
     """
 
-    def __init__(self, images, labels, max_value):
-        self.images, self.labels, self.max_value = images, labels.long(), float(max_value)
+    #: A batch is fetched with one indexing op and draws no random numbers (see base.state.SeededSamples).
+    fetches_batches = True
+
+    def __init__(self, images, labels):
+        self.images, self.labels = images, labels.long()
 
     def __len__(self):
         return len(self.labels)
 
     def __getitem__(self, index):
-        """Return ``(float32 (C, H, W) in [-1, 1], int label)``."""
-        image = self.images[index].float() / self.max_value
-        return (image - 0.5) / 0.5, int(self.labels[index])
+        return self.images[index], int(self.labels[index])
+
+    def __getitems__(self, indices):
+        """``[(uint8 (C, H, W), int label)]`` for ``indices``, gathered with one indexing op per tensor."""
+        index = torch.as_tensor(indices, dtype=torch.long)
+        return list(zip(self.images[index].unbind(0), self.labels[index].tolist()))
+
+    def tensors(self, indices=None):
+        """``(uint8 (n, C, H, W), int64 (n,))`` of ``indices`` (all when None), for upload to a device."""
+        if indices is None:
+            return self.images, self.labels
+        index = torch.as_tensor(indices, dtype=torch.long)
+        return self.images[index], self.labels[index]
 
 
 def digits_arrays():
@@ -291,7 +353,10 @@ def digits_arrays():
 def _load_digits():
     """scikit-learn's 8x8 digits as :class:`InMemoryImages` (values 0..16)."""
     images, labels = digits_arrays()
-    return InMemoryImages(torch.from_numpy(images).unsqueeze(1), torch.from_numpy(labels), max_value=16)
+    # 0..16 scaled to 0..255 and rounded (16 -> 255, 8 -> 128): within half a grey level of x / 16,
+    # so every source is uint8 0..255 and one rule (x / 255) makes floats of it.
+    pixels = torch.round(torch.from_numpy(images).unsqueeze(1).float() * (255 / 16)).to(torch.uint8)
+    return InMemoryImages(pixels, torch.from_numpy(labels))
 
 
 class _FlatRoot:
@@ -354,4 +419,4 @@ def _load_mnist(name, data_dir, train, download):
     if int(ds.targets.max()) >= len(ds.classes):
         raise DataError(f"{name} in {raw}: label {int(ds.targets.max())} found, "
                         f"expected labels 0..{len(ds.classes) - 1}")
-    return InMemoryImages(ds.data.unsqueeze(1), ds.targets, max_value=255), list(ds.classes)
+    return InMemoryImages(ds.data.unsqueeze(1), ds.targets), list(ds.classes)

@@ -32,14 +32,14 @@ def class_folders(directory):
     return sorted(e.name for e in os.scandir(directory) if e.is_dir() and visible(e.name))
 
 
-def load_image_folder(data_dir, image_size):
+def load_image_folder(data_dir, transform):
     """Find class folders and their images; return ``(pool, test or None, class_names)``.
 
     ``<data_dir>/test`` is the test split only next to ``<data_dir>/train``;
     without ``train/`` every sub-folder of ``data_dir`` is a class. ``test/`` uses
     ``train/``'s class indices, so a class missing from ``test/`` does not shift the
     labels of the others. ``pool`` and ``test`` are :class:`data.images.ImageFiles`
-    (``(float32 (3, image_size, image_size), label)`` items).
+    (``(uint8 (3, H, W), label)`` items) decoded through ``transform`` (see :mod:`data.transforms`).
 
     Raises:
         DataError: no class folders or no images, fewer than two classes (a one-class
@@ -71,8 +71,8 @@ def load_image_folder(data_dir, image_size):
                               class_to_idx, taken, allow_empty=True)
         if not samples:
             raise DataError(f"no images found in {test_dir}: expected {LAYOUT}")
-        test = ImageFiles(samples, image_size)
-    return ImageFiles(pool, image_size), test, classes
+        test = ImageFiles(samples, transform)
+    return ImageFiles(pool, transform), test, classes
 
 
 def find_images(root, classes, class_to_idx, taken=None, allow_empty=False):

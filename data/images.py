@@ -126,13 +126,15 @@ def image_file_to_input(path, input_shape):
 
 
 class ImageFiles(Dataset):
-    """Images decoded from files on each access, any mode made 8-bit RGB by :func:`to_8bit`.
+    """Images decoded from files on each access, any mode made 8-bit RGB (or ``"L"``) by :func:`to_8bit`.
 
     Args:
         samples: list of ``(path, label)``.
-        image_size: side of the square output.
+        transform: a v2 pipeline from a PIL image to uint8 ``(C, H, W)`` (see :mod:`data.transforms`);
+            it runs in the DataLoader worker, on uint8 pixels.
+        mode: ``"RGB"`` (C = 3) or ``"L"`` (C = 1).
 
-    Items are ``(float32 (3, image_size, image_size) in [-1, 1], int label)``.
+    Items are ``(uint8 (C, H, W), int label)``; the device normalises them (:mod:`base.input_stage`).
 
     Raises:
         BadImageError: ``"cannot read image <path>: <reason>"`` for a file PIL cannot
@@ -140,20 +142,15 @@ class ImageFiles(Dataset):
             DataLoader worker, which re-raises it with the worker's traceback.
     """
 
-    def __init__(self, samples, image_size):
-        self.samples = list(samples)
-        from torchvision.transforms import v2
+    #: Decodes a file per item: a CUDA run with --num_workers 0 is warned (see base.trainer_base).
+    reads_files = True
 
-        self.transform = v2.Compose([
-            v2.PILToTensor(),  # uint8 (3, H, W)
-            v2.Resize((image_size, image_size), antialias=True),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize([0.5] * 3, [0.5] * 3),
-        ])
+    def __init__(self, samples, transform, mode="RGB"):
+        self.samples, self.transform, self.mode = list(samples), transform, mode
 
     def __len__(self):
         return len(self.samples)
 
     def __getitem__(self, index):
         path, label = self.samples[index]
-        return self.transform(read_image(path, "RGB")), int(label)
+        return self.transform(read_image(path, self.mode)), int(label)

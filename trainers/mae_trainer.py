@@ -71,7 +71,7 @@ class MAETrainer(ViTTrainer):
     def build_datasets(self):
         sets = super().build_datasets()
         if self.args.knn_k:  # the k-NN bank: the training images without augmentation
-            sets["knn"] = self.data.train
+            sets["knn"] = self.data.plain_train
         return sets
 
     @classmethod
@@ -139,5 +139,7 @@ class MAETrainer(ViTTrainer):
         n = self.args.num_viz
         masked, pasted = self.module.reconstruct(images[:n], pred[:n].float(), mask[:n])
         tiles = torch.stack([images[:n].float(), masked, pasted], dim=1).flatten(0, 1)
-        # Inputs are normalised to [-1, 1] (data.classification's (x / max - 0.5) / 0.5): back to [0, 1].
-        return make_grid((tiles * 0.5 + 0.5).clamp(0, 1).cpu(), nrow=3, padding=1)
+        # Inputs are (x - mean) / std (base.input_stage): back to [0, 1] pixels.
+        mean = torch.tensor(self.inputs.mean, device=tiles.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.inputs.std, device=tiles.device).view(1, -1, 1, 1)
+        return make_grid((tiles * std + mean).clamp(0, 1).cpu(), nrow=3, padding=1)

@@ -1,7 +1,8 @@
 """Image classification with cross-entropy on Digits, (Fashion)MNIST or an image folder."""
 from base.config import check
 from base.trainer_base import TrainerBase
-from data.classification import add_data_arguments, build_classification_datasets, image_side, validate_data_config
+from data.classification import (add_data_arguments, build_classification_datasets, default_statistics, image_side,
+                                 validate_data_config)
 from loss.classification import build_classification_loss
 from model.classifiers import CLASSIFIERS, build_classifier, image_size_problem
 from utils.metrics import ClassificationMeter
@@ -13,6 +14,8 @@ class VanillaTrainer(TrainerBase):
     PROG = "trainer_vanilla.py"
     DEFAULTS = {"proj_name": "Vanilla", "epochs": 30, "lr": 2e-3, "weight_decay": 1e-4}
     monitor, monitor_mode = "top1", "max"
+    OLDER_RUN_VALUES = {**TrainerBase.OLDER_RUN_VALUES, "train_crop": "squash"}  # images were squashed then
+    default_statistics = classmethod(lambda cls, args: default_statistics(args))
 
     @classmethod
     def add_arguments(cls, parser):

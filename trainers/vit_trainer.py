@@ -6,9 +6,9 @@ from torch import nn
 from base import optim
 from base.config import check, str2bool
 from base.trainer_base import TrainerBase
-from data.augment import Augmented, train_transform
-from data.classification import (add_data_arguments, build_classification_datasets, data_channels, image_side,
-                                 validate_data_config)
+from data.classification import (add_data_arguments, build_classification_datasets, data_channels,
+                                 default_statistics, image_side, validate_data_config)
+from data.transforms import augment_ops
 from loss.classification import build_classification_loss
 from model.pretrained import load_pretrained
 from model.zoo import (VIT_MODELS, build_zoo_model, image_size_problem, no_weight_decay_names, vit_layer_id,
@@ -29,6 +29,8 @@ class ViTTrainer(TrainerBase):
     DEFAULTS = {"proj_name": "ViT", "data_type": "ELPV", "image_size": 64, "epochs": 30, "batch_size": 64,
                 "lr": 1e-3, "weight_decay": 0.05, "warmup_steps": 100, "grad_clip": 1.0}
     monitor, monitor_mode = "top1", "max"
+    OLDER_RUN_VALUES = {**TrainerBase.OLDER_RUN_VALUES, "train_crop": "squash"}  # images were squashed then
+    default_statistics = classmethod(lambda cls, args: default_statistics(args))
 
     @classmethod
     def add_arguments(cls, parser):
@@ -79,16 +81,18 @@ class ViTTrainer(TrainerBase):
                   f"needs a zoo ViT ({', '.join(VIT_MODELS)}), not --model_type {args.model_type}")
 
     def build_datasets(self):
+        a = self.args
+        self.data = build_classification_datasets(a, augment_ops(a.hflip, a.vflip, a.randaugment))
+        return {"train": self.data.train, "val": self.data.val, "test": self.data.test}
+
+    def build_mix(self):
+        """Mixup / CutMix per batch on the device (torchvision v2); targets become class probabilities."""
         from torchvision.transforms import v2  # here, not at import: --help should not pay for torchvision
 
         a = self.args
-        self.data = build_classification_datasets(a)
-        augment = train_transform(a.hflip, a.vflip, a.randaugment)
-        train = Augmented(self.data.train, augment) if augment else self.data.train
         mixes = [v2.MixUp(alpha=a.mixup_alpha, num_classes=self.data.num_classes)] if a.mixup_alpha else []
         mixes += [v2.CutMix(alpha=a.cutmix_alpha, num_classes=self.data.num_classes)] if a.cutmix_alpha else []
-        self.mix = v2.RandomApply([v2.RandomChoice(mixes)], p=a.mix_prob) if mixes else None
-        return {"train": train, "val": self.data.val, "test": self.data.test}
+        return v2.RandomApply([v2.RandomChoice(mixes)], p=a.mix_prob) if mixes else None
 
     def build_model(self):
         a = self.args
@@ -134,9 +138,7 @@ class ViTTrainer(TrainerBase):
         return optim.build_optimizer(groups, a)
 
     def train_step(self, batch):
-        images, labels = batch
-        if self.mix is not None:  # per batch, on the device; targets become class probabilities
-            images, labels = self.mix(images, labels)
+        images, labels = batch  # mixed already with --mixup_alpha / --cutmix_alpha (build_mix)
         return {"loss": self.loss_fn(self.model(images), labels)}
 
     def validate(self, loader):
