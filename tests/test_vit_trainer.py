@@ -43,9 +43,9 @@ def test_schedule_peaks_at_the_end_of_warmup_and_ends_at_zero():
 
 def test_mixup_and_cutmix_targets_are_probabilities(tmp_path):
     trainer = built(tmp_path, "--mixup_alpha", "0.4", "--cutmix_alpha", "1.0")
-    images, labels = next(iter(trainer.loaders["train"]))
+    images, labels = trainer.to_device(next(iter(trainer.loaders["train"])))
     torch.manual_seed(0)
-    mixed_images, targets = trainer.mix(images, labels)
+    mixed_images, targets = trainer.inputs.mix(images, labels)
     assert targets.shape == (len(labels), trainer.data.num_classes)
     assert torch.allclose(targets.sum(1), torch.ones(len(labels)))
     assert (targets.max(1).values < 1).any()  # really mixed, not one-hot
@@ -56,11 +56,12 @@ def test_mixup_and_cutmix_targets_are_probabilities(tmp_path):
 def test_train_step_scores_the_mixed_images_against_the_mixed_soft_targets(tmp_path, mix):
     trainer = built(tmp_path, *mix, "--label_smoothing", "0.1")
     torch.nn.init.normal_(trainer.model.heads.head.weight, std=0.1)  # (zeros at first: every target would score log K)
-    mixes, mix_of = [], trainer.mix
-    trainer.mix = lambda images, labels: mixes.append(mix_of(images, labels)) or mixes[-1]
-    images, labels = next(iter(trainer.loaders["train"]))
+    mixes, mix_of = [], trainer.inputs.mix
+    trainer.inputs.mix = lambda images, labels: mixes.append(mix_of(images, labels)) or mixes[-1]
+    batch = next(iter(trainer.loaders["train"]))
+    images, labels = trainer.to_device(batch)
     torch.manual_seed(0)
-    loss = trainer.train_step((images, labels))["loss"]
+    loss = trainer.train_step(trainer.inputs.train_input(batch))["loss"]  # as the loop calls it
     (mixed, soft), = mixes
     assert not torch.equal(mixed, images) and (soft.max(1).values < 1).any()  # really mixed
     # Cross-entropy against the soft targets by hand, smoothed as torch does: (1 - e) * soft + e / K
@@ -75,7 +76,7 @@ def test_train_step_scores_the_mixed_images_against_the_mixed_soft_targets(tmp_p
 def test_flips_flip_training_images(tmp_path):
     trainer = built(tmp_path, "--hflip", "1", "--vflip", "1")
     flipped, label = trainer.datasets["train"][0]
-    plain, plain_label = trainer.data.train[0]
+    plain, plain_label = trainer.data.plain_train[0]
     assert label == plain_label
     torch.testing.assert_close(flipped, plain.flip(-1).flip(-2))
 
@@ -87,13 +88,13 @@ def test_randaugment_changes_training_images_only(tmp_path):
     torch.manual_seed(0)
     a, _ = trainer.datasets["train"][0]
     b, _ = trainer.datasets["train"][0]
-    plain, _ = trainer.data.train[0]
-    assert not (torch.equal(a, plain) and torch.equal(b, plain))
-    # RandAugment(N=2, M=15) of the image in [0, 1], mapped back to [-1, 1], with the same random draws
+    plain, _ = trainer.data.plain_train[0]
+    assert a.dtype == torch.uint8 and not (torch.equal(a, plain) and torch.equal(b, plain))
+    # RandAugment(N=2, M=15) of the uint8 image, with the same random draws
     from torchvision.transforms import v2
 
     torch.manual_seed(0)
-    torch.testing.assert_close(a, (v2.RandAugment(num_ops=2, magnitude=15)(plain * 0.5 + 0.5) - 0.5) / 0.5)
+    torch.testing.assert_close(a, v2.RandAugment(num_ops=2, magnitude=15)(plain))
 
 
 def test_a_short_run_with_the_whole_recipe_then_eval(tmp_path, capsys):
