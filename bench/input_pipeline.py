@@ -1,6 +1,6 @@
 """The image input pipeline's two costs, uint8 batches against float32 ones: decoding per worker, and the main thread.
 
-    python bench/input_pipeline.py                 # about 3 minutes on 2 CPU cores; the figures in docs/BENCHMARKS.md
+    python bench/input_pipeline.py                 # 2-3 minutes on 2 CPU cores; the figures in docs/BENCHMARKS.md
     python bench/input_pipeline.py --tiny          # a smoke run of the script (well under a minute)
 
 Both paths read the same generated JPEG ImageFolder (``--files`` random files of about 500x375 in 10 class
@@ -21,17 +21,22 @@ Two figures per path, one process, the same files, batch size and worker count:
    over ``--worker_images`` images in this process with one intra-op thread, as a DataLoader worker runs.
 2. **main-thread us per image**: a DataLoader with ``--workers`` workers and a prefetch queue that holds
    every timed batch (``prefetch_factor = --batches / --workers``, and no more batches than that, so the
-   workers are idle while the main thread is timed); once all batches are ready, per batch: ``next`` of
-   the loader's iterator (receiving it: unpickling, re-opening the shared memory, freeing the previous
-   batch) + pinning (CUDA only: ``Tensor.pin_memory`` on this thread, which the trainer's DataLoader does
-   in its pin-memory thread of the same process) + the copy call (``Tensor.to(device, non_blocking=True)``,
-   what ``InputStage.to_device`` does first); wall time divided by images. Sending indices to busy workers
-   is not in it: every index was sent when the iterator started.
+   workers are idle while the main thread is timed); once all batches are ready, per batch: releasing
+   the previous batch (its last references: the kernel unmaps and frees the shared memory a worker
+   filled, as when the training loop takes the next batch) + ``next`` of the loader's iterator
+   (receiving: unpickling, fetching each tensor's shared memory from its worker) + pinning (CUDA only:
+   ``Tensor.pin_memory`` on this thread, where the trainer's DataLoader pins in its pin-memory thread of
+   the same process) + the copy call (``Tensor.to(device, non_blocking=True)``, what
+   ``InputStage.to_device`` does first), divided by images. In this thread's CPU time
+   (``time.thread_time``: what the thread spends, whatever else the machine runs), the figure, and in
+   wall time beside it (which also counts waiting for a worker's reply and time given to other
+   processes). Sending indices to busy workers is not in it: every index was sent when the iterator
+   started.
 
 Printed beside them, not counted in (2): ``InputStage.normalise`` per image (uint8 to the model's
 float input; kernel launches on CUDA, the arithmetic itself on this thread on a CPU). Each figure is
 the median of ``--repeats`` repeats, the paths interleaved. The last line is
-``main-thread us per image: X``, X the uint8 path's figure (2). ``--tiny``: 16 files, batches of 4,
+``main-thread us per image: X``, X the uint8 path's figure (2), CPU time. ``--tiny``: 16 files, batches of 4,
 4 batches, 8 images per worker figure, 1 repeat.
 """
 import argparse
@@ -179,6 +184,12 @@ def parse(argv):
                  "repeats"):
         if getattr(a, flag) < 1:
             p.error(f"--{flag} {getattr(a, flag)}: must be >= 1")
+    try:
+        a.device = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError:
+        p.error(f"--device {a.device}: not a torch device (cpu, cuda, cuda:0, ...)")
+    if a.device.type not in ("cpu", "cuda") or (a.device.type == "cuda" and not torch.cuda.is_available()):
+        p.error(f"--device {a.device}: expected cpu, or cuda on a machine with CUDA")
     if a.batches % a.workers:
         p.error(f"--batches {a.batches}: must be a multiple of --workers {a.workers} (each worker's prefetch queue "
                 f"holds an equal share)")
@@ -187,7 +198,7 @@ def parse(argv):
 
 def main(argv=None):
     a = parse(argv)
-    device = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = a.device
     if a.sharing_strategy:
         torch.multiprocessing.set_sharing_strategy(a.sharing_strategy)
     inputs = InputStage(device, transforms.IMAGENET_MEAN, transforms.IMAGENET_STD)

@@ -28,9 +28,10 @@ synchronised only at both ends of the timed steps):
 and without a test split. Printed to stdout: the command, device, torch version, one markdown table and the
 issue's targets, (b)/(a) >= 0.97 for every row and (c)/(a) >= 0.90 for resnet50; ratios are of the printed
 figures. ``--tiny``: resnet18, and vit_ti_16 (patch 8), at 32x32, a UNet of width 4 at 64x96, 4 images a batch,
-1 + 3 steps, 40 JPEGs of about 100x75 (on a CPU ``auto`` is 0 workers: read in the main process); on the CPU autocast is off (bf16 without CPU
-support is emulated, 10-50x slower) and ``--compile`` uses dynamo's ``eager`` backend (inductor's C++ build takes
-minutes on a small CPU). Exit status 2, one line on stderr, without CUDA unless ``--tiny``.
+1 + 3 steps, 40 JPEGs of about 100x75 (``auto`` is 0 workers on a CPU: read in the main process); on the CPU
+autocast is off (bf16 without CPU support is emulated, 10-50x slower) and ``--compile`` uses dynamo's ``eager``
+backend (inductor's C++ build takes minutes on a small CPU). Exit status 2, one line on stderr, without CUDA
+unless ``--tiny``.
 """
 import argparse
 import functools
