@@ -10,23 +10,28 @@ and ``unet`` (the Carvana task's UNet, width 16) at 320x480; bf16 autocast and c
 is timed three ways, in images/s over ``--steps`` optimizer steps after ``--warmup`` steps (wall seconds, CUDA
 synchronised only at both ends of the timed steps):
 
-(a) bare: a hand-written step on one batch already on the device: forward under ``torch.autocast``, the task's
-    loss, backward, fused ``AdamW.step``, ``zero_grad``; the trainer's model and loss, the same batch size,
-    cuDNN's defaults as in the trainer (no ``cudnn.benchmark``). The ceiling.
-(b) trainer: ``ViTTrainer`` / ``SegOnCarvanaTrainer`` with the same flags, on random tensors in memory (its own
-    DataLoader, ``--num_workers 0``), timed by a hook from the end of step W to the end of step W+N.
+(a) bare: a hand-written step on one batch already on the device, normalised to float once beforehand: forward
+    under ``torch.autocast``, the task's loss, backward, fused ``AdamW.step``, ``zero_grad``; the trainer's model
+    and loss, the same batch size, ``cudnn.benchmark`` on as in the trainer (without ``--deterministic``). The
+    ceiling.
+(b) trainer: ``ViTTrainer`` / ``SegOnCarvanaTrainer`` with the same flags and the trainer's defaults, on random
+    uint8 images in memory (its own DataLoader with ``--num_workers auto``, or ``--memory_workers``; the uint8
+    batch copied a step ahead and normalised on the device by its ``InputStage``), timed by a hook from the end
+    of step W to the end of step W+N.
 (c) files: ``ViTTrainer`` on a JPEG ImageFolder written once to a temporary folder (2,000 distinct random files
     of about 500x375 in 10 classes, hard-linked up to the count the steps need) with ``--randaugment 2 9
-    --hflip 0.5`` and ``--num_workers`` = CPU count; it warms up for at least 2 and times at least 8 steps per
-    worker (a short window would count batches the workers queued before it). Classifiers only (``n/a`` for unet).
+    --hflip 0.5`` and ``--num_workers auto`` (or ``--num_workers``): workers decode to uint8, the device
+    normalises; it warms up for at least 2 and times at least 8 steps per worker (a short window would count
+    batches the workers queued before it). Classifiers only (``n/a`` for unet).
 
 (b) and (c) run with ``--grad_clip 0`` (ViTTrainer clips at 1.0 by default) so all three do the same arithmetic,
 and without a test split. Printed to stdout: the command, device, torch version, one markdown table and the
 issue's targets, (b)/(a) >= 0.97 for every row and (c)/(a) >= 0.90 for resnet50; ratios are of the printed
 figures. ``--tiny``: resnet18, and vit_ti_16 (patch 8), at 32x32, a UNet of width 4 at 64x96, 4 images a batch,
-1 + 3 steps, 40 JPEGs of about 100x75 read in the main process; on the CPU autocast is off (bf16 without CPU
-support is emulated, 10-50x slower) and ``--compile`` uses dynamo's ``eager`` backend (inductor's C++ build takes
-minutes on a small CPU). Exit status 2, one line on stderr, without CUDA unless ``--tiny``.
+1 + 3 steps, 40 JPEGs of about 100x75 (``auto`` is 0 workers on a CPU: read in the main process); on the CPU
+autocast is off (bf16 without CPU support is emulated, 10-50x slower) and ``--compile`` uses dynamo's ``eager``
+backend (inductor's C++ build takes minutes on a small CPU). Exit status 2, one line on stderr, without CUDA
+unless ``--tiny``.
 """
 import argparse
 import functools
@@ -49,6 +54,8 @@ sys.path.insert(0, ROOT)
 
 from base.config import ConfigError  # noqa: E402
 from base.hooks import HookBase  # noqa: E402
+from base.input_stage import InputStage  # noqa: E402
+from base.trainer_args import resolve_workers, workers_type  # noqa: E402
 from utils.device import select_device  # noqa: E402
 
 # row -> (task, model_type, --compile, default batch); --tiny swaps in TINY_MODELS
@@ -103,10 +110,10 @@ class Timer(HookBase):
 
 
 def synthetic(task, batch, size):
-    """Two batches of random ``images`` float32 (2B, 3, H, W) in [-1, 1] and targets: labels int64 (2B,) in
-    0..9, or masks float32 (2B, 1, H, W) in {0, 1}."""
+    """Two batches of random ``images`` uint8 (2B, 3, H, W), as the image datasets hand out, and targets: labels
+    int64 (2B,) in 0..9, or masks float32 (2B, 1, H, W) in {0, 1}."""
     gen = torch.Generator().manual_seed(0)
-    images = torch.rand(2 * batch, 3, *size, generator=gen) * 2 - 1
+    images = torch.randint(0, 256, (2 * batch, 3, *size), dtype=torch.uint8, generator=gen)
     if task == "cls":
         return images, torch.randint(0, 10, (2 * batch,), generator=gen)
     return images, (torch.rand(2 * batch, 1, *size, generator=gen) > 0.5).float()
@@ -130,7 +137,7 @@ def measured(task, warmup, steps, data=None, profile=None):
             if task == "cls":
                 pool = [(images[i], int(targets[i])) for i in range(len(images))]
                 self.data = ClassificationData(None, None, None, 10, tuple(images.shape[1:]), list("0123456789"))
-                self.mix, val = None, pool[:n]
+                val = pool[:n]
             else:
                 pool = [{"image": images[i], "mask": targets[i]} for i in range(len(images))]
                 val = [{**item, "full_mask": item["mask"][0].to(torch.uint8)} for item in pool[:n]]
@@ -151,12 +158,15 @@ def bare_rate(task, argv, warmup, steps, data, profile=None):
     trainer.build_datasets()  # what build_model reads (ViTTrainer: the images' shape, the classes)
     a, device = trainer.args, trainer.device
     model = trainer.build_model().to(device, memory_format=torch.channels_last)
+    benchmark = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = not a.deterministic  # as TrainerBase.build sets it
     if a.compile:
         model.compile()  # as --compile does: in place, the loss outside
     loss_fn = trainer.build_loss()
     # fused: PyTorch's fastest AdamW (one kernel per step), the ceiling whichever one the trainer picks
     optimizer = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=a.weight_decay, fused=True)
-    x = data[0][:a.batch_size].to(device, memory_format=torch.channels_last)
+    # the model's input as the trainer's InputStage makes it from the uint8 batch, once: the ceiling pays no copy
+    x = InputStage(device, a.mean, a.std, channels_last=True).to_device(data[0][:a.batch_size])
     y = data[1][:a.batch_size].to(device)
     for i in range(warmup + steps):
         if i == warmup:
@@ -171,6 +181,7 @@ def bare_rate(task, argv, warmup, steps, data, profile=None):
         optimizer.zero_grad(set_to_none=True)
     sync(device)
     seconds = time.perf_counter() - start
+    torch.backends.cudnn.benchmark = benchmark
     if profile:
         profile.stop()
     return steps * a.batch_size / seconds
@@ -238,9 +249,11 @@ def parse(argv):
     p.add_argument("--steps", type=int, default=None, help="timed optimizer steps (default 50; --tiny 3)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps before them, >= 1 (default 10; --tiny 1)")
     p.add_argument("--image_size", type=int, default=None, help="classifiers' side (default 224; --tiny 32)")
-    p.add_argument("--num_workers", type=int, default=None, help="(c)'s DataLoader workers (default: CPU count)")
-    p.add_argument("--memory_workers", type=int, default=0,
-                   help="(b)'s DataLoader workers (0: collation and pinning on the main thread)")
+    p.add_argument("--num_workers", type=workers_type, default="auto",
+                   help="(c)'s DataLoader workers: auto (the trainer's default) or N")
+    p.add_argument("--memory_workers", type=workers_type, default="auto",
+                   help="(b)'s DataLoader workers: auto (the trainer's default) or N (0: collation and pinning on "
+                        "the main thread)")
     p.add_argument("--profile", default=None, metavar="DIR",
                    help="write torch.profiler tables of (a)'s and (b)'s timed steps to DIR/<model>_{bare,trainer}.txt "
                         "(their rates then include the profiler's cost)")
@@ -252,7 +265,7 @@ def parse(argv):
     if not set(a.models.split(",")) <= set(ROWS):
         p.error(f"--models {a.models}: choose from {', '.join(ROWS)}")
     for flag, full, tiny in (("steps", 50, 3), ("warmup", 10, 1), ("image_size", 224, 32),
-                             ("num_workers", os.cpu_count(), 0), ("compile_backend", "inductor", "eager")):
+                             ("compile_backend", "inductor", "eager")):
         setattr(a, flag, getattr(a, flag) if getattr(a, flag) is not None else tiny if a.tiny else full)
     if a.steps < 1 or a.warmup < 1:
         p.error("--steps and --warmup must be >= 1 (the timer starts at the end of a step)")
@@ -272,6 +285,8 @@ def main(argv=None):
               file=sys.stderr)
         return 2
     a.amp = device.type == "cuda"  # see the module docstring
+    # what the trainer's auto gives (base.trainer_args.resolve_workers): (c)'s step counts depend on it
+    a.files_workers, a.memory_workers = (resolve_workers(v, device) for v in (a.num_workers, a.memory_workers))
     if a.compile_backend != "inductor":  # --compile calls nn.Module.compile (base/trainer_step.py)
         torch.nn.Module.compile = functools.partialmethod(torch.nn.Module.compile, backend=a.compile_backend)
     rows = []
@@ -279,7 +294,7 @@ def main(argv=None):
         specs = {name: row_argv(name, a, tmp) for name in a.models.split(",")}
         # (c): the DataLoader keeps 2 batches per worker in flight and its workers deliver in bursts: warm up
         # until that queue is drained and time enough steps that one burst is a small share of them.
-        a.files_warmup, a.files_steps = max(a.warmup, 2 * a.num_workers), max(a.steps, 8 * a.num_workers)
+        a.files_warmup, a.files_steps = max(a.warmup, 2 * a.files_workers), max(a.steps, 8 * a.files_workers)
         need = max([b * (a.files_warmup + a.files_steps) for task, _, b, _ in specs.values() if task == "cls"],
                    default=0)
         count = math.ceil(need / (1 - VAL_FRACTION)) + 2  # one epoch holds every step: no validation inside
@@ -288,7 +303,7 @@ def main(argv=None):
         if need:
             jpeg_folder(os.path.join(tmp, "jpeg"), **a.jpeg)
         files = ["--data_type", "ImageFolder", "--data_dir", os.path.join(tmp, "jpeg"), "--randaugment", "2", "9",
-                 "--hflip", "0.5", "--num_workers", str(a.num_workers), "--val_fraction", str(VAL_FRACTION),
+                 "--hflip", "0.5", "--num_workers", str(a.files_workers), "--val_fraction", str(VAL_FRACTION),
                  "--test_fraction", "0", "--max_steps", str(a.files_warmup + a.files_steps)]
         if a.profile:
             os.makedirs(a.profile, exist_ok=True)
@@ -323,7 +338,7 @@ def report(a, device, rows):
     print(f"setup: bf16 autocast {'on' if a.amp else 'off'}, channels-last, compile backend {a.compile_backend}; "
           f"{a.steps} steps timed after {a.warmup}; (b): {a.memory_workers} workers"
           f"{' (profiled)' if a.profile else ''}; (c): {a.files_steps} after {a.files_warmup}, {a.jpeg['count']} "
-          f"JPEGs ({a.jpeg['distinct']} distinct, about {a.jpeg['width']}x{a.jpeg['height']}), {a.num_workers} "
+          f"JPEGs ({a.jpeg['distinct']} distinct, about {a.jpeg['width']}x{a.jpeg['height']}), {a.files_workers} "
           f"workers" + ("; --tiny: resnet18, vit_ti_16 (patch 8), UNet width 4" if a.tiny else "") + "\n")
     fmt = lambda v, spec: "n/a" if v is None else format(v, spec)  # noqa: E731
     print("| model | batch | input | (a) bare, images/s | (b) trainer, in memory, images/s "

@@ -61,3 +61,15 @@ def test_without_cuda_and_without_tiny_exits_2_with_one_line():
     assert result.stdout == ""
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "needs a CUDA GPU" in lines[0] and "--tiny" in lines[0], result.stderr
+
+
+def test_rows_use_the_trainers_new_defaults_uint8_images_and_auto_workers():
+    from bench.throughput import parse, synthetic
+
+    images, labels = synthetic("cls", 2, (8, 8))
+    assert images.dtype == torch.uint8 and images.shape == (4, 3, 8, 8) and labels.dtype == torch.int64
+    images, masks = synthetic("seg", 2, (8, 12))
+    assert images.dtype == torch.uint8 and masks.shape == (4, 1, 8, 12)
+    a = parse([])
+    assert a.num_workers == "auto" and a.memory_workers == "auto"
+    assert parse(["--num_workers", "3", "--memory_workers", "0"]).num_workers == 3
