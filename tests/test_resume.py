@@ -136,7 +136,8 @@ def train(cls, out, argv, hooks=()):
 
 
 #: Scalars that measure the machine, not the training: they differ between any two runs.
-TIMING_SCALARS = ("train/images_per_sec", "val/seconds", "train/peak_gpu_memory_mib")
+TIMING_SCALARS = ("train/images_per_sec", "train/step_time", "train/data_time", "val/seconds",
+                  "train/peak_gpu_memory_mib")
 
 
 def logged(trainer):
