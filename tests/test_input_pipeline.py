@@ -316,6 +316,24 @@ def test_slow_data_is_warned_about_once(tmp_path):
     assert "try --num_workers auto (or N > 0)" in log
 
 
+@pytest.mark.parametrize("num_workers, device, hint", [
+    ("auto", "cpu", "try --num_workers N (auto chose 0 on the CPU)"),
+    (0, "cuda", "try --num_workers auto (or N > 0)"),
+    (3, "cpu", "try more than --num_workers 3,"),
+    ("auto", "cuda", "try more than --num_workers {auto} (auto chose {auto}),")])
+def test_slow_data_note_names_the_workers_the_run_has(num_workers, device, hint):
+    from types import SimpleNamespace
+
+    from base.trainer_args import resolve_workers
+    from base.trainer_validation import data_wait_note
+
+    # resolve_workers reads only the device's type: no GPU needed to ask what auto picks on CUDA.
+    auto = resolve_workers("auto", torch.device("cuda"))
+    note = data_wait_note(0.42, SimpleNamespace(num_workers=num_workers, data_on_device=False), torch.device(device))
+    assert note.startswith("the loop waited for data 42% of the last logging window")
+    assert hint.format(auto=auto) in note
+
+
 # ----------------------------------------------------------------- 7. augmentation and workers
 def test_augmentation_is_the_same_with_0_and_2_workers(tmp_path):
     # --train_crop rrc draws a random crop per sample; each sample is seeded from (seed, epoch, index)
