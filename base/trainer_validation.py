@@ -10,6 +10,7 @@ from base.checkpoint import atomic_write, load_checkpoint
 from base.errors import DataError
 from base.signals import signals_held
 from base.state import seed_position
+from base.trainer_args import resolve_workers
 
 
 class ValidationMixin:
@@ -95,7 +96,7 @@ class ValidationMixin:
                             **{k: f"{v:.4f}" for k, v in extras.items()})
             if share > 0.1 and not self._data_warned:
                 self._data_warned = True
-                self.logger.warning("%s", data_wait_note(share, self.args))
+                self.logger.warning("%s", data_wait_note(share, self.args, self.device))
         self._log_clock, self._clock_count, self._clock_step, self._data_time = now, 0, self.global_step, 0.0
         if self.device.type == "cuda":
             scalars["peak_gpu_memory_mib"] = torch.cuda.max_memory_allocated(self.device) / 2 ** 20
@@ -213,15 +214,22 @@ class ValidationMixin:
             return False
 
 
-def data_wait_note(share, args):
-    """One line for a run whose loop waited for data ``share`` (0..1) of a logging window, naming the flag to try."""
+def data_wait_note(share, args, device):
+    """One line for a run whose loop waited for data ``share`` (0..1) of a logging window, naming the flag to try.
+
+    The hint depends on the workers ``--num_workers`` resolved to on ``device`` (``auto``: 0 on the CPU, more on
+    CUDA; see :func:`base.trainer_args.resolve_workers`).
+    """
+    workers = resolve_workers(args.num_workers, device, distributed.local_world_size())
     if args.data_on_device:
         hint = "the device augmentation is part of the step: try a larger --batch_size"
-    elif args.num_workers in (0, "auto"):
+    elif workers == 0:
         hint = ("try --num_workers N (auto chose 0 on the CPU)" if args.num_workers == "auto"
                 else "try --num_workers auto (or N > 0)")
         hint += ", or --data_on_device for data that fit in GPU memory"
     else:
-        hint = f"try more than --num_workers {args.num_workers}, or --data_on_device for data that fit in GPU memory"
+        chosen = f" (auto chose {workers})" if args.num_workers == "auto" else ""
+        hint = (f"try more than --num_workers {workers}{chosen}, or --data_on_device for data that fit in "
+                f"GPU memory")
     return (f"the loop waited for data {share:.0%} of the last logging window (train/data_time): the input "
             f"pipeline holds training back; {hint}")

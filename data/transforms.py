@@ -9,9 +9,12 @@ centre crop of ``image_size``. ``--train_crop squash`` is the recipe of sets wit
 fixed size: every image resized to ``image_size`` x ``image_size`` in both, aspect
 ratio not kept (images already that size are left alone).
 
-Every op takes a PIL image or a uint8 ``(C, H, W)`` tensor and returns the same kind;
-:func:`to_uint8` ends each pipeline, so datasets hand out uint8 tensors and the
-device does the float conversion and ``--mean``/``--std`` (:mod:`base.input_stage`).
+Each pipeline takes a PIL image or a uint8 ``(C, H, W)`` tensor and starts with
+:func:`to_uint8`, so every op runs on uint8 tensors: a decoded file and the same pixels
+held in memory give the same result, and :func:`apply_described` (what a predictor runs
+on a tensor) repeats :func:`eval_transform` exactly (Pillow's resize rounds differently
+from torch's, by up to one grey level). Datasets hand out uint8 tensors and the device
+does the float conversion and ``--mean``/``--std`` (:mod:`base.input_stage`).
 """
 import math
 
@@ -30,7 +33,7 @@ def eval_resize_side(image_size, crop_pct):
 
 
 def to_uint8():
-    """The last op of every pipeline: a PIL image to uint8 ``(C, H, W)``; a tensor passes as it is."""
+    """The first op of every pipeline: a PIL image to uint8 ``(C, H, W)``; a tensor passes as it is."""
     from torchvision.transforms import v2  # here, not at import: scripts start faster without torchvision
 
     return v2.PILToTensor()
@@ -58,7 +61,7 @@ def train_transform(crop, image_size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), o
 
     first = (v2.RandomResizedCrop(image_size, scale=tuple(scale), ratio=tuple(ratio), antialias=True)
              if crop == "rrc" else _Squash(image_size))
-    return v2.Compose([first, *ops, to_uint8()])
+    return v2.Compose([to_uint8(), first, *ops])
 
 
 def eval_transform(crop, image_size, crop_pct=0.875):
@@ -70,9 +73,9 @@ def eval_transform(crop, image_size, crop_pct=0.875):
     from torchvision.transforms import v2
 
     if crop == "rrc":
-        return v2.Compose([v2.Resize(eval_resize_side(image_size, crop_pct), antialias=True),
-                           v2.CenterCrop(image_size), to_uint8()])
-    return v2.Compose([_Squash(image_size), to_uint8()])
+        return v2.Compose([to_uint8(), v2.Resize(eval_resize_side(image_size, crop_pct), antialias=True),
+                           v2.CenterCrop(image_size)])
+    return v2.Compose([to_uint8(), _Squash(image_size)])
 
 
 def describe_eval(crop, image_size, crop_pct=0.875):

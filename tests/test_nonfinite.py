@@ -195,7 +195,8 @@ def test_rollback_drops_the_rows_logged_after_its_checkpoint_and_logs_the_redone
         lrs = {step: values[0] for (step, name), values in points.items() if name == "train/lr"}
         assert lrs == pytest.approx({1: 0.05, 2: 0.05, **{step: 0.025 for step in range(3, 11)}})
     assert {k for k in scalars if k[0] == 3} == {(3, f"train/{n}") for n in ("loss", "lr", "grad_norm",
-                                                                             "images_per_sec")}
+                                                                             "images_per_sec", "step_time",
+                                                                             "data_time")}
 
 
 def test_rollback_logs_the_redone_steps_to_mlflow_after_the_rolled_back_ones(tmp_path, monkeypatch):

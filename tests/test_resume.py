@@ -12,6 +12,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 
 from base.checkpoint import load_checkpoint, save_checkpoint
@@ -105,6 +106,21 @@ def seg_trainer(tmp_path_factory):
     return type("SegOnSyntheticCarvana", (SegOnCarvanaTrainer,), {"DEFAULTS": {"data_dir": data}})
 
 
+def jpeg_folder_trainer(tmp_path_factory):
+    """ViTTrainer on a generated ImageFolder: 3 classes of 10 JPEGs of four non-square sizes (decoded, cropped
+    and augmented per sample, in the workers with --num_workers 2)."""
+    root = tmp_path_factory.getbasetemp() / "jpeg_folder"
+    if not root.exists():
+        pixels = np.random.default_rng(0)
+        for c in range(3):
+            (root / f"class{c}").mkdir(parents=True)
+            for i in range(10):
+                width, height = ((40, 30), (30, 40), (52, 28), (24, 36))[i % 4]
+                image = pixels.integers(0, 256, (height, width, 3), dtype=np.uint8)
+                Image.fromarray(image).save(root / f"class{c}" / f"{i}.jpg", quality=90)
+    return type("ViTOnJpegFolder", (ViTTrainer,), {"DEFAULTS": {"data_dir": str(root)}})
+
+
 # trainer factory, flags, (stop mid-epoch, stop at an epoch boundary, a later stop)
 CASES = {
     "toy": (lambda f: AugmentedToyTrainer, ["--epochs", "2", "--early_stop_patience", "9", "--log_every_steps", "4"],
@@ -119,6 +135,11 @@ CASES = {
                                    "--train_val_sample_rate", "0.1", "--test_sample_rate", "0.1", "--mixup_alpha",
                                    "0.2", "--cutmix_alpha", "1.0", "--randaugment", "2", "9", "--early_stop_patience",
                                    "9", "--ema_decay", "0.9"], (2, 6, 8)),
+    # 22 training images in batches of 8: 3 steps an epoch; random-resized crop, RandAugment and flips on uint8
+    "jpeg_folder": (jpeg_folder_trainer, ["--epochs", "2", "--data_type", "ImageFolder", "--image_size", "16",
+                                          "--model_type", "timm/test_resnet", "--batch_size", "8", "--train_crop", "rrc",
+                                          "--randaugment", "2", "9", "--hflip", "0.5", "--early_stop_patience", "9"],
+                    (2, 3, 5)),
     "seg": (seg_trainer, ["--epochs", "2", "--batch_size", "4", "--base_channels", "4"], (2, 3, 5)),
     # random masks per step, the k-NN monitor picking best, EMA: 5 steps an epoch
     "mae": (lambda f: MAETrainer, ["--epochs", "2", "--data_type", "Digits", "--patch_size", "4", "--batch_size", "96",
@@ -136,7 +157,8 @@ def train(cls, out, argv, hooks=()):
 
 
 #: Scalars that measure the machine, not the training: they differ between any two runs.
-TIMING_SCALARS = ("train/images_per_sec", "val/seconds", "train/peak_gpu_memory_mib")
+TIMING_SCALARS = ("train/images_per_sec", "train/step_time", "train/data_time", "val/seconds",
+                  "train/peak_gpu_memory_mib")
 
 
 def logged(trainer):
@@ -189,9 +211,11 @@ def straight_runs(tmp_path_factory):
 
 # MAE reads its data exactly as ViTTrainer does (the workers' seeding is covered there, and each worker
 # case costs seconds of the suite): its own random state, the masks, is checked at all three stops.
+# The JPEG folder runs with workers only: test_input_pipeline checks that 0 and 2 workers draw the same crops.
+ONE_WORKER_COUNT = {"mae": 0, "jpeg_folder": 2}
 RUNS = [pytest.param(case, stop, workers, id=f"{case}-{name}-{workers}")
         for case in sorted(CASES) for stop, name in enumerate(["mid_epoch", "epoch_boundary", "later"])
-        for workers in (0, 2) if not (case == "mae" and workers)]
+        for workers in (0, 2) if ONE_WORKER_COUNT.get(case, workers) == workers]
 
 
 @pytest.mark.parametrize("case, stop, workers", RUNS)
