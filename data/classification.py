@@ -120,8 +120,7 @@ def validate_data_config(args):
     check(args.val_fraction + args.test_fraction < 1, "val_fraction", args.val_fraction,
           f"--val_fraction + --test_fraction ({args.test_fraction}) must be < 1 to leave training data")
     check(args.image_size > 0, "image_size", args.image_size, "must be > 0")
-    if args.train_crop is None:  # the recipe of the data: file images crop; fixed-size sets keep their size
-        args.train_crop = "rrc" if args.data_type == "ImageFolder" else "squash"
+    args.train_crop = train_crop(args)
     check(0 < args.scale[0] <= args.scale[1] <= 1, "scale", args.scale, "must be LOW HIGH with 0 < LOW <= HIGH <= 1")
     check(0 < args.ratio[0] <= args.ratio[1], "ratio", args.ratio, "must be LOW HIGH with 0 < LOW <= HIGH")
     check(0 < args.crop_pct <= 1, "crop_pct", args.crop_pct, "must be in (0, 1]")
@@ -131,6 +130,14 @@ def validate_data_config(args):
         check(values is None or len(values) in (1, channels), flag, values,
               f"--data_type {args.data_type} has {channels} channel(s): give 1 value or {channels}")
     check_data_dir(args)
+
+
+def train_crop(args):
+    """``--train_crop``, or when unset the data's recipe: ``rrc`` for file images (``ImageFolder``), ``squash`` for
+    the sets of one fixed size, where a crop would only lose pixels."""
+    if args.train_crop is not None:
+        return args.train_crop
+    return "rrc" if args.data_type == "ImageFolder" else "squash"
 
 
 def default_statistics(args):
@@ -204,8 +211,9 @@ def build_classification_datasets(args, ops=()):
     """
     pool_groups = test_groups = None  # one group name per sample of pool / test, where the data has groups
     flag, value, side = image_side(args)
-    eval_tf = transforms.eval_transform(args.train_crop, side, args.crop_pct)
-    train_tf = transforms.train_transform(args.train_crop, side, args.scale, args.ratio, ops)
+    crop = train_crop(args)
+    eval_tf = transforms.eval_transform(crop, side, args.crop_pct)
+    train_tf = transforms.train_transform(crop, side, args.scale, args.ratio, ops)
     if args.data_type == "Digits":
         pool, test, names = _load_digits(), None, [str(d) for d in range(10)]
     elif args.data_type == "ELPV":
@@ -234,14 +242,14 @@ def build_classification_datasets(args, ops=()):
     if isinstance(pool, ImageFiles):  # decoded per item: the training pipeline runs on each decoded file
         train = Subset(ImageFiles(pool.samples, train_tf, pool.mode), train.indices)
     else:  # in memory, already uint8 at their size: transforms only where they change something
-        if args.train_crop != "squash" or ops or pool.images.shape[-1] != side:
+        if crop != "squash" or ops or pool.images.shape[-1] != side:
             train = Augmented(train, train_tf)
-        if args.train_crop != "squash" or pool.images.shape[-1] != side:
+        if crop != "squash" or pool.images.shape[-1] != side:
             plain_train, val, test = (Augmented(split, eval_tf) for split in (plain_train, val, test))
     return ClassificationData(train=train, val=val, test=test, num_classes=len(names),
                               input_shape=(channels, side, side), class_names=list(names), groups=groups,
                               plain_train=plain_train,
-                              eval_transform=transforms.describe_eval(args.train_crop, side, args.crop_pct))
+                              eval_transform=transforms.describe_eval(crop, side, args.crop_pct))
 
 
 def _split(pool, test, args):

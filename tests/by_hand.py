@@ -15,6 +15,16 @@ def best_model(trainer, model):
     return model.eval()
 
 
+def model_input(images, args):
+    """A batch as the model takes it, computed here rather than by the trainer's input stage: uint8
+    ``(N, C, H, W)`` -> ``(x / 255 - mean) / std`` per channel (``--mean``/``--std``), in float64 then float32."""
+    if images.dtype != torch.uint8:
+        return images
+    mean = torch.tensor(args.mean, dtype=torch.float64).view(1, -1, 1, 1)
+    std = torch.tensor(args.std, dtype=torch.float64).view(1, -1, 1, 1)
+    return ((images.double() / 255 - mean) / std).float()
+
+
 def top1_by_hand(trainer, split="test"):
     """Share (%) of ``split`` whose largest logit, by the best checkpoint, is its label."""
     model = best_model(trainer, type(trainer).model_for(trainer.args, trainer.data.input_shape,
@@ -23,7 +33,7 @@ def top1_by_hand(trainer, split="test"):
     hits = count = 0
     with torch.no_grad():
         for images, labels in torch.utils.data.DataLoader(loader.dataset, batch_size=loader.batch_size):
-            hits += int((model(images).argmax(dim=1) == labels).sum())
+            hits += int((model(model_input(images, trainer.args)).argmax(dim=1) == labels).sum())
             count += len(labels)
     return 100.0 * hits / count
 
@@ -42,7 +52,7 @@ def dice_iou_by_hand(trainer, split="test"):
     with torch.no_grad():
         for batch in torch.utils.data.DataLoader(loader.dataset, batch_size=loader.batch_size,
                                                  collate_fn=loader.collate_fn):
-            for logits, full in zip(model(batch["image"]), batch["full_mask"]):
+            for logits, full in zip(model(model_input(batch["image"], trainer.args)), batch["full_mask"]):
                 small = (logits[0] > 0).numpy()
                 height, width = full.shape
                 # nearest: output pixel (i, j) takes input pixel (floor(i * h / H), floor(j * w / W))

@@ -25,7 +25,7 @@ def test_subclass_default_beats_base_default():
     args, origin = parse([])
     assert args.batch_size == 4 and origin["batch_size"] == "subclass default (Child)"
     assert args.epochs == 2 and origin["epochs"] == "subclass default (ToyTrainer)"
-    assert args.num_workers == 0 and origin["num_workers"] == "base default (TrainerBase)"
+    assert args.num_workers == "auto" and origin["num_workers"] == "base default (TrainerBase)"
     assert args.child_only == 1 and origin["child_only"] == "subclass default (Child)"
 
 

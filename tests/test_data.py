@@ -23,6 +23,8 @@ def make_args(argv=()):
     parser = argparse.ArgumentParser()
     add_data_arguments(parser)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--mean", type=float, nargs="+", default=None)  # the trainer's input statistics
+    parser.add_argument("--std", type=float, nargs="+", default=None)
     return parser.parse_args(list(argv))
 
 
@@ -53,9 +55,9 @@ def check_items(subset, labels):
     """Each item's pixel value names its source index; its label must match ``labels``."""
     for k, original in enumerate(subset.indices):
         image, label = subset[k]
-        assert image.dtype == torch.float32 and image.shape == (1, 28, 28)
+        assert image.dtype == torch.uint8 and image.shape == (1, 28, 28)
         assert type(label) is int and label == labels[original]
-        assert torch.allclose(image, torch.full_like(image, (original / 255 - 0.5) / 0.5))
+        assert torch.equal(image, torch.full_like(image, original))  # the file's bytes, as they are
 
 
 @pytest.mark.parametrize("data_type, flat", [("FashionMNIST", False), ("MNIST", True)])
@@ -127,10 +129,10 @@ def test_digits_splits_cover_everything_once_and_follow_the_seed():
     assert digits_indices(0)[1] == splits
     assert digits_indices(1)[1] != splits
     image, label = data.train[0]
-    assert image.shape == (1, 8, 8) and image.dtype == torch.float32 and type(label) is int
+    assert image.shape == (1, 8, 8) and image.dtype == torch.uint8 and type(label) is int
     assert data.input_shape == (1, 8, 8) and data.num_classes == 10
     pixels = torch.from_numpy(digits_arrays()[0][data.train.indices[0]]).float()[None]  # 0..16
-    torch.testing.assert_close(image, (pixels / 16 - 0.5) / 0.5, rtol=0, atol=0)  # 0 -> -1, 16 -> 1
+    assert torch.equal(image, torch.round(pixels * 255 / 16).to(torch.uint8))  # 0 -> 0, 8 -> 128, 16 -> 255
 
 
 def test_digits_sample_rates_shrink_the_splits():
@@ -156,9 +158,9 @@ def test_image_folder_loads_resized_rgb(tmp_path):
     data = build_classification_datasets(args)
     assert data.class_names == ["cat", "dog"] and data.input_shape == (3, 16, 16)
     assert len(data.train) == 3 and len(data.val) == 3 and len(data.test) == 0
-    for image, label in [*data.train, *data.val]:
-        assert image.shape == (3, 16, 16) and image.dtype == torch.float32
-        assert torch.allclose(image, torch.full_like(image, -1.0 if label == 0 else 200 / 255 * 2 - 1))
+    for image, label in [*data.train, *data.val]:  # flat images: every crop and resize keeps the value
+        assert image.shape == (3, 16, 16) and image.dtype == torch.uint8
+        assert torch.equal(image, torch.full_like(image, 0 if label == 0 else 200))
 
 
 def test_image_folder_test_split_keeps_train_class_indices(tmp_path):
