@@ -94,7 +94,8 @@ class ValidationMixin:
             share = self._data_time / elapsed
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", data=f"{share:.0%}",
                             **{k: f"{v:.4f}" for k, v in extras.items()})
-            if share > 0.1 and not self._data_warned:
+            # (a few milliseconds of timer noise in a window of tiny steps is no finding: 50 ms at least)
+            if share > 0.1 and self._data_time >= DATA_WAIT_FLOOR and not self._data_warned:
                 self._data_warned = True
                 self.logger.warning("%s", data_wait_note(share, self.args, self.device))
         self._log_clock, self._clock_count, self._clock_step, self._data_time = now, 0, self.global_step, 0.0
@@ -212,6 +213,10 @@ class ValidationMixin:
                 return json.load(f).get("step") == self.global_step
         except (OSError, ValueError, AttributeError):  # none yet, or not a JSON object: log the test
             return False
+
+
+#: Seconds a logging window must have waited for data, beyond 10% of it, before the log warns.
+DATA_WAIT_FLOOR = 0.05
 
 
 def data_wait_note(share, args, device):

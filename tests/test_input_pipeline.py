@@ -283,7 +283,8 @@ def test_data_time_and_step_time_are_logged_each_window(tmp_path):
 
 
 class SlowPoints(Dataset):
-    """Wraps a dataset; every item takes 4 ms to read, far longer than the toy's step."""
+    """Wraps a dataset; every item takes 10 ms to read, far longer than the toy's step (80 ms a batch: above the
+    50 ms a window must wait before the log warns)."""
 
     def __init__(self, dataset):
         self.dataset = dataset
@@ -292,7 +293,7 @@ class SlowPoints(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index):
-        time.sleep(0.004)
+        time.sleep(0.01)
         return self.dataset[index]
 
 
