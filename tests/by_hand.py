@@ -1,7 +1,8 @@
 """Test metrics recomputed outside the trainer from the best checkpoint's file, to pin what ``fit()`` reports.
 
 Each helper builds a fresh model from the run's flags, loads the weights saved as ``best``, predicts
-the split in the trainer's own batches (so the logits are the same floats) and counts by hand.
+the split in the trainer's own batches, normalised by the run's input stage (so the logits are the same
+floats) and counts by hand.
 """
 import numpy as np
 import torch
@@ -23,7 +24,7 @@ def top1_by_hand(trainer, split="test"):
     hits = count = 0
     with torch.no_grad():
         for images, labels in torch.utils.data.DataLoader(loader.dataset, batch_size=loader.batch_size):
-            hits += int((model(images).argmax(dim=1) == labels).sum())
+            hits += int((model(trainer.inputs.to_device(images)).argmax(dim=1) == labels).sum())
             count += len(labels)
     return 100.0 * hits / count
 
@@ -42,7 +43,7 @@ def dice_iou_by_hand(trainer, split="test"):
     with torch.no_grad():
         for batch in torch.utils.data.DataLoader(loader.dataset, batch_size=loader.batch_size,
                                                  collate_fn=loader.collate_fn):
-            for logits, full in zip(model(batch["image"]), batch["full_mask"]):
+            for logits, full in zip(model(trainer.inputs.to_device(batch["image"])), batch["full_mask"]):
                 small = (logits[0] > 0).numpy()
                 height, width = full.shape
                 # nearest: output pixel (i, j) takes input pixel (floor(i * h / H), floor(j * w / W))
