@@ -287,3 +287,15 @@ def test_eval_flags_are_checked_before_loading(trained, capsys):
     expect(SegOnCarvanaEvaluator, ["--model_path", trainer.checkpoint_path("best"), "--viz_every", "0"],
            capsys, 2, "--viz_every")
     expect(SegOnCarvanaEvaluator, ["--model_path", "no/such.pth"], capsys, 1, "no/such.pth")
+
+
+def test_the_grid_shows_the_pixels_whatever_the_statistics():
+    """utils.plots un-normalises with the run's mean/std: model inputs and uint8 pixels draw the same grid."""
+    from utils.plots import segmentation_grid
+
+    pixels = torch.randint(0, 256, (2, 3, 8, 12), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    inputs = InputStage(torch.device("cpu"), IMAGENET_MEAN, IMAGENET_STD).to_device(pixels)
+    masks = torch.rand(2, 1, 8, 12, generator=torch.Generator().manual_seed(1)) > 0.5
+    from_pixels = segmentation_grid(pixels, masks, ~masks)
+    assert torch.equal(segmentation_grid(inputs, masks, ~masks, IMAGENET_MEAN, IMAGENET_STD), from_pixels)
+    assert torch.equal(from_pixels[:, 2:10, 2:14], pixels[0])  # the first tile is the image itself
