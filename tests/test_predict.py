@@ -61,7 +61,7 @@ def digit_pngs(vanilla, tmp_path_factory):
 
 
 def _model_probs(trainer, images):
-    """Softmax of the best checkpoint's model on uint8 ``images`` taken through the dataset and the run's input stage."""
+    """Softmax of the best checkpoint's model on the dataset's uint8 ``images``, through the run's input stage."""
     model = trainer.model
     model.load_state_dict(load_checkpoint(trainer.checkpoint_path("best"))["model"])
     with torch.no_grad():

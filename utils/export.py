@@ -184,7 +184,8 @@ def write_export(model, example, fmt, path, dynamic, card=None):
                 write_fn = lambda f: f.write(data)  # noqa: E731
             elif fmt == "torchscript":
                 traced = torch.jit.trace(model, example, check_trace=False, strict=False)
-                write_fn = lambda f: _quiet(torch.jit.save, traced, f, _extra_files={CARD_FILE: card_json})  # noqa: E731
+                extra = {CARD_FILE: card_json}
+                write_fn = lambda f: _quiet(torch.jit.save, traced, f, _extra_files=extra)  # noqa: E731
             else:
                 program = torch.export.export(model, (example,), dynamic_shapes=(batch,) if dynamic else None)
                 write_fn = lambda f: torch.export.save(program, f, extra_files={CARD_FILE: card_json})  # noqa: E731
