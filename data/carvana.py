@@ -15,7 +15,8 @@ Masks are decoded with :func:`data.images.read_image` in mode ``"L"`` as labels
 values must be {0, 1} or {0, 255}.
 Images and masks share one joint transform (torchvision transforms v2, the
 mask a ``tv_tensors.Mask``): geometry is applied to both, nearest-neighbour
-for the mask, colour jitter to the image only.
+for the mask, colour jitter to the image only. Images stay uint8 ``(3, H, W)``;
+the device makes floats of them with ``--mean``/``--std`` (:mod:`base.input_stage`).
 """
 import dataclasses
 import os
@@ -26,6 +27,7 @@ from torch.utils.data import Dataset, default_collate
 
 from base.config import check, str2bool
 from base.errors import DataError
+from data import transforms
 from data.images import read_image
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -212,19 +214,26 @@ def joint_transform(size, augment):
 
     With ``augment``: a random crop of 50-100% of the area at the output's
     aspect ratio (+-15%) resized to ``size``, a horizontal flip, then colour
-    jitter (ignored by masks). Without it: a plain resize. v2 resizes masks
+    jitter (ignored by masks). Without it: a plain resize, the pipeline of
+    :func:`eval_description` (which the model card records). v2 resizes masks
     with nearest-neighbour, so they stay binary.
     """
     from torchvision.transforms import v2  # here, not at import: scripts start faster without torchvision
 
     if not augment:
-        return v2.Resize(size, antialias=True)
+        return transforms.described_transform(eval_description(size))
     aspect = size[1] / size[0]
     return v2.Compose([
         v2.RandomResizedCrop(size, scale=(0.5, 1.0), ratio=(aspect / 1.15, aspect * 1.15), antialias=True),
         v2.RandomHorizontalFlip(),
         v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02),
     ])
+
+
+def eval_description(size):
+    """The evaluation resize as facts (:func:`data.transforms.describe_resize`): every image to exactly
+    ``size = (H, W)``, bilinear and antialiased, by torchvision's kernels on the uint8 tensor."""
+    return {**transforms.describe_resize(size), "backend": "torch"}
 
 
 class CarvanaDataset(Dataset):
@@ -238,7 +247,7 @@ class CarvanaDataset(Dataset):
         augment: apply the random joint transform (see :func:`joint_transform`).
 
     Items:
-        ``image``: float32 ``(3, H, W)`` in [-1, 1] (``(x / 255 - 0.5) / 0.5``);
+        ``image``: uint8 ``(3, H, W)``, values 0..255 (normalised on the device);
         ``mask``: float32 ``(1, H, W)`` in {0, 1};
         ``full_mask`` (evaluation): uint8 ``(H0, W0)`` in {0, 1} at the file's own size;
         ``path`` (evaluation): the image file.
@@ -268,7 +277,7 @@ class CarvanaDataset(Dataset):
         mask = binary_mask(v2.functional.pil_to_tensor(mask)[0], image_path, mask_path)
         image_t, mask_t = self.transform(tv_tensors.Image(v2.functional.pil_to_tensor(image)),
                                          tv_tensors.Mask(mask[None]))
-        item = {"image": (image_t.as_subclass(torch.Tensor).float() / 255 - 0.5) / 0.5,
+        item = {"image": image_t.as_subclass(torch.Tensor),
                 "mask": mask_t.as_subclass(torch.Tensor).float()}
         if not self.train:
             item.update(full_mask=mask, path=image_path)

@@ -63,7 +63,8 @@ class ClassificationData:
     groups: dict = dataclasses.field(default_factory=dict)
     #: The training images read as evaluation reads them (no random op): a k-NN bank, or --data_on_device's source.
     plain_train: Dataset = None
-    #: The evaluation pipeline as facts (:func:`data.transforms.describe_eval`), for the model card.
+    #: The evaluation pipeline as facts (:func:`data.transforms.describe_eval`) plus ``"backend"``, the library
+    #: that resized (see :mod:`data.input_recipe`), for the model card.
     eval_transform: dict = dataclasses.field(default_factory=dict)
 
 
@@ -249,7 +250,9 @@ def build_classification_datasets(args, ops=()):
     return ClassificationData(train=train, val=val, test=test, num_classes=len(names),
                               input_shape=(channels, side, side), class_names=list(names), groups=groups,
                               plain_train=plain_train,
-                              eval_transform=transforms.describe_eval(crop, side, args.crop_pct))
+                              eval_transform={**transforms.describe_eval(crop, side, args.crop_pct),
+                                              # every pipeline resizes uint8 tensors (data.transforms)
+                                              "backend": "torch"})
 
 
 def _split(pool, test, args):

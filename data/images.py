@@ -1,6 +1,5 @@
 """Decoding image files with errors that name the file, into one 8-bit picture whatever the file's format."""
 import numpy as np
-import torch
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
@@ -94,35 +93,42 @@ def read_image(path, mode="RGB", labels=False):
         raise BadImageError(path, str(exc) or type(exc).__name__) from None
 
 
-def image_file_to_input(path, input_shape):
-    """One image file as model input, made the way the classification datasets make theirs.
+def image_file_to_input(path, recipe):
+    """One image file as the uint8 pixels the model's evaluation split holds, made from a model card's recipe.
 
-    Decoded as ``"L"`` (``C`` = 1) or ``"RGB"`` (``C`` = 3); resized to ``(H, W)``
-    with antialiasing on the uint8 pixels, as :class:`ImageFiles` and the ELPV
-    loader resize; scaled to [0, 1] (255 -> 1, as Digits' 16 -> 1) and mapped by
-    ``(x - 0.5) / 0.5``.
+    Decoded by :func:`read_image` as ``recipe["color"]`` (``"L"`` or ``"RGB"``), then resized and
+    cropped by :func:`data.transforms.described_transform` of ``recipe["transform"]`` on the uint8
+    tensor, as every evaluation split does. The float conversion and ``mean``/``std`` are the
+    device's: pass the result to :class:`base.input_stage.InputStage` built with the recipe's statistics,
+    as evaluation does, so a prediction and an evaluation of the same file get the same input.
 
     Args:
         path: an image file PIL can read (any size, any mode: see :func:`to_8bit`).
-        input_shape: ``(C, H, W)`` the model takes, ``C`` 1 or 3.
+        recipe: a card's input recipe (:func:`data.input_recipe.card_input`).
 
     Returns:
-        float32 ``(C, H, W)`` in [-1, 1].
+        uint8 ``(C, H, W)``, ``C`` 1 for ``"L"``, 3 for ``"RGB"``.
 
     Raises:
         BadImageError: ``path`` is missing, empty, not an image or truncated, or its 32-bit pixels
             have no known scale; the message names it.
-        ValueError: ``C`` is neither 1 nor 3.
+        ValueError: the recipe's resize is unknown (see :func:`data.transforms.described_transform`).
     """
-    channels, height, width = input_shape
-    if channels not in (1, 3):
-        raise ValueError(f"input_shape {tuple(input_shape)}: images need 1 or 3 channels")
-    from torchvision.transforms import v2  # here, not at import: scripts start faster without torchvision
+    return image_to_input(read_image(path, recipe["color"]), recipe["transform"])
 
-    pixels = v2.functional.pil_to_tensor(read_image(path, "L" if channels == 1 else "RGB"))  # uint8 (C, h, w)
-    if tuple(pixels.shape[-2:]) != (height, width):
-        pixels = v2.functional.resize(pixels, [height, width], antialias=True)
-    return (pixels.float() / 255 - 0.5) / 0.5
+
+def image_to_input(image, transform):
+    """A decoded 8-bit PIL ``image`` resized and cropped by a card's ``transform`` (see :func:`image_file_to_input`).
+
+    Returns:
+        uint8 ``(C, H, W)``.
+
+    Raises:
+        ValueError: unknown resize (see :func:`data.transforms.described_transform`).
+    """
+    from data.transforms import described_transform
+
+    return described_transform(transform)(image)  # (a tensor first: torchvision's kernels resize it)
 
 
 class ImageFiles(Dataset):

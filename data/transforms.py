@@ -65,17 +65,13 @@ def train_transform(crop, image_size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), o
 
 
 def eval_transform(crop, image_size, crop_pct=0.875):
-    """The evaluation pipeline (module docstring), deterministic.
+    """The evaluation pipeline (module docstring), deterministic: :func:`described_transform` of
+    :func:`describe_eval`, so a model card's description rebuilds the very same ops.
 
     Returns:
         a v2 ``Compose`` from a PIL image or uint8 ``(C, h, w)`` to uint8 ``(C, image_size, image_size)``.
     """
-    from torchvision.transforms import v2
-
-    if crop == "rrc":
-        return v2.Compose([to_uint8(), v2.Resize(eval_resize_side(image_size, crop_pct), antialias=True),
-                           v2.CenterCrop(image_size)])
-    return v2.Compose([to_uint8(), _Squash(image_size)])
+    return described_transform(describe_eval(crop, image_size, crop_pct))
 
 
 def describe_eval(crop, image_size, crop_pct=0.875):
@@ -92,25 +88,50 @@ def describe_eval(crop, image_size, crop_pct=0.875):
             "antialias": True}
 
 
-def apply_described(pixels, described):
-    """Apply a :func:`describe_eval` description to uint8 ``(C, h, w)`` ``pixels``; returns uint8 ``(C, H, W)``.
+def describe_resize(size):
+    """Resizing every image to exactly ``size = (H, W)`` (aspect ratio not kept), as :func:`describe_eval`
+    describes its recipes: Carvana's evaluation (:func:`data.carvana.joint_transform`)."""
+    return {"resize": "exact", "resize_to": [int(n) for n in size], "center_crop": None,
+            "interpolation": "bilinear", "antialias": True}
+
+
+def described_transform(described):
+    """The v2 pipeline a :func:`describe_eval` / :func:`describe_resize` description stands for.
+
+    ``"shorter_side"``: resize the shorter side to ``resize_to``; ``"square"``: resize to
+    ``resize_to`` x ``resize_to`` unless already that size; ``"exact"``: resize to ``resize_to = [H, W]``;
+    then the centre crop ``center_crop`` if not None. Bilinear, antialiased. Other keys (e.g.
+    ``"backend"``) are facts for readers and change nothing here.
+
+    Returns:
+        a v2 ``Compose`` from a PIL image or uint8 ``(C, h, w)`` (or a v2 ``(Image, Mask)`` pair) to uint8
+        ``(C, H, W)``; a PIL image is made a tensor first, so files and in-memory images are resized by the
+        same (torchvision's tensor) kernels.
 
     Raises:
-        ValueError: ``described["resize"]`` is neither ``"shorter_side"`` nor ``"square"``.
+        ValueError: ``described["resize"]`` is none of ``"shorter_side"``, ``"square"``, ``"exact"``.
     """
     from torchvision.transforms import v2
 
-    side = int(described["resize_to"])
-    if described["resize"] == "shorter_side":
-        pixels = v2.functional.resize(pixels, side, antialias=True)
-    elif described["resize"] == "square":
-        if tuple(pixels.shape[-2:]) != (side, side):
-            pixels = v2.functional.resize(pixels, [side, side], antialias=True)
+    kind, side = described.get("resize"), described.get("resize_to")
+    if kind == "shorter_side":
+        ops = [v2.Resize(int(side), antialias=True)]
+    elif kind == "square":
+        ops = [_Squash(int(side))]
+    elif kind == "exact":
+        ops = [v2.Resize([int(n) for n in side], antialias=True)]
     else:
-        raise ValueError(f"unknown resize {described['resize']!r} in the model card's transform")
+        raise ValueError(f"unknown resize {kind!r} in the model card's transform "
+                         f"(expected 'shorter_side', 'square' or 'exact')")
     if described.get("center_crop"):
-        pixels = v2.functional.center_crop(pixels, int(described["center_crop"]))
-    return pixels
+        ops.append(v2.CenterCrop(int(described["center_crop"])))
+    return v2.Compose([to_uint8(), *ops])
+
+
+def apply_described(pixels, described):
+    """Apply a :func:`describe_eval` description to uint8 ``(C, h, w)`` ``pixels`` (or a PIL image); returns
+    uint8 ``(C, H, W)``. See :func:`described_transform`, which raises ``ValueError`` for an unknown resize."""
+    return described_transform(described)(pixels)
 
 
 class _Squash(torch.nn.Module):

@@ -8,8 +8,10 @@ from base.checkpoint import load_model_state, write_or_fail
 from base.config import build_parser, check, coerce_saved_values, predictor_parser
 from base.errors import CheckpointError
 from base.evaluator_base import load_saved_model
+from base.input_stage import InputStage
 from data.images import image_file_to_input
-from trainers.vanilla_trainer import NORMALIZE, VanillaTrainer
+from data.input_recipe import card_input
+from trainers.vanilla_trainer import VanillaTrainer
 from trainers.vit_trainer import ViTTrainer
 from utils.device import select_device
 
@@ -22,8 +24,11 @@ class ClassifierPredictor:
 
     Reads a ``*_ckpt.pth`` or a ``*_best.safetensors`` export (with its JSON
     sidecar) of any trainer in :data:`TRAINERS`. The class names, input shape
-    and normalization come from the checkpoint's model card, so the training
-    data is not needed. Runs in float32 (no autocast), on a GPU if any (``--gpu_devices``).
+    and input recipe (evaluation resize and crop, mean and std) come from the
+    checkpoint's model card, so the training data is not needed: each file becomes
+    the input the run's evaluation split gives the model (:func:`data.images.image_file_to_input`,
+    then :class:`base.input_stage.InputStage` with the card's statistics). Runs in float32
+    (no autocast), on a GPU if any (``--gpu_devices``).
     """
 
     PROG = "predict.py"
@@ -43,10 +48,14 @@ class ClassifierPredictor:
     def load_model(self):
         """``(model in eval mode on the device, model card)`` rebuilt from ``--model_path``.
 
+        The card gains ``"input"``, its input recipe (:func:`data.input_recipe.card_input`: an
+        older card's ``"normalize"`` scheme is read as the recipe it stood for).
+
         Raises:
             CheckpointError: unreadable file; a trainer other than a classifier;
-                no model card (written before model cards existed); weights that
-                do not fit the rebuilt model. The message names the file.
+                no model card (written before model cards existed); an input recipe
+                this code cannot rebuild; weights that do not fit the rebuilt model.
+                The message names the file.
         """
         path = self.args.model_path
         weights, saved, extras = load_saved_model(path, use_ema=self.args.eval_ema)
@@ -61,9 +70,17 @@ class ClassifierPredictor:
                                   f"saved); evaluate it with eval_vanilla.py/eval_vit.py, or resume the run "
                                   f"with --resume to write a checkpoint that has one")
         shape = card.get("input_shape")
-        if card.get("normalize") != NORMALIZE or len(shape or ()) != 3 or shape[0] not in (1, 3):
-            raise CheckpointError(f"--model_path {path}: its model card asks for input {shape} normalized as "
-                                  f"{card.get('normalize')!r}; predict.py makes (1 or 3, H, W) inputs as {NORMALIZE!r}")
+        try:
+            recipe = card_input(card)
+            if recipe is None:
+                raise ValueError("no input recipe")
+        except ValueError as exc:
+            raise CheckpointError(f"--model_path {path}: its model card (input {shape}) cannot be rebuilt here: "
+                                  f"{exc}") from None
+        if len(shape or ()) != 3 or shape[0] != (1 if recipe["color"] == "L" else 3):
+            raise CheckpointError(f"--model_path {path}: its model card gives input_shape {shape} for "
+                                  f"{recipe['color']} images; expected [1 or 3, H, W] to match")
+        card = {**card, "input": recipe}
         trainer_class = TRAINERS[trainer]
         # The trainer's defaults fill flags added since the run; only model-building flags matter here.
         defaults = vars(build_parser(trainer_class)[0].parse_args([]))
@@ -88,12 +105,14 @@ class ClassifierPredictor:
         Raises:
             BadImageError: an image file cannot be decoded; the message names it.
         """
-        device = next(model.parameters()).device
+        recipe = card["input"]
+        # The arithmetic of evaluation itself (x / 255, then mean and std), with the run's statistics.
+        stage = InputStage(next(model.parameters()).device, recipe["mean"], recipe["std"])
         k = min(self.args.topk, len(card["class_names"]))
         results = []
         for path in self.args.images:
-            x = image_file_to_input(path, card["input_shape"])
-            probs = torch.softmax(model(x[None].to(device)).float(), dim=1)[0].cpu()
+            x = stage.to_device(image_file_to_input(path, recipe)[None])  # float32 (1, C, H, W)
+            probs = torch.softmax(model(x).float(), dim=1)[0].cpu()
             top = probs.topk(k)
             results.append({"image": path, "top": [
                 {"class": card["class_names"][i], "index": i, "probability": float(p)}

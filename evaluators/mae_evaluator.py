@@ -35,12 +35,17 @@ class MAEEvaluator(EvaluatorBase):
 
         task = self.task
         count = max(1, task.args.num_viz)
-        images = torch.stack([task.datasets[self.args.split][i][0] for i in range(
-            min(count, len(task.datasets[self.args.split])))]).to(task.device)
+        pixels = torch.stack([task.datasets[self.args.split][i][0] for i in range(
+            min(count, len(task.datasets[self.args.split])))])  # uint8 (n, C, H, W)
+        images = task.to_device(pixels)  # normalised as validation normalises them
         torch.manual_seed(task.args.seed)
         pred, mask = task.model(images)
         masked, pasted = task.model.reconstruct(images, pred.float(), mask)
-        rows = [[(t * 0.5 + 0.5).clamp(0, 1).cpu() for t in triple] for triple in zip(images.float(), masked, pasted)]
+        # Back to [0, 1] with the run's statistics (hidden patches, 0 in model units, show the mean colour).
+        mean = torch.tensor(task.inputs.mean, device=images.device).view(-1, 1, 1)
+        std = torch.tensor(task.inputs.std, device=images.device).view(-1, 1, 1)
+        rows = [[(t.float() * std + mean).clamp(0, 1).cpu() for t in triple]
+                for triple in zip(images.float(), masked, pasted)]
         path = self.output_path(".png", kind="recon")
         save_reconstruction_figure(rows, path)
         return path

@@ -1,7 +1,8 @@
 """Test metrics recomputed outside the trainer from the best checkpoint's file, to pin what ``fit()`` reports.
 
 Each helper builds a fresh model from the run's flags, loads the weights saved as ``best``, predicts
-the split in the trainer's own batches (so the logits are the same floats) and counts by hand.
+the split in the trainer's own batches, normalised by the run's input stage (so the logits are the same
+floats) and counts by hand.
 """
 import numpy as np
 import torch

@@ -76,17 +76,17 @@ def test_items_have_the_documented_shapes_and_values(carvana):
     assert data.input_size == (24, 32)  # 48x64 at --img_scale 0.5
     item = data.train[0]
     assert set(item) == {"image", "mask"}
-    assert item["image"].shape == (3, 24, 32) and item["image"].dtype == torch.float32
+    assert item["image"].shape == (3, 24, 32) and item["image"].dtype == torch.uint8
     assert item["mask"].shape == (1, 24, 32) and set(item["mask"].unique().tolist()) == {0.0, 1.0}
     item = data.test[0]
     assert item["full_mask"].shape == (48, 64) and item["full_mask"].dtype == torch.uint8
     assert item["path"] == data.test.samples[0][0]
     mask = np.array(Image.open(data.test.samples[0][1]))  # palette indices 0/1
     assert torch.equal(item["full_mask"], torch.from_numpy(mask.astype(np.uint8)))
-    # At the file's own size (no resize) the image is the file's pixels, x / 255 mapped by (x - 0.5) / 0.5
+    # At the file's own size (no resize) the image is the file's pixels (the device normalises them)
     whole = build_carvana_datasets(make_args(carvana, img_scale=1.0)).test[0]
-    pixels = torch.from_numpy(np.array(Image.open(whole["path"]).convert("RGB"))).permute(2, 0, 1).float()
-    torch.testing.assert_close(whole["image"], (pixels / 255 - 0.5) / 0.5, rtol=0, atol=0)
+    pixels = torch.from_numpy(np.array(Image.open(whole["path"]).convert("RGB"))).permute(2, 0, 1)
+    assert torch.equal(whole["image"], pixels)
     sized = build_carvana_datasets(make_args(carvana, image_size=[20, 36]))
     assert sized.train[0]["image"].shape == (3, 20, 36) and sized.val[0]["mask"].shape == (1, 20, 36)
 

@@ -4,6 +4,7 @@ The exported files are read back here with onnxruntime, ``torch.jit.load`` and `
 compared with the best checkpoint's model on the run's own validation images, independently of the
 script's own check.
 """
+import json
 import os
 import re
 import subprocess
@@ -34,9 +35,20 @@ def run(tmp_path_factory):
     best = trainer.checkpoint_path("best")
     model = trainer.model
     model.load_state_dict(load_checkpoint(best)["model"])
-    images = torch.stack([trainer.datasets["val"][i][0] for i in range(len(trainer.datasets["val"]))])
-    assert images.dtype == torch.float32 and len(images) >= 2 * EVAL_BATCH
+    pixels = torch.stack([trainer.datasets["val"][i][0] for i in range(len(trainer.datasets["val"]))])
+    assert pixels.dtype == torch.uint8 and len(pixels) >= 2 * EVAL_BATCH
+    images = trainer.inputs.to_device(pixels)  # the model's input: (x / 255 - mean) / std
+    assert images.dtype == torch.float32
     return trainer, best, model.eval(), images
+
+
+def _checked_card(card_json, trainer):
+    """The model card inside an export equals the run's, whose recipe rebuilds the inputs checked on."""
+    card = json.loads(card_json)
+    assert card == json.loads(json.dumps(trainer.model_card()))
+    assert card["input"]["mean"] == [0.5] and card["input"]["transform"]["resize"] == "square"
+    assert card["input_shape"] == [1, 8, 8] and card["input"]["layout"] == "NCHW"
+    return card
 
 
 def _export(capsys, *argv):
@@ -68,6 +80,7 @@ def test_onnx_matches_pytorch_on_validation_inputs_at_any_batch_size(run, capsys
     session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
     (feed,) = session.get_inputs()
     assert feed.type == "tensor(float)" and feed.shape[1:] == [1, 8, 8] and not isinstance(feed.shape[0], int)
+    _checked_card(session.get_modelmeta().custom_metadata_map["model_card"], trainer)
     for batch in (images[:EVAL_BATCH], images[EVAL_BATCH:2 * EVAL_BATCH], images[:7], images[-1:]):
         (logits,) = session.run(None, {feed.name: batch.numpy()})
         assert logits.shape == (len(batch), 10) and _difference(model, batch, logits) <= ATOL
@@ -81,7 +94,9 @@ def test_exported_program_without_dynamic_batch_fixes_the_batch_size(run, capsys
     assert status == 0, err
     # The validation split's third batch is smaller than the first: it cannot run through a fixed-size file.
     assert "checked on 2 batch(es) of 32, 32 validation" in out and "1 batch(es) of another size skipped" in out
-    loaded = torch.export.load(path).module()
+    extra = {"model_card.json": ""}
+    loaded = torch.export.load(path, extra_files=extra).module()
+    _checked_card(extra["model_card.json"], trainer)
     with torch.no_grad():
         assert _difference(model, images[:EVAL_BATCH], loaded(images[:EVAL_BATCH])) <= ATOL
         with pytest.raises(Exception, match="32"):
@@ -96,7 +111,9 @@ def test_torchscript_of_the_safetensors_export_matches(run, capsys):
     assert status == 0, err
     path = os.path.join(trainer.run_dir, "Vanilla_best.torchscript.pt")
     assert f"wrote {path}" in out and _reported_difference(out) <= ATOL
-    loaded = torch.jit.load(path)
+    extra = {"model_card.json": ""}
+    loaded = torch.jit.load(path, _extra_files=extra)
+    _checked_card(extra["model_card.json"], trainer)
     with torch.no_grad():
         assert _difference(model, images[:EVAL_BATCH], loaded(images[:EVAL_BATCH])) <= ATOL
 

@@ -22,6 +22,8 @@ from base.config import ConfigError
 from base.errors import BadImageError, DataError
 from data.classification import add_data_arguments, build_classification_datasets, validate_data_config
 from data.images import ImageFiles, image_file_to_input, read_image
+from data.input_recipe import OLD_NORMALIZE, card_input
+from data.transforms import eval_transform
 from model.classifiers import MIN_IMAGE_SIZE as CLASSIFIER_MIN, build_classifier
 from model.zoo import MIN_IMAGE_SIZE as ZOO_MIN, build_zoo_model
 from trainers.vanilla_trainer import VanillaTrainer
@@ -128,8 +130,14 @@ def image_pair(request, tmp_path):
 
 
 def levels(x):
-    """Model input in [-1, 1] back to 0..255 levels (float64)."""
-    return (x.double() * 0.5 + 0.5) * 255
+    """uint8 pixels as 0..255 levels (float64)."""
+    assert x.dtype == torch.uint8
+    return x.double()
+
+
+def squash(side):
+    """ImageFiles' evaluation pipeline that resizes to ``side`` x ``side``."""
+    return eval_transform("squash", side)
 
 
 def assert_same_picture(got, expected, tolerance):
@@ -148,16 +156,16 @@ def test_read_image_gives_the_8bit_picture(image_pair, mode):
 
 def test_image_folder_dataset_gives_the_8bit_picture(image_pair):
     path, reference, tolerance = image_pair
-    got, _ = ImageFiles([(path, 0)], 8)[0]
-    expected, _ = ImageFiles([(reference, 0)], 8)[0]
+    got, _ = ImageFiles([(path, 0)], squash(8))[0]
+    expected, _ = ImageFiles([(reference, 0)], squash(8))[0]
     assert_same_picture(levels(got), levels(expected), tolerance)
 
 
 @pytest.mark.parametrize("channels", [1, 3])
 def test_predict_input_gives_the_8bit_picture(image_pair, channels):
     path, reference, tolerance = image_pair
-    shape = (channels, H, W)
-    assert_same_picture(levels(image_file_to_input(path, shape)), levels(image_file_to_input(reference, shape)),
+    recipe = card_input({"input_shape": [channels, H, W], "normalize": OLD_NORMALIZE})
+    assert_same_picture(levels(image_file_to_input(path, recipe)), levels(image_file_to_input(reference, recipe)),
                         tolerance)
 
 
@@ -288,7 +296,7 @@ def test_an_unreadable_file_is_listed_once_however_many_epochs_meet_it(tmp_path)
     write_png(good)
     (tmp_path / "broken.png").write_bytes(b"not a png")
     log = tmp_path / "bad_images.txt"
-    dataset = BadSampleFilter(ImageFiles([(good, 0), (broken, 1)], 8), str(log))
+    dataset = BadSampleFilter(ImageFiles([(good, 0), (broken, 1)], squash(8)), str(log))
     for workers in (0, 2, 2):  # three epochs; workers are new processes each time
         loader = DataLoader(dataset, batch_size=2, num_workers=workers, collate_fn=collate_good_samples)
         assert [len(labels) for _, labels in loader] == [1]

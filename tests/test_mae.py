@@ -97,7 +97,7 @@ def test_train_step_and_validate_score_the_hidden_patches_of_the_models_own_mask
     trainer = mae_trainer(tmp_path, "--knn_k", "0", "--num_viz", "0")
     seen = []
     trainer.model.register_forward_hook(lambda module, inputs, output: seen.append((inputs[0], *output)))
-    batch = next(iter(trainer.loaders["train"]))
+    batch = trainer.to_device(next(iter(trainer.loaders["train"])))  # uint8 pixels -> the model's input
     loss = trainer.train_step(batch)["loss"]
     (images, pred, mask), = seen
     assert 0 < int(mask.sum()) < mask.numel()  # some patches hidden, some not: the average has to pick
@@ -156,11 +156,12 @@ def test_mae_trains_without_labels_and_reports_loss_and_knn(pretrained):
     assert image.width > 3 * 8 and image.height > 4 * 8  # 4 rows of image | masked | reconstruction
 
 
-def embed(mae, dataset, batch_size=64):
-    """Encoder features and labels of ``dataset``, in order, in the trainer's batches (the same floats)."""
+def embed(mae, dataset, inputs, batch_size=64):
+    """Encoder features and labels of ``dataset``, in order, in the trainer's batches normalised by its input
+    stage ``inputs`` (the same floats)."""
     feats, labels = [], []
     for images, targets in torch.utils.data.DataLoader(dataset, batch_size=batch_size):
-        feats.append(mae.features(images))
+        feats.append(mae.features(inputs.to_device(images)))
         labels.append(targets)
     return torch.cat(feats), torch.cat(labels)
 
@@ -172,7 +173,9 @@ def best_features(pretrained):
     mae = MAETrainer.model_for(trainer.args, trainer.data.input_shape, trainer.data.num_classes)
     mae.load_state_dict(load_checkpoint(trainer.checkpoint_path("best"))["model"])
     with torch.no_grad():
-        return (*embed(mae.eval(), trainer.data.train), *embed(mae, trainer.data.test))
+        # the bank: the training images as evaluation reads them (no random op), as the trainer's k-NN split
+        return (*embed(mae.eval(), trainer.data.plain_train, trainer.inputs),
+                *embed(mae, trainer.data.test, trainer.inputs))
 
 
 def test_test_knn_top1_is_that_of_the_best_checkpoint_against_the_training_images(pretrained, best_features):

@@ -11,7 +11,8 @@ from PIL import Image
 
 from base.checkpoint import load_checkpoint, save_checkpoint
 from base.cli import main
-from data.images import ImageFiles, image_file_to_input
+from data.images import image_file_to_input
+from data.input_recipe import OLD_NORMALIZE, card_input
 from evaluators.classifier_predictor import ClassifierPredictor
 from trainers.vanilla_trainer import VanillaTrainer
 from trainers.vit_trainer import ViTTrainer
@@ -42,29 +43,29 @@ def vit(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def digit_pngs(vanilla, tmp_path_factory):
-    """``(paths, images float32 (N, 1, 8, 8))``: real Digits test images as 8-bit PNGs, and as the dataset gives them.
+    """``(paths, images uint8 (N, 1, 8, 8))``: real Digits test images as 8-bit PNGs, and as the dataset gives them.
 
-    Digits' values 0..16 are written as ``round(v * 255 / 16)``: the same [0, 1]
-    brightness a 0..255 image file has, up to 8-bit rounding.
+    The dataset holds Digits' 0..16 scaled to 0..255 (uint8), which the PNGs store as they are.
     """
     folder = tmp_path_factory.mktemp("pngs")
-    test = vanilla.datasets["test"]  # a Subset of the 0..16 uint8 digits
+    test = vanilla.datasets["test"]  # a Subset of the uint8 digits
     paths, images = [], []
     for j in range(NUM_IMAGES):
-        raw = test.dataset.images[test.indices[j], 0].numpy().astype(np.float64)
+        raw = test.dataset.images[test.indices[j], 0].numpy()
+        assert raw.dtype == np.uint8
         path = str(folder / f"digit{j}.png")
-        Image.fromarray(np.rint(raw * 255 / 16).astype(np.uint8), "L").save(path)
+        Image.fromarray(raw, "L").save(path)
         paths.append(path)
         images.append(test[j][0])
     return paths, torch.stack(images)
 
 
 def _model_probs(trainer, images):
-    """Softmax of the best checkpoint's model on ``images`` taken through the dataset."""
+    """Softmax of the best checkpoint's model on the dataset's uint8 ``images``, through the run's input stage."""
     model = trainer.model
     model.load_state_dict(load_checkpoint(trainer.checkpoint_path("best"))["model"])
     with torch.no_grad():
-        return torch.softmax(model.eval()(images).float(), dim=1)
+        return torch.softmax(model.eval()(trainer.to_device(images)).float(), dim=1)
 
 
 def _predict(*argv):
@@ -88,9 +89,9 @@ def test_png_predictions_match_the_model_on_the_dataset_image(run, fmt, digit_pn
         assert sum(t["probability"] for t in top) == pytest.approx(1.0, abs=1e-5)
         assert [t["probability"] for t in top] == sorted((t["probability"] for t in top), reverse=True)
         assert top[0]["index"] == int(probs.argmax())
-        # 8-bit rounding of the PNG moves pixels by < 0.004 of the [-1, 1] range: far below this
+        # the PNG holds the dataset's uint8 pixels: the same input, the same probabilities
         got = torch.tensor([t["probability"] for t in sorted(top, key=lambda t: t["index"])])
-        assert torch.allclose(got, probs, atol=5e-3), (r["image"], got, probs)
+        assert torch.allclose(got, probs, atol=1e-6, rtol=0), (r["image"], got, probs)
     out = capsys.readouterr().out.splitlines()
     assert len(out) == NUM_IMAGES and out[0].startswith(f"{paths[0]}: ")
     assert sorted(os.listdir(trainer.run_dir)) == before  # predicting writes nothing beside the checkpoint
@@ -116,20 +117,83 @@ def test_output_json_and_topk(vanilla, digit_pngs, tmp_path):
     assert [len(r["top"]) for r in results] == [3, 3]
 
 
-def test_file_preprocessing_equals_the_image_folder_dataset(tmp_path):
-    """An RGB file of another size and shape goes through the same resize and scaling as ImageFiles'."""
-    path = str(tmp_path / "photo.png")
+def test_the_digits_card_records_the_input_recipe(vanilla):
+    card = load_checkpoint(vanilla.checkpoint_path("best"))["model_card"]
+    assert card["input_shape"] == [1, 8, 8] and card["class_names"] == [str(d) for d in range(10)]
+    assert card["input"] == {"color": "L", "transform": {"resize": "square", "resize_to": 8, "center_crop": None,
+                                                         "interpolation": "bilinear", "antialias": True,
+                                                         "backend": "torch"},
+                             "scale": 255, "mean": [0.5], "std": [0.5], "layout": "NCHW", "dtype": "float32",
+                             "formula": "(pixels / scale - mean) / std, per channel"}
+    assert "normalize" not in card
+
+
+@pytest.fixture(scope="module")
+def folder_run(tmp_path_factory):
+    """A one-step Vanilla run on an ImageFolder of non-square RGB files of several sizes (--train_crop rrc,
+    the ImageFolder default): its evaluation resizes the shorter side to 18 and centre-crops 16."""
+    data = tmp_path_factory.mktemp("folder")
     rng = np.random.default_rng(0)
-    Image.fromarray(rng.integers(0, 256, (37, 53, 3), dtype=np.uint8), "RGB").save(path)
-    expected, _ = ImageFiles([(path, 0)], 16)[0]
-    got = image_file_to_input(path, (3, 16, 16))
-    assert got.shape == (3, 16, 16) and got.dtype == torch.float32
-    assert torch.allclose(got, expected, atol=1e-6)
-    gray = image_file_to_input(path, (1, 8, 8))  # an RGB file for a grayscale model: converted to "L"
-    assert gray.shape == (1, 8, 8)
-    # Luma (ITU-R 601, PIL's "L") of the RGB input, up to the rounding of "L" to 8 bits before resizing
-    luma = (torch.tensor([0.299, 0.587, 0.114])[:, None, None] * expected).sum(0, keepdim=True)
-    torch.testing.assert_close(image_file_to_input(path, (1, 16, 16)), luma, rtol=0, atol=4 / 255)
+    for c, name in enumerate(("cat", "dog")):
+        (data / name).mkdir()
+        for j in range(8):
+            height, width = 20 + 3 * j, 41 - 2 * j + c  # portrait and landscape, never square
+            pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+            pixels[:, : width // 2] //= 2  # some structure, so a crop in the wrong place changes values
+            Image.fromarray(pixels, "RGB").save(data / name / f"{name}{j}.png")
+    return _train(VanillaTrainer, tmp_path_factory.mktemp("folder_run"), "--data_type", "ImageFolder",
+                  "--data_dir", str(data), "--image_size", "16", "--max_steps", "1", "--batch_size", "4",
+                  "--val_fraction", "0.25", "--test_fraction", "0.25")
+
+
+def test_a_file_becomes_the_input_the_evaluation_split_gives_the_model(folder_run):
+    """(a) predict.py's input for a file is the evaluator's: same uint8 pixels (Pillow's resize and crop of the
+    val/test pipeline) and the same normalisation, so the predicted probabilities are the evaluated ones."""
+    trainer = folder_run
+    assert trainer.args.train_crop == "rrc"
+    card = load_checkpoint(trainer.checkpoint_path("best"))["model_card"]
+    recipe = card_input(card)
+    assert recipe["transform"] == {"resize": "shorter_side", "resize_to": 18, "center_crop": 16,
+                                   "interpolation": "bilinear", "antialias": True, "backend": "pillow"}
+    assert recipe["mean"] == [0.485, 0.456, 0.406] and recipe["std"] == [0.229, 0.224, 0.225]
+    test = trainer.datasets["test"]
+    paths = [test.dataset.samples[i][0] for i in test.indices]
+    pixels = torch.stack([test[j][0] for j in range(len(test))])  # what the evaluator's loader holds
+    assert len(paths) >= 2 and pixels.shape[1:] == (3, 16, 16)
+    for path, expected in zip(paths, pixels):
+        got = image_file_to_input(path, recipe)
+        assert got.dtype == torch.uint8 and torch.equal(got, expected), path
+    results = _predict("--model_path", trainer.checkpoint_path("best"), *paths, "--topk", "2")
+    with torch.no_grad():  # the evaluator's arithmetic: the loader's batch through the run's input stage
+        model = trainer.model.eval()
+        model.load_state_dict(load_checkpoint(trainer.checkpoint_path("best"))["model"])
+        expected = torch.softmax(model(trainer.to_device(pixels)).float(), dim=1)
+    for r, probs in zip(results, expected):
+        got = torch.tensor([t["probability"] for t in sorted(r["top"], key=lambda t: t["index"])])
+        assert torch.allclose(got, probs, atol=1e-6, rtol=0), (r["image"], got, probs)
+
+
+def test_an_old_card_predicts_as_before(vanilla, tmp_path):
+    """(b) A card of the "normalize" scheme (no recipe) means: resize the uint8 tensor to H x W, then 0.5 / 0.5."""
+    best = load_checkpoint(vanilla.checkpoint_path("best"))
+    card = best["model_card"]
+    old = {**best, "model_card": {"trainer": card["trainer"], "class_names": card["class_names"],
+                                  "input_shape": card["input_shape"], "normalize": OLD_NORMALIZE}}
+    save_checkpoint(old, str(tmp_path / "old_ckpt.pth"))
+    path = str(tmp_path / "big.png")  # not 8x8: the old resize matters
+    pixels = np.random.default_rng(1).integers(0, 256, (13, 11), dtype=np.uint8)
+    Image.fromarray(pixels, "L").save(path)
+    (result,) = _predict("--model_path", str(tmp_path / "old_ckpt.pth"), path, "--topk", "10")
+    from torchvision.transforms import v2
+
+    # predict.py of that time, written out: antialiased resize of the uint8 tensor, x / 255, (x - 0.5) / 0.5
+    x = v2.functional.resize(torch.from_numpy(pixels)[None], [8, 8], antialias=True).float() / 255
+    with torch.no_grad():
+        model = vanilla.model.eval()
+        model.load_state_dict(best["model"])
+        probs = torch.softmax(model(((x - 0.5) / 0.5)[None]), dim=1)[0]
+    got = torch.tensor([t["probability"] for t in sorted(result["top"], key=lambda t: t["index"])])
+    assert torch.allclose(got, probs, atol=1e-6, rtol=0), (got, probs)
 
 
 def test_bad_inputs_give_one_line_errors(vanilla, digit_pngs, tmp_path, capsys):
@@ -145,6 +209,15 @@ def test_bad_inputs_give_one_line_errors(vanilla, digit_pngs, tmp_path, capsys):
     save_checkpoint(old, str(tmp_path / "old_ckpt.pth"))
     assert main(ClassifierPredictor, ["--model_path", str(tmp_path / "old_ckpt.pth"), paths[0]]) == 1
     assert "predates model cards" in capsys.readouterr().err
+    card = load_checkpoint(best)["model_card"]
+    for bad, said in (({**card, "input": {**card["input"], "transform": {"resize": "pad"}}}, "resize 'pad'"),
+                      ({k: v for k, v in card.items() if k != "input"}, "no input recipe"),
+                      ({**{k: v for k, v in card.items() if k != "input"}, "normalize": "x / 127"},
+                       "normalized as 'x / 127'")):
+        save_checkpoint({**load_checkpoint(best), "model_card": bad}, str(tmp_path / "odd_ckpt.pth"))
+        assert main(ClassifierPredictor, ["--model_path", str(tmp_path / "odd_ckpt.pth"), paths[0]]) == 1
+        err = capsys.readouterr().err
+        assert "its model card" in err and said in err and len(err.strip().splitlines()) == 1, err
     foreign = {**load_checkpoint(best), "trainer": "SegOnCarvanaTrainer"}
     save_checkpoint(foreign, str(tmp_path / "seg_ckpt.pth"))
     assert main(ClassifierPredictor, ["--model_path", str(tmp_path / "seg_ckpt.pth"), paths[0]]) == 1

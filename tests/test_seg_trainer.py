@@ -7,11 +7,16 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from by_hand import dice_iou_by_hand
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from base.checkpoint import load_checkpoint
+from base.checkpoint import load_checkpoint, save_checkpoint
+from base.input_stage import InputStage
+from data.images import read_image
+from data.input_recipe import card_input
+from data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from evaluators.seg_on_carvana_evaluator import SegOnCarvanaEvaluator
 from evaluators.seg_predictor import SegPredictor
 from test_bad_input import error_line, expect, run_main
@@ -108,6 +113,55 @@ def test_predict_seg_writes_the_masks_the_evaluator_scored(trained, tmp_path, ca
         assert mask.shape == (64, 96) and set(np.unique(mask)) == {0, 255}  # a real mask, not blank
         assert np.array_equal(mask, np.array(Image.open(viz / f"{stem}_pred.png")))
     assert "foreground" in capsys.readouterr().out
+
+
+def test_the_seg_card_rebuilds_the_input_the_evaluator_gives_the_model(trained):
+    """(c) The card holds the resize and the statistics; predict_seg.py's input for a file is the evaluator's."""
+    trainer, _ = trained
+    card = load_checkpoint(trainer.checkpoint_path("best"))["model_card"]
+    recipe = card_input(card)
+    assert card["input_shape"] == [3, 32, 48] and recipe["color"] == "RGB"  # 64x96 files at --img_scale 0.5
+    assert recipe["transform"] == {"resize": "exact", "resize_to": [32, 48], "center_crop": None,
+                                   "interpolation": "bilinear", "antialias": True, "backend": "torch"}
+    assert recipe["mean"] == list(IMAGENET_MEAN) and recipe["std"] == list(IMAGENET_STD)  # RGB photos' default
+    assert card["output"]["threshold"] == {"logit": 0.0, "probability": 0.5}
+    stage = InputStage(torch.device("cpu"), recipe["mean"], recipe["std"])
+    checked = 0
+    for batch in trainer.loaders["test"]:
+        evaluated = trainer.to_device(batch)["image"]  # what score_batch gives the model
+        for path, expected in zip(batch["path"], evaluated):
+            pixels = SegPredictor.input_for(read_image(path, recipe["color"]), recipe, trainer.args)
+            assert torch.equal(stage.to_device(pixels[None])[0], expected), path
+            checked += 1
+    assert checked == len(trainer.datasets["test"])
+    # A file of another size is resized to the run's input size, as evaluation resizes every image.
+    bigger = read_image(trainer.datasets["test"].samples[0][0], "RGB").resize((120, 80))
+    assert SegPredictor.input_for(bigger, recipe, trainer.args).shape == (3, 32, 48)
+
+
+def test_a_seg_checkpoint_with_an_empty_card_predicts_as_before(trained, tmp_path):
+    """Checkpoints written before the seg card held a recipe: each image at its own size times --img_scale,
+    (x / 255 - 0.5) / 0.5, as predict_seg.py did then."""
+    trainer, _ = trained
+    state = load_checkpoint(trainer.checkpoint_path("best"))
+    config = {k: v for k, v in json.loads(state["config"]).items() if k not in ("mean", "std")}
+    save_checkpoint({**state, "model_card": {}, "config": json.dumps(config)}, str(tmp_path / "old_ckpt.pth"))
+    path = str(tmp_path / "bigger.png")  # 80x120, not the training files' 64x96: the old resize differs
+    Image.open(trainer.datasets["test"].samples[0][0]).convert("RGB").resize((120, 80)).save(path)
+    (written,) = SegPredictor.from_argv(["--model_path", str(tmp_path / "old_ckpt.pth"), path,
+                                         "--out", str(tmp_path / "m"), "--gpu_devices", "cpu"]).run()
+    from torch.nn import functional as F
+    from torchvision.transforms import v2
+
+    pixels = torch.from_numpy(np.array(Image.open(path))).permute(2, 0, 1)
+    x = v2.functional.resize(pixels, [40, 60], antialias=True).float() / 255
+    model = trainer.build_model().eval()
+    model.load_state_dict(state["model"])
+    with torch.no_grad():
+        logits = model(((x - 0.5) / 0.5)[None])
+    expected = F.interpolate((logits > 0).float(), size=(80, 120), mode="nearest")[0, 0].mul(255).byte().numpy()
+    assert 0 < expected.mean() < 255  # a real mask
+    assert np.array_equal(np.array(Image.open(written)), expected)
 
 
 def test_predict_seg_reports_a_bad_image_in_one_line(trained, tmp_path, capsys):
@@ -233,3 +287,15 @@ def test_eval_flags_are_checked_before_loading(trained, capsys):
     expect(SegOnCarvanaEvaluator, ["--model_path", trainer.checkpoint_path("best"), "--viz_every", "0"],
            capsys, 2, "--viz_every")
     expect(SegOnCarvanaEvaluator, ["--model_path", "no/such.pth"], capsys, 1, "no/such.pth")
+
+
+def test_the_grid_shows_the_pixels_whatever_the_statistics():
+    """utils.plots un-normalises with the run's mean/std: model inputs and uint8 pixels draw the same grid."""
+    from utils.plots import segmentation_grid
+
+    pixels = torch.randint(0, 256, (2, 3, 8, 12), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    inputs = InputStage(torch.device("cpu"), IMAGENET_MEAN, IMAGENET_STD).to_device(pixels)
+    masks = torch.rand(2, 1, 8, 12, generator=torch.Generator().manual_seed(1)) > 0.5
+    from_pixels = segmentation_grid(pixels, masks, ~masks)
+    assert torch.equal(segmentation_grid(inputs, masks, ~masks, IMAGENET_MEAN, IMAGENET_STD), from_pixels)
+    assert torch.equal(from_pixels[:, 2:10, 2:14], pixels[0])  # the first tile is the image itself

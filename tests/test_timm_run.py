@@ -11,7 +11,6 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -85,16 +84,16 @@ def test_a_timm_model_trains_resumes_evaluates_predicts_and_exports(tmp_path, ca
         assert json.load(f)["top1"] == results["top1"]
 
     # predict.py on one test image, written as the 8-bit PNG an outside user would bring
-    image, _ = evaluator.task.datasets["test"][0]  # float32 (1, 8, 8) in [-1, 1]
+    image, _ = evaluator.task.datasets["test"][0]  # uint8 (1, 8, 8)
     png = str(tmp_path / "digit.png")
-    Image.fromarray(np.rint((image[0].numpy() + 1) * 127.5).astype(np.uint8), "L").save(png)
+    Image.fromarray(image[0].numpy(), "L").save(png)
     out = str(tmp_path / "preds.json")
     assert main(ClassifierPredictor, ["--model_path", best, png, "--topk", "1", "--output_json", out,
                                       "--gpu_devices", "cpu"]) == 0
     with open(out) as f:
         (prediction,) = json.load(f)["predictions"]
     with torch.no_grad():
-        expected = int(evaluator.task.model(image[None]).argmax(1))
+        expected = int(evaluator.task.model(evaluator.task.to_device(image[None])).argmax(1))
     assert prediction["top"][0]["index"] == expected
 
     assert export.main(["--model_path", best, "--format", "torchscript", "--gpu_devices", "cpu"]) == 0

@@ -3,7 +3,10 @@ from torch.nn import functional as F
 
 from base.config import check, str2bool
 from base.trainer_base import TrainerBase
-from data.carvana import add_carvana_arguments, build_carvana_datasets, collate_segmentation, validate_carvana_config
+from data.carvana import (add_carvana_arguments, build_carvana_datasets, collate_segmentation, eval_description,
+                          validate_carvana_config)
+from data.input_recipe import input_recipe
+from data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from loss.segmentation import LOSSES, SegmentationLoss
 from model.segmentation import SEG_MODELS, build_segmentation_model
 from utils.seg_metrics import SegmentationMeter
@@ -23,6 +26,13 @@ class SegOnCarvanaTrainer(TrainerBase):
     monitor, monitor_mode = "dice", "max"
     collate_fn = staticmethod(collate_segmentation)
     RESUME_CHANGEABLE = TrainerBase.RESUME_CHANGEABLE | {"num_viz"}
+    # Configs saved before --mean/--std ran with (x / 255 - 0.5) / 0.5: TrainerBase.OLDER_RUN_VALUES says so.
+    OLDER_RUN_VALUES = TrainerBase.OLDER_RUN_VALUES
+
+    @classmethod
+    def default_statistics(cls, args):
+        """ImageNet's ``(mean, std)``: Carvana's photos are RGB file images, like those pretrained weights saw."""
+        return list(IMAGENET_MEAN), list(IMAGENET_STD)
 
     @classmethod
     def add_arguments(cls, parser):
@@ -60,6 +70,19 @@ class SegOnCarvanaTrainer(TrainerBase):
         return build_segmentation_model(a.model_type, base_channels=a.base_channels, upsample=a.upsample,
                                         deep_supervision=a.deep_supervision)
 
+    def model_card(self):
+        """What predict_seg.py (or an ONNX user) needs to segment an image file, from the built task.
+
+        Returns:
+            ``{"trainer": class name, "input_shape": [3, H, W], "input": the evaluation resize and the
+            statistics (:mod:`data.input_recipe`), "output": how logits become the mask}``; JSON-able.
+        """
+        height, width = self.data.input_size
+        return {"trainer": type(self).__name__, "input_shape": [3, int(height), int(width)],
+                "input": input_recipe(3, eval_description((height, width)), self.inputs.describe()),
+                "output": {"channels": 1, "threshold": {"logit": 0.0, "probability": 0.5},
+                           "mask": "logit > 0, resized with nearest-neighbour to the image's own size"}}
+
     def build_loss(self):
         a = self.args
         return SegmentationLoss(a.loss, a.bce_weight, a.dice_weight, a.dice_smooth)
@@ -96,7 +119,9 @@ class SegOnCarvanaTrainer(TrainerBase):
                 n = self.args.num_viz
                 from utils.plots import segmentation_grid  # matplotlib: only when a grid is drawn
 
-                grid = segmentation_grid(batch["image"][:n], batch["mask"][:n], (logits[:n] > 0).cpu())
+                # the loader's batch: its images are still the uint8 pixels, shown as they are
+                grid = segmentation_grid(batch["image"][:n], batch["mask"][:n], (logits[:n] > 0).cpu(),
+                                         self.inputs.mean, self.inputs.std)
         if grid is not None and loader is self.loaders.get("val"):  # (an evaluator's task has no loggers)
             self.log_image("val/image_truth_prediction", grid)
         return meter.compute()

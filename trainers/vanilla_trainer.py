@@ -3,6 +3,7 @@ from base.config import check
 from base.trainer_base import TrainerBase
 from data.classification import (add_data_arguments, build_classification_datasets, default_statistics, image_side,
                                  validate_data_config)
+from data.input_recipe import input_recipe
 from loss.classification import build_classification_loss
 from model.classifiers import CLASSIFIERS, build_classifier, image_size_problem
 from utils.metrics import ClassificationMeter
@@ -78,16 +79,16 @@ def validate_classifier(task, loader):
     return meter.compute()
 
 
-#: How every classification dataset maps pixels to model input (see :mod:`data.classification`).
-NORMALIZE = "(x / max_value - 0.5) / 0.5"
-
-
 def classifier_model_card(task):
-    """What predict.py needs to classify an image file without the dataset, from ``task.data``.
+    """What predict.py (or an ONNX user) needs to classify an image file without the dataset, from ``task``.
+
+    ``task`` is built: ``task.data`` (:class:`data.classification.ClassificationData`) and ``task.inputs``
+    (:class:`base.input_stage.InputStage`).
 
     Returns:
-        ``{"trainer": class name, "class_names": [str] (index = label),
-        "input_shape": [C, H, W] (ints), "normalize": NORMALIZE}``; JSON-able.
+        ``{"trainer": class name, "class_names": [str] (index = label), "input_shape": [C, H, W] (ints),
+        "input": the evaluation transform and statistics (see :mod:`data.input_recipe`)}``; JSON-able.
     """
-    return {"trainer": type(task).__name__, "class_names": list(task.data.class_names),
-            "input_shape": [int(n) for n in task.data.input_shape], "normalize": NORMALIZE}
+    shape = [int(n) for n in task.data.input_shape]
+    return {"trainer": type(task).__name__, "class_names": list(task.data.class_names), "input_shape": shape,
+            "input": input_recipe(shape[0], task.data.eval_transform, task.inputs.describe())}

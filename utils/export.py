@@ -10,12 +10,20 @@ The model and the run's validation split are rebuilt from the checkpoint alone, 
 run on the first ``--batches`` validation batches; its outputs are compared with the PyTorch model's
 (float32, eval mode, no autocast). ONNX runs through onnxruntime's CPUExecutionProvider.
 
+The file carries the checkpoint's model card as JSON (class names, input shape, and the input
+recipe: colour, resize, crop, mean, std, NCHW float32 layout; see :mod:`data.input_recipe`), so its
+user can make the inputs the model was evaluated on: ONNX metadata ``model_card``
+(``onnxruntime.InferenceSession(path).get_modelmeta().custom_metadata_map["model_card"]``),
+TorchScript's extra file ``model_card.json`` (``torch.jit.load(path, _extra_files=...)``),
+torch.export's extra file ``model_card.json`` (``torch.export.load(path, extra_files=...)``).
+
 Exit status (as :func:`base.cli.main`): 0 when the largest absolute difference is <= ``--atol``; 1 when
 it is larger (the file is removed) or for a file problem (unreadable checkpoint, unwritable output, a
 model that does not export); 2 for a bad flag. Errors are one line; ``--debug`` shows tracebacks.
 """
 import argparse
 import importlib
+import json
 import os
 import sys
 import warnings
@@ -145,16 +153,22 @@ def _flat(output):
     return [t for item in items for t in _flat(item)]
 
 
-def write_export(model, example, fmt, path, dynamic):
+#: Name of the model card inside an export (ONNX metadata key; TorchScript / torch.export extra file).
+CARD_KEY, CARD_FILE = "model_card", "model_card.json"
+
+
+def write_export(model, example, fmt, path, dynamic, card=None):
     """Export ``model`` traced on ``example`` (float32 ``(N, C, H, W)``) as ``fmt``; write ``path`` atomically.
 
     With ``dynamic`` the batch dimension is symbolic (ONNX dynamic axis / ``torch.export.Dim``); TorchScript
     traces carry no such flag, so the check on another batch size (see :func:`run`) is what tells.
+    ``card`` (a JSON-able dict, the checkpoint's model card) goes into the file (module docstring).
 
     Raises:
         UserError: the exporter fails on the model (its first line); CheckpointError: ``path`` cannot be written.
     """
     batch = {0: torch.export.Dim("batch")} if dynamic else None
+    card_json = json.dumps(card or {}, sort_keys=True)
     try:
         with warnings.catch_warnings():  # tracer notes on Python values: the output check below decides
             warnings.simplefilter("ignore")
@@ -164,14 +178,17 @@ def write_export(model, example, fmt, path, dynamic):
                 program = torch.onnx.export(model, (example,), dynamo=True, input_names=["images"],
                                             output_names=["output"], dynamic_shapes=(batch,) if dynamic else None,
                                             external_data=False, verbose=False)
-                data = program.model_proto.SerializeToString()
+                proto = program.model_proto  # (a property that serializes the model anew each time)
+                proto.metadata_props.add(key=CARD_KEY, value=card_json)
+                data = proto.SerializeToString()
                 write_fn = lambda f: f.write(data)  # noqa: E731
             elif fmt == "torchscript":
                 traced = torch.jit.trace(model, example, check_trace=False, strict=False)
-                write_fn = lambda f: _quiet(torch.jit.save, traced, f)  # noqa: E731
+                extra = {CARD_FILE: card_json}
+                write_fn = lambda f: _quiet(torch.jit.save, traced, f, _extra_files=extra)  # noqa: E731
             else:
                 program = torch.export.export(model, (example,), dynamic_shapes=(batch,) if dynamic else None)
-                write_fn = lambda f: torch.export.save(program, f)  # noqa: E731
+                write_fn = lambda f: torch.export.save(program, f, extra_files={CARD_FILE: card_json})  # noqa: E731
     except Exception as exc:  # noqa: BLE001 - any exporter failure is "this model does not export"
         raise UserError(f"cannot export {type(model).__name__} as {fmt}: {type(exc).__name__}: "
                         f"{one_line(exc)[:300]}") from exc
@@ -233,7 +250,9 @@ def run(args):
         inputs.append(example[: len(example) // 2])  # a batch size the export was not traced with
     print(f"--model_path {args.model_path}: exporting its {extras['weights']} weights ({task.args.model_type}) as "
           f"{args.format} from {task.device}")
-    write_export(model, example, args.format, args.output, args.dynamic_batch)
+    # The rebuilt task's card: it describes the inputs checked below, older checkpoints' included
+    # (their saved cards may predate the input recipe).
+    write_export(model, example, args.format, args.output, args.dynamic_batch, task.model_card())
     exported = load_export(args.format, args.output, task.device)
     checked = [x for x in inputs if args.dynamic_batch or x.shape == example.shape]  # a fixed batch size only
     with torch.no_grad():

@@ -33,18 +33,30 @@ def save_confusion_matrix(confusion, class_names, path, title=""):
     plt.close(fig)
 
 
-def denormalize(image):
-    """float ``(3, H, W)`` in [-1, 1] (the datasets' ``(x - 0.5) / 0.5``) -> uint8 ``(3, H, W)``."""
+def denormalize(image, mean=(0.5,), std=(0.5,)):
+    """Model input ``(C, H, W)`` back to uint8 pixels: ``round(clamp(x * std + mean, 0, 1) * 255)``.
+
+    Args:
+        image: float ``(x / 255 - mean) / std`` (:mod:`base.input_stage`), on any device; a uint8
+            image is pixels already and is returned as it is.
+        mean, std: the run's ``--mean`` / ``--std`` (length 1 or ``C``).
+    """
     import torch
 
-    return ((image.float() * 0.5 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
+    if image.dtype == torch.uint8:
+        return image
+    shape = (-1,) + (1,) * (image.dim() - 1)
+    mean = torch.as_tensor(mean, dtype=torch.float32, device=image.device).view(shape)
+    std = torch.as_tensor(std, dtype=torch.float32, device=image.device).view(shape)
+    return ((image.float() * std + mean).clamp(0, 1) * 255).round().to(torch.uint8)
 
 
-def segmentation_grid(images, masks, preds):
+def segmentation_grid(images, masks, preds, mean=(0.5,), std=(0.5,)):
     """One row per sample: image | ground truth | prediction, for TensorBoard's ``add_image``.
 
     Args:
-        images: float ``(N, 3, H, W)`` in [-1, 1].
+        images: uint8 ``(N, 3, H, W)`` pixels, or float model inputs normalised with ``mean`` / ``std``
+            (see :func:`denormalize`).
         masks, preds: ``(N, 1, H, W)`` in {0, 1} (float or bool).
 
     Returns:
@@ -55,7 +67,8 @@ def segmentation_grid(images, masks, preds):
 
     tiles = []
     for image, mask, pred in zip(images, masks, preds):
-        tiles += [denormalize(image), *(m.to(torch.uint8).mul(255).expand(3, -1, -1) for m in (mask, pred))]
+        tiles += [denormalize(image, mean, std).cpu(),
+                  *(m.to(torch.uint8).mul(255).expand(3, -1, -1).cpu() for m in (mask, pred))]
     return make_grid(torch.stack(tiles), nrow=3, padding=2, pad_value=128)
 
 
