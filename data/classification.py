@@ -65,6 +65,9 @@ class ClassificationData:
     plain_train: Dataset = None
     #: The evaluation pipeline as facts (:func:`data.transforms.describe_eval`), for the model card.
     eval_transform: dict = dataclasses.field(default_factory=dict)
+    #: The training images as stored, no transform (a ``Subset`` of :class:`InMemoryImages`), for
+    #: --data_on_device, whose ops run on the device; None where images are decoded from files.
+    stored_train: Dataset = None
 
 
 def add_data_arguments(parser):
@@ -225,17 +228,19 @@ def build_classification_datasets(args, ops=()):
         # The splits are Subsets with subsampled, sorted indices: map each through its own.
         groups = {name: [(pool_groups if split.dataset is pool else test_groups)[i] for i in split.indices]
                   for name, split in (("train", train), ("val", val), ("test", test))}
-    plain_train = train
+    plain_train = stored_train = train
     if isinstance(pool, ImageFiles):  # decoded per item: the training pipeline runs on each decoded file
-        train = Subset(ImageFiles(pool.samples, train_tf, pool.mode), train.indices)
+        train, stored_train = Subset(ImageFiles(pool.samples, train_tf, pool.mode), train.indices), None
     else:  # in memory, already uint8 at their size: transforms only where they change something
         if args.train_crop != "squash" or ops or pool.images.shape[-1] != side:
             train = Augmented(train, train_tf)
+        if args.train_crop == "squash" and pool.images.shape[-1] != side:  # only the transform makes the model's size
+            stored_train = None
         if args.train_crop != "squash" or pool.images.shape[-1] != side:
             plain_train, val, test = (Augmented(split, eval_tf) for split in (plain_train, val, test))
     return ClassificationData(train=train, val=val, test=test, num_classes=len(names),
                               input_shape=(channels, side, side), class_names=list(names), groups=groups,
-                              plain_train=plain_train,
+                              plain_train=plain_train, stored_train=stored_train,
                               eval_transform=transforms.describe_eval(args.train_crop, side, args.crop_pct))
 
 
