@@ -61,7 +61,7 @@ class ClassificationData:
     input_shape: tuple  # (C, H, W) of one image
     class_names: list
     groups: dict = dataclasses.field(default_factory=dict)
-    #: The training images read as evaluation reads them (no random op): a k-NN bank, or --data_on_device's source.
+    #: The training images read as evaluation reads them (no random op): a k-NN bank.
     plain_train: Dataset = None
     #: The evaluation pipeline as facts (:func:`data.transforms.describe_eval`), for the model card.
     eval_transform: dict = dataclasses.field(default_factory=dict)
