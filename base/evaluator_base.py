@@ -84,6 +84,7 @@ class EvaluatorBase(abc.ABC):
         merged["loggers"] = ""  # evaluation reports to no tracker (whose package may not be installed here)
         if "pretrained_path" in merged:  # the checkpoint's weights replace them: the file need not exist here
             merged["pretrained_path"] = None
+        merged["data_on_device"] = False  # evaluation trains on nothing: no training split to upload
         merged.update({k: v for k, v in vars(self.args).items() if k in known})
         task_args = argparse.Namespace(**merged)
         self.trainer_class.validate_config(task_args)

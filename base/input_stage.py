@@ -100,6 +100,9 @@ class InputStage:
             return
         pending = None
         for batch in batches:
+            # The side stream starts after what the compute stream has queued so far: a batch made on
+            # the device (or the statistics) is complete before it is read there.
+            self._stream.wait_stream(torch.cuda.current_stream(self.device))
             with torch.cuda.stream(self._stream):
                 ready = None if batch is None else self.to_device(batch)
             if pending is not None:

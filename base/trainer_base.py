@@ -23,6 +23,7 @@ from base.signals import Preempted, PreemptionFlag, ignore_signals_in_worker, si
 from base.state import (EarlyStopper, ResumableSampler, SeededSamples, global_switches, restore_global_switches,
                         seed_everything)
 from base.config import check
+from base.device_data import DeviceBatches
 from base.input_stage import InputStage
 from base.trainer_args import add_trainer_arguments, resolve_workers, validate_trainer_config
 from base.trainer_checkpoint import CheckpointingMixin
@@ -210,9 +211,20 @@ class TrainerBase(StepMixin, CheckpointingMixin, ResumeMixin, ValidationMixin, T
         samples are dropped from their batch (a batch of only bad samples is ``None``).
         Under DDP each process reads its share of every split (see :class:`ResumableSampler`).
         An override for ``"train"`` must keep a :class:`ResumableSampler` for resume to work.
+
+        With ``--data_on_device`` the training split is a :class:`base.device_data.DeviceBatches`
+        instead: its tensors uploaded once, batches gathered on the device in the same
+        sampler's order, no workers (its random ops run on the device: :meth:`build_device_augment`).
+        The evaluation splits stay on the ``DataLoader``: each is read once per validation
+        without random ops, and its deterministic pipeline (e.g. the centre crop of ``--train_crop
+        rrc``) is the one evaluators and predictors share.
         """
         a = self.args
         train = split == "train"
+        if train and a.data_on_device:
+            sampler = ResumableSampler(len(dataset), shuffle=True, seed=a.seed, batch_size=a.batch_size,
+                                       rank=self.rank, world_size=self.world_size)
+            return DeviceBatches(dataset, sampler, a.batch_size, self.device)
         workers = resolve_workers(a.num_workers, self.device, distributed.local_world_size())
         if workers == 0 and self.device.type == "cuda" and reads_files(dataset) and self.logger is not None:
             self.logger.warning("the %s split decodes image files in the main process (--num_workers 0): the GPU "
@@ -449,7 +461,8 @@ class TrainerBase(StepMixin, CheckpointingMixin, ResumeMixin, ValidationMixin, T
         with signals_held():
             # forks the workers, if any (once, with persistent workers); on CUDA, copies a batch ahead
             reader = iter(loader)
-        batches = self.inputs.prefetch(reader)
+        # Batches gathered on the device are made on the compute stream: nothing to copy ahead.
+        batches = reader if isinstance(loader, DeviceBatches) else self.inputs.prefetch(reader)
         per_step = loader.batch_size * self.world_size  # samples of all processes
         bar = tqdm(batches, desc=f"epoch {self.epoch + 1}/{a.epochs}", unit="batch",
                    initial=math.ceil(self.samples_in_epoch / per_step),

@@ -61,11 +61,14 @@ class ClassificationData:
     input_shape: tuple  # (C, H, W) of one image
     class_names: list
     groups: dict = dataclasses.field(default_factory=dict)
-    #: The training images read as evaluation reads them (no random op): a k-NN bank, or --data_on_device's source.
+    #: The training images read as evaluation reads them (no random op): a k-NN bank.
     plain_train: Dataset = None
     #: The evaluation pipeline as facts (:func:`data.transforms.describe_eval`) plus ``"backend"``, the library
     #: that resized (see :mod:`data.input_recipe`), for the model card.
     eval_transform: dict = dataclasses.field(default_factory=dict)
+    #: The training images as stored, no transform (a ``Subset`` of :class:`InMemoryImages`), for
+    #: --data_on_device, whose ops run on the device; None where images are decoded from files.
+    stored_train: Dataset = None
 
 
 def add_data_arguments(parser):
@@ -239,17 +242,19 @@ def build_classification_datasets(args, ops=()):
         # The splits are Subsets with subsampled, sorted indices: map each through its own.
         groups = {name: [(pool_groups if split.dataset is pool else test_groups)[i] for i in split.indices]
                   for name, split in (("train", train), ("val", val), ("test", test))}
-    plain_train = train
+    plain_train = stored_train = train
     if isinstance(pool, ImageFiles):  # decoded per item: the training pipeline runs on each decoded file
-        train = Subset(ImageFiles(pool.samples, train_tf, pool.mode), train.indices)
+        train, stored_train = Subset(ImageFiles(pool.samples, train_tf, pool.mode), train.indices), None
     else:  # in memory, already uint8 at their size: transforms only where they change something
         if crop != "squash" or ops or pool.images.shape[-1] != side:
             train = Augmented(train, train_tf)
+        if crop == "squash" and pool.images.shape[-1] != side:  # only the transform makes the model's size
+            stored_train = None
         if crop != "squash" or pool.images.shape[-1] != side:
             plain_train, val, test = (Augmented(split, eval_tf) for split in (plain_train, val, test))
     return ClassificationData(train=train, val=val, test=test, num_classes=len(names),
                               input_shape=(channels, side, side), class_names=list(names), groups=groups,
-                              plain_train=plain_train,
+                              plain_train=plain_train, stored_train=stored_train,
                               eval_transform={**transforms.describe_eval(crop, side, args.crop_pct),
                                               # every pipeline resizes uint8 tensors (data.transforms)
                                               "backend": "torch"})

@@ -147,14 +147,14 @@ def folder_run(tmp_path_factory):
 
 
 def test_a_file_becomes_the_input_the_evaluation_split_gives_the_model(folder_run):
-    """(a) predict.py's input for a file is the evaluator's: same uint8 pixels (Pillow's resize and crop of the
+    """(a) predict.py's input for a file is the evaluator's: same uint8 pixels (the tensor resize and crop of the
     val/test pipeline) and the same normalisation, so the predicted probabilities are the evaluated ones."""
     trainer = folder_run
     assert trainer.args.train_crop == "rrc"
     card = load_checkpoint(trainer.checkpoint_path("best"))["model_card"]
     recipe = card_input(card)
     assert recipe["transform"] == {"resize": "shorter_side", "resize_to": 18, "center_crop": 16,
-                                   "interpolation": "bilinear", "antialias": True, "backend": "pillow"}
+                                   "interpolation": "bilinear", "antialias": True, "backend": "torch"}
     assert recipe["mean"] == [0.485, 0.456, 0.406] and recipe["std"] == [0.229, 0.224, 0.225]
     test = trainer.datasets["test"]
     paths = [test.dataset.samples[i][0] for i in test.indices]

@@ -145,6 +145,11 @@ CASES = {
     "mae": (lambda f: MAETrainer, ["--epochs", "2", "--data_type", "Digits", "--patch_size", "4", "--batch_size", "96",
                                    "--train_val_sample_rate", "0.3", "--knn_k", "5", "--ema_decay", "0.9",
                                    "--early_stop_patience", "9"], (2, 5, 8)),
+    # batches gathered on the device, random crops and flips drawn there per sample (kornia), then Mixup
+    "vit_device": (lambda f: ViTTrainer, ["--epochs", "2", "--data_type", "Digits", "--patch_size", "4",
+                                          "--batch_size", "96", "--train_val_sample_rate", "0.3", "--data_on_device",
+                                          "--train_crop", "rrc", "--hflip", "0.5", "--vflip", "0.5", "--mixup_alpha",
+                                          "0.2", "--early_stop_patience", "9"], (2, 5, 8)),
 }
 
 
@@ -212,7 +217,8 @@ def straight_runs(tmp_path_factory):
 # MAE reads its data exactly as ViTTrainer does (the workers' seeding is covered there, and each worker
 # case costs seconds of the suite): its own random state, the masks, is checked at all three stops.
 # The JPEG folder runs with workers only: test_input_pipeline checks that 0 and 2 workers draw the same crops.
-ONE_WORKER_COUNT = {"mae": 0, "jpeg_folder": 2}
+# --data_on_device reads no data through workers.
+ONE_WORKER_COUNT = {"mae": 0, "jpeg_folder": 2, "vit_device": 0}
 RUNS = [pytest.param(case, stop, workers, id=f"{case}-{name}-{workers}")
         for case in sorted(CASES) for stop, name in enumerate(["mid_epoch", "epoch_boundary", "later"])
         for workers in (0, 2) if ONE_WORKER_COUNT.get(case, workers) == workers]

@@ -13,7 +13,8 @@ from loss.classification import build_classification_loss
 from model.pretrained import load_pretrained
 from model.zoo import (VIT_MODELS, build_zoo_model, image_size_problem, no_weight_decay_names, vit_layer_id,
                        vit_num_layers)
-from trainers.vanilla_trainer import classifier_model_card, validate_classifier
+from trainers.vanilla_trainer import (check_data_on_device, classifier_model_card, device_augment, training_split,
+                                      validate_classifier)
 
 
 class ViTTrainer(TrainerBase):
@@ -23,6 +24,10 @@ class ViTTrainer(TrainerBase):
     reference): AdamW with no weight decay on biases, norms, position embeddings
     and class tokens; linear warmup then cosine per step; Mixup / CutMix per batch;
     RandAugment; label smoothing; gradient clipping at norm 1.
+
+    With ``--data_on_device`` the crop and flips run on the device per sample (kornia, see
+    :func:`trainers.vanilla_trainer.device_augment`); ``--randaugment`` is refused there: kornia's
+    RandAugment picks its ops once per batch, not per image.
     """
 
     PROG = "trainer_vit.py"
@@ -62,6 +67,11 @@ class ViTTrainer(TrainerBase):
     @classmethod
     def validate_config(cls, args):
         super().validate_config(args)
+        check_data_on_device(args)
+        # kornia's RandAugment draws one choice of ops for a whole batch; the worker path draws per image.
+        check(not (args.data_on_device and args.randaugment), "randaugment", args.randaugment,
+              "not with --data_on_device (kornia's RandAugment picks its ops once per batch, the DataLoader path "
+              "per image): leave one of them off")
         validate_data_config(args)
         for flag in ("drop_path", "dropout", "label_smoothing", "mix_prob", "hflip", "vflip"):
             check(0 <= getattr(args, flag) <= 1, flag, getattr(args, flag), "must be in [0, 1]")
@@ -83,7 +93,12 @@ class ViTTrainer(TrainerBase):
     def build_datasets(self):
         a = self.args
         self.data = build_classification_datasets(a, augment_ops(a.hflip, a.vflip, a.randaugment))
-        return {"train": self.data.train, "val": self.data.val, "test": self.data.test}
+        return {"train": training_split(self.data, a), "val": self.data.val, "test": self.data.test}
+
+    def build_device_augment(self):
+        """With ``--data_on_device``: the crop of ``--train_crop rrc`` and ``--hflip`` / ``--vflip`` on the device."""
+        a = self.args
+        return device_augment(a, self.data.input_shape[-1], a.hflip, a.vflip) if a.data_on_device else None
 
     def build_mix(self):
         """Mixup / CutMix per batch on the device (torchvision v2); targets become class probabilities."""
