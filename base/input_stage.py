@@ -51,7 +51,7 @@ class InputStage:
         self.device, self.channels_last = device, channels_last
         self.augment, self.mix = augment, mix
         self.mean, self.std = mean, std
-        # (1, C, 1, 1) for broadcasting; x / 255 then (x - mean) / std as one multiply-add
+        # (1, C, 1, 1) for broadcasting; x / 255 then (x - mean) / std as one multiply and one add
         self._scale = torch.tensor([1 / (255 * s) for s in std], device=device).view(1, -1, 1, 1)
         self._shift = torch.tensor([-m / s for m, s in zip(mean, std)], device=device).view(1, -1, 1, 1)
         self._stream = torch.cuda.Stream(device) if device.type == "cuda" else None
@@ -132,9 +132,9 @@ class InputStage:
         if self._scale.shape[1] not in (1, channels):
             raise ValueError(f"--mean/--std give {self._scale.shape[1]} values for images of {channels} channels")
         if augment and self.augment is not None:
-            x = torch.addcmul(self._shift, self.augment(images.float() / 255) * 255, self._scale)
+            x = (self.augment(images.float() / 255) * 255).mul_(self._scale).add_(self._shift)
         else:
-            x = torch.addcmul(self._shift, images.float(), self._scale)  # one pass over the batch
+            x = images.float().mul_(self._scale).add_(self._shift)  # in place: no third batch-sized buffer
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def _move(self, tensor):

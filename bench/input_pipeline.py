@@ -21,9 +21,8 @@ Two figures per path, one process, the same files, batch size and worker count:
    over ``--worker_images`` images in this process with one intra-op thread, as a DataLoader worker runs.
 2. **main-thread us per image**: a DataLoader with ``--workers`` workers and a prefetch queue that holds
    every timed batch (``prefetch_factor = --batches / --workers``, and no more batches than that, so the
-   workers are idle while the main thread is timed); once all batches are ready, per batch: releasing
-   the previous batch (its last references: the kernel unmaps and frees the shared memory a worker
-   filled, as when the training loop takes the next batch) + ``next`` of the loader's iterator
+   workers are idle while the main thread is timed); once all batches are ready, per batch, the span
+   from "batch ready in a worker" to "batch handed to the device": ``next`` of the loader's iterator
    (receiving: unpickling, fetching each tensor's shared memory from its worker) + pinning (CUDA only:
    ``Tensor.pin_memory`` on this thread, where the trainer's DataLoader pins in its pin-memory thread of
    the same process) + the copy call (``Tensor.to(device, non_blocking=True)``, what
@@ -31,7 +30,9 @@ Two figures per path, one process, the same files, batch size and worker count:
    (``time.thread_time``: what the thread spends, whatever else the machine runs), the figure, and in
    wall time beside it (which also counts waiting for a worker's reply and time given to other
    processes). Sending indices to busy workers is not in it: every index was sent when the iterator
-   started.
+   started. Timed apart and printed, outside the span: releasing the previous batch (its last
+   references: the kernel unmaps and frees the shared memory a worker filled, when the training loop
+   drops a batch whose step is done).
 
 Printed beside them, not counted in (2): ``InputStage.normalise`` per image (uint8 to the model's
 float input; kernel launches on CUDA, the arithmetic itself on this thread on a CPU). Each figure is
@@ -94,7 +95,8 @@ def main_thread(dataset, a, device, inputs):
 
     Returns:
         ``{(part, clock): seconds summed over the batches}`` for part ``free`` (the previous batch's
-        release), ``receive``, ``pin``, ``copy``, ``total`` (their sum) and ``normalise`` (not in ``total``),
+        release, not in ``total``), ``receive``, ``pin``, ``copy``, ``total`` (the sum of these three: the
+        span from "batch ready in a worker" to "batch handed to the device") and ``normalise`` (not in ``total``),
         clock ``"wall"`` (``time.perf_counter``) or ``"cpu"`` (``time.thread_time``: this thread's CPU, so
         neither waits for a worker nor time the machine gave other processes); plus ``"fill"``, the wall
         seconds until the workers had every batch ready (their start included), and ``"bytes"`` of a
@@ -131,8 +133,10 @@ def main_thread(dataset, a, device, inputs):
         for part, (begin, end) in zip(PARTS + ("normalise",), zip(marks, marks[1:])):
             for c, clock in enumerate(CLOCKS):
                 sums[part, clock] += end[c] - begin[c]
+        # The span "batch ready in a worker -> handed to the device": receive, pin, copy. The release of the
+        # previous batch is timed too, but lies outside it (the trainer drops a batch when its step is done).
         for c, clock in enumerate(CLOCKS):
-            sums["total", clock] += marks[min(len(marks) - 1, len(PARTS))][c] - marks[0][c]
+            sums["total", clock] += marks[min(len(marks) - 1, len(PARTS))][c] - marks[1][c]
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     del reader
@@ -164,10 +168,10 @@ def parse(argv):
     p.add_argument("--width", type=int, default=500, help="files' width before a 0.9-1.1 jitter (pixels)")
     p.add_argument("--height", type=int, default=375, help="files' height before the jitter (pixels)")
     p.add_argument("--image_size", type=int, default=224, help="training crop side (pixels)")
-    p.add_argument("--batch_size", type=int, default=None, help="images a batch (default 64; --tiny 4)")
+    p.add_argument("--batch_size", type=int, default=None, help="images a batch (default 128, ResNet-50's on one GPU in bench/throughput.py; --tiny 4)")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers (>= 1)")
     p.add_argument("--batches", type=int, default=None,
-                   help="timed batches per path and repeat, a multiple of --workers (default 16; --tiny 4)")
+                   help="timed batches per path and repeat, a multiple of --workers (default 8; --tiny 4)")
     p.add_argument("--worker_images", type=int, default=None,
                    help="images timed for the per-worker rate (default 256; --tiny 8)")
     p.add_argument("--repeats", type=int, default=None, help="interleaved repeats; medians are shown (default 3; "
@@ -177,7 +181,7 @@ def parse(argv):
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     p.add_argument("--tiny", action="store_true", help="smoke mode: tiny counts (see the module docstring)")
     a = p.parse_args(argv)
-    for flag, full, tiny in (("files", 512, 16), ("batch_size", 64, 4), ("batches", 16, 4), ("worker_images", 256, 8),
+    for flag, full, tiny in (("files", 512, 16), ("batch_size", 128, 4), ("batches", 8, 4), ("worker_images", 256, 8),
                              ("repeats", 3, 1)):
         setattr(a, flag, getattr(a, flag) if getattr(a, flag) is not None else tiny if a.tiny else full)
     for flag in ("files", "width", "height", "image_size", "batch_size", "workers", "batches", "worker_images",

@@ -48,6 +48,7 @@ import time
 
 import numpy as np
 import torch
+from types import SimpleNamespace
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -140,6 +141,7 @@ def measured(task, warmup, steps, data=None, profile=None):
                 val = pool[:n]
             else:
                 pool = [{"image": images[i], "mask": targets[i]} for i in range(len(images))]
+                self.data = SimpleNamespace(input_size=tuple(images.shape[-2:]))  # what the seg model card reads
                 val = [{**item, "full_mask": item["mask"][0].to(torch.uint8)} for item in pool[:n]]
             # A list is a dataset. One epoch of exactly the run's steps: the validation at its end is not timed.
             return {"train": (pool * self.args.max_steps)[:self.args.max_steps * n], "val": val}
