@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Car segmentation on Carvana (download it: see the README), or on synthetic cars made here.
+# Car segmentation on Carvana (download it: see docs/SEGMENTATION.md), or on synthetic cars made here.
 #   bash example_runs/seg_carvana.sh [quick|full|resume|eval|compare|all]   (default: quick)
 # DATA_DIR (default: Dataset/Carvana if it exists, else synthetic cars written to Dataset/SyntheticCarvana),
 # QUICK_EPOCHS, FULL_EPOCHS and the settings of example_runs/common.sh may be set in the environment.
