@@ -14,6 +14,7 @@ Prints, as medians over ``--repeats`` fresh processes (seconds of wall time):
 The ratios are what to compare across machines: both sides are measured in
 the same invocation of this script.
 """
+
 import argparse
 import json
 import os
@@ -61,8 +62,9 @@ def main(argv=None):
             rows["import torch"].append(wall([py, "-c", "import torch"]))
             rows["--help"].append(wall([py, "trainer_vanilla.py", "--help"]))
             rows["1-epoch run"].append(wall([py, "trainer_vanilla.py", *run]))
-            done = subprocess.run([py, "-c", COMPUTE.format(root=ROOT, argv=run)], cwd=ROOT, check=True,
-                                  capture_output=True, text=True)
+            done = subprocess.run(
+                [py, "-c", COMPUTE.format(root=ROOT, argv=run)], cwd=ROOT, check=True, capture_output=True, text=True
+            )
             times = json.loads(done.stdout.strip().splitlines()[-1])
             rows["run setup"].append(times["setup"])
             rows["run compute"].append(times["compute"])
