@@ -17,9 +17,12 @@ from tqdm import tqdm
 
 from base import distributed, optim, resume, row_files, run_dir
 from base.bad_data import BadSampleFilter, BadSampleLog, collate_good_samples
-from base.config import parse_config
+from base.config import check, parse_config
+from base.device_data import DeviceBatches
 from base.file_names import file_name_part
+from base.input_stage import InputStage
 from base.loggers import LoggerSet
+from base.lr_plot import plot_lr_schedule
 from base.signals import Preempted, PreemptionFlag, ignore_signals_in_worker, signals_held
 from base.state import (
     EarlyStopper,
@@ -29,16 +32,12 @@ from base.state import (
     restore_global_switches,
     seed_everything,
 )
-from base.config import check
-from base.device_data import DeviceBatches
-from base.input_stage import InputStage
 from base.trainer_args import add_trainer_arguments, resolve_workers, validate_trainer_config
 from base.trainer_checkpoint import CheckpointingMixin
 from base.trainer_distributed import DistributedMixin
 from base.trainer_resume import ResumeMixin
 from base.trainer_step import StepMixin
 from base.trainer_tracking import TrackingMixin
-from base.lr_plot import plot_lr_schedule
 from base.trainer_validation import ValidationMixin
 from utils.device import select_device
 from utils.params import count_parameters, format_count
@@ -282,7 +281,8 @@ class TrainerBase(
 
     def build_device_augment(self):
         """``None``, or a callable on float ``(N, C, H, W)`` training images in [0, 1] on the device (e.g. a kornia
-        ``AugmentationSequential``); called in :meth:`build`, after :meth:`build_datasets` (see :mod:`base.input_stage`)."""
+        ``AugmentationSequential``); called in :meth:`build`, after :meth:`build_datasets`
+        (see :mod:`base.input_stage`)."""
         return None
 
     def build_mix(self):

@@ -132,7 +132,7 @@ def main(argv=None):
             rows.append((task, name, metrics["top1"], seconds, "trainer_vit.py " + " ".join(run)))
             print(f"{task} {name}: test top-1 {metrics['top1']:.2f} in {seconds:.0f} s", flush=True)
     print()
-    for task, name, top1, seconds, command in rows:
+    for task, name, _top1, _seconds, command in rows:
         print(f"- {task} / {name}: `python {command}`")
     print("\n| task | run | test top-1 (%) | wall time (s) |\n| --- | --- | ---: | ---: |")
     for task, name, top1, seconds, _ in rows:

@@ -46,7 +46,7 @@ print(json.dumps({{"setup": built - start, "compute": done - built}}))
 def wall(cmd, cwd=ROOT):
     """Seconds from starting ``cmd`` (a list) to its exit; raises ``CalledProcessError`` on failure."""
     start = time.perf_counter()
-    subprocess.run(cmd, cwd=cwd, check=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    subprocess.run(cmd, cwd=cwd, check=True, capture_output=True)
     return time.perf_counter() - start
 
 

@@ -472,7 +472,7 @@ class _FlatRoot:
         return os.path.join(self.root, "processed")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _flat_class(name):
     """torchvision's ``MNIST`` / ``FashionMNIST`` reading its files from ``root`` itself (built on first use)."""
     import torchvision

@@ -17,9 +17,6 @@ import textwrap
 
 import pytest
 import torch
-from conftest import ToyTrainer
-from test_bad_input import error_line, run_main
-from test_fault_files import kill_9_once_marked
 
 import base.checkpoint
 from base.checkpoint import load_checkpoint, save_checkpoint, verify_checkpoint
@@ -27,7 +24,10 @@ from base.errors import CheckpointError
 from base.resume import newest_checkpoint, newest_verified_checkpoint
 from base.row_files import MetricsCSV
 from base.run_dir import record_resume, remove_stale_temp_files, write_config
+from conftest import ToyTrainer
 from evaluators.vanilla_evaluator import VanillaEvaluator
+from test_bad_input import error_line, run_main
+from test_fault_files import kill_9_once_marked
 from trainers.vanilla_trainer import VanillaTrainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -16,11 +16,10 @@ import textwrap
 
 import pytest
 
-from conftest import ToyTrainer
-from test_resume import StopAfter, logged
-
 from base.row_files import MetricsCSV
 from base.run_dir import RunDirError
+from conftest import ToyTrainer
+from test_resume import StopAfter, logged
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # 40 samples in batches of 8: 5 steps an epoch, a validation at steps 5 and 10.

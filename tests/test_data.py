@@ -408,7 +408,6 @@ def test_a_trainer_sees_a_new_order_each_epoch(toy_argv):
 @pytest.mark.parametrize("data_type, in_chans, channels", [("ELPV", 3, 1), ("Digits", 3, 1), ("ImageFolder", 1, 3)])
 def test_in_chans_other_than_the_datas_is_refused_before_a_run_folder(tmp_path, capsys, data_type, in_chans, channels):
     from test_bad_input import expect
-
     from trainers.vit_trainer import ViTTrainer
 
     two_classes(tmp_path / "images")
@@ -455,7 +454,6 @@ def test_in_chans_is_checked_against_a_tasks_own_data_too():
 
 def test_a_folder_too_small_for_a_test_image_is_one_line_naming_it(tmp_path, capsys):
     from test_bad_input import expect
-
     from trainers.vanilla_trainer import VanillaTrainer
 
     two_classes(tmp_path / "images", per_class=1)  # --test_fraction 0.2 of 2 images rounds to none

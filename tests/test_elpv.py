@@ -5,13 +5,13 @@ import os
 
 import pytest
 import torch
-from by_hand import top1_by_hand
-from test_data import make_args
 
+from by_hand import top1_by_hand
 from data.classification import build_classification_datasets
 from data.elpv import _raw, elpv_labels, load_elpv, stratified_test_split
 from evaluators.vanilla_evaluator import VanillaEvaluator
 from evaluators.vit_evaluator import ViTEvaluator
+from test_data import make_args
 from trainers.vanilla_trainer import VanillaTrainer
 from trainers.vit_trainer import ViTTrainer
 from utils.metrics import accuracy_by_group

@@ -291,13 +291,10 @@ def unreadable_files(trained, folder):
     os.mkfifo(folder / "fifo.pth")  # opening it to read would block for ever: it must be refused unopened
     (folder / "empty.pth").write_bytes(b"")
     image = folder / "digit.png"  # never read: the checkpoint is refused first
-    predict = lambda path, *names: Case(
-        "predict.py",
-        ["--model_path", path, image],
-        1,  # noqa: E731
-        [f"--model_path {path}", *names],
-        watched=folder,
-    )
+
+    def predict(path, *names):
+        return Case("predict.py", ["--model_path", path, image], 1, [f"--model_path {path}", *names], watched=folder)
+
     return {
         "malicious_pickle": eval_case(
             "eval_vanilla.py", folder / "evil.pth", 1, "refused", "code or objects other than tensors", "system"

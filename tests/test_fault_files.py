@@ -18,8 +18,6 @@ import time
 import pytest
 import torch
 from PIL import ImageFile
-from test_bad_input import error_line, run_main
-from test_data import make_args, write_broken, write_png
 
 import base.checkpoint
 from base.checkpoint import load_checkpoint, save_checkpoint
@@ -28,6 +26,8 @@ from base.errors import CheckpointError
 from base.resume import newest_checkpoint
 from data.classification import build_classification_datasets
 from evaluators.vanilla_evaluator import VanillaEvaluator
+from test_bad_input import error_line, run_main
+from test_data import make_args, write_broken, write_png
 from trainers.vanilla_trainer import VanillaTrainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

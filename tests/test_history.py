@@ -13,10 +13,9 @@ import pytest
 from PIL import Image
 
 from base.cli import main
+from test_bad_input import expect  # pytest puts tests/ on sys.path
 from trainers.vanilla_trainer import VanillaTrainer
 from utils.history import HistoryInspector, read_history
-
-from test_bad_input import expect  # pytest puts tests/ on sys.path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLS_NAME, SEG_NAME = "Vanilla/2024-01-01_00-00-00", "SegOnCarvana/2024-01-02_00-00-00"

@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_bad_input import run_main  # pytest puts tests/ on sys.path
 from torch.utils.data import DataLoader
 
 from base.bad_data import BadSampleFilter, collate_good_samples
@@ -27,6 +26,7 @@ from data.input_recipe import OLD_NORMALIZE, card_input
 from data.transforms import eval_transform
 from model.classifiers import MIN_IMAGE_SIZE as CLASSIFIER_MIN, build_classifier
 from model.zoo import MIN_IMAGE_SIZE as ZOO_MIN, build_zoo_model
+from test_bad_input import run_main  # pytest puts tests/ on sys.path
 from trainers.vanilla_trainer import VanillaTrainer
 from trainers.vit_trainer import ViTTrainer
 

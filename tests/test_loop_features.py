@@ -156,9 +156,10 @@ def test_validation_best_and_export_use_the_ema_weights_with_eval_ema(toy_argv, 
 
 def test_resume_without_ema_state_is_refused(toy_argv, tmp_path):
     first = fit(ToyTrainer, [*toy_argv, "--max_steps", "3"])
+    import json
+
     from base.errors import CheckpointError
     from base.resume import saved_config
-    import json
 
     path = first.checkpoint_path("last")
     state = load_checkpoint(path)

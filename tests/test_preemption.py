@@ -8,14 +8,14 @@ import sys
 import time
 
 import pytest
-from conftest import ToyTrainer
-from test_bad_input import error_line, run_main
-from test_resume import assert_same_state, logged
 
 from base.checkpoint import load_checkpoint
 from base.errors import UserError
 from base.run_lock import RunLock
 from base.run_status import read_status
+from conftest import ToyTrainer
+from test_bad_input import error_line, run_main
+from test_resume import assert_same_state, logged
 from trainers.seg_on_carvana_trainer import SegOnCarvanaTrainer
 from trainers.vanilla_trainer import VanillaTrainer
 from utils.runs import status_text

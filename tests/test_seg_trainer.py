@@ -9,12 +9,12 @@ import sys
 import numpy as np
 import pytest
 import torch
-from by_hand import dice_iou_by_hand
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from base.checkpoint import load_checkpoint, save_checkpoint
 from base.input_stage import InputStage
+from by_hand import dice_iou_by_hand
 from data.images import read_image
 from data.input_recipe import card_input
 from data.transforms import IMAGENET_MEAN, IMAGENET_STD
@@ -293,7 +293,7 @@ def broken_mask_data(tmp_path_factory, tmp_path):
     root = tmp_path / "data"
     shutil.copytree(seg_data(tmp_path_factory), root)
     args = SegOnCarvanaTrainer.from_argv(["--data_dir", str(root), "--output_dir", str(tmp_path)]).args
-    from data.carvana import find_samples, split_by_car, car_id
+    from data.carvana import car_id, find_samples, split_by_car
 
     samples = find_samples(str(root))
     train_car = split_by_car(samples, args)["train"][0]

@@ -11,12 +11,12 @@ import os
 import pathlib
 
 import pytest
-from conftest import ToyTrainer
-from test_bad_input import error_line, expect, run_main
-from test_data import two_classes
 
 from base.cli import main
+from conftest import ToyTrainer
 from evaluators.vanilla_evaluator import VanillaEvaluator
+from test_bad_input import error_line, expect, run_main
+from test_data import two_classes
 from trainers.vanilla_trainer import VanillaTrainer
 from utils import runs
 

@@ -7,9 +7,9 @@ import sys
 
 import pytest
 import torch
-from by_hand import top1_by_hand
 
 from base.checkpoint import load_checkpoint
+from by_hand import top1_by_hand
 from evaluators.vanilla_evaluator import VanillaEvaluator
 from trainers.vanilla_trainer import VanillaTrainer
 from utils import configcmp

@@ -4,9 +4,9 @@ import math
 
 import pytest
 import torch
-from by_hand import top1_by_hand
 
 from base.optim import WarmupCosine
+from by_hand import top1_by_hand
 from data.augment import Augmented
 from evaluators.vit_evaluator import ViTEvaluator
 from trainers.vit_trainer import ViTTrainer

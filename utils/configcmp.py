@@ -13,6 +13,7 @@ import glob
 import json
 import os
 import sys
+
 from base.config import Parser
 
 META_KEYS = ("timestamp", "trainer", "torch", "torchvision", "python", "git_commit", "git_dirty")

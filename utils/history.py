@@ -20,9 +20,9 @@ import os
 
 from matplotlib.lines import Line2D
 
+from base.config import Parser
 from base.errors import UserError
 from utils.plots import plt
-from base.config import Parser
 
 LOSS_COLUMNS = ("train_loss", "val_loss")
 # Columns that are the x axis or bookkeeping, not a quantity to plot by default.
