@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: venv train test eval clean
+.PHONY: venv train test lint eval clean
 
 # The venv is rebuilt whenever requirements.txt changes.
 $(VENV)/.installed: requirements.txt
@@ -20,6 +20,11 @@ train: venv
 ## Run the test suite (CPU only; GPU tests skip without CUDA).
 test: venv
 	$(PY) -m pytest -q tests $(ARGS)
+
+## Lint and format checks (settings in pyproject.toml); `$(VENV)/bin/ruff format .` applies the format.
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -1,7 +1,8 @@
 """Evaluate a classification checkpoint on its run's test split.
 
-    python eval_vanilla.py --model_path Results/Vanilla/<run>/Vanilla_best_ckpt.pth
+python eval_vanilla.py --model_path Results/Vanilla/<run>/Vanilla_best_ckpt.pth
 """
+
 from base.cli import exit_fast, main
 from evaluators.vanilla_evaluator import VanillaEvaluator
 

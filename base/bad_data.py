@@ -1,4 +1,5 @@
 """``--bad_images skip``: drop unreadable samples, list them, stop past a limit."""
+
 import os
 
 from torch.utils.data import Dataset, default_collate
@@ -77,6 +78,8 @@ class BadSampleLog:
             listed = {line.strip() for line in f if line.strip()}
         new, self.paths = sorted(listed - self.paths), listed
         if len(listed) > self.limit:
-            raise DataError(f"{len(listed)} unreadable images, more than --max_bad_images={self.limit}; "
-                            f"they are listed in {self.path}")
+            raise DataError(
+                f"{len(listed)} unreadable images, more than --max_bad_images={self.limit}; "
+                f"they are listed in {self.path}"
+            )
         return new

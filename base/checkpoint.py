@@ -10,6 +10,7 @@ Each checkpoint holds a SHA-256 of its own content under the reserved key
 ``"checksum"`` (see :func:`content_checksum`), so a flipped bit in a weight is
 caught on load instead of training or evaluating on silently wrong numbers.
 """
+
 import codecs
 import hashlib
 import os
@@ -141,6 +142,7 @@ def copy_checkpoint(source, path):
     Raises:
         CheckpointError: as :func:`write_or_fail` (also when ``source`` cannot be read).
     """
+
     def copy(f):
         with open(source, "rb") as src:
             shutil.copyfileobj(src, f, _COPY_CHUNK)
@@ -241,24 +243,33 @@ def load_checkpoint(path, map_location="cpu", flag="", mmap=False):
         found = re.search(r"GLOBAL\s+(\S+)|Unsupported global:?\s*(?:GLOBAL\s+)?(\S+)", text) if refused else None
         kind = None if found else _foreign_kind(path)
         if kind:  # torch's own message would be the unpickler's ("KeyError: 101"): say what the file is
-            raise CheckpointError(f"{where}: not a checkpoint of this project: {kind}, not a file written by "
-                                  f"torch.save (a zip archive)") from None
+            raise CheckpointError(
+                f"{where}: not a checkpoint of this project: {kind}, not a file written by torch.save (a zip archive)"
+            ) from None
         if refused:  # name the global, and leave out torch's hint to load the file unsafely
             name = next((g for g in found.groups() if g), "") if found else ""
-            raise CheckpointError(f"{where}: refused: it holds code or objects other than tensors and "
-                                  f"plain types{f' ({name})' if name else ''}, which would run when "
-                                  f"loaded; this project never writes such files") from None
+            raise CheckpointError(
+                f"{where}: refused: it holds code or objects other than tensors and "
+                f"plain types{f' ({name})' if name else ''}, which would run when "
+                f"loaded; this project never writes such files"
+            ) from None
         detail = text.strip().splitlines()[0] if text.strip() else "the file ends too early"
-        raise CheckpointError(f"{where}: not a readable checkpoint (truncated or foreign file: "
-                              f"{type(exc).__name__}: {detail[:200]})") from None
+        raise CheckpointError(
+            f"{where}: not a readable checkpoint (truncated or foreign file: {type(exc).__name__}: {detail[:200]})"
+        ) from None
     if not isinstance(state, dict) or "model" not in state:
         kind = _foreign_kind(path)  # recent torch reads safetensors files too: say that that is what it is
-        raise CheckpointError(f"{where}: not a checkpoint of this project: {kind}" if kind else
-                              f"{where}: not a checkpoint of this project (no 'model' entry)")
+        raise CheckpointError(
+            f"{where}: not a checkpoint of this project: {kind}"
+            if kind
+            else f"{where}: not a checkpoint of this project (no 'model' entry)"
+        )
     stored = state.pop(CHECKSUM_KEY, None)
     if stored is not None and stored != content_checksum(state):
-        raise CheckpointError(f"{where}: checksum mismatch, the file is corrupted "
-                              f"(its content differs from what was saved; use an older checkpoint)")
+        raise CheckpointError(
+            f"{where}: checksum mismatch, the file is corrupted "
+            f"(its content differs from what was saved; use an older checkpoint)"
+        )
     return state
 
 
@@ -299,20 +310,26 @@ def load_model_state(model, state, source):
     """
     # A foreign or hand-edited file can hold anything under "model"; say so rather than fail on .keys().
     if not isinstance(state, Mapping):
-        raise CheckpointError(f"{source}: its 'model' entry is a {type(state).__name__}, not a state dict "
-                              f"(parameter name -> tensor)")
+        raise CheckpointError(
+            f"{source}: its 'model' entry is a {type(state).__name__}, not a state dict (parameter name -> tensor)"
+        )
     current = model.state_dict()
     missing = sorted(current.keys() - state.keys(), key=str)
     unexpected = sorted(state.keys() - current.keys(), key=str)  # a foreign file may mix key types
     if missing or unexpected:
         raise CheckpointError(
             f"{source}: the checkpoint holds a different model ({len(missing)} parameters missing, "
-            f"e.g. {missing[:1]}; {len(unexpected)} unexpected, e.g. {unexpected[:1]})")
+            f"e.g. {missing[:1]}; {len(unexpected)} unexpected, e.g. {unexpected[:1]})"
+        )
     for key, value in current.items():
         if torch.is_tensor(value) and not torch.is_tensor(state[key]):
-            raise CheckpointError(f"{source}: its 'model' entry holds a {type(state[key]).__name__} under "
-                                  f"{key!r}, not a tensor: not a state dict")
+            raise CheckpointError(
+                f"{source}: its 'model' entry holds a {type(state[key]).__name__} under "
+                f"{key!r}, not a tensor: not a state dict"
+            )
         if tuple(state[key].shape) != tuple(value.shape):
-            raise CheckpointError(f"{source}: shape mismatch for {key}: checkpoint "
-                                  f"{tuple(state[key].shape)}, this model {tuple(value.shape)}")
+            raise CheckpointError(
+                f"{source}: shape mismatch for {key}: checkpoint "
+                f"{tuple(state[key].shape)}, this model {tuple(value.shape)}"
+            )
     model.load_state_dict(state)

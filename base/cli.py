@@ -1,4 +1,5 @@
 """What the root entry scripts call: parse, run, turn input errors into one line."""
+
 import argparse
 import sys
 import threading
@@ -32,7 +33,9 @@ def main(cls, argv=None):
     if not debug:  # a library's background thread (TensorBoard's writer) failing: one line, not a traceback
         threading.excepthook = lambda info: print(
             f"{prog}: warning: background thread {info.thread.name if info.thread else '?'} stopped: "
-            f"{one_line(info.exc_value) if info.exc_value else info.exc_type.__name__}", file=sys.stderr)
+            f"{one_line(info.exc_value) if info.exc_value else info.exc_type.__name__}",
+            file=sys.stderr,
+        )
     try:
         cls.from_argv(argv).run()
     except Preempted as exc:

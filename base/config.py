@@ -14,6 +14,7 @@ top of that. The resolved namespace comes back with a provenance map
 "config file (path)" | "command line"}`` that is written next to the values.
 ``--print_config`` (beside ``--config``) prints the result as YAML and exits.
 """
+
 import argparse
 import os
 
@@ -22,8 +23,17 @@ LAUNCH_ONLY = frozenset({"config", "resume", "model_path", "debug", "print_confi
 
 
 # Flags that hold a path: a leading ``~`` is expanded to the home folder.
-PATH_FLAGS = ("config", "resume", "model_path", "output_dir", "data_dir", "pretrained_path", "plot_lr",
-              "save_path", "output_json")
+PATH_FLAGS = (
+    "config",
+    "resume",
+    "model_path",
+    "output_dir",
+    "data_dir",
+    "pretrained_path",
+    "plot_lr",
+    "save_path",
+    "output_json",
+)
 
 
 class ConfigError(ValueError):
@@ -69,8 +79,7 @@ class Parser(argparse.ArgumentParser):
 
 def _config_classes(cls):
     """Classes of ``cls``'s MRO that contribute flags or defaults, root first."""
-    return [k for k in reversed(cls.__mro__)
-            if "add_arguments" in k.__dict__ or "DEFAULTS" in k.__dict__]
+    return [k for k in reversed(cls.__mro__) if "add_arguments" in k.__dict__ or "DEFAULTS" in k.__dict__]
 
 
 def build_parser(cls, suppress_defaults=False):
@@ -89,8 +98,11 @@ def build_parser(cls, suppress_defaults=False):
             the subclass, reported at import-free parse time).
     """
     parser = Parser(
-        prog=getattr(cls, "PROG", None), description=(cls.__doc__ or "").strip().split("\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
+        prog=getattr(cls, "PROG", None),
+        description=(cls.__doc__ or "").strip().split("\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        allow_abbrev=False,
+    )
     origins = {}
     classes = _config_classes(cls)
     for depth, klass in enumerate(classes):
@@ -264,9 +276,13 @@ def _add_print_config(parser):
     if config is None:
         return
     group = next((g for g in parser._action_groups if config in g._group_actions), parser)
-    group.add_argument("--print_config", action="store_true", default=argparse.SUPPRESS,
-                       help="print the resolved config as YAML, each value's source in a comment, and exit "
-                            "(save it as a .yaml to pass back with --config)")
+    group.add_argument(
+        "--print_config",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="print the resolved config as YAML, each value's source in a comment, and exit "
+        "(save it as a .yaml to pass back with --config)",
+    )
     group._group_actions.insert(group._group_actions.index(config) + 1, group._group_actions.pop())  # in --help
 
 
@@ -290,13 +306,24 @@ def predictor_parser(cls, what):
         cls: the predictor class (its ``PROG`` and first docstring line are used).
         what: the verb for the images' help, e.g. ``"classify"``.
     """
-    parser = Parser(prog=cls.PROG, description=cls.__doc__.split("\n")[0], allow_abbrev=False,
-                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--model_path", required=True,
-                        help="checkpoint (*_ckpt.pth) or weights export (*_best.safetensors beside its .json)")
+    parser = Parser(
+        prog=cls.PROG,
+        description=cls.__doc__.split("\n")[0],
+        allow_abbrev=False,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--model_path",
+        required=True,
+        help="checkpoint (*_ckpt.pth) or weights export (*_best.safetensors beside its .json)",
+    )
     parser.add_argument("images", nargs="+", help=f"image files to {what}")
     parser.add_argument("--gpu_devices", default=None, help="'cpu', 'cuda', 'cuda:N' or a CUDA id; unset: GPU if any")
-    parser.add_argument("--eval_ema", type=str2bool, default=None,
-                        help="use the checkpoint's EMA weights (true) or raw ones (false); unset: as the run validated")
+    parser.add_argument(
+        "--eval_ema",
+        type=str2bool,
+        default=None,
+        help="use the checkpoint's EMA weights (true) or raw ones (false); unset: as the run validated",
+    )
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser

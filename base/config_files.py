@@ -11,6 +11,7 @@ name, YAML. YAML scalars are read as the strings they are written as (only
 (not ``True``), ``seed: 010`` is 10 (not octal 8) and a date stays text.
 PyYAML is imported only when a YAML file is read or a config printed.
 """
+
 import json
 import os
 import re
@@ -59,8 +60,9 @@ def read_config_file(path, with_meta=False):
     # (a flat file may hold the launch-only "config" flag itself, a path or null).
     if "config" in data and not isinstance(data["config"], (str, type(None))):
         if not isinstance(data["config"], dict):
-            raise ConfigError(f"{where}: its 'config' entry is a {type(data['config']).__name__}, "
-                              f"expected an object of flag values")
+            raise ConfigError(
+                f"{where}: its 'config' entry is a {type(data['config']).__name__}, expected an object of flag values"
+            )
         meta = data.get("meta", {})
         if not isinstance(meta, dict):
             raise ConfigError(f"{where}: its 'meta' entry is a {type(meta).__name__}, expected an object")
@@ -70,8 +72,9 @@ def read_config_file(path, with_meta=False):
     for key, value in data.items():
         for item in value if isinstance(value, list) else [value]:
             if not isinstance(item, _PLAIN_TYPES):  # only explicit YAML tags get here
-                raise ConfigError(f"{where}: bad value for {key!r}: a YAML {type(item).__name__} ({item!r}); "
-                                  f"write it as plain text")
+                raise ConfigError(
+                    f"{where}: bad value for {key!r}: a YAML {type(item).__name__} ({item!r}); write it as plain text"
+                )
     return (data, meta) if with_meta else data
 
 
@@ -81,6 +84,7 @@ def _unique(where):
     Raises:
         ConfigError: one line naming ``where`` and the key.
     """
+
     def pairs_to_dict(pairs):
         data = {}
         for key, value in pairs:
@@ -88,6 +92,7 @@ def _unique(where):
                 raise ConfigError(f"{where}: key {key!r} is given twice; keep one")
             data[key] = value
         return data
+
     return pairs_to_dict
 
 
@@ -122,6 +127,7 @@ def _loader(yaml, where):
     key and both lines (PyYAML keeps the last silently); a key after a merge
     (``<<: *base``) overrides the merged one, as YAML means it to.
     """
+
     class FlagLoader(yaml.SafeLoader):
         def construct_mapping(self, node, deep=False):
             if isinstance(node, yaml.MappingNode):
@@ -132,8 +138,9 @@ def _loader(yaml, where):
                     key, line = self.construct_object(key_node, deep=True), key_node.start_mark.line + 1
                     try:
                         if key in lines:
-                            raise ConfigError(f"{where}: key {key!r} is given twice (lines {lines[key]} and "
-                                              f"{line}); keep one")
+                            raise ConfigError(
+                                f"{where}: key {key!r} is given twice (lines {lines[key]} and {line}); keep one"
+                            )
                         lines[key] = line
                     except TypeError:  # an unhashable key: SafeLoader's own error names it
                         continue
@@ -142,7 +149,8 @@ def _loader(yaml, where):
     keep = ("tag:yaml.org,2002:null", "tag:yaml.org,2002:merge")
     FlagLoader.yaml_implicit_resolvers = {
         first: [(tag, rx) for tag, rx in resolvers if tag in keep]
-        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
     infinity_or_nan = re.compile(r"^(?:[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$")
     FlagLoader.add_implicit_resolver("tag:yaml.org,2002:float", infinity_or_nan, list("-+."))
     return FlagLoader
@@ -163,8 +171,10 @@ def format_config(args, provenance, prog):
         import yaml
     except ImportError:
         raise ConfigError("--print_config needs PyYAML (pip install 'PyYAML>=6.0')") from None
-    lines = [f"# {prog}: resolved config, each value's source after '#'. Saved as a .yaml it can be passed back "
-             f"with --config (launch-only flags such as config, resume and debug are not read from a file)."]
+    lines = [
+        f"# {prog}: resolved config, each value's source after '#'. Saved as a .yaml it can be passed back "
+        f"with --config (launch-only flags such as config, resume and debug are not read from a file)."
+    ]
     for flag, value in vars(args).items():
         value = list(value) if isinstance(value, tuple) else value
         if not isinstance(value, _PLAIN_TYPES):

@@ -18,6 +18,7 @@ tensors whose first dimension indexes samples (``indices`` a list of ints, or
 ``None`` for all), e.g. ``data.classification.InMemoryImages``:
 ``(uint8 (n, C, H, W), int64 (n,))``. The tuple's tensors are the batch's entries.
 """
+
 import math
 
 import torch
@@ -41,8 +42,10 @@ def stored_tensors(dataset):
         index = None if indices is None else torch.as_tensor(indices, dtype=torch.long)
         return tuple(t if index is None else t[index] for t in inner.tensors)
     if not callable(getattr(inner, "tensors", None)):
-        raise UserError(f"--data_on_device: the training split ({type(inner).__name__}) is not held in memory as "
-                        f"tensors; leave --data_on_device off and read it with --num_workers")
+        raise UserError(
+            f"--data_on_device: the training split ({type(inner).__name__}) is not held in memory as "
+            f"tensors; leave --data_on_device off and read it with --num_workers"
+        )
     return tuple(inner.tensors(indices))
 
 
@@ -74,8 +77,10 @@ class DeviceBatches:
         self.dataset, self.sampler, self.batch_size, self.device = dataset, sampler, batch_size, device
         tensors = stored_tensors(dataset)
         if any(len(t) != len(dataset) for t in tensors):
-            raise UserError(f"--data_on_device: the training split has {len(dataset)} samples but its tensors hold "
-                            f"{[len(t) for t in tensors]}")
+            raise UserError(
+                f"--data_on_device: the training split has {len(dataset)} samples but its tensors hold "
+                f"{[len(t) for t in tensors]}"
+            )
         self.tensors = tuple(t.contiguous().to(device) for t in tensors)  # uploaded once
 
     def __len__(self):
@@ -86,5 +91,5 @@ class DeviceBatches:
         # The epoch's order goes to the device once; each batch is one gather per tensor there.
         order = torch.as_tensor(list(self.sampler), dtype=torch.long).to(self.device)
         for first in range(0, len(order), self.batch_size):  # (an epoch with nothing left yields no batch)
-            index = order[first:first + self.batch_size]
+            index = order[first : first + self.batch_size]
             yield [t[index] for t in self.tensors]

@@ -10,6 +10,7 @@ them (:func:`init_from_env`). Without them, or with ``WORLD_SIZE=1``, every
 function here is the single-process identity. The helpers below are
 collectives: every rank must call them, in the same order.
 """
+
 import os
 import sys
 
@@ -170,12 +171,15 @@ def wrap_model(model, device, sync_bn=False, find_unused_parameters=False):
         return model
     if sync_bn:
         if device.type != "cuda":
-            raise ConfigError("--sync_bn: SyncBatchNorm runs on CUDA devices only; these processes run on "
-                              f"{device.type}")
+            raise ConfigError(
+                f"--sync_bn: SyncBatchNorm runs on CUDA devices only; these processes run on {device.type}"
+            )
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     return torch.nn.parallel.DistributedDataParallel(
-        model, device_ids=[device.index] if device.type == "cuda" else None,
-        find_unused_parameters=find_unused_parameters)
+        model,
+        device_ids=[device.index] if device.type == "cuda" else None,
+        find_unused_parameters=find_unused_parameters,
+    )
 
 
 def parse_devices(spec):
@@ -196,7 +200,15 @@ def launch_command(spec, script, argv):
     """
     devices = parse_devices(spec)
     if not devices or any(not d for d in devices) or ("cpu" in devices and set(devices) != {"cpu"}):
-        raise ConfigError(f"--gpu_devices={spec!r}: expected GPU ids such as 0,1,2,3 (or cpu,cpu for "
-                          "CPU processes), one process each")
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={len(devices)}",
-            script, *argv]
+        raise ConfigError(
+            f"--gpu_devices={spec!r}: expected GPU ids such as 0,1,2,3 (or cpu,cpu for CPU processes), one process each"
+        )
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={len(devices)}",
+        script,
+        *argv,
+    ]

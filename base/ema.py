@@ -9,6 +9,7 @@ random init (the warmup of TensorFlow's ``ExponentialMovingAverage`` with
 torchvision's classification reference recipe and timm's ``ModelEmaV2``; the
 copy and bookkeeping are PyTorch's ``torch.optim.swa_utils.AveragedModel``.
 """
+
 import torch
 from torch.optim.swa_utils import AveragedModel
 

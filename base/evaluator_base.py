@@ -6,6 +6,7 @@ so ``eval_x.py --model_path RUN/Model_best_ckpt.pth`` needs no other flag.
 Any trainer flag given on the command line overrides the saved value.
 A checkpoint written by another trainer is refused with one line naming both.
 """
+
 import abc
 import argparse
 import json
@@ -23,8 +24,12 @@ TRAINER_FLAGS_TITLE = "trainer flags (override the checkpoint's)"
 
 # The evaluator script of each trainer, for the hint in a refusal only (asking the
 # evaluator classes would mean importing every task).
-EVAL_SCRIPTS = {"VanillaTrainer": "eval_vanilla.py", "ViTTrainer": "eval_vit.py",
-                "SegOnCarvanaTrainer": "eval_seg_on_carvana.py", "MAETrainer": "eval_mae.py"}
+EVAL_SCRIPTS = {
+    "VanillaTrainer": "eval_vanilla.py",
+    "ViTTrainer": "eval_vit.py",
+    "SegOnCarvanaTrainer": "eval_seg_on_carvana.py",
+    "MAETrainer": "eval_mae.py",
+}
 
 
 class EvaluatorBase(abc.ABC):
@@ -44,8 +49,11 @@ class EvaluatorBase(abc.ABC):
     @classmethod
     def add_arguments(cls, parser):
         group = parser.add_argument_group("evaluation")
-        group.add_argument("--model_path", required=True,
-                           help="checkpoint (*_ckpt.pth) or weights export (*_best.safetensors beside its .json)")
+        group.add_argument(
+            "--model_path",
+            required=True,
+            help="checkpoint (*_ckpt.pth) or weights export (*_best.safetensors beside its .json)",
+        )
         group.add_argument("--split", choices=["test", "val"], default="test", help="split to evaluate")
 
     @classmethod
@@ -117,8 +125,9 @@ class EvaluatorBase(abc.ABC):
             return
         prog = getattr(self, "PROG", None) or type(self).__name__
         hint = f" (use {EVAL_SCRIPTS[name]})" if isinstance(name, str) and name in EVAL_SCRIPTS else ""
-        raise CheckpointError(f"--model_path {self.args.model_path}: a {name} checkpoint; {prog} evaluates "
-                              f"{expected} checkpoints{hint}")
+        raise CheckpointError(
+            f"--model_path {self.args.model_path}: a {name} checkpoint; {prog} evaluates {expected} checkpoints{hint}"
+        )
 
     def run(self):
         """Load the checkpoint, rebuild the task, evaluate, write the results JSON."""
@@ -126,18 +135,28 @@ class EvaluatorBase(abc.ABC):
         self.task = self.trainer_class(self.resolve_task_config(saved))
         self.task.build()
         self.check_split()
-        load_model_state(self.task.model, weights,
-                         f"--model_path {self.args.model_path} (model_type {saved.get('model_type')!r}, "
-                         f"evaluating {self.task.args.model_type!r})")
+        load_model_state(
+            self.task.model,
+            weights,
+            f"--model_path {self.args.model_path} (model_type {saved.get('model_type')!r}, "
+            f"evaluating {self.task.args.model_type!r})",
+        )
         self.task.model.eval()
         bad = nonfinite_count(weights)
         if bad:  # the metrics below would be numbers computed from NaN: say so before them
-            print(f"warning: --model_path {self.args.model_path} holds {bad} non-finite weight values (NaN/inf); "
-                  f"its results are meaningless (was the run stopped by a NaN loss?)", file=sys.stderr)
+            print(
+                f"warning: --model_path {self.args.model_path} holds {bad} non-finite weight values (NaN/inf); "
+                f"its results are meaningless (was the run stopped by a NaN loss?)",
+                file=sys.stderr,
+            )
         with torch.inference_mode():  # no autograd records: less memory, faster; evaluate() never trains
             results = self.evaluate()
-        results = {"checkpoint": os.path.abspath(self.args.model_path), "split": self.args.split,
-                   "nonfinite_weights": bad, **results}
+        results = {
+            "checkpoint": os.path.abspath(self.args.model_path),
+            "split": self.args.split,
+            "nonfinite_weights": bad,
+            **results,
+        }
         with open(self.output_path(".json"), "w", encoding="utf-8") as f:
             json.dump(results, f, indent=2)
         return results
@@ -152,11 +171,15 @@ class EvaluatorBase(abc.ABC):
         split = self.args.split
         if len(self.task.datasets.get(split, ())):
             return
-        why = (" (it was trained with --test_fraction 0)"
-               if split == "test" and getattr(self.task.args, "test_fraction", None) == 0 else "")
+        why = (
+            " (it was trained with --test_fraction 0)"
+            if split == "test" and getattr(self.task.args, "test_fraction", None) == 0
+            else ""
+        )
         instead = "; evaluate --split val" if split == "test" else ""
-        raise UserError(f"--split {split}: the run of --model_path {self.args.model_path} has no {split} "
-                        f"split{why}{instead}")
+        raise UserError(
+            f"--split {split}: the run of --model_path {self.args.model_path} has no {split} split{why}{instead}"
+        )
 
     def output_path(self, suffix, kind="eval"):
         """``<checkpoint folder>/<checkpoint stem>_<kind>_<split><suffix>``."""
@@ -179,8 +202,7 @@ def add_viz_argument(parser, help):
 
 def nonfinite_count(state):
     """How many values of the floating-point tensors in ``state`` (a state dict) are NaN or inf (int)."""
-    return sum(int((~torch.isfinite(t)).sum()) for t in state.values()
-               if torch.is_tensor(t) and t.is_floating_point())
+    return sum(int((~torch.isfinite(t)).sum()) for t in state.values() if torch.is_tensor(t) and t.is_floating_point())
 
 
 def load_saved_model(path, flag="--model_path", use_ema=None):
@@ -208,8 +230,10 @@ def load_saved_model(path, flag="--model_path", use_ema=None):
         except (TypeError, json.JSONDecodeError):
             raise CheckpointError(f"{flag} {path}: its saved config is not JSON") from None
         if not isinstance(config, dict):
-            raise CheckpointError(f"{flag} {path}: its saved 'config' is a JSON {type(config).__name__}, "
-                                  f"expected an object of flag values")
+            raise CheckpointError(
+                f"{flag} {path}: its saved 'config' is a JSON {type(config).__name__}, "
+                f"expected an object of flag values"
+            )
         if use_ema is None:
             use_ema = bool(config.get("eval_ema", True))
         if use_ema and ckpt.get("ema") is not None:

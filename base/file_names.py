@@ -7,6 +7,7 @@ checkpoint ``<part>_best_ckpt.pth`` stays in the run folder. Whatever looks
 files up by name (resume, step-checkpoint pruning) builds the name with the
 same function, so writers and readers agree.
 """
+
 import hashlib
 import re
 
@@ -38,5 +39,5 @@ def file_name_part(value):
     part = re.sub(r"^\.+", lambda m: "-" * len(m.group()), part)
     if len(part) > MAX_LENGTH:
         digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:8]
-        part = f"{part[:MAX_LENGTH - 9]}-{digest}"
+        part = f"{part[: MAX_LENGTH - 9]}-{digest}"
     return part

@@ -24,6 +24,7 @@ Steps 3 and 6 draw random numbers; the loop calls :meth:`InputStage.train_input`
 after seeding the step's generators by its position in the run
 (:func:`base.state.seed_position`), so a resumed run draws the same ones.
 """
+
 import torch
 
 
@@ -149,6 +150,7 @@ class InputStage:
 
 def _map_images(batch, on_images, on_other):
     """Apply ``on_images`` to the image batch of ``batch`` (module docstring) and ``on_other`` to every other tensor."""
+
     def other(value):
         if torch.is_tensor(value):
             return on_other(value)

@@ -33,6 +33,7 @@ Trackers outside it (``wandb``, ``mlflow``: a server, another disk) are
 best-effort: their first error is logged once as a warning, that tracker is
 switched off for the rest of the launch, and training goes on.
 """
+
 import csv
 import dataclasses
 import importlib.util
@@ -64,6 +65,7 @@ class RunInfo:
     ``states``: each logger's :meth:`RunLogger.state_dict` as saved in the
     checkpoint the launch resumes from (``{logger name: state}``; empty for a new run).
     """
+
     run_dir: str
     proj_name: str
     timestamp: str
@@ -138,8 +140,9 @@ def parse_logger_names(value):
             raise ConfigError(f"--loggers={value!r}: unknown logger {name!r} (choose from {', '.join(LOGGERS)})")
         module = LOGGERS[name][1]
         if module and importlib.util.find_spec(name) is None:
-            raise ConfigError(f"--loggers={value!r}: the {name} logger needs the {module} package: "
-                              f"pip install {module}")
+            raise ConfigError(
+                f"--loggers={value!r}: the {name} logger needs the {module} package: pip install {module}"
+            )
     if len(set(names)) != len(names):
         raise ConfigError(f"--loggers={value!r}: a logger is named twice")
     return names
@@ -180,9 +183,11 @@ class LoggerSet:
             if not logger.best_effort:
                 raise
             self._started = [other for other in self._started if other is not logger]
-            self.warn(f"the {logger.name} logger failed in {method} ({type(exc).__name__}: "
-                      f"{(str(exc).strip().splitlines() or [''])[0]}); it is off for the rest of this run, "
-                      f"training goes on")
+            self.warn(
+                f"the {logger.name} logger failed in {method} ({type(exc).__name__}: "
+                f"{(str(exc).strip().splitlines() or [''])[0]}); it is off for the rest of this run, "
+                f"training goes on"
+            )
             try:
                 logger.close()
             except Exception:  # noqa: BLE001 - already reported
@@ -256,8 +261,11 @@ class TensorBoardLogger(RunLogger):
         self.run, self.folder = run, os.path.join(run.run_dir, "summary")
         self._open(run.step + 1 + run.redo_validation if run.resumed else None)
         rows = [f"| {k} | {v!r} | {run.provenance.get(k, '')} |" for k, v in sorted(run.config.items())]
-        self._write(lambda: self.writer.add_text("config", "\n".join(["| flag | value | from |", "|---|---|---|",
-                                                                      *rows]), run.step))
+        self._write(
+            lambda: self.writer.add_text(
+                "config", "\n".join(["| flag | value | from |", "|---|---|---|", *rows]), run.step
+            )
+        )
 
     def _open(self, purge_step):
         """Start a new events file; TensorBoard hides the points at ``purge_step`` and after in the older ones."""
@@ -265,6 +273,7 @@ class TensorBoardLogger(RunLogger):
 
         def open_writer():
             self.writer = SummaryWriter(self.folder, purge_step=purge_step)
+
         self._write(open_writer, "create TensorBoard events in", self.folder)
 
     def _write(self, fn, what="write TensorBoard events", path=None):
@@ -277,6 +286,7 @@ class TensorBoardLogger(RunLogger):
         def write():
             for name, value in scalars.items():
                 self.writer.add_scalar(name, value, step)
+
         self._write(write)
 
     def log_image(self, name, image, step):
@@ -345,8 +355,9 @@ class CSVLogger(RunLogger):
             self.flush()
             self.close()
         covered = (states.get(self.name) or {}).get("rows")
-        header, self.rows = resume_rows(self.path, covered, lambda row: step_of(row) <= step,
-                                        lambda header: tuple(header) == self.HEADER, "\n")
+        header, self.rows = resume_rows(
+            self.path, covered, lambda row: step_of(row) <= step, lambda header: tuple(header) == self.HEADER, "\n"
+        )
         try:
             self.file = open(self.path, "a", newline="", encoding="utf-8")
             self.writer = csv.writer(self.file, lineterminator="\n")

@@ -9,6 +9,7 @@ drawn at that many steps spread evenly over it (its first and last step and
 the end of the warmup among them): the LR of a ``LambdaLR`` is computed at
 each of them directly, any other schedule is stepped through.
 """
+
 import csv
 import logging
 import math
@@ -67,8 +68,9 @@ def plot_lr_schedule(trainer, path):
             if trainer.scheduler is not None and state["scheduler"] is not None:
                 trainer.scheduler.load_state_dict(state["scheduler"])
         except (ValueError, KeyError) as exc:
-            raise CheckpointError(f"--resume {trainer.resume_from[1]}: optimizer/scheduler state does not fit "
-                                  f"({exc})") from None
+            raise CheckpointError(
+                f"--resume {trainer.resume_from[1]}: optimizer/scheduler state does not fit ({exc})"
+            ) from None
         trainer.logger = logging.getLogger("plot_lr")
         trainer._apply_resume_changes(built)
     start, end = trainer.global_step, trainer.total_steps
@@ -92,15 +94,19 @@ def plot_lr_schedule(trainer, path):
         ax.legend()
     cut = f" (--warmup_steps {a.warmup_steps} cut to half the run)" if warmup != a.warmup_steps else ""
     grey = "grey: epoch ends" if len(epoch_ends) <= MAX_EPOCH_LINES else f"{len(epoch_ends) + 1} epochs"
-    ax.set(xlabel=f"optimizer step ({a.batch_size} x {a.accum_steps} samples each; {grey})",
-           ylabel="learning rate", title=f"{type(trainer).__name__}: {end} steps, warmup {warmup}{cut}, "
-                                         f"{a.lr_scheduler}")
+    ax.set(
+        xlabel=f"optimizer step ({a.batch_size} x {a.accum_steps} samples each; {grey})",
+        ylabel="learning rate",
+        title=f"{type(trainer).__name__}: {end} steps, warmup {warmup}{cut}, {a.lr_scheduler}",
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     drawn = f"{len(rows)} steps" if len(rows) == end - start else f"{len(rows)} of {end - start} steps"
-    print(f"--plot_lr: wrote {path} and its .csv ({drawn}, from step {start}; "
-          f"peak lr {max((r[1] for r in rows), default=0):.3g})")
+    print(
+        f"--plot_lr: wrote {path} and its .csv ({drawn}, from step {start}; "
+        f"peak lr {max((r[1] for r in rows), default=0):.3g})"
+    )
     return rows
 
 
@@ -143,8 +149,10 @@ def _lrs(optimizer, scheduler, start, steps):
         base, factor = scheduler.base_lrs[0], scheduler.lr_lambdas[0]
         return [now if step == start else base * factor(step) for step in steps]
     if steps and steps[-1] - start > MAX_STEPPED:
-        raise ConfigError(f"--plot_lr: {type(scheduler).__name__} has to be stepped through "
-                          f"{steps[-1] - start} steps, more than {MAX_STEPPED}; plot a shorter run (--max_steps)")
+        raise ConfigError(
+            f"--plot_lr: {type(scheduler).__name__} has to be stepped through "
+            f"{steps[-1] - start} steps, more than {MAX_STEPPED}; plot a shorter run (--max_steps)"
+        )
     lrs, wanted = [], set(steps)
     with warnings.catch_warnings():  # stepping the schedule without optimizer steps is the point here
         warnings.simplefilter("ignore", UserWarning)

@@ -1,4 +1,5 @@
 """Default optimizer and learning-rate schedule of every trainer."""
+
 import math
 
 import torch
@@ -27,8 +28,7 @@ def build_optimizer(parameters, args):
     # device when told the loss was non-finite, without a host sync (see StepMixin._step).
     fused = bool(tensors) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in tensors)
     if args.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
-                               fused=fused)
+        return torch.optim.SGD(params, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay, fused=fused)
     cls = torch.optim.Adam if args.optimizer == "adam" else torch.optim.AdamW
     return cls(params, lr=args.lr, weight_decay=args.weight_decay, fused=fused)
 
@@ -56,9 +56,16 @@ def layer_decay_groups(model, no_decay_names, layer_of, num_layers, lr, decay):
     groups = {}
     for name, param in model.named_parameters():
         layer, no_decay = layer_of(name), name in no_decay_names
-        group = groups.setdefault((layer, no_decay), {
-            "params": [], "layer": layer, "lr_scale": decay ** (num_layers + 1 - layer),
-            "lr": lr * decay ** (num_layers + 1 - layer), **({"weight_decay": 0.0} if no_decay else {})})
+        group = groups.setdefault(
+            (layer, no_decay),
+            {
+                "params": [],
+                "layer": layer,
+                "lr_scale": decay ** (num_layers + 1 - layer),
+                "lr": lr * decay ** (num_layers + 1 - layer),
+                **({"weight_decay": 0.0} if no_decay else {}),
+            },
+        )
         group["params"].append(param)
     # The head's group first: param_groups[0]["lr"] is what the log and metrics.csv report as the lr.
     return [groups[key] for key in sorted(groups, key=lambda k: (-k[0], k[1]))]
@@ -106,8 +113,9 @@ def build_scheduler(optimizer, args, total_steps):
     """
     if args.lr_scheduler == "none":
         return None
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(warmup_used(args.warmup_steps, total_steps),
-                                                                     total_steps))
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, WarmupCosine(warmup_used(args.warmup_steps, total_steps), total_steps)
+    )
 
 
 def warmup_note(scheduler, warmup_steps):
@@ -120,8 +128,10 @@ def warmup_note(scheduler, warmup_steps):
     if not lambdas or lambdas[0].warmup == warmup_steps:
         return None
     f = lambdas[0]
-    return (f"--warmup_steps {warmup_steps} is more than half of the run's {f.total} optimizer steps: "
-            f"warming up for {f.warmup} steps, then cosine decay")
+    return (
+        f"--warmup_steps {warmup_steps} is more than half of the run's {f.total} optimizer steps: "
+        f"warming up for {f.warmup} steps, then cosine decay"
+    )
 
 
 def retarget_schedule(scheduler, total_steps, warmup_steps):

@@ -1,4 +1,5 @@
 """Find what ``--resume`` points at: a run folder and the checkpoint to continue from."""
+
 import glob
 import json
 import os
@@ -60,8 +61,7 @@ def _same_state_with_every_process_sums(run_dir, ckpt):
     whole, _ = newest_verified_checkpoint(run_dir, tags=tuple(t for t in RESUMABLE if t != "exception"))
     if whole is None or position(load_checkpoint(whole, flag="--resume", mmap=True)) != position(state):
         return ckpt, ""
-    return whole, (f" (step {state['global_step']}, like {os.path.basename(ckpt)}, with every process's "
-                   f"loss sums)")
+    return whole, (f" (step {state['global_step']}, like {os.path.basename(ckpt)}, with every process's loss sums)")
 
 
 def locate(spec, output_dir, proj_name):
@@ -92,8 +92,9 @@ def locate(spec, output_dir, proj_name):
         if newest_checkpoint(spec) is None:
             older = [d for d in runs[:-1] if newest_checkpoint(d)]
             hint = f"; to continue an older run name it: --resume {older[-1]}" if older else ""
-            raise UserError(f"--resume auto: the newest run {spec} has no checkpoint (it stopped before its "
-                            f"first save){hint}")
+            raise UserError(
+                f"--resume auto: the newest run {spec} has no checkpoint (it stopped before its first save){hint}"
+            )
         why = f"--resume auto picked {os.path.abspath(spec)}, the newest run of {proj_name}"
     if os.path.isdir(spec):
         ckpt, skipped = newest_verified_checkpoint(spec)
@@ -101,8 +102,7 @@ def locate(spec, output_dir, proj_name):
             why += f"; passed over {os.path.basename(path)} ({reason})"
         if ckpt is None:
             detail = f" ({skipped[0][1]})" if skipped else ""
-            raise UserError(f"--resume {spec}: no usable *_last/step/preempt/exception_ckpt.pth in this "
-                            f"folder{detail}")
+            raise UserError(f"--resume {spec}: no usable *_last/step/preempt/exception_ckpt.pth in this folder{detail}")
         ckpt, note = _same_state_with_every_process_sums(spec, ckpt)
         return os.path.abspath(spec), ckpt, why + f"; continuing from {os.path.basename(ckpt)}{note}"
     if os.path.isfile(spec):
@@ -123,8 +123,10 @@ def saved_config(ckpt_path):
     except (KeyError, TypeError, json.JSONDecodeError):
         raise UserError(f"--resume {ckpt_path}: the checkpoint holds no readable config") from None
     if not isinstance(config, dict):
-        raise UserError(f"--resume {ckpt_path}: its saved 'config' is a JSON {type(config).__name__}, "
-                        f"expected an object of flag values")
+        raise UserError(
+            f"--resume {ckpt_path}: its saved 'config' is a JSON {type(config).__name__}, "
+            f"expected an object of flag values"
+        )
     return config
 
 
@@ -149,7 +151,9 @@ def changed_flags(saved, args, provenance, changeable, ckpt):
         if old == new or (isinstance(new, tuple) and list(new) == old):
             continue
         if flag not in changeable:
-            raise UserError(f"--{flag} {new!r}: cannot change on --resume {ckpt} (the run has {old!r}); "
-                            f"start a new run to change it")
+            raise UserError(
+                f"--{flag} {new!r}: cannot change on --resume {ckpt} (the run has {old!r}); "
+                f"start a new run to change it"
+            )
         changes[flag] = (old, new)
     return changes

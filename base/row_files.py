@@ -14,6 +14,7 @@ its newline (a write stopped by kill -9 or a full disk) is dropped, with a
 warning. A file holding fewer rows than the checkpoint covers (emptied, cut)
 gets one warning saying how many are lost; new rows are appended after the rest.
 """
+
 import csv
 import io
 import logging
@@ -57,27 +58,39 @@ def resume_rows(path, covered, keep_row, header_ok, lineterminator):
         data = b""
     cut = data.rfind(b"\n") + 1
     if cut < len(data):
-        log.warning("%s: dropped its last line %r, cut short (no newline at its end)", path,
-                    data[cut:cut + 60].decode("utf-8", "replace"))
+        log.warning(
+            "%s: dropped its last line %r, cut short (no newline at its end)",
+            path,
+            data[cut : cut + 60].decode("utf-8", "replace"),
+        )
     try:
         lines = [line for line in csv.reader(io.StringIO(data[:cut].decode("utf-8"), newline="")) if line]
     except (UnicodeDecodeError, csv.Error) as exc:
         raise RunDirError(f"{path} is not CSV text ({exc}): move it away to continue without its rows") from None
     header, rows = (lines[0], lines[1:]) if lines else (None, [])
     if header is not None and not header_ok(header):
-        raise RunDirError(f"{path}: its first line {','.join(header)[:60]!r} is not its header: restore the file "
-                          f"or move it away to continue without its rows")
+        raise RunDirError(
+            f"{path}: its first line {','.join(header)[:60]!r} is not its header: restore the file "
+            f"or move it away to continue without its rows"
+        )
     if covered is None:
         try:
             kept = [row for row in rows if keep_row(dict(zip(header, row)))]
         except ValueError as exc:
-            raise RunDirError(f"{path}: a malformed row ({exc}): restore the file or move it away to continue "
-                              f"without its rows") from None
+            raise RunDirError(
+                f"{path}: a malformed row ({exc}): restore the file or move it away to continue without its rows"
+            ) from None
     else:
         kept = rows[:covered]
         if len(rows) < covered:
-            log.warning("%s holds %d of the %d rows the checkpoint covers (emptied or cut short?): %d are lost; "
-                        "new rows go after the rest", path, len(rows), covered, covered - len(rows))
+            log.warning(
+                "%s holds %d of the %d rows the checkpoint covers (emptied or cut short?): %d are lost; "
+                "new rows go after the rest",
+                path,
+                len(rows),
+                covered,
+                covered - len(rows),
+            )
     if cut < len(data) or len(kept) != len(rows):
         text = io.StringIO(newline="")
         csv.writer(text, lineterminator=lineterminator).writerows([header, *kept] if header else [])
@@ -118,8 +131,9 @@ class MetricsCSV:
         Raises:
             RunDirError: the file cannot be read, repaired or rewritten; names it.
         """
-        self.fields, self.rows = resume_rows(self.path, covered, lambda row: step_of(row) <= validated_at,
-                                             lambda header: "step" in header, "\r\n")
+        self.fields, self.rows = resume_rows(
+            self.path, covered, lambda row: step_of(row) <= validated_at, lambda header: "step" in header, "\r\n"
+        )
 
     def write(self, row):
         """Append ``row`` (``{column: value}``), with the header first if the file is new.

@@ -12,6 +12,7 @@ Layout of one run::
 ``<proj_name>`` and ``<model>`` (``--model_type``) in file names are made safe by
 :func:`base.file_names.file_name_part` (``timm/resnet18`` -> ``timm-resnet18``).
 """
+
 import datetime
 import json
 import logging
@@ -40,8 +41,9 @@ def cannot_write_error(path, exc, what="write"):
     """A one-line :class:`RunDirError` for ``exc``, a failed write of ``path``; says when its folder is gone."""
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
-        return RunDirError(f"cannot {what} {path}: the run folder {folder} is gone (deleted while the run "
-                           f"was using it?)")
+        return RunDirError(
+            f"cannot {what} {path}: the run folder {folder} is gone (deleted while the run was using it?)"
+        )
     return RunDirError(f"cannot {what} {path}: {exc.strerror or exc}")
 
 
@@ -63,14 +65,18 @@ def create_run_dir(output_dir, proj_name):
     # Behind --proj_name's own check: never create anything outside --output_dir. Compared by name,
     # not by resolving links: a project folder the user linked to another disk is theirs to choose.
     if os.path.dirname(os.path.normpath(os.path.abspath(parent))) != os.path.normpath(os.path.abspath(output_dir)):
-        raise RunDirError(f"--proj_name {proj_name!r}: {parent} is outside --output_dir {output_dir} or "
-                          f"not right under it; give one folder name")
+        raise RunDirError(
+            f"--proj_name {proj_name!r}: {parent} is outside --output_dir {output_dir} or "
+            f"not right under it; give one folder name"
+        )
     try:
         os.makedirs(parent, exist_ok=True)
     except OSError as exc:
         reason = "a file is in the way" if os.path.exists(parent) else exc.strerror or exc
-        raise RunDirError(f"--output_dir {output_dir}: cannot create the folder {parent} for the runs of "
-                          f"--proj_name {proj_name}: {reason}") from None
+        raise RunDirError(
+            f"--output_dir {output_dir}: cannot create the folder {parent} for the runs of "
+            f"--proj_name {proj_name}: {reason}"
+        ) from None
     for i in range(1000):
         name = stamp if i == 0 else f"{stamp}_{i}"
         try:
@@ -79,10 +85,12 @@ def create_run_dir(output_dir, proj_name):
         except FileExistsError:
             continue
         except OSError as exc:  # e.g. a read-only <output_dir>/<proj_name>
-            raise RunDirError(f"--output_dir {output_dir}: cannot create a run folder in {parent}: "
-                              f"{exc.strerror or exc}") from None
-    raise RunDirError(f"--output_dir {output_dir}: could not create a run folder in {parent} "
-                      f"(1000 runs started in the same second?)")
+            raise RunDirError(
+                f"--output_dir {output_dir}: cannot create a run folder in {parent}: {exc.strerror or exc}"
+            ) from None
+    raise RunDirError(
+        f"--output_dir {output_dir}: could not create a run folder in {parent} (1000 runs started in the same second?)"
+    )
 
 
 # The project's folder: its git checkout is the code a run used.
@@ -93,8 +101,9 @@ def _git(folder, *args):
     """``git <args>``'s stdout in ``folder``, or ``None`` when git is missing or fails (not a checkout)."""
     try:
         # --no-optional-locks: only look, never rewrite the index (other git commands may be running).
-        out = subprocess.run(["git", "--no-optional-locks", *args], cwd=folder, capture_output=True,
-                             text=True, timeout=5)
+        out = subprocess.run(
+            ["git", "--no-optional-locks", *args], cwd=folder, capture_output=True, text=True, timeout=5
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout if out.returncode == 0 else None
@@ -132,9 +141,15 @@ def write_config(path, args, provenance, extra=None):
     doc = {
         "config": vars(args),
         "provenance": provenance,
-        "meta": {"torch": torch.__version__, "torchvision": _version("torchvision"),
-                 "python": sys.version.split()[0], "git_commit": git_commit(), "git_dirty": git_dirty(),
-                 "argv": sys.argv, **(extra or {})},
+        "meta": {
+            "torch": torch.__version__,
+            "torchvision": _version("torchvision"),
+            "python": sys.version.split()[0],
+            "git_commit": git_commit(),
+            "git_dirty": git_dirty(),
+            "argv": sys.argv,
+            **(extra or {}),
+        },
     }
     _write_json(path, doc)
 
@@ -232,8 +247,13 @@ def record_resume(path, args, provenance, checkpoint, changes=None):
     meta["resumes"] = meta["resumes"] if isinstance(meta.get("resumes"), list) else []
     doc["config"], doc["provenance"] = vars(args), provenance
     meta["resumes"].append(
-        {"time": datetime.datetime.now().strftime(TIMESTAMP_FORMAT), "checkpoint": checkpoint,
-         "argv": sys.argv, "changed": {k: list(v) for k, v in (changes or {}).items()}})
+        {
+            "time": datetime.datetime.now().strftime(TIMESTAMP_FORMAT),
+            "checkpoint": checkpoint,
+            "argv": sys.argv,
+            "changed": {k: list(v) for k, v in (changes or {}).items()},
+        }
+    )
     _write_json(path, doc)
 
 

@@ -10,6 +10,7 @@ alone opens the file, and a second lock of a folder within one process is
 refused here without opening it. The holder's pid is written into the file.
 Where ``fcntl`` does not exist (Windows) no lock is taken.
 """
+
 import os
 
 from base.errors import UserError
@@ -80,5 +81,7 @@ class RunLock:
             self._fd = None
 
     def _in_use(self, holder):
-        return UserError(f"run folder {os.path.dirname(self.path)} is in use by process {holder} "
-                         f"(another training of this run); wait for it to end or stop it")
+        return UserError(
+            f"run folder {os.path.dirname(self.path)} is in use by process {holder} "
+            f"(another training of this run); wait for it to end or stop it"
+        )

@@ -16,6 +16,7 @@ Fields: ``status``, ``resumes`` (launches after the first), ``trainer``,
 (all launches together, seconds), ``started``/``updated`` (local time,
 ``YYYY-mm-dd HH:MM:SS``), ``error``, ``pid``, ``host``.
 """
+
 import datetime
 import json
 import logging
@@ -83,11 +84,19 @@ class RunStatus:
         a = trainer.args
         self._start, self._wall_before = time.monotonic(), float(old.get("wall_seconds") or 0.0)
         data = getattr(a, "data_type", None) or os.path.basename(os.path.normpath(getattr(a, "data_dir", "") or ""))
-        self.doc = {**old, "trainer": type(trainer).__name__, "model": getattr(a, "model_type", None),
-                    "data": data or None, "resumes": int(old.get("resumes", -1)) + 1,
-                    "monitor": f"val_{trainer.monitor}", "monitor_mode": trainer.monitor_mode,
-                    "started": old.get("started") or _now(), "pid": os.getpid(), "host": socket.gethostname(),
-                    "error": None}
+        self.doc = {
+            **old,
+            "trainer": type(trainer).__name__,
+            "model": getattr(a, "model_type", None),
+            "data": data or None,
+            "resumes": int(old.get("resumes", -1)) + 1,
+            "monitor": f"val_{trainer.monitor}",
+            "monitor_mode": trainer.monitor_mode,
+            "started": old.get("started") or _now(),
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "error": None,
+        }
         self._write("running", trainer)
 
     def progress(self, trainer):
@@ -106,12 +115,18 @@ class RunStatus:
         from base.run_dir import cannot_write_error  # (torch: kept out of utils.runs's import)
 
         a = trainer.args
-        self.doc.update({
-            "status": status, "epoch": trainer.epoch, "global_step": trainer.global_step,
-            "planned_epochs": a.epochs if a.max_steps <= 0 else None,
-            "planned_steps": getattr(trainer, "total_steps", None),
-            "best": _finite(trainer.early_stopper.best),
-            "wall_seconds": round(self._wall_before + time.monotonic() - self._start, 3), "updated": _now()})
+        self.doc.update(
+            {
+                "status": status,
+                "epoch": trainer.epoch,
+                "global_step": trainer.global_step,
+                "planned_epochs": a.epochs if a.max_steps <= 0 else None,
+                "planned_steps": getattr(trainer, "total_steps", None),
+                "best": _finite(trainer.early_stopper.best),
+                "wall_seconds": round(self._wall_before + time.monotonic() - self._start, 3),
+                "updated": _now(),
+            }
+        )
         text = json.dumps(self.doc, indent=2, sort_keys=True)
         # The temporary name of base.checkpoint.atomic_write: a stale one is removed at the next launch.
         tmp = os.path.join(os.path.dirname(self.path), f".{STATUS_FILE}.tmp{os.getpid()}")

@@ -1,4 +1,5 @@
 """Preemption: turn SIGTERM/SIGINT into a flag the loop checks between steps."""
+
 import atexit
 import contextlib
 import gc

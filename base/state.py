@@ -3,6 +3,7 @@
 Each exposes ``state_dict`` / ``load_state_dict`` holding tensors and plain
 Python types only, so the whole training state loads with ``weights_only=True``.
 """
+
 import math
 import random
 
@@ -23,6 +24,7 @@ def seed_everything(seed, deterministic=False):
     torch.manual_seed(seed)
     if deterministic:
         import os
+
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
@@ -30,9 +32,11 @@ def seed_everything(seed, deterministic=False):
 
 def global_switches():
     """The process-wide settings :func:`seed_everything` may change: ``{name: value}``."""
-    return {"deterministic": torch.are_deterministic_algorithms_enabled(),
-            "warn_only": torch.is_deterministic_algorithms_warn_only_enabled(),
-            "cudnn_benchmark": torch.backends.cudnn.benchmark}
+    return {
+        "deterministic": torch.are_deterministic_algorithms_enabled(),
+        "warn_only": torch.is_deterministic_algorithms_warn_only_enabled(),
+        "cudnn_benchmark": torch.backends.cudnn.benchmark,
+    }
 
 
 def restore_global_switches(saved):
@@ -88,8 +92,7 @@ class EarlyStopper:
     def update(self, value):
         """Record one validation's value; returns True when it is a new best."""
         value = float(value)
-        improved = (value < self.best - self.min_delta if self.mode == "min"
-                    else value > self.best + self.min_delta)
+        improved = value < self.best - self.min_delta if self.mode == "min" else value > self.best + self.min_delta
         if improved:
             self.best, self.bad_count = value, 0
         else:
@@ -156,7 +159,7 @@ class ResumableSampler(Sampler):
         return torch.randperm(self.length, generator=gen).tolist()
 
     def __iter__(self):
-        order = self._order()[self.start + self.rank:self.end:self.world_size]
+        order = self._order()[self.start + self.rank : self.end : self.world_size]
         return iter([(self.epoch, i) for i in order] if self.with_epoch else order)
 
     def __len__(self):

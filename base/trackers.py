@@ -5,6 +5,7 @@ launch with one warning, and training goes on. Each keeps its run id in the
 run folder, so ``--resume`` continues the same tracker run; an id file that
 cannot be read is one warning naming it, and a new tracker run.
 """
+
 import json
 import logging
 import netrc
@@ -79,12 +80,21 @@ class WandbLogger(RunLogger):
         id_file = os.path.join(run.run_dir, "wandb_run.json")
         run_id = _saved_run(id_file, "W&B").get("run_id") or uuid.uuid4().hex[:8]  # W&B ids: [a-z0-9], 8 by default
         mode = os.environ.get("WANDB_MODE") or (None if wandb_has_credentials() else "offline")
-        self.run = wandb.init(project=run.proj_name, name=run.timestamp, id=run_id, resume="allow",
-                              dir=run.run_dir, mode=mode, reinit="create_new", job_type="train",
-                              settings=wandb.Settings(console="off", save_code=False, silent=True))
+        self.run = wandb.init(
+            project=run.proj_name,
+            name=run.timestamp,
+            id=run_id,
+            resume="allow",
+            dir=run.run_dir,
+            mode=mode,
+            reinit="create_new",
+            job_type="train",
+            settings=wandb.Settings(console="off", save_code=False, silent=True),
+        )
         # After init, with allow_val_change: a resume may have changed flags (e.g. --epochs).
-        self.run.config.update({**run.config, "provenance": run.provenance, "trainer": run.trainer},
-                               allow_val_change=True)
+        self.run.config.update(
+            {**run.config, "provenance": run.provenance, "trainer": run.trainer}, allow_val_change=True
+        )
         _write_json(id_file, {"run_id": run_id, "project": run.proj_name, "mode": self.run.settings.mode})
 
     def log_scalars(self, scalars, step):
@@ -138,8 +148,12 @@ class MLflowLogger(RunLogger):
         self.id_file = os.path.join(run.run_dir, "mlflow_run.json")
         saved = _saved_run(self.id_file, "MLflow")
         if saved and saved.get("tracking_uri") != uri:
-            logging.getLogger(__name__).warning("%s names a run tracked at %s, not at %s: a new MLflow run is "
-                                                "started", self.id_file, saved.get("tracking_uri"), uri)
+            logging.getLogger(__name__).warning(
+                "%s names a run tracked at %s, not at %s: a new MLflow run is started",
+                self.id_file,
+                saved.get("tracking_uri"),
+                uri,
+            )
         if saved.get("run_id") and saved.get("tracking_uri") == uri:
             self.run_id = saved["run_id"]
             self.client.update_run(self.run_id, status="RUNNING")
@@ -149,24 +163,31 @@ class MLflowLogger(RunLogger):
                     if point.step >= run.step:
                         self.logged.setdefault(point.step, set()).add(key)
             resumes = int(data.tags.get("resumes", "0")) + 1
-            changed = [RunTag(f"resume{resumes}.{k}", str(v)[:5000]) for k, v in sorted(run.config.items())
-                       if data.params.get(k, str(v)[:6000]) != str(v)[:6000]]
+            changed = [
+                RunTag(f"resume{resumes}.{k}", str(v)[:5000])
+                for k, v in sorted(run.config.items())
+                if data.params.get(k, str(v)[:6000]) != str(v)[:6000]
+            ]
             self._batched(tags=[RunTag("resumes", str(resumes)), *changed])
         else:
             experiment = self.client.get_experiment_by_name(run.proj_name)
-            experiment_id = (experiment.experiment_id if experiment is not None
-                             else self.client.create_experiment(run.proj_name))
-            self.run_id = self.client.create_run(experiment_id, run_name=run.timestamp,
-                                                 tags={"trainer": run.trainer, "run_dir": run.run_dir}).info.run_id
+            experiment_id = (
+                experiment.experiment_id if experiment is not None else self.client.create_experiment(run.proj_name)
+            )
+            self.run_id = self.client.create_run(
+                experiment_id, run_name=run.timestamp, tags={"trainer": run.trainer, "run_dir": run.run_dir}
+            ).info.run_id
             _write_json(self.id_file, {"run_id": self.run_id, "tracking_uri": uri})
-            self._batched(params=[Param(k, str(v)[:6000]) for k, v in sorted(run.config.items())],
-                          tags=[RunTag(f"provenance.{k}", str(v)[:5000]) for k, v in sorted(run.provenance.items())])
+            self._batched(
+                params=[Param(k, str(v)[:6000]) for k, v in sorted(run.config.items())],
+                tags=[RunTag(f"provenance.{k}", str(v)[:5000]) for k, v in sorted(run.provenance.items())],
+            )
         self.client.log_artifact(self.run_id, run.config_path)
 
     def _batched(self, params=(), tags=()):
         params, tags = list(params), list(tags)
         for i in range(0, max(len(params), len(tags)), self.BATCH):
-            self.client.log_batch(self.run_id, params=params[i:i + self.BATCH], tags=tags[i:i + self.BATCH])
+            self.client.log_batch(self.run_id, params=params[i : i + self.BATCH], tags=tags[i : i + self.BATCH])
 
     def log_scalars(self, scalars, step):
         from mlflow.entities import Metric

@@ -4,6 +4,7 @@ A task subclass implements a few small steps (see :class:`TrainerBase`); the
 loop, device, seeding, AMP, clipping, validation cadence, checkpoints, early
 stopping, logging and the checkpoint on exception live here, once.
 """
+
 import abc
 import functools
 import math
@@ -16,29 +17,35 @@ from tqdm import tqdm
 
 from base import distributed, optim, resume, row_files, run_dir
 from base.bad_data import BadSampleFilter, BadSampleLog, collate_good_samples
-from base.config import parse_config
-from base.file_names import file_name_part
-from base.loggers import LoggerSet
-from base.signals import Preempted, PreemptionFlag, ignore_signals_in_worker, signals_held
-from base.state import (EarlyStopper, ResumableSampler, SeededSamples, global_switches, restore_global_switches,
-                        seed_everything)
-from base.config import check
+from base.config import check, parse_config
 from base.device_data import DeviceBatches
+from base.file_names import file_name_part
 from base.input_stage import InputStage
+from base.loggers import LoggerSet
+from base.lr_plot import plot_lr_schedule
+from base.signals import Preempted, PreemptionFlag, ignore_signals_in_worker, signals_held
+from base.state import (
+    EarlyStopper,
+    ResumableSampler,
+    SeededSamples,
+    global_switches,
+    restore_global_switches,
+    seed_everything,
+)
 from base.trainer_args import add_trainer_arguments, resolve_workers, validate_trainer_config
 from base.trainer_checkpoint import CheckpointingMixin
 from base.trainer_distributed import DistributedMixin
 from base.trainer_resume import ResumeMixin
 from base.trainer_step import StepMixin
 from base.trainer_tracking import TrackingMixin
-from base.lr_plot import plot_lr_schedule
 from base.trainer_validation import ValidationMixin
 from utils.device import select_device
 from utils.params import count_parameters, format_count
 
 
-class TrainerBase(StepMixin, CheckpointingMixin, ResumeMixin, ValidationMixin, TrackingMixin, DistributedMixin,
-                  abc.ABC):
+class TrainerBase(
+    StepMixin, CheckpointingMixin, ResumeMixin, ValidationMixin, TrackingMixin, DistributedMixin, abc.ABC
+):
     """Owns the loop; subclasses override small named steps.
 
     Must override: :meth:`build_datasets`, :meth:`build_model`, :meth:`build_loss`,
@@ -222,28 +229,51 @@ class TrainerBase(StepMixin, CheckpointingMixin, ResumeMixin, ValidationMixin, T
         a = self.args
         train = split == "train"
         if train and a.data_on_device:
-            sampler = ResumableSampler(len(dataset), shuffle=True, seed=a.seed, batch_size=a.batch_size,
-                                       rank=self.rank, world_size=self.world_size)
+            sampler = ResumableSampler(
+                len(dataset),
+                shuffle=True,
+                seed=a.seed,
+                batch_size=a.batch_size,
+                rank=self.rank,
+                world_size=self.world_size,
+            )
             return DeviceBatches(dataset, sampler, a.batch_size, self.device)
         workers = resolve_workers(a.num_workers, self.device, distributed.local_world_size())
         if workers == 0 and self.device.type == "cuda" and reads_files(dataset) and self.logger is not None:
-            self.logger.warning("the %s split decodes image files in the main process (--num_workers 0): the GPU "
-                                "waits for each batch; pass --num_workers auto (or N > 0)", split)
+            self.logger.warning(
+                "the %s split decodes image files in the main process (--num_workers 0): the GPU "
+                "waits for each batch; pass --num_workers auto (or N > 0)",
+                split,
+            )
         if a.bad_images == "skip" and self.bad_samples is not None:
             dataset = BadSampleFilter(dataset, self.bad_samples.path)
         if train:
             dataset = SeededSamples(dataset, a.seed)
-        sampler = ResumableSampler(len(dataset), shuffle=train, seed=a.seed, with_epoch=train,
-                                   batch_size=a.batch_size if train else None, rank=self.rank,
-                                   world_size=self.world_size)
-        return DataLoader(dataset, batch_size=a.batch_size if train else a.eval_batch_size or a.batch_size,
-                          sampler=sampler,
-                          num_workers=workers, pin_memory=self.device.type == "cuda",
-                          # the test split is read once: its workers need not stay
-                          persistent_workers=a.persistent_workers and workers > 0 and split != "test",
-                          worker_init_fn=ignore_signals_in_worker, generator=torch.Generator(),
-                          collate_fn=(functools.partial(collate_good_samples, collate=self.collate_fn)
-                                      if a.bad_images == "skip" else self.collate_fn))
+        sampler = ResumableSampler(
+            len(dataset),
+            shuffle=train,
+            seed=a.seed,
+            with_epoch=train,
+            batch_size=a.batch_size if train else None,
+            rank=self.rank,
+            world_size=self.world_size,
+        )
+        return DataLoader(
+            dataset,
+            batch_size=a.batch_size if train else a.eval_batch_size or a.batch_size,
+            sampler=sampler,
+            num_workers=workers,
+            pin_memory=self.device.type == "cuda",
+            # the test split is read once: its workers need not stay
+            persistent_workers=a.persistent_workers and workers > 0 and split != "test",
+            worker_init_fn=ignore_signals_in_worker,
+            generator=torch.Generator(),
+            collate_fn=(
+                functools.partial(collate_good_samples, collate=self.collate_fn)
+                if a.bad_images == "skip"
+                else self.collate_fn
+            ),
+        )
 
     def build_hooks(self):
         """Return a list of :class:`base.hooks.HookBase`; called once, in ``setup``."""
@@ -251,7 +281,8 @@ class TrainerBase(StepMixin, CheckpointingMixin, ResumeMixin, ValidationMixin, T
 
     def build_device_augment(self):
         """``None``, or a callable on float ``(N, C, H, W)`` training images in [0, 1] on the device (e.g. a kornia
-        ``AugmentationSequential``); called in :meth:`build`, after :meth:`build_datasets` (see :mod:`base.input_stage`)."""
+        ``AugmentationSequential``); called in :meth:`build`, after :meth:`build_datasets`
+        (see :mod:`base.input_stage`)."""
         return None
 
     def build_mix(self):
@@ -275,8 +306,9 @@ class TrainerBase(StepMixin, CheckpointingMixin, ResumeMixin, ValidationMixin, T
         self.model = self.build_model().to(self.device)
         self.module = self.model  # the model itself; under DDP self.model becomes its wrapper (see setup)
         self.loss_fn = self.build_loss()
-        self.inputs = InputStage(self.device, a.mean, a.std, a.channels_last, augment=self.build_device_augment(),
-                                 mix=self.build_mix())
+        self.inputs = InputStage(
+            self.device, a.mean, a.std, a.channels_last, augment=self.build_device_augment(), mix=self.build_mix()
+        )
         if self.rank > 0:  # each process its own dropout/augmentation stream; the same initial weights
             seed_everything(self.args.seed + 1_000_003 * self.rank)
 
@@ -299,8 +331,12 @@ class TrainerBase(StepMixin, CheckpointingMixin, ResumeMixin, ValidationMixin, T
             self._begin_status()
         config_path = os.path.join(self.run_dir, f"config_{file_name_part(a.proj_name)}_{self.timestamp}.json")
         if not self.resume_from and main:
-            run_dir.write_config(config_path, a, self.provenance, {"timestamp": self.timestamp, "trainer":
-                                 type(self).__name__, "world_size": self.world_size})
+            run_dir.write_config(
+                config_path,
+                a,
+                self.provenance,
+                {"timestamp": self.timestamp, "trainer": type(self).__name__, "world_size": self.world_size},
+            )
         self.bad_samples = BadSampleLog(os.path.join(self.run_dir, "bad_images.txt"), a.max_bad_images)
         self.build()
         self.prepare_model()
@@ -318,16 +354,28 @@ class TrainerBase(StepMixin, CheckpointingMixin, ResumeMixin, ValidationMixin, T
             self.metrics_csv = row_files.MetricsCSV(os.path.join(self.run_dir, "metrics.csv"))
         self.logger.info("run folder: %s", self.run_dir)
         if self.world_size > 1:
-            self.logger.info("DDP over %d processes (%s): global batch %d = %d per process x %d processes x %d "
-                             "accumulation steps", self.world_size, torch.distributed.get_backend(),
-                             a.batch_size * self.world_size * a.accum_steps, a.batch_size, self.world_size,
-                             a.accum_steps)
-        self.logger.info("model %s: %s parameters (%s trainable)", type(self.module).__name__,
-                         format_count(count_parameters(self.model)),
-                         format_count(count_parameters(self.model, trainable_only=True)))
-        self.logger.info("data: %s; %d steps per epoch, %d steps in all, device %s",
-                         {k: len(v) for k, v in self.datasets.items()}, self.steps_per_epoch,
-                         self.total_steps, self.device)
+            self.logger.info(
+                "DDP over %d processes (%s): global batch %d = %d per process x %d processes x %d accumulation steps",
+                self.world_size,
+                torch.distributed.get_backend(),
+                a.batch_size * self.world_size * a.accum_steps,
+                a.batch_size,
+                self.world_size,
+                a.accum_steps,
+            )
+        self.logger.info(
+            "model %s: %s parameters (%s trainable)",
+            type(self.module).__name__,
+            format_count(count_parameters(self.model)),
+            format_count(count_parameters(self.model, trainable_only=True)),
+        )
+        self.logger.info(
+            "data: %s; %d steps per epoch, %d steps in all, device %s",
+            {k: len(v) for k, v in self.datasets.items()},
+            self.steps_per_epoch,
+            self.total_steps,
+            self.device,
+        )
         for path in run_dir.remove_stale_temp_files(self.run_dir) if main else ():
             self.logger.info("removed %s, left by a save that was killed", path)
         if self.resume_from:
@@ -345,8 +393,12 @@ class TrainerBase(StepMixin, CheckpointingMixin, ResumeMixin, ValidationMixin, T
             self._start_tracking(config_path)
         # --nonfinite raise with a fused optimizer (the default): NaN/inf losses are caught without a host
         # sync per step. skip/rollback decide per batch on the host, and so does DDP (all ranks agree first).
-        self._nonfinite_on_device = (a.nonfinite == "raise" and self.world_size == 1 and not self.use_fp16_scaler
-                                     and all(g.get("fused") for g in self.optimizer.param_groups))
+        self._nonfinite_on_device = (
+            a.nonfinite == "raise"
+            and self.world_size == 1
+            and not self.use_fp16_scaler
+            and all(g.get("fused") for g in self.optimizer.param_groups)
+        )
 
     # ----------------------------------------------------------------- the loop
     def fit(self):
@@ -420,9 +472,13 @@ class TrainerBase(StepMixin, CheckpointingMixin, ResumeMixin, ValidationMixin, T
                     self._validate()
                     self.save("last")
                 if self.resume_from and self._done():
-                    self.logger.info("the run %s is complete (epoch %d, step %d): nothing left to train; to "
-                                     "train longer, resume with a larger --epochs or --max_steps",
-                                     self.run_dir, self.epoch, self.global_step)
+                    self.logger.info(
+                        "the run %s is complete (epoch %d, step %d): nothing left to train; to "
+                        "train longer, resume with a larger --epochs or --max_steps",
+                        self.run_dir,
+                        self.epoch,
+                        self.global_step,
+                    )
                 while not self._done():
                     self._call("before_epoch")
                     consumed = self._train_epoch()
@@ -464,10 +520,16 @@ class TrainerBase(StepMixin, CheckpointingMixin, ResumeMixin, ValidationMixin, T
         # Batches gathered on the device are made on the compute stream: nothing to copy ahead.
         batches = reader if isinstance(loader, DeviceBatches) else self.inputs.prefetch(reader)
         per_step = loader.batch_size * self.world_size  # samples of all processes
-        bar = tqdm(batches, desc=f"epoch {self.epoch + 1}/{a.epochs}", unit="batch",
-                   initial=math.ceil(self.samples_in_epoch / per_step),
-                   total=math.ceil(len(loader.dataset) / per_step), dynamic_ncols=True,
-                   disable=None if self.rank == 0 else True, leave=False)
+        bar = tqdm(
+            batches,
+            desc=f"epoch {self.epoch + 1}/{a.epochs}",
+            unit="batch",
+            initial=math.ceil(self.samples_in_epoch / per_step),
+            total=math.ceil(len(loader.dataset) / per_step),
+            dynamic_ncols=True,
+            disable=None if self.rank == 0 else True,
+            leave=False,
+        )
         try:
             return self._train_batches(bar)
         except BaseException:

@@ -3,6 +3,7 @@
 Mixed into :class:`base.trainer_base.TrainerBase`; kept apart so the loop
 itself reads in one sitting.
 """
+
 import glob
 import json
 import os
@@ -11,8 +12,14 @@ import re
 import torch
 
 from base import distributed
-from base.checkpoint import (copy_checkpoint, load_checkpoint, load_model_state, save_checkpoint, verify_checkpoint,
-                             write_or_fail)
+from base.checkpoint import (
+    copy_checkpoint,
+    load_checkpoint,
+    load_model_state,
+    save_checkpoint,
+    verify_checkpoint,
+    write_or_fail,
+)
 from base.errors import CheckpointError
 from base.file_names import file_name_part
 from base.resume import newest_checkpoint
@@ -60,12 +67,18 @@ class CheckpointingMixin:
             extra_sums = [window if r == self.rank else None for r in range(self.world_size)]
         whole = None not in loss_sums
         return {
-            "model": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "model": self.module.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler else None,
-            "scaler": self.scaler.state_dict(), "ema": self.ema.state_dict() if self.ema is not None else None,
-            "epoch": self.epoch, "global_step": self.global_step,
-            "batch_in_epoch": self.batch_in_epoch, "samples_in_epoch": self.samples_in_epoch,
-            "world_size": self.world_size, "lr_scale": self.lr_scale, "validating": False,
+            "scaler": self.scaler.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "epoch": self.epoch,
+            "global_step": self.global_step,
+            "batch_in_epoch": self.batch_in_epoch,
+            "samples_in_epoch": self.samples_in_epoch,
+            "world_size": self.world_size,
+            "lr_scale": self.lr_scale,
+            "validating": False,
             "early_stopper": self.early_stopper.state_dict(),
             "hooks": [{"type": type(h).__name__, "state": h.state_dict()} for h in self.hooks],
             "metrics": self.last_metrics,
@@ -73,11 +86,13 @@ class CheckpointingMixin:
             "loss_count": sum(n for _, n in loss_sums) if whole else None,
             "loss_sums": loss_sums,  # per process: a resume with as many carries each one's on, bit for bit
             "extra_sums": extra_sums,  # per process, likewise
-            "validated_at": self._validated_at, "skipped_steps": self.skipped_steps,
+            "validated_at": self._validated_at,
+            "skipped_steps": self.skipped_steps,
             # the rows written so far (rank 0's): a resume from this state keeps them, redoes the rest
             "metrics_rows": self.metrics_csv.rows if self.metrics_csv is not None else None,
             "loggers": self.loggers.state_dict(),
-            "config": json.dumps(vars(self.args), default=str), "trainer": type(self).__name__,
+            "config": json.dumps(vars(self.args), default=str),
+            "trainer": type(self).__name__,
             "model_card": self.model_card(),
         }
 
@@ -101,8 +116,9 @@ class CheckpointingMixin:
         self.scaler.load_state_dict(state["scaler"])
         if self.ema is not None:
             if state.get("ema") is None:
-                raise CheckpointError(f"{what}: it holds no EMA weights, but this run has --ema_decay "
-                                      f"{self.args.ema_decay}")
+                raise CheckpointError(
+                    f"{what}: it holds no EMA weights, but this run has --ema_decay {self.args.ema_decay}"
+                )
             self.ema.load_state_dict(state["ema"])
         self._load_hook_states(state["hooks"], source)
         self.early_stopper.load_state_dict(state["early_stopper"])
@@ -115,10 +131,17 @@ class CheckpointingMixin:
         saved_world = self._resumed_world_size = state.get("world_size", 1)
         self._load_running_sums(state, source)
         if saved_world != self.world_size:
-            self.logger.info("%s was written by %d process(es), this run has %d: the rest of epoch %d is shared "
-                             "out again over %d (each sample once), so the run goes on correctly but not "
-                             "bit-identically to one that kept %d", source, saved_world, self.world_size,
-                             self.epoch + 1, self.world_size, saved_world)
+            self.logger.info(
+                "%s was written by %d process(es), this run has %d: the rest of epoch %d is shared "
+                "out again over %d (each sample once), so the run goes on correctly but not "
+                "bit-identically to one that kept %d",
+                source,
+                saved_world,
+                self.world_size,
+                self.epoch + 1,
+                self.world_size,
+                saved_world,
+            )
         # Last, once the state fits: the rows logged after this checkpoint go (older checkpoints: None and
         # {}, the row files are then cut back by step).
         self._keep_rows_of_checkpoint(state.get("metrics_rows"), self._resumed_logger_states)
@@ -138,10 +161,14 @@ class CheckpointingMixin:
         self._loss_sum, self._loss_count, self._extra_sums, self._extra_count = 0.0, 0, {}, 0
         if sums and None in sums:
             if self.rank == 0:
-                self.logger.warning("%s was written by one process of %d after another had failed: it holds one "
-                                    "process's training-loss sums only, which are dropped; the train_loss of the "
-                                    "next validation averages the steps after %d alone", source, len(sums),
-                                    state["global_step"])
+                self.logger.warning(
+                    "%s was written by one process of %d after another had failed: it holds one "
+                    "process's training-loss sums only, which are dropped; the train_loss of the "
+                    "next validation averages the steps after %d alone",
+                    source,
+                    len(sums),
+                    state["global_step"],
+                )
             return
         if sums and len(sums) == self.world_size:
             self._loss_sum, self._loss_count = sums[self.rank]
@@ -183,8 +210,14 @@ class CheckpointingMixin:
         # rather than serialize again. A copy, not a link: a damaged `best` must leave `last` intact. Only
         # without hooks: an after_epoch hook runs between the two and may change state.
         position = (self.epoch, self.global_step, self.samples_in_epoch, self.skipped_steps)
-        if (state is None and tag == "last" and not self.hooks and self.world_size == 1
-                and getattr(self, "_best_saved_at", None) == position and os.path.isfile(self.checkpoint_path("best"))):
+        if (
+            state is None
+            and tag == "last"
+            and not self.hooks
+            and self.world_size == 1
+            and getattr(self, "_best_saved_at", None) == position
+            and os.path.isfile(self.checkpoint_path("best"))
+        ):
             copy_checkpoint(self.checkpoint_path("best"), path)
             self._remove_stale_exception(tag, path)
             return path
@@ -207,8 +240,13 @@ class CheckpointingMixin:
         if sync:
             distributed.barrier()
         resumed = self.resume_from[1] if self.resume_from else None
-        if (tag != "preempt" and resumed and os.path.abspath(resumed) == self.checkpoint_path("preempt")
-                and os.path.isfile(resumed) and os.path.getmtime(resumed) < os.path.getmtime(path)):
+        if (
+            tag != "preempt"
+            and resumed
+            and os.path.abspath(resumed) == self.checkpoint_path("preempt")
+            and os.path.isfile(resumed)
+            and os.path.getmtime(resumed) < os.path.getmtime(path)
+        ):
             os.remove(resumed)  # superseded: a newer state of the resumed run is on disk
             self.logger.info("removed %s: %s holds newer work", resumed, os.path.basename(path))
         self._remove_stale_exception(tag, path)
@@ -222,8 +260,11 @@ class CheckpointingMixin:
         must still find the exception checkpoint's steps. Rank 0 only.
         """
         stale = self.checkpoint_path("exception")
-        if (tag in ("exception", "best") or not os.path.isfile(stale)
-                or os.path.getmtime(stale) >= os.path.getmtime(path)):
+        if (
+            tag in ("exception", "best")
+            or not os.path.isfile(stale)
+            or os.path.getmtime(stale) >= os.path.getmtime(path)
+        ):
             return
         os.remove(stale)
         self.logger.info("removed %s: %s holds newer work", stale, os.path.basename(path))
@@ -247,9 +288,12 @@ class CheckpointingMixin:
         pattern = re.compile(re.escape(file_name_part(self.args.model_type)) + r"_step(\d+)_ckpt\.pth$")
         if self.rank != 0:
             return path
-        steps = sorted((int(m.group(1)), p) for p in glob.glob(os.path.join(self.run_dir, "*_ckpt.pth"))
-                       if (m := pattern.search(os.path.basename(p))))
-        for _, old in steps[:-self.args.keep_last_k]:
+        steps = sorted(
+            (int(m.group(1)), p)
+            for p in glob.glob(os.path.join(self.run_dir, "*_ckpt.pth"))
+            if (m := pattern.search(os.path.basename(p)))
+        )
+        for _, old in steps[: -self.args.keep_last_k]:
             os.remove(old)
         return path
 
@@ -275,18 +319,25 @@ class CheckpointingMixin:
             tensors[key] = value
         stem = os.path.join(self.run_dir, f"{file_name_part(self.args.model_type)}_best")
         write_or_fail(stem + ".safetensors", lambda f: f.write(safetensors_bytes(tensors)), "export")
-        sidecar = {"config": vars(self.args), "metrics": self.last_metrics, "global_step": self.global_step,
-                   "model_card": self.model_card()}
-        write_or_fail(stem + ".json", lambda f: f.write(json.dumps(sidecar, indent=2, default=str).encode()),
-                      "export")
+        sidecar = {
+            "config": vars(self.args),
+            "metrics": self.last_metrics,
+            "global_step": self.global_step,
+            "model_card": self.model_card(),
+        }
+        write_or_fail(stem + ".json", lambda f: f.write(json.dumps(sidecar, indent=2, default=str).encode()), "export")
 
     def resume(self, path):
         """Load the checkpoint at ``path`` onto this (built) trainer and log where training continues."""
-        self.load_state_dict(load_checkpoint(path, map_location=self.device, flag="--resume"),
-                             f"--resume {path}")
-        self.logger.info("resumed from %s at epoch %d, sample %d of the epoch, step %d%s", path,
-                         self.epoch, self.samples_in_epoch, self.global_step,
-                         " (inside a validation: it is done again first)" if self._redo_validation else "")
+        self.load_state_dict(load_checkpoint(path, map_location=self.device, flag="--resume"), f"--resume {path}")
+        self.logger.info(
+            "resumed from %s at epoch %d, sample %d of the epoch, step %d%s",
+            path,
+            self.epoch,
+            self.samples_in_epoch,
+            self.global_step,
+            " (inside a validation: it is done again first)" if self._redo_validation else "",
+        )
 
     # ----------------------------------------------------------------- failures
     def handle_nonfinite(self, loss):
@@ -306,16 +357,18 @@ class CheckpointingMixin:
             raise FloatingPointError(f"{message}; lower --lr, set --grad_clip, or use --nonfinite skip")
         self.skipped_steps += 1
         if self.skipped_steps > a.max_skipped_steps:
-            raise FloatingPointError(f"{message}: more than --max_skipped_steps={a.max_skipped_steps} "
-                                     f"non-finite steps")
+            raise FloatingPointError(f"{message}: more than --max_skipped_steps={a.max_skipped_steps} non-finite steps")
         self.optimizer.zero_grad(set_to_none=True)
         if a.nonfinite == "skip":
             self.logger.warning("%s: batch skipped (%d so far)", message, self.skipped_steps)
             return None
         path = newest_checkpoint(self.run_dir, tags=("last", "step*", "preempt"))  # completed, finite steps
         if path is None:
-            hint = (f"the first step checkpoint comes at step {a.save_every_steps}" if a.save_every_steps
-                    else "set --save_every_steps")
+            hint = (
+                f"the first step checkpoint comes at step {a.save_every_steps}"
+                if a.save_every_steps
+                else "set --save_every_steps"
+            )
             raise FloatingPointError(f"{message}: no checkpoint of this run to roll back to yet ({hint})")
         skipped, scale = self.skipped_steps, self.lr_scale * a.rollback_lr_factor
         self.load_state_dict(load_checkpoint(path, map_location=self.device, flag="rolling back to"), path)
@@ -323,8 +376,13 @@ class CheckpointingMixin:
         self._scale_lr(scale / self.lr_scale)  # the checkpoint's LR carries its own, older scale
         self.lr_scale = scale  # so the factor compounds over rollbacks
         self._restart_epoch = True  # the data position moved back: restart the epoch loop
-        self.logger.warning("%s: rolled back to %s (step %d), learning rate x%g of the planned one", message,
-                            path, self.global_step, scale)
+        self.logger.warning(
+            "%s: rolled back to %s (step %d), learning rate x%g of the planned one",
+            message,
+            path,
+            self.global_step,
+            scale,
+        )
         return None
 
     def _scale_lr(self, factor):
@@ -345,21 +403,30 @@ class CheckpointingMixin:
         path = self.save("preempt")
         name = {15: "SIGTERM", 2: "SIGINT"}.get(signum, f"signal {signum}")
         self.logger.warning("%s: stopped after step %d; checkpoint %s", name, self.global_step, path)
-        raise Preempted(f"preempted by {name} after step {self.global_step}; checkpoint {path}; "
-                        f"continue with --resume {self.run_dir}", signum)
+        raise Preempted(
+            f"preempted by {name} after step {self.global_step}; checkpoint {path}; "
+            f"continue with --resume {self.run_dir}",
+            signum,
+        )
 
     def _on_exception(self, exc):
         self._call("on_exception", exc)
         if isinstance(exc, Preempted) or self.run_dir is None or not hasattr(self, "optimizer"):
             return
         if self._nonfinite_on_device and self._first_nonfinite is not None and int(self._first_nonfinite):
-            self.logger.error("%s: no exception checkpoint: the steps counted since the non-finite loss were not "
-                              "applied; resume from the newest checkpoint", type(exc).__name__)
+            self.logger.error(
+                "%s: no exception checkpoint: the steps counted since the non-finite loss were not "
+                "applied; resume from the newest checkpoint",
+                type(exc).__name__,
+            )
             return
         if self._mid_update:  # parameters half-updated (an error inside optimizer.step): no whole step to save
-            self.logger.error("%s inside an optimizer update at step %d: no exception checkpoint (the weights "
-                              "are between two steps); resume from the newest checkpoint", type(exc).__name__,
-                              self.global_step + 1)
+            self.logger.error(
+                "%s inside an optimizer update at step %d: no exception checkpoint (the weights "
+                "are between two steps); resume from the newest checkpoint",
+                type(exc).__name__,
+                self.global_step + 1,
+            )
             return
         try:
             # Inside a validation: the state as of its start, marked to be validated again on resume.
@@ -369,9 +436,19 @@ class CheckpointingMixin:
                 return
             path = self.save("exception", state=self._validation_snapshot or self.state_dict(gather=False), sync=False)
         except CheckpointError as failed:  # e.g. the disk is full: say so, but let `exc` propagate
-            self.logger.error("%s (%s) at epoch %d step %d; the exception checkpoint could not be "
-                              "written: %s", type(exc).__name__, (str(exc).strip().splitlines() or [""])[0],
-                              self.epoch, self.global_step, failed)
+            self.logger.error(
+                "%s (%s) at epoch %d step %d; the exception checkpoint could not be written: %s",
+                type(exc).__name__,
+                (str(exc).strip().splitlines() or [""])[0],
+                self.epoch,
+                self.global_step,
+                failed,
+            )
             return
-        self.logger.error("%s at epoch %d step %d; checkpoint of the last completed step: %s",
-                          type(exc).__name__, self.epoch, self.global_step, path)
+        self.logger.error(
+            "%s at epoch %d step %d; checkpoint of the last completed step: %s",
+            type(exc).__name__,
+            self.epoch,
+            self.global_step,
+            path,
+        )

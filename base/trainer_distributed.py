@@ -7,6 +7,7 @@ replica and takes part in the decisions all processes must take together
 :mod:`base.distributed`). With one process each method here is the
 single-process behaviour.
 """
+
 import logging
 import os
 
@@ -37,8 +38,10 @@ class DistributedMixin:
             self.logger = run_dir.setup_logger(f"trainer.{id(self)}", os.path.join(self.run_dir, log_file))
         else:
             self.logger = run_dir.setup_logger(
-                f"trainer.{id(self)}", os.path.join(self.run_dir, f"rank{self.rank}_log.txt") if a.debug else None,
-                logging.INFO if a.debug else logging.WARNING)
+                f"trainer.{id(self)}",
+                os.path.join(self.run_dir, f"rank{self.rank}_log.txt") if a.debug else None,
+                logging.INFO if a.debug else logging.WARNING,
+            )
 
     def _agreed_signal(self):
         """The signal any process got since the last step (the highest number), or None; a collective."""

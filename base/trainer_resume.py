@@ -3,6 +3,7 @@
 Mixed into :class:`base.trainer_base.TrainerBase`; kept apart so the loop
 itself reads in one sitting.
 """
+
 import math
 
 from base import optim
@@ -15,13 +16,41 @@ class ResumeMixin:
     #: Flags that may take a new value on ``--resume``; any other flag given there with
     #: a value unlike the run's is refused (it would change the model, data or numerics
     #: under the saved state). Subclasses extend it: ``TrainerBase.RESUME_CHANGEABLE | {...}``.
-    RESUME_CHANGEABLE = frozenset({
-        "output_dir", "epochs", "max_steps", "batch_size", "eval_batch_size", "num_workers", "lr",
-        "weight_decay", "warmup_steps", "grad_clip", "grad_clip_mode", "val_every_epochs", "val_every_steps",
-        "early_stop_patience", "log_every_steps", "save_every_steps", "keep_last_k", "nonfinite",
-        "max_skipped_steps", "rollback_lr_factor", "bad_images", "max_bad_images", "gpu_devices",
-        "deterministic", "data_dir", "compile", "channels_last", "persistent_workers", "plot_lr", "sync_bn",
-        "loggers"})
+    RESUME_CHANGEABLE = frozenset(
+        {
+            "output_dir",
+            "epochs",
+            "max_steps",
+            "batch_size",
+            "eval_batch_size",
+            "num_workers",
+            "lr",
+            "weight_decay",
+            "warmup_steps",
+            "grad_clip",
+            "grad_clip_mode",
+            "val_every_epochs",
+            "val_every_steps",
+            "early_stop_patience",
+            "log_every_steps",
+            "save_every_steps",
+            "keep_last_k",
+            "nonfinite",
+            "max_skipped_steps",
+            "rollback_lr_factor",
+            "bad_images",
+            "max_bad_images",
+            "gpu_devices",
+            "deterministic",
+            "data_dir",
+            "compile",
+            "channels_last",
+            "persistent_workers",
+            "plot_lr",
+            "sync_bn",
+            "loggers",
+        }
+    )
 
     def planned_total_steps(self):
         """Optimizer steps in the whole run: ``--max_steps`` if set, else done + left to ``--epochs``.
@@ -37,8 +66,11 @@ class ResumeMixin:
         if self.epoch >= a.epochs:
             return self.global_step  # finished
         size, batch, accum, world = len(loader.dataset), loader.batch_size, a.accum_steps, self.world_size
-        return (self.global_step + math.ceil(training_batches(size - self.samples_in_epoch, batch, world) / accum)
-                + (a.epochs - self.epoch - 1) * math.ceil(training_batches(size, batch, world) / accum))
+        return (
+            self.global_step
+            + math.ceil(training_batches(size - self.samples_in_epoch, batch, world) / accum)
+            + (a.epochs - self.epoch - 1) * math.ceil(training_batches(size, batch, world) / accum)
+        )
 
     def _apply_resume_changes(self, built_weight_decays=None):
         """Make flags changed on ``--resume`` take effect on the loaded state, and log each.
@@ -71,12 +103,18 @@ class ResumeMixin:
                         group["weight_decay"] = changes["weight_decay"][1]
         # A new number of processes changes the samples per step like a new --batch_size does.
         world_changed = getattr(self, "_resumed_world_size", self.world_size) != self.world_size
-        if ((changes.keys() & {"epochs", "max_steps", "batch_size", "warmup_steps"} or world_changed)
-                and self.scheduler is not None):
+        if (
+            changes.keys() & {"epochs", "max_steps", "batch_size", "warmup_steps"} or world_changed
+        ) and self.scheduler is not None:
             self.total_steps = self.planned_total_steps()
             moved = optim.retarget_schedule(self.scheduler, self.total_steps, self.args.warmup_steps)
             if moved:
-                log.info("--resume: LR schedule rebuilt for %d steps in all (was %d), continuing at step %d "
-                         "with lr %.3g", moved[1], moved[0], self.global_step, self.optimizer.param_groups[0]["lr"])
+                log.info(
+                    "--resume: LR schedule rebuilt for %d steps in all (was %d), continuing at step %d with lr %.3g",
+                    moved[1],
+                    moved[0],
+                    self.global_step,
+                    self.optimizer.param_groups[0]["lr"],
+                )
         elif "lr" in changes and self.scheduler is not None:
             optim.set_scheduled_lr(self.scheduler)

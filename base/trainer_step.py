@@ -5,6 +5,7 @@ AMP, moving batches to the device (``--channels_last``), gradient
 accumulation (``--accum_steps``), clipping, the update, the EMA and
 ``--compile``.
 """
+
 import contextlib
 import itertools
 import time
@@ -196,7 +197,8 @@ class StepMixin:
         if step:
             raise FloatingPointError(
                 f"non-finite loss at step {step} (noticed at step {self.global_step}; no update was applied from "
-                f"step {step} on); lower --lr, set --grad_clip, or use --nonfinite skip")
+                f"step {step} on); lower --lr, set --grad_clip, or use --nonfinite skip"
+            )
 
     def _window_batches(self, window):
         """``[(batch, samples)]`` to train on from ``window``; ``None`` entries are batches of only bad images.
@@ -221,8 +223,9 @@ class StepMixin:
         """
         loader = self.loaders["train"]
         self.batch_in_epoch += batches
-        self.samples_in_epoch = min(len(loader.dataset),
-                                    self.samples_in_epoch + batches * loader.batch_size * self.world_size)
+        self.samples_in_epoch = min(
+            len(loader.dataset), self.samples_in_epoch + batches * loader.batch_size * self.world_size
+        )
         if self.samples_in_epoch >= loader.sampler.end:  # what is left, if anything, waits for the next epoch
             self.samples_in_epoch = len(loader.dataset)
 

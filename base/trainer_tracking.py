@@ -2,6 +2,7 @@
 
 Mixed into :class:`base.trainer_base.TrainerBase`; kept apart so the loop itself reads in one sitting.
 """
+
 import math
 
 from base.errors import error_line
@@ -32,8 +33,12 @@ class TrackingMixin:
         # Did an earlier launch finish the run in the very state loaded (validated at its last step, nothing
         # to redo)? A resume from an older checkpoint of that step (written before its validation) redoes work.
         old = read_status(self.run_dir) if self.resume_from else {}
-        if (old.get("status") == "finished" and old.get("global_step") == self.global_step
-                and self._validated_at == self.global_step and not self._redo_validation):
+        if (
+            old.get("status") == "finished"
+            and old.get("global_step") == self.global_step
+            and self._validated_at == self.global_step
+            and not self._redo_validation
+        ):
             self._finished_at = self.global_step
         if self.resume_from:
             self.status = RunStatus(self.run_dir)
@@ -44,9 +49,22 @@ class TrackingMixin:
         # A finished run resumed from its end state redoes nothing: its loggers keep all they hold (the
         # test's points come after `last`, and this launch does not log them again), so no rows are cut.
         states = {} if self._finished_at is not None else self._resumed_logger_states
-        self.loggers.start(RunInfo(self.run_dir, a.proj_name, self.timestamp, a.output_dir, type(self).__name__,
-                                   dict(vars(a)), dict(self.provenance), config_path, self._kept_step(),
-                                   bool(self.resume_from), self._redo_validation, states))
+        self.loggers.start(
+            RunInfo(
+                self.run_dir,
+                a.proj_name,
+                self.timestamp,
+                a.output_dir,
+                type(self).__name__,
+                dict(vars(a)),
+                dict(self.provenance),
+                config_path,
+                self._kept_step(),
+                bool(self.resume_from),
+                self._redo_validation,
+                states,
+            )
+        )
 
     def _keep_rows_of_checkpoint(self, metrics_rows, logger_states):
         """Cut metrics.csv and the loggers back to what the checkpoint just loaded covers (rank 0).

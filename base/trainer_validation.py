@@ -1,4 +1,5 @@
 """Validation, test and training-loss bookkeeping of :class:`base.trainer_base.TrainerBase`."""
+
 import json
 import os
 import time
@@ -30,8 +31,10 @@ class ValidationMixin:
             new, error = [], exc
         # The list is one file that every process's workers append to: each may read it a step apart.
         if distributed.any_rank(error is not None) and error is None:
-            error = DataError(f"another process found more than --max_bad_images={self.args.max_bad_images} "
-                              f"unreadable images; they are listed in {self.bad_samples.path}")
+            error = DataError(
+                f"another process found more than --max_bad_images={self.args.max_bad_images} "
+                f"unreadable images; they are listed in {self.bad_samples.path}"
+            )
         if error is not None:
             raise error
         for path in new if self.rank == 0 else ():
@@ -62,8 +65,9 @@ class ValidationMixin:
     def log_scalars(self, scalars, step=None):
         """Log ``{name: float or 0-dim tensor}`` at ``step`` (default: :attr:`global_step`); see :meth:`log_scalar`."""
         if self.loggers:
-            self.loggers.log_scalars({k: float(v) for k, v in scalars.items()},
-                                     self.global_step if step is None else step)
+            self.loggers.log_scalars(
+                {k: float(v) for k, v in scalars.items()}, self.global_step if step is None else step
+            )
 
     def log_image(self, name, image, step=None):
         """Log ``image``, a float tensor ``(3, H, W)`` in [0, 1], at ``step`` to the loggers that take images."""
@@ -92,15 +96,16 @@ class ValidationMixin:
             scalars["step_time"] = elapsed / steps  # seconds per optimizer step, this process
             scalars["data_time"] = self._data_time / steps  # of which waiting for the next batches
             share = self._data_time / elapsed
-            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", data=f"{share:.0%}",
-                            **{k: f"{v:.4f}" for k, v in extras.items()})
+            bar.set_postfix(
+                loss=f"{loss:.4f}", lr=f"{lr:.2e}", data=f"{share:.0%}", **{k: f"{v:.4f}" for k, v in extras.items()}
+            )
             # (a few milliseconds of timer noise in a window of tiny steps is no finding: 50 ms at least)
             if share > 0.1 and self._data_time >= DATA_WAIT_FLOOR and not self._data_warned:
                 self._data_warned = True
                 self.logger.warning("%s", data_wait_note(share, self.args, self.device))
         self._log_clock, self._clock_count, self._clock_step, self._data_time = now, 0, self.global_step, 0.0
         if self.device.type == "cuda":
-            scalars["peak_gpu_memory_mib"] = torch.cuda.max_memory_allocated(self.device) / 2 ** 20
+            scalars["peak_gpu_memory_mib"] = torch.cuda.max_memory_allocated(self.device) / 2**20
         self.log_scalars({f"train/{k}": v for k, v in scalars.items()})
 
     def run_validation(self, split="val"):
@@ -136,31 +141,49 @@ class ValidationMixin:
         metrics = self.run_validation("val")
         self._check_bad_samples()
         if self.monitor not in metrics:
-            raise KeyError(f"validate() returned {sorted(metrics)}, without the monitored "
-                           f"metric {self.monitor!r} of {type(self).__name__}")
+            raise KeyError(
+                f"validate() returned {sorted(metrics)}, without the monitored "
+                f"metric {self.monitor!r} of {type(self).__name__}"
+            )
         is_best = self.early_stopper.update(metrics[self.monitor])
-        row = {"epoch": self.epoch, "step": self.global_step, "train_loss": self.train_loss(),
-               "lr": self.optimizer.param_groups[0]["lr"], **{f"val_{k}": v for k, v in metrics.items()},
-               "val_seconds": time.perf_counter() - start}
+        row = {
+            "epoch": self.epoch,
+            "step": self.global_step,
+            "train_loss": self.train_loss(),
+            "lr": self.optimizer.param_groups[0]["lr"],
+            **{f"val_{k}": v for k, v in metrics.items()},
+            "val_seconds": time.perf_counter() - start,
+        }
         self.last_metrics, self._validated_at = row, self.global_step
         self._loss_sum, self._loss_count = 0.0, 0
         if self.metrics_csv is not None:  # rank 0's
             self.metrics_csv.write(row)
         # The mean training loss since the previous validation is not the window mean of train/loss.
-        scalars = {"train/loss_since_val": row["train_loss"], **{k.replace("_", "/", 1): v for k, v in row.items()
-                                                                  if k.startswith("val_")}}
+        scalars = {
+            "train/loss_since_val": row["train_loss"],
+            **{k.replace("_", "/", 1): v for k, v in row.items() if k.startswith("val_")},
+        }
         if self.global_step % a.log_every_steps:  # (else this step's window logged it)
             scalars["train/lr"] = row["lr"]
         self.log_scalars(scalars)
-        self.logger.info("epoch %d step %d | train_loss %.4f | %s%s", self.epoch, self.global_step,
-                         row["train_loss"], " ".join(f"val_{k} {v:.4f}" for k, v in metrics.items()),
-                         " | new best" if is_best else "")
+        self.logger.info(
+            "epoch %d step %d | train_loss %.4f | %s%s",
+            self.epoch,
+            self.global_step,
+            row["train_loss"],
+            " ".join(f"val_{k} {v:.4f}" for k, v in metrics.items()),
+            " | new best" if is_best else "",
+        )
         if is_best:  # the same decision on every process: the metrics are
             self.save("best")
             self.export_best()
         if self.early_stopper.should_stop:
-            self.logger.info("early stop: %s has not improved for %d validations (best %.4f)",
-                             self.monitor, a.early_stop_patience, self.early_stopper.best)
+            self.logger.info(
+                "early stop: %s has not improved for %d validations (best %.4f)",
+                self.monitor,
+                a.early_stop_patience,
+                self.early_stopper.best,
+            )
         if self.status is not None:
             self.status.progress(self)
         self._validation_snapshot = None
@@ -180,8 +203,9 @@ class ValidationMixin:
         best = self.checkpoint_path("best")
         if distributed.any_rank(os.path.isfile(best)):  # the same weights on every process
             # Name what the user gave: a resumed run's folder came from --resume (never from --model_path).
-            named = (f"--resume {self.args.resume}: its best checkpoint" if self.resume_from
-                     else "the run's best checkpoint")
+            named = (
+                f"--resume {self.args.resume}: its best checkpoint" if self.resume_from else "the run's best checkpoint"
+            )
             state = load_checkpoint(best, map_location=self.device, flag=named)
             self.module.load_state_dict(state["model"])
             if self.ema is not None:
@@ -190,9 +214,12 @@ class ValidationMixin:
         self._check_bad_samples()
         path = os.path.join(self.run_dir, "test_metrics.json")
         logged = self.rank == 0 and self._test_logged(path)
-        self.logger.info("test (best checkpoint, %d samples): %s%s", len(self.datasets["test"]),
-                         " ".join(f"{k} {v:.4f}" for k, v in metrics.items()),
-                         f" (already logged at step {self.global_step}: not logged again)" if logged else "")
+        self.logger.info(
+            "test (best checkpoint, %d samples): %s%s",
+            len(self.datasets["test"]),
+            " ".join(f"{k} {v:.4f}" for k, v in metrics.items()),
+            f" (already logged at step {self.global_step}: not logged again)" if logged else "",
+        )
         if not logged:
             self.log_scalars({f"test/{k}": v for k, v in metrics.items()})
         if self.rank != 0:
@@ -229,12 +256,16 @@ def data_wait_note(share, args, device):
     if args.data_on_device:
         hint = "the device augmentation is part of the step: try a larger --batch_size"
     elif workers == 0:
-        hint = ("try --num_workers N (auto chose 0 on the CPU)" if args.num_workers == "auto"
-                else "try --num_workers auto (or N > 0)")
+        hint = (
+            "try --num_workers N (auto chose 0 on the CPU)"
+            if args.num_workers == "auto"
+            else "try --num_workers auto (or N > 0)"
+        )
         hint += ", or --data_on_device for data that fit in GPU memory"
     else:
         chosen = f" (auto chose {workers})" if args.num_workers == "auto" else ""
-        hint = (f"try more than --num_workers {workers}{chosen}, or --data_on_device for data that fit in "
-                f"GPU memory")
-    return (f"the loop waited for data {share:.0%} of the last logging window (train/data_time): the input "
-            f"pipeline holds training back; {hint}")
+        hint = f"try more than --num_workers {workers}{chosen}, or --data_on_device for data that fit in GPU memory"
+    return (
+        f"the loop waited for data {share:.0%} of the last logging window (train/data_time): the input "
+        f"pipeline holds training back; {hint}"
+    )

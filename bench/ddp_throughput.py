@@ -13,6 +13,7 @@ torchrun figure is the sum over its processes. Both runs get the same
 ratio (with ``--nproc 1``, the cost of the launcher and of the distributed code
 paths over a plain run).
 """
+
 import argparse
 import json
 import os
@@ -51,10 +52,13 @@ def worker(argv, report, warmup, samples):
             gen = torch.Generator().manual_seed(0)
             images = torch.rand(samples, 3, side, side, generator=gen)
             labels = torch.randint(0, 10, (samples,), generator=gen)
-            self.data = type("Data", (), {"num_classes": 10, "input_shape": (3, side, side),
-                                          "class_names": [str(i) for i in range(10)]})()
+            self.data = type(
+                "Data",
+                (),
+                {"num_classes": 10, "input_shape": (3, side, side), "class_names": [str(i) for i in range(10)]},
+            )()
             self.mix = None
-            small = TensorDataset(images[:a.batch_size], labels[:a.batch_size])
+            small = TensorDataset(images[: a.batch_size], labels[: a.batch_size])
             return {"train": TensorDataset(images, labels), "val": small}
 
         def build_hooks(self):
@@ -98,15 +102,41 @@ def main():
     a = parser.parse_args()
     samples = a.batch_size * a.nproc * (a.steps + 1)
     with tempfile.TemporaryDirectory() as out:
-        argv = ["--samples", str(samples), "--warmup", str(a.warmup), "--", "--model_type", a.model_type,
-                "--image_size", str(a.image_size), "--batch_size", str(a.batch_size), "--max_steps", str(a.steps),
-                "--amp", a.amp, "--amp_dtype", "bfloat16", "--channels_last", a.channels_last, "--compile", a.compile,
-                "--output_dir", out, "--log_every_steps", "50", "--warmup_steps", "0"]
+        argv = [
+            "--samples",
+            str(samples),
+            "--warmup",
+            str(a.warmup),
+            "--",
+            "--model_type",
+            a.model_type,
+            "--image_size",
+            str(a.image_size),
+            "--batch_size",
+            str(a.batch_size),
+            "--max_steps",
+            str(a.steps),
+            "--amp",
+            a.amp,
+            "--amp_dtype",
+            "bfloat16",
+            "--channels_last",
+            a.channels_last,
+            "--compile",
+            a.compile,
+            "--output_dir",
+            out,
+            "--log_every_steps",
+            "50",
+            "--warmup_steps",
+            "0",
+        ]
         argv += ["--gpu_devices", a.gpu_devices] if a.gpu_devices else []
         report = os.path.join(out, "report")
         plain = measure([sys.executable], argv, report)
-        ddp = measure([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={a.nproc}"],
-                      argv, report)
+        ddp = measure(
+            [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={a.nproc}"], argv, report
+        )
     print(f"plain: {plain:.1f} images/s | torchrun x{a.nproc}: {ddp:.1f} images/s | ratio {ddp / plain:.3f}")
 
 
@@ -115,6 +145,6 @@ if __name__ == "__main__":
         report, rest = sys.argv[2], sys.argv[3:]
         split = rest.index("--")
         opts = dict(zip(rest[:split:2], rest[1:split:2]))
-        worker(rest[split + 1:], report, int(opts["--warmup"]), int(opts["--samples"]))
+        worker(rest[split + 1 :], report, int(opts["--warmup"]), int(opts["--samples"]))
     else:
         main()

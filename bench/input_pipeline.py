@@ -40,6 +40,7 @@ the median of ``--repeats`` repeats, the paths interleaved. The last line is
 ``main-thread us per image: X``, X the uint8 path's figure (2), CPU time. ``--tiny``: 16 files, batches of 4,
 4 batches, 8 images per worker figure, 1 repeat.
 """
+
 import argparse
 import os
 import shlex
@@ -72,8 +73,9 @@ def recipe(path, image_size):
     uint8 = transforms.train_transform("rrc", image_size, ops=transforms.augment_ops(hflip=0.5, randaugment=(2, 9)))
     if path == "uint8":
         return uint8
-    return v2.Compose([uint8, v2.ToDtype(torch.float32, scale=True),
-                       v2.Normalize(transforms.IMAGENET_MEAN, transforms.IMAGENET_STD)])
+    return v2.Compose(
+        [uint8, v2.ToDtype(torch.float32, scale=True), v2.Normalize(transforms.IMAGENET_MEAN, transforms.IMAGENET_STD)]
+    )
 
 
 def worker_rate(dataset, count):
@@ -105,8 +107,14 @@ def main_thread(dataset, a, device, inputs):
     from torch.utils.data import DataLoader
 
     indices = [(0, i % len(dataset)) for i in range(a.batches * a.batch_size)]
-    loader = DataLoader(dataset, batch_size=a.batch_size, sampler=indices, num_workers=a.workers,
-                        prefetch_factor=a.batches // a.workers, pin_memory=False)
+    loader = DataLoader(
+        dataset,
+        batch_size=a.batch_size,
+        sampler=indices,
+        num_workers=a.workers,
+        prefetch_factor=a.batches // a.workers,
+        pin_memory=False,
+    )
     pin = device.type == "cuda"
     sums = {(part, clock): 0.0 for part in PARTS + ("total", "normalise") for clock in CLOCKS}
     start = time.perf_counter()
@@ -168,24 +176,53 @@ def parse(argv):
     p.add_argument("--width", type=int, default=500, help="files' width before a 0.9-1.1 jitter (pixels)")
     p.add_argument("--height", type=int, default=375, help="files' height before the jitter (pixels)")
     p.add_argument("--image_size", type=int, default=224, help="training crop side (pixels)")
-    p.add_argument("--batch_size", type=int, default=None, help="images a batch (default 128, ResNet-50's on one GPU in bench/throughput.py; --tiny 4)")
+    p.add_argument(
+        "--batch_size",
+        type=int,
+        default=None,
+        help="images a batch (default 128, ResNet-50's on one GPU in bench/throughput.py; --tiny 4)",
+    )
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers (>= 1)")
-    p.add_argument("--batches", type=int, default=None,
-                   help="timed batches per path and repeat, a multiple of --workers (default 8; --tiny 4)")
-    p.add_argument("--worker_images", type=int, default=None,
-                   help="images timed for the per-worker rate (default 256; --tiny 8)")
-    p.add_argument("--repeats", type=int, default=None, help="interleaved repeats; medians are shown (default 3; "
-                                                             "--tiny 1)")
-    p.add_argument("--sharing_strategy", default=None, choices=("file_descriptor", "file_system"),
-                   help="torch.multiprocessing's way workers share batches (default: torch's, as the trainer)")
+    p.add_argument(
+        "--batches",
+        type=int,
+        default=None,
+        help="timed batches per path and repeat, a multiple of --workers (default 8; --tiny 4)",
+    )
+    p.add_argument(
+        "--worker_images", type=int, default=None, help="images timed for the per-worker rate (default 256; --tiny 8)"
+    )
+    p.add_argument(
+        "--repeats", type=int, default=None, help="interleaved repeats; medians are shown (default 3; --tiny 1)"
+    )
+    p.add_argument(
+        "--sharing_strategy",
+        default=None,
+        choices=("file_descriptor", "file_system"),
+        help="torch.multiprocessing's way workers share batches (default: torch's, as the trainer)",
+    )
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     p.add_argument("--tiny", action="store_true", help="smoke mode: tiny counts (see the module docstring)")
     a = p.parse_args(argv)
-    for flag, full, tiny in (("files", 512, 16), ("batch_size", 128, 4), ("batches", 8, 4), ("worker_images", 256, 8),
-                             ("repeats", 3, 1)):
+    for flag, full, tiny in (
+        ("files", 512, 16),
+        ("batch_size", 128, 4),
+        ("batches", 8, 4),
+        ("worker_images", 256, 8),
+        ("repeats", 3, 1),
+    ):
         setattr(a, flag, getattr(a, flag) if getattr(a, flag) is not None else tiny if a.tiny else full)
-    for flag in ("files", "width", "height", "image_size", "batch_size", "workers", "batches", "worker_images",
-                 "repeats"):
+    for flag in (
+        "files",
+        "width",
+        "height",
+        "image_size",
+        "batch_size",
+        "workers",
+        "batches",
+        "worker_images",
+        "repeats",
+    ):
         if getattr(a, flag) < 1:
             p.error(f"--{flag} {getattr(a, flag)}: must be >= 1")
     try:
@@ -195,8 +232,10 @@ def parse(argv):
     if a.device.type not in ("cpu", "cuda") or (a.device.type == "cuda" and not torch.cuda.is_available()):
         p.error(f"--device {a.device}: expected cpu, or cuda on a machine with CUDA")
     if a.batches % a.workers:
-        p.error(f"--batches {a.batches}: must be a multiple of --workers {a.workers} (each worker's prefetch queue "
-                f"holds an equal share)")
+        p.error(
+            f"--batches {a.batches}: must be a multiple of --workers {a.workers} (each worker's prefetch queue "
+            f"holds an equal share)"
+        )
     return a
 
 
@@ -209,8 +248,11 @@ def main(argv=None):
     rates, hand_offs = {k: [] for k in PATHS}, {k: [] for k in PATHS}
     with tempfile.TemporaryDirectory() as tmp:
         jpeg_folder(tmp, a.files, a.files, a.width, a.height)
-        samples = sorted((os.path.join(tmp, folder, name), int(folder[len("class"):]))
-                         for folder in os.listdir(tmp) for name in os.listdir(os.path.join(tmp, folder)))
+        samples = sorted(
+            (os.path.join(tmp, folder, name), int(folder[len("class") :]))
+            for folder in os.listdir(tmp)
+            for name in os.listdir(os.path.join(tmp, folder))
+        )
         megabytes = sum(os.path.getsize(path) for path, _ in samples) / 1e6
         datasets = {k: SeededSamples(ImageFiles(samples, recipe(k, a.image_size)), seed=0) for k in PATHS}
         for _ in range(a.repeats):
@@ -225,34 +267,61 @@ def report(a, device, files, megabytes, rates, hand_offs):
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     images = a.batches * a.batch_size
     print(f"command: {shlex.join([os.path.basename(sys.executable), *sys.argv])}")
-    print(f"device: {name} ({device}), {os.cpu_count()} CPUs, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} intra-op threads")
-    print(f"data: {files} JPEGs, about {a.width}x{a.height}, {megabytes / files * 1000:.0f} KB on average; recipe: "
-          f"rrc {a.image_size}, hflip 0.5, RandAugment 2 9")
-    print(f"setup: {a.workers} workers, batch {a.batch_size}, {a.batches} ready batches timed per path and repeat, "
-          f"{a.worker_images} images per worker figure, medians of {a.repeats} repeat(s), sharing strategy "
-          f"{torch.multiprocessing.get_sharing_strategy()}")
+    print(
+        f"device: {name} ({device}), {os.cpu_count()} CPUs, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} intra-op threads"
+    )
+    print(
+        f"data: {files} JPEGs, about {a.width}x{a.height}, {megabytes / files * 1000:.0f} KB on average; recipe: "
+        f"rrc {a.image_size}, hflip 0.5, RandAugment 2 9"
+    )
+    print(
+        f"setup: {a.workers} workers, batch {a.batch_size}, {a.batches} ready batches timed per path and repeat, "
+        f"{a.worker_images} images per worker figure, medians of {a.repeats} repeat(s), sharing strategy "
+        f"{torch.multiprocessing.get_sharing_strategy()}"
+    )
     if device.type != "cuda":
-        print("pinning: skipped (no CUDA); the copy call is Tensor.to(cpu), a no-op; normalise runs its arithmetic "
-              "on this thread")
-    figure = {k: {(part, clock): statistics.median(h[part, clock] for h in hand_offs[k]) / images * 1e6
-                  for part in PARTS + ("total", "normalise") for clock in CLOCKS} for k in PATHS}
-    print("\n| path | batch MB | images/s per worker | main-thread CPU us/image | main-thread wall us/image "
-          "| normalise CPU us/image (not counted) | loader images/s (fill, worker start included) |\n"
-          "| --- |" + " ---: |" * 6)
+        print(
+            "pinning: skipped (no CUDA); the copy call is Tensor.to(cpu), a no-op; normalise runs its arithmetic "
+            "on this thread"
+        )
+    figure = {
+        k: {
+            (part, clock): statistics.median(h[part, clock] for h in hand_offs[k]) / images * 1e6
+            for part in PARTS + ("total", "normalise")
+            for clock in CLOCKS
+        }
+        for k in PATHS
+    }
+    print(
+        "\n| path | batch MB | images/s per worker | main-thread CPU us/image | main-thread wall us/image "
+        "| normalise CPU us/image (not counted) | loader images/s (fill, worker start included) |\n"
+        "| --- |" + " ---: |" * 6
+    )
     for k in PATHS:
         fill = statistics.median(images / h["fill"] for h in hand_offs[k])
-        print(f"| {k} | {hand_offs[k][0]['bytes'] / 1e6:.1f} | {statistics.median(rates[k]):.1f} | "
-              f"{figure[k]['total', 'cpu']:.1f} | {figure[k]['total', 'wall']:.1f} | "
-              f"{figure[k]['normalise', 'cpu']:.1f} | {fill:.1f} |")
-    print("\nthe main thread's hand-off, us/image (CPU / wall):\n\n| path | " + " | ".join(PARTS) + " |\n| --- |"
-          + " ---: |" * len(PARTS))
+        print(
+            f"| {k} | {hand_offs[k][0]['bytes'] / 1e6:.1f} | {statistics.median(rates[k]):.1f} | "
+            f"{figure[k]['total', 'cpu']:.1f} | {figure[k]['total', 'wall']:.1f} | "
+            f"{figure[k]['normalise', 'cpu']:.1f} | {fill:.1f} |"
+        )
+    print(
+        "\nthe main thread's hand-off, us/image (CPU / wall):\n\n| path | "
+        + " | ".join(PARTS)
+        + " |\n| --- |"
+        + " ---: |" * len(PARTS)
+    )
     for k in PATHS:
-        print(f"| {k} | " + " | ".join(f"{figure[k][part, 'cpu']:.1f} / {figure[k][part, 'wall']:.1f}"
-                                       for part in PARTS) + " |")
+        print(
+            f"| {k} | "
+            + " | ".join(f"{figure[k][part, 'cpu']:.1f} / {figure[k][part, 'wall']:.1f}" for part in PARTS)
+            + " |"
+        )
     result = figure["uint8"]["total", "cpu"]
-    print(f"\nfloat32 path main-thread us per image: {figure['float32']['total', 'cpu']:.1f} (CPU), "
-          f"{figure['float32']['total', 'wall']:.1f} (wall)")
+    print(
+        f"\nfloat32 path main-thread us per image: {figure['float32']['total', 'cpu']:.1f} (CPU), "
+        f"{figure['float32']['total', 'wall']:.1f} (wall)"
+    )
     print(f"uint8 path main-thread us per image: {result:.1f} (CPU), {figure['uint8']['total', 'wall']:.1f} (wall)")
     print(f"target <= 15 us per image (uint8 path, CPU): {'met' if result <= 15 else 'missed'}")
     print(f"main-thread us per image: {result:.1f}")

@@ -13,6 +13,7 @@ never seen in pretraining. Prints each run's equivalent command, test top-1 of i
 and wall time (seconds from building the trainer to the end of its test; imports excluded, the MAE
 row includes reading the ELPV cells once), then one markdown table.
 """
+
 import argparse
 import os
 import sys
@@ -52,26 +53,78 @@ def main(argv=None):
     if a.tiny:
         a.image_size, a.pretrain_epochs, a.finetune_epochs, a.batch_size = 16, 1, 1, 32
     out = a.output_dir or tempfile.mkdtemp(prefix="mae_elpv_")
-    common = ["--data_type", "ELPV", "--model_type", a.model_type, "--image_size", str(a.image_size),
-              "--patch_size", str(a.patch_size), "--batch_size", str(a.batch_size), "--amp", a.amp,
-              "--num_workers", str(a.num_workers), "--output_dir", out, "--hflip", "0.5", "--vflip", "0.5"]
+    common = [
+        "--data_type",
+        "ELPV",
+        "--model_type",
+        a.model_type,
+        "--image_size",
+        str(a.image_size),
+        "--patch_size",
+        str(a.patch_size),
+        "--batch_size",
+        str(a.batch_size),
+        "--amp",
+        a.amp,
+        "--num_workers",
+        str(a.num_workers),
+        "--output_dir",
+        out,
+        "--hflip",
+        "0.5",
+        "--vflip",
+        "0.5",
+    ]
     common += ["--gpu_devices", a.gpu_devices] if a.gpu_devices else []
     common += ["--train_val_sample_rate", "0.1", "--test_sample_rate", "0.1"] if a.tiny else []
     val_every = str(max(1, a.pretrain_epochs // 10))
-    pretrain = ["--epochs", str(a.pretrain_epochs), "--val_every_epochs", val_every, "--elpv_task", "4class",
-                "--warmup_steps", str(max(1, a.pretrain_epochs * 1770 // a.batch_size // 20))]
+    pretrain = [
+        "--epochs",
+        str(a.pretrain_epochs),
+        "--val_every_epochs",
+        val_every,
+        "--elpv_task",
+        "4class",
+        "--warmup_steps",
+        str(max(1, a.pretrain_epochs * 1770 // a.batch_size // 20)),
+    ]
     _, seconds, mae = fit(MAETrainer, [*common, *pretrain])
     checkpoint = mae.checkpoint_path("best")
-    rows = [("pretrain", "MAE (4class k-NN monitor)", mae.early_stopper.best, seconds,
-             "trainer_mae.py " + " ".join([*common, *pretrain]))]
+    rows = [
+        (
+            "pretrain",
+            "MAE (4class k-NN monitor)",
+            mae.early_stopper.best,
+            seconds,
+            "trainer_mae.py " + " ".join([*common, *pretrain]),
+        )
+    ]
     print(f"MAE: best val k-NN top-1 {mae.early_stopper.best:.2f} in {seconds:.0f} s; {checkpoint}", flush=True)
-    finetune = ["--epochs", str(a.finetune_epochs), "--warmup_steps", str(max(1, a.finetune_epochs * 1770
-                                                                              // a.batch_size // 10))]
-    recipes = {"scratch": [],
-               "MAE fine-tune": ["--pretrained_path", checkpoint, "--layer_decay", str(a.layer_decay)],
-               "MAE linear probe": ["--pretrained_path", checkpoint, "--linear_probe", "--optimizer", "sgd",
-                                    "--lr", "0.1", "--weight_decay", "0", "--label_smoothing", "0",
-                                    "--grad_clip", "0"]}
+    finetune = [
+        "--epochs",
+        str(a.finetune_epochs),
+        "--warmup_steps",
+        str(max(1, a.finetune_epochs * 1770 // a.batch_size // 10)),
+    ]
+    recipes = {
+        "scratch": [],
+        "MAE fine-tune": ["--pretrained_path", checkpoint, "--layer_decay", str(a.layer_decay)],
+        "MAE linear probe": [
+            "--pretrained_path",
+            checkpoint,
+            "--linear_probe",
+            "--optimizer",
+            "sgd",
+            "--lr",
+            "0.1",
+            "--weight_decay",
+            "0",
+            "--label_smoothing",
+            "0",
+            "--grad_clip",
+            "0",
+        ],
+    }
     for task in a.tasks.split(","):
         for name, extra in recipes.items():
             run = [*common, *finetune, "--elpv_task", task, *extra]
@@ -79,7 +132,7 @@ def main(argv=None):
             rows.append((task, name, metrics["top1"], seconds, "trainer_vit.py " + " ".join(run)))
             print(f"{task} {name}: test top-1 {metrics['top1']:.2f} in {seconds:.0f} s", flush=True)
     print()
-    for task, name, top1, seconds, command in rows:
+    for task, name, _top1, _seconds, command in rows:
         print(f"- {task} / {name}: `python {command}`")
     print("\n| task | run | test top-1 (%) | wall time (s) |\n| --- | --- | ---: | ---: |")
     for task, name, top1, seconds, _ in rows:

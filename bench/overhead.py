@@ -30,6 +30,7 @@ shows), ``fmnist_mlp`` (60,000 x 1x28x28 random tensors, MLP, batch 128),
 ``resnet18_32`` (50,000 x 3x32x32, torchvision ResNet-18, batch 256, bf16).
 The last line reads ``worst ratio X.XX``: the largest median ratio of ``ours``.
 """
+
 import argparse
 import json
 import math
@@ -187,9 +188,26 @@ def run_ours(name, out):
                 meter.update(logits, y, self.loss_fn(logits, y))
             return meter.compute()
 
-    trainer = Bench.from_argv(["--output_dir", out, "--epochs", str(epochs), "--batch_size", str(batch),
-                               "--lr", str(LR), "--weight_decay", str(WEIGHT_DECAY), "--seed", str(SEED),
-                               "--gpu_devices", device, "--amp", str(device == "cuda")])
+    trainer = Bench.from_argv(
+        [
+            "--output_dir",
+            out,
+            "--epochs",
+            str(epochs),
+            "--batch_size",
+            str(batch),
+            "--lr",
+            str(LR),
+            "--weight_decay",
+            str(WEIGHT_DECAY),
+            "--seed",
+            str(SEED),
+            "--gpu_devices",
+            device,
+            "--amp",
+            str(device == "cuda"),
+        ]
+    )
     # Timed around train() (fit = setup, train, test), not by a hook: a run without hooks is the common
     # case, and hooks switch off writing `last` as a link to a `best` saved at the same step.
     train, clock = trainer.train, {}
@@ -246,7 +264,8 @@ def run_lightning(name, out):
             opt = torch.optim.AdamW(self.parameters(), lr=LR, weight_decay=WEIGHT_DECAY, fused=True)
             total = epochs * math.ceil(len(train) / batch)
             sched = torch.optim.lr_scheduler.LambdaLR(
-                opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+                opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total))
+            )
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     class Clock(lightning.Callback):
@@ -258,9 +277,15 @@ def run_lightning(name, out):
             self.seconds, self.peak = time.perf_counter() - self.start, peak_bytes(device)
 
     clock = Clock()
-    trainer = lightning.Trainer(max_epochs=epochs, accelerator="gpu" if device == "cuda" else "cpu", devices=1,
-                                default_root_dir=out, callbacks=[clock], num_sanity_val_steps=0,
-                                precision="bf16-mixed" if device == "cuda" else "32-true")
+    trainer = lightning.Trainer(
+        max_epochs=epochs,
+        accelerator="gpu" if device == "cuda" else "cpu",
+        devices=1,
+        default_root_dir=out,
+        callbacks=[clock],
+        num_sanity_val_steps=0,
+        precision="bf16-mixed" if device == "cuda" else "32-true",
+    )
     trainer.fit(Module(), DataLoader(train, batch_size=batch, shuffle=True), DataLoader(val, batch_size=batch))
     return clock.seconds / epochs, math.ceil(len(train) / batch), clock.peak
 
@@ -270,18 +295,24 @@ def worker(kind, name):
 
     torch.set_num_threads(2)
     with tempfile.TemporaryDirectory() as out:
-        result = {"bare": run_bare, "ours": lambda n: run_ours(n, out),
-                  "lightning": lambda n: run_lightning(n, out)}[kind](name)
+        result = {"bare": run_bare, "ours": lambda n: run_ours(n, out), "lightning": lambda n: run_lightning(n, out)}[
+            kind
+        ](name)
     print("RESULT " + json.dumps(dict(zip(("seconds", "steps", "peak"), result))))
 
 
 def measure(kind, name):
-    done = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", kind, name], cwd=ROOT,
-                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "2"})
+    done = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), "--worker", kind, name],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "2"},
+    )
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     if done.returncode != 0 or not lines:
         raise RuntimeError(f"{kind} {name} failed:\n{done.stderr[-2000:]}")
-    return json.loads(lines[-1][len("RESULT "):])
+    return json.loads(lines[-1][len("RESULT ") :])
 
 
 def main():
@@ -294,13 +325,17 @@ def main():
     parser.add_argument("--cases", default="", help="comma list (default: the CPU cases, and resnet18_32 on a GPU)")
     parser.add_argument("--no_lightning", action="store_true", help="leave Lightning out even when installed")
     a = parser.parse_args()
-    names = a.cases.split(",") if a.cases else [n for n, c in CASES.items()
-                                                 if c[-1] == "cpu" or torch.cuda.is_available()]
+    names = (
+        a.cases.split(",") if a.cases else [n for n, c in CASES.items() if c[-1] == "cpu" or torch.cuda.is_available()]
+    )
     kinds = ["bare", "ours"] + (["lightning"] if importlib.util.find_spec("lightning") and not a.no_lightning else [])
-    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, 2 threads; kinds: {', '.join(kinds)}; "
-          f"{a.repeats} repeats")
-    print("| case | steps/epoch | bare s/epoch | ours s/epoch | ours/bare median | ours/bare of fastest | "
-          "ours overhead us/step | peak MB bare / ours (ratio) | lightning/bare median | lightning/bare of fastest |")
+    print(
+        f"torch {torch.__version__}, {os.cpu_count()} CPUs, 2 threads; kinds: {', '.join(kinds)}; {a.repeats} repeats"
+    )
+    print(
+        "| case | steps/epoch | bare s/epoch | ours s/epoch | ours/bare median | ours/bare of fastest | "
+        "ours overhead us/step | peak MB bare / ours (ratio) | lightning/bare median | lightning/bare of fastest |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     worst = 0.0
     for name in names:
@@ -314,12 +349,17 @@ def main():
         overhead = (statistics.median(sec["ours"]) - statistics.median(sec["bare"])) / steps * 1e6
         peak = {k: statistics.median(r["peak"] for r in v) for k, v in runs.items()}
         worst = max(worst, statistics.median(ratios["ours"]))
-        light = (f"{statistics.median(ratios['lightning']):.3f} | {min(sec['lightning']) / min(sec['bare']):.3f}"
-                 if "lightning" in kinds else "not installed | not installed")
-        print(f"| {name} | {steps} | {statistics.median(sec['bare']):.4f} | {statistics.median(sec['ours']):.4f} | "
-              f"{statistics.median(ratios['ours']):.3f} | {min(sec['ours']) / min(sec['bare']):.3f} | {overhead:.0f} | "
-              f"{peak['bare'] / 2**20:.0f} / {peak['ours'] / 2**20:.0f} ({peak['ours'] / peak['bare']:.3f}) | "
-              f"{light} |")
+        light = (
+            f"{statistics.median(ratios['lightning']):.3f} | {min(sec['lightning']) / min(sec['bare']):.3f}"
+            if "lightning" in kinds
+            else "not installed | not installed"
+        )
+        print(
+            f"| {name} | {steps} | {statistics.median(sec['bare']):.4f} | {statistics.median(sec['ours']):.4f} | "
+            f"{statistics.median(ratios['ours']):.3f} | {min(sec['ours']) / min(sec['bare']):.3f} | {overhead:.0f} | "
+            f"{peak['bare'] / 2**20:.0f} / {peak['ours'] / 2**20:.0f} ({peak['ours'] / peak['bare']:.3f}) | "
+            f"{light} |"
+        )
     print(f"worst ratio {worst:.2f}")
 
 

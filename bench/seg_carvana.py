@@ -10,6 +10,7 @@ since training started (data generation and imports excluded), validation
 Dice, and the training throughput in images/s. Exits 1 if ``--target`` is not
 reached within ``--budget_s`` seconds.
 """
+
 import argparse
 import os
 import sys
@@ -41,8 +42,14 @@ class Clock(HookBase):
         self.images += len(self.trainer.datasets["train"])  # every epoch here is a whole one
         self.val_seconds += metrics.get("val_seconds", 0.0)
         seconds = time.perf_counter() - self.start
-        self.rows.append((seconds, self.trainer.epoch, metrics.get("val_dice", float("nan")),
-                          self.images / max(seconds - self.val_seconds, 1e-9)))
+        self.rows.append(
+            (
+                seconds,
+                self.trainer.epoch,
+                metrics.get("val_dice", float("nan")),
+                self.images / max(seconds - self.val_seconds, 1e-9),
+            )
+        )
 
 
 def main(argv=None):
@@ -57,8 +64,19 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp:
         data = os.path.join(tmp, "carvana")
         generate(data, cars=args.cars, views=args.views, width=args.width, height=args.height, seed=0)
-        trainer = SegOnCarvanaTrainer.from_argv(["--model_type", "UNet", "--data_dir", data, "--img_scale", "0.5",
-                                                 "--output_dir", os.path.join(tmp, "out"), *trainer_argv])
+        trainer = SegOnCarvanaTrainer.from_argv(
+            [
+                "--model_type",
+                "UNet",
+                "--data_dir",
+                data,
+                "--img_scale",
+                "0.5",
+                "--output_dir",
+                os.path.join(tmp, "out"),
+                *trainer_argv,
+            ]
+        )
         clock = Clock()
         trainer.build_hooks = lambda: [clock]
         test = trainer.fit()
@@ -69,8 +87,10 @@ def main(argv=None):
         print(f"{seconds:7.1f}  {epoch:5d}  {dice:8.4f}  {throughput:8.1f}")
         if reached is None and dice >= args.target:
             reached = seconds
-    print(f"test dice {test['dice']:.4f}; val dice >= {args.target} "
-          + (f"after {reached:.1f} s" if reached is not None else "never reached"))
+    print(
+        f"test dice {test['dice']:.4f}; val dice >= {args.target} "
+        + (f"after {reached:.1f} s" if reached is not None else "never reached")
+    )
     return 0 if reached is not None and reached <= args.budget_s else 1
 
 

@@ -14,6 +14,7 @@ Prints, as medians over ``--repeats`` fresh processes (seconds of wall time):
 The ratios are what to compare across machines: both sides are measured in
 the same invocation of this script.
 """
+
 import argparse
 import json
 import os
@@ -45,7 +46,7 @@ print(json.dumps({{"setup": built - start, "compute": done - built}}))
 def wall(cmd, cwd=ROOT):
     """Seconds from starting ``cmd`` (a list) to its exit; raises ``CalledProcessError`` on failure."""
     start = time.perf_counter()
-    subprocess.run(cmd, cwd=cwd, check=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    subprocess.run(cmd, cwd=cwd, check=True, capture_output=True)
     return time.perf_counter() - start
 
 
@@ -61,8 +62,9 @@ def main(argv=None):
             rows["import torch"].append(wall([py, "-c", "import torch"]))
             rows["--help"].append(wall([py, "trainer_vanilla.py", "--help"]))
             rows["1-epoch run"].append(wall([py, "trainer_vanilla.py", *run]))
-            done = subprocess.run([py, "-c", COMPUTE.format(root=ROOT, argv=run)], cwd=ROOT, check=True,
-                                  capture_output=True, text=True)
+            done = subprocess.run(
+                [py, "-c", COMPUTE.format(root=ROOT, argv=run)], cwd=ROOT, check=True, capture_output=True, text=True
+            )
             times = json.loads(done.stdout.strip().splitlines()[-1])
             rows["run setup"].append(times["setup"])
             rows["run compute"].append(times["compute"])

@@ -33,6 +33,7 @@ autocast is off (bf16 without CPU support is emulated, 10-50x slower) and ``--co
 backend (inductor's C++ build takes minutes on a small CPU). Exit status 2, one line on stderr, without CUDA
 unless ``--tiny``.
 """
+
 import argparse
 import functools
 import gc
@@ -45,10 +46,10 @@ import shutil
 import sys
 import tempfile
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import torch
-from types import SimpleNamespace
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -60,8 +61,12 @@ from base.trainer_args import resolve_workers, workers_type  # noqa: E402
 from utils.device import select_device  # noqa: E402
 
 # row -> (task, model_type, --compile, default batch); --tiny swaps in TINY_MODELS
-ROWS = {"resnet50": ("cls", "resnet50", False, 128), "vit_b_16": ("cls", "vit_b_16", False, 64),
-        "vit_b_16+compile": ("cls", "vit_b_16", True, 64), "unet": ("seg", "UNet", False, 8)}
+ROWS = {
+    "resnet50": ("cls", "resnet50", False, 128),
+    "vit_b_16": ("cls", "vit_b_16", False, 64),
+    "vit_b_16+compile": ("cls", "vit_b_16", True, 64),
+    "unet": ("seg", "UNet", False, 8),
+}
 TINY_MODELS = {"resnet50": "resnet18", "vit_b_16": "vit_ti_16", "UNet": "UNet"}
 VAL_FRACTION = 0.01  # of the JPEG folder; (b) validates on one batch
 
@@ -144,7 +149,7 @@ def measured(task, warmup, steps, data=None, profile=None):
                 self.data = SimpleNamespace(input_size=tuple(images.shape[-2:]))  # what the seg model card reads
                 val = [{**item, "full_mask": item["mask"][0].to(torch.uint8)} for item in pool[:n]]
             # A list is a dataset. One epoch of exactly the run's steps: the validation at its end is not timed.
-            return {"train": (pool * self.args.max_steps)[:self.args.max_steps * n], "val": val}
+            return {"train": (pool * self.args.max_steps)[: self.args.max_steps * n], "val": val}
 
         def build_hooks(self):
             self.timer = Timer(warmup, warmup + steps, profile)
@@ -168,8 +173,8 @@ def bare_rate(task, argv, warmup, steps, data, profile=None):
     # fused: PyTorch's fastest AdamW (one kernel per step), the ceiling whichever one the trainer picks
     optimizer = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=a.weight_decay, fused=True)
     # the model's input as the trainer's InputStage makes it from the uint8 batch, once: the ceiling pays no copy
-    x = InputStage(device, a.mean, a.std, channels_last=True).to_device(data[0][:a.batch_size])
-    y = data[1][:a.batch_size].to(device)
+    x = InputStage(device, a.mean, a.std, channels_last=True).to_device(data[0][: a.batch_size])
+    y = data[1][: a.batch_size].to(device)
     for i in range(warmup + steps):
         if i == warmup:
             sync(device)
@@ -228,20 +233,58 @@ def row_argv(name, a, tmp):
     """``(task, trainer flags, batch, (H, W))`` of the row ``name``; runs go under ``tmp``."""
     task, model, compiled, batch = ROWS[name]
     batch, model = a.batch_size or (4 if a.tiny else batch), TINY_MODELS[model] if a.tiny else model
-    flags = ["--output_dir", os.path.join(tmp, "runs"), "--max_steps", str(a.warmup + a.steps), "--model_type",
-             model, "--batch_size", str(batch), "--amp", str(a.amp), "--amp_dtype", "bfloat16", "--channels_last",
-             "true", "--compile", str(compiled), "--gpu_devices", a.gpu_devices, "--warmup_steps", "0", "--grad_clip",
-             "0"]
+    flags = [
+        "--output_dir",
+        os.path.join(tmp, "runs"),
+        "--max_steps",
+        str(a.warmup + a.steps),
+        "--model_type",
+        model,
+        "--batch_size",
+        str(batch),
+        "--amp",
+        str(a.amp),
+        "--amp_dtype",
+        "bfloat16",
+        "--channels_last",
+        "true",
+        "--compile",
+        str(compiled),
+        "--gpu_devices",
+        a.gpu_devices,
+        "--warmup_steps",
+        "0",
+        "--grad_clip",
+        "0",
+    ]
     if task == "seg":
         size = (64, 96) if a.tiny else (320, 480)
         # The images are tensors in memory (see measured); the config's layout check wants Carvana's folders.
         folder = os.path.join(tmp, "carvana")
         for sub in ("train", "train_masks"):
             os.makedirs(os.path.join(folder, sub), exist_ok=True)
-        return task, flags + ["--base_channels", "4" if a.tiny else "16", "--image_size", *map(str, size),
-                              "--data_dir", folder, "--num_viz", "0"], batch, size
-    return task, flags + ["--patch_size", "8" if a.tiny else "16", "--image_size", str(a.image_size)], batch, \
-        (a.image_size, a.image_size)
+        return (
+            task,
+            flags
+            + [
+                "--base_channels",
+                "4" if a.tiny else "16",
+                "--image_size",
+                *map(str, size),
+                "--data_dir",
+                folder,
+                "--num_viz",
+                "0",
+            ],
+            batch,
+            size,
+        )
+    return (
+        task,
+        flags + ["--patch_size", "8" if a.tiny else "16", "--image_size", str(a.image_size)],
+        batch,
+        (a.image_size, a.image_size),
+    )
 
 
 def parse(argv):
@@ -251,14 +294,26 @@ def parse(argv):
     p.add_argument("--steps", type=int, default=None, help="timed optimizer steps (default 50; --tiny 3)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps before them, >= 1 (default 10; --tiny 1)")
     p.add_argument("--image_size", type=int, default=None, help="classifiers' side (default 224; --tiny 32)")
-    p.add_argument("--num_workers", type=workers_type, default="auto",
-                   help="(c)'s DataLoader workers: auto (the trainer's default) or N")
-    p.add_argument("--memory_workers", type=workers_type, default="auto",
-                   help="(b)'s DataLoader workers: auto (the trainer's default) or N (0: collation and pinning on "
-                        "the main thread)")
-    p.add_argument("--profile", default=None, metavar="DIR",
-                   help="write torch.profiler tables of (a)'s and (b)'s timed steps to DIR/<model>_{bare,trainer}.txt "
-                        "(their rates then include the profiler's cost)")
+    p.add_argument(
+        "--num_workers",
+        type=workers_type,
+        default="auto",
+        help="(c)'s DataLoader workers: auto (the trainer's default) or N",
+    )
+    p.add_argument(
+        "--memory_workers",
+        type=workers_type,
+        default="auto",
+        help="(b)'s DataLoader workers: auto (the trainer's default) or N (0: collation and pinning on "
+        "the main thread)",
+    )
+    p.add_argument(
+        "--profile",
+        default=None,
+        metavar="DIR",
+        help="write torch.profiler tables of (a)'s and (b)'s timed steps to DIR/<model>_{bare,trainer}.txt "
+        "(their rates then include the profiler's cost)",
+    )
     p.add_argument("--gpu_devices", default=None, help="default: cuda if available, else cpu")
     p.add_argument("--compile_backend", default=None, help="torch.compile backend (default inductor; --tiny eager)")
     p.add_argument("--tiny", action="store_true", help="CPU smoke mode: tiny models, data and step counts")
@@ -266,8 +321,12 @@ def parse(argv):
     a = p.parse_args(argv)
     if not set(a.models.split(",")) <= set(ROWS):
         p.error(f"--models {a.models}: choose from {', '.join(ROWS)}")
-    for flag, full, tiny in (("steps", 50, 3), ("warmup", 10, 1), ("image_size", 224, 32),
-                             ("compile_backend", "inductor", "eager")):
+    for flag, full, tiny in (
+        ("steps", 50, 3),
+        ("warmup", 10, 1),
+        ("image_size", 224, 32),
+        ("compile_backend", "inductor", "eager"),
+    ):
         setattr(a, flag, getattr(a, flag) if getattr(a, flag) is not None else tiny if a.tiny else full)
     if a.steps < 1 or a.warmup < 1:
         p.error("--steps and --warmup must be >= 1 (the timer starts at the end of a step)")
@@ -283,8 +342,10 @@ def main(argv=None):
         print(f"bench/throughput.py: {exc}", file=sys.stderr)
         return 2
     if device.type != "cuda" and not a.tiny:
-        print(f"bench/throughput.py: needs a CUDA GPU (device here: {device}), or --tiny for a CPU smoke run",
-              file=sys.stderr)
+        print(
+            f"bench/throughput.py: needs a CUDA GPU (device here: {device}), or --tiny for a CPU smoke run",
+            file=sys.stderr,
+        )
         return 2
     a.amp = device.type == "cuda"  # see the module docstring
     # what the trainer's auto gives (base.trainer_args.resolve_workers): (c)'s step counts depend on it
@@ -297,30 +358,63 @@ def main(argv=None):
         # (c): the DataLoader keeps 2 batches per worker in flight and its workers deliver in bursts: warm up
         # until that queue is drained and time enough steps that one burst is a small share of them.
         a.files_warmup, a.files_steps = max(a.warmup, 2 * a.files_workers), max(a.steps, 8 * a.files_workers)
-        need = max([b * (a.files_warmup + a.files_steps) for task, _, b, _ in specs.values() if task == "cls"],
-                   default=0)
+        need = max(
+            [b * (a.files_warmup + a.files_steps) for task, _, b, _ in specs.values() if task == "cls"], default=0
+        )
         count = math.ceil(need / (1 - VAL_FRACTION)) + 2  # one epoch holds every step: no validation inside
-        a.jpeg = dict(zip(("count", "distinct", "width", "height"),
-                          (max(count, 40), 40, 100, 75) if a.tiny else (count, 2000, 500, 375)))
+        a.jpeg = dict(
+            zip(
+                ("count", "distinct", "width", "height"),
+                (max(count, 40), 40, 100, 75) if a.tiny else (count, 2000, 500, 375),
+            )
+        )
         if need:
             jpeg_folder(os.path.join(tmp, "jpeg"), **a.jpeg)
-        files = ["--data_type", "ImageFolder", "--data_dir", os.path.join(tmp, "jpeg"), "--randaugment", "2", "9",
-                 "--hflip", "0.5", "--num_workers", str(a.files_workers), "--val_fraction", str(VAL_FRACTION),
-                 "--test_fraction", "0", "--max_steps", str(a.files_warmup + a.files_steps)]
+        files = [
+            "--data_type",
+            "ImageFolder",
+            "--data_dir",
+            os.path.join(tmp, "jpeg"),
+            "--randaugment",
+            "2",
+            "9",
+            "--hflip",
+            "0.5",
+            "--num_workers",
+            str(a.files_workers),
+            "--val_fraction",
+            str(VAL_FRACTION),
+            "--test_fraction",
+            "0",
+            "--max_steps",
+            str(a.files_warmup + a.files_steps),
+        ]
         if a.profile:
             os.makedirs(a.profile, exist_ok=True)
         for name, (task, argv, batch, hw) in specs.items():
             data = synthetic(task, batch, hw)
-            profiles = [Profile(os.path.join(a.profile, f"{name}_{k}.txt")) if a.profile else None
-                        for k in ("bare", "trainer")]
+            profiles = [
+                Profile(os.path.join(a.profile, f"{name}_{k}.txt")) if a.profile else None for k in ("bare", "trainer")
+            ]
             memory = argv + ["--num_workers", str(a.memory_workers)]
-            rates = [bare_rate(task, argv, a.warmup, a.steps, data, profiles[0]),
-                     trainer_rate(task, memory, a.warmup, a.steps, data, profiles[1]),
-                     trainer_rate(task, argv + files, a.files_warmup, a.files_steps) if task == "cls" else None]
+            rates = [
+                bare_rate(task, argv, a.warmup, a.steps, data, profiles[0]),
+                trainer_rate(task, memory, a.warmup, a.steps, data, profiles[1]),
+                trainer_rate(task, argv + files, a.files_warmup, a.files_steps) if task == "cls" else None,
+            ]
             shown = [None if r is None else round(r, 1) for r in rates]  # ratios are of these printed figures
-            rows.append({"model": name, "batch": batch, "input": f"{hw[0]}x{hw[1]}", "bare": shown[0],
-                         "trainer": shown[1], "files": shown[2], "trainer/bare": round(shown[1] / shown[0], 3),
-                         "files/bare": None if shown[2] is None else round(shown[2] / shown[0], 3)})
+            rows.append(
+                {
+                    "model": name,
+                    "batch": batch,
+                    "input": f"{hw[0]}x{hw[1]}",
+                    "bare": shown[0],
+                    "trainer": shown[1],
+                    "files": shown[2],
+                    "trainer/bare": round(shown[1] / shown[0], 3),
+                    "files/bare": None if shown[2] is None else round(shown[2] / shown[0], 3),
+                }
+            )
             print(f"{name}: {rows[-1]}", file=sys.stderr, flush=True)
             del data  # before the next row: free the device's memory
             gc.collect()
@@ -334,21 +428,33 @@ def main(argv=None):
 
 def report(a, device, rows):
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    head = {"command": shlex.join([os.path.basename(sys.executable), *sys.argv]),
-            "device": f"{name} ({device}), {os.cpu_count()} CPUs", "torch": torch.__version__}
+    head = {
+        "command": shlex.join([os.path.basename(sys.executable), *sys.argv]),
+        "device": f"{name} ({device}), {os.cpu_count()} CPUs",
+        "torch": torch.__version__,
+    }
     print("\n".join(f"{k}: {v}" for k, v in head.items()))
-    print(f"setup: bf16 autocast {'on' if a.amp else 'off'}, channels-last, compile backend {a.compile_backend}; "
-          f"{a.steps} steps timed after {a.warmup}; (b): {a.memory_workers} workers"
-          f"{' (profiled)' if a.profile else ''}; (c): {a.files_steps} after {a.files_warmup}, {a.jpeg['count']} "
-          f"JPEGs ({a.jpeg['distinct']} distinct, about {a.jpeg['width']}x{a.jpeg['height']}), {a.files_workers} "
-          f"workers" + ("; --tiny: resnet18, vit_ti_16 (patch 8), UNet width 4" if a.tiny else "") + "\n")
+    print(
+        f"setup: bf16 autocast {'on' if a.amp else 'off'}, channels-last, compile backend {a.compile_backend}; "
+        f"{a.steps} steps timed after {a.warmup}; (b): {a.memory_workers} workers"
+        f"{' (profiled)' if a.profile else ''}; (c): {a.files_steps} after {a.files_warmup}, {a.jpeg['count']} "
+        f"JPEGs ({a.jpeg['distinct']} distinct, about {a.jpeg['width']}x{a.jpeg['height']}), {a.files_workers} "
+        f"workers" + ("; --tiny: resnet18, vit_ti_16 (patch 8), UNet width 4" if a.tiny else "") + "\n"
+    )
     fmt = lambda v, spec: "n/a" if v is None else format(v, spec)  # noqa: E731
-    print("| model | batch | input | (a) bare, images/s | (b) trainer, in memory, images/s "
-          "| (c) trainer, JPEG files, images/s | (b)/(a) | (c)/(a) |\n| --- | ---: | --- |" + " ---: |" * 5)
+    print(
+        "| model | batch | input | (a) bare, images/s | (b) trainer, in memory, images/s "
+        "| (c) trainer, JPEG files, images/s | (b)/(a) | (c)/(a) |\n| --- | ---: | --- |" + " ---: |" * 5
+    )
     for r in rows:
-        print(f"| {r['model']} | {r['batch']} | {r['input']} | " + " | ".join(
-            [fmt(r[k], ".1f") for k in ("bare", "trainer", "files")] + [fmt(r[k], ".3f") for k in
-                                                                        ("trainer/bare", "files/bare")]) + " |")
+        print(
+            f"| {r['model']} | {r['batch']} | {r['input']} | "
+            + " | ".join(
+                [fmt(r[k], ".1f") for k in ("bare", "trainer", "files")]
+                + [fmt(r[k], ".3f") for k in ("trainer/bare", "files/bare")]
+            )
+            + " |"
+        )
     short = [f"{r['model']} ({r['trainer/bare']:.3f})" for r in rows if r["trainer/bare"] < 0.97]
     print(f"\ntarget (b)/(a) >= 0.97 for every row: {'missed by ' + ', '.join(short) if short else 'met'}")
     for r in (r for r in rows if r["model"] == "resnet50"):

@@ -1,4 +1,5 @@
 """A dataset wrapper that applies a training pipeline to the uint8 images of an in-memory dataset."""
+
 from torch.utils.data import Dataset
 
 

@@ -18,6 +18,7 @@ mask a ``tv_tensors.Mask``): geometry is applied to both, nearest-neighbour
 for the mask, colour jitter to the image only. Images stay uint8 ``(3, H, W)``;
 the device makes floats of them with ``--mean``/``--std`` (:mod:`base.input_stage`).
 """
+
 import dataclasses
 import os
 
@@ -40,6 +41,7 @@ MAKE_SYNTHETIC = "python -m data.make_synthetic_carvana --out Dataset/SyntheticC
 @dataclasses.dataclass
 class SegmentationData:
     """The three splits (each a :class:`CarvanaDataset`), the model's input size and the cars per split."""
+
     train: Dataset
     val: Dataset
     test: Dataset
@@ -50,18 +52,36 @@ class SegmentationData:
 def add_carvana_arguments(parser):
     """Add the ``data`` flag group of the Carvana task to ``parser``."""
     data = parser.add_argument_group("data")
-    data.add_argument("--data_dir", default="Dataset/Carvana",
-                      help="folder holding train/ and train_masks/ (the Kaggle layout)")
-    data.add_argument("--img_scale", type=float, default=0.5,
-                      help="resize factor applied to the first image's size (all images get that size)")
-    data.add_argument("--image_size", type=int, nargs=2, default=None, metavar=("H", "W"),
-                      help="resize every image to H W (wins over --img_scale)")
-    data.add_argument("--augment", type=str2bool, nargs="?", const=True, default=True,
-                      help="random joint flip, scale/crop and colour jitter on train")
+    data.add_argument(
+        "--data_dir", default="Dataset/Carvana", help="folder holding train/ and train_masks/ (the Kaggle layout)"
+    )
+    data.add_argument(
+        "--img_scale",
+        type=float,
+        default=0.5,
+        help="resize factor applied to the first image's size (all images get that size)",
+    )
+    data.add_argument(
+        "--image_size",
+        type=int,
+        nargs=2,
+        default=None,
+        metavar=("H", "W"),
+        help="resize every image to H W (wins over --img_scale)",
+    )
+    data.add_argument(
+        "--augment",
+        type=str2bool,
+        nargs="?",
+        const=True,
+        default=True,
+        help="random joint flip, scale/crop and colour jitter on train",
+    )
     data.add_argument("--val_fraction", type=float, default=0.15, help="share of the cars held out for validation")
     data.add_argument("--test_fraction", type=float, default=0.15, help="share of the cars held out for test")
-    data.add_argument("--train_val_sample_rate", type=float, default=1.0,
-                      help="keep this share of the train+val cars (fast runs)")
+    data.add_argument(
+        "--train_val_sample_rate", type=float, default=1.0, help="keep this share of the train+val cars (fast runs)"
+    )
     data.add_argument("--test_sample_rate", type=float, default=1.0, help="keep this share of the test cars")
 
 
@@ -75,13 +95,25 @@ def validate_carvana_config(args):
     check_layout(args.data_dir)
     check(args.img_scale > 0, "img_scale", args.img_scale, "must be > 0")
     if args.image_size is not None:
-        check(min(args.image_size) >= MIN_SIZE, "image_size", args.image_size,
-              f"both sides must be >= {MIN_SIZE} (four 2x poolings)")
+        check(
+            min(args.image_size) >= MIN_SIZE,
+            "image_size",
+            args.image_size,
+            f"both sides must be >= {MIN_SIZE} (four 2x poolings)",
+        )
     for flag in ("val_fraction", "test_fraction"):
-        check(0 < getattr(args, flag) < 1, flag, getattr(args, flag),
-              "must be in (0, 1): splits are by car, each needs at least one")
-    check(args.val_fraction + args.test_fraction < 1, "val_fraction", args.val_fraction,
-          f"--val_fraction + --test_fraction ({args.test_fraction}) must be < 1 to leave training cars")
+        check(
+            0 < getattr(args, flag) < 1,
+            flag,
+            getattr(args, flag),
+            "must be in (0, 1): splits are by car, each needs at least one",
+        )
+    check(
+        args.val_fraction + args.test_fraction < 1,
+        "val_fraction",
+        args.val_fraction,
+        f"--val_fraction + --test_fraction ({args.test_fraction}) must be < 1 to leave training cars",
+    )
     for flag in ("train_val_sample_rate", "test_sample_rate"):
         check(0 < getattr(args, flag) <= 1, flag, getattr(args, flag), "must be in (0, 1]")
 
@@ -101,8 +133,10 @@ def check_layout(data_dir):
         if not missing:
             return
         problem = f"it has no {' and no '.join(missing)}"
-    raise DataError(f"--data_dir {data_dir}: {problem}; expected {LAYOUT} (no data yet? `{MAKE_SYNTHETIC}` "
-                    f"writes synthetic cars in that layout)")
+    raise DataError(
+        f"--data_dir {data_dir}: {problem}; expected {LAYOUT} (no data yet? `{MAKE_SYNTHETIC}` "
+        f"writes synthetic cars in that layout)"
+    )
 
 
 def car_id(image_path):
@@ -124,8 +158,7 @@ def find_samples(data_dir):
     for folder in (image_dir, mask_dir):
         if not os.path.isdir(folder):
             raise DataError(f"--data_dir {data_dir}: expected the folder {folder} ({LAYOUT})")
-    names = sorted(n for n in os.listdir(image_dir)
-                   if not n.startswith(".") and n.lower().endswith(IMAGE_EXTENSIONS))
+    names = sorted(n for n in os.listdir(image_dir) if not n.startswith(".") and n.lower().endswith(IMAGE_EXTENSIONS))
     if not names:
         raise DataError(f"no images (<id>_<view>.jpg) in {image_dir}; expected {LAYOUT}")
     samples = []
@@ -156,12 +189,14 @@ def split_by_car(samples, args):
     order = [cars[i] for i in torch.randperm(len(cars), generator=torch.Generator().manual_seed(args.seed))]
     n_test = max(1, round(args.test_fraction * len(cars)))
     test, pool = order[:n_test], order[n_test:]
-    test = test[:_keep(args.test_sample_rate, len(test))]
-    pool = pool[:_keep(args.train_val_sample_rate, len(pool))]
+    test = test[: _keep(args.test_sample_rate, len(test))]
+    pool = pool[: _keep(args.train_val_sample_rate, len(pool))]
     n_val = max(1, round(args.val_fraction * len(pool)))
     if len(pool) - n_val < 1:
-        raise DataError(f"--data_dir {args.data_dir}: {len(cars)} cars are too few to hold out "
-                        f"validation and test cars and still train (need at least 3 after --*_sample_rate)")
+        raise DataError(
+            f"--data_dir {args.data_dir}: {len(cars)} cars are too few to hold out "
+            f"validation and test cars and still train (need at least 3 after --*_sample_rate)"
+        )
     return {"train": sorted(pool[n_val:]), "val": sorted(pool[:n_val]), "test": sorted(test)}
 
 
@@ -185,8 +220,10 @@ def input_size(samples, args):
             continue  # a broken file is reported (or skipped) when the loader reads it
         size = (round(height * args.img_scale), round(width * args.img_scale))
         if min(size) < MIN_SIZE:
-            raise DataError(f"--img_scale {args.img_scale}: {image} ({height}x{width}) becomes "
-                            f"{size[0]}x{size[1]}, below the minimum side {MIN_SIZE}")
+            raise DataError(
+                f"--img_scale {args.img_scale}: {image} ({height}x{width}) becomes "
+                f"{size[0]}x{size[1]}, below the minimum side {MIN_SIZE}"
+            )
         return size
     raise DataError(f"--data_dir {args.data_dir}: no image in train/ could be opened")
 
@@ -203,10 +240,13 @@ def build_carvana_datasets(args):
 
     def subset(split, train):
         keep = set(cars[split])
-        return CarvanaDataset([s for s in samples if car_id(s[0]) in keep], size,
-                              train=train, augment=train and args.augment)
-    return SegmentationData(train=subset("train", True), val=subset("val", False),
-                            test=subset("test", False), input_size=size, cars=cars)
+        return CarvanaDataset(
+            [s for s in samples if car_id(s[0]) in keep], size, train=train, augment=train and args.augment
+        )
+
+    return SegmentationData(
+        train=subset("train", True), val=subset("val", False), test=subset("test", False), input_size=size, cars=cars
+    )
 
 
 def joint_transform(size, augment):
@@ -223,11 +263,13 @@ def joint_transform(size, augment):
     if not augment:
         return transforms.described_transform(eval_description(size))
     aspect = size[1] / size[0]
-    return v2.Compose([
-        v2.RandomResizedCrop(size, scale=(0.5, 1.0), ratio=(aspect / 1.15, aspect * 1.15), antialias=True),
-        v2.RandomHorizontalFlip(),
-        v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02),
-    ])
+    return v2.Compose(
+        [
+            v2.RandomResizedCrop(size, scale=(0.5, 1.0), ratio=(aspect / 1.15, aspect * 1.15), antialias=True),
+            v2.RandomHorizontalFlip(),
+            v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02),
+        ]
+    )
 
 
 def eval_description(size):
@@ -272,13 +314,15 @@ class CarvanaDataset(Dataset):
 
         image, mask = read_image(image_path, "RGB"), read_image(mask_path, "L", labels=True)
         if image.size != mask.size:
-            raise DataError(f"image {image_path} is {image.size[0]}x{image.size[1]} (WxH) but its mask "
-                            f"{mask_path} is {mask.size[0]}x{mask.size[1]}")
+            raise DataError(
+                f"image {image_path} is {image.size[0]}x{image.size[1]} (WxH) but its mask "
+                f"{mask_path} is {mask.size[0]}x{mask.size[1]}"
+            )
         mask = binary_mask(v2.functional.pil_to_tensor(mask)[0], image_path, mask_path)
-        image_t, mask_t = self.transform(tv_tensors.Image(v2.functional.pil_to_tensor(image)),
-                                         tv_tensors.Mask(mask[None]))
-        item = {"image": image_t.as_subclass(torch.Tensor),
-                "mask": mask_t.as_subclass(torch.Tensor).float()}
+        image_t, mask_t = self.transform(
+            tv_tensors.Image(v2.functional.pil_to_tensor(image)), tv_tensors.Mask(mask[None])
+        )
+        item = {"image": image_t.as_subclass(torch.Tensor), "mask": mask_t.as_subclass(torch.Tensor).float()}
         if not self.train:
             item.update(full_mask=mask, path=image_path)
         return item
@@ -295,8 +339,7 @@ def binary_mask(mask, image_path, mask_path):
     stray = (mask != 0) & (mask != peak)
     if peak not in (0, 1, 255) or bool(stray.any()):
         value = int(mask[stray][0]) if bool(stray.any()) else peak
-        raise DataError(f"mask {mask_path} (of image {image_path}) holds the value {value}; "
-                        f"expected only 0/1 or 0/255")
+        raise DataError(f"mask {mask_path} (of image {image_path}) holds the value {value}; expected only 0/1 or 0/255")
     return (mask > 0).to(torch.uint8)
 
 
@@ -307,4 +350,3 @@ def collate_segmentation(samples):
     if full is not None:
         batch["full_mask"] = full
     return batch
-

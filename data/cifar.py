@@ -6,13 +6,13 @@ Krizhevsky (2009), "Learning Multiple Layers of Features from Tiny Images": 50,0
 
     <data_dir>/cifar-10-batches-py/data_batch_1 ... data_batch_5, test_batch, batches.meta
 """
+
 import os
 
 from base.errors import DataError
 
 FOLDER = "cifar-10-batches-py"
-FILES = ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch",
-         "batches.meta")
+FILES = ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch", "batches.meta")
 
 
 def load_cifar10(data_dir, train, download):
@@ -43,15 +43,18 @@ def load_cifar10(data_dir, train, download):
         missing = [f for f in FILES if not os.path.isfile(os.path.join(folder, f))]
         if download:
             raise DataError(f"could not download CIFAR-10 into {folder}: {exc}") from None
-        raise DataError(f"CIFAR-10 files not found in {folder}: missing {', '.join(missing)}; pass "
-                        f"--download true to fetch them") from None
+        raise DataError(
+            f"CIFAR-10 files not found in {folder}: missing {', '.join(missing)}; pass --download true to fetch them"
+        ) from None
     except Exception as exc:  # noqa: BLE001 - unpickling a foreign file can fail in many ways
         raise DataError(f"cannot read CIFAR-10 files in {folder}: {type(exc).__name__}: {exc}") from None
     images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()  # torchvision keeps (N, H, W, C)
     labels = torch.as_tensor(ds.targets, dtype=torch.int64)
     if images.shape[1:] != (3, 32, 32) or len(labels) != len(images) or len(images) == 0:
-        raise DataError(f"CIFAR-10 in {folder}: {len(images)} images of shape {tuple(images.shape[1:])} and "
-                        f"{len(labels)} labels; expected equal, non-zero counts of 3x32x32 images")
+        raise DataError(
+            f"CIFAR-10 in {folder}: {len(images)} images of shape {tuple(images.shape[1:])} and "
+            f"{len(labels)} labels; expected equal, non-zero counts of 3x32x32 images"
+        )
     if int(labels.min()) < 0 or int(labels.max()) >= len(ds.classes):
         raise DataError(f"CIFAR-10 in {folder}: labels outside 0..{len(ds.classes) - 1}")
     return images, labels, list(ds.classes)

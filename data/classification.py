@@ -22,6 +22,7 @@ The recipe of the training and evaluation crops is :mod:`data.transforms`.
 
 Splits are seeded permutations (``torch.Generator().manual_seed(seed)``).
 """
+
 import dataclasses
 import functools
 import itertools
@@ -41,9 +42,13 @@ from data.images import ImageFiles
 DATA_TYPES = ["Digits", "FashionMNIST", "MNIST", "CIFAR10", "ImageFolder", "ELPV"]
 #: C of the images of each --data_type (ImageFolder: made RGB whatever the files hold), known without reading them.
 CHANNELS = {"Digits": 1, "FashionMNIST": 1, "MNIST": 1, "CIFAR10": 3, "ImageFolder": 3, "ELPV": 1}
-FIXED_SIDES = {"Digits": 8, "FashionMNIST": 28, "MNIST": 28, "CIFAR10": 32}  # H = W of the datasets that ignore --image_size
-IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-             "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+FIXED_SIDES = {
+    "Digits": 8,
+    "FashionMNIST": 28,
+    "MNIST": 28,
+    "CIFAR10": 32,
+}  # H = W of the datasets that ignore --image_size
+IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
 
 @dataclasses.dataclass
@@ -54,6 +59,7 @@ class ClassificationData:
     the split's order (e.g. ELPV's ``"mono"``/``"poly"`` cell types), for
     accuracy per group; empty for data without groups.
     """
+
     train: Dataset
     val: Dataset
     test: Dataset
@@ -76,30 +82,67 @@ def add_data_arguments(parser):
     data = parser.add_argument_group("data")
     data.add_argument("--data_type", choices=DATA_TYPES, default="Digits", help="which dataset")
     data.add_argument("--data_dir", default=None, help="folder of the data (not needed for Digits)")
-    data.add_argument("--download", type=str2bool, nargs="?", const=True, default=False,
-                      help="let torchvision download FashionMNIST/MNIST/CIFAR10 into --data_dir if missing")
-    data.add_argument("--val_fraction", type=float, default=0.1,
-                      help="share of the train pool held out for validation (> 0: it picks the best checkpoint)")
-    data.add_argument("--test_fraction", type=float, default=0.2,
-                      help="share held out for test when there is no official test split")
-    data.add_argument("--train_val_sample_rate", type=float, default=1.0,
-                      help="keep this share of the train+val pool (fast runs)")
-    data.add_argument("--test_sample_rate", type=float, default=1.0,
-                      help="keep this share of the test split (fast runs)")
+    data.add_argument(
+        "--download",
+        type=str2bool,
+        nargs="?",
+        const=True,
+        default=False,
+        help="let torchvision download FashionMNIST/MNIST/CIFAR10 into --data_dir if missing",
+    )
+    data.add_argument(
+        "--val_fraction",
+        type=float,
+        default=0.1,
+        help="share of the train pool held out for validation (> 0: it picks the best checkpoint)",
+    )
+    data.add_argument(
+        "--test_fraction", type=float, default=0.2, help="share held out for test when there is no official test split"
+    )
+    data.add_argument(
+        "--train_val_sample_rate", type=float, default=1.0, help="keep this share of the train+val pool (fast runs)"
+    )
+    data.add_argument(
+        "--test_sample_rate", type=float, default=1.0, help="keep this share of the test split (fast runs)"
+    )
     data.add_argument("--image_size", type=int, default=32, help="ImageFolder and ELPV images are resized to this")
     recipe = parser.add_argument_group("input recipe")
-    recipe.add_argument("--train_crop", choices=list(transforms.CROPS), default=None,
-                        help="rrc: random-resized crop to train, resize the shorter side to image_size / crop_pct "
-                             "and centre-crop to evaluate (timm, torchvision references); squash: resize to a "
-                             "square, aspect ratio not kept; default: rrc for ImageFolder, squash otherwise")
-    recipe.add_argument("--scale", type=float, nargs=2, default=[0.08, 1.0], metavar=("LOW", "HIGH"),
-                        help="rrc: share of the image's area a crop covers (timm's default)")
-    recipe.add_argument("--ratio", type=float, nargs=2, default=[3 / 4, 4 / 3], metavar=("LOW", "HIGH"),
-                        help="rrc: range of a crop's aspect ratio, width / height (timm's default)")
-    recipe.add_argument("--crop_pct", type=float, default=0.875,
-                        help="rrc: centre crop's share of the resized side at evaluation (224 of 256)")
-    data.add_argument("--elpv_task", choices=["4class", "binary"], default="4class",
-                      help="ELPV labels: the 4 defect probabilities, or defective (p >= 0.5) vs functional")
+    recipe.add_argument(
+        "--train_crop",
+        choices=list(transforms.CROPS),
+        default=None,
+        help="rrc: random-resized crop to train, resize the shorter side to image_size / crop_pct "
+        "and centre-crop to evaluate (timm, torchvision references); squash: resize to a "
+        "square, aspect ratio not kept; default: rrc for ImageFolder, squash otherwise",
+    )
+    recipe.add_argument(
+        "--scale",
+        type=float,
+        nargs=2,
+        default=[0.08, 1.0],
+        metavar=("LOW", "HIGH"),
+        help="rrc: share of the image's area a crop covers (timm's default)",
+    )
+    recipe.add_argument(
+        "--ratio",
+        type=float,
+        nargs=2,
+        default=[3 / 4, 4 / 3],
+        metavar=("LOW", "HIGH"),
+        help="rrc: range of a crop's aspect ratio, width / height (timm's default)",
+    )
+    recipe.add_argument(
+        "--crop_pct",
+        type=float,
+        default=0.875,
+        help="rrc: centre crop's share of the resized side at evaluation (224 of 256)",
+    )
+    data.add_argument(
+        "--elpv_task",
+        choices=["4class", "binary"],
+        default="4class",
+        help="ELPV labels: the 4 defect probabilities, or defective (p >= 0.5) vs functional",
+    )
 
 
 def validate_data_config(args):
@@ -117,12 +160,20 @@ def validate_data_config(args):
         value = getattr(args, flag)
         check(0 < value <= 1, flag, value, "must be in (0, 1]")
     # Without validation no checkpoint is "best" and early stopping has nothing to watch.
-    check(args.val_fraction > 0, "val_fraction", args.val_fraction,
-          "must be > 0: validation picks the best checkpoint and drives early stopping")
+    check(
+        args.val_fraction > 0,
+        "val_fraction",
+        args.val_fraction,
+        "must be > 0: validation picks the best checkpoint and drives early stopping",
+    )
     check(args.val_fraction < 1, "val_fraction", args.val_fraction, "must be < 1")
     check(0 <= args.test_fraction < 1, "test_fraction", args.test_fraction, "must be in [0, 1)")
-    check(args.val_fraction + args.test_fraction < 1, "val_fraction", args.val_fraction,
-          f"--val_fraction + --test_fraction ({args.test_fraction}) must be < 1 to leave training data")
+    check(
+        args.val_fraction + args.test_fraction < 1,
+        "val_fraction",
+        args.val_fraction,
+        f"--val_fraction + --test_fraction ({args.test_fraction}) must be < 1 to leave training data",
+    )
     check(args.image_size > 0, "image_size", args.image_size, "must be > 0")
     args.train_crop = train_crop(args)
     check(0 < args.scale[0] <= args.scale[1] <= 1, "scale", args.scale, "must be LOW HIGH with 0 < LOW <= HIGH <= 1")
@@ -131,8 +182,12 @@ def validate_data_config(args):
     channels = data_channels(args.data_type)
     for flag in ("mean", "std"):  # (resolved by TrainerBase.validate_config when unset)
         values = getattr(args, flag)
-        check(values is None or len(values) in (1, channels), flag, values,
-              f"--data_type {args.data_type} has {channels} channel(s): give 1 value or {channels}")
+        check(
+            values is None or len(values) in (1, channels),
+            flag,
+            values,
+            f"--data_type {args.data_type} has {channels} channel(s): give 1 value or {channels}",
+        )
     check_data_dir(args)
 
 
@@ -222,7 +277,8 @@ def build_classification_datasets(args, ops=()):
         pool, test, names = _load_digits(), None, [str(d) for d in range(10)]
     elif args.data_type == "ELPV":
         pool_x, pool_y, pool_groups, test_x, test_y, test_groups, names = load_elpv(
-            args.elpv_task, args.image_size, args.seed)
+            args.elpv_task, args.image_size, args.seed
+        )
         pool, test = InMemoryImages(pool_x, pool_y), InMemoryImages(test_x, test_y)
     elif args.data_type == "ImageFolder":
         pool, test, names = load_image_folder(args.data_dir, eval_tf)
@@ -240,8 +296,10 @@ def build_classification_datasets(args, ops=()):
     groups = {}
     if pool_groups is not None:
         # The splits are Subsets with subsampled, sorted indices: map each through its own.
-        groups = {name: [(pool_groups if split.dataset is pool else test_groups)[i] for i in split.indices]
-                  for name, split in (("train", train), ("val", val), ("test", test))}
+        groups = {
+            name: [(pool_groups if split.dataset is pool else test_groups)[i] for i in split.indices]
+            for name, split in (("train", train), ("val", val), ("test", test))
+        }
     plain_train = stored_train = train
     if isinstance(pool, ImageFiles):  # decoded per item: the training pipeline runs on each decoded file
         train, stored_train = Subset(ImageFiles(pool.samples, train_tf, pool.mode), train.indices), None
@@ -252,12 +310,22 @@ def build_classification_datasets(args, ops=()):
             stored_train = None
         if crop != "squash" or pool.images.shape[-1] != side:
             plain_train, val, test = (Augmented(split, eval_tf) for split in (plain_train, val, test))
-    return ClassificationData(train=train, val=val, test=test, num_classes=len(names),
-                              input_shape=(channels, side, side), class_names=list(names), groups=groups,
-                              plain_train=plain_train, stored_train=stored_train,
-                              eval_transform={**transforms.describe_eval(crop, side, args.crop_pct),
-                                              # every pipeline resizes uint8 tensors (data.transforms)
-                                              "backend": "torch"})
+    return ClassificationData(
+        train=train,
+        val=val,
+        test=test,
+        num_classes=len(names),
+        input_shape=(channels, side, side),
+        class_names=list(names),
+        groups=groups,
+        plain_train=plain_train,
+        stored_train=stored_train,
+        eval_transform={
+            **transforms.describe_eval(crop, side, args.crop_pct),
+            # every pipeline resizes uint8 tensors (data.transforms)
+            "backend": "torch",
+        },
+    )
 
 
 def _split(pool, test, args):
@@ -273,25 +341,36 @@ def _split(pool, test, args):
     if test is None:
         n_test = _test_count(args.test_fraction, len(pool))
         if args.test_fraction > 0 and n_test < 1:  # else the run trains, then fails on an empty test split
-            need = next(n for n in itertools.count(max(3, int(0.5 / args.test_fraction))) if _test_count(args.test_fraction, n) >= 1)
-            raise DataError(f"{source}: --test_fraction {args.test_fraction} of its {len(pool)} images holds no "
-                            f"test image; the test split needs at least {need} images in all "
-                            f"(or pass --test_fraction 0 to train without a test)")
+            need = next(
+                n
+                for n in itertools.count(max(3, int(0.5 / args.test_fraction)))
+                if _test_count(args.test_fraction, n) >= 1
+            )
+            raise DataError(
+                f"{source}: --test_fraction {args.test_fraction} of its {len(pool)} images holds no "
+                f"test image; the test split needs at least {need} images in all "
+                f"(or pass --test_fraction 0 to train without a test)"
+            )
         test, test_idx, pool_idx = pool, pool_idx[:n_test], pool_idx[n_test:]
     else:
         test_idx = torch.randperm(len(test), generator=g).tolist()
-    pool_idx = pool_idx[:_keep(args.train_val_sample_rate, len(pool_idx))]
-    test_idx = test_idx[:_keep(args.test_sample_rate, len(test_idx))]
+    pool_idx = pool_idx[: _keep(args.train_val_sample_rate, len(pool_idx))]
+    test_idx = test_idx[: _keep(args.test_sample_rate, len(test_idx))]
     # At least one validation sample (a tiny pool must not round it away: validation picks
     # the best checkpoint) and at least one training sample, whatever the fraction.
     n_val = min(max(1, round(args.val_fraction * len(pool_idx))), len(pool_idx) - 1)
     if n_val < 1:
-        raise DataError(f"{source}: --val_fraction {args.val_fraction}: the train+val pool holds {len(pool_idx)} sample "
-                        f"after --train_val_sample_rate {args.train_val_sample_rate}; "
-                        f"need 2 (1 to train, 1 to validate)")
+        raise DataError(
+            f"{source}: --val_fraction {args.val_fraction}: the train+val pool holds {len(pool_idx)} sample "
+            f"after --train_val_sample_rate {args.train_val_sample_rate}; "
+            f"need 2 (1 to train, 1 to validate)"
+        )
     # Sorted indices read files in folder order, which is kinder to disks.
-    return (Subset(pool, sorted(pool_idx[n_val:])), Subset(pool, sorted(pool_idx[:n_val])),
-            Subset(test, sorted(test_idx)))
+    return (
+        Subset(pool, sorted(pool_idx[n_val:])),
+        Subset(pool, sorted(pool_idx[:n_val])),
+        Subset(test, sorted(test_idx)),
+    )
 
 
 def _test_count(fraction, n):
@@ -393,7 +472,7 @@ class _FlatRoot:
         return os.path.join(self.root, "processed")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _flat_class(name):
     """torchvision's ``MNIST`` / ``FashionMNIST`` reading its files from ``root`` itself (built on first use)."""
     import torchvision
@@ -426,18 +505,26 @@ def _load_mnist(name, data_dir, train, download):
         if missing and download:
             raise DataError(f"could not download {name} into {raw}: {exc}") from exc
         if missing:
-            gz = [f for f in missing if os.path.isfile(os.path.join(data_dir, f + ".gz"))
-                  or os.path.isfile(os.path.join(standard_raw, f + ".gz"))]
+            gz = [
+                f
+                for f in missing
+                if os.path.isfile(os.path.join(data_dir, f + ".gz"))
+                or os.path.isfile(os.path.join(standard_raw, f + ".gz"))
+            ]
             hint = f" (found {gz[0]}.gz: decompress it with gunzip)" if gz else ""
             raise DataError(
                 f"{name} files not found in {standard_raw} nor in {data_dir}: expected the "
                 f"uncompressed files {', '.join(IDX_FILES)}{hint}; pass --download true "
-                f"to fetch them") from exc
+                f"to fetch them"
+            ) from exc
         raise DataError(f"cannot read {name} IDX files in {raw}: {exc!r}") from exc
     if len(ds.data) != len(ds.targets) or len(ds.data) == 0:
-        raise DataError(f"{name} in {raw}: {len(ds.data)} images but {len(ds.targets)} labels "
-                        f"in the {'train' if train else 't10k'} files; expected equal, non-zero counts")
+        raise DataError(
+            f"{name} in {raw}: {len(ds.data)} images but {len(ds.targets)} labels "
+            f"in the {'train' if train else 't10k'} files; expected equal, non-zero counts"
+        )
     if int(ds.targets.max()) >= len(ds.classes):
-        raise DataError(f"{name} in {raw}: label {int(ds.targets.max())} found, "
-                        f"expected labels 0..{len(ds.classes) - 1}")
+        raise DataError(
+            f"{name} in {raw}: label {int(ds.targets.max())} found, expected labels 0..{len(ds.classes) - 1}"
+        )
     return InMemoryImages(ds.data.unsqueeze(1), ds.targets), list(ds.classes)

@@ -11,6 +11,7 @@ Labels (``--elpv_task``): ``4class`` maps the probability ``p`` to
 (functional). The test split takes 25% of every (probability, type) stratum,
 drawn with ``--seed``, so both splits keep the data's class and type mix.
 """
+
 import functools
 import os
 
@@ -52,8 +53,7 @@ def cache_path(image_size):
         return None
     if image_size > CACHE_MAX_SIDE:
         return None
-    folder = os.environ.get("VISION_TRAINER_CACHE") or os.path.join(os.path.expanduser("~"), ".cache",
-                                                                     "vision-trainer")
+    folder = os.environ.get("VISION_TRAINER_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "vision-trainer")
     return os.path.join(folder, f"elpv-{version}-{image_size}-v{CACHE_FORMAT}.npz")
 
 
@@ -75,8 +75,9 @@ def _resized(image_size):
     if image_size != pixels.shape[-1]:
         from torchvision.transforms import v2  # here, not at import: scripts start faster without torchvision
 
-        pixels = torch.cat([v2.functional.resize(chunk, [image_size, image_size], antialias=True)
-                            for chunk in pixels.split(256)])
+        pixels = torch.cat(
+            [v2.functional.resize(chunk, [image_size, image_size], antialias=True) for chunk in pixels.split(256)]
+        )
     if path:
         try:
             os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -102,8 +103,7 @@ def stratified_test_split(probs, types, seed):
     See :func:`data.splits.stratified_split_indices`: the test split has exactly
     ``round(0.25 N)`` cells (656 of 2,624, as in the paper) and depends only on ``seed``.
     """
-    return stratified_split_indices([(round(float(p) * 3), str(t)) for p, t in zip(probs, types)],
-                                    TEST_FRACTION, seed)
+    return stratified_split_indices([(round(float(p) * 3), str(t)) for p, t in zip(probs, types)], TEST_FRACTION, seed)
 
 
 def load_elpv(task, image_size, seed):
@@ -123,5 +123,12 @@ def load_elpv(task, image_size, seed):
     labels = elpv_labels(probs, task)
     pool, test = stratified_test_split(probs, types, seed)
     types = [str(t) for t in types]
-    return (pixels[pool], labels[pool], [types[i] for i in pool],
-            pixels[test], labels[test], [types[i] for i in test], CLASS_NAMES[task])
+    return (
+        pixels[pool],
+        labels[pool],
+        [types[i] for i in pool],
+        pixels[test],
+        labels[test],
+        [types[i] for i in test],
+        CLASS_NAMES[task],
+    )

@@ -13,6 +13,7 @@ links followed), with three differences:
   with ``os.path.realpath``); one file in two classes, or in ``train/`` and
   ``test/``, is refused. Hard links are separate files: they are not resolved.
 """
+
 import errno
 import os
 
@@ -59,16 +60,22 @@ def load_image_folder(data_dir, transform):
     taken = {}  # real path -> (path, where): the training pool's files, which test/ must not hold again
     pool = find_images(root, classes, class_to_idx, taken)
     if len(classes) < 2:
-        raise DataError(f"{root} has {len(classes)} class folder {classes}: classification needs "
-                        f"at least two ({LAYOUT})")
+        raise DataError(
+            f"{root} has {len(classes)} class folder {classes}: classification needs at least two ({LAYOUT})"
+        )
     test = None
     test_dir = os.path.join(data_dir, "test")
     if root == train_dir and os.path.isdir(test_dir):
         extra = sorted(set(class_folders(test_dir)) - set(classes))
         if extra:
             raise DataError(f"{test_dir} has class folders {extra} that {train_dir} lacks")
-        samples = find_images(test_dir, [c for c in classes if os.path.isdir(os.path.join(test_dir, c))],
-                              class_to_idx, taken, allow_empty=True)
+        samples = find_images(
+            test_dir,
+            [c for c in classes if os.path.isdir(os.path.join(test_dir, c))],
+            class_to_idx,
+            taken,
+            allow_empty=True,
+        )
         if not samples:
             raise DataError(f"no images found in {test_dir}: expected {LAYOUT}")
         test = ImageFiles(samples, transform)
@@ -104,8 +111,10 @@ def find_images(root, classes, class_to_idx, taken=None, allow_empty=False):
                 first, where = taken[real]
                 if where == here:
                     continue  # another path to a file this class already has: one sample
-                raise DataError(f"{path} and {first} are one file ({real}), in {here} and in {where}: "
-                                f"a sample has one label and one split; remove one of the two")
+                raise DataError(
+                    f"{path} and {first} are one file ({real}), in {here} and in {where}: "
+                    f"a sample has one label and one split; remove one of the two"
+                )
             taken[real] = (path, here)
             samples.append((path, class_to_idx[name]))
             found += 1
@@ -153,16 +162,26 @@ def _scan(folder, real, above, link, found, extensions, allowed):
             is_dir = entry.is_dir()  # follows links
         except OSError as exc:  # e.g. a link to itself: ELOOP
             if exc.errno == errno.ELOOP:
-                raise DataError(f"{entry.path}: a symbolic link loop ({exc.strerror}); remove the link or point it "
-                                f"elsewhere") from None
+                raise DataError(
+                    f"{entry.path}: a symbolic link loop ({exc.strerror}); remove the link or point it elsewhere"
+                ) from None
             raise DataError(f"{entry.path}: cannot read it ({exc.strerror or exc})") from None
         if is_dir:
             if entry_real in above:
                 culprit = entry.path if is_link or link is None else link
-                raise DataError(f"{culprit}: a symbolic link loop ({entry.path} is {entry_real}, a folder "
-                                f"that holds it); remove the link or point it elsewhere")
-            _scan(entry.path, entry_real, above | {entry_real}, entry.path if is_link else link, found,
-                  extensions, allowed)
+                raise DataError(
+                    f"{culprit}: a symbolic link loop ({entry.path} is {entry_real}, a folder "
+                    f"that holds it); remove the link or point it elsewhere"
+                )
+            _scan(
+                entry.path,
+                entry_real,
+                above | {entry_real},
+                entry.path if is_link else link,
+                found,
+                extensions,
+                allowed,
+            )
         elif allowed(entry.name, extensions):
             files.append((entry.path, entry_real))
     found.append((folder, files))

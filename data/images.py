@@ -1,4 +1,5 @@
 """Decoding image files with errors that name the file, into one 8-bit picture whatever the file's format."""
+
 import numpy as np
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset
@@ -58,13 +59,19 @@ def to_8bit(image, mode="RGB", path="", labels=False):
             scale = 1.0
         elif image.mode == "F":
             if not (np.isfinite(pixels).all() and 0 <= low and high <= 1):
-                raise BadImageError(path, f"32-bit float pixels span {low:g}..{high:g}; expected [0, 1] "
-                                          f"(save them scaled to [0, 1], or as 8- or 16-bit integers)")
+                raise BadImageError(
+                    path,
+                    f"32-bit float pixels span {low:g}..{high:g}; expected [0, 1] "
+                    f"(save them scaled to [0, 1], or as 8- or 16-bit integers)",
+                )
             scale = 255.0
         else:
             if low < 0 or high > _MAX_16BIT:
-                raise BadImageError(path, f"32-bit integer pixels span {low:g}..{high:g}; expected 16-bit "
-                                          f"values 0..{_MAX_16BIT} (save the image as 8- or 16-bit)")
+                raise BadImageError(
+                    path,
+                    f"32-bit integer pixels span {low:g}..{high:g}; expected 16-bit "
+                    f"values 0..{_MAX_16BIT} (save the image as 8- or 16-bit)",
+                )
             scale = 255.0 / _MAX_16BIT
         image = Image.fromarray(np.rint(pixels * scale).astype(np.uint8))  # 2-D uint8: mode "L"
     elif image.mode not in ("1", "L", "RGB") and mode != image.mode:

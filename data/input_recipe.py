@@ -20,6 +20,7 @@ a classification card with ``"normalize": "(x / max_value - 0.5) / 0.5"`` and
 ``input_shape`` ``[C, H, W]`` stands for "resize to H x W (torch, antialiased), mean 0.5,
 std 0.5"; an empty card (segmentation runs of that time) has no recipe (``None``).
 """
+
 from data import transforms
 
 #: The one normalisation every classification card said before the recipe existed.
@@ -38,10 +39,16 @@ def input_recipe(channels, transform, statistics):
             :func:`data.transforms.describe_resize`, with ``"backend"``).
         statistics: ``{"scale": 255, "mean": [...], "std": [...]}`` (:meth:`base.input_stage.InputStage.describe`).
     """
-    return {"color": COLORS[int(channels)], "transform": dict(transform),
-            "scale": int(statistics["scale"]), "mean": [float(v) for v in statistics["mean"]],
-            "std": [float(v) for v in statistics["std"]], "layout": "NCHW", "dtype": "float32",
-            "formula": "(pixels / scale - mean) / std, per channel"}
+    return {
+        "color": COLORS[int(channels)],
+        "transform": dict(transform),
+        "scale": int(statistics["scale"]),
+        "mean": [float(v) for v in statistics["mean"]],
+        "std": [float(v) for v in statistics["std"]],
+        "layout": "NCHW",
+        "dtype": "float32",
+        "formula": "(pixels / scale - mean) / std, per channel",
+    }
 
 
 def card_input(card):
@@ -69,8 +76,10 @@ def _old_classification_recipe(card):
     """The recipe a card of the ``"normalize"`` scheme stood for (see the module docstring)."""
     shape = card.get("input_shape")
     if card["normalize"] != OLD_NORMALIZE or len(shape or ()) != 3 or shape[0] not in COLORS:
-        raise ValueError(f"input {shape} normalized as {card['normalize']!r}; this code reads (1 or 3, H, W) "
-                         f"inputs normalized as {OLD_NORMALIZE!r}")
+        raise ValueError(
+            f"input {shape} normalized as {card['normalize']!r}; this code reads (1 or 3, H, W) "
+            f"inputs normalized as {OLD_NORMALIZE!r}"
+        )
     channels, height, width = (int(n) for n in shape)
     # predict.py then: decode, resize the uint8 tensor to H x W (antialiased) when it differs, x / 255, 0.5 / 0.5.
     transform = {**transforms.describe_resize((height, width)), "backend": "torch"}
@@ -86,11 +95,16 @@ def _check(recipe):
     problems = [
         (channels is None, f"color {recipe.get('color')!r} (expected 'RGB' or 'L')"),
         (transform.get("resize") not in RESIZES, f"resize {transform.get('resize')!r} (expected one of {RESIZES})"),
-        (transform.get("backend") not in BACKENDS, f"backend {transform.get('backend')!r} (expected one of "
-                                                   f"{BACKENDS})"),
+        (
+            transform.get("backend") not in BACKENDS,
+            f"backend {transform.get('backend')!r} (expected one of {BACKENDS})",
+        ),
         (recipe.get("scale") != 255, f"scale {recipe.get('scale')!r} (expected 255: 8-bit pixels)"),
-        (len(recipe.get("mean") or ()) != len(recipe.get("std") or ()) or len(recipe.get("mean") or ()) not in
-         (1, channels), f"mean {recipe.get('mean')} / std {recipe.get('std')} for {channels} channel(s)"),
+        (
+            len(recipe.get("mean") or ()) != len(recipe.get("std") or ())
+            or len(recipe.get("mean") or ()) not in (1, channels),
+            f"mean {recipe.get('mean')} / std {recipe.get('std')} for {channels} channel(s)",
+        ),
         (min(recipe.get("std") or [0]) <= 0, f"std {recipe.get('std')} (expected values > 0)"),
     ]
     for bad, what in problems:

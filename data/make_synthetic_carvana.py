@@ -12,6 +12,7 @@ writes the on-disk layout of the real ``train.zip`` / ``train_masks.zip``::
 cabin and two dark wheels, seen turning from view to view, over cluttered backgrounds
 whose shapes sometimes share the car's colour. The same seed gives byte-identical files.
 """
+
 import argparse
 import hashlib
 import math
@@ -54,8 +55,11 @@ def _background(rng, width, height, car_rgb):
     horizon = int(height * rng.uniform(0.35, 0.6))
     t = np.linspace(0.0, 1.0, height, dtype=np.float32)[:, None, None]
     wall, floor = rng.uniform(40, 220, (2, 2, 3)).astype(np.float32)
-    bg = np.where(np.arange(height)[:, None, None] < horizon, wall[0] + t * (wall[1] - wall[0]),
-                  floor[0] + t * (floor[1] - floor[0]))
+    bg = np.where(
+        np.arange(height)[:, None, None] < horizon,
+        wall[0] + t * (wall[1] - wall[0]),
+        floor[0] + t * (floor[1] - floor[0]),
+    )
     image = Image.fromarray(np.broadcast_to(bg, (height, width, 3)).astype(np.uint8))
     draw = ImageDraw.Draw(image)
     for _ in range(rng.integers(8, 20)):
@@ -89,7 +93,7 @@ def _car(rng, shape, width, height, view, views):
     wheels, hubs = np.zeros_like(body), np.zeros_like(body)
     for sign in (-1, 1):
         d2 = (xl - sign * 0.62 * a) ** 2 + (yl - 0.75 * b) ** 2
-        wheels |= d2 <= radius ** 2
+        wheels |= d2 <= radius**2
         hubs |= d2 <= (0.45 * radius) ** 2
     mask = body | (cab <= 1) | wheels
     shade = np.clip(1.25 - 0.45 * (yl + 1.5 * b) / (2.8 * b), 0.5, 1.4)  # lit from above
@@ -127,10 +131,17 @@ def generate(out_dir, cars=20, views=6, width=384, height=256, seed=0):
     for car in range(cars):
         rng = np.random.default_rng([seed, car])
         major = rng.uniform(0.62, 0.78) * unit
-        shape = {"a": major, "b": major * rng.uniform(0.3, 0.38), "n": rng.uniform(2.5, 4.0),
-                 "phase": rng.uniform(-0.3, 0.3), "cabin_shift": rng.uniform(-0.25, 0.25),
-                 "cabin_a": rng.uniform(0.45, 0.65), "cabin_b": rng.uniform(0.7, 0.95),
-                 "wheel": rng.uniform(0.45, 0.6), "rgb": rng.uniform(20, 200, 3).astype(np.float32)}
+        shape = {
+            "a": major,
+            "b": major * rng.uniform(0.3, 0.38),
+            "n": rng.uniform(2.5, 4.0),
+            "phase": rng.uniform(-0.3, 0.3),
+            "cabin_shift": rng.uniform(-0.25, 0.25),
+            "cabin_a": rng.uniform(0.45, 0.65),
+            "cabin_b": rng.uniform(0.7, 0.95),
+            "wheel": rng.uniform(0.45, 0.6),
+            "rgb": rng.uniform(20, 200, 3).astype(np.float32),
+        }
         for view in range(1, views + 1):
             view_rng = np.random.default_rng([seed, car, view])
             mask, colour, shadow = _car(view_rng, shape, width, height, view, views)
@@ -163,8 +174,10 @@ def main(argv=None):
     if problems:
         parser.error("argument --" + problems[0])  # exits 2, like argparse's own errors
     pairs = generate(args.out, args.cars, args.views, args.width, args.height, args.seed)
-    print(f"wrote {len(pairs)} SYNTHETIC image/mask pairs ({args.cars} cars x {args.views} views, "
-          f"{args.width}x{args.height}) to {os.path.join(args.out, 'train')}{os.sep} and train_masks{os.sep}")
+    print(
+        f"wrote {len(pairs)} SYNTHETIC image/mask pairs ({args.cars} cars x {args.views} views, "
+        f"{args.width}x{args.height}) to {os.path.join(args.out, 'train')}{os.sep} and train_masks{os.sep}"
+    )
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ with it; the global RNG is untouched), so a run, its resume and its evaluator
 see the same split. Indices come back sorted: files are then read in folder
 order, which is kinder to disks.
 """
+
 import torch
 
 
@@ -30,7 +31,7 @@ def random_split_indices(n, fractions, seed):
     parts, start = [], 0
     for f in fractions:
         size = min(round(f * n), n - start)
-        parts.append(sorted(order[start:start + size]))
+        parts.append(sorted(order[start : start + size]))
         start += size
     return [sorted(order[start:]), *parts]
 
@@ -70,6 +71,6 @@ def stratified_split_indices(keys, fraction, seed):
     gen, rest, held = torch.Generator().manual_seed(seed), [], []
     for k, members in strata.items():
         order = [members[j] for j in torch.randperm(len(members), generator=gen).tolist()]
-        held += order[:quota[k]]
-        rest += order[quota[k]:]
+        held += order[: quota[k]]
+        rest += order[quota[k] :]
     return sorted(rest), sorted(held)

@@ -16,6 +16,7 @@ on a tensor) repeats :func:`eval_transform` exactly (Pillow's resize rounds diff
 from torch's, by up to one grey level). Datasets hand out uint8 tensors and the device
 does the float conversion and ``--mean``/``--std`` (:mod:`base.input_stage`).
 """
+
 import math
 
 import torch
@@ -59,8 +60,11 @@ def train_transform(crop, image_size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), o
     """
     from torchvision.transforms import v2
 
-    first = (v2.RandomResizedCrop(image_size, scale=tuple(scale), ratio=tuple(ratio), antialias=True)
-             if crop == "rrc" else _Squash(image_size))
+    first = (
+        v2.RandomResizedCrop(image_size, scale=tuple(scale), ratio=tuple(ratio), antialias=True)
+        if crop == "rrc"
+        else _Squash(image_size)
+    )
     return v2.Compose([to_uint8(), first, *ops])
 
 
@@ -82,17 +86,32 @@ def describe_eval(crop, image_size, crop_pct=0.875):
         "antialias": True}`` for ``rrc``, or ``{"resize": "square", "resize_to": image_size, ...}`` for ``squash``.
     """
     if crop == "rrc":
-        return {"resize": "shorter_side", "resize_to": eval_resize_side(image_size, crop_pct),
-                "center_crop": image_size, "interpolation": "bilinear", "antialias": True}
-    return {"resize": "square", "resize_to": image_size, "center_crop": None, "interpolation": "bilinear",
-            "antialias": True}
+        return {
+            "resize": "shorter_side",
+            "resize_to": eval_resize_side(image_size, crop_pct),
+            "center_crop": image_size,
+            "interpolation": "bilinear",
+            "antialias": True,
+        }
+    return {
+        "resize": "square",
+        "resize_to": image_size,
+        "center_crop": None,
+        "interpolation": "bilinear",
+        "antialias": True,
+    }
 
 
 def describe_resize(size):
     """Resizing every image to exactly ``size = (H, W)`` (aspect ratio not kept), as :func:`describe_eval`
     describes its recipes: Carvana's evaluation (:func:`data.carvana.joint_transform`)."""
-    return {"resize": "exact", "resize_to": [int(n) for n in size], "center_crop": None,
-            "interpolation": "bilinear", "antialias": True}
+    return {
+        "resize": "exact",
+        "resize_to": [int(n) for n in size],
+        "center_crop": None,
+        "interpolation": "bilinear",
+        "antialias": True,
+    }
 
 
 def described_transform(described):
@@ -121,8 +140,9 @@ def described_transform(described):
     elif kind == "exact":
         ops = [v2.Resize([int(n) for n in side], antialias=True)]
     else:
-        raise ValueError(f"unknown resize {kind!r} in the model card's transform "
-                         f"(expected 'shorter_side', 'square' or 'exact')")
+        raise ValueError(
+            f"unknown resize {kind!r} in the model card's transform (expected 'shorter_side', 'square' or 'exact')"
+        )
     if described.get("center_crop"):
         ops.append(v2.CenterCrop(int(described["center_crop"])))
     return v2.Compose([to_uint8(), *ops])

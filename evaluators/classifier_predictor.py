@@ -1,4 +1,5 @@
 """Classify new image files with a trained checkpoint: the top-k classes of each, from the checkpoint alone."""
+
 import argparse
 import json
 
@@ -63,23 +64,30 @@ class ClassifierPredictor:
         trainer = extras.get("trainer") or card.get("trainer")
         # A segmentation checkpoint has a trainer name but no card: say which, not "too old".
         if (card or trainer is not None) and trainer not in TRAINERS:
-            raise CheckpointError(f"--model_path {path}: a {trainer or 'unnamed trainer'} checkpoint; predict.py "
-                                  f"reads {', '.join(TRAINERS)} checkpoints (segmentation: predict_seg.py)")
+            raise CheckpointError(
+                f"--model_path {path}: a {trainer or 'unnamed trainer'} checkpoint; predict.py "
+                f"reads {', '.join(TRAINERS)} checkpoints (segmentation: predict_seg.py)"
+            )
         if not card:
-            raise CheckpointError(f"--model_path {path}: it predates model cards (no class names or input shape "
-                                  f"saved); evaluate it with eval_vanilla.py/eval_vit.py, or resume the run "
-                                  f"with --resume to write a checkpoint that has one")
+            raise CheckpointError(
+                f"--model_path {path}: it predates model cards (no class names or input shape "
+                f"saved); evaluate it with eval_vanilla.py/eval_vit.py, or resume the run "
+                f"with --resume to write a checkpoint that has one"
+            )
         shape = card.get("input_shape")
         try:
             recipe = card_input(card)
             if recipe is None:
                 raise ValueError("no input recipe")
         except ValueError as exc:
-            raise CheckpointError(f"--model_path {path}: its model card (input {shape}) cannot be rebuilt here: "
-                                  f"{exc}") from None
+            raise CheckpointError(
+                f"--model_path {path}: its model card (input {shape}) cannot be rebuilt here: {exc}"
+            ) from None
         if len(shape or ()) != 3 or shape[0] != (1 if recipe["color"] == "L" else 3):
-            raise CheckpointError(f"--model_path {path}: its model card gives input_shape {shape} for "
-                                  f"{recipe['color']} images; expected [1 or 3, H, W] to match")
+            raise CheckpointError(
+                f"--model_path {path}: its model card gives input_shape {shape} for "
+                f"{recipe['color']} images; expected [1 or 3, H, W] to match"
+            )
         card = {**card, "input": recipe}
         trainer_class = TRAINERS[trainer]
         # The trainer's defaults fill flags added since the run; only model-building flags matter here.
@@ -90,8 +98,9 @@ class ClassifierPredictor:
         try:
             model = trainer_class.model_for(config, tuple(card["input_shape"]), len(card["class_names"]))
         except (KeyError, ValueError) as exc:  # e.g. a model_type this version does not know
-            raise CheckpointError(f"--model_path {path}: cannot rebuild its model "
-                                  f"({str(exc).strip(chr(39))})") from None
+            raise CheckpointError(
+                f"--model_path {path}: cannot rebuild its model ({str(exc).strip(chr(39))})"
+            ) from None
         load_model_state(model, weights, f"--model_path {path} (model_type {config.model_type!r})")
         return model.to(select_device(self.args.gpu_devices)).eval(), card
 
@@ -114,9 +123,15 @@ class ClassifierPredictor:
             x = stage.to_device(image_file_to_input(path, recipe)[None])  # float32 (1, C, H, W)
             probs = torch.softmax(model(x).float(), dim=1)[0].cpu()
             top = probs.topk(k)
-            results.append({"image": path, "top": [
-                {"class": card["class_names"][i], "index": i, "probability": float(p)}
-                for p, i in zip(top.values.tolist(), top.indices.tolist())]})
+            results.append(
+                {
+                    "image": path,
+                    "top": [
+                        {"class": card["class_names"][i], "index": i, "probability": float(p)}
+                        for p, i in zip(top.values.tolist(), top.indices.tolist())
+                    ],
+                }
+            )
         return results
 
     def run(self):
@@ -132,6 +147,7 @@ class ClassifierPredictor:
             print(f"{r['image']}: " + ", ".join(f"{t['class']} {t['probability']:.4f}" for t in r["top"]))
         if self.args.output_json:
             doc = {"model_path": self.args.model_path, "class_names": card["class_names"], "predictions": results}
-            write_or_fail(self.args.output_json, lambda f: f.write(json.dumps(doc, indent=2).encode()),
-                          what="--output_json")
+            write_or_fail(
+                self.args.output_json, lambda f: f.write(json.dumps(doc, indent=2).encode()), what="--output_json"
+            )
         return results

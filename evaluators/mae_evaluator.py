@@ -1,4 +1,5 @@
 """Evaluate an MAE checkpoint: reconstruction loss, k-NN top-1 of its encoder, reconstruction figures."""
+
 import torch
 
 from base.evaluator_base import EvaluatorBase, add_viz_argument
@@ -35,8 +36,9 @@ class MAEEvaluator(EvaluatorBase):
 
         task = self.task
         count = max(1, task.args.num_viz)
-        pixels = torch.stack([task.datasets[self.args.split][i][0] for i in range(
-            min(count, len(task.datasets[self.args.split])))])  # uint8 (n, C, H, W)
+        pixels = torch.stack(
+            [task.datasets[self.args.split][i][0] for i in range(min(count, len(task.datasets[self.args.split])))]
+        )  # uint8 (n, C, H, W)
         images = task.to_device(pixels)  # normalised as validation normalises them
         torch.manual_seed(task.args.seed)
         pred, mask = task.model(images)
@@ -44,8 +46,10 @@ class MAEEvaluator(EvaluatorBase):
         # Back to [0, 1] with the run's statistics (hidden patches, 0 in model units, show the mean colour).
         mean = torch.tensor(task.inputs.mean, device=images.device).view(-1, 1, 1)
         std = torch.tensor(task.inputs.std, device=images.device).view(-1, 1, 1)
-        rows = [[(t.float() * std + mean).clamp(0, 1).cpu() for t in triple]
-                for triple in zip(images.float(), masked, pasted)]
+        rows = [
+            [(t.float() * std + mean).clamp(0, 1).cpu() for t in triple]
+            for triple in zip(images.float(), masked, pasted)
+        ]
         path = self.output_path(".png", kind="recon")
         save_reconstruction_figure(rows, path)
         return path

@@ -1,4 +1,5 @@
 """Evaluate a segmentation checkpoint: Dice/IoU at full resolution, optional picture triplets."""
+
 import os
 
 import numpy as np
@@ -23,8 +24,11 @@ class SegOnCarvanaEvaluator(EvaluatorBase):
         super().add_arguments(parser)
         group = add_viz_argument(parser, "save pictures of every --viz_every-th sample")
         group.add_argument("--viz_every", type=int, default=5, help="picture every N-th sample of the split")
-        group.add_argument("--save_path", default=None,
-                           help="folder for the pictures (default: <checkpoint stem>_viz_<split>/ beside it)")
+        group.add_argument(
+            "--save_path",
+            default=None,
+            help="folder for the pictures (default: <checkpoint stem>_viz_<split>/ beside it)",
+        )
 
     def run(self):
         if self.args.viz_every < 1:  # before anything is loaded
@@ -44,15 +48,21 @@ class SegOnCarvanaEvaluator(EvaluatorBase):
                     index += 1
         metrics = meter.compute()
         height, width = task.data.input_size
-        print(f"{a.split} split, {meter.count} images, predicted at {height}x{width} and resized with "
-              f"nearest-neighbour to each image's original size before scoring against its full-size mask:")
+        print(
+            f"{a.split} split, {meter.count} images, predicted at {height}x{width} and resized with "
+            f"nearest-neighbour to each image's original size before scoring against its full-size mask:"
+        )
         print("  " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
         if pictures:
             print(f"wrote {len(pictures)} picture sets (image, truth, prediction, overlay) to {folder}")
         print(f"wrote {self.output_path('.json')}")
-        return {**metrics, "num_samples": meter.count, "input_size": [height, width],
-                "scored_at": "original size (nearest-neighbour resize of the prediction)",
-                "pictures": pictures}
+        return {
+            **metrics,
+            "num_samples": meter.count,
+            "input_size": [height, width],
+            "scored_at": "original size (nearest-neighbour resize of the prediction)",
+            "pictures": pictures,
+        }
 
     @staticmethod
     def save_pictures(folder, image_path, target, pred):
@@ -68,6 +78,7 @@ class SegOnCarvanaEvaluator(EvaluatorBase):
         Image.fromarray(pred.astype(np.uint8) * 255).save(stem + "_pred.png")
         inter, areas = (target & pred).sum(), target.sum() + pred.sum()
         dice = 2 * inter / areas if areas else 1.0
-        save_segmentation_figure(image, target, pred, stem + "_overlay.png",
-                                 title=f"{os.path.basename(image_path)}: Dice {dice:.4f}")
+        save_segmentation_figure(
+            image, target, pred, stem + "_overlay.png", title=f"{os.path.basename(image_path)}: Dice {dice:.4f}"
+        )
         return stem + "_overlay.png"

@@ -1,4 +1,5 @@
 """Apply a trained segmenter to new images: one PNG mask per image, at the image's own size."""
+
 import argparse
 import os
 

@@ -1,4 +1,5 @@
 """Evaluate a classification checkpoint: accuracy, confusion matrix, example predictions, accuracy per group."""
+
 import torch
 
 from base.evaluator_base import EvaluatorBase
@@ -35,18 +36,26 @@ class VanillaEvaluator(EvaluatorBase):
                         examples.append({"prediction": data.class_names[pred], "label": data.class_names[label]})
         metrics = meter.compute()
         png = self.output_path(".png", kind="confusion")
-        save_confusion_matrix(meter.confusion, data.class_names, png,
-                              title=f"{self.args.split}: top-1 {metrics['top1']:.2f}%")
-        print(f"{self.args.split} split, {meter.count} images: "
-              + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        save_confusion_matrix(
+            meter.confusion, data.class_names, png, title=f"{self.args.split}: top-1 {metrics['top1']:.2f}%"
+        )
+        print(
+            f"{self.args.split} split, {meter.count} images: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+        )
         print("confusion matrix (rows: label, columns: prediction):")
         print(meter.confusion.numpy())
         print("examples (prediction / label):", ", ".join(f"{e['prediction']}/{e['label']}" for e in examples))
         per_group = self.per_group_top1(preds, targets)
         print(f"wrote {self.output_path('.json')} and {png}")
-        return {**metrics, "num_samples": meter.count, "class_names": data.class_names,
-                "confusion_matrix": meter.confusion.tolist(), "examples": examples,
-                "confusion_png": png, **({"per_group_top1": per_group} if per_group else {})}
+        return {
+            **metrics,
+            "num_samples": meter.count,
+            "class_names": data.class_names,
+            "confusion_matrix": meter.confusion.tolist(),
+            "examples": examples,
+            "confusion_png": png,
+            **({"per_group_top1": per_group} if per_group else {}),
+        }
 
     def per_group_top1(self, preds, labels):
         """``{group: top-1 %}`` of the evaluated split, or ``None`` when its data has no groups.

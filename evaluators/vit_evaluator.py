@@ -1,4 +1,5 @@
 """Evaluate a ViTTrainer checkpoint: top-1/top-5, per-class and per-group accuracy, confusion matrix."""
+
 from evaluators.vanilla_evaluator import VanillaEvaluator
 from trainers.vit_trainer import ViTTrainer
 

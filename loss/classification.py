@@ -1,4 +1,5 @@
 """Classification losses."""
+
 from torch import nn
 
 

@@ -1,4 +1,5 @@
 """Binary segmentation losses on logits: BCE, soft Dice, or a weighted sum of both."""
+
 import torch
 from torch import nn
 from torch.nn import functional as F

@@ -2,6 +2,7 @@
 
 Every model maps ``images: float32 (N, C, H, W)`` to ``logits: float32 (N, num_classes)``.
 """
+
 import math
 
 from torch import nn
@@ -46,12 +47,17 @@ class SmallCNN(nn.Module):
         super().__init__()
 
         def block(cin, cout):
-            return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout),
-                    nn.ReLU(inplace=True)]
+            return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
 
-        self.features = nn.Sequential(*block(input_shape[0], width), *block(width, width),
-                                      nn.MaxPool2d(2), *block(width, 2 * width), *block(2 * width, 2 * width),
-                                      nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.features = nn.Sequential(
+            *block(input_shape[0], width),
+            *block(width, width),
+            nn.MaxPool2d(2),
+            *block(width, 2 * width),
+            *block(2 * width, 2 * width),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        )
         self.head = nn.Linear(2 * width, num_classes)
 
     def forward(self, images):
@@ -73,8 +79,10 @@ def image_size_problem(model_type, side):
     """
     minimum = MIN_IMAGE_SIZE.get(model_type, 1)
     if side < minimum:
-        return (f"{model_type} needs images of at least {minimum}x{minimum} pixels, got {side}x{side} "
-                f"(see model.classifiers.MIN_IMAGE_SIZE)")
+        return (
+            f"{model_type} needs images of at least {minimum}x{minimum} pixels, got {side}x{side} "
+            f"(see model.classifiers.MIN_IMAGE_SIZE)"
+        )
     return None
 
 

@@ -9,6 +9,7 @@ decoder is a light Transformer (``--decoder_depth`` blocks of width ``--decoder_
 Shapes: images ``float32 (N, C, H, W)``, ``H = W = side``, ``side`` a multiple of the patch ``p``;
 ``L = (side / p) ** 2`` patches of ``p * p * C`` values each, flattened in (row, column, channel) order.
 """
+
 import math
 
 import torch
@@ -39,8 +40,9 @@ def sincos_pos_embed(dim, grid, cls_token=True):
     if dim % 4:
         raise ValueError(f"decoder_dim={dim} must be a multiple of 4 for 2-D sine-cosine embeddings")
     omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim / 4))
-    rows, cols = torch.meshgrid(torch.arange(grid, dtype=torch.float64), torch.arange(grid, dtype=torch.float64),
-                                indexing="ij")
+    rows, cols = torch.meshgrid(
+        torch.arange(grid, dtype=torch.float64), torch.arange(grid, dtype=torch.float64), indexing="ij"
+    )
     parts = [f(pos.reshape(-1, 1) * omega) for pos in (rows, cols) for f in (torch.sin, torch.cos)]
     table = torch.cat(parts, dim=1).float()
     if cls_token:
@@ -79,25 +81,27 @@ class MAE(nn.Module):
     ``(N, L)`` mask (1 = hidden). :meth:`loss` scores them; :meth:`features` embeds images without masking.
     """
 
-    def __init__(self, vit, in_chans, mask_ratio=0.75, decoder_dim=128, decoder_depth=2, decoder_heads=4,
-                 norm_pix_loss=True):
+    def __init__(
+        self, vit, in_chans, mask_ratio=0.75, decoder_dim=128, decoder_depth=2, decoder_heads=4, norm_pix_loss=True
+    ):
         super().__init__()
         from torchvision.models.vision_transformer import EncoderBlock
 
         self.conv_proj, self.class_token, self.encoder = vit.conv_proj, vit.class_token, vit.encoder
         self.patch_size, self.hidden_dim, self.in_chans = vit.patch_size, vit.hidden_dim, in_chans
         self.grid = vit.image_size // vit.patch_size
-        self.num_patches = self.grid ** 2
+        self.num_patches = self.grid**2
         self.mask_ratio, self.norm_pix_loss = mask_ratio, norm_pix_loss
         self.keep = max(1, round(self.num_patches * (1 - mask_ratio)))
         self.decoder = nn.Module()
         self.decoder.embed = nn.Linear(self.hidden_dim, decoder_dim)
         self.decoder.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_dim))
         self.decoder.register_buffer("pos_embedding", sincos_pos_embed(decoder_dim, self.grid), persistent=False)
-        self.decoder.layers = nn.Sequential(*[EncoderBlock(decoder_heads, decoder_dim, 4 * decoder_dim, 0.0, 0.0)
-                                              for _ in range(decoder_depth)])
+        self.decoder.layers = nn.Sequential(
+            *[EncoderBlock(decoder_heads, decoder_dim, 4 * decoder_dim, 0.0, 0.0) for _ in range(decoder_depth)]
+        )
         self.decoder.norm = nn.LayerNorm(decoder_dim, eps=1e-6)
-        self.decoder.pred = nn.Linear(decoder_dim, self.patch_size ** 2 * in_chans)
+        self.decoder.pred = nn.Linear(decoder_dim, self.patch_size**2 * in_chans)
         nn.init.normal_(self.decoder.mask_token, std=0.02)
 
     def _tokens(self, images):

@@ -16,6 +16,7 @@ It refuses (``CheckpointError``, one line) when fewer than half of the model's t
 such a file belongs to another model, and training "from it" would silently train from scratch.
 Everything is logged with ``logging.getLogger(__name__)``, which reaches a trainer's run log.
 """
+
 import logging
 import math
 import os
@@ -87,8 +88,9 @@ def read_state_dict(path, flag="--pretrained_path"):
     if isinstance(state, dict) and "model" in state:  # this project's checkpoint: read it again, checked
         return load_checkpoint(path, flag=flag)["model"]
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
-        raise CheckpointError(f"{where}: not a state dict (expected a dict of tensors or a checkpoint "
-                              f"with a 'model' entry)")
+        raise CheckpointError(
+            f"{where}: not a state dict (expected a dict of tensors or a checkpoint with a 'model' entry)"
+        )
     return state
 
 
@@ -123,8 +125,11 @@ def _adapt_stem(saved, wanted):
         new = adapt_input_conv(wanted[1], saved, base_chans=saved.shape[1])
     except NotImplementedError:
         return None, ""
-    how = ("summed to 1 channel" if wanted[1] == 1
-           else f"repeated to {wanted[1]} channels, scaled by {saved.shape[1]}/{wanted[1]}")
+    how = (
+        "summed to 1 channel"
+        if wanted[1] == 1
+        else f"repeated to {wanted[1]} channels, scaled by {saved.shape[1]}/{wanted[1]}"
+    )
     return new, f"stem for {saved.shape[1]} input channels {how} (timm adapt_input_conv)"
 
 
@@ -138,8 +143,10 @@ def _adapt_pos_embed(model, saved, wanted):
     if new_grid is None or old_grid is None or math.prod(new_grid) + prefix != wanted[1]:
         return None, ""
     new = resample_abs_pos_embed(saved, new_size=list(new_grid), old_size=list(old_grid), num_prefix_tokens=prefix)
-    return new, (f"position embedding resampled from {old_grid[0]}x{old_grid[1]} to {new_grid[0]}x{new_grid[1]} "
-                 f"patches, {prefix} prefix token(s) kept (timm resample_abs_pos_embed, bicubic)")
+    return new, (
+        f"position embedding resampled from {old_grid[0]}x{old_grid[1]} to {new_grid[0]}x{new_grid[1]} "
+        f"patches, {prefix} prefix token(s) kept (timm resample_abs_pos_embed, bicubic)"
+    )
 
 
 def _adapt(model, stems, key, saved, wanted):
@@ -147,8 +154,12 @@ def _adapt(model, stems, key, saved, wanted):
     have = tuple(saved.shape)
     if key in stems and len(have) == len(wanted) == 4 and have[:1] + have[2:] == wanted[:1] + wanted[2:]:
         return _adapt_stem(saved, wanted)  # only the input channels differ
-    if (key.rsplit(".", 1)[-1] in _POS_EMBED_LEAVES and len(have) == len(wanted) == 3 and have[0] == wanted[0] == 1
-            and have[2] == wanted[2]):  # only the number of tokens differs
+    if (
+        key.rsplit(".", 1)[-1] in _POS_EMBED_LEAVES
+        and len(have) == len(wanted) == 3
+        and have[0] == wanted[0] == 1
+        and have[2] == wanted[2]
+    ):  # only the number of tokens differs
         return _adapt_pos_embed(model, saved, wanted)
     return None, ""
 
@@ -193,7 +204,8 @@ def load_state(model, state, source):
         raise CheckpointError(
             f"{source}: only {len(fit)} of the {len(current)} tensors of this {type(model).__name__} are in the "
             f"file with a shape that fits ({len(mismatched)} of another shape, {len(unexpected)} of the file's "
-            f"{len(state)} not the model's): weights of another model? Nothing was loaded")
+            f"{len(state)} not the model's): weights of another model? Nothing was loaded"
+        )
     missing = sorted(model.load_state_dict(fit, strict=False).missing_keys)
     for key, how in adapted.items():
         log.info("%s: %s: %s", source, key, how)
@@ -202,8 +214,16 @@ def load_state(model, state, source):
     for what, keys in (("missing (left as initialised)", missing), ("unexpected (ignored)", unexpected)):
         if keys:
             log.info("%s: %d keys %s: %s", source, len(keys), what, ", ".join(keys))
-    log.info("%s: loaded %d of the model's %d tensors (%d adapted, %d of another shape, %d missing, %d unexpected)",
-             source, len(fit), len(current), len(adapted), len(mismatched), len(missing), len(unexpected))
+    log.info(
+        "%s: loaded %d of the model's %d tensors (%d adapted, %d of another shape, %d missing, %d unexpected)",
+        source,
+        len(fit),
+        len(current),
+        len(adapted),
+        len(mismatched),
+        len(missing),
+        len(unexpected),
+    )
     return LoadReport(len(fit), len(current), missing, unexpected, mismatched, adapted)
 
 

@@ -7,6 +7,7 @@ a list of 4 logits tensors in training mode (see :class:`model.unet.UNetPlusPlus
 The torchvision models are built randomly initialised (``weights=None, weights_backbone=None``):
 nothing is downloaded. ``MIN_INPUT_SIZE`` is the smallest H and W the U-Nets accept.
 """
+
 from torch import nn
 
 from model.unet import MIN_INPUT_SIZE, UNet, UNetPlusPlus
@@ -61,8 +62,7 @@ SEG_MODELS = {
 }
 
 
-def build_segmentation_model(model_type, in_channels=3, base_channels=32, upsample="bilinear",
-                             deep_supervision=False):
+def build_segmentation_model(model_type, in_channels=3, base_channels=32, upsample="bilinear", deep_supervision=False):
     """Instantiate ``SEG_MODELS[model_type]`` with one output channel.
 
     ``base_channels`` and ``upsample`` apply to ``UNet``, ``base_channels`` and

@@ -9,6 +9,7 @@ at least 1x1). Odd sizes work: pooling floors (e.g. 131 -> 65 -> 32), so the ups
 tensor can be one pixel smaller than its skip connection; :func:`pad_to` zero-pads it on the
 bottom/right to the skip's size before concatenation.
 """
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -21,8 +22,7 @@ def check_input_size(images):
     """Raise ``ValueError`` when ``images`` (N, C, H, W) is smaller than 16 in H or W."""
     h, w = images.shape[-2:]
     if h < MIN_INPUT_SIZE or w < MIN_INPUT_SIZE:
-        raise ValueError(f"segmentation input must be at least {MIN_INPUT_SIZE}x{MIN_INPUT_SIZE} "
-                         f"(H x W), got {h}x{w}")
+        raise ValueError(f"segmentation input must be at least {MIN_INPUT_SIZE}x{MIN_INPUT_SIZE} (H x W), got {h}x{w}")
 
 
 def pad_to(x, ref):
@@ -40,10 +40,14 @@ class DoubleConv(nn.Sequential):
     """(3x3 conv, padding 1, BN, ReLU) twice: ``(N, cin, H, W) -> (N, cout, H, W)``."""
 
     def __init__(self, cin, cout):
-        super().__init__(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout),
-                         nn.ReLU(inplace=True),
-                         nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout),
-                         nn.ReLU(inplace=True))
+        super().__init__(
+            nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(cout, cout, 3, padding=1, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(inplace=True),
+        )
 
 
 class Encoder(nn.Module):
@@ -82,13 +86,14 @@ class UNet(nn.Module):
         super().__init__()
         if upsample not in ("bilinear", "transpose"):
             raise ValueError(f"upsample must be 'bilinear' or 'transpose', got {upsample!r}")
-        widths = [base_channels * 2 ** i for i in range(DEPTH + 1)]
+        widths = [base_channels * 2**i for i in range(DEPTH + 1)]
         self.encoder = Encoder(in_channels, widths)
         self.ups, self.decoders = nn.ModuleList(), nn.ModuleList()
         for cin, cout in zip(widths[:0:-1], widths[-2::-1]):  # (16b, 8b), (8b, 4b), ...
             if upsample == "bilinear":
-                up = nn.Sequential(nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
-                                   nn.Conv2d(cin, cout, 1))
+                up = nn.Sequential(
+                    nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False), nn.Conv2d(cin, cout, 1)
+                )
             else:
                 up = nn.ConvTranspose2d(cin, cout, 2, stride=2)
             self.ups.append(up)
@@ -130,11 +135,15 @@ class UNetPlusPlus(nn.Module):
     def __init__(self, in_channels=3, out_channels=1, base_channels=32, deep_supervision=False):
         super().__init__()
         self.deep_supervision = deep_supervision
-        widths = [base_channels * 2 ** i for i in range(DEPTH + 1)]
+        widths = [base_channels * 2**i for i in range(DEPTH + 1)]
         self.encoder = Encoder(in_channels, widths)
-        self.nodes = nn.ModuleDict({
-            f"x{i}_{j}": DoubleConv(j * widths[i] + widths[i + 1], widths[i])
-            for j in range(1, DEPTH + 1) for i in range(DEPTH + 1 - j)})
+        self.nodes = nn.ModuleDict(
+            {
+                f"x{i}_{j}": DoubleConv(j * widths[i] + widths[i + 1], widths[i])
+                for j in range(1, DEPTH + 1)
+                for i in range(DEPTH + 1 - j)
+            }
+        )
         num_heads = DEPTH if deep_supervision else 1
         self.heads = nn.ModuleList(nn.Conv2d(widths[0], out_channels, 1) for _ in range(num_heads))
 

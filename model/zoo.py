@@ -14,6 +14,7 @@ Input sizes (:func:`image_size_problem` checks them at parse time):
     leaves out a last batch of one). ``timm/*``: whatever the model takes;
     ``img_size=image_size`` is passed where it is accepted (not checked before the build).
 """
+
 import fnmatch
 import math
 
@@ -21,8 +22,17 @@ from torch import nn
 
 from model.pretrained import load_pretrained  # re-exported: the zoo's models start from saved weights with it
 
-__all__ = ["MIN_IMAGE_SIZE", "VIT_MODELS", "ZOO_MODELS", "build_zoo_model", "image_size_problem", "load_pretrained",
-           "no_weight_decay_names", "vit_layer_id", "vit_num_layers"]
+__all__ = [
+    "MIN_IMAGE_SIZE",
+    "VIT_MODELS",
+    "ZOO_MODELS",
+    "build_zoo_model",
+    "image_size_problem",
+    "load_pretrained",
+    "no_weight_decay_names",
+    "vit_layer_id",
+    "vit_num_layers",
+]
 
 # (layers, heads, hidden, mlp): Ti and S from DeiT (Touvron et al. 2021), B from ViT (Dosovitskiy et al. 2021)
 _VIT_CONFIGS = {"vit_ti_16": (12, 3, 192, 768), "vit_s_16": (12, 6, 384, 1536), "vit_b_16": (12, 12, 768, 3072)}
@@ -36,8 +46,9 @@ _NO_DECAY_LEAVES = {"class_token", "pos_embedding", "relative_position_bias_tabl
 
 def _refuse_drop_path(name, drop_path):
     if drop_path > 0:
-        raise ValueError(f"{name} has no stochastic depth: drop_path={drop_path} must be 0 "
-                         f"(swin_t and timm/ models take it)")
+        raise ValueError(
+            f"{name} has no stochastic depth: drop_path={drop_path} must be 0 (swin_t and timm/ models take it)"
+        )
 
 
 def _vit(name, num_classes, in_chans, image_size, patch_size, drop_path, dropout):
@@ -47,11 +58,12 @@ def _vit(name, num_classes, in_chans, image_size, patch_size, drop_path, dropout
     if patch_size <= 0 or image_size % patch_size:
         raise ValueError(f"{name}: image_size={image_size} must be a multiple of patch_size={patch_size}")
     _refuse_drop_path(name, drop_path)
-    net = tv.VisionTransformer(image_size, patch_size, layers, heads, hidden, mlp, dropout=dropout,
-                               num_classes=num_classes)
+    net = tv.VisionTransformer(
+        image_size, patch_size, layers, heads, hidden, mlp, dropout=dropout, num_classes=num_classes
+    )
     if in_chans != 3:  # a new patch embedding for in_chans channels, initialised as torchvision does
         net.conv_proj = nn.Conv2d(in_chans, hidden, patch_size, patch_size)
-        nn.init.trunc_normal_(net.conv_proj.weight, std=math.sqrt(1 / (in_chans * patch_size ** 2)))
+        nn.init.trunc_normal_(net.conv_proj.weight, std=math.sqrt(1 / (in_chans * patch_size**2)))
         nn.init.zeros_(net.conv_proj.bias)
     return net
 
@@ -60,12 +72,21 @@ def _swin_t(name, num_classes, in_chans, image_size, patch_size, drop_path, drop
     from torchvision import models as tv  # here, not at import: --help should not pay for torchvision
 
     if image_size < MIN_IMAGE_SIZE[name]:
-        raise ValueError(f"{name}: image_size={image_size} is too small; Swin needs H and W >= 4 "
-                         f"(its 4x4 patch embedding; 224 runs without padding)")
+        raise ValueError(
+            f"{name}: image_size={image_size} is too small; Swin needs H and W >= 4 "
+            f"(its 4x4 patch embedding; 224 runs without padding)"
+        )
     # The class, not tv.swin_t(): that factory fixes stochastic_depth_prob=0.2 and refuses another value.
-    net = tv.SwinTransformer(patch_size=[4, 4], embed_dim=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24],
-                             window_size=[7, 7], dropout=dropout, stochastic_depth_prob=drop_path,
-                             num_classes=num_classes)
+    net = tv.SwinTransformer(
+        patch_size=[4, 4],
+        embed_dim=96,
+        depths=[2, 2, 6, 2],
+        num_heads=[3, 6, 12, 24],
+        window_size=[7, 7],
+        dropout=dropout,
+        stochastic_depth_prob=drop_path,
+        num_classes=num_classes,
+    )
     if in_chans != 3:  # torchvision leaves this conv at PyTorch's default init, so a fresh one matches
         net.features[0][0] = nn.Conv2d(in_chans, 96, kernel_size=4, stride=4)
     return net
@@ -89,8 +110,13 @@ def _timm(name, num_classes, in_chans, image_size, patch_size, drop_path, dropou
 
     if not timm.is_model(name):
         raise KeyError(f"unknown timm model {name!r}; see timm.list_models()")
-    kwargs = {"pretrained": False, "num_classes": num_classes, "in_chans": in_chans, "drop_rate": dropout,
-              "drop_path_rate": drop_path}
+    kwargs = {
+        "pretrained": False,
+        "num_classes": num_classes,
+        "in_chans": in_chans,
+        "drop_rate": dropout,
+        "drop_path_rate": drop_path,
+    }
     try:
         return timm.create_model(name, img_size=image_size, **kwargs)
     except TypeError as exc:  # convnets (ResNet, MobileNet, ...) have no img_size argument
@@ -103,12 +129,10 @@ def _timm(name, num_classes, in_chans, image_size, patch_size, drop_path, dropou
 
 
 # name -> builder(name, num_classes, in_chans, image_size, patch_size, drop_path, dropout) -> nn.Module
-ZOO_MODELS = {**dict.fromkeys(_VIT_CONFIGS, _vit), "swin_t": _swin_t, "resnet18": _resnet,
-              "resnet50": _resnet}
+ZOO_MODELS = {**dict.fromkeys(_VIT_CONFIGS, _vit), "swin_t": _swin_t, "resnet18": _resnet, "resnet50": _resnet}
 
 
-def build_zoo_model(model_type, num_classes, in_chans=3, image_size=224, patch_size=16, drop_path=0.0,
-                    dropout=0.0):
+def build_zoo_model(model_type, num_classes, in_chans=3, image_size=224, patch_size=16, drop_path=0.0, dropout=0.0):
     """Build ``model_type`` (a :data:`ZOO_MODELS` name or ``timm/<name>``), randomly initialised.
 
     Args:
@@ -127,7 +151,7 @@ def build_zoo_model(model_type, num_classes, in_chans=3, image_size=224, patch_s
             (``swin_t``); ``drop_path > 0`` for a model without stochastic depth; timm refusing an argument.
     """
     if model_type.startswith("timm/"):
-        return _timm(model_type[len("timm/"):], num_classes, in_chans, image_size, patch_size, drop_path, dropout)
+        return _timm(model_type[len("timm/") :], num_classes, in_chans, image_size, patch_size, drop_path, dropout)
     if model_type not in ZOO_MODELS:
         raise KeyError(f"unknown zoo model {model_type!r}; choices: {', '.join(ZOO_MODELS)}, or timm/<name>")
     return ZOO_MODELS[model_type](model_type, num_classes, in_chans, image_size, patch_size, drop_path, dropout)
@@ -142,13 +166,17 @@ def image_size_problem(model_type, side, patch_size):
     """
     if model_type in _VIT_CONFIGS:
         if patch_size > 0 and (side < patch_size or side % patch_size):
-            return (f"{model_type} needs images whose side is a multiple of --patch_size={patch_size} "
-                    f"(at least {patch_size}), got {side}x{side}")
+            return (
+                f"{model_type} needs images whose side is a multiple of --patch_size={patch_size} "
+                f"(at least {patch_size}), got {side}x{side}"
+            )
         return None
     minimum = MIN_IMAGE_SIZE.get(model_type, 1)
     if side < minimum:
-        return (f"{model_type} needs images of at least {minimum}x{minimum} pixels, got {side}x{side} "
-                f"(see model.zoo.MIN_IMAGE_SIZE)")
+        return (
+            f"{model_type} needs images of at least {minimum}x{minimum} pixels, got {side}x{side} "
+            f"(see model.zoo.MIN_IMAGE_SIZE)"
+        )
     return None
 
 
@@ -162,9 +190,13 @@ def no_weight_decay_names(model):
     Returns a ``set[str]`` of names from ``model.named_parameters()``.
     """
     skip = model.no_weight_decay() if callable(getattr(model, "no_weight_decay", None)) else set()
-    return {name for name, p in model.named_parameters()
-            if p.ndim <= 1 or name.rsplit(".", 1)[-1] in _NO_DECAY_LEAVES
-            or any(fnmatch.fnmatch(name, pattern) for pattern in skip)}
+    return {
+        name
+        for name, p in model.named_parameters()
+        if p.ndim <= 1
+        or name.rsplit(".", 1)[-1] in _NO_DECAY_LEAVES
+        or any(fnmatch.fnmatch(name, pattern) for pattern in skip)
+    }
 
 
 def vit_layer_id(name, num_layers):

@@ -4,6 +4,7 @@ Each helper builds a fresh model from the run's flags, loads the weights saved a
 the split in the trainer's own batches, normalised by the run's input stage (so the logits are the same
 floats) and counts by hand.
 """
+
 import numpy as np
 import torch
 
@@ -28,8 +29,9 @@ def model_input(images, args):
 
 def top1_by_hand(trainer, split="test"):
     """Share (%) of ``split`` whose largest logit, by the best checkpoint, is its label."""
-    model = best_model(trainer, type(trainer).model_for(trainer.args, trainer.data.input_shape,
-                                                         trainer.data.num_classes))
+    model = best_model(
+        trainer, type(trainer).model_for(trainer.args, trainer.data.input_shape, trainer.data.num_classes)
+    )
     loader = trainer.loaders[split]
     hits = count = 0
     with torch.no_grad():
@@ -51,8 +53,9 @@ def dice_iou_by_hand(trainer, split="test"):
     inter = union = areas = 0
     per_image = []
     with torch.no_grad():
-        for batch in torch.utils.data.DataLoader(loader.dataset, batch_size=loader.batch_size,
-                                                 collate_fn=loader.collate_fn):
+        for batch in torch.utils.data.DataLoader(
+            loader.dataset, batch_size=loader.batch_size, collate_fn=loader.collate_fn
+        ):
             for logits, full in zip(model(model_input(batch["image"], trainer.args)), batch["full_mask"]):
                 small = (logits[0] > 0).numpy()
                 height, width = full.shape
@@ -63,5 +66,9 @@ def dice_iou_by_hand(trainer, split="test"):
                 i, u, a = int((p & t).sum()), int((p | t).sum()), int(p.sum() + t.sum())
                 inter, union, areas = inter + i, union + u, areas + a
                 per_image.append((2 * i / a if a else 1.0, i / u if u else 1.0))
-    return {"dice": 2 * inter / areas, "iou": inter / union, "dice_per_image": float(np.mean(per_image, 0)[0]),
-            "iou_per_image": float(np.mean(per_image, 0)[1])}
+    return {
+        "dice": 2 * inter / areas,
+        "iou": inter / union,
+        "dice_per_image": float(np.mean(per_image, 0)[0]),
+        "iou_per_image": float(np.mean(per_image, 0)[1]),
+    }

@@ -1,4 +1,5 @@
 """Shared fixtures: a tiny regression trainer that exercises TrainerBase in milliseconds."""
+
 import os
 import sys
 
@@ -11,8 +12,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from base.hooks import HookBase  # noqa: E402
 from base.trainer_base import TrainerBase  # noqa: E402
 
-HOOK_NAMES = ("before_train", "before_epoch", "before_step", "after_backward", "after_step",
-              "after_epoch", "after_train")
+HOOK_NAMES = (
+    "before_train",
+    "before_epoch",
+    "before_step",
+    "after_backward",
+    "after_step",
+    "after_epoch",
+    "after_train",
+)
 
 
 class ToyTrainer(TrainerBase):
@@ -30,8 +38,11 @@ class ToyTrainer(TrainerBase):
         gen = torch.Generator().manual_seed(0)
         x = torch.randn(56, 4, generator=gen)
         y = x @ torch.tensor([1.0, -2.0, 0.5, 3.0]) + 0.1
-        return {"train": TensorDataset(x[:40], y[:40]), "val": TensorDataset(x[40:48], y[40:48]),
-                "test": TensorDataset(x[48:], y[48:])}
+        return {
+            "train": TensorDataset(x[:40], y[:40]),
+            "val": TensorDataset(x[40:48], y[40:48]),
+            "test": TensorDataset(x[48:], y[48:]),
+        }
 
     def build_model(self):
         return torch.nn.Linear(4, 1)
@@ -49,7 +60,12 @@ class ToyTrainer(TrainerBase):
         total, n = 0.0, 0
         for x, y in loader:
             x, y = self.to_device((x, y))
-            total += float(self.loss_fn(self.model(x).squeeze(1), y, )) * len(y)
+            total += float(
+                self.loss_fn(
+                    self.model(x).squeeze(1),
+                    y,
+                )
+            ) * len(y)
             n += len(y)
         return {"loss": total / n}
 

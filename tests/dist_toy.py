@@ -8,6 +8,7 @@ processes, 3 a batch and 2 accumulation steps, the last window has 6 samples on
 rank 0 and 5 on rank 1); validation and test splits of 13 (odd, and not a
 multiple of the evaluation batch).
 """
+
 import os
 import sys
 import time
@@ -36,8 +37,14 @@ class Sleep(HookBase):
 
 class DistToyTrainer(TrainerBase):
     PROG = "dist_toy.py"
-    DEFAULTS = {"proj_name": "DistToy", "epochs": 3, "batch_size": 4, "eval_batch_size": 4, "lr": 0.05,
-                "log_every_steps": 1}
+    DEFAULTS = {
+        "proj_name": "DistToy",
+        "epochs": 3,
+        "batch_size": 4,
+        "eval_batch_size": 4,
+        "lr": 0.05,
+        "log_every_steps": 1,
+    }
     monitor, monitor_mode = "top1", "max"
     RESUME_CHANGEABLE = TrainerBase.RESUME_CHANGEABLE | {"step_sleep", "count_allreduce", "nan_at_step", "die_at_step"}
 
@@ -46,18 +53,29 @@ class DistToyTrainer(TrainerBase):
         parser.add_argument("--model_type", default="DistToy")
         parser.add_argument("--step_sleep", type=float, default=0.0, help="seconds to sleep after each step")
         parser.add_argument("--count_allreduce", default="", help="write the number of gradient all-reduces here")
-        parser.add_argument("--noise", type=float, default=0.0,
-                            help="add Gaussian noise of this std to inputs from the global RNG (each process its own)")
+        parser.add_argument(
+            "--noise",
+            type=float,
+            default=0.0,
+            help="add Gaussian noise of this std to inputs from the global RNG (each process its own)",
+        )
         parser.add_argument("--nan_at_step", type=int, default=0, help="rank 1's loss is NaN at this step (once)")
-        parser.add_argument("--die_at_step", type=int, default=0,
-                            help="rank 1 exits at once (status 3) in this step's train_step, leaving rank 0 alone")
+        parser.add_argument(
+            "--die_at_step",
+            type=int,
+            default=0,
+            help="rank 1 exits at once (status 3) in this step's train_step, leaving rank 0 alone",
+        )
 
     def build_datasets(self):
         gen = torch.Generator().manual_seed(0)
         x = torch.randn(73, 4, generator=gen)
         y = (x @ torch.tensor([1.0, -2.0, 0.5, 3.0]) > 0).long() + (x[:, 0] > 1).long()
-        return {"train": TensorDataset(x[:47], y[:47]), "val": TensorDataset(x[47:60], y[47:60]),
-                "test": TensorDataset(x[60:], y[60:])}
+        return {
+            "train": TensorDataset(x[:47], y[:47]),
+            "val": TensorDataset(x[47:60], y[47:60]),
+            "test": TensorDataset(x[60:], y[60:]),
+        }
 
     def build_model(self):
         return torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))

@@ -5,6 +5,7 @@ Status 2: a bad flag or config value (one ``error:`` line that points to
 a missing or foreign checkpoint, nothing to resume). All in-process through ``base.cli.main``, as the entry
 scripts call it.
 """
+
 import os
 import pathlib
 import re
@@ -73,27 +74,30 @@ def trained(tmp_path_factory):
 
 
 # ------------------------------------------------------------------ flags and config (status 2)
-@pytest.mark.parametrize("argv, names", [
-    (["--no_such_flag", "1"], ["unrecognized arguments", "--no_such_flag"]),
-    (["--model_type", "ResNet9000"], ["--model_type", "'ResNet9000'", "'SmallCNN'", "'Vanilla'"]),
-    (["--data_type", "CIFAR"], ["--data_type", "'CIFAR'", "'Digits'", "'ImageFolder'", "'MNIST'"]),
-    (["--batch_size", "0"], ["--batch_size=0"]),
-    (["--batch_size", "-4"], ["--batch_size=-4"]),
-    (["--lr", "0"], ["--lr=0.0"]),
-    (["--lr", "-0.1"], ["--lr=-0.1"]),
-    (["--epochs", "0"], ["--epochs=0"]),
-    (["--epochs", "-1"], ["--epochs=-1"]),
-    (["--train_val_sample_rate", "0"], ["--train_val_sample_rate=0.0", "(0, 1]"]),
-    (["--train_val_sample_rate", "1.5"], ["--train_val_sample_rate=1.5", "(0, 1]"]),
-    (["--test_sample_rate", "0"], ["--test_sample_rate=0.0", "(0, 1]"]),
-    (["--test_sample_rate", "1.5"], ["--test_sample_rate=1.5", "(0, 1]"]),
-    # A run folder is <output_dir>/<proj_name>/<timestamp>: the name must stay one folder below --output_dir.
-    (["--proj_name", ".."], ["--proj_name='..'"]),
-    (["--proj_name", "."], ["--proj_name='.'"]),
-    (["--proj_name", "a/b"], ["--proj_name='a/b'", "path separator"]),
-    (["--proj_name", "two\nlines"], ["--proj_name='two\\nlines'", "control character"]),
-    (["--proj_name", ""], ["--proj_name=''"]),
-])
+@pytest.mark.parametrize(
+    "argv, names",
+    [
+        (["--no_such_flag", "1"], ["unrecognized arguments", "--no_such_flag"]),
+        (["--model_type", "ResNet9000"], ["--model_type", "'ResNet9000'", "'SmallCNN'", "'Vanilla'"]),
+        (["--data_type", "CIFAR"], ["--data_type", "'CIFAR'", "'Digits'", "'ImageFolder'", "'MNIST'"]),
+        (["--batch_size", "0"], ["--batch_size=0"]),
+        (["--batch_size", "-4"], ["--batch_size=-4"]),
+        (["--lr", "0"], ["--lr=0.0"]),
+        (["--lr", "-0.1"], ["--lr=-0.1"]),
+        (["--epochs", "0"], ["--epochs=0"]),
+        (["--epochs", "-1"], ["--epochs=-1"]),
+        (["--train_val_sample_rate", "0"], ["--train_val_sample_rate=0.0", "(0, 1]"]),
+        (["--train_val_sample_rate", "1.5"], ["--train_val_sample_rate=1.5", "(0, 1]"]),
+        (["--test_sample_rate", "0"], ["--test_sample_rate=0.0", "(0, 1]"]),
+        (["--test_sample_rate", "1.5"], ["--test_sample_rate=1.5", "(0, 1]"]),
+        # A run folder is <output_dir>/<proj_name>/<timestamp>: the name must stay one folder below --output_dir.
+        (["--proj_name", ".."], ["--proj_name='..'"]),
+        (["--proj_name", "."], ["--proj_name='.'"]),
+        (["--proj_name", "a/b"], ["--proj_name='a/b'", "path separator"]),
+        (["--proj_name", "two\nlines"], ["--proj_name='two\\nlines'", "control character"]),
+        (["--proj_name", ""], ["--proj_name=''"]),
+    ],
+)
 def test_bad_flag_value_exits_2_naming_it(tmp_path, capsys, argv, names):
     expect(VanillaTrainer, ["--output_dir", str(tmp_path), "--gpu_devices", "cpu", *argv], capsys, 2, *names)
     assert not os.path.exists(tmp_path / "Vanilla")  # refused before any run folder
@@ -103,28 +107,45 @@ def test_output_dir_under_a_file_exits_2(tmp_path, capsys):
     # Tests run as root, where permissions stop nothing; a regular file in the path does.
     (tmp_path / "afile").write_text("not a folder")
     target = tmp_path / "afile" / "runs"
-    line = expect(VanillaTrainer, ["--output_dir", str(target), "--gpu_devices", "cpu"],
-                  capsys, 2, "--output_dir", str(target))
+    line = expect(
+        VanillaTrainer, ["--output_dir", str(target), "--gpu_devices", "cpu"], capsys, 2, "--output_dir", str(target)
+    )
     assert "not a folder" in line
 
 
 @pytest.mark.skipif(torch.cuda.device_count() > 3, reason="GPU 3 exists here")
 def test_missing_gpu_exits_2(tmp_path, capsys):
-    expect(VanillaTrainer, ["--output_dir", str(tmp_path), "--gpu_devices", "3"], capsys, 2,
-           "--gpu_devices='3'", "no such GPU")
+    expect(
+        VanillaTrainer,
+        ["--output_dir", str(tmp_path), "--gpu_devices", "3"],
+        capsys,
+        2,
+        "--gpu_devices='3'",
+        "no such GPU",
+    )
 
 
-@pytest.mark.parametrize("text, names", [
-    ("{not json", ["not valid JSON"]),
-    ('{"batch_size": 8, "no_such_key": 1}', ["unknown key 'no_such_key'"]),
-    ('{"lr": 0.1, "batch_size": 8, "lr": 0.2}', ["key 'lr' is given twice"]),
-    ('{"config": {"lr": 0.1, "lr": 0.2}, "meta": {}}', ["key 'lr' is given twice"]),
-])
+@pytest.mark.parametrize(
+    "text, names",
+    [
+        ("{not json", ["not valid JSON"]),
+        ('{"batch_size": 8, "no_such_key": 1}', ["unknown key 'no_such_key'"]),
+        ('{"lr": 0.1, "batch_size": 8, "lr": 0.2}', ["key 'lr' is given twice"]),
+        ('{"config": {"lr": 0.1, "lr": 0.2}, "meta": {}}', ["key 'lr' is given twice"]),
+    ],
+)
 def test_bad_config_file_exits_2(tmp_path, capsys, text, names):
     path = tmp_path / "c.json"
     path.write_text(text)
-    expect(VanillaTrainer, ["--output_dir", str(tmp_path), "--gpu_devices", "cpu", "--config", str(path)],
-           capsys, 2, "--config", str(path), *names)
+    expect(
+        VanillaTrainer,
+        ["--output_dir", str(tmp_path), "--gpu_devices", "cpu", "--config", str(path)],
+        capsys,
+        2,
+        "--config",
+        str(path),
+        *names,
+    )
 
 
 @pytest.mark.parametrize("name", ["..", os.path.join("..", "x"), os.path.join("a", "..", "..", "b")])
@@ -137,14 +158,22 @@ def test_a_run_folder_outside_output_dir_is_refused(tmp_path, name):
 
 
 # ------------------------------------------------------------------ a missing data folder (status 1, as for Carvana)
-@pytest.mark.parametrize("argv, names", [
-    (["--data_type", "ImageFolder"], ["--data_type ImageFolder needs --data_dir"]),
-    (["--data_type", "FashionMNIST"], ["--data_type FashionMNIST needs --data_dir", "--download true"]),
-    (["--data_type", "ImageFolder", "--data_dir", "/no/such/folder"], ["--data_dir /no/such/folder: no such folder"]),
-    (["--data_type", "MNIST", "--data_dir", "/no/such/folder"], ["--data_dir /no/such/folder: no such folder",
-                                                                 "--download true"]),
-    (["--data_type", "CIFAR10", "--data_dir", "/no/such/folder"], ["--data_dir /no/such/folder: no such folder"]),
-])
+@pytest.mark.parametrize(
+    "argv, names",
+    [
+        (["--data_type", "ImageFolder"], ["--data_type ImageFolder needs --data_dir"]),
+        (["--data_type", "FashionMNIST"], ["--data_type FashionMNIST needs --data_dir", "--download true"]),
+        (
+            ["--data_type", "ImageFolder", "--data_dir", "/no/such/folder"],
+            ["--data_dir /no/such/folder: no such folder"],
+        ),
+        (
+            ["--data_type", "MNIST", "--data_dir", "/no/such/folder"],
+            ["--data_dir /no/such/folder: no such folder", "--download true"],
+        ),
+        (["--data_type", "CIFAR10", "--data_dir", "/no/such/folder"], ["--data_dir /no/such/folder: no such folder"]),
+    ],
+)
 def test_a_missing_data_folder_exits_1_naming_it(tmp_path, capsys, argv, names):
     expect(VanillaTrainer, ["--output_dir", str(tmp_path), "--gpu_devices", "cpu", *argv], capsys, 1, *names)
     assert not os.path.exists(tmp_path / "Vanilla")  # refused before any run folder
@@ -156,33 +185,57 @@ def test_an_empty_or_file_data_dir_exits_1(tmp_path, capsys):
     argv = ["--output_dir", str(tmp_path), "--gpu_devices", "cpu", "--data_type", "ImageFolder", "--data_dir"]
     expect(VanillaTrainer, [*argv, str(empty)], capsys, 1, f"--data_dir {empty}: the folder is empty")
     (tmp_path / "afile").write_text("x")
-    expect(VanillaTrainer, [*argv, str(tmp_path / "afile")], capsys, 1, f"--data_dir {tmp_path / 'afile'}: not a folder")
+    expect(
+        VanillaTrainer, [*argv, str(tmp_path / "afile")], capsys, 1, f"--data_dir {tmp_path / 'afile'}: not a folder"
+    )
     assert not os.path.exists(tmp_path / "Vanilla")
 
 
 # ------------------------------------------------------------------ resume (status 1)
 def saved_files(run_dir):
     """``{name: (mtime_ns, bytes)}`` of a run's checkpoints and best-model export."""
-    return {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in pathlib.Path(run_dir).iterdir()
-            if p.suffix in (".pth", ".safetensors") or p.name == "Vanilla_best.json"}
+    return {
+        p.name: (p.stat().st_mtime_ns, p.read_bytes())
+        for p in pathlib.Path(run_dir).iterdir()
+        if p.suffix in (".pth", ".safetensors") or p.name == "Vanilla_best.json"
+    }
 
 
 def test_resume_of_a_missing_path_exits_1(tmp_path, capsys):
     missing = tmp_path / "no_such_run"
-    expect(VanillaTrainer, ["--output_dir", str(tmp_path), "--gpu_devices", "cpu", "--resume", str(missing)],
-           capsys, 1, "--resume", str(missing))
+    expect(
+        VanillaTrainer,
+        ["--output_dir", str(tmp_path), "--gpu_devices", "cpu", "--resume", str(missing)],
+        capsys,
+        1,
+        "--resume",
+        str(missing),
+    )
 
 
 def test_resume_auto_without_runs_names_the_folder_looked_in(tmp_path, capsys):
-    expect(VanillaTrainer, ["--output_dir", str(tmp_path), "--gpu_devices", "cpu", "--resume", "auto"],
-           capsys, 1, "--resume auto", str(tmp_path / "Vanilla"))
+    expect(
+        VanillaTrainer,
+        ["--output_dir", str(tmp_path), "--gpu_devices", "cpu", "--resume", "auto"],
+        capsys,
+        1,
+        "--resume auto",
+        str(tmp_path / "Vanilla"),
+    )
 
 
 def test_resume_with_another_model_type_fails_and_keeps_the_checkpoints(trained, capsys):
     before = saved_files(trained.run_dir)
     assert {"Vanilla_best_ckpt.pth", "Vanilla_last_ckpt.pth", "Vanilla_best.safetensors"} <= set(before)
-    expect(VanillaTrainer, ["--resume", trained.checkpoint_path("last"), "--model_type", "SmallCNN"],
-           capsys, 1, trained.checkpoint_path("last"), "'Vanilla'", "'SmallCNN'")
+    expect(
+        VanillaTrainer,
+        ["--resume", trained.checkpoint_path("last"), "--model_type", "SmallCNN"],
+        capsys,
+        1,
+        trained.checkpoint_path("last"),
+        "'Vanilla'",
+        "'SmallCNN'",
+    )
     after = saved_files(trained.run_dir)
     assert after == before  # nothing saved is lost, and no SmallCNN_* checkpoint appears
 
@@ -220,8 +273,10 @@ def test_eval_of_a_text_file_exits_1(tmp_path, capsys, text):
     path = tmp_path / "x.pth"
     path.write_text(text)
     line = expect(VanillaEvaluator, ["--model_path", str(path)], capsys, 1, "--model_path", str(path))
-    assert line.endswith(f"{path}: not a checkpoint of this project: a text file (it starts with "
-                         f"{text.strip()[:40]!r}), not a file written by torch.save (a zip archive)"), line
+    assert line.endswith(
+        f"{path}: not a checkpoint of this project: a text file (it starts with "
+        f"{text.strip()[:40]!r}), not a file written by torch.save (a zip archive)"
+    ), line
 
 
 def test_resume_and_export_of_a_text_file_say_what_it_is_not(tmp_path, capsys):
@@ -229,25 +284,45 @@ def test_resume_and_export_of_a_text_file_say_what_it_is_not(tmp_path, capsys):
 
     path = tmp_path / "notes.pth"
     path.write_text("hello world\n")
-    expect(VanillaTrainer, ["--resume", str(path)], capsys, 1, f"--resume {path}: not a checkpoint of this project: "
-           "a text file", "not a file written by torch.save")
+    expect(
+        VanillaTrainer,
+        ["--resume", str(path)],
+        capsys,
+        1,
+        f"--resume {path}: not a checkpoint of this project: a text file",
+        "not a file written by torch.save",
+    )
     assert export.main(["--model_path", str(path), "--format", "onnx"]) == 1
     err = capsys.readouterr().err.strip()
-    assert err == (f"python -m utils.export: error: --model_path {path}: not a checkpoint of this project: a text "
-                   f"file (it starts with 'hello world'), not a file written by torch.save (a zip archive)")
+    assert err == (
+        f"python -m utils.export: error: --model_path {path}: not a checkpoint of this project: a text "
+        f"file (it starts with 'hello world'), not a file written by torch.save (a zip archive)"
+    )
 
 
 def test_resume_of_a_weights_export_says_it_holds_no_training_state(trained, capsys):
     path = os.path.join(trained.run_dir, "Vanilla_best.safetensors")
-    expect(VanillaTrainer, ["--resume", path], capsys, 1, f"--resume {path}: not a checkpoint of this project: a "
-           "safetensors file (weights alone, without the training state)")
+    expect(
+        VanillaTrainer,
+        ["--resume", path],
+        capsys,
+        1,
+        f"--resume {path}: not a checkpoint of this project: a "
+        "safetensors file (weights alone, without the training state)",
+    )
 
 
 def test_a_binary_file_of_another_kind_is_named_by_its_first_bytes(tmp_path, capsys):
     path = tmp_path / "image.pth"
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)))
-    expect(VanillaEvaluator, ["--model_path", str(path)], capsys, 1, f"--model_path {path}: not a checkpoint of "
-           "this project: a binary file of another kind (it starts with b'\\x89PNG\\r\\n\\x1a\\n')")
+    expect(
+        VanillaEvaluator,
+        ["--model_path", str(path)],
+        capsys,
+        1,
+        f"--model_path {path}: not a checkpoint of "
+        "this project: a binary file of another kind (it starts with b'\\x89PNG\\r\\n\\x1a\\n')",
+    )
 
 
 def test_eval_of_a_dict_without_model_exits_1(tmp_path, capsys):

@@ -1,4 +1,5 @@
 """bench/input_pipeline.py: the smoke run reports both paths' figures and ends with the main-thread line."""
+
 import os
 import re
 import subprocess
@@ -13,8 +14,14 @@ NUMBER = r"\d+(?:\.\d+)?"
 
 def run(*args, timeout=120):
     # One intra-op thread, as in tests/test_bench_throughput.py: spinning OpenMP threads slow a small shared CPU.
-    return subprocess.run([sys.executable, SCRIPT, *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return subprocess.run(
+        [sys.executable, SCRIPT, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
 
 
 def test_tiny_run_reports_both_paths_and_ends_with_the_uint8_figure():
@@ -37,8 +44,9 @@ def test_tiny_run_reports_both_paths_and_ends_with_the_uint8_figure():
     for summary in (summary_u8, summary_f32):
         assert all(re.fullmatch(NUMBER, cell) for cell in summary[1:]) and float(summary[2]) > 0, summary
     assert all(re.fullmatch(f"{NUMBER} / {NUMBER}", cell) for cell in parts_u8[1:]), parts_u8
-    float32 = re.search(rf"^float32 path main-thread us per image: ({NUMBER}) \(CPU\), ({NUMBER}) \(wall\)$",
-                        result.stdout, re.M)
+    float32 = re.search(
+        rf"^float32 path main-thread us per image: ({NUMBER}) \(CPU\), ({NUMBER}) \(wall\)$", result.stdout, re.M
+    )
     assert float32 and float(float32[1]) == float(summary_f32[3]), result.stdout
     assert re.search(r"^target <= 15 us per image \(uint8 path, CPU\): (met|missed)$", result.stdout, re.M)
     last = re.fullmatch(rf"main-thread us per image: ({NUMBER})", lines[-1])

@@ -1,4 +1,5 @@
 """bench/throughput.py: the CPU smoke run prints a well-formed table, and without CUDA it needs --tiny."""
+
 import os
 import re
 import subprocess
@@ -15,8 +16,14 @@ ROWS = ("resnet50", "vit_b_16", "vit_b_16+compile", "unet")
 def run(*args, timeout=120):
     # One intra-op thread: on a small shared CPU, OpenMP threads that spin while other processes run make
     # the tiny models 10x slower (about 30 s instead of minutes on 2 busy cores).
-    return subprocess.run([sys.executable, SCRIPT, *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return subprocess.run(
+        [sys.executable, SCRIPT, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
 
 
 # A classifier (all three measurements) and the segmenter (two): the ViT rows take the classifier's code path.

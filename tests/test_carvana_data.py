@@ -1,4 +1,5 @@
 """The Carvana layout read through the real loading code: pairing, split by car, joint transforms, errors."""
+
 import argparse
 import os
 
@@ -8,14 +9,29 @@ import torch
 from PIL import Image
 
 from base.errors import BadImageError, DataError
-from data.carvana import (CarvanaDataset, build_carvana_datasets, car_id, collate_segmentation, find_samples,
-                          split_by_car)
+from data.carvana import (
+    CarvanaDataset,
+    build_carvana_datasets,
+    car_id,
+    collate_segmentation,
+    find_samples,
+    split_by_car,
+)
 from data.make_synthetic_carvana import generate
 
 
 def make_args(data_dir, **overrides):
-    values = dict(data_dir=str(data_dir), img_scale=0.5, image_size=None, augment=True, val_fraction=0.2,
-                  test_fraction=0.2, train_val_sample_rate=1.0, test_sample_rate=1.0, seed=0)
+    values = dict(
+        data_dir=str(data_dir),
+        img_scale=0.5,
+        image_size=None,
+        augment=True,
+        val_fraction=0.2,
+        test_fraction=0.2,
+        train_val_sample_rate=1.0,
+        test_sample_rate=1.0,
+        seed=0,
+    )
     values.update(overrides)
     return argparse.Namespace(**values)
 
@@ -63,8 +79,10 @@ def test_split_is_by_car_covers_every_car_once_and_follows_the_seed(carvana):
 
 def test_sample_rates_keep_a_subset_of_cars_and_leave_test_alone(carvana):
     samples = find_samples(str(carvana))
-    full, small = split_by_car(samples, make_args(carvana)), split_by_car(
-        samples, make_args(carvana, train_val_sample_rate=0.5, test_sample_rate=0.5))
+    full, small = (
+        split_by_car(samples, make_args(carvana)),
+        split_by_car(samples, make_args(carvana, train_val_sample_rate=0.5, test_sample_rate=0.5)),
+    )
     assert set(small["train"] + small["val"]) < set(full["train"] + full["val"])
     assert len(small["train"] + small["val"]) == 4 and len(small["test"]) == 1
     assert set(small["test"]) <= set(full["test"])
@@ -113,8 +131,15 @@ def test_joint_augmentation_moves_mask_and_image_together(tmp_path):
 
 
 def test_collate_keeps_full_masks_of_different_sizes_as_a_list():
-    items = [{"image": torch.zeros(3, 4, 4), "mask": torch.zeros(1, 4, 4), "path": f"{i}.jpg",
-              "full_mask": torch.zeros(5 + i, 7, dtype=torch.uint8)} for i in range(2)]
+    items = [
+        {
+            "image": torch.zeros(3, 4, 4),
+            "mask": torch.zeros(1, 4, 4),
+            "path": f"{i}.jpg",
+            "full_mask": torch.zeros(5 + i, 7, dtype=torch.uint8),
+        }
+        for i in range(2)
+    ]
     batch = collate_segmentation(items)
     assert batch["image"].shape == (2, 3, 4, 4) and batch["path"] == ["0.jpg", "1.jpg"]
     assert [tuple(m.shape) for m in batch["full_mask"]] == [(5, 7), (6, 7)]
@@ -140,7 +165,7 @@ def test_size_mismatch_names_both_files(tmp_path):
 def test_mask_values_other_than_0_1_or_0_255_name_both_files(tmp_path, values):
     mask = np.zeros((32, 32), np.uint8)
     for i, value in enumerate(values):
-        mask[i * 8:(i + 1) * 8] = value
+        mask[i * 8 : (i + 1) * 8] = value
     pair = write_pair(tmp_path, "abc_01", np.zeros((32, 32, 3), np.uint8), mask, "_mask.png")
     with pytest.raises(DataError, match="expected only 0/1 or 0/255") as info:
         CarvanaDataset([pair], (16, 16))[0]
@@ -164,8 +189,9 @@ def test_unreadable_mask_is_a_bad_image_naming_the_mask(tmp_path):
     assert info.value.path == pair[1]
 
 
-@pytest.mark.parametrize("layout, expected", [
-    ((), "train"), (("train",), "train_masks"), (("train", "train_masks"), "no images")])
+@pytest.mark.parametrize(
+    "layout, expected", [((), "train"), (("train",), "train_masks"), (("train", "train_masks"), "no images")]
+)
 def test_wrong_layout_says_which_folder_it_expected(tmp_path, layout, expected):
     for folder in layout:
         os.makedirs(tmp_path / folder)
@@ -201,6 +227,7 @@ def test_a_16_bit_mask_of_0_and_1_is_read_as_labels_not_scaled_to_black(tmp_path
     mask[4:12, 4:12] = 1
     Image.fromarray(mask).save(tmp_path / "train_masks" / "car_01_mask.png")  # mode I;16
     assert Image.open(tmp_path / "train_masks" / "car_01_mask.png").mode.startswith("I;16")
-    dataset = CarvanaDataset([(str(tmp_path / "train" / "car_01.jpg"),
-                                    str(tmp_path / "train_masks" / "car_01_mask.png"))], size=(16, 16))
+    dataset = CarvanaDataset(
+        [(str(tmp_path / "train" / "car_01.jpg"), str(tmp_path / "train_masks" / "car_01_mask.png"))], size=(16, 16)
+    )
     assert int(dataset[0]["mask"].sum()) == 64

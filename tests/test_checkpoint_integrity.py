@@ -4,6 +4,7 @@ Every checkpoint carries a checksum of its content that loading verifies; step
 checkpoints are pruned only once the new one verifies; the run folder's JSON
 and CSV are rewritten atomically; temporary files of dead writers are removed.
 """
+
 import builtins
 import errno
 import glob
@@ -16,9 +17,6 @@ import textwrap
 
 import pytest
 import torch
-from conftest import ToyTrainer
-from test_bad_input import error_line, run_main
-from test_fault_files import kill_9_once_marked
 
 import base.checkpoint
 from base.checkpoint import load_checkpoint, save_checkpoint, verify_checkpoint
@@ -26,7 +24,10 @@ from base.errors import CheckpointError
 from base.resume import newest_checkpoint, newest_verified_checkpoint
 from base.row_files import MetricsCSV
 from base.run_dir import record_resume, remove_stale_temp_files, write_config
+from conftest import ToyTrainer
 from evaluators.vanilla_evaluator import VanillaEvaluator
+from test_bad_input import error_line, run_main
+from test_fault_files import kill_9_once_marked
 from trainers.vanilla_trainer import VanillaTrainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -67,8 +68,7 @@ def test_a_flipped_weight_byte_is_refused(tmp_path, dtype):
     assert reason is not None and path in reason and "checksum" in reason
 
 
-@pytest.mark.parametrize("change", [lambda w: w.view(torch.int32), lambda w: w.reshape(8, 8)],
-                         ids=["dtype", "shape"])
+@pytest.mark.parametrize("change", [lambda w: w.view(torch.int32), lambda w: w.reshape(8, 8)], ids=["dtype", "shape"])
 def test_a_tensor_read_as_another_dtype_or_shape_is_refused(tmp_path, change):
     """The same bytes under another dtype or shape are other numbers: the checksum covers both."""
     path = str(tmp_path / "Toy_last_ckpt.pth")
@@ -96,9 +96,15 @@ def test_a_renamed_key_is_refused(tmp_path):
 
 def test_an_intact_checkpoint_round_trips(tmp_path):
     path = str(tmp_path / "ckpt.pth")
-    state = {"model": weights(torch.bfloat16), "step": 0, "scalar": torch.tensor(2.5),
-             "empty": torch.zeros(0, 3), "optimizer": {"state": {0: {"m": torch.ones(2)}}, "lr": float("nan")},
-             "metrics": {"b": 1.0, "a": None, "flag": True}, "config": json.dumps({"x": "ü"})}
+    state = {
+        "model": weights(torch.bfloat16),
+        "step": 0,
+        "scalar": torch.tensor(2.5),
+        "empty": torch.zeros(0, 3),
+        "optimizer": {"state": {0: {"m": torch.ones(2)}}, "lr": float("nan")},
+        "metrics": {"b": 1.0, "a": None, "flag": True},
+        "config": json.dumps({"x": "ü"}),
+    }
     save_checkpoint(state, path)
     assert "checksum" in torch.load(path, weights_only=True)  # one file, checksum inside
     assert "checksum" not in state  # the caller's dict is left alone
@@ -121,8 +127,18 @@ def test_a_missing_file_does_not_verify(tmp_path):
 @pytest.fixture(scope="module")
 def vanilla_best(tmp_path_factory):
     """The best checkpoint of a tiny real Digits run."""
-    trainer = VanillaTrainer.from_argv(["--epochs", "1", "--train_val_sample_rate", "0.2", "--gpu_devices",
-                                        "cpu", "--output_dir", str(tmp_path_factory.mktemp("vanilla"))])
+    trainer = VanillaTrainer.from_argv(
+        [
+            "--epochs",
+            "1",
+            "--train_val_sample_rate",
+            "0.2",
+            "--gpu_devices",
+            "cpu",
+            "--output_dir",
+            str(tmp_path_factory.mktemp("vanilla")),
+        ]
+    )
     trainer.fit()
     return trainer.checkpoint_path("best")
 
@@ -193,7 +209,7 @@ class FailingFile:
 
     def write(self, data):
         if len(data) > self._budget:
-            self._f.write(data[:self._budget])
+            self._f.write(data[: self._budget])
             self._f.flush()
             self._budget = 0
             raise OSError(errno.ENOSPC, ENOSPC)
@@ -237,10 +253,16 @@ def metrics_file(folder):
 
 
 REWRITES = {
-    "write_config": (config_file, lambda path: write_config(
-        path, ToyTrainer.from_argv(["--gpu_devices", "cpu", "--lr", "0.5"]).args, {"lr": "command line"})),
-    "record_resume": (config_file, lambda path: record_resume(
-        path, ToyTrainer.from_argv(["--gpu_devices", "cpu"]).args, {}, "Toy_last_ckpt.pth")),
+    "write_config": (
+        config_file,
+        lambda path: write_config(
+            path, ToyTrainer.from_argv(["--gpu_devices", "cpu", "--lr", "0.5"]).args, {"lr": "command line"}
+        ),
+    ),
+    "record_resume": (
+        config_file,
+        lambda path: record_resume(path, ToyTrainer.from_argv(["--gpu_devices", "cpu"]).args, {}, "Toy_last_ckpt.pth"),
+    ),
     "metrics_resume": (metrics_file, lambda path: MetricsCSV(path).resume(1, 5)),
 }
 
@@ -264,9 +286,14 @@ def test_a_rewrite_cut_short_keeps_the_old_file(tmp_path, monkeypatch, name):
 def test_stale_temp_files_of_dead_writers_are_removed(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    names = {"dead": f".Toy_last_ckpt.pth.tmp{dead.pid}", "mine": f".metrics.csv.tmp{os.getpid()}",
-             "parent": f".config.json.tmp{os.getppid()}", "checkpoint": "Toy_last_ckpt.pth",
-             "hidden": ".keep", "unlikely": f".x.tmp{2 ** 70}"}
+    names = {
+        "dead": f".Toy_last_ckpt.pth.tmp{dead.pid}",
+        "mine": f".metrics.csv.tmp{os.getpid()}",
+        "parent": f".config.json.tmp{os.getppid()}",
+        "checkpoint": "Toy_last_ckpt.pth",
+        "hidden": ".keep",
+        "unlikely": f".x.tmp{2**70}",
+    }
     for name in names.values():
         (tmp_path / name).write_bytes(b"x")
     (tmp_path / "summary").mkdir()
@@ -274,7 +301,8 @@ def test_stale_temp_files_of_dead_writers_are_removed(tmp_path):
     removed = remove_stale_temp_files(str(tmp_path))
     assert sorted(removed) == sorted(str(tmp_path / names[k]) for k in ("dead", "unlikely"))
     assert sorted(os.listdir(tmp_path)) == sorted(
-        [names[k] for k in ("mine", "parent", "checkpoint", "hidden")] + ["summary"])
+        [names[k] for k in ("mine", "parent", "checkpoint", "hidden")] + ["summary"]
+    )
     assert os.listdir(tmp_path / "summary") == [names["dead"]]
 
 
@@ -308,7 +336,7 @@ def test_a_full_disk_during_training_ends_in_one_line(toy_argv, tmp_path, monkey
             return False
         if not glob.glob(str(tmp_path / "Toy" / "*" / "Toy_last_ckpt.pth")):
             return False
-        failed.append(os.path.join(os.path.dirname(file), name[1:name.rindex(".tmp")]))
+        failed.append(os.path.join(os.path.dirname(file), name[1 : name.rindex(".tmp")]))
         return True
 
     disk_fills_up(monkeypatch, 2000, full_after_first_last)
@@ -342,8 +370,11 @@ def test_kill_9_inside_a_rewrite_keeps_the_old_file(tmp_path, name):
     path = REWRITES[name][0](str(tmp_path))
     before = open(path, "rb").read()
     marker = tmp_path / "half_written"
-    call = ("record_resume(path, argparse.Namespace(lr=0.5), {}, 'Toy_last_ckpt.pth')" if name == "record_resume"
-            else "MetricsCSV(path).resume(1, 5)")
+    call = (
+        "record_resume(path, argparse.Namespace(lr=0.5), {}, 'Toy_last_ckpt.pth')"
+        if name == "record_resume"
+        else "MetricsCSV(path).resume(1, 5)"
+    )
     script = textwrap.dedent(f"""
         import argparse, sys, time
         sys.path.insert(0, {ROOT!r})

@@ -1,4 +1,5 @@
 """What an improving validation writes: `best` once, `last` as a byte copy of it, the export without copies."""
+
 import os
 import pathlib
 
@@ -45,8 +46,9 @@ def test_last_after_an_improvement_is_a_copy_of_best_and_resumes(tmp_path):
     assert pathlib.Path(best).read_bytes() == pathlib.Path(last).read_bytes()  # one serialization, copied
     state = load_checkpoint(last)
     assert state["global_step"] == trainer.global_step == 10 and state["validated_at"] == 10
-    resumed = Improving.from_argv(["--output_dir", str(tmp_path), "--resume", trainer.run_dir, "--epochs", "3",
-                                   "--gpu_devices", "cpu"])
+    resumed = Improving.from_argv(
+        ["--output_dir", str(tmp_path), "--resume", trainer.run_dir, "--epochs", "3", "--gpu_devices", "cpu"]
+    )
     resumed.fit()
     assert resumed.global_step == 15
     assert load_checkpoint(best)["global_step"] == load_checkpoint(last)["global_step"] == 15
@@ -64,8 +66,11 @@ def test_a_damaged_best_leaves_last_loadable_and_the_resume_names_resume(tmp_pat
     best, last = trainer.checkpoint_path("best"), trainer.checkpoint_path("last")
     flip_weight_byte(best)
     assert load_checkpoint(last)["global_step"] == 10  # the other copy is intact
-    status, err = run_main(ImprovesUntilStep10, ["--output_dir", str(tmp_path), "--resume", trainer.run_dir,
-                                                 "--epochs", "3", "--gpu_devices", "cpu"], capsys)
+    status, err = run_main(
+        ImprovesUntilStep10,
+        ["--output_dir", str(tmp_path), "--resume", trainer.run_dir, "--epochs", "3", "--gpu_devices", "cpu"],
+        capsys,
+    )
     assert load_checkpoint(last)["global_step"] == 15  # the resume trained on from `last`
     # ... and its test on the best weights cannot run: one line naming the flag the user gave
     assert status == 1
@@ -87,8 +92,20 @@ def test_with_hooks_last_is_written_after_them(tmp_path):
 def test_not_improving_writes_last_alone(tmp_path):
     trainer = fit(ToyTrainer, tmp_path, (), "--epochs", "1")
     first_best = os.stat(trainer.checkpoint_path("best")).st_ino
-    resumed = ToyTrainer.from_argv(["--output_dir", str(tmp_path), "--resume", trainer.run_dir, "--epochs", "2",
-                                    "--gpu_devices", "cpu", "--lr", "1e-6"])
+    resumed = ToyTrainer.from_argv(
+        [
+            "--output_dir",
+            str(tmp_path),
+            "--resume",
+            trainer.run_dir,
+            "--epochs",
+            "2",
+            "--gpu_devices",
+            "cpu",
+            "--lr",
+            "1e-6",
+        ]
+    )
     resumed.validate = lambda loader: {"loss": 1e9}  # worse: no new best
     resumed.fit()
     assert os.stat(resumed.checkpoint_path("best")).st_ino == first_best

@@ -1,4 +1,5 @@
 """CIFAR-10 from tiny files in the official pickle format, read through torchvision by the real loader."""
+
 import os
 import pickle
 
@@ -58,9 +59,26 @@ def test_missing_and_foreign_files_are_one_line_data_errors(tmp_path):
 
 def test_mae_pretrains_on_cifar10_files(tmp_path):
     write_cifar10(tmp_path / "data", per_batch=8)
-    trainer = MAETrainer.from_argv(["--output_dir", str(tmp_path), "--data_type", "CIFAR10", "--data_dir",
-                                    str(tmp_path / "data"), "--patch_size", "16", "--batch_size", "16",
-                                    "--epochs", "1", "--knn_k", "3", "--gpu_devices", "cpu"])
+    trainer = MAETrainer.from_argv(
+        [
+            "--output_dir",
+            str(tmp_path),
+            "--data_type",
+            "CIFAR10",
+            "--data_dir",
+            str(tmp_path / "data"),
+            "--patch_size",
+            "16",
+            "--batch_size",
+            "16",
+            "--epochs",
+            "1",
+            "--knn_k",
+            "3",
+            "--gpu_devices",
+            "cpu",
+        ]
+    )
     metrics = trainer.fit()
     assert trainer.data.input_shape == (3, 32, 32) and trainer.module.num_patches == 4
     assert set(metrics) == {"loss", "knn_top1"} and len(trainer.datasets["test"]) == 8

@@ -1,4 +1,5 @@
 """Layered configuration: base default < subclass default < config file < command line."""
+
 import json
 import subprocess
 
@@ -45,20 +46,23 @@ def test_flat_config_values_are_typed(tmp_path):
     assert args.deterministic is False and args.lr == 0.125
 
 
-@pytest.mark.parametrize("text,message", [
-    ('{"batch_size": 8, "no_such_key": 1}', "unknown key 'no_such_key'"),
-    ("{not json", "not valid JSON"),
-    ('{"optimizer": "lbfgs"}', "optimizer='lbfgs' is not one of"),
-    ('{"batch_size": [8]}', "bad value for 'batch_size': expected an integer, got [8]"),
-    ('{"batch_size": true}', "bad value for 'batch_size': expected an integer, got True"),
-    ('{"batch_size": 8.5}', "bad value for 'batch_size': expected an integer, got 8.5"),
-    ('{"lr": {"value": 1}}', "bad value for 'lr': expected a number"),
-    ('{"lr": "fast"}', "bad value for 'lr'"),
-    ("[1, 2]", "expected a JSON object of flag values, got a list"),
-    ('{"config": [1], "meta": {}}', "its 'config' entry is a list"),
-    ('{"config": {"lr": 0.1}, "meta": 5}', "its 'meta' entry is a int"),
-    ('{"config": {"lr": 0.1}, "meta": {"trainer": ["X"]}}', "its 'meta.trainer' is ['X']"),
-])
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ('{"batch_size": 8, "no_such_key": 1}', "unknown key 'no_such_key'"),
+        ("{not json", "not valid JSON"),
+        ('{"optimizer": "lbfgs"}', "optimizer='lbfgs' is not one of"),
+        ('{"batch_size": [8]}', "bad value for 'batch_size': expected an integer, got [8]"),
+        ('{"batch_size": true}', "bad value for 'batch_size': expected an integer, got True"),
+        ('{"batch_size": 8.5}', "bad value for 'batch_size': expected an integer, got 8.5"),
+        ('{"lr": {"value": 1}}', "bad value for 'lr': expected a number"),
+        ('{"lr": "fast"}', "bad value for 'lr'"),
+        ("[1, 2]", "expected a JSON object of flag values, got a list"),
+        ('{"config": [1], "meta": {}}', "its 'config' entry is a list"),
+        ('{"config": {"lr": 0.1}, "meta": 5}', "its 'meta' entry is a int"),
+        ('{"config": {"lr": 0.1}, "meta": {"trainer": ["X"]}}', "its 'meta.trainer' is ['X']"),
+    ],
+)
 def test_bad_config_file_exits_2_naming_the_problem(tmp_path, capsys, text, message):
     path = tmp_path / "c.json"
     path.write_text(text)
@@ -77,20 +81,24 @@ def test_unknown_flag_exits_2_with_one_line_and_a_pointer_to_help(capsys):
     assert len(lines) == 1 and "--no_such_flag" in lines[0] and lines[0].endswith("--help)")
 
 
-@pytest.mark.parametrize("text,value", [("False", False), ("false", False), ("0", False),
-                                        ("True", True), ("yes", True)])
+@pytest.mark.parametrize(
+    "text,value", [("False", False), ("false", False), ("0", False), ("True", True), ("yes", True)]
+)
 def test_booleans_parse(text, value):
     args, _ = parse(["--deterministic", text])
     assert args.deterministic is value
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["--batch_size", "0"], "--batch_size=0: must be > 0"),
-    (["--lr", "-1"], "--lr=-1.0: must be > 0"),
-    (["--epochs", "0"], "--epochs=0: must be > 0"),
-    (["--gpu_devices", "7"], "--gpu_devices='7': no such GPU"),
-    (["--deterministic", "maybe"], "expected a boolean"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--batch_size", "0"], "--batch_size=0: must be > 0"),
+        (["--lr", "-1"], "--lr=-1.0: must be > 0"),
+        (["--epochs", "0"], "--epochs=0: must be > 0"),
+        (["--gpu_devices", "7"], "--gpu_devices='7': no such GPU"),
+        (["--deterministic", "maybe"], "expected a boolean"),
+    ],
+)
 def test_validation_names_flag_and_value(capsys, argv, message):
     with pytest.raises(SystemExit) as exit_info:
         parse_config(Child, argv)
@@ -131,8 +139,9 @@ def test_config_folder_exits_2(tmp_path, capsys):
 
 # ------------------------------------------------------------------ git facts in the config file
 def git(folder, *args):
-    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=folder, check=True,
-                   capture_output=True)
+    subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=folder, check=True, capture_output=True
+    )
 
 
 def test_git_dirty_follows_uncommitted_changes(tmp_path):

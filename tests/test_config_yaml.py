@@ -1,4 +1,5 @@
 """YAML ``--config`` files read exactly like JSON ones, and ``--print_config`` writes one that reads back."""
+
 import json
 import os
 import subprocess
@@ -41,20 +42,39 @@ def without_file(args, provenance, path):
 
 
 # ------------------------------------------------------------------ reading YAML like JSON
-FLAGS = {"batch_size": 16, "lr": 0.001, "deterministic": True, "optimizer": "sgd", "proj_name": "Exp",
-         "sizes": [3, 4], "tag": "0.5", "grad_clip": 1.0}
+FLAGS = {
+    "batch_size": 16,
+    "lr": 0.001,
+    "deterministic": True,
+    "optimizer": "sgd",
+    "proj_name": "Exp",
+    "sizes": [3, 4],
+    "tag": "0.5",
+    "grad_clip": 1.0,
+}
 # The same flags as a person writes them in YAML: 1e-3 (a string to YAML 1.1), on, an unquoted name.
-FLAGS_YAML = "batch_size: 16\nlr: 1e-3\ndeterministic: on\noptimizer: sgd\nproj_name: Exp\nsizes: [3, 4]\n" \
-             "tag: '0.5'\ngrad_clip: 1\n"
+FLAGS_YAML = (
+    "batch_size: 16\nlr: 1e-3\ndeterministic: on\noptimizer: sgd\nproj_name: Exp\nsizes: [3, 4]\n"
+    "tag: '0.5'\ngrad_clip: 1\n"
+)
 
 
 @pytest.mark.parametrize("layout", ["flat", "saved run"])
 def test_yaml_and_json_with_the_same_content_resolve_the_same(tmp_path, layout):
-    doc = FLAGS if layout == "flat" else {"config": FLAGS, "provenance": {"lr": "command line"},
-                                          "meta": {"trainer": "Child", "git_dirty": False}}
-    text = FLAGS_YAML if layout == "flat" else (
-        "config:\n" + "".join(f"  {line}\n" for line in FLAGS_YAML.splitlines())
-        + "provenance: {lr: command line}\nmeta:\n  trainer: Child\n  git_dirty: false\n")
+    doc = (
+        FLAGS
+        if layout == "flat"
+        else {"config": FLAGS, "provenance": {"lr": "command line"}, "meta": {"trainer": "Child", "git_dirty": False}}
+    )
+    text = (
+        FLAGS_YAML
+        if layout == "flat"
+        else (
+            "config:\n"
+            + "".join(f"  {line}\n" for line in FLAGS_YAML.splitlines())
+            + "provenance: {lr: command line}\nmeta:\n  trainer: Child\n  git_dirty: false\n"
+        )
+    )
     json_path = write(tmp_path, "c.json", json.dumps(doc))
     yaml_path = write(tmp_path, "c.yml", text)
     from_json = without_file(*parse(["--config", json_path, "--epochs", "3"]), json_path)
@@ -65,9 +85,21 @@ def test_yaml_and_json_with_the_same_content_resolve_the_same(tmp_path, layout):
     assert origin["epochs"] == "command line" and origin["num_workers"] == "base default (TrainerBase)"
 
 
-@pytest.mark.parametrize("flag, text", [
-    ("lr", "1e-3"), ("lr", "1_0.5"), ("deterministic", "on"), ("deterministic", "no"), ("proj_name", "yes"),
-    ("proj_name", "2024-01-01"), ("proj_name", "0x1F"), ("seed", "010"), ("gpu_devices", "0"), ("tag", "1:30")])
+@pytest.mark.parametrize(
+    "flag, text",
+    [
+        ("lr", "1e-3"),
+        ("lr", "1_0.5"),
+        ("deterministic", "on"),
+        ("deterministic", "no"),
+        ("proj_name", "yes"),
+        ("proj_name", "2024-01-01"),
+        ("proj_name", "0x1F"),
+        ("seed", "010"),
+        ("gpu_devices", "0"),
+        ("tag", "1:30"),
+    ],
+)
 def test_a_yaml_value_means_what_the_same_text_means_on_the_command_line(tmp_path, flag, text):
     path = write(tmp_path, "c.yaml", f"{flag}: {text}\n")
     from_file = getattr(parse_config(Child, ["--config", path], validate=False)[0], flag)
@@ -98,10 +130,15 @@ BAD = [  # (YAML text, message); each names the file, exits 2, one line
     ("epochs:\n", "bad value for 'epochs': expected a value, got None"),
     ("deterministic: maybe\n", "expected a boolean"),
     ("proj_name: !!timestamp 2024-01-01\n", "bad value for 'proj_name': a YAML date"),
-    ("{lr: 0.1\n", "not valid YAML (while parsing a flow mapping, expected ',' or '}', but got '<stream end>' "
-                    "at line 2, column 1)"),
-    ("lr: 0.1\n---\nlr: 0.2\n", "not valid YAML (expected a single document in the stream, but found another "
-                                 "document at line 2, column 1)"),
+    (
+        "{lr: 0.1\n",
+        "not valid YAML (while parsing a flow mapping, expected ',' or '}', but got '<stream end>' "
+        "at line 2, column 1)",
+    ),
+    (
+        "lr: 0.1\n---\nlr: 0.2\n",
+        "not valid YAML (expected a single document in the stream, but found another document at line 2, column 1)",
+    ),
     ("lr: 0.1\nbatch_size: 8\nlr: 0.2\n", "key 'lr' is given twice (lines 1 and 3)"),
     ("config: {lr: 0.1}\nmeta: {trainer: A, trainer: B}\n", "key 'trainer' is given twice (lines 2 and 2)"),
     ("- 1\n- 2\n", "expected a YAML mapping of flag values, got a list"),
@@ -109,8 +146,10 @@ BAD = [  # (YAML text, message); each names the file, exits 2, one line
     ("# nothing\n", "the file is empty"),
     ("config: [1]\nmeta: {}\n", "its 'config' entry is a list"),
     ("config: {lr: 0.1}\nmeta: 5\n", "its 'meta' entry is a str"),
-    ("config: {lr: 0.1, patch_size: 8}\nmeta: {trainer: ViTTrainer}\n",
-     "(written by ViTTrainer; Child trains Child): unknown key 'patch_size'"),
+    (
+        "config: {lr: 0.1, patch_size: 8}\nmeta: {trainer: ViTTrainer}\n",
+        "(written by ViTTrainer; Child trains Child): unknown key 'patch_size'",
+    ),
 ]
 
 
@@ -124,8 +163,9 @@ def test_bad_yaml_file_exits_2_with_one_line_naming_file_and_problem(tmp_path, c
     assert f"--config {path}" in line and message in line
 
 
-@pytest.mark.parametrize("flags", [{"no_such_key": 1}, {"optimizer": "lbfgs"}, {"epochs": None}, {"lr": "fast"},
-                                   {"deterministic": "maybe"}])
+@pytest.mark.parametrize(
+    "flags", [{"no_such_key": 1}, {"optimizer": "lbfgs"}, {"epochs": None}, {"lr": "fast"}, {"deterministic": "maybe"}]
+)
 def test_bad_values_give_the_same_error_in_json_and_yaml(tmp_path, capsys, flags):
     lines = []
     for name, text in (("c.json", json.dumps(flags)), ("c.yaml", yaml.safe_dump(flags))):
@@ -155,8 +195,21 @@ def printed(cls, argv, capsys):
 
 @pytest.mark.parametrize("cls", [ToyTrainer, VanillaTrainer])
 def test_printed_config_reads_back_as_the_same_config(tmp_path, capsys, cls):
-    argv = ["--gpu_devices", "cpu", "--output_dir", str(tmp_path / "runs"), "--lr", "1e-5", "--proj_name", "0123",
-            "--deterministic", "--grad_clip", "2", "--debug", "yes"]
+    argv = [
+        "--gpu_devices",
+        "cpu",
+        "--output_dir",
+        str(tmp_path / "runs"),
+        "--lr",
+        "1e-5",
+        "--proj_name",
+        "0123",
+        "--deterministic",
+        "--grad_clip",
+        "2",
+        "--debug",
+        "yes",
+    ]
     args, provenance = parse_config(cls, argv)
     out = printed(cls, argv, capsys)
     body = [line for line in out.splitlines() if not line.startswith("#")]
@@ -198,8 +251,20 @@ def test_print_config_is_in_help_beside_config(capsys):
 
 
 def test_trainer_script_prints_its_config(tmp_path):
-    done = subprocess.run([sys.executable, "trainer_vanilla.py", "--print_config", "--gpu_devices", "cpu",
-                           "--output_dir", str(tmp_path / "runs")], cwd=ROOT, capture_output=True, text=True)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "trainer_vanilla.py",
+            "--print_config",
+            "--gpu_devices",
+            "cpu",
+            "--output_dir",
+            str(tmp_path / "runs"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0 and done.stderr == ""
     assert "lr: 0.002  # subclass default (VanillaTrainer)\n" in done.stdout
     assert f"output_dir: {tmp_path / 'runs'}  # command line\n" in done.stdout and not (tmp_path / "runs").exists()

@@ -5,6 +5,7 @@ picks (``last``, a step checkpoint, an older one when newer ones are corrupt) an
 previous launch stopped (kill -9 between a validation's row and ``last``). A file cut short or
 emptied is repaired or reported in one line, never appended to as it is.
 """
+
 import csv
 import glob
 import os
@@ -15,16 +16,26 @@ import textwrap
 
 import pytest
 
+from base.row_files import MetricsCSV
+from base.run_dir import RunDirError
 from conftest import ToyTrainer
 from test_resume import StopAfter, logged
 
-from base.row_files import MetricsCSV
-from base.run_dir import RunDirError
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # 40 samples in batches of 8: 5 steps an epoch, a validation at steps 5 and 10.
-FLAGS = ["--gpu_devices", "cpu", "--deterministic", "--epochs", "2", "--log_every_steps", "1", "--loggers", "csv",
-         "--save_every_steps", "5"]
+FLAGS = [
+    "--gpu_devices",
+    "cpu",
+    "--deterministic",
+    "--epochs",
+    "2",
+    "--log_every_steps",
+    "1",
+    "--loggers",
+    "csv",
+    "--save_every_steps",
+    "5",
+]
 
 
 def fit(out, *extra, hooks=()):
@@ -76,8 +87,14 @@ def test_kill_9_between_a_validations_row_and_last_then_resume_logs_each_row_onc
         CheckpointingMixin.save = save
         ToyTrainer.from_argv(sys.argv[1:]).fit()
     """)
-    proc = subprocess.run([sys.executable, "-c", script, "--output_dir", str(tmp_path), *FLAGS], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", script, "--output_dir", str(tmp_path), *FLAGS],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert proc.returncode == -9, proc.stderr
     run = the_run(tmp_path)
     assert not os.path.exists(os.path.join(run, "Toy_last_ckpt.pth"))
@@ -89,8 +106,9 @@ def test_kill_9_between_a_validations_row_and_last_then_resume_logs_each_row_onc
 
 
 @pytest.mark.parametrize("corrupt", [["last"], ["last", "step10"]], ids=["to_step10", "to_step5"])
-def test_resume_from_an_older_checkpoint_when_newer_ones_are_corrupt_drops_the_rows_after_it(tmp_path, straight,
-                                                                                            corrupt):
+def test_resume_from_an_older_checkpoint_when_newer_ones_are_corrupt_drops_the_rows_after_it(
+    tmp_path, straight, corrupt
+):
     """The finished run's newest checkpoints fail their checksum: the resume falls back to a step checkpoint,
     saved before the validation at its step, and every row written after it is redone once."""
     fit(tmp_path)
@@ -137,7 +155,7 @@ def test_a_scalars_csv_cut_short_is_repaired_and_the_lost_rows_said(tmp_path, st
     path = os.path.join(run, "scalars.csv")
     data = pathlib.Path(path).read_bytes()
     with open(path, "wb") as f:  # the end of step 7's rows is lost, in the middle of its grad_norm value
-        f.write(data[:data.rindex(b"7,train/grad_norm,") + len(b"7,train/grad_norm,1")])
+        f.write(data[: data.rindex(b"7,train/grad_norm,") + len(b"7,train/grad_norm,1")])
     resumed = resume(tmp_path)
     assert logged(resumed) == (straight[0], [r for r in straight[1] if r[:2] != ["7", "train/grad_norm"]])
     cut, lost = warnings_about(run, "scalars.csv")
@@ -154,17 +172,22 @@ def test_an_emptied_metrics_csv_is_said_in_one_line(tmp_path, straight):
     assert "holds 0 of the 1 rows the checkpoint covers (emptied or cut short?)" in line
 
 
-@pytest.mark.parametrize("name, damage, message", [
-    ("metrics.csv", "header", "{path}: its first line '1,5,"), ("scalars.csv", "header", "{path}: its first line"),
-    ("metrics.csv", "binary", "{path} is not CSV text ('utf-8' codec can't decode")],
-    ids=["metrics", "scalars", "binary"])
+@pytest.mark.parametrize(
+    "name, damage, message",
+    [
+        ("metrics.csv", "header", "{path}: its first line '1,5,"),
+        ("scalars.csv", "header", "{path}: its first line"),
+        ("metrics.csv", "binary", "{path} is not CSV text ('utf-8' codec can't decode"),
+    ],
+    ids=["metrics", "scalars", "binary"],
+)
 def test_a_row_file_that_is_not_a_table_is_refused_in_one_line_and_kept(tmp_path, capsys, name, damage, message):
     from test_bad_input import error_line, run_main
 
     run = stopped(tmp_path)
     path = os.path.join(run, name)
     data = pathlib.Path(path).read_bytes()
-    bad = data[data.index(b"\n") + 1:] if damage == "header" else b"\xff\xfe" + data
+    bad = data[data.index(b"\n") + 1 :] if damage == "header" else b"\xff\xfe" + data
     pathlib.Path(path).write_bytes(bad)
     capsys.readouterr()
     status, err = run_main(ToyTrainer, ["--output_dir", str(tmp_path), "--resume", "auto"], capsys)
@@ -173,8 +196,7 @@ def test_a_row_file_that_is_not_a_table_is_refused_in_one_line_and_kept(tmp_path
     assert pathlib.Path(path).read_bytes() == bad  # nothing lost
 
 
-def test_scalars_csv_replaced_by_a_folder_is_one_error_line_without_tracker_warnings(tmp_path, capsys,
-                                                                                     monkeypatch):
+def test_scalars_csv_replaced_by_a_folder_is_one_error_line_without_tracker_warnings(tmp_path, capsys, monkeypatch):
     from test_bad_input import error_line, run_main
 
     pytest.importorskip("mlflow")
@@ -184,8 +206,9 @@ def test_scalars_csv_replaced_by_a_folder_is_one_error_line_without_tracker_warn
     os.mkdir(os.path.join(run, "scalars.csv"))
     capsys.readouterr()
     # mlflow after csv: it never starts, so it has nothing to finish and nothing to warn about
-    status, err = run_main(ToyTrainer, ["--output_dir", str(tmp_path), "--resume", "auto", "--loggers", "csv,mlflow"],
-                           capsys)
+    status, err = run_main(
+        ToyTrainer, ["--output_dir", str(tmp_path), "--resume", "auto", "--loggers", "csv,mlflow"], capsys
+    )
     line = error_line(status, err)
     assert status == 1 and line.endswith(f"{os.path.join(run, 'scalars.csv')}: Is a directory")
     assert [w for w in err.splitlines() if " WARNING " in w and "hook StopAfter" not in w] == []

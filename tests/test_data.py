@@ -1,4 +1,5 @@
 """Contract tests for data/classification.py on tiny generated files (CPU, offline)."""
+
 import argparse
 import gzip
 import os
@@ -14,8 +15,13 @@ from torch.utils.data import DataLoader
 
 from base.config import ConfigError
 from base.errors import DataError
-from data.classification import (IDX_FILES, add_data_arguments, build_classification_datasets, digits_arrays,
-                                 validate_data_config)
+from data.classification import (
+    IDX_FILES,
+    add_data_arguments,
+    build_classification_datasets,
+    digits_arrays,
+    validate_data_config,
+)
 
 
 def make_args(argv=()):
@@ -80,8 +86,18 @@ def test_mnist_layouts_load_real_idx_files(tmp_path, data_type, flat):
 
 def test_mnist_sample_rates_shrink_and_are_seeded(tmp_path):
     write_mnist(tmp_path)
-    argv = ["--data_type", "MNIST", "--data_dir", str(tmp_path), "--val_fraction", "0.25",
-            "--train_val_sample_rate", "0.5", "--test_sample_rate", "0.25"]
+    argv = [
+        "--data_type",
+        "MNIST",
+        "--data_dir",
+        str(tmp_path),
+        "--val_fraction",
+        "0.25",
+        "--train_val_sample_rate",
+        "0.5",
+        "--test_sample_rate",
+        "0.25",
+    ]
     first = build_classification_datasets(make_args(argv))
     again = build_classification_datasets(make_args(argv))
     assert (len(first.train), len(first.val), len(first.test)) == (15, 5, 5)
@@ -152,8 +168,20 @@ def test_image_folder_loads_resized_rgb(tmp_path):
     for cls in ("cat", "dog"):
         for i in range(3):
             write_png(str(tmp_path / cls / f"{i}.png"), size=(10 + i, 12), value=200 if cls == "dog" else 0)
-    args = make_args(["--data_type", "ImageFolder", "--data_dir", str(tmp_path), "--image_size", "16",
-                      "--val_fraction", "0.5", "--test_fraction", "0"])
+    args = make_args(
+        [
+            "--data_type",
+            "ImageFolder",
+            "--data_dir",
+            str(tmp_path),
+            "--image_size",
+            "16",
+            "--val_fraction",
+            "0.5",
+            "--test_fraction",
+            "0",
+        ]
+    )
     validate_data_config(args)
     data = build_classification_datasets(args)
     assert data.class_names == ["cat", "dog"] and data.input_shape == (3, 16, 16)
@@ -168,8 +196,9 @@ def test_image_folder_test_split_keeps_train_class_indices(tmp_path):
         write_png(str(tmp_path / "train" / cls / "0.png"))
         write_png(str(tmp_path / "train" / cls / "1.png"))
     write_png(str(tmp_path / "test" / "c" / "0.png"))  # "a" and "b" absent from test
-    data = build_classification_datasets(make_args(
-        ["--data_type", "ImageFolder", "--data_dir", str(tmp_path), "--val_fraction", "0.5"]))
+    data = build_classification_datasets(
+        make_args(["--data_type", "ImageFolder", "--data_dir", str(tmp_path), "--val_fraction", "0.5"])
+    )
     assert [label for _, label in data.test] == [2]
     assert len(data.train) + len(data.val) == 6 and len(data.val) == 3
 
@@ -212,14 +241,23 @@ def test_image_folder_counts_each_file_once_whatever_links_lead_to_it(tmp_path):
     data = build_classification_datasets(image_folder_args(tmp_path, "--val_fraction", "0.5"))
     pool = data.train.dataset
     assert sorted(os.path.relpath(p, tmp_path) for p, _ in pool.samples) == [
-        "a/0.png", "a/1.png", "a/2.png", "b/0.png", "b/1.png", "b/2.png"]
+        "a/0.png",
+        "a/1.png",
+        "a/2.png",
+        "b/0.png",
+        "b/1.png",
+        "b/2.png",
+    ]
     assert len(data.train) + len(data.val) + len(data.test) == 6
 
 
-@pytest.mark.parametrize("link, target", [
-    ("train/b/9.png", "../a/0.png"),  # one file, two labels
-    ("test/b/9.png", "../../train/b/1.png"),  # one file trained on and tested on: a leak
-])
+@pytest.mark.parametrize(
+    "link, target",
+    [
+        ("train/b/9.png", "../a/0.png"),  # one file, two labels
+        ("test/b/9.png", "../../train/b/1.png"),  # one file trained on and tested on: a leak
+    ],
+)
 def test_image_folder_refuses_one_file_in_two_classes_or_splits(tmp_path, link, target):
     two_classes(tmp_path / "train")
     write_png(str(tmp_path / "test" / "a" / "0.png"), value=9)
@@ -246,16 +284,17 @@ def write_broken(path, kind):
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])
-@pytest.mark.parametrize("kind, name", [("zero-byte", "empty.png"), ("text", "notes.png"),
-                                        ("truncated", "cut.jpg")])
+@pytest.mark.parametrize("kind, name", [("zero-byte", "empty.png"), ("text", "notes.png"), ("truncated", "cut.jpg")])
 def test_broken_image_names_its_path(tmp_path, kind, name, num_workers):
     for cls in ("a", "b"):
         write_png(str(tmp_path / cls / "ok.png"))
     broken = tmp_path / "b" / name
     write_broken(str(broken), kind)
-    data = build_classification_datasets(make_args(
-        ["--data_type", "ImageFolder", "--data_dir", str(tmp_path),
-         "--val_fraction", "0.5", "--test_fraction", "0"]))
+    data = build_classification_datasets(
+        make_args(
+            ["--data_type", "ImageFolder", "--data_dir", str(tmp_path), "--val_fraction", "0.5", "--test_fraction", "0"]
+        )
+    )
     # The whole pool (train and val), so the broken file is read whichever split it lands in.
     iterator = iter(DataLoader(data.train.dataset, batch_size=3, num_workers=num_workers))
     try:
@@ -283,25 +322,31 @@ def test_defaults():
     validate_data_config(args)
 
 
-@pytest.mark.parametrize("argv, expected", [
-    (["--train_val_sample_rate", "0"], "--train_val_sample_rate=0.0"),
-    (["--test_sample_rate", "1.5"], "--test_sample_rate=1.5"),
-    (["--val_fraction", "-0.1"], "--val_fraction=-0.1"),
-    (["--test_fraction", "1"], "--test_fraction=1.0"),
-    (["--val_fraction", "0.5", "--test_fraction", "0.5"], "--val_fraction=0.5"),
-    (["--image_size", "0"], "--image_size=0"),
-])
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["--train_val_sample_rate", "0"], "--train_val_sample_rate=0.0"),
+        (["--test_sample_rate", "1.5"], "--test_sample_rate=1.5"),
+        (["--val_fraction", "-0.1"], "--val_fraction=-0.1"),
+        (["--test_fraction", "1"], "--test_fraction=1.0"),
+        (["--val_fraction", "0.5", "--test_fraction", "0.5"], "--val_fraction=0.5"),
+        (["--image_size", "0"], "--image_size=0"),
+    ],
+)
 def test_validation_names_the_flag(argv, expected):
     with pytest.raises(ConfigError) as info:
         validate_data_config(make_args(argv))
     assert expected in str(info.value)
 
 
-@pytest.mark.parametrize("argv, expected", [
-    (["--data_type", "FashionMNIST"], "--data_type FashionMNIST needs --data_dir"),
-    (["--data_type", "ImageFolder", "--data_dir", "/no/such/dir"], "--data_dir /no/such/dir: no such folder"),
-    (["--data_type", "MNIST", "--data_dir", "/no/such/dir"], "--download true"),
-])
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["--data_type", "FashionMNIST"], "--data_type FashionMNIST needs --data_dir"),
+        (["--data_type", "ImageFolder", "--data_dir", "/no/such/dir"], "--data_dir /no/such/dir: no such folder"),
+        (["--data_type", "MNIST", "--data_dir", "/no/such/dir"], "--download true"),
+    ],
+)
 def test_a_missing_data_folder_is_a_data_error_naming_it(argv, expected):
     with pytest.raises(DataError) as info:  # bad data, exit status 1, as a missing Carvana folder
         validate_data_config(make_args(argv))
@@ -363,15 +408,28 @@ def test_a_trainer_sees_a_new_order_each_epoch(toy_argv):
 @pytest.mark.parametrize("data_type, in_chans, channels", [("ELPV", 3, 1), ("Digits", 3, 1), ("ImageFolder", 1, 3)])
 def test_in_chans_other_than_the_datas_is_refused_before_a_run_folder(tmp_path, capsys, data_type, in_chans, channels):
     from test_bad_input import expect
-
     from trainers.vit_trainer import ViTTrainer
 
     two_classes(tmp_path / "images")
-    argv = ["--output_dir", str(tmp_path / "runs"), "--gpu_devices", "cpu", "--data_type", data_type,
-            "--data_dir", str(tmp_path / "images"), "--image_size", "16", "--patch_size", "8", "--epochs", "1",
-            "--in_chans", str(in_chans)]
-    expect(ViTTrainer, argv, capsys, 2, f"--in_chans={in_chans}", f"--data_type {data_type}",
-           f"{channels} channel")
+    argv = [
+        "--output_dir",
+        str(tmp_path / "runs"),
+        "--gpu_devices",
+        "cpu",
+        "--data_type",
+        data_type,
+        "--data_dir",
+        str(tmp_path / "images"),
+        "--image_size",
+        "16",
+        "--patch_size",
+        "8",
+        "--epochs",
+        "1",
+        "--in_chans",
+        str(in_chans),
+    ]
+    expect(ViTTrainer, argv, capsys, 2, f"--in_chans={in_chans}", f"--data_type {data_type}", f"{channels} channel")
     assert not os.path.exists(tmp_path / "runs")
 
 
@@ -396,20 +454,42 @@ def test_in_chans_is_checked_against_a_tasks_own_data_too():
 
 def test_a_folder_too_small_for_a_test_image_is_one_line_naming_it(tmp_path, capsys):
     from test_bad_input import expect
-
     from trainers.vanilla_trainer import VanillaTrainer
 
     two_classes(tmp_path / "images", per_class=1)  # --test_fraction 0.2 of 2 images rounds to none
-    argv = ["--output_dir", str(tmp_path / "runs"), "--gpu_devices", "cpu", "--data_type", "ImageFolder",
-            "--data_dir", str(tmp_path / "images"), "--image_size", "8", "--epochs", "1"]
-    expect(VanillaTrainer, argv, capsys, 1, f"--data_dir {tmp_path / 'images'}", "no test image",
-           "at least 3 images")
+    argv = [
+        "--output_dir",
+        str(tmp_path / "runs"),
+        "--gpu_devices",
+        "cpu",
+        "--data_type",
+        "ImageFolder",
+        "--data_dir",
+        str(tmp_path / "images"),
+        "--image_size",
+        "8",
+        "--epochs",
+        "1",
+    ]
+    expect(VanillaTrainer, argv, capsys, 1, f"--data_dir {tmp_path / 'images'}", "no test image", "at least 3 images")
 
 
 def test_no_test_split_trains_and_skips_the_test(tmp_path):
     from trainers.vanilla_trainer import VanillaTrainer
 
-    trainer = VanillaTrainer.from_argv(["--output_dir", str(tmp_path), "--gpu_devices", "cpu", "--max_steps", "2",
-                                        "--train_val_sample_rate", "0.1", "--test_fraction", "0"])
+    trainer = VanillaTrainer.from_argv(
+        [
+            "--output_dir",
+            str(tmp_path),
+            "--gpu_devices",
+            "cpu",
+            "--max_steps",
+            "2",
+            "--train_val_sample_rate",
+            "0.1",
+            "--test_fraction",
+            "0",
+        ]
+    )
     assert trainer.fit() == {}
     assert not os.path.exists(os.path.join(trainer.run_dir, "test_metrics.json"))

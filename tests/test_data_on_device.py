@@ -3,6 +3,7 @@
 CPU runs (the "device" is the CPU: the code path is the same). Resume parity of a
 ``--data_on_device`` run with random crops, flips and Mixup is a case of tests/test_resume.py.
 """
+
 import os
 
 import pytest
@@ -28,8 +29,9 @@ def images(n=23):
 
 
 # ------------------------------------------------------------------ the loader
-@pytest.mark.parametrize("start, rank, world_size", [(0, 0, 1), (7, 0, 1), (0, 1, 2), (5, 0, 3), (5, 2, 3), (23, 0, 1),
-                                                      (21, 1, 2)])
+@pytest.mark.parametrize(
+    "start, rank, world_size", [(0, 0, 1), (7, 0, 1), (0, 1, 2), (5, 0, 3), (5, 2, 3), (23, 0, 1), (21, 1, 2)]
+)
 def test_batches_are_those_of_the_dataloader(start, rank, world_size):
     """Same sampler, same batches: order, mid-epoch start, DDP share, the left-out tail (23 = 4 * 5 + 3), and
     none at all where the epoch has nothing left (a resume from its last step)."""
@@ -89,8 +91,21 @@ def test_random_crops_on_the_device_train_as_well_as_in_the_loader(tmp_path):
     ~87% test top-1 here and the device path ~84% (random guessing: 10%); 75% on each side and a gap of at most
     8 points (of 359 test images, ~29) catch a device path that feeds the model wrong pairs or wrong crops
     (labels shuffled against images, a crop far off --scale), which costs tens of points."""
-    argv = ["--epochs", "3", "--batch_size", "32", "--train_crop", "rrc", "--scale", "0.5", "1", "--num_workers", "0",
-            "--loggers", "csv"]
+    argv = [
+        "--epochs",
+        "3",
+        "--batch_size",
+        "32",
+        "--train_crop",
+        "rrc",
+        "--scale",
+        "0.5",
+        "1",
+        "--num_workers",
+        "0",
+        "--loggers",
+        "csv",
+    ]
     loader_run, loader_metrics = fit(VanillaTrainer, tmp_path / "a", *argv)
     device_run, device_metrics = fit(VanillaTrainer, tmp_path / "b", *argv, "--data_on_device")
     assert isinstance(loader_run.datasets["train"], Augmented)  # the worker path crops ...
@@ -103,13 +118,27 @@ def test_random_crops_on_the_device_train_as_well_as_in_the_loader(tmp_path):
 
 def test_device_augmentation_is_per_sample_and_seeded_by_position(tmp_path):
     """ViT's flags on the device: each image its own crop and flips, the same ones again from the same position."""
-    trainer = ViTTrainer.from_argv(["--output_dir", str(tmp_path), *CPU, "--data_type", "Digits", "--patch_size",
-                                    "4", "--train_crop", "rrc", "--hflip", "0.5", "--vflip", "0.5",
-                                    "--data_on_device"])
+    trainer = ViTTrainer.from_argv(
+        [
+            "--output_dir",
+            str(tmp_path),
+            *CPU,
+            "--data_type",
+            "Digits",
+            "--patch_size",
+            "4",
+            "--train_crop",
+            "rrc",
+            "--hflip",
+            "0.5",
+            "--vflip",
+            "0.5",
+            "--data_on_device",
+        ]
+    )
     trainer.build()
     augment = trainer.inputs.augment
-    assert [type(op).__name__ for op in augment] == ["RandomResizedCrop", "RandomHorizontalFlip",
-                                                      "RandomVerticalFlip"]
+    assert [type(op).__name__ for op in augment] == ["RandomResizedCrop", "RandomHorizontalFlip", "RandomVerticalFlip"]
     x = next(iter(trainer.loaders["train"]))[0][:1].float().expand(64, -1, -1, -1) / 255  # one image, 64 times
     seed_position(0, 0, 1, 64)
     first = augment(x)
@@ -122,11 +151,14 @@ def test_device_augmentation_is_per_sample_and_seeded_by_position(tmp_path):
 
 
 # ------------------------------------------------------------------ refusals (before any run folder)
-@pytest.mark.parametrize("cls, argv, names", [
-    (VanillaTrainer, ["--data_type", "ImageFolder", "--data_dir", "."], ["--data_on_device", "ImageFolder"]),
-    (ViTTrainer, ["--data_type", "ImageFolder", "--data_dir", "."], ["--data_on_device", "ImageFolder"]),
-    (ViTTrainer, ["--data_type", "Digits", "--randaugment", "2", "9"], ["--randaugment", "--data_on_device"]),
-])
+@pytest.mark.parametrize(
+    "cls, argv, names",
+    [
+        (VanillaTrainer, ["--data_type", "ImageFolder", "--data_dir", "."], ["--data_on_device", "ImageFolder"]),
+        (ViTTrainer, ["--data_type", "ImageFolder", "--data_dir", "."], ["--data_on_device", "ImageFolder"]),
+        (ViTTrainer, ["--data_type", "Digits", "--randaugment", "2", "9"], ["--randaugment", "--data_on_device"]),
+    ],
+)
 def test_what_cannot_run_on_the_device_is_refused_in_one_line(tmp_path, capsys, cls, argv, names):
     expect(cls, ["--output_dir", str(tmp_path), "--gpu_devices", "cpu", "--data_on_device", *argv], capsys, 2, *names)
     assert os.listdir(tmp_path) == []

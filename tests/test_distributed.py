@@ -6,6 +6,7 @@ to one rank stops both with a checkpoint, and resuming continues bit-identically
 a DDP checkpoint evaluates in one process. The model of ``dist_toy.py`` has no
 BatchNorm and no dropout.
 """
+
 import csv
 import glob
 import json
@@ -35,9 +36,14 @@ def free_port():
 
 
 def torchrun(argv, script=TOY, nproc=2, timeout=180):
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                           f"--nproc_per_node={nproc}", script, *argv], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", script, *argv],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
 
 
 def spawn(argv, world=2, script=TOY):
@@ -45,11 +51,26 @@ def spawn(argv, world=2, script=TOY):
     port = free_port()
     procs = []
     for rank in range(world):
-        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank),
-               "LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
-               "OMP_NUM_THREADS": "1"}
-        procs.append(subprocess.Popen([sys.executable, script, *argv], cwd=ROOT, env=env, text=True,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+        env = {
+            **os.environ,
+            "RANK": str(rank),
+            "WORLD_SIZE": str(world),
+            "LOCAL_RANK": str(rank),
+            "LOCAL_WORLD_SIZE": str(world),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "OMP_NUM_THREADS": "1",
+        }
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, script, *argv],
+                cwd=ROOT,
+                env=env,
+                text=True,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+            )
+        )
     return procs
 
 
@@ -78,11 +99,21 @@ def runs(tmp_path_factory):
     count = ddp_out / "allreduces"
     ddp = torchrun(["--output_dir", str(ddp_out), *DDP_FLAGS, "--count_allreduce", str(count)])
     assert ddp.returncode == 0, ddp.stderr[-3000:]
-    one = subprocess.run([sys.executable, TOY, "--output_dir", str(one_out), *ONE_PROCESS_FLAGS], cwd=ROOT,
-                         capture_output=True, text=True, timeout=120)
+    one = subprocess.run(
+        [sys.executable, TOY, "--output_dir", str(one_out), *ONE_PROCESS_FLAGS],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert one.returncode == 0, one.stderr[-3000:]
-    return {"ddp_out": str(ddp_out), "ddp": run_folders(ddp_out), "one": run_folders(one_out),
-            "count": str(count), "ddp_log": ddp.stderr}
+    return {
+        "ddp_out": str(ddp_out),
+        "ddp": run_folders(ddp_out),
+        "one": run_folders(one_out),
+        "count": str(count),
+        "ddp_log": ddp.stderr,
+    }
 
 
 def test_rank_zero_alone_writes_one_run_folder(runs):
@@ -159,8 +190,9 @@ def test_sigterm_to_one_rank_stops_both_and_resume_is_identical(tmp_path):
     resumed = finish(spawn(["--resume", run, *flags]))
     assert [rc for rc, _ in resumed] == [0, 0], resumed
     # with one process instead of two: the rest of the epoch is shared out again, and the run finishes
-    alone = subprocess.run([sys.executable, TOY, "--resume", str(other), *flags], cwd=ROOT, capture_output=True,
-                           text=True, timeout=120)
+    alone = subprocess.run(
+        [sys.executable, TOY, "--resume", str(other), *flags], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert alone.returncode == 0, alone.stderr[-3000:]
     assert "written by 2 process(es), this run has 1" in alone.stderr
     finished = ckpt(str(other))
@@ -218,8 +250,12 @@ def test_nonfinite_loss_on_one_rank_stops_every_rank(tmp_path):
     results = finish(spawn(["--output_dir", str(tmp_path), *DDP_FLAGS, "--nan_at_step", "3"]), timeout=120)
     assert [rc for rc, _ in results] == [1, 1], results
     assert all("non-finite loss" in out and "step 3" in out for _, out in results)
-    skipped = finish(spawn(["--output_dir", str(tmp_path), *DDP_FLAGS, "--nan_at_step", "3", "--nonfinite",
-                            "skip", "--epochs", "1"]), timeout=120)
+    skipped = finish(
+        spawn(
+            ["--output_dir", str(tmp_path), *DDP_FLAGS, "--nan_at_step", "3", "--nonfinite", "skip", "--epochs", "1"]
+        ),
+        timeout=120,
+    )
     assert [rc for rc, _ in skipped] == [0, 0], skipped
     run = run_folders(tmp_path)[-1]
     assert ckpt(run)["skipped_steps"] == 1 and ckpt(run)["global_step"] == 3  # 4 windows, one skipped
@@ -229,16 +265,40 @@ def test_gpu_devices_list_starts_ddp_and_the_checkpoint_evaluates_in_one_process
     """``--gpu_devices cpu,cpu`` runs torchrun itself; eval_vanilla.py then scores the DDP run's best checkpoint
     on the test split alone, exactly as the run's own (sharded) test did."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    train = subprocess.run([sys.executable, "trainer_vanilla.py", "--gpu_devices", "cpu,cpu", "--output_dir",
-                            str(tmp_path), "--max_steps", "6", "--batch_size", "16", "--val_every_steps", "3"],
-                           cwd=ROOT, capture_output=True, text=True, timeout=180, env=env)
+    train = subprocess.run(
+        [
+            sys.executable,
+            "trainer_vanilla.py",
+            "--gpu_devices",
+            "cpu,cpu",
+            "--output_dir",
+            str(tmp_path),
+            "--max_steps",
+            "6",
+            "--batch_size",
+            "16",
+            "--val_every_steps",
+            "3",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=env,
+    )
     assert train.returncode == 0, train.stderr[-3000:]
     (run,) = glob.glob(os.path.join(tmp_path, "Vanilla", "*"))
     config = json.load(open(glob.glob(os.path.join(run, "config_*.json"))[0]))
     assert config["meta"]["world_size"] == 2 and config["config"]["gpu_devices"] == "cpu,cpu"
     best = os.path.join(run, "Vanilla_best_ckpt.pth")
-    evaluated = subprocess.run([sys.executable, "eval_vanilla.py", "--model_path", best, "--gpu_devices", "cpu"],
-                               cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
+    evaluated = subprocess.run(
+        [sys.executable, "eval_vanilla.py", "--model_path", best, "--gpu_devices", "cpu"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     (result,) = glob.glob(os.path.join(run, "Vanilla_best_ckpt_eval_*.json"))
     assert json.load(open(result))["top1"] == json.load(open(os.path.join(run, "test_metrics.json")))["top1"]
@@ -254,14 +314,52 @@ def carvana_layout(tmp_path_factory):
 
 
 TASKS = {  # entry script, evaluator, flags, the metric compared
-    "vit": ("trainer_vit.py", "eval_vit.py", ["--image_size", "16", "--patch_size", "8", "--train_val_sample_rate",
-                                              "0.05", "--test_sample_rate", "0.05", "--mixup_alpha", "0.2",
-                                              "--randaugment", "2", "9", "--ema_decay", "0.9"], "top1"),
-    "seg": ("trainer_seg_on_carvana.py", "eval_seg_on_carvana.py", ["--base_channels", "4", "--batch_size", "2"],
-            "loss"),
+    "vit": (
+        "trainer_vit.py",
+        "eval_vit.py",
+        [
+            "--image_size",
+            "16",
+            "--patch_size",
+            "8",
+            "--train_val_sample_rate",
+            "0.05",
+            "--test_sample_rate",
+            "0.05",
+            "--mixup_alpha",
+            "0.2",
+            "--randaugment",
+            "2",
+            "9",
+            "--ema_decay",
+            "0.9",
+        ],
+        "top1",
+    ),
+    "seg": (
+        "trainer_seg_on_carvana.py",
+        "eval_seg_on_carvana.py",
+        ["--base_channels", "4", "--batch_size", "2"],
+        "loss",
+    ),
     # the k-NN bank gathered from both processes; its top-1 needs no random mask, so one process matches
-    "mae": ("trainer_mae.py", "eval_mae.py", ["--data_type", "Digits", "--patch_size", "4", "--batch_size", "64",
-                                              "--train_val_sample_rate", "0.3", "--knn_k", "5"], "knn_top1"),
+    "mae": (
+        "trainer_mae.py",
+        "eval_mae.py",
+        [
+            "--data_type",
+            "Digits",
+            "--patch_size",
+            "4",
+            "--batch_size",
+            "64",
+            "--train_val_sample_rate",
+            "0.3",
+            "--knn_k",
+            "5",
+        ],
+        "knn_top1",
+    ),
 }
 
 
@@ -271,13 +369,19 @@ def test_every_trainer_runs_under_ddp_and_its_checkpoint_evaluates_alone(task, t
     process as the run's own test did over 2 shards."""
     script, evaluator, flags, metric = TASKS[task]
     data = ["--data_dir", carvana_layout(tmp_path_factory)] if task == "seg" else []
-    done = torchrun([*data, "--output_dir", str(tmp_path), "--gpu_devices", "cpu", "--epochs", "1", *flags],
-                    script=script)
+    done = torchrun(
+        [*data, "--output_dir", str(tmp_path), "--gpu_devices", "cpu", "--epochs", "1", *flags], script=script
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     (run,) = [d for d in glob.glob(os.path.join(tmp_path, "*", "*")) if os.path.isdir(d)]
     (best,) = glob.glob(os.path.join(run, "*_best_ckpt.pth"))
-    evaluated = subprocess.run([sys.executable, evaluator, "--model_path", best, "--gpu_devices", "cpu", *data],
-                               cwd=ROOT, capture_output=True, text=True, timeout=120)
+    evaluated = subprocess.run(
+        [sys.executable, evaluator, "--model_path", best, "--gpu_devices", "cpu", *data],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     (result,) = glob.glob(os.path.join(run, "*_best_ckpt_eval_*.json"))
     own = json.load(open(os.path.join(run, "test_metrics.json")))

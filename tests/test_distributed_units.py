@@ -1,4 +1,5 @@
 """The parts of DDP support that need no trainer: sharded sampling, device choice, launch, reductions."""
+
 import os
 
 import pytest
@@ -29,8 +30,10 @@ def test_shards_cover_each_position_once_and_batch_k_is_the_global_batch_k(lengt
     assert sorted(i for s in shards for i in s) == sorted(order[:kept])  # each once, no padding
     assert len({len(s) // batch + (len(s) % batch > 0) for s in shards}) == 1  # as many batches on every rank
     for k in range(len(shards[0]) // batch + 1):  # batch k of all ranks = positions [k*B*W, (k+1)*B*W)
-        together = sorted(i for s in shards for i in s[k * batch:(k + 1) * batch])
-        assert together == sorted(order[k * batch * world:(k + 1) * batch * world][:max(0, kept - k * batch * world)])
+        together = sorted(i for s in shards for i in s[k * batch : (k + 1) * batch])
+        assert together == sorted(
+            order[k * batch * world : (k + 1) * batch * world][: max(0, kept - k * batch * world)]
+        )
 
 
 def test_tail_rules():
@@ -62,8 +65,15 @@ def test_one_gpu_for_two_processes_is_refused(monkeypatch):
 
 def test_launch_command():
     command = distributed.launch_command("0,1,2", "trainer_vit.py", ["--epochs", "3"])
-    assert command[1:] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=3", "trainer_vit.py",
-                           "--epochs", "3"]
+    assert command[1:] == [
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=3",
+        "trainer_vit.py",
+        "--epochs",
+        "3",
+    ]
     for bad in ("0,,1", "cpu,0"):
         with pytest.raises(ConfigError, match="gpu_devices"):
             distributed.launch_command(bad, "x.py", [])
@@ -116,10 +126,16 @@ def test_a_list_of_missing_gpus_is_one_line_before_any_process_starts(tmp_path):
     import sys
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    done = subprocess.run([sys.executable, "trainer_vanilla.py", "--gpu_devices", "0,1", "--output_dir", str(tmp_path)],
-                          cwd=root, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "trainer_vanilla.py", "--gpu_devices", "0,1", "--output_dir", str(tmp_path)],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         f"trainer_vanilla.py: error: --gpu_devices='0,1': no such GPU ({torch.cuda.device_count()} CUDA device(s) "
-        "visible); use --gpu_devices cpu"]
+        "visible); use --gpu_devices cpu"
+    ]
     assert not list(tmp_path.iterdir())

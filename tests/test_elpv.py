@@ -1,16 +1,17 @@
 """ELPV: the real solar-cell images of the elpv-dataset package, labelled and split as in the paper."""
+
 import collections
 import os
 
 import pytest
 import torch
-from by_hand import top1_by_hand
-from test_data import make_args
 
+from by_hand import top1_by_hand
 from data.classification import build_classification_datasets
 from data.elpv import _raw, elpv_labels, load_elpv, stratified_test_split
 from evaluators.vanilla_evaluator import VanillaEvaluator
 from evaluators.vit_evaluator import ViTEvaluator
+from test_data import make_args
 from trainers.vanilla_trainer import VanillaTrainer
 from trainers.vit_trainer import ViTTrainer
 from utils.metrics import accuracy_by_group
@@ -19,9 +20,24 @@ from utils.metrics import accuracy_by_group
 @pytest.fixture(scope="module")
 def subsampled():
     """ELPV splits at 16x16 with subsampled train/val and test, so Subset indices are not 0..n-1."""
-    return build_classification_datasets(make_args(["--data_type", "ELPV", "--image_size", "16", "--elpv_task",
-                                                    "binary", "--train_val_sample_rate", "0.5",
-                                                    "--test_sample_rate", "0.5", "--seed", "3"]))
+    return build_classification_datasets(
+        make_args(
+            [
+                "--data_type",
+                "ELPV",
+                "--image_size",
+                "16",
+                "--elpv_task",
+                "binary",
+                "--train_val_sample_rate",
+                "0.5",
+                "--test_sample_rate",
+                "0.5",
+                "--seed",
+                "3",
+            ]
+        )
+    )
 
 
 def test_labels_match_the_papers_class_counts():
@@ -55,8 +71,9 @@ def test_images_are_resized_real_cells():
 
 
 def test_elpv_builds_classification_splits_and_trains(tmp_path):
-    data = build_classification_datasets(make_args(["--data_type", "ELPV", "--image_size", "16",
-                                                    "--elpv_task", "binary", "--val_fraction", "0.1"]))
+    data = build_classification_datasets(
+        make_args(["--data_type", "ELPV", "--image_size", "16", "--elpv_task", "binary", "--val_fraction", "0.1"])
+    )
     assert data.input_shape == (1, 16, 16) and data.num_classes == 2
     assert len(data.test) == 656 and len(data.train) + len(data.val) == 1968
     _, probs, types = _raw()
@@ -65,8 +82,22 @@ def test_elpv_builds_classification_splits_and_trains(tmp_path):
     image, label = data.train[0]
     assert image.shape == (1, 16, 16) and label in (0, 1)
     assert torch.equal(image, data.train.dataset.images[data.train.indices[0]])  # the stored uint8 cell
-    trainer = VanillaTrainer.from_argv(["--data_type", "ELPV", "--model_type", "SmallCNN", "--image_size", "16",
-                                        "--max_steps", "4", "--output_dir", str(tmp_path), "--gpu_devices", "cpu"])
+    trainer = VanillaTrainer.from_argv(
+        [
+            "--data_type",
+            "ELPV",
+            "--model_type",
+            "SmallCNN",
+            "--image_size",
+            "16",
+            "--max_steps",
+            "4",
+            "--output_dir",
+            str(tmp_path),
+            "--gpu_devices",
+            "cpu",
+        ]
+    )
     metrics = trainer.fit()
     assert metrics["top1"] == pytest.approx(top1_by_hand(trainer), abs=1e-9) and trainer.global_step == 4
     results = VanillaEvaluator.from_argv(["--model_path", trainer.checkpoint_path("best")]).run()
@@ -105,9 +136,28 @@ def test_accuracy_by_group_by_hand():
 
 
 def test_vit_evaluator_reports_accuracy_per_cell_type_on_val(tmp_path, capsys):
-    trainer = ViTTrainer.from_argv(["--output_dir", str(tmp_path), "--image_size", "16", "--patch_size", "8",
-                                    "--train_val_sample_rate", "0.1", "--test_sample_rate", "0.1", "--max_steps", "2",
-                                    "--warmup_steps", "1", "--elpv_task", "binary", "--gpu_devices", "cpu"])
+    trainer = ViTTrainer.from_argv(
+        [
+            "--output_dir",
+            str(tmp_path),
+            "--image_size",
+            "16",
+            "--patch_size",
+            "8",
+            "--train_val_sample_rate",
+            "0.1",
+            "--test_sample_rate",
+            "0.1",
+            "--max_steps",
+            "2",
+            "--warmup_steps",
+            "1",
+            "--elpv_task",
+            "binary",
+            "--gpu_devices",
+            "cpu",
+        ]
+    )
     trainer.fit()
     evaluator = ViTEvaluator.from_argv(["--model_path", trainer.checkpoint_path("best"), "--split", "val"])
     results = evaluator.run()

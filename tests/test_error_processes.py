@@ -12,6 +12,7 @@ A process spends seconds importing torch, so the cases of :data:`CASES` are
 all started at once by a module fixture (a few at a time) and each
 parametrized test checks its own finished process.
 """
+
 import concurrent.futures
 import dataclasses
 import json
@@ -41,8 +42,9 @@ LOG_LINE = re.compile(r"^\d\d:\d\d:\d\d (INFO|WARNING|ERROR) ")
 
 def run(script, *argv, env=None, timeout=180):
     """The finished process of ``python <script> <argv>`` run in the repository."""
-    return subprocess.run([sys.executable, script, *map(str, argv)], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, script, *map(str, argv)], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
 def error_line(proc, status, *names):
@@ -87,9 +89,14 @@ def trained(tmp_path_factory):
     (run_dir,) = (home / "runs" / "Vanilla").iterdir()
     sub = DigitsSubtask.from_argv([*TINY, "--output_dir", str(tmp_path_factory.mktemp("sub"))])
     sub.fit()
-    return types.SimpleNamespace(home=home, run_dir=run_dir, best=run_dir / "Vanilla_best_ckpt.pth",
-                                 last=run_dir / "Vanilla_last_ckpt.pth", config=next(run_dir.glob("config_*.json")),
-                                 sub_best=pathlib.Path(sub.checkpoint_path("best")))
+    return types.SimpleNamespace(
+        home=home,
+        run_dir=run_dir,
+        best=run_dir / "Vanilla_best_ckpt.pth",
+        last=run_dir / "Vanilla_last_ckpt.pth",
+        config=next(run_dir.glob("config_*.json")),
+        sub_best=pathlib.Path(sub.checkpoint_path("best")),
+    )
 
 
 def derive_checkpoint(source, target, change):
@@ -102,8 +109,10 @@ def derive_checkpoint(source, target, change):
 
 def with_config(**values):
     """A ``change`` for :func:`derive_checkpoint` that sets flag values in the checkpoint's saved config."""
+
     def change(state):
         state["config"] = json.dumps({**json.loads(state["config"]), **values})
+
     return change
 
 
@@ -137,32 +146,53 @@ class Case:
 
 
 def eval_case(script, path, status, *names, watched=None):
-    return Case(script, ["--model_path", path], status, [f"--model_path {path}", *names],
-                watched=watched or pathlib.Path(path).parent)
+    return Case(
+        script,
+        ["--model_path", path],
+        status,
+        [f"--model_path {path}", *names],
+        watched=watched or pathlib.Path(path).parent,
+    )
 
 
 def config_case(path, folder, *names):
     out = folder / "out"
-    return Case("trainer_vanilla.py", ["--config", path, "--output_dir", out, "--gpu_devices", "cpu"], 2,
-                [f"--config {path}", *names], only_line=True, absent=out)
+    return Case(
+        "trainer_vanilla.py",
+        ["--config", path, "--output_dir", out, "--gpu_devices", "cpu"],
+        2,
+        [f"--config {path}", *names],
+        only_line=True,
+        absent=out,
+    )
 
 
 # ------------------------------------------------------------------ the cases
 def foreign_checkpoints(trained, folder):
     """1. A checkpoint (or export) of another trainer given to an evaluator."""
     folder = pathlib.Path(shutil.copytree(trained.run_dir, folder / "run"))
-    vit = derive_checkpoint(trained.best, folder / "Vanilla_best_ckpt.pth", lambda s: s.update(
-        trainer="ViTTrainer", model_card={**s["model_card"], "trainer": "ViTTrainer"}))
+    vit = derive_checkpoint(
+        trained.best,
+        folder / "Vanilla_best_ckpt.pth",
+        lambda s: s.update(trainer="ViTTrainer", model_card={**s["model_card"], "trainer": "ViTTrainer"}),
+    )
     edit_json(folder / "Vanilla_best.json", lambda d: d["model_card"].update(trainer="ViTTrainer"))
     refused = "eval_vanilla.py evaluates VanillaTrainer checkpoints (use eval_vit.py)"
     return {
         "vit_pth_to_eval_vanilla": eval_case("eval_vanilla.py", vit, 1, "a ViTTrainer checkpoint", refused),
-        "vit_export_to_eval_vanilla": eval_case("eval_vanilla.py", folder / "Vanilla_best.safetensors", 1,
-                                                "a ViTTrainer checkpoint", refused),
-        "vanilla_pth_to_eval_vit": eval_case("eval_vit.py", trained.best, 1, "a VanillaTrainer checkpoint",
-                                             "eval_vit.py evaluates ViTTrainer checkpoints (use eval_vanilla.py)"),
-        "subclass_task_to_eval_vanilla": eval_case("eval_vanilla.py", trained.sub_best, 1,
-                                                   "a DigitsSubtask checkpoint", "evaluates VanillaTrainer"),
+        "vit_export_to_eval_vanilla": eval_case(
+            "eval_vanilla.py", folder / "Vanilla_best.safetensors", 1, "a ViTTrainer checkpoint", refused
+        ),
+        "vanilla_pth_to_eval_vit": eval_case(
+            "eval_vit.py",
+            trained.best,
+            1,
+            "a VanillaTrainer checkpoint",
+            "eval_vit.py evaluates ViTTrainer checkpoints (use eval_vanilla.py)",
+        ),
+        "subclass_task_to_eval_vanilla": eval_case(
+            "eval_vanilla.py", trained.sub_best, 1, "a DigitsSubtask checkpoint", "evaluates VanillaTrainer"
+        ),
     }
 
 
@@ -175,8 +205,9 @@ def config_files(trained, folder):
         (folder / f"{name}.json").write_text(json.dumps(content))
     (folder / "config_folder").mkdir()
     return {
-        "config_of_another_trainer": config_case(folder / "vit.json", folder, "unknown key 'patch_size'",
-                                                 "written by ViTTrainer", "trains VanillaTrainer"),
+        "config_of_another_trainer": config_case(
+            folder / "vit.json", folder, "unknown key 'patch_size'", "written by ViTTrainer", "trains VanillaTrainer"
+        ),
         "config_not_an_object": config_case(folder / "list.json", folder, "expected a JSON object", "list"),
         "config_meta_not_an_object": config_case(folder / "meta.json", folder, "'meta' entry is a list"),
         "config_is_a_folder": config_case(folder / "config_folder", folder, "is a folder"),
@@ -186,8 +217,13 @@ def config_files(trained, folder):
 def saved_contents(trained, folder):
     """3. Checkpoints and exports whose saved config or 'model' entry is wrong (each in its own copy of the run)."""
     cases = {}
-    for name in ("unknown_model_type", "export_batch_size_text", "model_is_a_list", "model_is_a_tensor",
-                 "resume_batch_size_list"):
+    for name in (
+        "unknown_model_type",
+        "export_batch_size_text",
+        "model_is_a_list",
+        "model_is_a_tensor",
+        "resume_batch_size_list",
+    ):
         run_copy = pathlib.Path(shutil.copytree(trained.run_dir, folder / name))
         ckpt, last = run_copy / "Vanilla_best_ckpt.pth", run_copy / "Vanilla_last_ckpt.pth"
         if name == "unknown_model_type":
@@ -195,8 +231,9 @@ def saved_contents(trained, folder):
             cases[name] = eval_case("eval_vanilla.py", ckpt, 2, "its saved config", "model_type='ResNet9000'")
         elif name == "export_batch_size_text":
             edit_json(run_copy / "Vanilla_best.json", lambda d: d["config"].update(batch_size="lots"))
-            cases[name] = eval_case("eval_vanilla.py", run_copy / "Vanilla_best.safetensors", 2, "'batch_size'",
-                                    "'lots'")
+            cases[name] = eval_case(
+                "eval_vanilla.py", run_copy / "Vanilla_best.safetensors", 2, "'batch_size'", "'lots'"
+            )
         elif name == "model_is_a_list":
             derive_checkpoint(ckpt, ckpt, lambda s: s.update(model=[1, 2]))
             cases[name] = eval_case("eval_vanilla.py", ckpt, 1, "'model' entry is a list, not a state dict")
@@ -205,9 +242,14 @@ def saved_contents(trained, folder):
             cases[name] = eval_case("eval_vanilla.py", ckpt, 1, "'model' entry is a Tensor, not a state dict")
         else:  # the checkpoint whose saved value is bad is named
             derive_checkpoint(last, last, with_config(batch_size=[64]))
-            cases[name] = Case("trainer_vanilla.py", ["--resume", last], 2,
-                               [str(last), "'batch_size'", "expected an integer, got [64]"],
-                               watched=run_copy, only_line=True)
+            cases[name] = Case(
+                "trainer_vanilla.py",
+                ["--resume", last],
+                2,
+                [str(last), "'batch_size'", "expected an integer, got [64]"],
+                watched=run_copy,
+                only_line=True,
+            )
     return cases
 
 
@@ -220,14 +262,25 @@ def run_folders(trained, folder):
     (read_only / "Vanilla" / "old_run" / "notes.txt").write_text("kept")
     (read_only / "Vanilla").chmod(0o555)  # given back 0o755 once every process has ended
     return {
-        "proj_folder_is_a_file": Case("trainer_vanilla.py", [*TINY, "--output_dir", folder / "blocked"], 1,
-                                      [folder / "blocked" / "Vanilla", "a file is in the way"],
-                                      watched=folder / "blocked"),
+        "proj_folder_is_a_file": Case(
+            "trainer_vanilla.py",
+            [*TINY, "--output_dir", folder / "blocked"],
+            1,
+            [folder / "blocked" / "Vanilla", "a file is in the way"],
+            watched=folder / "blocked",
+        ),
         "proj_folder_read_only": (
             "root ignores file permissions, so a chmod 0o555 folder stays writable; proj_folder_is_a_file "
-            "covers the same failure" if os.geteuid() == 0 else
-            Case("trainer_vanilla.py", [*TINY, "--output_dir", read_only], 1,
-                 [read_only / "Vanilla", "Permission denied"], watched=read_only)),
+            "covers the same failure"
+            if os.geteuid() == 0
+            else Case(
+                "trainer_vanilla.py",
+                [*TINY, "--output_dir", read_only],
+                1,
+                [read_only / "Vanilla", "Permission denied"],
+                watched=read_only,
+            )
+        ),
     }
 
 
@@ -238,14 +291,20 @@ def unreadable_files(trained, folder):
     os.mkfifo(folder / "fifo.pth")  # opening it to read would block for ever: it must be refused unopened
     (folder / "empty.pth").write_bytes(b"")
     image = folder / "digit.png"  # never read: the checkpoint is refused first
-    predict = lambda path, *names: Case("predict.py", ["--model_path", path, image], 1,  # noqa: E731
-                                        [f"--model_path {path}", *names], watched=folder)
+
+    def predict(path, *names):
+        return Case("predict.py", ["--model_path", path, image], 1, [f"--model_path {path}", *names], watched=folder)
+
     return {
-        "malicious_pickle": eval_case("eval_vanilla.py", folder / "evil.pth", 1, "refused",
-                                      "code or objects other than tensors", "system"),
+        "malicious_pickle": eval_case(
+            "eval_vanilla.py", folder / "evil.pth", 1, "refused", "code or objects other than tensors", "system"
+        ),
         "a_folder": predict(folder / "a_folder.pth", "is a folder"),
-        "dev_zero": (eval_case("eval_vit.py", pathlib.Path("/dev/zero"), 1, "not a regular file", watched=folder)
-                     if os.path.exists("/dev/zero") else "no /dev/zero here"),
+        "dev_zero": (
+            eval_case("eval_vit.py", pathlib.Path("/dev/zero"), 1, "not a regular file", watched=folder)
+            if os.path.exists("/dev/zero")
+            else "no /dev/zero here"
+        ),
         "fifo": eval_case("eval_vanilla.py", folder / "fifo.pth", 1, "not a regular file"),
         "zero_bytes": predict(folder / "empty.pth", "is empty (0 bytes)"),
     }
@@ -254,31 +313,68 @@ def unreadable_files(trained, folder):
 def flags(trained, folder):
     """5. Flag errors: exactly one line ending with a pointer to --help."""
     return {
-        "unknown_flag": Case("trainer_vanilla.py", ["--no_such_flag", "1", "--output_dir", folder], 2,
-                             ["unrecognized arguments: --no_such_flag 1"], only_line=True),
-        "bad_choice_in_eval": Case("eval_vanilla.py", ["--model_path", trained.best, "--split", "train"], 2,
-                                   ["--split", "'train'"], only_line=True),
+        "unknown_flag": Case(
+            "trainer_vanilla.py",
+            ["--no_such_flag", "1", "--output_dir", folder],
+            2,
+            ["unrecognized arguments: --no_such_flag 1"],
+            only_line=True,
+        ),
+        "bad_choice_in_eval": Case(
+            "eval_vanilla.py",
+            ["--model_path", trained.best, "--split", "train"],
+            2,
+            ["--split", "'train'"],
+            only_line=True,
+        ),
         "missing_cuda_gpu": (
-            "this machine has a CUDA GPU" if torch.cuda.is_available() else
-            Case("trainer_vanilla.py", [*TINY[:-2], "--gpu_devices", "cuda:0", "--output_dir", folder], 2,
-                 ["--gpu_devices", "cuda:0", "no such GPU"], only_line=True, absent=folder / "Vanilla")),
+            "this machine has a CUDA GPU"
+            if torch.cuda.is_available()
+            else Case(
+                "trainer_vanilla.py",
+                [*TINY[:-2], "--gpu_devices", "cuda:0", "--output_dir", folder],
+                2,
+                ["--gpu_devices", "cuda:0", "no such GPU"],
+                only_line=True,
+                absent=folder / "Vanilla",
+            )
+        ),
     }
 
 
 CASE_GROUPS = (foreign_checkpoints, config_files, saved_contents, run_folders, unreadable_files, flags)
-CASES = ["vit_pth_to_eval_vanilla", "vit_export_to_eval_vanilla", "vanilla_pth_to_eval_vit",
-         "subclass_task_to_eval_vanilla",
-         "config_of_another_trainer", "config_not_an_object", "config_meta_not_an_object", "config_is_a_folder",
-         "unknown_model_type", "export_batch_size_text", "model_is_a_list", "model_is_a_tensor",
-         "resume_batch_size_list",
-         "proj_folder_is_a_file", "proj_folder_read_only",
-         "malicious_pickle", "a_folder", "dev_zero", "fifo", "zero_bytes",
-         "unknown_flag", "bad_choice_in_eval", "missing_cuda_gpu"]
+CASES = [
+    "vit_pth_to_eval_vanilla",
+    "vit_export_to_eval_vanilla",
+    "vanilla_pth_to_eval_vit",
+    "subclass_task_to_eval_vanilla",
+    "config_of_another_trainer",
+    "config_not_an_object",
+    "config_meta_not_an_object",
+    "config_is_a_folder",
+    "unknown_model_type",
+    "export_batch_size_text",
+    "model_is_a_list",
+    "model_is_a_tensor",
+    "resume_batch_size_list",
+    "proj_folder_is_a_file",
+    "proj_folder_read_only",
+    "malicious_pickle",
+    "a_folder",
+    "dev_zero",
+    "fifo",
+    "zero_bytes",
+    "unknown_flag",
+    "bad_choice_in_eval",
+    "missing_cuda_gpu",
+]
 
 
 # The tests beside the parametrized one that read a process of the fixture below.
-EXTRA_CASES = {"test_debug_shows_the_traceback_of_the_raising_function": "debug",
-               "test_evaluator_accepts_its_own_trainers_checkpoint": "own_checkpoint"}
+EXTRA_CASES = {
+    "test_debug_shows_the_traceback_of_the_raising_function": "debug",
+    "test_evaluator_accepts_its_own_trainers_checkpoint": "own_checkpoint",
+}
 
 
 @pytest.fixture(scope="module")
@@ -298,8 +394,11 @@ def outcomes(trained, tmp_path_factory, request):
     own = pathlib.Path(shutil.copytree(trained.run_dir, extra / "own"))
     cases["debug"] = Case("eval_vanilla.py", ["--model_path", extra / "empty.pth", "--debug"], 1, [])
     cases["own_checkpoint"] = Case("eval_vanilla.py", ["--model_path", own / "Vanilla_best_ckpt.pth"], 0, [])
-    selected = {item.callspec.params["name"] if hasattr(item, "callspec") else EXTRA_CASES.get(item.originalname)
-                for item in request.session.items if item.module is request.module}
+    selected = {
+        item.callspec.params["name"] if hasattr(item, "callspec") else EXTRA_CASES.get(item.originalname)
+        for item in request.session.items
+        if item.module is request.module
+    }
     runnable = {k: c for k, c in cases.items() if isinstance(c, Case) and k in selected}
     for case in runnable.values():
         case.before = snapshot(case.watched) if case.watched else None
@@ -345,15 +444,31 @@ def test_tilde_output_dir_is_expanded_and_cpu_trains(trained):
     assert trained.run_dir.parent == trained.home / "runs" / "Vanilla"
     assert not os.path.exists(os.path.join(ROOT, "~"))  # not a literal "~" folder beside the scripts
     assert {"Vanilla_best_ckpt.pth", "Vanilla_last_ckpt.pth", "Vanilla_best.safetensors"} <= set(
-        os.listdir(trained.run_dir))
+        os.listdir(trained.run_dir)
+    )
     meta = json.loads(trained.config.read_text())["meta"]
     assert meta["trainer"] == "VanillaTrainer" and meta["git_dirty"] in (True, False, None)
 
 
 def test_run_folder_deleted_while_training(tmp_path):
-    proc = subprocess.Popen([sys.executable, "trainer_vanilla.py", "--epochs", "100000", "--train_val_sample_rate",
-                             "0.2", "--gpu_devices", "cpu", "--output_dir", str(tmp_path)],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "trainer_vanilla.py",
+            "--epochs",
+            "100000",
+            "--train_val_sample_rate",
+            "0.2",
+            "--gpu_devices",
+            "cpu",
+            "--output_dir",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 120
         while not list(tmp_path.glob("Vanilla/*/metrics.csv")):  # training has validated once
@@ -379,10 +494,12 @@ def test_writes_into_a_deleted_run_folder_raise_one_line(tmp_path):
     metrics.write({"step": 1, "loss": 0.5})
     write_config(config, types.SimpleNamespace(lr=0.1), {"lr": "command line"})
     shutil.rmtree(folder)
-    calls = {"metrics row": lambda: metrics.write({"step": 2, "loss": 0.4}),
-             "metrics rewrite": lambda: metrics.resume(0, -1),
-             "config": lambda: write_config(config, types.SimpleNamespace(lr=0.1), {}),
-             "resume record": lambda: record_resume(config, types.SimpleNamespace(lr=0.1), {}, "x_last_ckpt.pth")}
+    calls = {
+        "metrics row": lambda: metrics.write({"step": 2, "loss": 0.4}),
+        "metrics rewrite": lambda: metrics.resume(0, -1),
+        "config": lambda: write_config(config, types.SimpleNamespace(lr=0.1), {}),
+        "resume record": lambda: record_resume(config, types.SimpleNamespace(lr=0.1), {}, "x_last_ckpt.pth"),
+    }
     for what, call in calls.items():
         with pytest.raises(UserError) as info:
             call()

@@ -4,6 +4,7 @@ The exported files are read back here with onnxruntime, ``torch.jit.load`` and `
 compared with the best checkpoint's model on the run's own validation images, independently of the
 script's own check.
 """
+
 import json
 import os
 import re
@@ -28,9 +29,20 @@ def run(tmp_path_factory):
 
     A one-epoch Vanilla MLP (it has dropout, so train/eval mode matters) on 30% of Digits; N >= 2 * EVAL_BATCH.
     """
-    trainer = VanillaTrainer.from_argv(["--output_dir", str(tmp_path_factory.mktemp("export")), "--gpu_devices",
-                                        "cpu", "--epochs", "1", "--train_val_sample_rate", "0.5",
-                                        "--eval_batch_size", str(EVAL_BATCH)])
+    trainer = VanillaTrainer.from_argv(
+        [
+            "--output_dir",
+            str(tmp_path_factory.mktemp("export")),
+            "--gpu_devices",
+            "cpu",
+            "--epochs",
+            "1",
+            "--train_val_sample_rate",
+            "0.5",
+            "--eval_batch_size",
+            str(EVAL_BATCH),
+        ]
+    )
     trainer.fit()
     best = trainer.checkpoint_path("best")
     model = trainer.model
@@ -81,7 +93,7 @@ def test_onnx_matches_pytorch_on_validation_inputs_at_any_batch_size(run, capsys
     (feed,) = session.get_inputs()
     assert feed.type == "tensor(float)" and feed.shape[1:] == [1, 8, 8] and not isinstance(feed.shape[0], int)
     _checked_card(session.get_modelmeta().custom_metadata_map["model_card"], trainer)
-    for batch in (images[:EVAL_BATCH], images[EVAL_BATCH:2 * EVAL_BATCH], images[:7], images[-1:]):
+    for batch in (images[:EVAL_BATCH], images[EVAL_BATCH : 2 * EVAL_BATCH], images[:7], images[-1:]):
         (logits,) = session.run(None, {feed.name: batch.numpy()})
         assert logits.shape == (len(batch), 10) and _difference(model, batch, logits) <= ATOL
 
@@ -89,8 +101,9 @@ def test_onnx_matches_pytorch_on_validation_inputs_at_any_batch_size(run, capsys
 def test_exported_program_without_dynamic_batch_fixes_the_batch_size(run, capsys):
     trainer, best, model, images = run
     path = os.path.join(trainer.run_dir, "fixed.pt2")
-    status, out, err = _export(capsys, "--model_path", best, "--format", "exported_program", "--batches", "3",
-                               "--output", path)
+    status, out, err = _export(
+        capsys, "--model_path", best, "--format", "exported_program", "--batches", "3", "--output", path
+    )
     assert status == 0, err
     # The validation split's third batch is smaller than the first: it cannot run through a fixed-size file.
     assert "checked on 2 batch(es) of 32, 32 validation" in out and "1 batch(es) of another size skipped" in out
@@ -122,7 +135,7 @@ def test_a_difference_above_atol_is_one_line_status_1_and_no_file(run, capsys, m
     trainer, best, _, _ = run
     path = os.path.join(trainer.run_dir, "off.pt")
     real = export.load_export
-    monkeypatch.setattr(export, "load_export", lambda *a: (lambda x: [y + 1e-3 for y in real(*a)(x)]))
+    monkeypatch.setattr(export, "load_export", lambda *a: lambda x: [y + 1e-3 for y in real(*a)(x)])
     status, _, err = _export(capsys, "--model_path", best, "--format", "torchscript", "--output", path)
     assert status == 1 and len(err.strip().splitlines()) == 1
     assert f"{path}: the export's outputs differ from PyTorch's by up to 0.001 (> --atol 0.0001)" in err
@@ -131,16 +144,22 @@ def test_a_difference_above_atol_is_one_line_status_1_and_no_file(run, capsys, m
 
 def test_an_output_folder_that_does_not_exist_is_one_line_status_1(run, capsys):
     status, out, err = _export(capsys, "--model_path", run[1], "--format", "onnx", "--output", "no/such/x.onnx")
-    assert status == 1 and err.strip() == f"{export.PROG}: error: --output no/such/x.onnx: no such folder " \
-        f"{os.path.abspath('no/such')}" and not out
+    assert (
+        status == 1
+        and err.strip() == f"{export.PROG}: error: --output no/such/x.onnx: no such folder {os.path.abspath('no/such')}"
+        and not out
+    )
 
 
-@pytest.mark.parametrize("argv,status,message", [
-    (["--model_path", "no/such.pth", "--format", "onnx"], 1, "--model_path no/such.pth: no such file"),
-    (["--model_path", "x.pth", "--format", "tflite"], 2, "argument --format: invalid choice: 'tflite'"),
-    (["--model_path", "x.pth", "--format", "onnx", "--atol", "-1"], 2, "--atol=-1.0: must be a finite number >= 0"),
-    (["--model_path", "x.pth", "--format", "onnx", "--output", "x.pth"], 2, "--output='x.pth': is the checkpoint"),
-])
+@pytest.mark.parametrize(
+    "argv,status,message",
+    [
+        (["--model_path", "no/such.pth", "--format", "onnx"], 1, "--model_path no/such.pth: no such file"),
+        (["--model_path", "x.pth", "--format", "tflite"], 2, "argument --format: invalid choice: 'tflite'"),
+        (["--model_path", "x.pth", "--format", "onnx", "--atol", "-1"], 2, "--atol=-1.0: must be a finite number >= 0"),
+        (["--model_path", "x.pth", "--format", "onnx", "--output", "x.pth"], 2, "--output='x.pth': is the checkpoint"),
+    ],
+)
 def test_bad_input_is_one_line_naming_the_flag_or_file(argv, status, message, capsys):
     got, out, err = _export(capsys, *argv)
     assert got == status and message in err and len(err.strip().splitlines()) == 1, err
@@ -150,8 +169,25 @@ def test_bad_input_is_one_line_naming_the_flag_or_file(argv, status, message, ca
 def test_the_module_runs_as_a_script(run, tmp_path):
     _, best, _, _ = run
     path = str(tmp_path / "script.torchscript.pt")
-    proc = subprocess.run([sys.executable, "-m", "utils.export", "--model_path", best, "--format", "torchscript",
-                           "--output", path, "--gpu_devices", "cpu"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120, check=False)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "utils.export",
+            "--model_path",
+            best,
+            "--format",
+            "torchscript",
+            "--output",
+            path,
+            "--gpu_devices",
+            "cpu",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
     assert _reported_difference(proc.stdout) <= ATOL and os.path.getsize(path) > 0

@@ -3,6 +3,7 @@
 A checkpoint is read with ``weights_only=True`` and written atomically; an
 unreadable image stops the run naming the file, or is skipped and listed.
 """
+
 import glob
 import io
 import multiprocessing
@@ -17,8 +18,6 @@ import time
 import pytest
 import torch
 from PIL import ImageFile
-from test_bad_input import error_line, run_main
-from test_data import make_args, write_broken, write_png
 
 import base.checkpoint
 from base.checkpoint import load_checkpoint, save_checkpoint
@@ -27,6 +26,8 @@ from base.errors import CheckpointError
 from base.resume import newest_checkpoint
 from data.classification import build_classification_datasets
 from evaluators.vanilla_evaluator import VanillaEvaluator
+from test_bad_input import error_line, run_main
+from test_data import make_args, write_broken, write_png
 from trainers.vanilla_trainer import VanillaTrainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -69,16 +70,18 @@ def test_eval_and_resume_refuse_code(evil_checkpoint, tmp_path, capsys):
     path, target = evil_checkpoint
     status, err = run_main(VanillaEvaluator, ["--model_path", path], capsys)
     assert status == 1 and path in error_line(status, err)
-    status, err = run_main(VanillaTrainer, ["--resume", path, "--output_dir", str(tmp_path / "out"),
-                                            "--gpu_devices", "cpu"], capsys)
+    status, err = run_main(
+        VanillaTrainer, ["--resume", path, "--output_dir", str(tmp_path / "out"), "--gpu_devices", "cpu"], capsys
+    )
     assert status == 1 and path in error_line(status, err)
     assert not target.exists()
 
 
 # ------------------------------------------------------------------ safetensors export
 def test_safetensors_export_evaluates_like_the_checkpoint(tmp_path, capsys):
-    trainer = VanillaTrainer.from_argv(["--epochs", "1", "--train_val_sample_rate", "0.2",
-                                        "--gpu_devices", "cpu", "--output_dir", str(tmp_path)])
+    trainer = VanillaTrainer.from_argv(
+        ["--epochs", "1", "--train_val_sample_rate", "0.2", "--gpu_devices", "cpu", "--output_dir", str(tmp_path)]
+    )
     trainer.fit()
     exported = os.path.join(trainer.run_dir, "Vanilla_best.safetensors")
     assert os.path.isfile(exported) and os.path.isfile(os.path.join(trainer.run_dir, "Vanilla_best.json"))
@@ -186,12 +189,25 @@ def split_seed(data_flags, bad, split):
 
 def argv_for(root, bad, workers, *extra, split="train"):
     """Flags for a one-epoch run on ``root`` with the broken file ``bad`` in ``split``."""
-    data = ["--data_type", "ImageFolder", "--data_dir", str(root), "--val_fraction", "0.2",
-            "--test_fraction", "0.2"]
+    data = ["--data_type", "ImageFolder", "--data_dir", str(root), "--val_fraction", "0.2", "--test_fraction", "0.2"]
     seed = split_seed(data, bad, split) if split != "test" else 0
-    return data + ["--seed", str(seed), "--image_size", "8", "--epochs", "1", "--batch_size", "8",
-                   "--gpu_devices", "cpu", "--output_dir", str(root / "out"),
-                   "--num_workers", str(workers), *extra]
+    return data + [
+        "--seed",
+        str(seed),
+        "--image_size",
+        "8",
+        "--epochs",
+        "1",
+        "--batch_size",
+        "8",
+        "--gpu_devices",
+        "cpu",
+        "--output_dir",
+        str(root / "out"),
+        "--num_workers",
+        str(workers),
+        *extra,
+    ]
 
 
 def run_folder(root):
@@ -262,8 +278,7 @@ def test_bad_images_outside_training_are_listed_logged_and_limited(tmp_path, cap
     bad = image_folder(tmp_path, "text")
     if split == "test":
         bad = move_to_test_split(tmp_path, bad)
-    status, err = run_main(VanillaTrainer, argv_for(tmp_path, bad, 0, "--bad_images", "skip", split=split),
-                           capsys)
+    status, err = run_main(VanillaTrainer, argv_for(tmp_path, bad, 0, "--bad_images", "skip", split=split), capsys)
     assert status == 0, err
     folder = run_folder(tmp_path)
     assert pathlib.Path(folder, "bad_images.txt").read_text().split() == [bad]
@@ -282,8 +297,14 @@ def test_script_exits_when_a_validation_image_fails_in_a_worker(tmp_path):
     bad = image_folder(tmp_path, "text")
     argv = argv_for(tmp_path, bad, 2, split="val")
     try:
-        proc = subprocess.run([sys.executable, "trainer_vanilla.py", *argv], cwd=ROOT,
-                              capture_output=True, text=True, timeout=45, check=False)
+        proc = subprocess.run(
+            [sys.executable, "trainer_vanilla.py", *argv],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=45,
+            check=False,
+        )
     except subprocess.TimeoutExpired:
         pytest.fail("trainer_vanilla.py did not exit within 45 s after an unreadable validation image")
     assert proc.returncode == 1, proc.stderr

@@ -1,4 +1,5 @@
 """CUDA-only checks; skipped where no GPU is visible (CI has none)."""
+
 import pytest
 import torch
 
@@ -19,8 +20,21 @@ def test_fp16_scaler_skip_is_respected_and_not_counted_as_nonfinite(tmp_path):
                     p.grad.fill_(float("inf"))
 
     hook = InfGrad()
-    trainer = ToyTrainer.from_argv(["--output_dir", str(tmp_path), "--gpu_devices", "0", "--amp",
-                                    "--amp_dtype", "float16", "--nonfinite", "raise", "--max_steps", "3"])
+    trainer = ToyTrainer.from_argv(
+        [
+            "--output_dir",
+            str(tmp_path),
+            "--gpu_devices",
+            "0",
+            "--amp",
+            "--amp_dtype",
+            "float16",
+            "--nonfinite",
+            "raise",
+            "--max_steps",
+            "3",
+        ]
+    )
     trainer.build_hooks = lambda: [hook]
     scale_before = None
 
@@ -44,11 +58,12 @@ def test_peak_gpu_memory_is_logged_with_the_other_train_scalars(tmp_path):
     import csv
     import os
 
-    trainer = ToyTrainer.from_argv(["--output_dir", str(tmp_path), "--gpu_devices", "0", "--max_steps", "6",
-                                    "--log_every_steps", "2"])
+    trainer = ToyTrainer.from_argv(
+        ["--output_dir", str(tmp_path), "--gpu_devices", "0", "--max_steps", "6", "--log_every_steps", "2"]
+    )
     trainer.fit()
     rows = list(csv.reader(open(os.path.join(trainer.run_dir, "scalars.csv"))))
     peaks = {int(s): float(v) for s, name, v in rows if name == "train/peak_gpu_memory_mib"}
     assert sorted(peaks) == [2, 4, 6]
-    total = torch.cuda.get_device_properties(0).total_memory / 2 ** 20
+    total = torch.cuda.get_device_properties(0).total_memory / 2**20
     assert all(0 < v < total for v in peaks.values())

@@ -3,6 +3,7 @@
 Hand-written metrics.csv files for two runs of different tasks (classification
 and segmentation), then one tiny real Digits run.
 """
+
 import csv
 import os
 import subprocess
@@ -12,10 +13,9 @@ import pytest
 from PIL import Image
 
 from base.cli import main
+from test_bad_input import expect  # pytest puts tests/ on sys.path
 from trainers.vanilla_trainer import VanillaTrainer
 from utils.history import HistoryInspector, read_history
-
-from test_bad_input import expect  # pytest puts tests/ on sys.path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLS_NAME, SEG_NAME = "Vanilla/2024-01-01_00-00-00", "SegOnCarvana/2024-01-02_00-00-00"
@@ -95,8 +95,14 @@ def test_two_runs_overlaid_with_best_values(runs, tmp_path, capsys):
     assert result["png"] == "history.png" and out[0].startswith("wrote history.png")
     pixels = png_colours(tmp_path / "history.png")
     assert all(drawn(pixels, colour) for colour in RUN_COLOURS.values())  # both runs were drawn
-    assert result["panels"] == [("train_loss", "val_loss"), ("val_top1",), ("val_top5",),
-                                ("val_dice",), ("val_iou",), ("lr",)]
+    assert result["panels"] == [
+        ("train_loss", "val_loss"),
+        ("val_top1",),
+        ("val_top5",),
+        ("val_dice",),
+        ("val_iou",),
+        ("lr",),
+    ]
     # The second row of step 20 counts: val_loss 1.1, not 0.5; val_top1 58 at step 30, not 99.
     assert result["best"][CLS_NAME] == {"val_loss": (1.1, 20), "val_top1": (58.0, 30), "val_top5": (96.0, 40)}
     assert result["best"][SEG_NAME] == {"val_loss": (0.3, 15), "val_dice": (0.8, 15), "val_iou": (0.7, 15)}
@@ -152,9 +158,12 @@ def test_bad_run_folder_exits_1_naming_it(runs, tmp_path, capsys, case):
     bad = tmp_path / "Results" / "Bad" / "run"
     if case != "no_such_folder":
         bad.mkdir(parents=True)
-    text = {"empty": "", "header_only": CLS_CSV.splitlines()[0] + "\n",
-            "not_a_number": CLS_CSV.replace("2,20,0.9,0.05,1.1", "2,20,0.9,0.05,oops"),
-            "no_step": CLS_CSV.replace("epoch,step,", "epoch,iteration,")}.get(case)
+    text = {
+        "empty": "",
+        "header_only": CLS_CSV.splitlines()[0] + "\n",
+        "not_a_number": CLS_CSV.replace("2,20,0.9,0.05,1.1", "2,20,0.9,0.05,oops"),
+        "no_step": CLS_CSV.replace("epoch,step,", "epoch,iteration,"),
+    }.get(case)
     if text is not None:
         (bad / "metrics.csv").write_text(text)
     names = [str(bad / "metrics.csv") if text is not None else str(bad)]
@@ -177,16 +186,19 @@ def test_out_must_be_a_png_exits_2(runs, capsys):
 
 def test_entry_script_gives_one_line_error(tmp_path):
     # A real process: the script ends through base.cli.exit_fast, which would end pytest in-process.
-    done = subprocess.run([sys.executable, "inspect_history.py", str(tmp_path)], cwd=ROOT, capture_output=True,
-                          text=True)
+    done = subprocess.run(
+        [sys.executable, "inspect_history.py", str(tmp_path)], cwd=ROOT, capture_output=True, text=True
+    )
     assert done.returncode == 1
-    assert done.stderr == (f"inspect_history.py: error: {tmp_path}: "
-                           "no metrics.csv in this folder (has it validated yet?)\n")
+    assert done.stderr == (
+        f"inspect_history.py: error: {tmp_path}: no metrics.csv in this folder (has it validated yet?)\n"
+    )
 
 
 def test_real_run(tmp_path, capsys):
-    trainer = VanillaTrainer.from_argv(["--epochs", "2", "--train_val_sample_rate", "0.2", "--gpu_devices", "cpu",
-                                        "--output_dir", str(tmp_path)])
+    trainer = VanillaTrainer.from_argv(
+        ["--epochs", "2", "--train_val_sample_rate", "0.2", "--gpu_devices", "cpu", "--output_dir", str(tmp_path)]
+    )
     trainer.fit()
     with open(os.path.join(trainer.run_dir, "metrics.csv"), newline="") as f:
         rows = list(csv.DictReader(f))

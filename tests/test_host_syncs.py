@@ -6,6 +6,7 @@ kernel: one per step caps throughput. These calls are counted on CPU between
 ``before_step`` and ``after_step`` (the task's ``train_step``, backward,
 clipping, the optimizer, EMA, schedule and data position) of every step.
 """
+
 import pytest
 import torch
 
@@ -44,8 +45,9 @@ CONFIGS = {
 
 
 def fit_counting(tmp_path, monkeypatch, argv, cls=ToyTrainer):
-    trainer = cls.from_argv(["--output_dir", str(tmp_path), "--gpu_devices", "cpu", "--epochs", "3",
-                             "--log_every_steps", "1000", *argv])
+    trainer = cls.from_argv(
+        ["--output_dir", str(tmp_path), "--gpu_devices", "cpu", "--epochs", "3", "--log_every_steps", "1000", *argv]
+    )
     counter = CountSyncs(monkeypatch)
     trainer.build_hooks = lambda: [counter]
     trainer.fit()

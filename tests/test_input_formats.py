@@ -6,6 +6,7 @@ their 8-bit equivalent; hidden files and folders are not classes or images; a on
 an image size the model cannot take and ``--val_fraction 0`` are refused; an unreadable file is
 listed once in ``bad_images.txt`` however many epochs meet it.
 """
+
 import argparse
 import os
 import re
@@ -14,7 +15,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_bad_input import run_main  # pytest puts tests/ on sys.path
 from torch.utils.data import DataLoader
 
 from base.bad_data import BadSampleFilter, collate_good_samples
@@ -26,6 +26,7 @@ from data.input_recipe import OLD_NORMALIZE, card_input
 from data.transforms import eval_transform
 from model.classifiers import MIN_IMAGE_SIZE as CLASSIFIER_MIN, build_classifier
 from model.zoo import MIN_IMAGE_SIZE as ZOO_MIN, build_zoo_model
+from test_bad_input import run_main  # pytest puts tests/ on sys.path
 from trainers.vanilla_trainer import VanillaTrainer
 from trainers.vit_trainer import ViTTrainer
 
@@ -165,15 +166,19 @@ def test_image_folder_dataset_gives_the_8bit_picture(image_pair):
 def test_predict_input_gives_the_8bit_picture(image_pair, channels):
     path, reference, tolerance = image_pair
     recipe = card_input({"input_shape": [channels, H, W], "normalize": OLD_NORMALIZE})
-    assert_same_picture(levels(image_file_to_input(path, recipe)), levels(image_file_to_input(reference, recipe)),
-                        tolerance)
+    assert_same_picture(
+        levels(image_file_to_input(path, recipe)), levels(image_file_to_input(reference, recipe)), tolerance
+    )
 
 
-@pytest.mark.parametrize("pixels, found", [
-    (np.full((4, 4), 200.0, np.float32), "200"),  # a float image in 0..255, not [0, 1]
-    (np.full((4, 4), -3, np.int32), "-3"),
-    (np.full((4, 4), 70000, np.int32), "70000"),
-])
+@pytest.mark.parametrize(
+    "pixels, found",
+    [
+        (np.full((4, 4), 200.0, np.float32), "200"),  # a float image in 0..255, not [0, 1]
+        (np.full((4, 4), -3, np.int32), "-3"),
+        (np.full((4, 4), 70000, np.int32), "70000"),
+    ],
+)
 def test_32bit_pixels_of_unknown_scale_are_refused_naming_the_file(tmp_path, pixels, found):
     path = str(tmp_path / "odd.tif")
     Image.fromarray(pixels).save(path)
@@ -197,8 +202,9 @@ def write_png(path, value=0):
 
 
 def image_folder_args(root, *extra):
-    return make_args(["--data_type", "ImageFolder", "--data_dir", str(root), "--image_size", "8",
-                      "--test_fraction", "0", *extra])
+    return make_args(
+        ["--data_type", "ImageFolder", "--data_dir", str(root), "--image_size", "8", "--test_fraction", "0", *extra]
+    )
 
 
 def test_a_one_class_image_folder_is_refused_naming_the_folder(tmp_path):
@@ -221,7 +227,8 @@ def test_hidden_files_and_folders_are_neither_classes_nor_images(tmp_path):
     assert data.class_names == ["cat", "dog"]
     pool = data.train.dataset
     assert sorted(os.path.relpath(p, tmp_path) for p, _ in pool.samples) == [
-        os.path.join(c, f"{i}.png") for c in ("cat", "dog") for i in range(2)]
+        os.path.join(c, f"{i}.png") for c in ("cat", "dog") for i in range(2)
+    ]
     assert len([pool[i] for i in range(len(pool))]) == 4  # every listed file reads
 
 
@@ -239,8 +246,9 @@ def test_hidden_folders_in_test_are_not_extra_classes(tmp_path):
 def test_val_fraction_0_is_refused_with_the_reason():
     with pytest.raises(ConfigError) as info:
         validate_data_config(make_args(["--val_fraction", "0"]))
-    assert str(info.value) == ("--val_fraction=0.0: must be > 0: validation picks the best checkpoint and "
-                               "drives early stopping")
+    assert str(info.value) == (
+        "--val_fraction=0.0: must be > 0: validation picks the best checkpoint and drives early stopping"
+    )
 
 
 def test_a_small_val_fraction_still_validates_on_one_sample(tmp_path):
@@ -251,19 +259,22 @@ def test_a_small_val_fraction_still_validates_on_one_sample(tmp_path):
     assert (len(data.train), len(data.val)) == (3, 1)
 
 
-@pytest.mark.parametrize("cls, argv, names", [
-    (VanillaTrainer, ["--val_fraction", "0"], ["--val_fraction=0.0", "must be > 0"]),
-    (VanillaTrainer, ["--model_type", "SmallCNN", "--image_size", "1"], ["--image_size=1", "at least 2x2"]),
-    (ViTTrainer, ["--image_size", "12", "--patch_size", "8"], ["--image_size=12", "multiple of --patch_size=8"]),
-    (ViTTrainer, ["--image_size", "4", "--patch_size", "8"], ["--image_size=4", "(at least 8)"]),
-    (ViTTrainer, ["--data_type", "Digits", "--patch_size", "16"], ["--data_type='Digits'", "got 8x8"]),
-    (ViTTrainer, ["--model_type", "swin_t", "--image_size", "2"], ["--image_size=2", "at least 4x4"]),
-], ids=["val_fraction_0", "SmallCNN_1", "vit_12_patch_8", "vit_4_patch_8", "vit_Digits_patch_16", "swin_t_2"])
+@pytest.mark.parametrize(
+    "cls, argv, names",
+    [
+        (VanillaTrainer, ["--val_fraction", "0"], ["--val_fraction=0.0", "must be > 0"]),
+        (VanillaTrainer, ["--model_type", "SmallCNN", "--image_size", "1"], ["--image_size=1", "at least 2x2"]),
+        (ViTTrainer, ["--image_size", "12", "--patch_size", "8"], ["--image_size=12", "multiple of --patch_size=8"]),
+        (ViTTrainer, ["--image_size", "4", "--patch_size", "8"], ["--image_size=4", "(at least 8)"]),
+        (ViTTrainer, ["--data_type", "Digits", "--patch_size", "16"], ["--data_type='Digits'", "got 8x8"]),
+        (ViTTrainer, ["--model_type", "swin_t", "--image_size", "2"], ["--image_size=2", "at least 4x4"]),
+    ],
+    ids=["val_fraction_0", "SmallCNN_1", "vit_12_patch_8", "vit_4_patch_8", "vit_Digits_patch_16", "swin_t_2"],
+)
 def test_sizes_the_model_cannot_take_are_refused_at_parse_time(tmp_path, capsys, cls, argv, names):
     write_png(str(tmp_path / "data" / "a" / "0.png"))
     data = [] if "--data_type" in argv else ["--data_type", "ImageFolder", "--data_dir", str(tmp_path / "data")]
-    status, err = run_main(cls, ["--output_dir", str(tmp_path / "out"), "--gpu_devices", "cpu", *data, *argv],
-                           capsys)
+    status, err = run_main(cls, ["--output_dir", str(tmp_path / "out"), "--gpu_devices", "cpu", *data, *argv], capsys)
     assert status == 2 and "Traceback" not in err
     assert all(name in err for name in names), err
     assert not os.path.exists(tmp_path / "out")  # refused before any run folder

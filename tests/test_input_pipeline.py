@@ -11,6 +11,7 @@ What is pinned here (CPU; the copy-ahead case on CUDA skips without a GPU):
 * ``train/data_time`` and ``train/step_time`` are logged, and the slow-data warning comes once;
 * a sample's augmentation does not depend on ``--num_workers``.
 """
+
 import csv
 import math
 import os
@@ -51,8 +52,9 @@ def random_pixels(*shape, seed=0):
 
 # ----------------------------------------------------------------- 1. uint8 path == float path
 @pytest.mark.parametrize("suffix", ["png", "jpg"])
-@pytest.mark.parametrize("mode, mean, std", [("RGB", transforms.IMAGENET_MEAN, transforms.IMAGENET_STD),
-                                             ("L", [0.5], [0.5])])
+@pytest.mark.parametrize(
+    "mode, mean, std", [("RGB", transforms.IMAGENET_MEAN, transforms.IMAGENET_STD), ("L", [0.5], [0.5])]
+)
 def test_image_file_through_the_uint8_path_gives_the_float_paths_values(tmp_path, suffix, mode, mean, std):
     path = tmp_path / f"photo.{suffix}"
     Image.fromarray(random_pixels(30, 40, 3).numpy()).save(path)
@@ -111,7 +113,7 @@ def test_eval_transform_resizes_the_shorter_side_then_crops_the_centre(width, he
     # torchvision's center_crop anchor is int(round((H - s) / 2.0)): Python's round, halves to even
     # (500x375 at 224: (341 - 224) / 2 = 58.5 -> 58; at 33: (48 - 33) / 2 = 7.5 -> 8, (36 - 33) / 2 = 1.5 -> 2).
     top, left = round((size[0] - image_size) / 2), round((size[1] - image_size) / 2)
-    expected = resized[:, top:top + image_size, left:left + image_size]
+    expected = resized[:, top : top + image_size, left : left + image_size]
 
     pipeline = transforms.eval_transform("rrc", image_size, crop_pct)
     assert torch.equal(pipeline(pixels), expected)
@@ -119,8 +121,9 @@ def test_eval_transform_resizes_the_shorter_side_then_crops_the_centre(width, he
     assert torch.equal(pipeline(Image.fromarray(pixels.permute(1, 2, 0).numpy())), expected)
 
 
-@pytest.mark.parametrize("crop, width, height", [("rrc", 500, 375), ("rrc", 40, 30), ("squash", 40, 30),
-                                                 ("squash", 16, 16)])
+@pytest.mark.parametrize(
+    "crop, width, height", [("rrc", 500, 375), ("rrc", 40, 30), ("squash", 40, 30), ("squash", 16, 16)]
+)
 def test_described_eval_transform_gives_the_eval_transforms_pixels(crop, width, height):
     # What a predictor runs from the model card, on the file's uint8 tensor.
     pixels = random_pixels(3, height, width)
@@ -152,16 +155,21 @@ def drawn(box, area, scale, ratio):
     in ``scale`` and ``r`` in ``ratio``. Rounding puts ``sqrt(A r)`` in ``[w - 1/2, w + 1/2]`` and ``sqrt(A / r)``
     in ``[h - 1/2, h + 1/2]``, so ``A`` (their product) and ``r`` (their quotient) lie in the intervals below."""
     h, w = box["height"], box["width"]
-    return ((w + 0.5) * (h + 0.5) >= scale[0] * area and (w - 0.5) * (h - 0.5) <= scale[1] * area
-            and (w + 0.5) / (h - 0.5) >= ratio[0] and (w - 0.5) / (h + 0.5) <= ratio[1])
+    return (
+        (w + 0.5) * (h + 0.5) >= scale[0] * area
+        and (w - 0.5) * (h - 0.5) <= scale[1] * area
+        and (w + 0.5) / (h - 0.5) >= ratio[0]
+        and (w - 0.5) / (h + 0.5) <= ratio[1]
+    )
 
 
 # 40x30 with ratios 1/5..5: most draws fit, about 4 % of boxes fall back to the whole image (area share 1,
 # above --scale's 0.8). 90x20 and 20x90 with ratios 1/2..2: no draw fits, every box is the fallback (the
 # centred crop at the ratio's limit, area share 0.44, below --scale's 0.5).
-@pytest.mark.parametrize("width, height, ratio, draws, fallbacks", [(40, 30, (0.2, 5.0), True, True),
-                                                                    (90, 20, (0.5, 2.0), False, True),
-                                                                    (20, 90, (0.5, 2.0), False, True)])
+@pytest.mark.parametrize(
+    "width, height, ratio, draws, fallbacks",
+    [(40, 30, (0.2, 5.0), True, True), (90, 20, (0.5, 2.0), False, True), (20, 90, (0.5, 2.0), False, True)],
+)
 def test_random_resized_crop_boxes_stay_within_scale_and_ratio(width, height, ratio, draws, fallbacks):
     scale = (0.5, 0.8)
     pipeline = transforms.train_transform("rrc", 16, scale, ratio)
@@ -191,8 +199,14 @@ def batches_of_every_kind():
     def uint8(*shape, seed=0):
         pixels = random_pixels(*shape, seed=seed)
         return pixels.pin_memory() if pin else pixels
-    return [(uint8(4, 3, 8, 8), torch.arange(4)), None, {"image": uint8(2, 3, 8, 8, seed=1), "mask": uint8(2, 8, 8)},
-            (uint8(4, 3, 8, 8, seed=2), torch.arange(4, 8)), uint8(3, 3, 8, 8, seed=3)]
+
+    return [
+        (uint8(4, 3, 8, 8), torch.arange(4)),
+        None,
+        {"image": uint8(2, 3, 8, 8, seed=1), "mask": uint8(2, 8, 8)},
+        (uint8(4, 3, 8, 8, seed=2), torch.arange(4, 8)),
+        uint8(3, 3, 8, 8, seed=3),
+    ]
 
 
 def test_prefetch_on_the_cpu_passes_the_batches_through():
@@ -239,8 +253,22 @@ def test_prefetch_on_cuda_gives_to_devices_values_in_order_one_batch_ahead():
 # ----------------------------------------------------------------- 5. Mixup / CutMix on the device
 @pytest.mark.parametrize("flag", ["--mixup_alpha", "--cutmix_alpha"])
 def test_mixed_targets_are_class_probabilities_that_sum_to_one(tmp_path, flag):
-    trainer = ViTTrainer.from_argv(["--output_dir", str(tmp_path), "--gpu_devices", "cpu", "--data_type", "Digits",
-                                    "--patch_size", "4", "--batch_size", "32", flag, "1.0"])
+    trainer = ViTTrainer.from_argv(
+        [
+            "--output_dir",
+            str(tmp_path),
+            "--gpu_devices",
+            "cpu",
+            "--data_type",
+            "Digits",
+            "--patch_size",
+            "4",
+            "--batch_size",
+            "32",
+            flag,
+            "1.0",
+        ]
+    )
     trainer.build()
     images, labels = next(iter(trainer.loaders["train"]))
     plain, _ = trainer.to_device((images, labels))  # the unmixed model input
@@ -256,7 +284,8 @@ def test_mixed_targets_are_class_probabilities_that_sum_to_one(tmp_path, flag):
     i = next(i for i in range(32) if labels[i] != labels[i - 1])  # a row whose two classes differ
     lam = float(targets[i, labels[i]])
     expected = lam * torch.nn.functional.one_hot(labels, 10) + (1 - lam) * torch.nn.functional.one_hot(
-        labels.roll(1, 0), 10)
+        labels.roll(1, 0), 10
+    )
     assert torch.allclose(targets, expected.float(), atol=1e-6) and 0 < lam < 1
     if flag == "--mixup_alpha":
         assert torch.allclose(mixed, lam * plain + (1 - lam) * partner, atol=1e-5)
@@ -273,8 +302,22 @@ def scalar_rows(trainer, name):
 
 
 def test_data_time_and_step_time_are_logged_each_window(tmp_path):
-    trainer = VanillaTrainer.from_argv(["--output_dir", str(tmp_path), "--gpu_devices", "cpu", "--max_steps", "6",
-                                        "--log_every_steps", "2", "--batch_size", "32", "--num_workers", "0"])
+    trainer = VanillaTrainer.from_argv(
+        [
+            "--output_dir",
+            str(tmp_path),
+            "--gpu_devices",
+            "cpu",
+            "--max_steps",
+            "6",
+            "--log_every_steps",
+            "2",
+            "--batch_size",
+            "32",
+            "--num_workers",
+            "0",
+        ]
+    )
     trainer.fit()
     data, step = scalar_rows(trainer, "train/data_time"), scalar_rows(trainer, "train/step_time")
     assert sorted(data) == sorted(step) == sorted(scalar_rows(trainer, "train/loss")) == [2, 4, 6]
@@ -304,8 +347,9 @@ class SlowDataToyTrainer(ToyTrainer):
 
 
 def test_slow_data_is_warned_about_once(tmp_path):
-    trainer = SlowDataToyTrainer.from_argv(["--output_dir", str(tmp_path), "--gpu_devices", "cpu",
-                                            "--log_every_steps", "1", "--num_workers", "0"])
+    trainer = SlowDataToyTrainer.from_argv(
+        ["--output_dir", str(tmp_path), "--gpu_devices", "cpu", "--log_every_steps", "1", "--num_workers", "0"]
+    )
     trainer.fit()  # 10 logging windows, each mostly spent reading 8 slow items
     data, step = scalar_rows(trainer, "train/data_time"), scalar_rows(trainer, "train/step_time")
     # (A window that starts the clock, after a validation, counts no wait: its wait came before the clock.)
@@ -317,11 +361,15 @@ def test_slow_data_is_warned_about_once(tmp_path):
     assert "try --num_workers auto (or N > 0)" in log
 
 
-@pytest.mark.parametrize("num_workers, device, hint", [
-    ("auto", "cpu", "try --num_workers N (auto chose 0 on the CPU)"),
-    (0, "cuda", "try --num_workers auto (or N > 0)"),
-    (3, "cpu", "try more than --num_workers 3,"),
-    ("auto", "cuda", "try more than --num_workers {auto} (auto chose {auto}),")])
+@pytest.mark.parametrize(
+    "num_workers, device, hint",
+    [
+        ("auto", "cpu", "try --num_workers N (auto chose 0 on the CPU)"),
+        (0, "cuda", "try --num_workers auto (or N > 0)"),
+        (3, "cpu", "try more than --num_workers 3,"),
+        ("auto", "cuda", "try more than --num_workers {auto} (auto chose {auto}),"),
+    ],
+)
 def test_slow_data_note_names_the_workers_the_run_has(num_workers, device, hint):
     from types import SimpleNamespace
 
@@ -340,10 +388,28 @@ def test_augmentation_is_the_same_with_0_and_2_workers(tmp_path):
     # --train_crop rrc draws a random crop per sample; each sample is seeded from (seed, epoch, index)
     # in the main process as in a worker, so the crops, hence the weights, do not depend on --num_workers.
     def train(workers):
-        trainer = VanillaTrainer.from_argv(["--output_dir", str(tmp_path / str(workers)), "--gpu_devices", "cpu",
-                                            "--deterministic", "--epochs", "1", "--train_val_sample_rate", "0.3",
-                                            "--batch_size", "32", "--train_crop", "rrc", "--scale", "0.3", "1",
-                                            "--num_workers", str(workers)])
+        trainer = VanillaTrainer.from_argv(
+            [
+                "--output_dir",
+                str(tmp_path / str(workers)),
+                "--gpu_devices",
+                "cpu",
+                "--deterministic",
+                "--epochs",
+                "1",
+                "--train_val_sample_rate",
+                "0.3",
+                "--batch_size",
+                "32",
+                "--train_crop",
+                "rrc",
+                "--scale",
+                "0.3",
+                "1",
+                "--num_workers",
+                str(workers),
+            ]
+        )
         trainer.fit()
         return trainer.model.state_dict()
 

@@ -4,6 +4,7 @@ MLflow is read from its file store (``<store>/<experiment>/<run>/metrics/<key>``
 ``timestamp value step`` per point, a key's '/' a subfolder), TensorBoard through its own
 reader (which drops what a resumed writer's ``purge_step`` hides), ``scalars.csv`` as rows.
 """
+
 import collections
 import csv
 import glob
@@ -27,8 +28,17 @@ pytest.importorskip("mlflow")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # 40 samples in batches of 8: 5 steps an epoch; train/* at even steps, validations (and `last`) at 5 and 10
-ARGV = ["--epochs", "2", "--log_every_steps", "2", "--gpu_devices", "cpu", "--deterministic",
-        "--loggers", "tensorboard,csv,mlflow"]
+ARGV = [
+    "--epochs",
+    "2",
+    "--log_every_steps",
+    "2",
+    "--gpu_devices",
+    "cpu",
+    "--deterministic",
+    "--loggers",
+    "tensorboard,csv,mlflow",
+]
 
 
 @pytest.fixture
@@ -95,8 +105,13 @@ KILLED = textwrap.dedent("""
 
 
 def test_kill_9_after_a_logged_window_then_resume_logs_each_point_once(out):
-    proc = subprocess.run([sys.executable, "-c", KILLED.format(root=ROOT), "--output_dir", str(out), *ARGV],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", KILLED.format(root=ROOT), "--output_dir", str(out), *ARGV],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     (run_dir,) = glob.glob(str(out / "Toy" / "*"))
     killed = mlflow_points(out)
@@ -205,16 +220,18 @@ def test_a_csv_or_tensorboard_write_error_stops_the_run_with_one_line(out, capsy
     os.remove(scalars)
     os.mkdir(scalars)  # the file cannot be read back on resume, nor opened for appending
     # mlflow comes after csv: it never starts, so nothing of it is finished or warned about either
-    status, err = run_main(ToyTrainer, ["--resume", first.run_dir, "--epochs", "3", "--loggers",
-                                        "tensorboard,csv,mlflow"], capsys)
+    status, err = run_main(
+        ToyTrainer, ["--resume", first.run_dir, "--epochs", "3", "--loggers", "tensorboard,csv,mlflow"], capsys
+    )
     assert status == 1 and error_line(status, err).endswith(f"cannot read {scalars}: Is a directory")
     assert "WARNING" not in err
     os.rmdir(scalars)
     shutil.rmtree(summary)
     open(summary, "w").close()  # TensorBoard's folder is a file
     status, err = run_main(ToyTrainer, ["--resume", first.run_dir, "--epochs", "3"], capsys)
-    assert status == 1 and error_line(status, err).endswith(f"cannot create TensorBoard events in {summary}: "
-                                                             "File exists")
+    assert status == 1 and error_line(status, err).endswith(
+        f"cannot create TensorBoard events in {summary}: File exists"
+    )
     assert json.load(open(os.path.join(first.run_dir, "status.json")))["global_step"] == 10  # no step trained
 
 
@@ -254,11 +271,14 @@ class FaultyToy(ToyTrainer):
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
-@pytest.mark.parametrize("logger, when, message", [
-    ("csv", "step 3", "cannot write {run}/scalars.csv: No space left on device"),
-    ("csv", "after training", "cannot write {run}/scalars.csv: No space left on device"),
-    ("tensorboard", "step 3", "cannot write TensorBoard events {run}/summary/events: "),
-])
+@pytest.mark.parametrize(
+    "logger, when, message",
+    [
+        ("csv", "step 3", "cannot write {run}/scalars.csv: No space left on device"),
+        ("csv", "after training", "cannot write {run}/scalars.csv: No space left on device"),
+        ("tensorboard", "step 3", "cannot write TensorBoard events {run}/summary/events: "),
+    ],
+)
 def test_a_csv_or_tensorboard_write_error_mid_run_stops_it_naming_the_file(out, capsys, logger, when, message):
     FaultyToy.fault = WriteFault(logger, when)
     status, err = run_main(FaultyToy, ["--output_dir", str(out), *ARGV[:-1], "tensorboard,csv"], capsys)

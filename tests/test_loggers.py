@@ -1,5 +1,6 @@
 """--loggers: W&B (offline) and MLflow (file store) read back through their own files and API,
 TensorBoard's config and HParams, a missing package, a tracker failing mid-run."""
+
 import csv
 import glob
 import json
@@ -40,11 +41,11 @@ def wandb_records(path):
     pos, block, pieces = 7, 32768, b""
     while pos + 7 <= len(data):
         left = block - pos % block
-        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
         if left < 7 or (length == 0 and kind == 0):  # block padding
             pos += left if left < 7 else 7
             continue
-        pieces += data[pos + 7:pos + 7 + length]
+        pieces += data[pos + 7 : pos + 7 + length]
         pos += 7 + length
         if kind in (1, 4):  # FULL or LAST
             record = wandb_internal_pb2.Record()
@@ -176,21 +177,55 @@ def test_a_missing_tracker_package_is_one_line_before_training(tmp_path):
     hide.mkdir()
     (hide / "sitecustomize.py").write_text("import sys\nsys.modules['wandb'] = None  # as if not installed\n")
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "trainer_vanilla.py", "--output_dir", str(out), "--loggers",
-                           "tensorboard,wandb", "--gpu_devices", "cpu"], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(hide)}, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "trainer_vanilla.py",
+            "--output_dir",
+            str(out),
+            "--loggers",
+            "tensorboard,wandb",
+            "--gpu_devices",
+            "cpu",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(hide)},
+        timeout=120,
+    )
     assert proc.returncode == 2
     (line,) = proc.stderr.strip().splitlines()
-    assert line.startswith("trainer_vanilla.py: error: --loggers='tensorboard,wandb': the wandb logger needs the "
-                           "wandb package: pip install wandb")
+    assert line.startswith(
+        "trainer_vanilla.py: error: --loggers='tensorboard,wandb': the wandb logger needs the "
+        "wandb package: pip install wandb"
+    )
     assert not out.exists()  # nothing started
 
 
 def test_a_script_exits_only_once_wandb_has_written_the_whole_run(tracker_env):
     pytest.importorskip("wandb")
-    proc = subprocess.run([sys.executable, "trainer_vanilla.py", "--output_dir", str(tracker_env), "--epochs", "1",
-                           "--loggers", "wandb", "--gpu_devices", "cpu", "--train_val_sample_rate", "0.2"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120, env={**os.environ, "WANDB_MODE": "offline"})
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "trainer_vanilla.py",
+            "--output_dir",
+            str(tracker_env),
+            "--epochs",
+            "1",
+            "--loggers",
+            "wandb",
+            "--gpu_devices",
+            "cpu",
+            "--train_val_sample_rate",
+            "0.2",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "WANDB_MODE": "offline"},
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     (run_dir,) = glob.glob(str(tracker_env / "Vanilla" / "*"))
     got = read_wandb(run_dir)  # at once: no waiting for a service that may outlive the script
@@ -198,8 +233,7 @@ def test_a_script_exits_only_once_wandb_has_written_the_whole_run(tracker_env):
     assert got["exits"] == 1 and got["summary"]["test/top1"] == pytest.approx(test["top1"], rel=1e-12)
 
 
-@pytest.mark.parametrize("value, message", [("tensorbord", "unknown logger 'tensorbord'"),
-                                            ("csv,csv", "named twice")])
+@pytest.mark.parametrize("value, message", [("tensorbord", "unknown logger 'tensorbord'"), ("csv,csv", "named twice")])
 def test_bad_logger_names_are_refused(value, message):
     with pytest.raises(ConfigError, match=message):
         parse_logger_names(value)
@@ -213,13 +247,16 @@ def test_a_tracker_failing_mid_run_is_one_warning_and_training_goes_on(tracker_e
         calls.append(step)
         if len(calls) > 1:
             raise ConnectionError("tracking server unreachable")
+
     monkeypatch.setattr(MLflowLogger, "log_scalars", flaky)
     trainer = fit(tracker_env, "--loggers", "csv,mlflow")
     assert calls == [2, 4]  # switched off at its first error
     names = os.listdir(trainer.run_dir)
     assert {"Toy_best_ckpt.pth", "Toy_last_ckpt.pth", "test_metrics.json"} <= set(names)
-    assert trainer.global_step == 10 and json.load(open(os.path.join(trainer.run_dir, "status.json")))["status"] \
-        == "finished"
+    assert (
+        trainer.global_step == 10
+        and json.load(open(os.path.join(trainer.run_dir, "status.json")))["status"] == "finished"
+    )
     log = open(glob.glob(os.path.join(trainer.run_dir, "*_log.txt"))[0]).read()
     warnings = [line for line in log.splitlines() if "logger failed" in line]
     assert len(warnings) == 1 and "mlflow" in warnings[0] and "tracking server unreachable" in warnings[0]
@@ -273,8 +310,9 @@ def test_grad_norm_is_the_norm_before_clipping_and_images_per_sec_is_logged(tmp_
 def test_resuming_an_earlier_checkpoint_logs_the_redone_steps_once(tmp_path):
     def scalars(run_dir):
         rows = list(csv.reader(open(os.path.join(run_dir, "scalars.csv"))))
-        return [r for r in rows if r[1] not in ("train/images_per_sec", "train/step_time", "train/data_time",
-                                                "val/seconds")]
+        return [
+            r for r in rows if r[1] not in ("train/images_per_sec", "train/step_time", "train/data_time", "val/seconds")
+        ]
 
     first = fit(tmp_path, "--save_every_steps", "2", "--log_every_steps", "1", "--deterministic")
     before = scalars(first.run_dir)
@@ -297,6 +335,7 @@ def test_exit_fast_lets_wandb_finish_writing_before_the_process_ends(monkeypatch
     def fake_exit(status):
         calls.append(("exit", status))
         raise Exited
+
     monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(teardown=lambda: calls.append(("teardown",))))
     monkeypatch.setattr(os, "_exit", fake_exit)
     with pytest.raises(Exited):

@@ -1,5 +1,6 @@
 """Features of the base loop every trainer gets: accumulation, EMA, compile, channels-last,
 persistent workers and --plot_lr."""
+
 import csv
 import os
 
@@ -36,8 +37,20 @@ def fit(cls, argv, hooks=()):
 # ----------------------------------------------------------------- gradient accumulation
 def test_accumulating_4_batches_of_8_equals_one_batch_of_32(toy_argv):
     # SGD: unlike Adam, its update scales with the gradient, so a wrong loss weighting shows
-    common = [*toy_argv, "--deterministic", "--max_steps", "4", "--warmup_steps", "2", "--optimizer", "sgd",
-              "--lr", "0.01", "--grad_clip", "100"]
+    common = [
+        *toy_argv,
+        "--deterministic",
+        "--max_steps",
+        "4",
+        "--warmup_steps",
+        "2",
+        "--optimizer",
+        "sgd",
+        "--lr",
+        "0.01",
+        "--grad_clip",
+        "100",
+    ]
     big = fit(ToyTrainer, [*common, "--batch_size", "32"])
     small = fit(ToyTrainer, [*common, "--batch_size", "8", "--accum_steps", "4"])
     # 40 samples: windows of 32 then 8 in both runs; 4 optimizer steps = 2 epochs
@@ -52,8 +65,22 @@ def test_accumulating_4_batches_of_8_equals_one_batch_of_32(toy_argv):
 def test_a_window_of_uneven_batches_weighs_every_sample_alike(toy_argv):
     # 40 samples in batches of 16: each epoch is one window of 16 + 16 + 8 samples, whose update must be
     # that of one batch of 40 (the mean over samples, not over batches). SGD without momentum: w - lr * g.
-    common = [*toy_argv, "--deterministic", "--max_steps", "2", "--warmup_steps", "0", "--optimizer", "sgd",
-              "--momentum", "0", "--lr", "0.05", "--lr_scheduler", "none"]
+    common = [
+        *toy_argv,
+        "--deterministic",
+        "--max_steps",
+        "2",
+        "--warmup_steps",
+        "0",
+        "--optimizer",
+        "sgd",
+        "--momentum",
+        "0",
+        "--lr",
+        "0.05",
+        "--lr_scheduler",
+        "none",
+    ]
     big = fit(ToyTrainer, [*common, "--batch_size", "40"])
     small = fit(ToyTrainer, [*common, "--batch_size", "16", "--accum_steps", "3"])
     assert big.global_step == small.global_step == 2 and big.epoch == small.epoch == 2
@@ -122,15 +149,18 @@ def test_validation_best_and_export_use_the_ema_weights_with_eval_ema(toy_argv, 
     assert best["metrics"]["val_loss"] == pytest.approx(_val_loss(scored, trainer), rel=1e-5)
     assert best["metrics"]["val_loss"] != pytest.approx(_val_loss(other, trainer), rel=1e-3)
     from safetensors.torch import load_file
+
     exported = load_file(os.path.join(trainer.run_dir, "Toy_best.safetensors"))
     torch.testing.assert_close(exported["weight"], scored["weight"])
 
 
 def test_resume_without_ema_state_is_refused(toy_argv, tmp_path):
     first = fit(ToyTrainer, [*toy_argv, "--max_steps", "3"])
+    import json
+
     from base.errors import CheckpointError
     from base.resume import saved_config
-    import json
+
     path = first.checkpoint_path("last")
     state = load_checkpoint(path)
     config = json.loads(state["config"])
@@ -164,6 +194,7 @@ class CheckLayout(HookBase):
             self.layouts.append(batch[0].is_contiguous(memory_format=torch.channels_last))
             trainer.train_step = original
             return original(batch)
+
         trainer.train_step = spy
 
 
@@ -226,8 +257,20 @@ def test_persistent_workers_draw_each_epochs_augmentation_like_fresh_workers(toy
     runs = {}
     for persistent in ("true", "false"):
         DrawTrainer.seen = {}
-        fit(DrawTrainer, [*toy_argv, "--num_workers", "1", "--persistent_workers", persistent, "--epochs", "2",
-                          "--proj_name", f"p{persistent}"])
+        fit(
+            DrawTrainer,
+            [
+                *toy_argv,
+                "--num_workers",
+                "1",
+                "--persistent_workers",
+                persistent,
+                "--epochs",
+                "2",
+                "--proj_name",
+                f"p{persistent}",
+            ],
+        )
         runs[persistent] = DrawTrainer.seen
     assert runs["true"].keys() == runs["false"].keys() and len(runs["true"]) == 32
     for key, value in runs["true"].items():
@@ -242,8 +285,23 @@ def read_csv(path):
 
 def test_plot_lr_writes_the_schedule_and_trains_nothing(toy_argv, tmp_path):
     png = tmp_path / "plots" / "lr.png"  # a folder that does not exist yet
-    rows = ToyTrainer.from_argv([*toy_argv, "--epochs", "4", "--batch_size", "8", "--accum_steps", "2",
-                                 "--warmup_steps", "3", "--lr", "0.1", "--plot_lr", str(png)]).fit()
+    rows = ToyTrainer.from_argv(
+        [
+            *toy_argv,
+            "--epochs",
+            "4",
+            "--batch_size",
+            "8",
+            "--accum_steps",
+            "2",
+            "--warmup_steps",
+            "3",
+            "--lr",
+            "0.1",
+            "--plot_lr",
+            str(png),
+        ]
+    ).fit()
     assert png.stat().st_size > 0 and not os.path.exists(tmp_path / "Toy")  # no run folder
     assert [s for s, _ in rows] == list(range(12))  # 4 epochs x ceil(5 batches / 2)
     assert read_csv(tmp_path / "plots" / "lr.csv") == rows
@@ -264,11 +322,13 @@ def test_plot_lr_after_a_resume_is_the_schedule_the_resumed_run_follows(toy_argv
 
 def test_plot_lr_shows_the_warmup_the_run_uses(toy_argv, tmp_path, monkeypatch, capsys):
     from utils.plots import plt
+
     titles = []
     close = plt.close
     monkeypatch.setattr(plt, "close", lambda fig: (titles.append(fig.axes[0].get_title()), close(fig)))
-    rows = ToyTrainer.from_argv([*toy_argv, "--max_steps", "20", "--warmup_steps", "100",
-                                 "--plot_lr", str(tmp_path / "lr.png")]).fit()
+    rows = ToyTrainer.from_argv(
+        [*toy_argv, "--max_steps", "20", "--warmup_steps", "100", "--plot_lr", str(tmp_path / "lr.png")]
+    ).fit()
     assert max(rows, key=lambda r: r[1])[0] == 10  # the peak: the end of the warmup used
     (title,) = titles
     assert "warmup 10 (--warmup_steps 100 cut to half the run)" in title
@@ -281,6 +341,7 @@ def test_plot_lr_of_a_huge_run_draws_a_sample_of_its_steps(toy_argv, tmp_path, m
     from matplotlib.axes import Axes
 
     from base.optim import WarmupCosine
+
     calls = {"schedule": 0, "axvline": 0}
 
     def counted(name, original):
@@ -288,13 +349,15 @@ def test_plot_lr_of_a_huge_run_draws_a_sample_of_its_steps(toy_argv, tmp_path, m
             calls[name] += 1
             assert calls[name] <= 10_000, f"{name} called for every step"
             return original(*args, **kwargs)
+
         return call
 
     monkeypatch.setattr(WarmupCosine, "__call__", counted("schedule", WarmupCosine.__call__))
     monkeypatch.setattr(Axes, "axvline", counted("axvline", Axes.axvline))
     png = tmp_path / "lr.png"
-    rows = ToyTrainer.from_argv([*toy_argv, "--epochs", "1000000000", "--warmup_steps", "7",
-                                 "--plot_lr", str(png)]).fit()
+    rows = ToyTrainer.from_argv(
+        [*toy_argv, "--epochs", "1000000000", "--warmup_steps", "7", "--plot_lr", str(png)]
+    ).fit()
     total = 5 * 10**9
     steps = [s for s, _ in rows]
     assert 1000 <= len(rows) <= 2002 and steps == sorted(set(steps))
@@ -311,6 +374,7 @@ class StepLRToy(ToyTrainer):
 
 def test_plot_lr_steps_through_a_schedule_without_a_closed_form_or_refuses_a_huge_one(toy_argv, tmp_path):
     from base.config import ConfigError
+
     rows = StepLRToy.from_argv([*toy_argv, "--epochs", "8", "--plot_lr", str(tmp_path / "lr.png")]).fit()
     assert rows == [(s, pytest.approx(0.05 * 0.5 ** (s // 10))) for s in range(40)]
     with pytest.raises(ConfigError, match=r"--plot_lr: StepLR has to be stepped through 4999999999 steps"):
@@ -321,8 +385,21 @@ def test_plot_lr_steps_through_a_schedule_without_a_closed_form_or_refuses_a_hug
 def test_evaluator_scores_the_weights_the_run_validated_or_the_raw_ones(toy_argv, tmp_path, eval_ema):
     from evaluators.vanilla_evaluator import VanillaEvaluator
     from trainers.vanilla_trainer import VanillaTrainer
-    trainer = fit(VanillaTrainer, [*toy_argv, "--max_steps", "6", "--val_every_steps", "6", "--ema_decay", "0.5",
-                                   "--train_val_sample_rate", "0.2"])
+
+    trainer = fit(
+        VanillaTrainer,
+        [
+            *toy_argv,
+            "--max_steps",
+            "6",
+            "--val_every_steps",
+            "6",
+            "--ema_decay",
+            "0.5",
+            "--train_val_sample_rate",
+            "0.2",
+        ],
+    )
     best = trainer.checkpoint_path("best")
     argv = ["--model_path", best, "--split", "val"] + (["--eval_ema", eval_ema] if eval_ema else [])
     results = VanillaEvaluator.from_argv(argv).run()
@@ -344,8 +421,13 @@ class BatchNormToy(ConvToy):
         return sets
 
     def build_model(self):
-        return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 4), torch.nn.BatchNorm2d(4), torch.nn.Flatten(1),
-                                   torch.nn.Linear(4, 1), torch.nn.Flatten(0))
+        return torch.nn.Sequential(
+            torch.nn.Conv2d(3, 4, 4),
+            torch.nn.BatchNorm2d(4),
+            torch.nn.Flatten(1),
+            torch.nn.Linear(4, 1),
+            torch.nn.Flatten(0),
+        )
 
 
 def test_a_last_batch_of_one_sample_is_left_out_and_the_epoch_still_ends(toy_argv):

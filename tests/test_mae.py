@@ -1,5 +1,6 @@
 """MAETrainer and the path from its weights to a classifier: masking, the loss, loading into ViTTrainer,
 linear probing, layer-wise LR decay, the k-NN monitor and the evaluator."""
+
 import json
 import logging
 import os
@@ -21,8 +22,7 @@ DIGITS = ["--data_type", "Digits", "--patch_size", "4", "--batch_size", "64", "-
 
 def small_mae(mask_ratio=0.75, side=16, patch=4, channels=1, norm_pix_loss=True):
     vit = build_zoo_model("vit_ti_16", 3, in_chans=channels, image_size=side, patch_size=patch)
-    return MAE(vit, channels, mask_ratio, decoder_dim=32, decoder_depth=1, decoder_heads=2,
-               norm_pix_loss=norm_pix_loss)
+    return MAE(vit, channels, mask_ratio, decoder_dim=32, decoder_depth=1, decoder_heads=2, norm_pix_loss=norm_pix_loss)
 
 
 @pytest.mark.parametrize("ratio, kept", [(0.75, 4), (0.5, 8), (0.9, 2), (0.6, 6)])  # of 16 patches
@@ -75,7 +75,7 @@ def test_the_loss_is_the_mean_over_hidden_patches_of_the_per_pixel_squared_error
     a, b = torch.tensor([[1.0, 2.0, 3.0, 4.0], [0.5, 1.0, 1.5, 2.0]]), torch.arange(8.0).view(2, 4)
     images = unpatchify(b[..., None] + a[..., None] * signs, 4, 1)
     normed = small_mae(side=8, norm_pix_loss=True)
-    per_patch = a ** 2 / (a ** 2 * 16 / 15 + 1e-6)  # squared error of a zero prediction
+    per_patch = a**2 / (a**2 * 16 / 15 + 1e-6)  # squared error of a zero prediction
     expected = (per_patch[0, 0] + per_patch[0, 2] + per_patch[1, 1] + per_patch[1, 2]) / 4
     torch.testing.assert_close(normed.loss(images, torch.zeros(2, 4, 16), mask), expected)
 
@@ -99,13 +99,13 @@ def test_train_step_and_validate_score_the_hidden_patches_of_the_models_own_mask
     trainer.model.register_forward_hook(lambda module, inputs, output: seen.append((inputs[0], *output)))
     batch = trainer.to_device(next(iter(trainer.loaders["train"])))  # uint8 pixels -> the model's input
     loss = trainer.train_step(batch)["loss"]
-    (images, pred, mask), = seen
+    ((images, pred, mask),) = seen
     assert 0 < int(mask.sum()) < mask.numel()  # some patches hidden, some not: the average has to pick
     torch.testing.assert_close(loss, hidden_patch_loss(images, pred, mask))
     seen.clear()
     with torch.no_grad():
         metrics = trainer.validate([batch])
-    (images, pred, mask), = seen
+    ((images, pred, mask),) = seen
     assert metrics == {"loss": pytest.approx(float(hidden_patch_loss(images, pred, mask)), rel=1e-6)}
 
 
@@ -174,8 +174,10 @@ def best_features(pretrained):
     mae.load_state_dict(load_checkpoint(trainer.checkpoint_path("best"))["model"])
     with torch.no_grad():
         # the bank: the training images as evaluation reads them (no random op), as the trainer's k-NN split
-        return (*embed(mae.eval(), trainer.data.plain_train, trainer.inputs),
-                *embed(mae, trainer.data.test, trainer.inputs))
+        return (
+            *embed(mae.eval(), trainer.data.plain_train, trainer.inputs),
+            *embed(mae, trainer.data.test, trainer.inputs),
+        )
 
 
 def test_test_knn_top1_is_that_of_the_best_checkpoint_against_the_training_images(pretrained, best_features):
@@ -218,16 +220,34 @@ def test_an_mae_checkpoint_loads_into_vit_trainer_with_only_the_decoder_unexpect
 
 def test_linear_probe_leaves_every_encoder_tensor_bit_identical(pretrained, tmp_path):
     ckpt = pretrained[0].checkpoint_path("best")
-    probe = ViTTrainer.from_argv(["--output_dir", str(tmp_path), *DIGITS, "--pretrained_path", ckpt,
-                                  "--linear_probe", "--epochs", "1", "--lr", "0.05", "--weight_decay", "0.05"])
+    probe = ViTTrainer.from_argv(
+        [
+            "--output_dir",
+            str(tmp_path),
+            *DIGITS,
+            "--pretrained_path",
+            ckpt,
+            "--linear_probe",
+            "--epochs",
+            "1",
+            "--lr",
+            "0.05",
+            "--weight_decay",
+            "0.05",
+        ]
+    )
     metrics = probe.fit()
     saved = load_checkpoint(ckpt)["model"]
     trained = load_checkpoint(probe.checkpoint_path("last"))["model"]
     encoder = [k for k in trained if not k.startswith("heads.")]
     assert encoder and all(torch.equal(trained[k], saved[k]) for k in encoder)
     assert {k for k in trained if k.startswith("heads.")} == {
-        "heads.norm.running_mean", "heads.norm.running_var", "heads.norm.num_batches_tracked", "heads.head.weight",
-        "heads.head.bias"}  # BatchNorm without affine parameters, then the linear layer
+        "heads.norm.running_mean",
+        "heads.norm.running_var",
+        "heads.norm.num_batches_tracked",
+        "heads.head.weight",
+        "heads.head.bias",
+    }  # BatchNorm without affine parameters, then the linear layer
     assert metrics["top1"] > 30  # a linear classifier on pretrained features, 10 classes
 
 
@@ -237,12 +257,16 @@ def test_layer_decay_gives_each_block_its_documented_lr(tmp_path):
     trainer.optimizer = trainer.build_optimizer()
     lr_of = {id(p): g["lr"] for g in trainer.optimizer.param_groups for p in g["params"]}
     names = dict(trainer.model.named_parameters())
-    expected = {"conv_proj.weight": 0.01 * 0.5 ** 13, "class_token": 0.01 * 0.5 ** 13,
-                "encoder.pos_embedding": 0.01 * 0.5 ** 13,
-                "encoder.layers.encoder_layer_0.mlp.0.weight": 0.01 * 0.5 ** 12,
-                "encoder.layers.encoder_layer_5.ln_1.weight": 0.01 * 0.5 ** 7,
-                "encoder.layers.encoder_layer_11.self_attention.in_proj_weight": 0.01 * 0.5,
-                "encoder.ln.weight": 0.01, "heads.head.weight": 0.01}
+    expected = {
+        "conv_proj.weight": 0.01 * 0.5**13,
+        "class_token": 0.01 * 0.5**13,
+        "encoder.pos_embedding": 0.01 * 0.5**13,
+        "encoder.layers.encoder_layer_0.mlp.0.weight": 0.01 * 0.5**12,
+        "encoder.layers.encoder_layer_5.ln_1.weight": 0.01 * 0.5**7,
+        "encoder.layers.encoder_layer_11.self_attention.in_proj_weight": 0.01 * 0.5,
+        "encoder.ln.weight": 0.01,
+        "heads.head.weight": 0.01,
+    }
     for name, lr in expected.items():
         assert lr_of[id(names[name])] == pytest.approx(lr, rel=1e-12), name
     assert trainer.optimizer.param_groups[0]["lr"] == 0.01  # the head's: what the log reports
@@ -250,12 +274,15 @@ def test_layer_decay_gives_each_block_its_documented_lr(tmp_path):
     assert no_decay == set(range(14))  # biases and norms of every layer stay out of weight decay
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--model_type", "resnet18"], "--model_type='resnet18': the MAE encoder must be a zoo ViT"),
-    (["--mask_ratio", "1"], "--mask_ratio=1.0: must be in (0, 1)"),
-    (["--mixup_alpha", "0.2"], "--mixup_alpha=0.2: has no meaning without labels"),
-    (["--decoder_dim", "30"], "--decoder_dim=30: must be a positive multiple of 4"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--model_type", "resnet18"], "--model_type='resnet18': the MAE encoder must be a zoo ViT"),
+        (["--mask_ratio", "1"], "--mask_ratio=1.0: must be in (0, 1)"),
+        (["--mixup_alpha", "0.2"], "--mixup_alpha=0.2: has no meaning without labels"),
+        (["--decoder_dim", "30"], "--decoder_dim=30: must be a positive multiple of 4"),
+    ],
+)
 def test_bad_mae_flags_name_the_flag(tmp_path, capsys, argv, message):
     with pytest.raises(SystemExit):
         MAETrainer.from_argv(["--output_dir", str(tmp_path), *DIGITS, *argv])
@@ -270,8 +297,9 @@ def test_layer_decay_and_linear_probe_need_a_vit(tmp_path, capsys):
 
 def test_evaluator_from_the_checkpoint_alone_reports_knn_and_draws_reconstructions(pretrained, capsys):
     trainer, metrics = pretrained
-    results = MAEEvaluator.from_argv(["--model_path", trainer.checkpoint_path("best"), "--viz",
-                                      "--gpu_devices", "cpu"]).run()
+    results = MAEEvaluator.from_argv(
+        ["--model_path", trainer.checkpoint_path("best"), "--viz", "--gpu_devices", "cpu"]
+    ).run()
     assert results["knn_top1"] == pytest.approx(metrics["knn_top1"], rel=1e-9)  # features need no random mask
     assert os.path.getsize(results["figure"]) > 1000
     saved = json.load(open(os.path.splitext(trainer.checkpoint_path("best"))[0] + "_eval_test.json"))

@@ -1,5 +1,6 @@
 """One process, many fits (notebooks, sweeps): nothing piles up, global switches come back,
 and what a task reports (extra loss terms, its own log lines and scalars) reaches the run."""
+
 import csv
 import logging
 import os
@@ -16,9 +17,14 @@ task_log = logging.getLogger("my_task")  # a task module's own logger
 def open_things():
     loggers = [n for n in logging.Logger.manager.loggerDict if n.startswith("trainer.")]
     root = logging.getLogger()
-    return {"fds": len(os.listdir("/proc/self/fd")), "threads": threading.active_count(),
-            "loggers": len(loggers), "root_handlers": len(root.handlers), "root_level": root.level,
-            "deterministic": torch.are_deterministic_algorithms_enabled()}
+    return {
+        "fds": len(os.listdir("/proc/self/fd")),
+        "threads": threading.active_count(),
+        "loggers": len(loggers),
+        "root_handlers": len(root.handlers),
+        "root_level": root.level,
+        "deterministic": torch.are_deterministic_algorithms_enabled(),
+    }
 
 
 class FailsInSetup(ToyTrainer):

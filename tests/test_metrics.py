@@ -1,4 +1,5 @@
 """ClassificationMeter against hand-computed values (what a wrong average or a transposed matrix would break)."""
+
 import pytest
 import torch
 

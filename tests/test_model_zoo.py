@@ -1,5 +1,6 @@
 """The image-classification zoo: output shapes for 1 and 3 channels, size and drop_path checks,
 timm models, weight-decay exclusions and loading pretrained weights (random init, no downloads)."""
+
 import pytest
 import torch
 from safetensors.torch import save_file

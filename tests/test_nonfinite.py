@@ -1,5 +1,6 @@
 """--nonfinite raise|skip|rollback: no weight is ever updated from a NaN loss; a rollback's redone steps are
 logged once."""
+
 import collections
 import csv
 import json
@@ -59,7 +60,7 @@ def test_raise_names_the_step_and_leaves_weights(tmp_path):
     with pytest.raises(FloatingPointError, match=r"non-finite loss at step 3 \(noticed at step 5"):
         trainer.fit()
     assert trainer._nonfinite_on_device and len(log.after) == 5
-    for weights in (log.after[2:] + [trainer.model.state_dict()]):  # as after step 2, the last good one
+    for weights in log.after[2:] + [trainer.model.state_dict()]:  # as after step 2, the last good one
         for key, value in weights.items():
             assert torch.equal(value, log.after[1][key])
     assert not list(tmp_path.glob("Toy/*/*_ckpt.pth"))  # the counted-but-not-applied steps are never saved
@@ -107,8 +108,9 @@ def test_the_skipped_steps_of_a_resumed_run_count_against_max_skipped_steps(tmp_
 
 
 def test_rollback_reloads_last_checkpoint_and_lowers_lr(tmp_path):
-    trainer, log = run(tmp_path, {(0, 3)}, "--nonfinite", "rollback", "--save_every_steps", "2",
-                       "--lr_scheduler", "none", once=True)
+    trainer, log = run(
+        tmp_path, {(0, 3)}, "--nonfinite", "rollback", "--save_every_steps", "2", "--lr_scheduler", "none", once=True
+    )
     trainer.fit()
     assert trainer.skipped_steps == 1
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.05 * 0.5)
@@ -121,8 +123,17 @@ def test_rollback_reloads_last_checkpoint_and_lowers_lr(tmp_path):
 
 def test_a_second_rollback_to_a_checkpoint_saved_after_the_first_scales_the_lr_once_more(tmp_path):
     """The checkpoint written after the first rollback carries its LR x0.5 and says so (``lr_scale``)."""
-    trainer, log = run(tmp_path, {(0, 3), (1, 3)}, "--nonfinite", "rollback", "--save_every_steps", "2",
-                       "--lr_scheduler", "none", once=True)
+    trainer, log = run(
+        tmp_path,
+        {(0, 3), (1, 3)},
+        "--nonfinite",
+        "rollback",
+        "--save_every_steps",
+        "2",
+        "--lr_scheduler",
+        "none",
+        once=True,
+    )
     trainer.fit()
     assert trainer.skipped_steps == 2 and trainer.lr_scale == 0.25
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.05 * 0.25)  # not x0.125
@@ -194,9 +205,9 @@ def test_rollback_drops_the_rows_logged_after_its_checkpoint_and_logs_the_redone
         assert {key: values for key, values in points.items() if len(values) > 1} == {}
         lrs = {step: values[0] for (step, name), values in points.items() if name == "train/lr"}
         assert lrs == pytest.approx({1: 0.05, 2: 0.05, **{step: 0.025 for step in range(3, 11)}})
-    assert {k for k in scalars if k[0] == 3} == {(3, f"train/{n}") for n in ("loss", "lr", "grad_norm",
-                                                                             "images_per_sec", "step_time",
-                                                                             "data_time")}
+    assert {k for k in scalars if k[0] == 3} == {
+        (3, f"train/{n}") for n in ("loss", "lr", "grad_norm", "images_per_sec", "step_time", "data_time")
+    }
 
 
 def test_rollback_logs_the_redone_steps_to_mlflow_after_the_rolled_back_ones(tmp_path, monkeypatch):
@@ -223,8 +234,9 @@ def test_rollback_to_a_checkpoint_saved_before_its_steps_validation_logs_that_va
     (`last`, saved after it, may carry the same file time). The validation is done again after the
     rollback, and its row and points are in the row files once. TensorBoard purges whole steps: it keeps
     step 5's first validation points (step 5's training points must stay), so those show twice there."""
-    monkeypatch.setattr(base.trainer_checkpoint, "newest_checkpoint",
-                        lambda run_dir, tags: os.path.join(run_dir, "Toy_step5_ckpt.pth"))
+    monkeypatch.setattr(
+        base.trainer_checkpoint, "newest_checkpoint", lambda run_dir, tags: os.path.join(run_dir, "Toy_step5_ckpt.pth")
+    )
     trainer, _ = run(tmp_path, {(1, 1)}, *ROWS, "--save_every_steps", "5", once=True)
     trainer.fit()
     validations, scalars, board = rows_of(trainer.run_dir)

@@ -1,4 +1,5 @@
 """predict.py: top-k classes of image files from a classifier checkpoint alone (Digits runs, CPU)."""
+
 import json
 import os
 import subprocess
@@ -36,9 +37,22 @@ def vanilla(tmp_path_factory):
 @pytest.fixture(scope="module")
 def vit(tmp_path_factory):
     """A two-step ViTTrainer run (vit_ti_16, 4x4 patches) on Digits."""
-    return _train(ViTTrainer, tmp_path_factory.mktemp("vit"), "--data_type", "Digits", "--patch_size", "4",
-                  "--max_steps", "2", "--warmup_steps", "1", "--train_val_sample_rate", "0.1",
-                  "--test_sample_rate", "0.1")
+    return _train(
+        ViTTrainer,
+        tmp_path_factory.mktemp("vit"),
+        "--data_type",
+        "Digits",
+        "--patch_size",
+        "4",
+        "--max_steps",
+        "2",
+        "--warmup_steps",
+        "1",
+        "--train_val_sample_rate",
+        "0.1",
+        "--test_sample_rate",
+        "0.1",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -72,14 +86,18 @@ def _predict(*argv):
     return ClassifierPredictor.from_argv([*argv, "--gpu_devices", "cpu"]).run()
 
 
-@pytest.mark.parametrize("run,fmt", [("vanilla", "pth"), ("vanilla", "safetensors"), ("vit", "pth"),
-                                     ("vit", "safetensors")])
+@pytest.mark.parametrize(
+    "run,fmt", [("vanilla", "pth"), ("vanilla", "safetensors"), ("vit", "pth"), ("vit", "safetensors")]
+)
 def test_png_predictions_match_the_model_on_the_dataset_image(run, fmt, digit_pngs, request, capsys):
     trainer = request.getfixturevalue(run)
     paths, images = digit_pngs
     before = sorted(os.listdir(trainer.run_dir))
-    model_path = (trainer.checkpoint_path("best") if fmt == "pth"
-                  else os.path.join(trainer.run_dir, f"{trainer.args.model_type}_best.safetensors"))
+    model_path = (
+        trainer.checkpoint_path("best")
+        if fmt == "pth"
+        else os.path.join(trainer.run_dir, f"{trainer.args.model_type}_best.safetensors")
+    )
     results = _predict("--model_path", model_path, *paths, "--topk", "50")  # capped at the 10 classes
     expected = _model_probs(trainer, images)
     assert [r["image"] for r in results] == paths
@@ -110,8 +128,9 @@ def test_the_vanilla_model_predicts_the_digits_it_learned(vanilla, digit_pngs):
 def test_output_json_and_topk(vanilla, digit_pngs, tmp_path):
     paths, _ = digit_pngs
     out = tmp_path / "preds.json"
-    results = _predict("--model_path", vanilla.checkpoint_path("best"), paths[0], paths[1], "--topk", "3",
-                       "--output_json", str(out))
+    results = _predict(
+        "--model_path", vanilla.checkpoint_path("best"), paths[0], paths[1], "--topk", "3", "--output_json", str(out)
+    )
     saved = json.loads(out.read_text())
     assert saved["predictions"] == results and saved["class_names"] == [str(d) for d in range(10)]
     assert [len(r["top"]) for r in results] == [3, 3]
@@ -120,11 +139,23 @@ def test_output_json_and_topk(vanilla, digit_pngs, tmp_path):
 def test_the_digits_card_records_the_input_recipe(vanilla):
     card = load_checkpoint(vanilla.checkpoint_path("best"))["model_card"]
     assert card["input_shape"] == [1, 8, 8] and card["class_names"] == [str(d) for d in range(10)]
-    assert card["input"] == {"color": "L", "transform": {"resize": "square", "resize_to": 8, "center_crop": None,
-                                                         "interpolation": "bilinear", "antialias": True,
-                                                         "backend": "torch"},
-                             "scale": 255, "mean": [0.5], "std": [0.5], "layout": "NCHW", "dtype": "float32",
-                             "formula": "(pixels / scale - mean) / std, per channel"}
+    assert card["input"] == {
+        "color": "L",
+        "transform": {
+            "resize": "square",
+            "resize_to": 8,
+            "center_crop": None,
+            "interpolation": "bilinear",
+            "antialias": True,
+            "backend": "torch",
+        },
+        "scale": 255,
+        "mean": [0.5],
+        "std": [0.5],
+        "layout": "NCHW",
+        "dtype": "float32",
+        "formula": "(pixels / scale - mean) / std, per channel",
+    }
     assert "normalize" not in card
 
 
@@ -141,9 +172,24 @@ def folder_run(tmp_path_factory):
             pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
             pixels[:, : width // 2] //= 2  # some structure, so a crop in the wrong place changes values
             Image.fromarray(pixels, "RGB").save(data / name / f"{name}{j}.png")
-    return _train(VanillaTrainer, tmp_path_factory.mktemp("folder_run"), "--data_type", "ImageFolder",
-                  "--data_dir", str(data), "--image_size", "16", "--max_steps", "1", "--batch_size", "4",
-                  "--val_fraction", "0.25", "--test_fraction", "0.25")
+    return _train(
+        VanillaTrainer,
+        tmp_path_factory.mktemp("folder_run"),
+        "--data_type",
+        "ImageFolder",
+        "--data_dir",
+        str(data),
+        "--image_size",
+        "16",
+        "--max_steps",
+        "1",
+        "--batch_size",
+        "4",
+        "--val_fraction",
+        "0.25",
+        "--test_fraction",
+        "0.25",
+    )
 
 
 def test_a_file_becomes_the_input_the_evaluation_split_gives_the_model(folder_run):
@@ -153,8 +199,14 @@ def test_a_file_becomes_the_input_the_evaluation_split_gives_the_model(folder_ru
     assert trainer.args.train_crop == "rrc"
     card = load_checkpoint(trainer.checkpoint_path("best"))["model_card"]
     recipe = card_input(card)
-    assert recipe["transform"] == {"resize": "shorter_side", "resize_to": 18, "center_crop": 16,
-                                   "interpolation": "bilinear", "antialias": True, "backend": "torch"}
+    assert recipe["transform"] == {
+        "resize": "shorter_side",
+        "resize_to": 18,
+        "center_crop": 16,
+        "interpolation": "bilinear",
+        "antialias": True,
+        "backend": "torch",
+    }
     assert recipe["mean"] == [0.485, 0.456, 0.406] and recipe["std"] == [0.229, 0.224, 0.225]
     test = trainer.datasets["test"]
     paths = [test.dataset.samples[i][0] for i in test.indices]
@@ -177,8 +229,15 @@ def test_an_old_card_predicts_as_before(vanilla, tmp_path):
     """(b) A card of the "normalize" scheme (no recipe) means: resize the uint8 tensor to H x W, then 0.5 / 0.5."""
     best = load_checkpoint(vanilla.checkpoint_path("best"))
     card = best["model_card"]
-    old = {**best, "model_card": {"trainer": card["trainer"], "class_names": card["class_names"],
-                                  "input_shape": card["input_shape"], "normalize": OLD_NORMALIZE}}
+    old = {
+        **best,
+        "model_card": {
+            "trainer": card["trainer"],
+            "class_names": card["class_names"],
+            "input_shape": card["input_shape"],
+            "normalize": OLD_NORMALIZE,
+        },
+    }
     save_checkpoint(old, str(tmp_path / "old_ckpt.pth"))
     path = str(tmp_path / "big.png")  # not 8x8: the old resize matters
     pixels = np.random.default_rng(1).integers(0, 256, (13, 11), dtype=np.uint8)
@@ -210,10 +269,11 @@ def test_bad_inputs_give_one_line_errors(vanilla, digit_pngs, tmp_path, capsys):
     assert main(ClassifierPredictor, ["--model_path", str(tmp_path / "old_ckpt.pth"), paths[0]]) == 1
     assert "predates model cards" in capsys.readouterr().err
     card = load_checkpoint(best)["model_card"]
-    for bad, said in (({**card, "input": {**card["input"], "transform": {"resize": "pad"}}}, "resize 'pad'"),
-                      ({k: v for k, v in card.items() if k != "input"}, "no input recipe"),
-                      ({**{k: v for k, v in card.items() if k != "input"}, "normalize": "x / 127"},
-                       "normalized as 'x / 127'")):
+    for bad, said in (
+        ({**card, "input": {**card["input"], "transform": {"resize": "pad"}}}, "resize 'pad'"),
+        ({k: v for k, v in card.items() if k != "input"}, "no input recipe"),
+        ({**{k: v for k, v in card.items() if k != "input"}, "normalize": "x / 127"}, "normalized as 'x / 127'"),
+    ):
         save_checkpoint({**load_checkpoint(best), "model_card": bad}, str(tmp_path / "odd_ckpt.pth"))
         assert main(ClassifierPredictor, ["--model_path", str(tmp_path / "odd_ckpt.pth"), paths[0]]) == 1
         err = capsys.readouterr().err
@@ -224,8 +284,10 @@ def test_bad_inputs_give_one_line_errors(vanilla, digit_pngs, tmp_path, capsys):
     assert "a SegOnCarvanaTrainer checkpoint" in capsys.readouterr().err
     assert main(ClassifierPredictor, ["--model_path", best, paths[0], "--topk", "0"]) == 2
     assert "--topk=0: must be > 0" in capsys.readouterr().err
-    for key, value, status, said in (("model_type", "NoSuchNet", 2, "model_type='NoSuchNet'"),
-                                     ("batch_size", "lots", 2, "'batch_size'")):
+    for key, value, status, said in (
+        ("model_type", "NoSuchNet", 2, "model_type='NoSuchNet'"),
+        ("batch_size", "lots", 2, "'batch_size'"),
+    ):
         state = load_checkpoint(best)
         state["config"] = json.dumps({**json.loads(state["config"]), key: value})
         save_checkpoint(state, str(tmp_path / f"bad_{key}_ckpt.pth"))
@@ -238,12 +300,13 @@ def test_the_root_script(vanilla, digit_pngs):
     paths, _ = digit_pngs
 
     def predict_py(*argv):
-        return subprocess.run([sys.executable, "predict.py", *argv], cwd=ROOT, capture_output=True, text=True,
-                              timeout=120, check=False)
+        return subprocess.run(
+            [sys.executable, "predict.py", *argv], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False
+        )
 
     proc = predict_py("--model_path", vanilla.checkpoint_path("best"), paths[0], "--topk", "2", "--gpu_devices", "cpu")
     assert proc.returncode == 0, proc.stderr
-    line, = proc.stdout.splitlines()
+    (line,) = proc.stdout.splitlines()
     assert line.startswith(f"{paths[0]}: ") and line.count(", ") == 1
     proc = predict_py("--model_path", "no/such.pth", paths[0])
     assert proc.returncode == 1 and "--model_path no/such.pth: no such file" in proc.stderr

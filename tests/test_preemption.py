@@ -1,4 +1,5 @@
 """Real processes: SIGTERM to the whole process group, kill -9 after a periodic checkpoint, the run lock."""
+
 import glob
 import os
 import signal
@@ -7,14 +8,14 @@ import sys
 import time
 
 import pytest
-from conftest import ToyTrainer
-from test_bad_input import error_line, run_main
-from test_resume import assert_same_state, logged
 
 from base.checkpoint import load_checkpoint
 from base.errors import UserError
 from base.run_lock import RunLock
 from base.run_status import read_status
+from conftest import ToyTrainer
+from test_bad_input import error_line, run_main
+from test_resume import assert_same_state, logged
 from trainers.seg_on_carvana_trainer import SegOnCarvanaTrainer
 from trainers.vanilla_trainer import VanillaTrainer
 from utils.runs import status_text
@@ -25,9 +26,14 @@ FLAGS = ["--epochs", "15", "--train_val_sample_rate", "0.3", "--gpu_devices", "c
 
 def start(out, *extra, script="trainer_vanilla.py", flags=FLAGS):
     """Launch a trainer script in its own process group (as a cluster scheduler would)."""
-    return subprocess.Popen([sys.executable, script, "--output_dir", str(out), *flags, *extra],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, script, "--output_dir", str(out), *flags, *extra],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def wait_for(pattern, proc, timeout=120):
@@ -50,8 +56,19 @@ def straight(out, *extra, cls=VanillaTrainer, flags=FLAGS):
 def seg_flags(tmp_path_factory):
     from test_seg_trainer import seg_data
 
-    return ["--data_dir", seg_data(tmp_path_factory), "--epochs", "12", "--batch_size", "4",
-            "--base_channels", "4", "--gpu_devices", "cpu", "--deterministic"]
+    return [
+        "--data_dir",
+        seg_data(tmp_path_factory),
+        "--epochs",
+        "12",
+        "--batch_size",
+        "4",
+        "--base_channels",
+        "4",
+        "--gpu_devices",
+        "cpu",
+        "--deterministic",
+    ]
 
 
 # proj_name, model_type, script, trainer class, flags(tmp_path_factory), steps in the whole run
@@ -197,9 +214,26 @@ main(Killed, sys.argv[2:])
 """)
     pids, log = tmp_path / "workers", tmp_path / "stderr.txt"
     with open(log, "w") as stderr:  # a file, not a pipe: the orphans keep their copy of it open
-        proc = subprocess.run([sys.executable, str(script), str(pids), "--output_dir", str(tmp_path), "--gpu_devices",
-                               "cpu", "--num_workers", "2", "--save_every_steps", "2"], cwd=ROOT,
-                              stdout=subprocess.DEVNULL, stderr=stderr, timeout=120, check=False)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                str(script),
+                str(pids),
+                "--output_dir",
+                str(tmp_path),
+                "--gpu_devices",
+                "cpu",
+                "--num_workers",
+                "2",
+                "--save_every_steps",
+                "2",
+            ],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            timeout=120,
+            check=False,
+        )
     workers = [int(pid) for pid in pids.read_text().split()]
     try:
         assert proc.returncode == -signal.SIGKILL and len(workers) == 2, log.read_text()
@@ -218,8 +252,14 @@ def test_a_second_lock_in_one_process_is_refused_and_the_first_still_holds(tmp_p
     first = RunLock(str(tmp_path)).acquire()
     with pytest.raises(UserError, match=f"in use by process {os.getpid()}"):
         RunLock(str(tmp_path)).acquire()
-    probe = [sys.executable, "-c", (f"import sys; sys.path.insert(0, {ROOT!r}); from base.run_lock import RunLock; "
-                                    f"RunLock({str(tmp_path)!r}).acquire()")]
+    probe = [
+        sys.executable,
+        "-c",
+        (
+            f"import sys; sys.path.insert(0, {ROOT!r}); from base.run_lock import RunLock; "
+            f"RunLock({str(tmp_path)!r}).acquire()"
+        ),
+    ]
     other = subprocess.run(probe, capture_output=True, text=True, timeout=60, check=False)
     assert other.returncode == 1 and f"in use by process {os.getpid()}" in other.stderr
     first.release()
@@ -255,8 +295,9 @@ class SlowTest(ToyTrainer):
 
 exit_fast(main(SlowTest, sys.argv[1:]))
 """)
-    proc = start(tmp_path, "--num_workers", "2", "--eval_batch_size", "4", script=str(script),
-                 flags=["--gpu_devices", "cpu"])
+    proc = start(
+        tmp_path, "--num_workers", "2", "--eval_batch_size", "4", script=str(script), flags=["--gpu_devices", "cpu"]
+    )
     wait_for(str(tmp_path / "testing"), proc)
     os.killpg(proc.pid, signal.SIGINT)
     err = []

@@ -1,6 +1,7 @@
 """--pretrained_path: a file that fits nothing is refused in one line; an RGB stem and a ViT position
 embedding of another size are adapted with timm's helpers; every adaptation and shape mismatch reaches
 the run log."""
+
 import glob
 import os
 
@@ -17,8 +18,18 @@ from model.zoo import build_zoo_model
 from trainers.vit_trainer import ViTTrainer
 
 # Digits: 1-channel 8x8 images, 10 classes, bundled with scikit-learn; a tiny share keeps the run short.
-DIGITS = ["--data_type", "Digits", "--gpu_devices", "cpu", "--batch_size", "16", "--train_val_sample_rate", "0.1",
-          "--test_sample_rate", "0.05"]
+DIGITS = [
+    "--data_type",
+    "Digits",
+    "--gpu_devices",
+    "cpu",
+    "--batch_size",
+    "16",
+    "--train_val_sample_rate",
+    "0.1",
+    "--test_sample_rate",
+    "0.05",
+]
 
 
 def vit(image_size, in_chans, num_classes=5, seed=0):
@@ -30,14 +41,27 @@ def test_a_unet_checkpoint_into_a_classifier_is_refused_in_one_line_and_nothing_
     save_checkpoint({"model": UNet(3, 1).state_dict(), "epoch": 4}, str(tmp_path / "unet.pth"))
     out = tmp_path / "runs"
     # --max_steps 1: were the file not refused, one step would train and save (and the test stays short)
-    status = main(ViTTrainer, ["--output_dir", str(out), *DIGITS, "--model_type", "resnet18", "--max_steps", "1",
-                               "--pretrained_path", str(tmp_path / "unet.pth")])
+    status = main(
+        ViTTrainer,
+        [
+            "--output_dir",
+            str(out),
+            *DIGITS,
+            "--model_type",
+            "resnet18",
+            "--max_steps",
+            "1",
+            "--pretrained_path",
+            str(tmp_path / "unet.pth"),
+        ],
+    )
     err = capsys.readouterr().err
     assert status == 1 and "Traceback" not in err
     assert err.rstrip("\n").splitlines()[-1] == (
         f"trainer_vit.py: error: --pretrained_path {tmp_path / 'unet.pth'}: only 0 of the 122 tensors of this "
         f"ResNet are in the file with a shape that fits (0 of another shape, 118 of the file's 118 not the model's): "
-        f"weights of another model? Nothing was loaded")
+        f"weights of another model? Nothing was loaded"
+    )
     assert not glob.glob(str(out / "**" / "*_ckpt.pth"), recursive=True)  # no step was trained, nothing saved
     assert not glob.glob(str(out / "**" / "metrics.csv"), recursive=True)
 
@@ -46,7 +70,7 @@ def test_a_file_with_half_of_the_tensors_loads_and_one_with_fewer_is_refused():
     model = build_zoo_model("resnet18", 2)
     state = model.state_dict()
     keys = list(state)
-    half = {k: state[k] for k in keys[:(len(keys) + 1) // 2]}
+    half = {k: state[k] for k in keys[: (len(keys) + 1) // 2]}
     assert load_state(model, half, "half").loaded == len(half)
     with pytest.raises(CheckpointError, match=f"^less: only {len(half) - 1} of the {len(keys)} tensors"):
         load_state(model, dict(list(half.items())[:-1]), "less")
@@ -82,25 +106,39 @@ def test_the_run_log_names_each_adaptation_and_each_shape_mismatch(tmp_path):
     # RGB, 16x16 and 5 classes in the file; the run: Digits' 1 channel, 8x8 and 10 classes.
     saved = vit(16, 3, num_classes=5).state_dict()
     save_checkpoint({"model": saved}, str(tmp_path / "rgb16.pth"))
-    trainer = ViTTrainer.from_argv(["--output_dir", str(tmp_path / "runs"), *DIGITS, "--patch_size", "4",
-                                    "--pretrained_path", str(tmp_path / "rgb16.pth")])
+    trainer = ViTTrainer.from_argv(
+        [
+            "--output_dir",
+            str(tmp_path / "runs"),
+            *DIGITS,
+            "--patch_size",
+            "4",
+            "--pretrained_path",
+            str(tmp_path / "rgb16.pth"),
+        ]
+    )
     try:
         trainer.setup()  # the run folder and its log, then the model: what a run does before its first step
     finally:
         trainer.release()
-    torch.testing.assert_close(trainer.module.conv_proj.weight.detach(), saved["conv_proj.weight"].sum(1, keepdim=True),
-                               rtol=0, atol=0)
+    torch.testing.assert_close(
+        trainer.module.conv_proj.weight.detach(), saved["conv_proj.weight"].sum(1, keepdim=True), rtol=0, atol=0
+    )
     (log_file,) = glob.glob(os.path.join(trainer.run_dir, "*_log.txt"))
     with open(log_file, encoding="utf-8") as f:
         log = f.read()
     source = f"--pretrained_path {tmp_path / 'rgb16.pth'}"
     for line in (
-            (f"{source}: conv_proj.weight: stem for 3 input channels summed to 1 channel (timm adapt_input_conv): "
-             f"(192, 3, 4, 4) -> (192, 1, 4, 4)"),
-            (f"{source}: encoder.pos_embedding: position embedding resampled from 4x4 to 2x2 patches, 1 prefix "
-             f"token(s) kept (timm resample_abs_pos_embed, bicubic): (1, 17, 192) -> (1, 5, 192)"),
-            f"{source}: heads.head.weight not loaded: shape (5, 192) in the file, (10, 192) in the model",
-            f"{source}: heads.head.bias not loaded: shape (5,) in the file, (10,) in the model",
-            (f"{source}: loaded 150 of the model's 152 tensors (2 adapted, 2 of another shape, 2 missing, "
-             f"0 unexpected)")):
+        (
+            f"{source}: conv_proj.weight: stem for 3 input channels summed to 1 channel (timm adapt_input_conv): "
+            f"(192, 3, 4, 4) -> (192, 1, 4, 4)"
+        ),
+        (
+            f"{source}: encoder.pos_embedding: position embedding resampled from 4x4 to 2x2 patches, 1 prefix "
+            f"token(s) kept (timm resample_abs_pos_embed, bicubic): (1, 17, 192) -> (1, 5, 192)"
+        ),
+        f"{source}: heads.head.weight not loaded: shape (5, 192) in the file, (10, 192) in the model",
+        f"{source}: heads.head.bias not loaded: shape (5,) in the file, (10,) in the model",
+        (f"{source}: loaded 150 of the model's 152 tensors (2 adapted, 2 of another shape, 2 missing, 0 unexpected)"),
+    ):
         assert f" INFO {line}\n" in log, line

@@ -1,4 +1,5 @@
 """The README's subclassing example is real code: extract it and train it."""
+
 import csv
 import importlib.util
 import os
@@ -28,5 +29,5 @@ def test_readme_example_is_short_and_trains(tmp_path):
     rows = list(csv.DictReader(open(os.path.join(trainer.run_dir, "metrics.csv"))))
     losses = [float(r["val_loss"]) for r in rows]
     assert len(losses) == 5 and losses[-1] < losses[0]
-    assert losses[-1] < 0.3 ** 2  # beats returning the noisy input (its MSE is noise_std**2)
+    assert losses[-1] < 0.3**2  # beats returning the noisy input (its MSE is noise_std**2)
     assert os.path.isfile(os.path.join(trainer.run_dir, "DenoiseMLP_best_ckpt.pth"))

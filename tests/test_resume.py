@@ -5,6 +5,7 @@ match exactly, for stops mid-epoch and at an epoch boundary, with 0 and 2
 DataLoader workers, for every trainer in the project (plus a toy task whose
 workers draw random augmentation).
 """
+
 import csv
 import json
 import os
@@ -123,33 +124,130 @@ def jpeg_folder_trainer(tmp_path_factory):
 
 # trainer factory, flags, (stop mid-epoch, stop at an epoch boundary, a later stop)
 CASES = {
-    "toy": (lambda f: AugmentedToyTrainer, ["--epochs", "2", "--early_stop_patience", "9", "--log_every_steps", "4"],
-            (3, 5, 8)),
+    "toy": (
+        lambda f: AugmentedToyTrainer,
+        ["--epochs", "2", "--early_stop_patience", "9", "--log_every_steps", "4"],
+        (3, 5, 8),
+    ),
     # 5 batches an epoch in windows of 2, 2, 1: stops inside and at the end of an epoch
-    "toy_accum_ema": (lambda f: AugmentedToyTrainer, ["--epochs", "3", "--accum_steps", "2", "--ema_decay", "0.7"],
-                      (2, 3, 7)),
-    "vanilla": (lambda f: VanillaTrainer, ["--epochs", "2", "--train_val_sample_rate", "0.3",
-                                           "--early_stop_patience", "9"], (3, 7, 10)),
+    "toy_accum_ema": (
+        lambda f: AugmentedToyTrainer,
+        ["--epochs", "3", "--accum_steps", "2", "--ema_decay", "0.7"],
+        (2, 3, 7),
+    ),
+    "vanilla": (
+        lambda f: VanillaTrainer,
+        ["--epochs", "2", "--train_val_sample_rate", "0.3", "--early_stop_patience", "9"],
+        (3, 7, 10),
+    ),
     "denoise": (denoise_trainer, ["--epochs", "2", "--batch_size", "256"], (2, 6, 9)),
-    "vit": (lambda f: ViTTrainer, ["--epochs", "2", "--image_size", "16", "--patch_size", "8", "--batch_size", "32",
-                                   "--train_val_sample_rate", "0.1", "--test_sample_rate", "0.1", "--mixup_alpha",
-                                   "0.2", "--cutmix_alpha", "1.0", "--randaugment", "2", "9", "--early_stop_patience",
-                                   "9", "--ema_decay", "0.9"], (2, 6, 8)),
+    "vit": (
+        lambda f: ViTTrainer,
+        [
+            "--epochs",
+            "2",
+            "--image_size",
+            "16",
+            "--patch_size",
+            "8",
+            "--batch_size",
+            "32",
+            "--train_val_sample_rate",
+            "0.1",
+            "--test_sample_rate",
+            "0.1",
+            "--mixup_alpha",
+            "0.2",
+            "--cutmix_alpha",
+            "1.0",
+            "--randaugment",
+            "2",
+            "9",
+            "--early_stop_patience",
+            "9",
+            "--ema_decay",
+            "0.9",
+        ],
+        (2, 6, 8),
+    ),
     # 22 training images in batches of 8: 3 steps an epoch; random-resized crop, RandAugment and flips on uint8
-    "jpeg_folder": (jpeg_folder_trainer, ["--epochs", "2", "--data_type", "ImageFolder", "--image_size", "16",
-                                          "--model_type", "timm/test_resnet", "--batch_size", "8", "--train_crop", "rrc",
-                                          "--randaugment", "2", "9", "--hflip", "0.5", "--early_stop_patience", "9"],
-                    (2, 3, 5)),
+    "jpeg_folder": (
+        jpeg_folder_trainer,
+        [
+            "--epochs",
+            "2",
+            "--data_type",
+            "ImageFolder",
+            "--image_size",
+            "16",
+            "--model_type",
+            "timm/test_resnet",
+            "--batch_size",
+            "8",
+            "--train_crop",
+            "rrc",
+            "--randaugment",
+            "2",
+            "9",
+            "--hflip",
+            "0.5",
+            "--early_stop_patience",
+            "9",
+        ],
+        (2, 3, 5),
+    ),
     "seg": (seg_trainer, ["--epochs", "2", "--batch_size", "4", "--base_channels", "4"], (2, 3, 5)),
     # random masks per step, the k-NN monitor picking best, EMA: 5 steps an epoch
-    "mae": (lambda f: MAETrainer, ["--epochs", "2", "--data_type", "Digits", "--patch_size", "4", "--batch_size", "96",
-                                   "--train_val_sample_rate", "0.3", "--knn_k", "5", "--ema_decay", "0.9",
-                                   "--early_stop_patience", "9"], (2, 5, 8)),
+    "mae": (
+        lambda f: MAETrainer,
+        [
+            "--epochs",
+            "2",
+            "--data_type",
+            "Digits",
+            "--patch_size",
+            "4",
+            "--batch_size",
+            "96",
+            "--train_val_sample_rate",
+            "0.3",
+            "--knn_k",
+            "5",
+            "--ema_decay",
+            "0.9",
+            "--early_stop_patience",
+            "9",
+        ],
+        (2, 5, 8),
+    ),
     # batches gathered on the device, random crops and flips drawn there per sample (kornia), then Mixup
-    "vit_device": (lambda f: ViTTrainer, ["--epochs", "2", "--data_type", "Digits", "--patch_size", "4",
-                                          "--batch_size", "96", "--train_val_sample_rate", "0.3", "--data_on_device",
-                                          "--train_crop", "rrc", "--hflip", "0.5", "--vflip", "0.5", "--mixup_alpha",
-                                          "0.2", "--early_stop_patience", "9"], (2, 5, 8)),
+    "vit_device": (
+        lambda f: ViTTrainer,
+        [
+            "--epochs",
+            "2",
+            "--data_type",
+            "Digits",
+            "--patch_size",
+            "4",
+            "--batch_size",
+            "96",
+            "--train_val_sample_rate",
+            "0.3",
+            "--data_on_device",
+            "--train_crop",
+            "rrc",
+            "--hflip",
+            "0.5",
+            "--vflip",
+            "0.5",
+            "--mixup_alpha",
+            "0.2",
+            "--early_stop_patience",
+            "9",
+        ],
+        (2, 5, 8),
+    ),
 }
 
 
@@ -162,8 +260,13 @@ def train(cls, out, argv, hooks=()):
 
 
 #: Scalars that measure the machine, not the training: they differ between any two runs.
-TIMING_SCALARS = ("train/images_per_sec", "train/step_time", "train/data_time", "val/seconds",
-                  "train/peak_gpu_memory_mib")
+TIMING_SCALARS = (
+    "train/images_per_sec",
+    "train/step_time",
+    "train/data_time",
+    "val/seconds",
+    "train/peak_gpu_memory_mib",
+)
 
 
 def logged(trainer):
@@ -171,8 +274,10 @@ def logged(trainer):
     rows = list(csv.DictReader(open(os.path.join(trainer.run_dir, "metrics.csv"))))
     scalars = list(csv.reader(open(os.path.join(trainer.run_dir, "scalars.csv"))))
     assert scalars[0] == ["step", "name", "value"] and len(scalars) > 1
-    return ([{k: v for k, v in r.items() if k != "val_seconds"} for r in rows],
-            [r for r in scalars[1:] if r[1] not in TIMING_SCALARS])
+    return (
+        [{k: v for k, v in r.items() if k != "val_seconds"} for r in rows],
+        [r for r in scalars[1:] if r[1] not in TIMING_SCALARS],
+    )
 
 
 def assert_same_state(a, b):
@@ -197,8 +302,9 @@ def assert_same_state(a, b):
         assert torch.equal(a.end_rng[0], b.end_rng[0]) and np.array_equal(a.end_rng[1], b.end_rng[1])
     best_a, best_b = (load_checkpoint(t.checkpoint_path("best")) for t in (a, b))
     assert best_a["global_step"] == best_b["global_step"]
-    assert ({k: v for k, v in best_a["metrics"].items() if k != "val_seconds"}
-            == {k: v for k, v in best_b["metrics"].items() if k != "val_seconds"})
+    assert {k: v for k, v in best_a["metrics"].items() if k != "val_seconds"} == {
+        k: v for k, v in best_b["metrics"].items() if k != "val_seconds"
+    }
 
 
 @pytest.fixture(scope="module")
@@ -208,9 +314,11 @@ def straight_runs(tmp_path_factory):
     def get(case, workers):
         if (case, workers) not in cache:
             make, argv, _ = CASES[case]
-            cache[case, workers] = train(make(tmp_path_factory), tmp_path_factory.mktemp("straight"),
-                                         [*argv, "--num_workers", str(workers)])
+            cache[case, workers] = train(
+                make(tmp_path_factory), tmp_path_factory.mktemp("straight"), [*argv, "--num_workers", str(workers)]
+            )
         return cache[case, workers]
+
     return get
 
 
@@ -219,9 +327,13 @@ def straight_runs(tmp_path_factory):
 # The JPEG folder runs with workers only: test_input_pipeline checks that 0 and 2 workers draw the same crops.
 # --data_on_device reads no data through workers.
 ONE_WORKER_COUNT = {"mae": 0, "jpeg_folder": 2, "vit_device": 0}
-RUNS = [pytest.param(case, stop, workers, id=f"{case}-{name}-{workers}")
-        for case in sorted(CASES) for stop, name in enumerate(["mid_epoch", "epoch_boundary", "later"])
-        for workers in (0, 2) if ONE_WORKER_COUNT.get(case, workers) == workers]
+RUNS = [
+    pytest.param(case, stop, workers, id=f"{case}-{name}-{workers}")
+    for case in sorted(CASES)
+    for stop, name in enumerate(["mid_epoch", "epoch_boundary", "later"])
+    for workers in (0, 2)
+    if ONE_WORKER_COUNT.get(case, workers) == workers
+]
 
 
 @pytest.mark.parametrize("case, stop, workers", RUNS)
@@ -242,8 +354,9 @@ def test_resume_continues_in_the_same_run_folder_and_log(tmp_path):
     with pytest.raises(RuntimeError):
         first = ToyTrainer.from_argv(["--output_dir", str(tmp_path), "--gpu_devices", "cpu", "--fail_at_step", "4"])
         first.fit()
-    resumed = ToyTrainer.from_argv(["--output_dir", str(tmp_path), "--gpu_devices", "cpu",
-                                    "--resume", first.run_dir, "--fail_at_step", "0"])
+    resumed = ToyTrainer.from_argv(
+        ["--output_dir", str(tmp_path), "--gpu_devices", "cpu", "--resume", first.run_dir, "--fail_at_step", "0"]
+    )
     resumed.fit()
     assert resumed.run_dir == first.run_dir and os.listdir(os.path.dirname(first.run_dir)) == [first.timestamp]
     log = open(os.path.join(first.run_dir, f"Toy_{first.timestamp}_log.txt")).read()
@@ -274,8 +387,12 @@ def test_step_checkpoints_keep_last_k(tmp_path):
 def test_rows_logged_after_the_checkpoint_are_redone_not_duplicated(tmp_path, tmp_path_factory, straight_runs):
     # As if killed after writing a validation row but before its checkpoint landed.
     with pytest.raises(RuntimeError):
-        train(AugmentedToyTrainer, tmp_path, ["--epochs", "2", "--num_workers", "0", "--log_every_steps", "4"],
-              [StopAfter(6)])
+        train(
+            AugmentedToyTrainer,
+            tmp_path,
+            ["--epochs", "2", "--num_workers", "0", "--log_every_steps", "4"],
+            [StopAfter(6)],
+        )
     path = os.path.join(tmp_path, "Toy", os.listdir(os.path.join(tmp_path, "Toy"))[0], "metrics.csv")
     with open(path, "a") as f:
         f.write("2,10,0.5,0.01,0.7,0.1\n")  # a row from the future, step 10 > 6
@@ -287,6 +404,7 @@ def test_rows_logged_after_the_checkpoint_are_redone_not_duplicated(tmp_path, tm
 def test_resume_validates_the_saved_config_not_the_defaults(tmp_path):
     """A default that is invalid on its own (like a --data_dir this machine lacks) must not
     stop ``--resume`` of a run that set it."""
+
     class NeedsFolder(ToyTrainer):
         @classmethod
         def add_arguments(cls, parser):
@@ -315,18 +433,27 @@ def test_resume_takes_a_whole_checkpoint_over_a_one_process_exception_checkpoint
     """Under DDP a process left alone writes the exception checkpoint with its own training-loss sums only
     (see ``TrainerBase.state_dict``). A step checkpoint of the same step holds every process's: ``--resume``
     takes that one. A one-process exception checkpoint of a later step is newer work, and is taken."""
-    trainer = ToyTrainer.from_argv(["--output_dir", str(tmp_path), "--gpu_devices", "cpu", "--save_every_steps", "2",
-                                    "--fail_at_step", "3"])
+    trainer = ToyTrainer.from_argv(
+        ["--output_dir", str(tmp_path), "--gpu_devices", "cpu", "--save_every_steps", "2", "--fail_at_step", "3"]
+    )
     with pytest.raises(RuntimeError, match="boom"):
         trainer.fit()
     exception, step2 = trainer.checkpoint_path("exception"), trainer.checkpoint_path("step2")
     state = load_checkpoint(exception)
     assert state["global_step"] == 2 and os.path.getmtime(exception) > os.path.getmtime(step2)
-    alone = {**state, "world_size": 2, "loss_sum": None, "loss_count": None,  # as rank 0 of 2 writes it alone
-             "loss_sums": [state["loss_sums"][0], None], "extra_sums": [state["extra_sums"][0], None]}
+    alone = {
+        **state,
+        "world_size": 2,
+        "loss_sum": None,
+        "loss_count": None,  # as rank 0 of 2 writes it alone
+        "loss_sums": [state["loss_sums"][0], None],
+        "extra_sums": [state["extra_sums"][0], None],
+    }
     save_checkpoint(alone, exception)
-    why = (f"--resume auto picked {trainer.run_dir}, the newest run of Toy; continuing from Toy_step2_ckpt.pth "
-           "(step 2, like Toy_exception_ckpt.pth, with every process's loss sums)")
+    why = (
+        f"--resume auto picked {trainer.run_dir}, the newest run of Toy; continuing from Toy_step2_ckpt.pth "
+        "(step 2, like Toy_exception_ckpt.pth, with every process's loss sums)"
+    )
     assert locate("auto", str(tmp_path), "Toy")[1:] == (step2, why)
     save_checkpoint({**alone, "global_step": 3}, exception)
     assert locate(trainer.run_dir, str(tmp_path), "Toy")[1] == exception

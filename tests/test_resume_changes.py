@@ -1,6 +1,7 @@
 """Resume in the cases that used to go silently wrong: changed flags, extended schedules,
 another batch size, a Ctrl-C inside the update, an interrupted validation, repeated rollbacks,
 and ``--resume auto`` with runs it should not pick quietly."""
+
 import csv
 import json
 import os
@@ -74,8 +75,9 @@ def test_lr_and_weight_decay_given_on_resume_take_effect(tmp_path):
 
 
 def test_an_lr_given_on_resume_takes_effect_without_a_scheduler(tmp_path):
-    trainer = ToyTrainer.from_argv(["--output_dir", str(tmp_path), "--gpu_devices", "cpu", "--max_steps", "10",
-                                    "--lr_scheduler", "none"])
+    trainer = ToyTrainer.from_argv(
+        ["--output_dir", str(tmp_path), "--gpu_devices", "cpu", "--max_steps", "10", "--lr_scheduler", "none"]
+    )
     trainer.build_hooks = lambda: [StopAfter(4)]
     with pytest.raises(RuntimeError):
         trainer.fit()
@@ -102,8 +104,16 @@ def test_a_weight_decay_given_on_resume_leaves_the_no_decay_group_at_0(tmp_path,
 
 def test_a_flag_that_cannot_change_on_resume_is_refused_naming_it(tmp_path, capsys):
     run(ToyTrainer, tmp_path, ["--max_steps", "3"])
-    expect(ToyTrainer, ["--output_dir", str(tmp_path), "--resume", "auto", "--model_type", "Other"], capsys, 1,
-           "--model_type", "'Other'", "'Toy'", "cannot change on --resume")
+    expect(
+        ToyTrainer,
+        ["--output_dir", str(tmp_path), "--resume", "auto", "--model_type", "Other"],
+        capsys,
+        1,
+        "--model_type",
+        "'Other'",
+        "'Toy'",
+        "cannot change on --resume",
+    )
     expect(ToyTrainer, ["--output_dir", str(tmp_path), "--resume", "auto", "--seed", "3"], capsys, 1, "--seed")
 
 
@@ -126,8 +136,9 @@ class Indexed(ToyTrainer):
 
 def test_resume_with_another_batch_size_sees_every_sample_of_the_epoch_once(tmp_path):
     Indexed.seen = []
-    first = Indexed.from_argv(["--output_dir", str(tmp_path), "--gpu_devices", "cpu", "--batch_size", "8",
-                               "--epochs", "2"])
+    first = Indexed.from_argv(
+        ["--output_dir", str(tmp_path), "--gpu_devices", "cpu", "--batch_size", "8", "--epochs", "2"]
+    )
     first.build_hooks = lambda: [StopAfter(3)]  # 24 of the 40 samples of epoch 0
     with pytest.raises(RuntimeError):
         first.fit()
@@ -165,7 +176,9 @@ def test_second_ctrl_c_inside_the_update_saves_a_whole_step(tmp_path):
             if trainer.global_step == 2:
                 os.kill(os.getpid(), signal.SIGINT)  # second Ctrl-C: weights already moved
             return out
+
         trainer.optimizer.step = step_then_interrupt
+
     trainer.setup = setup
     with pytest.raises(KeyboardInterrupt):
         trainer.fit()
@@ -201,8 +214,10 @@ def test_an_interrupted_validation_is_redone_exactly_once(tmp_path, fail_at):
     resumed = run(FailingValidation, tmp_path / "broken", ["--resume", "auto"])
     assert rows(resumed) == rows(straight)
     assert resumed.early_stopper.state_dict() == straight.early_stopper.state_dict()
-    timeless = [{k: v for k, v in load_checkpoint(t.checkpoint_path("best"))["metrics"].items() if k != "val_seconds"}
-                for t in (resumed, straight)]
+    timeless = [
+        {k: v for k, v in load_checkpoint(t.checkpoint_path("best"))["metrics"].items() if k != "val_seconds"}
+        for t in (resumed, straight)
+    ]
     assert timeless[0] == timeless[1]
     assert load_checkpoint(resumed.checkpoint_path("last"))["global_step"] == 15
     assert not os.path.exists(resumed.checkpoint_path("exception"))  # superseded by newer work
@@ -226,16 +241,29 @@ def test_rollbacks_compound_the_lr_factor_and_skip_the_exception_checkpoint(tmp_
             if self.trainer.lr_scale not in factors:
                 factors.append(self.trainer.lr_scale)
 
-    trainer = AlwaysNaN.from_argv(["--output_dir", str(tmp_path), "--gpu_devices", "cpu", "--nonfinite", "rollback",
-                                   "--save_every_steps", "5", "--max_skipped_steps", "3"])
+    trainer = AlwaysNaN.from_argv(
+        [
+            "--output_dir",
+            str(tmp_path),
+            "--gpu_devices",
+            "cpu",
+            "--nonfinite",
+            "rollback",
+            "--save_every_steps",
+            "5",
+            "--max_skipped_steps",
+            "3",
+        ]
+    )
     trainer.build_hooks = lambda: [Watch()]
     with pytest.raises(FloatingPointError, match="--max_skipped_steps=3"):
         trainer.fit()
     assert factors == [1.0, 0.5, 0.25, 0.125]
     # After that failure the exception checkpoint is the newest file; a rollback must still use step 5.
     assert os.path.getmtime(trainer.checkpoint_path("exception")) >= os.path.getmtime(trainer.checkpoint_path("step5"))
-    resumed = AlwaysNaN.from_argv(["--output_dir", str(tmp_path), "--resume", trainer.checkpoint_path("step5"),
-                                   "--max_skipped_steps", "5"])
+    resumed = AlwaysNaN.from_argv(
+        ["--output_dir", str(tmp_path), "--resume", trainer.checkpoint_path("step5"), "--max_skipped_steps", "5"]
+    )
     with pytest.raises(FloatingPointError, match="--max_skipped_steps=5"):
         resumed.fit()
     log = open(os.path.join(trainer.run_dir, f"Toy_{trainer.timestamp}_log.txt")).read()
@@ -247,8 +275,15 @@ def test_resume_auto_never_passes_over_a_newer_run_quietly(tmp_path, capsys):
     newer = os.path.join(tmp_path, "Toy", "9999-12-31_23-59-59")  # died before its first checkpoint
     os.makedirs(newer)
     os.utime(newer)
-    expect(ToyTrainer, ["--output_dir", str(tmp_path), "--resume", "auto"], capsys, 1, newer, "no checkpoint",
-           finished.run_dir)
+    expect(
+        ToyTrainer,
+        ["--output_dir", str(tmp_path), "--resume", "auto"],
+        capsys,
+        1,
+        newer,
+        "no checkpoint",
+        finished.run_dir,
+    )
     os.rmdir(newer)
     again = run(ToyTrainer, tmp_path, ["--resume", "auto"])
     assert again.global_step == 3
@@ -263,6 +298,12 @@ def test_a_checkpoint_of_another_shape_is_refused_naming_both_shapes(tmp_path, c
             return torch.nn.Linear(4, 2)
 
     first = run(ToyTrainer, tmp_path, ["--max_steps", "3"])
-    line = expect(Wider, ["--output_dir", str(tmp_path), "--gpu_devices", "cpu", "--resume", first.run_dir,
-                          "--max_steps", "6"], capsys, 1, "(1, 4)", "(2, 4)")
+    line = expect(
+        Wider,
+        ["--output_dir", str(tmp_path), "--gpu_devices", "cpu", "--resume", first.run_dir, "--max_steps", "6"],
+        capsys,
+        1,
+        "(1, 4)",
+        "(2, 4)",
+    )
     assert "shape" in line

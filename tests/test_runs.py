@@ -1,5 +1,6 @@
 """status.json kept by the trainer, and ``python -m utils.runs`` reading it (SIGTERM and kill -9
 runs are in test_preemption.py)."""
+
 import csv
 import io
 import json
@@ -49,8 +50,10 @@ def test_table_shows_each_run_and_a_resume(two_runs, capsys):
     out, finished, crashed = two_runs
     rows, status = table(capsys, str(out))
     assert status == 0
-    assert [(r["timestamp"], r["status"]) for r in rows] == [(finished.timestamp, "finished"),
-                                                              (crashed.timestamp, "crashed")]
+    assert [(r["timestamp"], r["status"]) for r in rows] == [
+        (finished.timestamp, "finished"),
+        (crashed.timestamp, "crashed"),
+    ]
     assert rows[0]["progress"] == "2/2 ep" and rows[1]["progress"] == "1/2 ep"
     assert rows[0]["best"] == f"val_loss {finished.early_stopper.best:.4g}"
     assert rows[0]["test"].startswith("loss ") and rows[1]["test"] == ""
@@ -59,8 +62,10 @@ def test_table_shows_each_run_and_a_resume(two_runs, capsys):
 
     ToyTrainer.from_argv(["--resume", crashed.run_dir, "--fail_at_step", "0"]).fit()
     rows, _ = table(capsys, str(out), "--sort", "timestamp", "--desc")
-    assert [(r["timestamp"], r["status"]) for r in rows] == [(crashed.timestamp, "finished, resumed 1x"),
-                                                              (finished.timestamp, "finished")]
+    assert [(r["timestamp"], r["status"]) for r in rows] == [
+        (crashed.timestamp, "finished, resumed 1x"),
+        (finished.timestamp, "finished"),
+    ]
     assert read_status(crashed.run_dir)["wall_seconds"] > wall  # both launches count
     assert table(capsys, str(out), "--proj", "Other")[0] == []
 

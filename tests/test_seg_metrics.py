@@ -1,4 +1,5 @@
 """Dice/IoU against hand-computed values, and the segmentation losses."""
+
 import pytest
 import torch
 

@@ -1,5 +1,6 @@
 """Segmentation models: output shapes for odd and even sizes, UNet++ deep supervision in train and
 eval mode, gradients, size checks, and the registry (no downloads)."""
+
 import pytest
 import torch
 from torch import nn
@@ -69,10 +70,16 @@ def test_without_deep_supervision_forward_heads_is_the_single_output():
     torch.testing.assert_close(out, heads[0])
 
 
-@pytest.mark.parametrize("make", [
-    lambda: UNet(3, 1, 4, "bilinear"), lambda: UNet(3, 1, 4, "transpose"),
-    lambda: UNetPlusPlus(3, 1, 4), lambda: UNetPlusPlus(3, 1, 4, deep_supervision=True),
-], ids=["unet-bilinear", "unet-transpose", "unetpp", "unetpp-deep"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: UNet(3, 1, 4, "bilinear"),
+        lambda: UNet(3, 1, 4, "transpose"),
+        lambda: UNetPlusPlus(3, 1, 4),
+        lambda: UNetPlusPlus(3, 1, 4, deep_supervision=True),
+    ],
+    ids=["unet-bilinear", "unet-transpose", "unetpp", "unetpp-deep"],
+)
 def test_every_parameter_gets_a_finite_nonzero_gradient(make):
     torch.manual_seed(0)
     model = make().train()
@@ -110,8 +117,13 @@ def test_unet_rejects_unknown_upsample():
 
 
 def test_registry_names():
-    assert set(SEG_MODELS) == {"UNet", "UNetPlusPlus", "fcn_resnet50", "deeplabv3_resnet50",
-                               "lraspp_mobilenet_v3_large"}
+    assert set(SEG_MODELS) == {
+        "UNet",
+        "UNetPlusPlus",
+        "fcn_resnet50",
+        "deeplabv3_resnet50",
+        "lraspp_mobilenet_v3_large",
+    }
 
 
 @pytest.mark.parametrize("name", sorted(SEG_MODELS))

@@ -1,4 +1,5 @@
 """SegOnCarvanaTrainer, its evaluator and predict_seg.py end to end on generated Carvana-layout files."""
+
 import glob
 import json
 import os
@@ -8,12 +9,12 @@ import sys
 import numpy as np
 import pytest
 import torch
-from by_hand import dice_iou_by_hand
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from base.checkpoint import load_checkpoint, save_checkpoint
 from base.input_stage import InputStage
+from by_hand import dice_iou_by_hand
 from data.images import read_image
 from data.input_recipe import card_input
 from data.transforms import IMAGENET_MEAN, IMAGENET_STD
@@ -50,8 +51,7 @@ def test_training_logs_dice_and_writes_the_run(trained):
     trainer, test_metrics = trained
     assert set(test_metrics) == {"loss", "dice", "iou", "dice_per_image", "iou_per_image"}
     assert test_metrics["dice"] > 0.3  # it learned something: later comparisons are not of blank masks
-    assert {k: v for k, v in test_metrics.items() if k != "loss"} == pytest.approx(dice_iou_by_hand(trainer),
-                                                                                 rel=1e-12)
+    assert {k: v for k, v in test_metrics.items() if k != "loss"} == pytest.approx(dice_iou_by_hand(trainer), rel=1e-12)
     header = open(os.path.join(trainer.run_dir, "metrics.csv")).readline()
     assert "val_dice" in header and "val_iou_per_image" in header
     assert load_checkpoint(trainer.checkpoint_path("best"))["trainer"] == "SegOnCarvanaTrainer"
@@ -65,8 +65,9 @@ def test_training_logs_dice_and_writes_the_run(trained):
 def test_eval_reproduces_the_test_dice_and_writes_pictures(trained, tmp_path, capsys):
     trainer, test_metrics = trained
     viz = tmp_path / "viz"
-    results = SegOnCarvanaEvaluator.from_argv(["--model_path", trainer.checkpoint_path("best"), "--viz",
-                                               "--viz_every", "1", "--save_path", str(viz)]).run()
+    results = SegOnCarvanaEvaluator.from_argv(
+        ["--model_path", trainer.checkpoint_path("best"), "--viz", "--viz_every", "1", "--save_path", str(viz)]
+    ).run()
     for key in ("dice", "iou", "dice_per_image", "iou_per_image", "loss"):
         assert results[key] == pytest.approx(test_metrics[key], abs=1e-9), key
     assert results["num_samples"] == len(trainer.datasets["test"])
@@ -84,8 +85,9 @@ def test_eval_reproduces_the_test_dice_and_writes_pictures(trained, tmp_path, ca
 
 def test_viz_every_picks_every_nth_sample(trained, tmp_path):
     trainer, _ = trained
-    SegOnCarvanaEvaluator.from_argv(["--model_path", trainer.checkpoint_path("best"), "--viz",
-                                     "--viz_every", "3", "--save_path", str(tmp_path)]).run()
+    SegOnCarvanaEvaluator.from_argv(
+        ["--model_path", trainer.checkpoint_path("best"), "--viz", "--viz_every", "3", "--save_path", str(tmp_path)]
+    ).run()
     n = len(trainer.datasets["test"])
     assert len(glob.glob(str(tmp_path / "*_overlay.png"))) == len(range(0, n, 3))
 
@@ -100,11 +102,13 @@ def test_safetensors_export_evaluates_like_the_checkpoint(trained):
 def test_predict_seg_writes_the_masks_the_evaluator_scored(trained, tmp_path, capsys):
     trainer, _ = trained
     viz, out = tmp_path / "viz", tmp_path / "masks"
-    SegOnCarvanaEvaluator.from_argv(["--model_path", trainer.checkpoint_path("best"), "--viz",
-                                     "--viz_every", "1", "--save_path", str(viz)]).run()
+    SegOnCarvanaEvaluator.from_argv(
+        ["--model_path", trainer.checkpoint_path("best"), "--viz", "--viz_every", "1", "--save_path", str(viz)]
+    ).run()
     images = [path for path, _ in trainer.datasets["test"].samples[:2]]
-    written = SegPredictor.from_argv(["--model_path", trainer.checkpoint_path("best"), *images,
-                                      "--out", str(out), "--gpu_devices", "cpu"]).run()
+    written = SegPredictor.from_argv(
+        ["--model_path", trainer.checkpoint_path("best"), *images, "--out", str(out), "--gpu_devices", "cpu"]
+    ).run()
     assert len(written) == 2
     for image_path, mask_path in zip(images, written):
         stem = os.path.splitext(os.path.basename(image_path))[0]
@@ -121,8 +125,14 @@ def test_the_seg_card_rebuilds_the_input_the_evaluator_gives_the_model(trained):
     card = load_checkpoint(trainer.checkpoint_path("best"))["model_card"]
     recipe = card_input(card)
     assert card["input_shape"] == [3, 32, 48] and recipe["color"] == "RGB"  # 64x96 files at --img_scale 0.5
-    assert recipe["transform"] == {"resize": "exact", "resize_to": [32, 48], "center_crop": None,
-                                   "interpolation": "bilinear", "antialias": True, "backend": "torch"}
+    assert recipe["transform"] == {
+        "resize": "exact",
+        "resize_to": [32, 48],
+        "center_crop": None,
+        "interpolation": "bilinear",
+        "antialias": True,
+        "backend": "torch",
+    }
     assert recipe["mean"] == list(IMAGENET_MEAN) and recipe["std"] == list(IMAGENET_STD)  # RGB photos' default
     assert card["output"]["threshold"] == {"logit": 0.0, "probability": 0.5}
     stage = InputStage(torch.device("cpu"), recipe["mean"], recipe["std"])
@@ -148,8 +158,9 @@ def test_a_seg_checkpoint_with_an_empty_card_predicts_as_before(trained, tmp_pat
     save_checkpoint({**state, "model_card": {}, "config": json.dumps(config)}, str(tmp_path / "old_ckpt.pth"))
     path = str(tmp_path / "bigger.png")  # 80x120, not the training files' 64x96: the old resize differs
     Image.open(trainer.datasets["test"].samples[0][0]).convert("RGB").resize((120, 80)).save(path)
-    (written,) = SegPredictor.from_argv(["--model_path", str(tmp_path / "old_ckpt.pth"), path,
-                                         "--out", str(tmp_path / "m"), "--gpu_devices", "cpu"]).run()
+    (written,) = SegPredictor.from_argv(
+        ["--model_path", str(tmp_path / "old_ckpt.pth"), path, "--out", str(tmp_path / "m"), "--gpu_devices", "cpu"]
+    ).run()
     from torch.nn import functional as F
     from torchvision.transforms import v2
 
@@ -168,29 +179,46 @@ def test_predict_seg_reports_a_bad_image_in_one_line(trained, tmp_path, capsys):
     trainer, _ = trained
     bad = tmp_path / "notes.jpg"
     bad.write_text("not an image")
-    status, err = run_main(SegPredictor, ["--model_path", trainer.checkpoint_path("best"), str(bad),
-                                          "--out", str(tmp_path / "m")], capsys)
+    status, err = run_main(
+        SegPredictor, ["--model_path", trainer.checkpoint_path("best"), str(bad), "--out", str(tmp_path / "m")], capsys
+    )
     assert status == 1 and str(bad) in error_line(status, err)
 
 
 def test_configcmp_diffs_two_seg_runs(trained):
     trainer, _ = trained
-    other = SegOnCarvanaTrainer.from_argv(["--data_dir", trainer.args.data_dir, "--output_dir",
-                                           trainer.args.output_dir, *TRAINED, "--max_steps", "1", "--loss", "dice"])
+    other = SegOnCarvanaTrainer.from_argv(
+        [
+            "--data_dir",
+            trainer.args.data_dir,
+            "--output_dir",
+            trainer.args.output_dir,
+            *TRAINED,
+            "--max_steps",
+            "1",
+            "--loss",
+            "dice",
+        ]
+    )
     other.fit()
     diff = configcmp.compare(configcmp.load(trainer.run_dir), configcmp.load(other.run_dir))
     assert set(diff["changed"]) == {"loss", "max_steps"}
 
 
-@pytest.mark.parametrize("argv", [
-    ["--model_type", "UNetPlusPlus", "--deep_supervision"],
-    ["--model_type", "UNet", "--upsample", "transpose", "--loss", "dice", "--amp"],
-    ["--model_type", "lraspp_mobilenet_v3_large"],
-], ids=["unetpp_deep_supervision", "unet_transpose_amp", "torchvision_lraspp"])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--model_type", "UNetPlusPlus", "--deep_supervision"],
+        ["--model_type", "UNet", "--upsample", "transpose", "--loss", "dice", "--amp"],
+        ["--model_type", "lraspp_mobilenet_v3_large"],
+    ],
+    ids=["unetpp_deep_supervision", "unet_transpose_amp", "torchvision_lraspp"],
+)
 def test_other_models_train_and_evaluate(tmp_path_factory, tmp_path, argv):
     data = seg_data(tmp_path_factory)
-    trainer = SegOnCarvanaTrainer.from_argv(["--data_dir", data, "--output_dir", str(tmp_path), *TINY,
-                                             "--max_steps", "3", *argv])
+    trainer = SegOnCarvanaTrainer.from_argv(
+        ["--data_dir", data, "--output_dir", str(tmp_path), *TINY, "--max_steps", "3", *argv]
+    )
     metrics = trainer.fit()
     assert trainer.global_step == 3
     assert {k: v for k, v in metrics.items() if k != "loss"} == pytest.approx(dice_iou_by_hand(trainer), rel=1e-12)
@@ -199,13 +227,16 @@ def test_other_models_train_and_evaluate(tmp_path_factory, tmp_path, argv):
 
 
 # ------------------------------------------------------------------ bad input, bad files
-@pytest.mark.parametrize("argv, names", [
-    (["--image_size", "8", "40"], ["--image_size", ">= 16"]),
-    (["--img_scale", "0"], ["--img_scale"]),
-    (["--val_fraction", "0"], ["--val_fraction"]),
-    (["--base_channels", "0"], ["--base_channels"]),
-    (["--dice_smooth", "0"], ["--dice_smooth"]),
-])
+@pytest.mark.parametrize(
+    "argv, names",
+    [
+        (["--image_size", "8", "40"], ["--image_size", ">= 16"]),
+        (["--img_scale", "0"], ["--img_scale"]),
+        (["--val_fraction", "0"], ["--val_fraction"]),
+        (["--base_channels", "0"], ["--base_channels"]),
+        (["--dice_smooth", "0"], ["--dice_smooth"]),
+    ],
+)
 def test_bad_seg_flags_exit_2_naming_them(tmp_path_factory, tmp_path, capsys, argv, names):
     data = seg_data(tmp_path_factory)
     expect(SegOnCarvanaTrainer, ["--data_dir", data, "--output_dir", str(tmp_path), *argv], capsys, 2, *names)
@@ -214,8 +245,14 @@ def test_bad_seg_flags_exit_2_naming_them(tmp_path_factory, tmp_path, capsys, ar
 def test_without_data_a_real_run_exits_1_naming_the_layout_and_the_synthetic_data(tmp_path):
     # As a new user runs it: the default --data_dir (Dataset/Carvana) does not exist.
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    result = subprocess.run([sys.executable, os.path.join(root, "trainer_seg_on_carvana.py"), "--output_dir", "runs"],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False)
+    result = subprocess.run(
+        [sys.executable, os.path.join(root, "trainer_seg_on_carvana.py"), "--output_dir", "runs"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert result.returncode == 1, result.stderr
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("trainer_seg_on_carvana.py: error: --data_dir Dataset/Carvana: no such folder;"), line
@@ -224,19 +261,28 @@ def test_without_data_a_real_run_exits_1_naming_the_layout_and_the_synthetic_dat
     assert not (tmp_path / "runs").exists()
 
 
-@pytest.mark.parametrize("folders, problem", [
-    ([], "it has no train/ and no train_masks/"),
-    (["images"], "it has no train/ and no train_masks/"),
-    (["train"], "it has no train_masks/"),
-])
+@pytest.mark.parametrize(
+    "folders, problem",
+    [
+        ([], "it has no train/ and no train_masks/"),
+        (["images"], "it has no train/ and no train_masks/"),
+        (["train"], "it has no train_masks/"),
+    ],
+)
 def test_a_wrong_layout_exits_1_before_a_run_folder(tmp_path, capsys, folders, problem):
     data = tmp_path / "data"
     data.mkdir()
     for name in folders:
         (data / name).mkdir()
         (data / name / "a.jpg").write_bytes(b"")
-    expect(SegOnCarvanaTrainer, ["--data_dir", str(data), "--output_dir", str(tmp_path / "runs"), "--gpu_devices",
-                                 "cpu"], capsys, 1, f"--data_dir {data}: {problem}", "make_synthetic_carvana")
+    expect(
+        SegOnCarvanaTrainer,
+        ["--data_dir", str(data), "--output_dir", str(tmp_path / "runs"), "--gpu_devices", "cpu"],
+        capsys,
+        1,
+        f"--data_dir {data}: {problem}",
+        "make_synthetic_carvana",
+    )
     assert not (tmp_path / "runs").exists()
 
 
@@ -247,7 +293,8 @@ def broken_mask_data(tmp_path_factory, tmp_path):
     root = tmp_path / "data"
     shutil.copytree(seg_data(tmp_path_factory), root)
     args = SegOnCarvanaTrainer.from_argv(["--data_dir", str(root), "--output_dir", str(tmp_path)]).args
-    from data.carvana import find_samples, split_by_car, car_id
+    from data.carvana import car_id, find_samples, split_by_car
+
     samples = find_samples(str(root))
     train_car = split_by_car(samples, args)["train"][0]
     mask = next(m for i, m in samples if car_id(i) == train_car)
@@ -275,8 +322,21 @@ def test_early_stop_and_grad_clip_apply_to_the_seg_task(tmp_path_factory, tmp_pa
         def validate(self, loader):
             return {**super().validate(loader), "dice": 0.5}  # never improves after the first validation
 
-    trainer = FlatDice.from_argv(["--data_dir", seg_data(tmp_path_factory), "--output_dir", str(tmp_path), *TINY,
-                                  "--epochs", "20", "--early_stop_patience", "2", "--grad_clip", "0.01"])
+    trainer = FlatDice.from_argv(
+        [
+            "--data_dir",
+            seg_data(tmp_path_factory),
+            "--output_dir",
+            str(tmp_path),
+            *TINY,
+            "--epochs",
+            "20",
+            "--early_stop_patience",
+            "2",
+            "--grad_clip",
+            "0.01",
+        ]
+    )
     trainer.fit()
     assert trainer.epoch == 3 and trainer.early_stopper.should_stop
     assert load_checkpoint(trainer.checkpoint_path("best"))["global_step"] == 3  # the first validation
@@ -284,8 +344,13 @@ def test_early_stop_and_grad_clip_apply_to_the_seg_task(tmp_path_factory, tmp_pa
 
 def test_eval_flags_are_checked_before_loading(trained, capsys):
     trainer, _ = trained
-    expect(SegOnCarvanaEvaluator, ["--model_path", trainer.checkpoint_path("best"), "--viz_every", "0"],
-           capsys, 2, "--viz_every")
+    expect(
+        SegOnCarvanaEvaluator,
+        ["--model_path", trainer.checkpoint_path("best"), "--viz_every", "0"],
+        capsys,
+        2,
+        "--viz_every",
+    )
     expect(SegOnCarvanaEvaluator, ["--model_path", "no/such.pth"], capsys, 1, "no/such.pth")
 
 

@@ -4,18 +4,19 @@ A run folder is made before the data and model are built (the log records the bu
 there must leave a folder that says what happened: the error line in the run log, ``crashed`` with
 that line in ``status.json`` and in ``python -m utils.runs``, and the line once on stderr.
 """
+
 import glob
 import json
 import os
 import pathlib
 
 import pytest
-from conftest import ToyTrainer
-from test_bad_input import error_line, expect, run_main
-from test_data import two_classes
 
 from base.cli import main
+from conftest import ToyTrainer
 from evaluators.vanilla_evaluator import VanillaEvaluator
+from test_bad_input import error_line, expect, run_main
+from test_data import two_classes
 from trainers.vanilla_trainer import VanillaTrainer
 from utils import runs
 
@@ -25,8 +26,18 @@ DIGITS = ["--gpu_devices", "cpu", "--batch_size", "16", "--train_val_sample_rate
 def test_an_error_while_a_new_run_is_built_is_in_its_log_status_and_runs_table(tmp_path, capsys):
     two_classes(tmp_path / "images", per_class=1)  # --test_fraction 0.2 of 2 images: no test image
     out = tmp_path / "runs"
-    argv = ["--output_dir", str(out), "--gpu_devices", "cpu", "--data_type", "ImageFolder",
-            "--data_dir", str(tmp_path / "images"), "--image_size", "8"]
+    argv = [
+        "--output_dir",
+        str(out),
+        "--gpu_devices",
+        "cpu",
+        "--data_type",
+        "ImageFolder",
+        "--data_dir",
+        str(tmp_path / "images"),
+        "--image_size",
+        "8",
+    ]
     status, err = run_main(VanillaTrainer, argv, capsys)
     assert status == 1
     message = error_line(status, err).split(": error: ", 1)[1]
@@ -58,7 +69,15 @@ def test_eval_of_the_test_split_of_a_run_without_one_is_one_line(tmp_path, capsy
     trainer = VanillaTrainer.from_argv(["--output_dir", str(tmp_path), *DIGITS, "--test_fraction", "0"])
     trainer.fit()
     best = trainer.checkpoint_path("best")
-    expect(VanillaEvaluator, ["--model_path", best, "--split", "test"], capsys, 1,
-           "--split test", "no test split", "--test_fraction 0", "--split val")
+    expect(
+        VanillaEvaluator,
+        ["--model_path", best, "--split", "test"],
+        capsys,
+        1,
+        "--split test",
+        "no test split",
+        "--test_fraction 0",
+        "--split val",
+    )
     assert not glob.glob(os.path.join(trainer.run_dir, "*_eval_test.json"))
     assert main(VanillaEvaluator, ["--model_path", best, "--split", "val"]) == 0  # the run's val split still works

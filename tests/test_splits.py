@@ -1,4 +1,5 @@
 """data.splits: the split helpers a task uses instead of writing its own."""
+
 import collections
 
 import pytest

@@ -1,13 +1,22 @@
 """Start-up cost: importing an entry script (all that --help needs) must not import the heavy
 libraries a run only needs later. Times live in bench/startup.py; this pins the cause."""
+
 import json
 import os
 import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-HEAVY = ("torchvision", "sklearn", "matplotlib", "tensorboard", "torch.utils.tensorboard", "timm", "safetensors",
-         "torch._dynamo")
+HEAVY = (
+    "torchvision",
+    "sklearn",
+    "matplotlib",
+    "tensorboard",
+    "torch.utils.tensorboard",
+    "timm",
+    "safetensors",
+    "torch._dynamo",
+)
 SCRIPTS = ("trainer_vanilla", "trainer_vit", "trainer_seg_on_carvana", "predict")
 
 PROBE = """
@@ -22,8 +31,9 @@ print(json.dumps(found))
 
 
 def test_entry_scripts_import_no_heavy_library_before_it_is_needed():
-    out = subprocess.run([sys.executable, "-c", PROBE % (SCRIPTS, HEAVY)], cwd=ROOT, check=True,
-                         capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE % (SCRIPTS, HEAVY)], cwd=ROOT, check=True, capture_output=True, text=True
+    ).stdout
     assert json.loads(out) == {name: [] for name in SCRIPTS}
 
 

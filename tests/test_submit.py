@@ -4,6 +4,7 @@ The job test runs ``trainer_vanilla.py`` on Digits through submitit's ``LocalExe
 USR2, as the local controller does near a time-out (and SLURM before a time limit): the task must stop the
 trainer with a ``preempt`` checkpoint and requeue it with ``--resume`` of the same run folder.
 """
+
 import glob
 import json
 import os
@@ -53,8 +54,26 @@ def wait_for(pattern, job, timeout=90):
 def test_local_job_interrupted_is_requeued_and_resumes_its_run_folder(tmp_path):
     out = tmp_path / "runs"
     opts, script, trainer_args = submit.parse(
-        ["--cluster", "local", "--gpus_per_node", "0", "--time", "30", "trainer_vanilla.py", "--output_dir", str(out),
-         "--gpu_devices", "cpu", "--max_steps", str(STEPS), "--batch_size", "8", "--save_every_steps", "50"])
+        [
+            "--cluster",
+            "local",
+            "--gpus_per_node",
+            "0",
+            "--time",
+            "30",
+            "trainer_vanilla.py",
+            "--output_dir",
+            str(out),
+            "--gpu_devices",
+            "cpu",
+            "--max_steps",
+            str(STEPS),
+            "--batch_size",
+            "8",
+            "--save_every_steps",
+            "50",
+        ]
+    )
     job = submit.submit(opts, script, trainer_args)
     wait_for(str(out / "Vanilla" / "*" / "Vanilla_step*_ckpt.pth"), job)
     (task,) = children(job._process.pid, b"submitit.core._submit")
@@ -80,15 +99,23 @@ def test_local_job_interrupted_is_requeued_and_resumes_its_run_folder(tmp_path):
 
 
 def test_task_runs_the_script_as_a_child_and_reports_its_status(tmp_path, monkeypatch, capsys):
-    for key, value in {"SUBMITIT_EXECUTOR": "local", "SUBMITIT_LOCAL_JOB_ID": "7", "SUBMITIT_LOCAL_NTASKS": "1",
-                       "SUBMITIT_LOCAL_GLOBALID": "0", "SUBMITIT_LOCAL_LOCALID": "0", "RANK": "3"}.items():
+    for key, value in {
+        "SUBMITIT_EXECUTOR": "local",
+        "SUBMITIT_LOCAL_JOB_ID": "7",
+        "SUBMITIT_LOCAL_NTASKS": "1",
+        "SUBMITIT_LOCAL_GLOBALID": "0",
+        "SUBMITIT_LOCAL_LOCALID": "0",
+        "RANK": "3",
+    }.items():
         monkeypatch.setenv(key, value)
     monkeypatch.setattr(submit, "SIGNAL_DELAY_S", 0.1)
     script = tmp_path / "fake_trainer.py"  # exits with its argument if it was started as a trainer should be
-    script.write_text("import os, signal, sys\n"
-                      f"ok = signal.getsignal({int(submitit_signal())}) == signal.SIG_IGN\n"
-                      "ok = ok and 'RANK' not in os.environ and os.getcwd() == os.path.dirname(__file__)\n"
-                      "sys.exit(int(sys.argv[1]) if ok else 99)\n")
+    script.write_text(
+        "import os, signal, sys\n"
+        f"ok = signal.getsignal({int(submitit_signal())}) == signal.SIG_IGN\n"
+        "ok = ok and 'RANK' not in os.environ and os.getcwd() == os.path.dirname(__file__)\n"
+        "sys.exit(int(sys.argv[1]) if ok else 99)\n"
+    )
     project = str(tmp_path / "runs" / "Fake")
     assert submit.TrainerTask(str(script), ["0"], project)() == 0
     with pytest.raises(RuntimeError, match="fake_trainer.py exited with status 1;"):
@@ -100,14 +127,21 @@ def test_task_runs_the_script_as_a_child_and_reports_its_status(tmp_path, monkey
 
 def test_split_at_the_entry_script_leaves_trainer_flags_untouched():
     argv = ["--nodes", "2", "--time", "240", "trainer_vit.py", "--data_type", "ELPV", "--config", "x.py"]
-    assert submit.split_argv(argv) == (["--nodes", "2", "--time", "240"], "trainer_vit.py",
-                                       ["--data_type", "ELPV", "--config", "x.py"])
+    assert submit.split_argv(argv) == (
+        ["--nodes", "2", "--time", "240"],
+        "trainer_vit.py",
+        ["--data_type", "ELPV", "--config", "x.py"],
+    )
     assert submit.split_argv(["--nodes", "2"]) == (["--nodes", "2"], None, [])
 
 
 def test_with_resume_replaces_any_resume_given():
-    assert submit.with_resume(["--resume", "auto", "--lr", "1", "--resume=old"], "/r/run") == \
-        ["--lr", "1", "--resume", "/r/run"]
+    assert submit.with_resume(["--resume", "auto", "--lr", "1", "--resume=old"], "/r/run") == [
+        "--lr",
+        "1",
+        "--resume",
+        "/r/run",
+    ]
     assert submit.with_resume(["--epochs", "3", "--resume", "auto"], None) == ["--epochs", "3"]
 
 
@@ -115,8 +149,9 @@ def test_checkpoint_resumes_the_jobs_new_run_folder_or_restarts_without_one(tmp_
     project = tmp_path / "Vanilla"
     (project / "2020-01-01_00-00-00").mkdir(parents=True)  # an older run: never the one resumed
     (project / "2020-01-01_00-00-00" / "Vanilla_last_ckpt.pth").touch()
-    task = submit.TrainerTask(os.path.join(ROOT, "trainer_vanilla.py"), ["--resume", "auto", "--epochs", "3"],
-                              str(project))
+    task = submit.TrainerTask(
+        os.path.join(ROOT, "trainer_vanilla.py"), ["--resume", "auto", "--epochs", "3"], str(project)
+    )
     assert task.checkpoint().function.trainer_args == ["--epochs", "3"]  # before the trainer started
     task._before = task._runs()
     (project / "submitit").mkdir()
@@ -131,9 +166,15 @@ def test_checkpoint_resumes_the_jobs_new_run_folder_or_restarts_without_one(tmp_
 
 
 def test_distributed_variables_only_for_several_tasks(monkeypatch):
-    env = {"SUBMITIT_EXECUTOR": "local", "SUBMITIT_LOCAL_JOB_ID": "7", "SUBMITIT_LOCAL_NTASKS": "1",
-           "SUBMITIT_LOCAL_JOB_NUM_NODES": "1", "SUBMITIT_LOCAL_GLOBALID": "0", "SUBMITIT_LOCAL_LOCALID": "0",
-           "RANK": "5"}  # inherited from the submitting shell: must not reach a single task's trainer
+    env = {
+        "SUBMITIT_EXECUTOR": "local",
+        "SUBMITIT_LOCAL_JOB_ID": "7",
+        "SUBMITIT_LOCAL_NTASKS": "1",
+        "SUBMITIT_LOCAL_JOB_NUM_NODES": "1",
+        "SUBMITIT_LOCAL_GLOBALID": "0",
+        "SUBMITIT_LOCAL_LOCALID": "0",
+        "RANK": "5",
+    }  # inherited from the submitting shell: must not reach a single task's trainer
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     assert not set(submit.DIST_VARS) & set(submit.child_environ())
@@ -141,18 +182,25 @@ def test_distributed_variables_only_for_several_tasks(monkeypatch):
     monkeypatch.setenv("SUBMITIT_LOCAL_GLOBALID", "1")
     monkeypatch.setenv("SUBMITIT_LOCAL_LOCALID", "1")
     child = submit.child_environ()
-    assert {k: child[k] for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")} == \
-        {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}
+    assert {k: child[k] for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")} == {
+        "RANK": "1",
+        "WORLD_SIZE": "2",
+        "LOCAL_RANK": "1",
+        "LOCAL_WORLD_SIZE": "2",
+    }
     assert child["MASTER_ADDR"] and 20000 <= int(child["MASTER_PORT"]) <= 60000
 
 
-@pytest.mark.parametrize("argv, names", [
-    (["--nodes", "0", "trainer_vanilla.py"], ["--nodes=0", "at least 1"]),
-    (["--cluster", "local", "--nodes", "2", "trainer_vanilla.py"], ["--nodes=2", "--cluster local"]),
-    (["--gpus_per_node", "1", "trainer_vanilla"], ["no entry script"]),
-    (["--cluster", "local", "no_such_trainer.py"], ["no_such_trainer.py", "no such entry script"]),
-    (["--time", "soon", "trainer_vanilla.py"], ["--time", "soon"]),
-])
+@pytest.mark.parametrize(
+    "argv, names",
+    [
+        (["--nodes", "0", "trainer_vanilla.py"], ["--nodes=0", "at least 1"]),
+        (["--cluster", "local", "--nodes", "2", "trainer_vanilla.py"], ["--nodes=2", "--cluster local"]),
+        (["--gpus_per_node", "1", "trainer_vanilla"], ["no entry script"]),
+        (["--cluster", "local", "no_such_trainer.py"], ["no_such_trainer.py", "no such entry script"]),
+        (["--time", "soon", "trainer_vanilla.py"], ["--time", "soon"]),
+    ],
+)
 def test_bad_input_is_one_error_line_with_status_2(argv, names, capsys):
     with pytest.raises(SystemExit) as exit_info:
         submit.parse(argv)
@@ -162,8 +210,13 @@ def test_bad_input_is_one_error_line_with_status_2(argv, names, capsys):
 
 
 def test_command_line_errors_for_a_script_that_is_no_trainer(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "utils.submit", "--cluster", "local", "utils/params.py"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "utils.submit", "--cluster", "local", "utils/params.py"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and proc.stdout == "", proc.stderr
     (line,) = proc.stderr.strip().splitlines()
     assert "params.py: not a trainer entry script" in line, line

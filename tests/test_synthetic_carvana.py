@@ -1,4 +1,5 @@
 """Contract tests for data/make_synthetic_carvana.py: Carvana's file layout, binary GIF masks, determinism, CLI."""
+
 import os
 import re
 import subprocess
@@ -57,7 +58,7 @@ def test_the_car_covers_a_sensible_share_and_turns_between_views(pairs):
     shares = [m.mean() for m in masks]
     assert 0.10 <= min(shares) and max(shares) <= 0.60, shares
     for car in range(CARS):  # views 01..03 are 120 degrees apart: seen end-on the car is much narrower
-        lengths = [np.ptp(np.nonzero(m.any(axis=0))[0]) + 1 for m in masks[car * VIEWS:(car + 1) * VIEWS]]
+        lengths = [np.ptp(np.nonzero(m.any(axis=0))[0]) + 1 for m in masks[car * VIEWS : (car + 1) * VIEWS]]
         assert max(lengths) / min(lengths) > 1.2, lengths
 
 
@@ -79,8 +80,16 @@ def test_same_seed_gives_identical_bytes_and_another_seed_differs(pairs, tmp_pat
     assert read_bytes(other[0][1]) != read_bytes(pairs[0][1])  # content differs, not only the names
 
 
-@pytest.mark.parametrize("kwargs, name", [({"cars": 0}, "cars"), ({"views": 0}, "views"), ({"views": 17}, "views"),
-                                          ({"width": 15}, "width"), ({"height": 8}, "height")])
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        ({"cars": 0}, "cars"),
+        ({"views": 0}, "views"),
+        ({"views": 17}, "views"),
+        ({"width": 15}, "width"),
+        ({"height": 8}, "height"),
+    ],
+)
 def test_generate_rejects_bad_sizes_naming_the_argument(tmp_path, kwargs, name):
     with pytest.raises(ValueError, match=f"^{name} must be"):
         generate(str(tmp_path), **kwargs)
@@ -89,9 +98,29 @@ def test_generate_rejects_bad_sizes_naming_the_argument(tmp_path, kwargs, name):
 
 def test_cli_writes_the_files_and_exits_0(tmp_path):
     out = tmp_path / "cli"
-    done = subprocess.run([sys.executable, "-m", "data.make_synthetic_carvana", "--out", str(out), "--cars", "2",
-                           "--views", "2", "--width", "48", "--height", "32", "--seed", "3"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "data.make_synthetic_carvana",
+            "--out",
+            str(out),
+            "--cars",
+            "2",
+            "--views",
+            "2",
+            "--width",
+            "48",
+            "--height",
+            "32",
+            "--seed",
+            "3",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     assert "wrote 4 " in done.stdout and str(out / "train") in done.stdout
     assert len(os.listdir(out / "train")) == 4 and len(os.listdir(out / "train_masks")) == 4
@@ -101,8 +130,14 @@ def test_cli_writes_the_files_and_exits_0(tmp_path):
         assert read_bytes(mask) == read_bytes(out / "train_masks" / os.path.basename(mask))
 
 
-@pytest.mark.parametrize("argv, flag", [(["--cars", "0"], "--cars"), (["--cars", "2", "--views", "17"], "--views"),
-                                        (["--cars", "2", "--width", "wide"], "--width")])
+@pytest.mark.parametrize(
+    "argv, flag",
+    [
+        (["--cars", "0"], "--cars"),
+        (["--cars", "2", "--views", "17"], "--views"),
+        (["--cars", "2", "--width", "wide"], "--width"),
+    ],
+)
 def test_cli_bad_value_exits_2_naming_the_flag(tmp_path, capsys, argv, flag):
     with pytest.raises(SystemExit) as exc:
         main(["--out", str(tmp_path / "bad")] + argv)

@@ -5,6 +5,7 @@ folder under one safe name (:func:`base.file_names.file_name_part`), and every
 tool that finds a checkpoint by name must find it. timm's ``test_resnet`` (a
 tiny ResNet, random init, nothing downloaded) on Digits, on the CPU.
 """
+
 import glob
 import json
 import os
@@ -25,15 +26,40 @@ from utils import export
 
 MODEL = "timm/test_resnet"
 PART = "timm-test_resnet"
-QUICK = ["--model_type", MODEL, "--data_type", "Digits", "--train_val_sample_rate", "0.1", "--test_sample_rate",
-         "0.1", "--batch_size", "8", "--warmup_steps", "1", "--gpu_devices", "cpu", "--save_every_steps", "1",
-         "--keep_last_k", "1"]
+QUICK = [
+    "--model_type",
+    MODEL,
+    "--data_type",
+    "Digits",
+    "--train_val_sample_rate",
+    "0.1",
+    "--test_sample_rate",
+    "0.1",
+    "--batch_size",
+    "8",
+    "--warmup_steps",
+    "1",
+    "--gpu_devices",
+    "cpu",
+    "--save_every_steps",
+    "1",
+    "--keep_last_k",
+    "1",
+]
 
 
-@pytest.mark.parametrize("value,part", [
-    ("timm/resnet18", "timm-resnet18"), ("vit_ti_16", "vit_ti_16"), ("resnet18.a1_in1k", "resnet18.a1_in1k"),
-    ("..", "--"), (".hidden", "-hidden"), ("a\\b:c*d?e\"f<g>h|i j\nk", "a-b-c-d-e-f-g-h-i-j-k"), ("é", "-"),
-])
+@pytest.mark.parametrize(
+    "value,part",
+    [
+        ("timm/resnet18", "timm-resnet18"),
+        ("vit_ti_16", "vit_ti_16"),
+        ("resnet18.a1_in1k", "resnet18.a1_in1k"),
+        ("..", "--"),
+        (".hidden", "-hidden"),
+        ('a\\b:c*d?e"f<g>h|i j\nk', "a-b-c-d-e-f-g-h-i-j-k"),
+        ("é", "-"),
+    ],
+)
 def test_file_name_part(value, part):
     assert file_name_part(value) == part
 
@@ -60,13 +86,31 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_a_timm_model_trains_resumes_evaluates_predicts_and_exports(tmp_path, capsys):
     # The first launch is the entry script in a process of its own, as a user runs it: the save that
     # used to fail ("the run folder ... is gone") is its first checkpoint.
-    launch = subprocess.run([sys.executable, os.path.join(ROOT, "trainer_vit.py"), "--output_dir", str(tmp_path),
-                             *QUICK, "--max_steps", "2"], cwd=tmp_path, capture_output=True, text=True, check=False)
+    launch = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "trainer_vit.py"),
+            "--output_dir",
+            str(tmp_path),
+            *QUICK,
+            "--max_steps",
+            "2",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert launch.returncode == 0, launch.stderr[-2000:]
     (run_dir,) = glob.glob(str(tmp_path / "ViT" / "*"))
     files = set(os.listdir(run_dir))
-    assert {f"{PART}_best_ckpt.pth", f"{PART}_last_ckpt.pth", f"{PART}_step2_ckpt.pth", f"{PART}_best.safetensors",
-            f"{PART}_best.json"} <= files
+    assert {
+        f"{PART}_best_ckpt.pth",
+        f"{PART}_last_ckpt.pth",
+        f"{PART}_step2_ckpt.pth",
+        f"{PART}_best.safetensors",
+        f"{PART}_best.json",
+    } <= files
     assert f"{PART}_step1_ckpt.pth" not in files  # --keep_last_k 1 found the older step checkpoint by its name
     assert not os.path.exists(os.path.join(run_dir, "timm"))
 
@@ -88,8 +132,13 @@ def test_a_timm_model_trains_resumes_evaluates_predicts_and_exports(tmp_path, ca
     png = str(tmp_path / "digit.png")
     Image.fromarray(image[0].numpy(), "L").save(png)
     out = str(tmp_path / "preds.json")
-    assert main(ClassifierPredictor, ["--model_path", best, png, "--topk", "1", "--output_json", out,
-                                      "--gpu_devices", "cpu"]) == 0
+    assert (
+        main(
+            ClassifierPredictor,
+            ["--model_path", best, png, "--topk", "1", "--output_json", out, "--gpu_devices", "cpu"],
+        )
+        == 0
+    )
     with open(out) as f:
         (prediction,) = json.load(f)["predictions"]
     with torch.no_grad():

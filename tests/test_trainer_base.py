@@ -1,4 +1,5 @@
 """Contract tests of TrainerBase on the tiny ToyTrainer (CPU, milliseconds per run)."""
+
 import csv
 import glob
 import json
@@ -74,8 +75,14 @@ def test_run_dir_contents_and_metrics_rows(toy_argv):
     trainer.fit()
     names = set(os.listdir(trainer.run_dir))
     stamp = trainer.timestamp
-    assert {f"config_Toy_{stamp}.json", f"Toy_{stamp}_log.txt", "metrics.csv", "summary",
-            "Toy_best_ckpt.pth", "Toy_last_ckpt.pth"} <= names
+    assert {
+        f"config_Toy_{stamp}.json",
+        f"Toy_{stamp}_log.txt",
+        "metrics.csv",
+        "summary",
+        "Toy_best_ckpt.pth",
+        "Toy_last_ckpt.pth",
+    } <= names
     assert trainer.run_dir == os.path.join(toy_argv[1], "Toy", stamp)
     rows = list(csv.DictReader(open(os.path.join(trainer.run_dir, "metrics.csv"))))
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
@@ -120,8 +127,10 @@ def test_the_kth_update_uses_the_schedules_lr_for_step_k(toy_argv):
     # Plain SGD (no momentum, no decay): update k is w - lr_k * g_k. The schedule of step k is
     # 0.1 x WarmupCosine(3, 6)(k): warmup 0.001, 0.334, 0.667, then cosine 1, 0.75, 0.25.
     probe = UpdateProbe()
-    make(toy_argv + ["--max_steps", "6", "--warmup_steps", "3", "--optimizer", "sgd", "--momentum", "0",
-                     "--lr", "0.1"], [probe]).fit()
+    make(
+        toy_argv + ["--max_steps", "6", "--warmup_steps", "3", "--optimizer", "sgd", "--momentum", "0", "--lr", "0.1"],
+        [probe],
+    ).fit()
     factors = [0.001, 0.001 + 0.999 / 3, 0.001 + 2 * 0.999 / 3, 1.0, 0.75, 0.25]
     assert len(probe.after) == len(factors)
     for k, factor in enumerate(factors):
@@ -196,8 +205,9 @@ def test_grad_clip_bounds_gradients(toy_argv, mode, groups):
 
     trainer = make(toy_argv + ["--grad_clip", "0.01", "--grad_clip_mode", mode], [GradProbe()])
     if groups == 2:
-        trainer.build_optimizer = lambda: optim.build_optimizer(optim.decay_groups(trainer.model, {"bias"}),
-                                                                trainer.args)
+        trainer.build_optimizer = lambda: optim.build_optimizer(
+            optim.decay_groups(trainer.model, {"bias"}), trainer.args
+        )
     trainer.fit()
     assert len(trainer.optimizer.param_groups) == groups
     assert seen and max(seen) <= 0.01 + 1e-6
@@ -214,8 +224,17 @@ def test_nonfinite_loss_raises_naming_step_and_leaves_weights(toy_argv):
 
     trainer = Poison.from_argv(toy_argv)
     seen = {}
-    trainer.build_hooks = lambda: [type("H", (HookBase,), {
-        "after_step": lambda self: seen.update({k: v.clone() for k, v in self.trainer.model.state_dict().items()})})()]
+    trainer.build_hooks = lambda: [
+        type(
+            "H",
+            (HookBase,),
+            {
+                "after_step": lambda self: seen.update(
+                    {k: v.clone() for k, v in self.trainer.model.state_dict().items()}
+                )
+            },
+        )()
+    ]
     with pytest.raises(FloatingPointError, match="step 3"):
         trainer.fit()
     for key, value in trainer.model.state_dict().items():

@@ -1,4 +1,5 @@
 """VanillaTrainer and its evaluator end to end on real data (scikit-learn's Digits)."""
+
 import json
 import os
 import subprocess
@@ -6,9 +7,9 @@ import sys
 
 import pytest
 import torch
-from by_hand import top1_by_hand
 
 from base.checkpoint import load_checkpoint
+from by_hand import top1_by_hand
 from evaluators.vanilla_evaluator import VanillaEvaluator
 from trainers.vanilla_trainer import VanillaTrainer
 from utils import configcmp
@@ -48,8 +49,9 @@ def test_cnn_and_mlp_log_parameter_count(tmp_path):
 
 def test_eval_flag_overrides_saved_config(tmp_path):
     trainer, _ = train(tmp_path, *QUICK)
-    evaluator = VanillaEvaluator.from_argv(["--model_path", trainer.checkpoint_path("best"),
-                                            "--test_sample_rate", "0.5", "--split", "test"])
+    evaluator = VanillaEvaluator.from_argv(
+        ["--model_path", trainer.checkpoint_path("best"), "--test_sample_rate", "0.5", "--split", "test"]
+    )
     results = evaluator.run()
     assert evaluator.task.args.test_sample_rate == 0.5
     assert results["num_samples"] == pytest.approx(len(trainer.datasets["test"]) / 2, abs=1)
@@ -101,10 +103,16 @@ def test_configcmp_key_on_one_side_only_is_reported(tmp_path, capsys):
 
 def test_configcmp_keys_and_run_facts_on_either_side_only(tmp_path, capsys):
     # An older run (without a flag and without the git_dirty fact) against a newer one.
-    old = {"config": {"lr": 1, "gone": True}, "provenance": {"lr": "command line", "gone": "command line"},
-           "meta": {"git_commit": "abc"}}
-    new = {"config": {"lr": 1, "added": 3}, "provenance": {"lr": "command line", "added": "subclass default (X)"},
-           "meta": {"git_commit": "abc", "git_dirty": True}}
+    old = {
+        "config": {"lr": 1, "gone": True},
+        "provenance": {"lr": "command line", "gone": "command line"},
+        "meta": {"git_commit": "abc"},
+    }
+    new = {
+        "config": {"lr": 1, "added": 3},
+        "provenance": {"lr": "command line", "added": "subclass default (X)"},
+        "meta": {"git_commit": "abc", "git_dirty": True},
+    }
     (tmp_path / "a.json").write_text(json.dumps(old))
     (tmp_path / "b.json").write_text(json.dumps(new))
     diff = configcmp.compare(configcmp.load(str(tmp_path / "a.json")), configcmp.load(str(tmp_path / "b.json")))
@@ -132,13 +140,16 @@ def test_saved_config_starts_an_identical_run(tmp_path):
     assert load_checkpoint(b.checkpoint_path("last"))["global_step"] == 2
 
 
-@pytest.mark.parametrize("argv,status,message", [
-    (["trainer_vanilla.py", "--batch_size", "0"], 2, "--batch_size=0: must be > 0"),
-    (["trainer_vanilla.py", "--train_val_sample_rate", "1.5"], 2, "--train_val_sample_rate=1.5"),
-    (["trainer_vanilla.py", "--data_type", "FashionMNIST"], 1, "--data_dir"),  # a missing data folder
-    (["trainer_vanilla.py", "--model_type", "ResNet9000"], 2, "invalid choice: 'ResNet9000'"),
-    (["eval_vanilla.py", "--model_path", "no/such.pth"], 1, "--model_path no/such.pth: no such file"),
-])
+@pytest.mark.parametrize(
+    "argv,status,message",
+    [
+        (["trainer_vanilla.py", "--batch_size", "0"], 2, "--batch_size=0: must be > 0"),
+        (["trainer_vanilla.py", "--train_val_sample_rate", "1.5"], 2, "--train_val_sample_rate=1.5"),
+        (["trainer_vanilla.py", "--data_type", "FashionMNIST"], 1, "--data_dir"),  # a missing data folder
+        (["trainer_vanilla.py", "--model_type", "ResNet9000"], 2, "invalid choice: 'ResNet9000'"),
+        (["eval_vanilla.py", "--model_path", "no/such.pth"], 1, "--model_path no/such.pth: no such file"),
+    ],
+)
 def test_entry_scripts_give_one_line_errors(argv, status, message):
     proc = subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == status
@@ -150,9 +161,21 @@ def test_fashionmnist_run_from_raw_idx_files(tmp_path):
 
     data_dir = tmp_path / "data"
     write_mnist(data_dir / "FashionMNIST" / "raw", n_train=60, n_test=20)
-    trainer, metrics = train(tmp_path / "runs", "--data_type", "FashionMNIST", "--data_dir", str(data_dir),
-                             "--model_type", "SmallCNN", "--epochs", "2", "--batch_size", "16",
-                             "--gpu_devices", "cpu")
+    trainer, metrics = train(
+        tmp_path / "runs",
+        "--data_type",
+        "FashionMNIST",
+        "--data_dir",
+        str(data_dir),
+        "--model_type",
+        "SmallCNN",
+        "--epochs",
+        "2",
+        "--batch_size",
+        "16",
+        "--gpu_devices",
+        "cpu",
+    )
     assert trainer.data.input_shape == (1, 28, 28) and trainer.data.class_names[0] == "T-shirt/top"
     assert len(trainer.datasets["test"]) == 20 and metrics["top1"] == pytest.approx(top1_by_hand(trainer), abs=1e-9)
     evaluator = VanillaEvaluator.from_argv(["--model_path", trainer.checkpoint_path("best")])
@@ -172,8 +195,10 @@ def test_eval_works_after_the_run_folder_moved(tmp_path):
 
 def test_eval_of_nan_weights_warns(tmp_path, capsys):
     from base.checkpoint import save_checkpoint
-    trainer = VanillaTrainer.from_argv(["--max_steps", "2", "--train_val_sample_rate", "0.2", "--gpu_devices", "cpu",
-                                        "--output_dir", str(tmp_path)])
+
+    trainer = VanillaTrainer.from_argv(
+        ["--max_steps", "2", "--train_val_sample_rate", "0.2", "--gpu_devices", "cpu", "--output_dir", str(tmp_path)]
+    )
     trainer.fit()
     state = load_checkpoint(trainer.checkpoint_path("best"))
     first = next(k for k, v in state["model"].items() if v.is_floating_point())

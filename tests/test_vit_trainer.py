@@ -1,17 +1,32 @@
 """ViTTrainer: the recipe's parts (no-decay groups, schedule, Mixup/CutMix, RandAugment) and a run on ELPV."""
+
 import math
 
 import pytest
 import torch
-from by_hand import top1_by_hand
 
 from base.optim import WarmupCosine
+from by_hand import top1_by_hand
 from data.augment import Augmented
 from evaluators.vit_evaluator import ViTEvaluator
 from trainers.vit_trainer import ViTTrainer
 
-QUICK = ["--data_type", "ELPV", "--image_size", "16", "--patch_size", "8", "--train_val_sample_rate", "0.1",
-         "--test_sample_rate", "0.2", "--batch_size", "32", "--gpu_devices", "cpu"]
+QUICK = [
+    "--data_type",
+    "ELPV",
+    "--image_size",
+    "16",
+    "--patch_size",
+    "8",
+    "--train_val_sample_rate",
+    "0.1",
+    "--test_sample_rate",
+    "0.2",
+    "--batch_size",
+    "32",
+    "--gpu_devices",
+    "cpu",
+]
 
 
 def built(tmp_path, *argv):
@@ -62,7 +77,7 @@ def test_train_step_scores_the_mixed_images_against_the_mixed_soft_targets(tmp_p
     images, labels = trainer.to_device(batch)
     torch.manual_seed(0)
     loss = trainer.train_step(trainer.inputs.train_input(batch))["loss"]  # as the loop calls it
-    (mixed, soft), = mixes
+    ((mixed, soft),) = mixes
     assert not torch.equal(mixed, images) and (soft.max(1).values < 1).any()  # really mixed
     # Cross-entropy against the soft targets by hand, smoothed as torch does: (1 - e) * soft + e / K
     with torch.no_grad():
@@ -98,9 +113,26 @@ def test_randaugment_changes_training_images_only(tmp_path):
 
 
 def test_a_short_run_with_the_whole_recipe_then_eval(tmp_path, capsys):
-    trainer = ViTTrainer.from_argv(["--output_dir", str(tmp_path), *QUICK, "--max_steps", "6", "--mixup_alpha", "0.2",
-                                    "--cutmix_alpha", "1.0", "--randaugment", "2", "9", "--warmup_steps", "2",
-                                    "--num_workers", "2"])
+    trainer = ViTTrainer.from_argv(
+        [
+            "--output_dir",
+            str(tmp_path),
+            *QUICK,
+            "--max_steps",
+            "6",
+            "--mixup_alpha",
+            "0.2",
+            "--cutmix_alpha",
+            "1.0",
+            "--randaugment",
+            "2",
+            "9",
+            "--warmup_steps",
+            "2",
+            "--num_workers",
+            "2",
+        ]
+    )
     metrics = trainer.fit()
     assert trainer.global_step == 6 and metrics["top1"] == pytest.approx(top1_by_hand(trainer), abs=1e-9)
     results = ViTEvaluator.from_argv(["--model_path", trainer.checkpoint_path("best")]).run()

@@ -1,4 +1,5 @@
 """Self-supervised pretraining of a zoo ViT as a masked autoencoder (He et al. 2022); labels are not used."""
+
 import torch
 
 from base import distributed
@@ -23,8 +24,17 @@ class MAETrainer(ViTTrainer):
     """
 
     PROG = "trainer_mae.py"
-    DEFAULTS = {"proj_name": "MAE", "epochs": 100, "lr": 1.5e-3, "weight_decay": 0.05, "warmup_steps": 200,
-                "grad_clip": 0.0, "label_smoothing": 0.0, "hflip": 0.5, "vflip": 0.5}
+    DEFAULTS = {
+        "proj_name": "MAE",
+        "epochs": 100,
+        "lr": 1.5e-3,
+        "weight_decay": 0.05,
+        "warmup_steps": 200,
+        "grad_clip": 0.0,
+        "label_smoothing": 0.0,
+        "hflip": 0.5,
+        "vflip": 0.5,
+    }
     RESUME_CHANGEABLE = ViTTrainer.RESUME_CHANGEABLE | {"knn_k", "knn_temperature", "num_viz"}
 
     @classmethod
@@ -34,25 +44,51 @@ class MAETrainer(ViTTrainer):
         group.add_argument("--decoder_depth", type=int, default=2, help="decoder Transformer blocks")
         group.add_argument("--decoder_dim", type=int, default=128, help="decoder width (a multiple of 4)")
         group.add_argument("--decoder_heads", type=int, default=4, help="decoder attention heads")
-        group.add_argument("--norm_pix_loss", type=str2bool, nargs="?", const=True, default=True,
-                           help="predict each patch's pixels normalised to mean 0, variance 1 (the paper's best)")
-        group.add_argument("--knn_k", type=int, default=20,
-                           help="neighbours of the validation k-NN accuracy on encoder features (0: off)")
+        group.add_argument(
+            "--norm_pix_loss",
+            type=str2bool,
+            nargs="?",
+            const=True,
+            default=True,
+            help="predict each patch's pixels normalised to mean 0, variance 1 (the paper's best)",
+        )
+        group.add_argument(
+            "--knn_k",
+            type=int,
+            default=20,
+            help="neighbours of the validation k-NN accuracy on encoder features (0: off)",
+        )
         group.add_argument("--knn_temperature", type=float, default=0.07, help="k-NN vote weight exp(sim / T)")
-        group.add_argument("--num_viz", type=int, default=4,
-                           help="validation images shown as image | masked | reconstruction in TensorBoard")
+        group.add_argument(
+            "--num_viz",
+            type=int,
+            default=4,
+            help="validation images shown as image | masked | reconstruction in TensorBoard",
+        )
 
     @classmethod
     def validate_config(cls, args):
         super().validate_config(args)
-        check(args.model_type in VIT_MODELS, "model_type", args.model_type,
-              f"the MAE encoder must be a zoo ViT: {', '.join(VIT_MODELS)}")
+        check(
+            args.model_type in VIT_MODELS,
+            "model_type",
+            args.model_type,
+            f"the MAE encoder must be a zoo ViT: {', '.join(VIT_MODELS)}",
+        )
         check(0 < args.mask_ratio < 1, "mask_ratio", args.mask_ratio, "must be in (0, 1)")
         check(args.decoder_depth >= 1, "decoder_depth", args.decoder_depth, "must be >= 1")
-        check(args.decoder_dim > 0 and args.decoder_dim % 4 == 0, "decoder_dim", args.decoder_dim,
-              "must be a positive multiple of 4")
-        check(args.decoder_heads >= 1 and args.decoder_dim % args.decoder_heads == 0, "decoder_heads",
-              args.decoder_heads, f"must divide --decoder_dim={args.decoder_dim}")
+        check(
+            args.decoder_dim > 0 and args.decoder_dim % 4 == 0,
+            "decoder_dim",
+            args.decoder_dim,
+            "must be a positive multiple of 4",
+        )
+        check(
+            args.decoder_heads >= 1 and args.decoder_dim % args.decoder_heads == 0,
+            "decoder_heads",
+            args.decoder_heads,
+            f"must divide --decoder_dim={args.decoder_dim}",
+        )
         check(args.knn_k >= 0, "knn_k", args.knn_k, "must be >= 0")
         check(args.knn_temperature > 0, "knn_temperature", args.knn_temperature, "must be > 0")
         check(args.num_viz >= 0, "num_viz", args.num_viz, "must be >= 0")
@@ -78,8 +114,15 @@ class MAETrainer(ViTTrainer):
     def model_for(cls, args, input_shape, num_classes):
         """The :class:`model.mae.MAE` around a fresh zoo ViT for images ``(C, H, W)``."""
         vit = super().model_for(args, input_shape, num_classes)
-        return MAE(vit, args.in_chans or input_shape[0], args.mask_ratio, args.decoder_dim, args.decoder_depth,
-                   args.decoder_heads, args.norm_pix_loss)
+        return MAE(
+            vit,
+            args.in_chans or input_shape[0],
+            args.mask_ratio,
+            args.decoder_dim,
+            args.decoder_depth,
+            args.decoder_heads,
+            args.norm_pix_loss,
+        )
 
     def model_card(self):
         return {"trainer": type(self).__name__}
@@ -108,8 +151,18 @@ class MAETrainer(ViTTrainer):
         metrics = {"loss": total / max(count, 1)}
         if self.args.knn_k:
             bank, bank_labels = self.feature_bank()  # under DDP a collective: every process, even one without samples
-            guess = knn_predict(torch.cat(feats), bank, bank_labels, self.data.num_classes, self.args.knn_k,
-                                self.args.knn_temperature) if feats else None
+            guess = (
+                knn_predict(
+                    torch.cat(feats),
+                    bank,
+                    bank_labels,
+                    self.data.num_classes,
+                    self.args.knn_k,
+                    self.args.knn_temperature,
+                )
+                if feats
+                else None
+            )
             # (a process without samples counts 0 of them in the average over processes)
             metrics["knn_top1"] = 100.0 * float((guess == torch.cat(labels)).float().mean()) if feats else 0.0
         return metrics

@@ -1,10 +1,16 @@
 """Binary segmentation of cars in the Carvana layout: U-Net, UNet++ or a torchvision baseline."""
+
 from torch.nn import functional as F
 
 from base.config import check, str2bool
 from base.trainer_base import TrainerBase
-from data.carvana import (add_carvana_arguments, build_carvana_datasets, collate_segmentation, eval_description,
-                          validate_carvana_config)
+from data.carvana import (
+    add_carvana_arguments,
+    build_carvana_datasets,
+    collate_segmentation,
+    eval_description,
+    validate_carvana_config,
+)
 from data.input_recipe import input_recipe
 from data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from loss.segmentation import LOSSES, SegmentationLoss
@@ -21,8 +27,14 @@ class SegOnCarvanaTrainer(TrainerBase):
     """
 
     PROG = "trainer_seg_on_carvana.py"
-    DEFAULTS = {"proj_name": "SegOnCarvana", "epochs": 20, "batch_size": 8, "lr": 2e-3,
-                "weight_decay": 1e-4, "warmup_steps": 20}
+    DEFAULTS = {
+        "proj_name": "SegOnCarvana",
+        "epochs": 20,
+        "batch_size": 8,
+        "lr": 2e-3,
+        "weight_decay": 1e-4,
+        "warmup_steps": 20,
+    }
     monitor, monitor_mode = "dice", "max"
     collate_fn = staticmethod(collate_segmentation)
     RESUME_CHANGEABLE = TrainerBase.RESUME_CHANGEABLE | {"num_viz"}
@@ -37,19 +49,31 @@ class SegOnCarvanaTrainer(TrainerBase):
     @classmethod
     def add_arguments(cls, parser):
         group = parser.add_argument_group("segmentation")
-        group.add_argument("--model_type", choices=sorted(SEG_MODELS), default="UNet",
-                           help="UNet, UNetPlusPlus, or a torchvision baseline (random init)")
+        group.add_argument(
+            "--model_type",
+            choices=sorted(SEG_MODELS),
+            default="UNet",
+            help="UNet, UNetPlusPlus, or a torchvision baseline (random init)",
+        )
         group.add_argument("--base_channels", type=int, default=16, help="width of the first U-Net level")
-        group.add_argument("--upsample", choices=["bilinear", "transpose"], default="bilinear",
-                           help="U-Net decoder upsampling")
-        group.add_argument("--deep_supervision", type=str2bool, nargs="?", const=True, default=False,
-                           help="UNetPlusPlus: a loss on each nested decoder's head")
+        group.add_argument(
+            "--upsample", choices=["bilinear", "transpose"], default="bilinear", help="U-Net decoder upsampling"
+        )
+        group.add_argument(
+            "--deep_supervision",
+            type=str2bool,
+            nargs="?",
+            const=True,
+            default=False,
+            help="UNetPlusPlus: a loss on each nested decoder's head",
+        )
         group.add_argument("--loss", choices=LOSSES, default="bce_dice", help="training loss")
         group.add_argument("--bce_weight", type=float, default=1.0, help="BCE weight in bce_dice")
         group.add_argument("--dice_weight", type=float, default=1.0, help="soft Dice weight in bce_dice")
         group.add_argument("--dice_smooth", type=float, default=1.0, help="soft Dice smooth term")
-        group.add_argument("--num_viz", type=int, default=4,
-                           help="validation images in TensorBoard's image | truth | prediction grid")
+        group.add_argument(
+            "--num_viz", type=int, default=4, help="validation images in TensorBoard's image | truth | prediction grid"
+        )
         add_carvana_arguments(parser)
 
     @classmethod
@@ -67,8 +91,9 @@ class SegOnCarvanaTrainer(TrainerBase):
 
     def build_model(self):
         a = self.args
-        return build_segmentation_model(a.model_type, base_channels=a.base_channels, upsample=a.upsample,
-                                        deep_supervision=a.deep_supervision)
+        return build_segmentation_model(
+            a.model_type, base_channels=a.base_channels, upsample=a.upsample, deep_supervision=a.deep_supervision
+        )
 
     def model_card(self):
         """What predict_seg.py (or an ONNX user) needs to segment an image file, from the built task.
@@ -78,10 +103,16 @@ class SegOnCarvanaTrainer(TrainerBase):
             statistics (:mod:`data.input_recipe`), "output": how logits become the mask}``; JSON-able.
         """
         height, width = self.data.input_size
-        return {"trainer": type(self).__name__, "input_shape": [3, int(height), int(width)],
-                "input": input_recipe(3, eval_description((height, width)), self.inputs.describe()),
-                "output": {"channels": 1, "threshold": {"logit": 0.0, "probability": 0.5},
-                           "mask": "logit > 0, resized with nearest-neighbour to the image's own size"}}
+        return {
+            "trainer": type(self).__name__,
+            "input_shape": [3, int(height), int(width)],
+            "input": input_recipe(3, eval_description((height, width)), self.inputs.describe()),
+            "output": {
+                "channels": 1,
+                "threshold": {"logit": 0.0, "probability": 0.5},
+                "mask": "logit > 0, resized with nearest-neighbour to the image's own size",
+            },
+        }
 
     def build_loss(self):
         a = self.args
@@ -106,7 +137,7 @@ class SegOnCarvanaTrainer(TrainerBase):
         meter.add_loss(self.loss_fn(logits, batch["mask"]), logits.shape[0])
         preds = []
         for i, full in enumerate(batch["full_mask"]):
-            pred = F.interpolate((logits[i:i + 1] > 0).float(), size=full.shape[-2:], mode="nearest")[0, 0] > 0
+            pred = F.interpolate((logits[i : i + 1] > 0).float(), size=full.shape[-2:], mode="nearest")[0, 0] > 0
             meter.update(pred[None], full[None])
             preds.append(pred)
         return logits, preds
@@ -120,8 +151,9 @@ class SegOnCarvanaTrainer(TrainerBase):
                 from utils.plots import segmentation_grid  # matplotlib: only when a grid is drawn
 
                 # the loader's batch: its images are still the uint8 pixels, shown as they are
-                grid = segmentation_grid(batch["image"][:n], batch["mask"][:n], (logits[:n] > 0).cpu(),
-                                         self.inputs.mean, self.inputs.std)
+                grid = segmentation_grid(
+                    batch["image"][:n], batch["mask"][:n], (logits[:n] > 0).cpu(), self.inputs.mean, self.inputs.std
+                )
         if grid is not None and loader is self.loaders.get("val"):  # (an evaluator's task has no loggers)
             self.log_image("val/image_truth_prediction", grid)
         return meter.compute()

@@ -4,13 +4,19 @@
 uploaded once and batches are gathered on the device (:mod:`base.device_data`); the training crop
 of ``--train_crop rrc`` runs there, per sample, with kornia (:func:`device_augment`).
 """
+
 import torch
 
 from base.config import check
 from base.errors import DataError
 from base.trainer_base import TrainerBase
-from data.classification import (add_data_arguments, build_classification_datasets, default_statistics, image_side,
-                                 validate_data_config)
+from data.classification import (
+    add_data_arguments,
+    build_classification_datasets,
+    default_statistics,
+    image_side,
+    validate_data_config,
+)
 from data.input_recipe import input_recipe
 from loss.classification import build_classification_loss
 from model.classifiers import CLASSIFIERS, build_classifier, image_size_problem
@@ -29,8 +35,12 @@ class VanillaTrainer(TrainerBase):
     @classmethod
     def add_arguments(cls, parser):
         group = parser.add_argument_group("classification")
-        group.add_argument("--model_type", choices=sorted(CLASSIFIERS), default="Vanilla",
-                           help="Vanilla: MLP on pixels; SmallCNN: 4 conv layers")
+        group.add_argument(
+            "--model_type",
+            choices=sorted(CLASSIFIERS),
+            default="Vanilla",
+            help="Vanilla: MLP on pixels; SmallCNN: 4 conv layers",
+        )
         group.add_argument("--label_smoothing", type=float, default=0.0, help="cross-entropy label smoothing")
         add_data_arguments(parser)
 
@@ -82,9 +92,13 @@ def check_data_on_device(args):
     Raises:
         ConfigError: naming both flags.
     """
-    check(not (args.data_on_device and args.data_type == "ImageFolder"), "data_on_device", args.data_on_device,
-          "needs images held in memory (Digits, MNIST, FashionMNIST, CIFAR10, ELPV); --data_type ImageFolder "
-          "decodes files: leave it off and use --num_workers")
+    check(
+        not (args.data_on_device and args.data_type == "ImageFolder"),
+        "data_on_device",
+        args.data_on_device,
+        "needs images held in memory (Digits, MNIST, FashionMNIST, CIFAR10, ELPV); --data_type ImageFolder "
+        "decodes files: leave it off and use --num_workers",
+    )
 
 
 def training_split(data, args):
@@ -98,8 +112,10 @@ def training_split(data, args):
     if not args.data_on_device:
         return data.train
     if data.stored_train is None:
-        raise DataError(f"--data_on_device: --data_type {args.data_type} images are not stored at the model's size "
-                        f"{tuple(data.input_shape)}; leave --data_on_device off")
+        raise DataError(
+            f"--data_on_device: --data_type {args.data_type} images are not stored at the model's size "
+            f"{tuple(data.input_shape)}; leave --data_on_device off"
+        )
     return data.stored_train
 
 
@@ -118,8 +134,11 @@ def device_augment(args, side, hflip=0.0, vflip=0.0):
     """
     import kornia.augmentation as K  # here, not at import: only --data_on_device runs need it
 
-    ops = [K.RandomResizedCrop((side, side), scale=tuple(args.scale), ratio=tuple(args.ratio),
-                               cropping_mode="resample")] if args.train_crop == "rrc" else []
+    ops = (
+        [K.RandomResizedCrop((side, side), scale=tuple(args.scale), ratio=tuple(args.ratio), cropping_mode="resample")]
+        if args.train_crop == "rrc"
+        else []
+    )
     ops += [K.RandomHorizontalFlip(p=hflip)] if hflip else []
     ops += [K.RandomVerticalFlip(p=vflip)] if vflip else []
     return torch.nn.Sequential(*ops) if ops else None
@@ -151,5 +170,9 @@ def classifier_model_card(task):
         "input": the evaluation transform and statistics (see :mod:`data.input_recipe`)}``; JSON-able.
     """
     shape = [int(n) for n in task.data.input_shape]
-    return {"trainer": type(task).__name__, "class_names": list(task.data.class_names), "input_shape": shape,
-            "input": input_recipe(shape[0], task.data.eval_transform, task.inputs.describe())}
+    return {
+        "trainer": type(task).__name__,
+        "class_names": list(task.data.class_names),
+        "input_shape": shape,
+        "input": input_recipe(shape[0], task.data.eval_transform, task.inputs.describe()),
+    }

@@ -1,4 +1,5 @@
 """Image classification with the model zoo and the "How to train your ViT" recipe."""
+
 from collections import OrderedDict
 
 from torch import nn
@@ -6,15 +7,32 @@ from torch import nn
 from base import optim
 from base.config import check, str2bool
 from base.trainer_base import TrainerBase
-from data.classification import (add_data_arguments, build_classification_datasets, data_channels,
-                                 default_statistics, image_side, validate_data_config)
+from data.classification import (
+    add_data_arguments,
+    build_classification_datasets,
+    data_channels,
+    default_statistics,
+    image_side,
+    validate_data_config,
+)
 from data.transforms import augment_ops
 from loss.classification import build_classification_loss
 from model.pretrained import load_pretrained
-from model.zoo import (VIT_MODELS, build_zoo_model, image_size_problem, no_weight_decay_names, vit_layer_id,
-                       vit_num_layers)
-from trainers.vanilla_trainer import (check_data_on_device, classifier_model_card, device_augment, training_split,
-                                      validate_classifier)
+from model.zoo import (
+    VIT_MODELS,
+    build_zoo_model,
+    image_size_problem,
+    no_weight_decay_names,
+    vit_layer_id,
+    vit_num_layers,
+)
+from trainers.vanilla_trainer import (
+    check_data_on_device,
+    classifier_model_card,
+    device_augment,
+    training_split,
+    validate_classifier,
+)
 
 
 class ViTTrainer(TrainerBase):
@@ -31,8 +49,17 @@ class ViTTrainer(TrainerBase):
     """
 
     PROG = "trainer_vit.py"
-    DEFAULTS = {"proj_name": "ViT", "data_type": "ELPV", "image_size": 64, "epochs": 30, "batch_size": 64,
-                "lr": 1e-3, "weight_decay": 0.05, "warmup_steps": 100, "grad_clip": 1.0}
+    DEFAULTS = {
+        "proj_name": "ViT",
+        "data_type": "ELPV",
+        "image_size": 64,
+        "epochs": 30,
+        "batch_size": 64,
+        "lr": 1e-3,
+        "weight_decay": 0.05,
+        "warmup_steps": 100,
+        "grad_clip": 1.0,
+    }
     monitor, monitor_mode = "top1", "max"
     OLDER_RUN_VALUES = {**TrainerBase.OLDER_RUN_VALUES, "train_crop": "squash"}  # images were squashed then
     default_statistics = classmethod(lambda cls, args: default_statistics(args))
@@ -40,26 +67,48 @@ class ViTTrainer(TrainerBase):
     @classmethod
     def add_arguments(cls, parser):
         model = parser.add_argument_group("model")
-        model.add_argument("--model_type", default="vit_ti_16",
-                           help="vit_ti_16, vit_s_16, vit_b_16, swin_t, resnet18, resnet50, or timm/<name>")
+        model.add_argument(
+            "--model_type",
+            default="vit_ti_16",
+            help="vit_ti_16, vit_s_16, vit_b_16, swin_t, resnet18, resnet50, or timm/<name>",
+        )
         model.add_argument("--patch_size", type=int, default=8, help="ViT patch side (pixels)")
         model.add_argument("--drop_path", type=float, default=0.0, help="stochastic depth rate (Swin, timm)")
         model.add_argument("--dropout", type=float, default=0.0, help="dropout rate")
         model.add_argument("--in_chans", type=int, default=0, help="input channels (0: the data's)")
-        model.add_argument("--pretrained_path", default=None,
-                           help="start from this state dict (ours, an MAE checkpoint of trainer_mae.py, or yours)")
-        model.add_argument("--layer_decay", type=float, default=1.0,
-                           help="vit_*: layer-wise LR decay; block i of L trains at lr * layer_decay^(L+1-i) "
-                                "(MAE fine-tuning: 0.65-0.75; 1: off)")
-        model.add_argument("--linear_probe", type=str2bool, nargs="?", const=True, default=False,
-                           help="vit_*: freeze the encoder, train a BatchNorm (no affine) + linear head only")
+        model.add_argument(
+            "--pretrained_path",
+            default=None,
+            help="start from this state dict (ours, an MAE checkpoint of trainer_mae.py, or yours)",
+        )
+        model.add_argument(
+            "--layer_decay",
+            type=float,
+            default=1.0,
+            help="vit_*: layer-wise LR decay; block i of L trains at lr * layer_decay^(L+1-i) "
+            "(MAE fine-tuning: 0.65-0.75; 1: off)",
+        )
+        model.add_argument(
+            "--linear_probe",
+            type=str2bool,
+            nargs="?",
+            const=True,
+            default=False,
+            help="vit_*: freeze the encoder, train a BatchNorm (no affine) + linear head only",
+        )
         recipe = parser.add_argument_group("recipe")
         recipe.add_argument("--label_smoothing", type=float, default=0.1, help="cross-entropy label smoothing")
         recipe.add_argument("--mixup_alpha", type=float, default=0.0, help="Mixup Beta(alpha, alpha); 0: off")
         recipe.add_argument("--cutmix_alpha", type=float, default=0.0, help="CutMix Beta(alpha, alpha); 0: off")
         recipe.add_argument("--mix_prob", type=float, default=1.0, help="share of batches mixed")
-        recipe.add_argument("--randaugment", type=int, nargs=2, default=None, metavar=("N", "M"),
-                            help="RandAugment: N ops of magnitude M (0-30) on training images")
+        recipe.add_argument(
+            "--randaugment",
+            type=int,
+            nargs=2,
+            default=None,
+            metavar=("N", "M"),
+            help="RandAugment: N ops of magnitude M (0-30) on training images",
+        )
         recipe.add_argument("--hflip", type=float, default=0.0, help="probability of a horizontal flip")
         recipe.add_argument("--vflip", type=float, default=0.0, help="probability of a vertical flip")
         add_data_arguments(parser)
@@ -69,9 +118,13 @@ class ViTTrainer(TrainerBase):
         super().validate_config(args)
         check_data_on_device(args)
         # kornia's RandAugment draws one choice of ops for a whole batch; the worker path draws per image.
-        check(not (args.data_on_device and args.randaugment), "randaugment", args.randaugment,
-              "not with --data_on_device (kornia's RandAugment picks its ops once per batch, the DataLoader path "
-              "per image): leave one of them off")
+        check(
+            not (args.data_on_device and args.randaugment),
+            "randaugment",
+            args.randaugment,
+            "not with --data_on_device (kornia's RandAugment picks its ops once per batch, the DataLoader path "
+            "per image): leave one of them off",
+        )
         validate_data_config(args)
         for flag in ("drop_path", "dropout", "label_smoothing", "mix_prob", "hflip", "vflip"):
             check(0 <= getattr(args, flag) <= 1, flag, getattr(args, flag), "must be in [0, 1]")
@@ -80,15 +133,23 @@ class ViTTrainer(TrainerBase):
         check(args.patch_size > 0, "patch_size", args.patch_size, "must be > 0")
         check_in_chans(args, data_channels(args.data_type), f"--data_type {args.data_type}")
         if args.randaugment is not None:
-            check(args.randaugment[0] >= 0 and 0 <= args.randaugment[1] <= 30, "randaugment", args.randaugment,
-                  "N must be >= 0 and M in 0..30")
+            check(
+                args.randaugment[0] >= 0 and 0 <= args.randaugment[1] <= 30,
+                "randaugment",
+                args.randaugment,
+                "N must be >= 0 and M in 0..30",
+            )
         flag, value, side = image_side(args)
         problem = image_size_problem(args.model_type, side, args.patch_size)
         check(problem is None, flag, value, problem)
         check(0 < args.layer_decay <= 1, "layer_decay", args.layer_decay, "must be in (0, 1] (1: off)")
         for flag, on in (("layer_decay", args.layer_decay < 1), ("linear_probe", args.linear_probe)):
-            check(not on or args.model_type in VIT_MODELS, flag, getattr(args, flag),
-                  f"needs a zoo ViT ({', '.join(VIT_MODELS)}), not --model_type {args.model_type}")
+            check(
+                not on or args.model_type in VIT_MODELS,
+                flag,
+                getattr(args, flag),
+                f"needs a zoo ViT ({', '.join(VIT_MODELS)}), not --model_type {args.model_type}",
+            )
 
     def build_datasets(self):
         a = self.args
@@ -127,9 +188,15 @@ class ViTTrainer(TrainerBase):
             KeyError, ValueError: see :func:`model.zoo.build_zoo_model`.
         """
         check_in_chans(args, input_shape[0], "the data")  # a task's own data, which --data_type does not describe
-        model = build_zoo_model(args.model_type, num_classes, in_chans=args.in_chans or input_shape[0],
-                                image_size=input_shape[-1], patch_size=args.patch_size,
-                                drop_path=args.drop_path, dropout=args.dropout)
+        model = build_zoo_model(
+            args.model_type,
+            num_classes,
+            in_chans=args.in_chans or input_shape[0],
+            image_size=input_shape[-1],
+            patch_size=args.patch_size,
+            drop_path=args.drop_path,
+            dropout=args.dropout,
+        )
         if getattr(args, "linear_probe", False):
             model.heads = linear_probe_head(model.hidden_dim, num_classes)
         return model
@@ -146,8 +213,9 @@ class ViTTrainer(TrainerBase):
         a, no_decay = self.args, no_weight_decay_names(self.model)
         if a.layer_decay < 1:
             layers = vit_num_layers(a.model_type)
-            groups = optim.layer_decay_groups(self.model, no_decay, lambda name: vit_layer_id(name, layers), layers,
-                                              a.lr, a.layer_decay)
+            groups = optim.layer_decay_groups(
+                self.model, no_decay, lambda name: vit_layer_id(name, layers), layers, a.lr, a.layer_decay
+            )
         else:
             groups = optim.decay_groups(self.model, no_decay)
         return optim.build_optimizer(groups, a)
@@ -164,8 +232,12 @@ def check_in_chans(args, channels, data):
     """Raise ``ConfigError`` naming ``--in_chans`` unless it is 0 (the data's) or ``channels``, the ``C`` of ``data``'s
     images: a model built for other channels fails at its first batch."""
     plural = "" if channels == 1 else "s"
-    check(args.in_chans in (0, channels), "in_chans", args.in_chans,
-          f"{data} gives images of {channels} channel{plural}: leave it at 0 (the data's) or pass {channels}")
+    check(
+        args.in_chans in (0, channels),
+        "in_chans",
+        args.in_chans,
+        f"{data} gives images of {channels} channel{plural}: leave it at 0 (the data's) or pass {channels}",
+    )
 
 
 def linear_probe_head(hidden_dim, num_classes):

@@ -8,10 +8,12 @@ git commit, uncommitted changes) are compared too, a fact recorded on one side
 only included. The exit
 status is 0 whether or not the configs differ; 2 when a file cannot be read.
 """
+
 import glob
 import json
 import os
 import sys
+
 from base.config import Parser
 
 META_KEYS = ("timestamp", "trainer", "torch", "torchvision", "python", "git_commit", "git_dirty")
@@ -68,10 +70,14 @@ def compare(a, b):
         "only_a": only_a,
         "only_b": only_b,
         "changed": changed,
-        "origins": {**{k: (pa.get(k, "?"), pb.get(k, "?")) for k in changed},
-                    **{k: (pa.get(k, "?"), None) for k in only_a}, **{k: (None, pb.get(k, "?")) for k in only_b}},
-        "meta": {k: (ma.get(k, ABSENT), mb.get(k, ABSENT)) for k in META_KEYS
-                 if (k in ma, ma.get(k)) != (k in mb, mb.get(k))},
+        "origins": {
+            **{k: (pa.get(k, "?"), pb.get(k, "?")) for k in changed},
+            **{k: (pa.get(k, "?"), None) for k in only_a},
+            **{k: (None, pb.get(k, "?")) for k in only_b},
+        },
+        "meta": {
+            k: (ma.get(k, ABSENT), mb.get(k, ABSENT)) for k in META_KEYS if (k in ma, ma.get(k)) != (k in mb, mb.get(k))
+        },
     }
 
 

@@ -1,4 +1,5 @@
 """Device selection from ``--gpu_devices``."""
+
 import os
 
 import torch
@@ -31,14 +32,18 @@ def select_device(spec):
                 _one_device(entry, spec)
             return torch.device("cpu" if entries[0] == "cpu" else "cuda:0")
         if int(local_rank) >= len(entries):
-            raise ConfigError(f"--gpu_devices={spec!r}: {len(entries)} devices for local rank {local_rank}; "
-                              f"torchrun started {os.environ.get('LOCAL_WORLD_SIZE', '?')} processes on this node")
+            raise ConfigError(
+                f"--gpu_devices={spec!r}: {len(entries)} devices for local rank {local_rank}; "
+                f"torchrun started {os.environ.get('LOCAL_WORLD_SIZE', '?')} processes on this node"
+            )
         return _one_device(entries[int(local_rank)], spec)
     if local_rank is not None and text in ("", "auto", "cuda", "gpu") and torch.cuda.is_available():
         return _one_device(local_rank, spec)
     if local_rank is not None and text not in ("", "auto", "cpu") and int(os.environ.get("LOCAL_WORLD_SIZE", 1)) > 1:
-        raise ConfigError(f"--gpu_devices={spec!r} names one GPU for the {os.environ['LOCAL_WORLD_SIZE']} "
-                          "processes torchrun started on this node: list one per process (0,1,...) or leave it unset")
+        raise ConfigError(
+            f"--gpu_devices={spec!r} names one GPU for the {os.environ['LOCAL_WORLD_SIZE']} "
+            "processes torchrun started on this node: list one per process (0,1,...) or leave it unset"
+        )
     return _one_device(text, spec)
 
 
@@ -51,10 +56,13 @@ def _one_device(text, spec):
     try:
         index = int(number)
     except ValueError:
-        raise ConfigError(f"--gpu_devices={spec!r}: expected 'cpu', 'cuda', 'cuda:N', a GPU id such as 0, "
-                          "or a list of ids such as 0,1") from None
+        raise ConfigError(
+            f"--gpu_devices={spec!r}: expected 'cpu', 'cuda', 'cuda:N', a GPU id such as 0, "
+            "or a list of ids such as 0,1"
+        ) from None
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if not 0 <= index < count:
-        raise ConfigError(f"--gpu_devices={spec!r}: no such GPU ({count} CUDA device(s) visible); "
-                          f"use --gpu_devices cpu")
+        raise ConfigError(
+            f"--gpu_devices={spec!r}: no such GPU ({count} CUDA device(s) visible); use --gpu_devices cpu"
+        )
     return torch.device(f"cuda:{index}")

@@ -21,6 +21,7 @@ Exit status (as :func:`base.cli.main`): 0 when the largest absolute difference i
 it is larger (the file is removed) or for a file problem (unreadable checkpoint, unwritable output, a
 model that does not export); 2 for a bad flag. Errors are one line; ``--debug`` shows tracebacks.
 """
+
 import argparse
 import importlib
 import json
@@ -39,8 +40,11 @@ from base.evaluator_base import EvaluatorBase, load_saved_model
 PROG = "python -m utils.export"
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "exported_program": ".pt2"}
 #: Trainer class name (as checkpoints store it) -> its module; imported only for the checkpoint at hand.
-TRAINER_MODULES = {"VanillaTrainer": "trainers.vanilla_trainer", "ViTTrainer": "trainers.vit_trainer",
-                   "SegOnCarvanaTrainer": "trainers.seg_on_carvana_trainer"}
+TRAINER_MODULES = {
+    "VanillaTrainer": "trainers.vanilla_trainer",
+    "ViTTrainer": "trainers.vit_trainer",
+    "SegOnCarvanaTrainer": "trainers.seg_on_carvana_trainer",
+}
 
 
 def parse_args(argv=None):
@@ -50,28 +54,52 @@ def parse_args(argv=None):
         ConfigError: ``--batches`` < 1, ``--atol`` negative or not finite, ``--gpu_devices`` a list,
             or ``--output`` naming the checkpoint itself.
     """
-    parser = Parser(prog=PROG, description=__doc__.split("\n")[0], allow_abbrev=False,
-                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--model_path", required=True,
-                        help="checkpoint (*_ckpt.pth) or weights export (*_best.safetensors beside its .json)")
+    parser = Parser(
+        prog=PROG,
+        description=__doc__.split("\n")[0],
+        allow_abbrev=False,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--model_path",
+        required=True,
+        help="checkpoint (*_ckpt.pth) or weights export (*_best.safetensors beside its .json)",
+    )
     parser.add_argument("--format", required=True, choices=list(SUFFIXES), help="what to write")
-    parser.add_argument("--output", default=None, help="file to write (default: <checkpoint stem>" +
-                        "/".join(SUFFIXES.values()) + " beside the checkpoint)")
-    parser.add_argument("--dynamic_batch", type=str2bool, nargs="?", const=True, default=False,
-                        help="any batch size (else the first validation batch's size is fixed in the file)")
+    parser.add_argument(
+        "--output",
+        default=None,
+        help="file to write (default: <checkpoint stem>" + "/".join(SUFFIXES.values()) + " beside the checkpoint)",
+    )
+    parser.add_argument(
+        "--dynamic_batch",
+        type=str2bool,
+        nargs="?",
+        const=True,
+        default=False,
+        help="any batch size (else the first validation batch's size is fixed in the file)",
+    )
     parser.add_argument("--batches", type=int, default=1, help="validation batches to compare outputs on")
     parser.add_argument("--atol", type=float, default=1e-4, help="largest absolute output difference accepted")
     parser.add_argument("--gpu_devices", default="cpu", help="device the model is exported from and checked on")
-    parser.add_argument("--eval_ema", type=str2bool, default=None,
-                        help="EMA weights (true) or raw ones (false) of a .pth; unset: those the run validated")
+    parser.add_argument(
+        "--eval_ema",
+        type=str2bool,
+        default=None,
+        help="EMA weights (true) or raw ones (false) of a .pth; unset: those the run validated",
+    )
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     args = parser.parse_args(argv)
     check(args.batches >= 1, "batches", args.batches, "must be >= 1")
     check(0 <= args.atol < float("inf"), "atol", args.atol, "must be a finite number >= 0")
     check("," not in str(args.gpu_devices), "gpu_devices", args.gpu_devices, "one device: export runs in one process")
     args.output = os.path.expanduser(args.output or os.path.splitext(args.model_path)[0] + SUFFIXES[args.format])
-    check(os.path.abspath(args.output) != os.path.abspath(args.model_path), "output", args.output,
-          "is the checkpoint itself; name another file")
+    check(
+        os.path.abspath(args.output) != os.path.abspath(args.model_path),
+        "output",
+        args.output,
+        "is the checkpoint itself; name another file",
+    )
     return args
 
 
@@ -96,8 +124,13 @@ def trainer_class_of(saved, extras, path):
         from model.segmentation import SEG_MODELS
 
         model_type = saved.get("model_type")
-        name = ("VanillaTrainer" if model_type in CLASSIFIERS else "SegOnCarvanaTrainer" if model_type in SEG_MODELS
-                else "ViTTrainer")
+        name = (
+            "VanillaTrainer"
+            if model_type in CLASSIFIERS
+            else "SegOnCarvanaTrainer"
+            if model_type in SEG_MODELS
+            else "ViTTrainer"
+        )
     if name not in TRAINER_MODULES:
         raise UserError(f"--model_path {path}: a {name} checkpoint; this exports {', '.join(TRAINER_MODULES)} ones")
     return getattr(importlib.import_module(TRAINER_MODULES[name]), name)
@@ -175,9 +208,16 @@ def write_export(model, example, fmt, path, dynamic, card=None):
             if fmt == "onnx":
                 # The dynamo-based exporter (torch's default, needs onnxscript) handles Vanilla, SmallCNN,
                 # resnet18, vit_ti_16 and UNet, dynamic batch included; the TorchScript-based one is deprecated.
-                program = torch.onnx.export(model, (example,), dynamo=True, input_names=["images"],
-                                            output_names=["output"], dynamic_shapes=(batch,) if dynamic else None,
-                                            external_data=False, verbose=False)
+                program = torch.onnx.export(
+                    model,
+                    (example,),
+                    dynamo=True,
+                    input_names=["images"],
+                    output_names=["output"],
+                    dynamic_shapes=(batch,) if dynamic else None,
+                    external_data=False,
+                    verbose=False,
+                )
                 proto = program.model_proto  # (a property that serializes the model anew each time)
                 proto.metadata_props.add(key=CARD_KEY, value=card_json)
                 data = proto.SerializeToString()
@@ -190,8 +230,9 @@ def write_export(model, example, fmt, path, dynamic, card=None):
                 program = torch.export.export(model, (example,), dynamic_shapes=(batch,) if dynamic else None)
                 write_fn = lambda f: torch.export.save(program, f, extra_files={CARD_FILE: card_json})  # noqa: E731
     except Exception as exc:  # noqa: BLE001 - any exporter failure is "this model does not export"
-        raise UserError(f"cannot export {type(model).__name__} as {fmt}: {type(exc).__name__}: "
-                        f"{one_line(exc)[:300]}") from exc
+        raise UserError(
+            f"cannot export {type(model).__name__} as {fmt}: {type(exc).__name__}: {one_line(exc)[:300]}"
+        ) from exc
     write_or_fail(path, write_fn, what="export")
 
 
@@ -222,8 +263,10 @@ def largest_difference(reference, exported):
     ``inf`` when the exported outputs differ in number or shape, ``nan`` where either holds NaN."""
     if len(reference) != len(exported) or any(r.shape != e.shape for r, e in zip(reference, exported)):
         return float("inf")
-    return max(float((r.detach().cpu().double() - e.detach().cpu().double()).abs().max()) if r.numel() else 0.0
-               for r, e in zip(reference, exported))
+    return max(
+        float((r.detach().cpu().double() - e.detach().cpu().double()).abs().max()) if r.numel() else 0.0
+        for r, e in zip(reference, exported)
+    )
 
 
 def run(args):
@@ -248,8 +291,10 @@ def run(args):
         if len(example) == 1:  # torch.export fixes a dimension of size 1: trace on two samples
             example = torch.cat([example, example])
         inputs.append(example[: len(example) // 2])  # a batch size the export was not traced with
-    print(f"--model_path {args.model_path}: exporting its {extras['weights']} weights ({task.args.model_type}) as "
-          f"{args.format} from {task.device}")
+    print(
+        f"--model_path {args.model_path}: exporting its {extras['weights']} weights ({task.args.model_type}) as "
+        f"{args.format} from {task.device}"
+    )
     # The rebuilt task's card: it describes the inputs checked below, older checkpoints' included
     # (their saved cards may predate the input recipe).
     write_export(model, example, args.format, args.output, args.dynamic_batch, task.model_card())
@@ -258,16 +303,23 @@ def run(args):
     with torch.no_grad():
         diffs = [largest_difference(_flat(model(x)), exported(x)) for x in checked]
     diff = float("nan") if any(d != d for d in diffs) else max(diffs)  # max() would skip a NaN
-    print(f"wrote {args.output} ({os.path.getsize(args.output) / 1e6:.2f} MB, batch "
-          f"{'dynamic' if args.dynamic_batch else len(example)}); checked on {len(checked)} batch(es) of "
-          f"{', '.join(str(len(x)) for x in checked)} validation inputs (float32 "
-          f"{'x'.join(map(str, example.shape[1:]))}): largest absolute difference {diff:.3g}"
-          + (f" ({len(inputs) - len(checked)} batch(es) of another size skipped: the file's batch size is fixed)"
-             if len(checked) < len(inputs) else ""))
+    print(
+        f"wrote {args.output} ({os.path.getsize(args.output) / 1e6:.2f} MB, batch "
+        f"{'dynamic' if args.dynamic_batch else len(example)}); checked on {len(checked)} batch(es) of "
+        f"{', '.join(str(len(x)) for x in checked)} validation inputs (float32 "
+        f"{'x'.join(map(str, example.shape[1:]))}): largest absolute difference {diff:.3g}"
+        + (
+            f" ({len(inputs) - len(checked)} batch(es) of another size skipped: the file's batch size is fixed)"
+            if len(checked) < len(inputs)
+            else ""
+        )
+    )
     if not diff <= args.atol:  # NaN fails too
         os.remove(args.output)
-        raise UserError(f"{args.output}: the export's outputs differ from PyTorch's by up to {diff:.3g} "
-                        f"(> --atol {args.atol:g}) on validation inputs; removed it")
+        raise UserError(
+            f"{args.output}: the export's outputs differ from PyTorch's by up to {diff:.3g} "
+            f"(> --atol {args.atol:g}) on validation inputs; removed it"
+        )
     return diff
 
 

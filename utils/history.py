@@ -11,6 +11,7 @@ panel shows the runs that have its column, so runs of different tasks mix.
 Then one line per run gives the best value of each plotted ``val_*`` column
 and its step: the highest for names holding top/acc/dice/iou, else the lowest.
 """
+
 import argparse
 import csv
 import io
@@ -19,9 +20,9 @@ import os
 
 from matplotlib.lines import Line2D
 
+from base.config import Parser
 from base.errors import UserError
 from utils.plots import plt
-from base.config import Parser
 
 LOSS_COLUMNS = ("train_loss", "val_loss")
 # Columns that are the x axis or bookkeeping, not a quantity to plot by default.
@@ -79,8 +80,11 @@ def read_history(run_dir):
             for row in reader:
                 if row["step"] in (None, ""):
                     raise UserError(f"{path}: line {reader.line_num}: the step is empty")
-                values = {k: _number(v, path, reader.line_num, k) for k, v in row.items()
-                          if k is not None and v not in (None, "")}
+                values = {
+                    k: _number(v, path, reader.line_num, k)
+                    for k, v in row.items()
+                    if k is not None and v not in (None, "")
+                }
                 step = values.pop("step")
                 if not math.isfinite(step):
                     raise UserError(f"{path}: line {reader.line_num}: step {row['step']!r} is not finite")
@@ -176,8 +180,14 @@ def draw(histories, panels, path):
     legend = 0.25 * math.ceil(len(histories) / 2) + 0.2
     width, height = 5.0 * ncols, 3.2 * nrows + legend
     fig, axes = plt.subplots(nrows, ncols, figsize=(width, height), squeeze=False)
-    fig.subplots_adjust(left=0.75 / width, right=1 - 0.2 / width, top=1 - 0.35 / height,
-                        bottom=(legend + 0.55) / height, wspace=0.85 / 3.9, hspace=0.9 / 2.2)
+    fig.subplots_adjust(
+        left=0.75 / width,
+        right=1 - 0.2 / width,
+        top=1 - 0.35 / height,
+        bottom=(legend + 0.55) / height,
+        wspace=0.85 / 3.9,
+        hspace=0.9 / 2.2,
+    )
     colours = [f"C{i % 10}" for i in range(len(histories))]
     for ax, columns in zip(axes.flat, panels):
         for history, colour in zip(histories, colours):
@@ -190,13 +200,20 @@ def draw(histories, panels, path):
         if columns == ("lr",) and _spans_decades(histories, "lr"):
             ax.set_yscale("log")  # runs with lr 1e-1 and 1e-3, or a decay to 1e-6, stay readable
         if len(columns) > 1:
-            ax.legend([Line2D([], [], color="grey", linestyle=s) for s in ("-", "--")],
-                      ["train_loss", "val_loss"], fontsize=8)
+            ax.legend(
+                [Line2D([], [], color="grey", linestyle=s) for s in ("-", "--")], ["train_loss", "val_loss"], fontsize=8
+            )
         ax.grid(alpha=0.3)
-    for ax in axes.flat[len(panels):]:
+    for ax in axes.flat[len(panels) :]:
         ax.remove()
-    fig.legend([Line2D([], [], color=c, marker=".") for c in colours], [h.name for h in histories],
-               loc="lower center", ncol=min(2, len(histories)), fontsize=9, frameon=False)
+    fig.legend(
+        [Line2D([], [], color=c, marker=".") for c in colours],
+        [h.name for h in histories],
+        loc="lower center",
+        ncol=min(2, len(histories)),
+        fontsize=9,
+        frameon=False,
+    )
     # Render in memory first: a failure leaves an earlier PNG at ``path`` whole.
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
@@ -231,14 +248,22 @@ class HistoryInspector:
 
     @classmethod
     def from_argv(cls, argv=None):
-        parser = Parser(prog=cls.PROG, allow_abbrev=False,
-                                         description="Plot the training history of runs from their metrics.csv.")
+        parser = Parser(
+            prog=cls.PROG, allow_abbrev=False, description="Plot the training history of runs from their metrics.csv."
+        )
         parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders holding metrics.csv")
-        parser.add_argument("--out", type=_png_path, default=None,
-                            help="PNG to write; default <RUN_DIR>/history.png for one run, "
-                                 "else history.png in the current folder")
-        parser.add_argument("--metrics", type=_metric_list, default=None,
-                            help="comma-separated columns to plot, e.g. val_loss,val_top1,lr")
+        parser.add_argument(
+            "--out",
+            type=_png_path,
+            default=None,
+            help="PNG to write; default <RUN_DIR>/history.png for one run, else history.png in the current folder",
+        )
+        parser.add_argument(
+            "--metrics",
+            type=_metric_list,
+            default=None,
+            help="comma-separated columns to plot, e.g. val_loss,val_top1,lr",
+        )
         parser.add_argument("--debug", action="store_true", help="show tracebacks")
         return cls(parser.parse_args(argv))
 
@@ -266,7 +291,8 @@ class HistoryInspector:
         best = {h.name: best_values(h, plotted) for h in histories}
         print(f"wrote {path}: {len(panels)} panel(s) ({', '.join(plotted)}) for {len(histories)} run(s)")
         for name, values in best.items():
-            text = ", ".join(f"{c} {v:.6g} ({'max' if higher_is_better(c) else 'min'}) at step {s}"
-                             for c, (v, s) in values.items())
+            text = ", ".join(
+                f"{c} {v:.6g} ({'max' if higher_is_better(c) else 'min'}) at step {s}" for c, (v, s) in values.items()
+            )
             print(f"  {name}: best {text or 'none (no plotted val_* column)'}")
         return {"png": path, "panels": panels, "best": best}

@@ -5,6 +5,7 @@ Discrimination", as DINO (Caron et al. 2021) uses it to monitor self-supervised 
 similarity to a bank of labelled training features, the ``k`` most similar vote for their class with
 weight ``exp(similarity / temperature)``.
 """
+
 import torch
 import torch.nn.functional as F
 
@@ -30,7 +31,7 @@ def knn_predict(features, bank, bank_labels, num_classes, k=20, temperature=0.07
     k = min(k, bank.shape[0])
     out = []
     for start in range(0, features.shape[0], chunk):
-        query = F.normalize(features[start:start + chunk].float(), dim=1)
+        query = F.normalize(features[start : start + chunk].float(), dim=1)
         sims, idx = (query @ bank.T).topk(k, dim=1)
         votes = torch.zeros(query.shape[0], num_classes, device=query.device)
         votes.scatter_add_(1, bank_labels[idx], (sims / temperature).exp())

@@ -1,4 +1,5 @@
 """Classification metrics accumulated over a whole dataset, not averaged over batches."""
+
 import torch
 
 
@@ -36,7 +37,7 @@ class ClassificationMeter:
             self.loss_sum += float(loss) * n
         self.count += n
         pairs = labels.cpu() * self.num_classes + top[:, 0].cpu()
-        self.confusion += torch.bincount(pairs, minlength=self.num_classes ** 2).view_as(self.confusion)
+        self.confusion += torch.bincount(pairs, minlength=self.num_classes**2).view_as(self.confusion)
 
     def compute(self):
         """``{"loss": mean per sample, "top1": %, "top5": %}`` (top-k in percent, 0-100).

@@ -1,4 +1,5 @@
 """Figures written to files with matplotlib's non-interactive Agg backend."""
+
 import matplotlib
 
 matplotlib.use("Agg")  # no display on servers; must precede pyplot's import
@@ -26,8 +27,15 @@ def save_confusion_matrix(confusion, class_names, path, title=""):
     if k <= 20:
         for i, row in enumerate(matrix):
             for j, value in enumerate(row):
-                ax.text(j, i, str(value), ha="center", va="center", fontsize=7,
-                        color="white" if value > peak / 2 else "black")
+                ax.text(
+                    j,
+                    i,
+                    str(value),
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if value > peak / 2 else "black",
+                )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -67,8 +75,10 @@ def segmentation_grid(images, masks, preds, mean=(0.5,), std=(0.5,)):
 
     tiles = []
     for image, mask, pred in zip(images, masks, preds):
-        tiles += [denormalize(image, mean, std).cpu(),
-                  *(m.to(torch.uint8).mul(255).expand(3, -1, -1).cpu() for m in (mask, pred))]
+        tiles += [
+            denormalize(image, mean, std).cpu(),
+            *(m.to(torch.uint8).mul(255).expand(3, -1, -1).cpu() for m in (mask, pred)),
+        ]
     return make_grid(torch.stack(tiles), nrow=3, padding=2, pad_value=128)
 
 
@@ -88,8 +98,11 @@ def save_segmentation_figure(image, target, pred, path, title=""):
         out[mask] = 0.55 * out[mask] + 0.45 * np.asarray(colour, np.float32)
         return out.astype(np.uint8)
 
-    panels = [(image, "image"), (overlay(target, (0, 110, 255)), "ground truth (blue)"),
-              (overlay(pred, (255, 0, 0)), "prediction (red)")]
+    panels = [
+        (image, "image"),
+        (overlay(target, (0, 110, 255)), "ground truth (blue)"),
+        (overlay(pred, (255, 0, 0)), "prediction (red)"),
+    ]
     height, width = image.shape[:2]
     fig, axes = plt.subplots(1, 3, figsize=(12, 12 * height / width / 3 + 0.6))
     for ax, (picture, label) in zip(axes, panels):

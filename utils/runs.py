@@ -17,6 +17,7 @@ in detail). ``--sort`` takes a column name (``best``, ``test`` and ``wall`` sort
 number), ``--desc`` reverses it; runs without a value go last.
 Exit status 0; 2 when a folder does not exist.
 """
+
 import csv
 import datetime
 import glob
@@ -28,8 +29,7 @@ from base.run_lock import process_alive
 from base.run_status import STATUS_FILE, read_status
 from utils.configcmp import load
 
-COLUMNS = ("project", "timestamp", "trainer", "model", "data", "progress", "best", "test", "wall", "status",
-           "error")
+COLUMNS = ("project", "timestamp", "trainer", "model", "data", "progress", "best", "test", "wall", "status", "error")
 #: Keys that differ between runs without being part of the experiment.
 NOT_COMPARED = LAUNCH_ONLY | {"output_dir", "gpu_devices", "num_workers", "loggers"}
 
@@ -53,8 +53,12 @@ def find_runs(roots):
 def status_text(status):
     """The status column for a ``status.json`` dict (see the module docstring)."""
     state = status.get("status") or "unknown"
-    if (state == "running" and status.get("host") == os.uname().nodename and isinstance(status.get("pid"), int)
-            and not process_alive(status["pid"])):
+    if (
+        state == "running"
+        and status.get("host") == os.uname().nodename
+        and isinstance(status.get("pid"), int)
+        and not process_alive(status["pid"])
+    ):
         state = "killed"
     resumes = int(status.get("resumes") or 0)
     return f"{state}, resumed {resumes}x" if resumes else state
@@ -99,8 +103,13 @@ def run_row(folder):
         "status": status_text(status) if warning is None else f"corrupt {STATUS_FILE}",
         "error": status.get("error") or "",  # why a crashed launch stopped: the line its script printed
     }
-    row["_sort"] = {**row, "best": best, "test": test_value, "wall": status.get("wall_seconds"),
-                    "progress": status.get("global_step")}
+    row["_sort"] = {
+        **row,
+        "best": best,
+        "test": test_value,
+        "wall": status.get("wall_seconds"),
+        "progress": status.get("global_step"),
+    }
     row["_config"], row["_warning"] = config, warning
     return row
 
@@ -156,16 +165,17 @@ def main(argv=None):
             if row["_warning"]:
                 print(f"runs: warning: {row['_warning']}", file=sys.stderr)
             rows.append(row)
-        rows = sort_rows([r for r in rows if args.proj is None or r["project"] == args.proj], args.sort,
-                         args.desc)
+        rows = sort_rows([r for r in rows if args.proj is None or r["project"] == args.proj], args.sort, args.desc)
     except (OSError, ValueError) as exc:
         print(f"runs: error: {exc}", file=sys.stderr)
         return 2
     if args.diff:
         keys = differing_keys(rows)
-        print_table(["project", "timestamp", *keys],
-                    [[r["project"], r["timestamp"], *(repr(r["_config"].get(k, "(absent)")) for k in keys)]
-                     for r in rows], args.csv)
+        print_table(
+            ["project", "timestamp", *keys],
+            [[r["project"], r["timestamp"], *(repr(r["_config"].get(k, "(absent)")) for k in keys)] for r in rows],
+            args.csv,
+        )
     else:
         print_table(list(COLUMNS), [[r[c] for c in COLUMNS] for r in rows], args.csv)
     if not rows and not args.csv:

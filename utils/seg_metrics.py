@@ -6,6 +6,7 @@ releases (``zero_division`` arrived in 1.6.2, ``aggregation_level`` later),
 and the two conventions reported here are pinned by tests on hand-computed
 values.
 """
+
 import torch
 
 
@@ -72,12 +73,15 @@ class SegmentationMeter:
         from base.distributed import all_reduce_sum
 
         count, loss_sum, inter, pred, target, dice_sum, iou_sum = all_reduce_sum(
-            [self.count, self.loss_sum, self.inter, self.pred, self.target, self.dice_sum, self.iou_sum])
+            [self.count, self.loss_sum, self.inter, self.pred, self.target, self.dice_sum, self.iou_sum]
+        )
         if count == 0:
             raise ValueError("SegmentationMeter.compute() called before any update()")
         areas, union = pred + target, pred + target - inter
-        return {"loss": loss_sum / count,
-                "dice": 2 * inter / areas if areas else 1.0,
-                "iou": inter / union if union else 1.0,
-                "dice_per_image": dice_sum / count,
-                "iou_per_image": iou_sum / count}
+        return {
+            "loss": loss_sum / count,
+            "dice": 2 * inter / areas if areas else 1.0,
+            "iou": inter / union if union else 1.0,
+            "dice_per_image": dice_sum / count,
+            "iou_per_image": iou_sum / count,
+        }

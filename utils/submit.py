@@ -24,6 +24,7 @@ continues. A run stopped before its first checkpoint starts afresh.
 
 Exit status: 0 submitted (``--wait``: the job succeeded); 1 the job failed (``--wait``); 2 bad input.
 """
+
 import argparse
 import glob
 import os
@@ -49,7 +50,7 @@ PROG = "python -m utils.submit"
 def split_argv(argv):
     """``(launcher flags, entry script or None, trainer flags)``: ``argv`` split at its first ``*.py``."""
     i = next((i for i, arg in enumerate(argv) if arg.endswith(".py")), None)
-    return (list(argv), None, []) if i is None else (list(argv[:i]), argv[i], list(argv[i + 1:]))
+    return (list(argv), None, []) if i is None else (list(argv[:i]), argv[i], list(argv[i + 1 :]))
 
 
 def with_resume(trainer_args, run_dir):
@@ -77,9 +78,13 @@ def resolve_run(script, trainer_args):
     from base.config import parse_config
     from base.resume import locate
     from base.trainer_base import TrainerBase
+
     try:
-        found = [v for v in runpy.run_path(script, run_name="submit_probe").values()
-                 if isinstance(v, type) and issubclass(v, TrainerBase) and v is not TrainerBase]
+        found = [
+            v
+            for v in runpy.run_path(script, run_name="submit_probe").values()
+            if isinstance(v, type) and issubclass(v, TrainerBase) and v is not TrainerBase
+        ]
     except Exception as exc:  # noqa: BLE001 - any import failure is the script's: name it in one line
         raise ConfigError(f"{script}: cannot import it: {type(exc).__name__}: {exc}") from None
     leaves = [c for c in found if not any(o is not c and issubclass(o, c) for o in found)]
@@ -100,9 +105,14 @@ def child_environ():
     if submitit.JobEnvironment().num_tasks > 1:
         # Not .export(): it would pin CUDA_VISIBLE_DEVICES to one GPU, and the trainer picks cuda:LOCAL_RANK.
         d = submitit.helpers.TorchDistributedEnvironment()
-        environ.update(RANK=str(d.rank), WORLD_SIZE=str(d.world_size), LOCAL_RANK=str(d.local_rank),
-                       LOCAL_WORLD_SIZE=str(d.local_world_size), MASTER_ADDR=d.master_addr,
-                       MASTER_PORT=str(d.master_port))
+        environ.update(
+            RANK=str(d.rank),
+            WORLD_SIZE=str(d.world_size),
+            LOCAL_RANK=str(d.local_rank),
+            LOCAL_WORLD_SIZE=str(d.local_world_size),
+            MASTER_ADDR=d.master_addr,
+            MASTER_PORT=str(d.master_port),
+        )
     return environ
 
 
@@ -125,8 +135,11 @@ class TrainerTask(submitit.helpers.Checkpointable):
         self._child, self._before, self._linked = None, None, False
 
     def _runs(self):
-        return {d for d in glob.glob(os.path.join(self.project_dir, "*"))
-                if os.path.isdir(d) and os.path.basename(d) != "submitit"}
+        return {
+            d
+            for d in glob.glob(os.path.join(self.project_dir, "*"))
+            if os.path.isdir(d) and os.path.basename(d) != "submitit"
+        }
 
     def find_run(self):
         """The trainer's run folder: the one continued, else the folder it made (its lock names it), or None."""
@@ -167,8 +180,12 @@ class TrainerTask(submitit.helpers.Checkpointable):
         usr_sig = getattr(signal, "SIG" + submitit.JobEnvironment.USR_SIG)
         self._before = self._runs()
         # SLURM signals every process of the job: the trainer leaves submitit's signal to this task.
-        self._child = subprocess.Popen(cmd, cwd=os.path.dirname(self.script), env=child_environ(),
-                                       preexec_fn=lambda: signal.signal(usr_sig, signal.SIG_IGN))
+        self._child = subprocess.Popen(
+            cmd,
+            cwd=os.path.dirname(self.script),
+            env=child_environ(),
+            preexec_fn=lambda: signal.signal(usr_sig, signal.SIG_IGN),
+        )
         try:
             while self._child.poll() is None:
                 if env.global_rank == 0:
@@ -178,16 +195,20 @@ class TrainerTask(submitit.helpers.Checkpointable):
                 self._link_logs()
             status = self._child.returncode
             if status in STOPPED:  # SIGTERM'd by the scheduler, or with task 0 under DDP: its requeue follows
-                print(f"submit: the trainer stopped (status {status}); waiting {SIGNAL_DELAY_S} s for the requeue",
-                      flush=True)
+                print(
+                    f"submit: the trainer stopped (status {status}); waiting {SIGNAL_DELAY_S} s for the requeue",
+                    flush=True,
+                )
                 time.sleep(SIGNAL_DELAY_S)  # the checkpoint handler ends this task from here
         except BaseException:  # Ctrl-C, scancel, or the requeue's SystemExit: leave no trainer behind
             self._stop_child()
             raise
         if status != 0:
             run = self.find_run()
-            raise RuntimeError(f"{os.path.basename(self.script)} exited with status {status}; its error line is "
-                               f"in this task's log" + (f"; run folder {run}" if run else ""))
+            raise RuntimeError(
+                f"{os.path.basename(self.script)} exited with status {status}; its error line is "
+                f"in this task's log" + (f"; run folder {run}" if run else "")
+            )
         return status
 
     def _stop_child(self):
@@ -212,28 +233,44 @@ class TrainerTask(submitit.helpers.Checkpointable):
         self._stop_child()
         run = self.find_run()
         resume = run if run and newest_checkpoint(run) else None
-        print(f"submit: requeueing with --resume {resume}" if resume else
-              "submit: requeueing a fresh run (no checkpoint yet)", flush=True)
+        print(
+            f"submit: requeueing with --resume {resume}"
+            if resume
+            else "submit: requeueing a fresh run (no checkpoint yet)",
+            flush=True,
+        )
         task = TrainerTask(self.script, with_resume(self.trainer_args, resume), self.project_dir, resume)
         return submitit.helpers.DelayedSubmission(task)
 
 
 def build_parser():
     """The launcher's flags (those before the entry script)."""
-    p = Parser(prog=PROG, usage=f"{PROG} [launcher flags] ENTRY.py [trainer flags]", allow_abbrev=False,
-               description="Submit a trainer entry script as a SLURM job (submitit) that requeues and resumes.",
-               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = Parser(
+        prog=PROG,
+        usage=f"{PROG} [launcher flags] ENTRY.py [trainer flags]",
+        allow_abbrev=False,
+        description="Submit a trainer entry script as a SLURM job (submitit) that requeues and resumes.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("--nodes", type=int, default=1, help="nodes")
     p.add_argument("--gpus_per_node", type=int, default=1, help="GPUs per node, one task each (0: one CPU task)")
     p.add_argument("--cpus_per_task", type=int, default=8, help="CPU cores per task")
     p.add_argument("--mem_gb", type=float, default=0, help="memory per node in GB (0: the cluster's default)")
-    for flag, what in (("partition", ""), ("account", ""), ("qos", " (quality of service)"),
-                       ("constraint", " (node features, e.g. a GPU type)")):
+    for flag, what in (
+        ("partition", ""),
+        ("account", ""),
+        ("qos", " (quality of service)"),
+        ("constraint", " (node features, e.g. a GPU type)"),
+    ):
         p.add_argument(f"--{flag}", default=None, help=f"SLURM {flag}{what}")
     p.add_argument("--time", type=int, default=60, help="time limit of one attempt, in minutes")
     p.add_argument("--max_requeues", type=int, default=10, help="requeues after time-outs (preemptions are free)")
-    p.add_argument("--cluster", choices=["slurm", "local", "debug"], default=None,
-                   help="unset: slurm when sbatch exists; local: a job on this machine; debug: in this process")
+    p.add_argument(
+        "--cluster",
+        choices=["slurm", "local", "debug"],
+        default=None,
+        help="unset: slurm when sbatch exists; local: a job on this machine; debug: in this process",
+    )
     p.add_argument("--job_name", default=None, help="job name (unset: the trainer's --proj_name)")
     p.add_argument("--wait", action="store_true", help="wait for the job and exit with its status")
     return p
@@ -249,11 +286,21 @@ def parse(argv):
     if not os.path.isfile(script):
         parser.error(f"{script}: no such entry script")
     try:
-        for flag, low in (("nodes", 1), ("gpus_per_node", 0), ("cpus_per_task", 1), ("mem_gb", 0), ("time", 1),
-                          ("max_requeues", 0)):
+        for flag, low in (
+            ("nodes", 1),
+            ("gpus_per_node", 0),
+            ("cpus_per_task", 1),
+            ("mem_gb", 0),
+            ("time", 1),
+            ("max_requeues", 0),
+        ):
             check(getattr(opts, flag) >= low, flag, getattr(opts, flag), f"must be at least {low}")
-        check(opts.nodes == 1 or opts.cluster not in ("local", "debug"), "nodes", opts.nodes,
-              f"--cluster {opts.cluster} runs on this one machine: use --nodes 1")
+        check(
+            opts.nodes == 1 or opts.cluster not in ("local", "debug"),
+            "nodes",
+            opts.nodes,
+            f"--cluster {opts.cluster} runs on this one machine: use --nodes 1",
+        )
     except ConfigError as exc:
         parser.error(str(exc))
     if opts.cluster is None and shutil.which("sbatch") is None:
@@ -270,11 +317,19 @@ def submit(opts, script, trainer_args):
     extra = {f"{cluster}_max_num_timeout": opts.max_requeues} if cluster != "debug" else {}
     executor = submitit.AutoExecutor(os.path.join(project_dir, "submitit", "%j"), cluster=cluster, **extra)
     executor.update_parameters(
-        name=opts.job_name or proj_name, timeout_min=opts.time, nodes=opts.nodes,
-        tasks_per_node=max(opts.gpus_per_node, 1), gpus_per_node=opts.gpus_per_node or None,
-        cpus_per_task=opts.cpus_per_task, mem_gb=opts.mem_gb or None, slurm_partition=opts.partition,
-        slurm_account=opts.account, slurm_qos=opts.qos, slurm_constraint=opts.constraint,
-        slurm_signal_delay_s=SIGNAL_DELAY_S)
+        name=opts.job_name or proj_name,
+        timeout_min=opts.time,
+        nodes=opts.nodes,
+        tasks_per_node=max(opts.gpus_per_node, 1),
+        gpus_per_node=opts.gpus_per_node or None,
+        cpus_per_task=opts.cpus_per_task,
+        mem_gb=opts.mem_gb or None,
+        slurm_partition=opts.partition,
+        slurm_account=opts.account,
+        slurm_qos=opts.qos,
+        slurm_constraint=opts.constraint,
+        slurm_signal_delay_s=SIGNAL_DELAY_S,
+    )
     return executor.submit(TrainerTask(script, trainer_args, project_dir, run_dir))
 
 
@@ -285,15 +340,17 @@ def main(argv=None):
         job = submit(opts, script, trainer_args)
     except (ConfigError, UserError, RuntimeError, ValueError) as exc:
         build_parser().error(str(exc).strip().splitlines()[0])
-    print(f"submitted job {job.job_id} ({opts.cluster}, {opts.nodes * max(opts.gpus_per_node, 1)} task(s)); "
-          f"logs: {job.paths.folder}", flush=True)
+    print(
+        f"submitted job {job.job_id} ({opts.cluster}, {opts.nodes * max(opts.gpus_per_node, 1)} task(s)); "
+        f"logs: {job.paths.folder}",
+        flush=True,
+    )
     if not (opts.wait or opts.cluster == "debug"):
         return 0
     try:
         job.results()
     except Exception as exc:  # submitit re-raises the task's error with its traceback: keep its last line
-        print(f"{PROG}: job {job.job_id} failed: {(str(exc).strip().splitlines() or [repr(exc)])[-1]}",
-              file=sys.stderr)
+        print(f"{PROG}: job {job.job_id} failed: {(str(exc).strip().splitlines() or [repr(exc)])[-1]}", file=sys.stderr)
         return 1
     print(f"job {job.job_id} finished", flush=True)
     return 0
