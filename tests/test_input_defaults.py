@@ -1,5 +1,6 @@
 """The input pipeline's defaults that keep a GPU fed: --num_workers auto, cuDNN autotuning, the warning for a
 CUDA run that decodes files in the main process, and batched fetch of in-memory images."""
+
 import logging
 import os
 from unittest import mock
@@ -32,8 +33,20 @@ def test_cudnn_autotuning_is_on_unless_deterministic_and_put_back_after_fit(tmp_
 
     before = torch.backends.cudnn.benchmark
     for deterministic in ("false", "true"):
-        Probe.from_argv(["--output_dir", str(tmp_path), "--max_steps", "1", "--gpu_devices", "cpu",
-                         "--train_val_sample_rate", "0.1", "--deterministic", deterministic]).fit()
+        Probe.from_argv(
+            [
+                "--output_dir",
+                str(tmp_path),
+                "--max_steps",
+                "1",
+                "--gpu_devices",
+                "cpu",
+                "--train_val_sample_rate",
+                "0.1",
+                "--deterministic",
+                deterministic,
+            ]
+        ).fit()
         assert torch.backends.cudnn.benchmark == before
     assert seen == {False: True, True: False}
 
@@ -43,9 +56,22 @@ def test_a_cuda_run_that_decodes_files_in_the_main_process_is_warned(tmp_path, c
         (tmp_path / name).mkdir()
         for j in range(3):
             Image.fromarray(np.zeros((9, 11, 3), np.uint8)).save(tmp_path / name / f"{j}.png")
-    trainer = VanillaTrainer.from_argv(["--output_dir", str(tmp_path / "runs"), "--data_type", "ImageFolder",
-                                        "--data_dir", str(tmp_path), "--image_size", "8", "--gpu_devices", "cpu",
-                                        "--num_workers", "0"])
+    trainer = VanillaTrainer.from_argv(
+        [
+            "--output_dir",
+            str(tmp_path / "runs"),
+            "--data_type",
+            "ImageFolder",
+            "--data_dir",
+            str(tmp_path),
+            "--image_size",
+            "8",
+            "--gpu_devices",
+            "cpu",
+            "--num_workers",
+            "0",
+        ]
+    )
     trainer.datasets = trainer.build_datasets()
     trainer.logger = logging.getLogger("input-defaults-test")
     with caplog.at_level(logging.WARNING, logger="input-defaults-test"):

@@ -6,6 +6,7 @@ the MLP), once the uint8 input pipeline was in and before the trainer was restru
 inside ``base/``, such a folder must keep its meaning: its best checkpoint scores the test figures it
 recorded, and ``--resume`` continues it to a longer run from its own state.
 """
+
 import csv
 import glob
 import json
@@ -36,8 +37,9 @@ def rows(folder):
 def test_the_old_best_checkpoint_scores_the_test_figures_it_recorded(run):
     with open(os.path.join(run, "test_metrics.json")) as f:
         recorded = json.load(f)
-    results = VanillaEvaluator.from_argv(["--model_path", os.path.join(run, "Vanilla_best_ckpt.pth"),
-                                          "--gpu_devices", "cpu"]).run()
+    results = VanillaEvaluator.from_argv(
+        ["--model_path", os.path.join(run, "Vanilla_best_ckpt.pth"), "--gpu_devices", "cpu"]
+    ).run()
     assert results["num_samples"] == 108
     for metric in ("loss", "top1", "top5"):
         assert results[metric] == pytest.approx(recorded[metric], rel=1e-6, abs=1e-9), metric
@@ -71,9 +73,26 @@ def test_a_run_saved_before_the_input_flags_resumes_and_evaluates_as_it_was_trai
         (data / name).mkdir(parents=True)
         for j in range(6):
             Image.fromarray(rng.integers(0, 256, (12 + j, 15, 3), dtype=np.uint8), "RGB").save(data / name / f"{j}.png")
-    trainer = VanillaTrainer.from_argv(["--output_dir", str(tmp_path / "runs"), "--data_type", "ImageFolder",
-                                        "--data_dir", str(data), "--image_size", "8", "--max_steps", "2",
-                                        "--batch_size", "4", "--gpu_devices", "cpu", "--loggers", "csv"])
+    trainer = VanillaTrainer.from_argv(
+        [
+            "--output_dir",
+            str(tmp_path / "runs"),
+            "--data_type",
+            "ImageFolder",
+            "--data_dir",
+            str(data),
+            "--image_size",
+            "8",
+            "--max_steps",
+            "2",
+            "--batch_size",
+            "4",
+            "--gpu_devices",
+            "cpu",
+            "--loggers",
+            "csv",
+        ]
+    )
     trainer.fit()
     assert trainer.args.mean == [0.485, 0.456, 0.406] and trainer.args.train_crop == "rrc"  # today's defaults
     for tag in ("best", "last"):  # as an older version wrote them: no such flags in the saved config
