@@ -26,7 +26,7 @@ from model.zoo import (
     vit_layer_id,
     vit_num_layers,
 )
-from trainers.vanilla_trainer import (
+from trainers.classification import (
     check_data_on_device,
     classifier_model_card,
     device_augment,
