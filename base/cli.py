@@ -82,7 +82,7 @@ def _launch_processes(prog, argv):
         return None
     try:
         command = launch_command(spec, sys.argv[0], sys.argv[1:] if argv is None else list(argv))
-        from utils.device import select_device
+        from base.device import select_device
 
         select_device(spec)  # every listed GPU exists: else one line here, not a failure in each process
     except ConfigError as exc:

@@ -48,7 +48,10 @@ def plot_lr_schedule(trainer, path):
         ConfigError: a schedule that is not a ``LambdaLR`` over more than
             :data:`MAX_STEPPED` steps (it would have to be stepped through).
     """
-    from utils.plots import plt  # matplotlib with the Agg backend (slow import: only here)
+    import matplotlib  # (slow import: only here)
+
+    matplotlib.use("Agg")  # no display on servers; before pyplot's import
+    import matplotlib.pyplot as plt
 
     a = trainer.args
     trainer.build()

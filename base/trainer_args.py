@@ -4,8 +4,8 @@ import argparse
 import os
 
 from base.config import check, str2bool
+from base.device import select_device
 from base.loggers import parse_logger_names
-from utils.device import select_device
 
 
 def add_trainer_arguments(parser):

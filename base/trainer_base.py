@@ -18,11 +18,13 @@ from tqdm import tqdm
 from base import distributed, optim, resume, row_files, run_dir
 from base.bad_data import BadSampleFilter, BadSampleLog, collate_good_samples
 from base.config import check, parse_config
+from base.device import select_device
 from base.device_data import DeviceBatches
 from base.file_names import file_name_part
 from base.input_stage import InputStage
 from base.loggers import LoggerSet
 from base.lr_plot import plot_lr_schedule
+from base.params import count_parameters, format_count
 from base.signals import Preempted, PreemptionFlag, ignore_signals_in_worker, signals_held
 from base.state import (
     EarlyStopper,
@@ -39,8 +41,6 @@ from base.trainer_resume import ResumeMixin
 from base.trainer_step import StepMixin
 from base.trainer_tracking import TrackingMixin
 from base.trainer_validation import ValidationMixin
-from utils.device import select_device
-from utils.params import count_parameters, format_count
 
 
 class TrainerBase(

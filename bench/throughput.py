@@ -55,10 +55,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from base.config import ConfigError  # noqa: E402
+from base.device import select_device  # noqa: E402
 from base.hooks import HookBase  # noqa: E402
 from base.input_stage import InputStage  # noqa: E402
 from base.trainer_args import resolve_workers, workers_type  # noqa: E402
-from utils.device import select_device  # noqa: E402
 
 # row -> (task, model_type, --compile, default batch); --tiny swaps in TINY_MODELS
 ROWS = {

@@ -7,6 +7,7 @@ import torch
 
 from base.checkpoint import load_model_state, write_or_fail
 from base.config import build_parser, check, coerce_saved_values, predictor_parser
+from base.device import select_device
 from base.errors import CheckpointError
 from base.evaluator_base import load_saved_model
 from base.input_stage import InputStage
@@ -14,7 +15,6 @@ from data.images import image_file_to_input
 from data.input_recipe import card_input
 from trainers.vanilla_trainer import VanillaTrainer
 from trainers.vit_trainer import ViTTrainer
-from utils.device import select_device
 
 #: The trainers whose checkpoints this predictor reads, by the name a checkpoint stores.
 TRAINERS = {cls.__name__: cls for cls in (VanillaTrainer, ViTTrainer)}

@@ -8,8 +8,8 @@ import torch.multiprocessing as mp
 
 from base import distributed
 from base.config import ConfigError
+from base.device import select_device
 from base.state import ResumableSampler, trained_samples
-from utils.device import select_device
 from utils.metrics import ClassificationMeter
 from utils.seg_metrics import SegmentationMeter
 
