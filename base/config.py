@@ -18,6 +18,8 @@ top of that. The resolved namespace comes back with a provenance map
 import argparse
 import os
 
+from base.errors import ConfigError  # (also imported from here by tasks and tests)
+
 # Flags that describe one launch, not an experiment: never taken from a file.
 LAUNCH_ONLY = frozenset({"config", "resume", "model_path", "debug", "print_config"})
 
@@ -34,10 +36,6 @@ PATH_FLAGS = (
     "save_path",
     "output_json",
 )
-
-
-class ConfigError(ValueError):
-    """A configuration value is invalid; the message names the flag and value."""
 
 
 def str2bool(value):

@@ -16,7 +16,7 @@ import json
 import os
 import re
 
-from base.config import ConfigError
+from base.errors import ConfigError
 
 YAML_SUFFIXES = (".yaml", ".yml")
 _PLAIN_TYPES = (str, int, float, bool, type(None), list, dict)

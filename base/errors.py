@@ -5,6 +5,10 @@ and exit non-zero; every message names the flag, file or value at fault.
 """
 
 
+class ConfigError(ValueError):
+    """A configuration value is invalid (exit status 2); the message names the flag and value."""
+
+
 class UserError(RuntimeError):
     """Bad input found while running (exit status 1)."""
 
