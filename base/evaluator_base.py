@@ -139,7 +139,7 @@ class EvaluatorBase(abc.ABC):
             self.task.model,
             weights,
             f"--model_path {self.args.model_path} (model_type {saved.get('model_type')!r}, "
-            f"evaluating {self.task.args.model_type!r})",
+            f"evaluating {vars(self.task.args).get('model_type')!r})",
         )
         self.task.model.eval()
         bad = nonfinite_count(weights)

@@ -9,8 +9,8 @@ Layout of one run::
         summary/             TensorBoard events
         <model>_best_ckpt.pth, <model>_last_ckpt.pth, ...
 
-``<proj_name>`` and ``<model>`` (``--model_type``) in file names are made safe by
-:func:`base.file_names.file_name_part` (``timm/resnet18`` -> ``timm-resnet18``).
+``<proj_name>`` and ``<model>`` (``--model_type``, else the model's class name: ``checkpoint_prefix``) in
+file names are made safe by :func:`base.file_names.file_name_part` (``timm/resnet18`` -> ``timm-resnet18``).
 """
 
 import datetime

@@ -29,7 +29,8 @@ from base.signals import Preempted
 class CheckpointingMixin:
     """Checkpoint files of a run: ``<model>_<tag>_ckpt.pth`` in the run folder.
 
-    ``<model>`` is ``--model_type`` as a file name part (:func:`base.file_names.file_name_part`:
+    ``<model>`` is :meth:`checkpoint_prefix`: ``--model_type`` where the task has that flag, else the
+    model's class name, as a file name part (:func:`base.file_names.file_name_part`:
     ``timm/resnet18`` -> ``timm-resnet18``).
 
     Tags: ``best`` (best validation), ``last`` (latest validation or end of
@@ -39,9 +40,16 @@ class CheckpointingMixin:
     written by rank 0 alone, see :meth:`state_dict`).
     """
 
+    def checkpoint_prefix(self):
+        """``<model>`` of this run's file names: ``--model_type`` where the task declares that flag, else the class
+        name of the model it built (a task needs no such flag to save). Override to name the files otherwise; it
+        must not change when a run resumes."""
+        name = vars(self.args).get("model_type") or type(self.module).__name__
+        return file_name_part(name)
+
     def checkpoint_path(self, tag):
         """``<run_dir>/<model>_<tag>_ckpt.pth`` (see the class docstring for ``<model>``)."""
-        return os.path.join(self.run_dir, f"{file_name_part(self.args.model_type)}_{tag}_ckpt.pth")
+        return os.path.join(self.run_dir, f"{self.checkpoint_prefix()}_{tag}_ckpt.pth")
 
     def state_dict(self, gather=True):
         """The whole training state as of the last completed step; tensors and plain types only.
@@ -105,7 +113,7 @@ class CheckpointingMixin:
             RunDirError: metrics.csv or a logger's file cannot be cut back; names it.
         """
         saved_type = json.loads(state.get("config") or "{}").get("model_type")
-        what = f"{source} (model_type {saved_type!r}; this run builds {self.args.model_type!r})"
+        what = f"{source} (model_type {saved_type!r}; this run builds {vars(self.args).get('model_type')!r})"
         load_model_state(self.module, state["model"], what)
         try:
             self.optimizer.load_state_dict(state["optimizer"])
@@ -285,7 +293,7 @@ class CheckpointingMixin:
             reason = reason or f"{path} did not verify on rank 0"
             self.logger.warning("%s; every older step checkpoint is kept", reason)
             raise CheckpointError(f"{reason}; every older step checkpoint is kept")
-        pattern = re.compile(re.escape(file_name_part(self.args.model_type)) + r"_step(\d+)_ckpt\.pth$")
+        pattern = re.compile(re.escape(self.checkpoint_prefix()) + r"_step(\d+)_ckpt\.pth$")
         if self.rank != 0:
             return path
         steps = sorted(
@@ -317,7 +325,7 @@ class CheckpointingMixin:
                 value = value.clone(memory_format=torch.contiguous_format)
             storages.add(value.untyped_storage().data_ptr())
             tensors[key] = value
-        stem = os.path.join(self.run_dir, f"{file_name_part(self.args.model_type)}_best")
+        stem = os.path.join(self.run_dir, f"{self.checkpoint_prefix()}_best")
         write_or_fail(stem + ".safetensors", lambda f: f.write(safetensors_bytes(tensors)), "export")
         sidecar = {
             "config": vars(self.args),

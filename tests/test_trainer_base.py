@@ -263,3 +263,27 @@ def test_step_and_epoch_validation_at_the_same_step_run_once(toy_argv):
     trainer.fit()  # 5 steps per epoch: both cadences fall on steps 5 and 10
     rows = list(csv.DictReader(open(os.path.join(trainer.run_dir, "metrics.csv"))))
     assert [int(r["step"]) for r in rows] == [5, 10]
+
+
+def test_a_task_without_model_type_names_its_files_after_its_model_and_resumes(tmp_path):
+    """--model_type is no hidden requirement: without it, checkpoints take the model's class name."""
+    from base.trainer_base import TrainerBase
+    from conftest import ToyTrainer
+
+    # ToyTrainer's steps on the base's flags alone (no --model_type)
+    steps = ("build_datasets", "build_model", "build_loss", "train_step", "validate")
+    Untyped = type(
+        "Untyped",
+        (TrainerBase,),
+        {"DEFAULTS": {"epochs": 2, "batch_size": 8, "lr": 0.05}, **{name: ToyTrainer.__dict__[name] for name in steps}},
+    )
+    Untyped.train_step = lambda self, batch: {"loss": self.loss_fn(self.model(batch[0]).squeeze(1), batch[1])}
+    trainer = Untyped.from_argv(["--output_dir", str(tmp_path), "--gpu_devices", "cpu", "--save_every_steps", "2"])
+    trainer.fit()
+    assert not hasattr(trainer.args, "model_type")
+    names = sorted(os.listdir(trainer.run_dir))
+    assert {"Linear_best_ckpt.pth", "Linear_last_ckpt.pth", "Linear_best.safetensors"} <= set(names), names
+    assert any(n.startswith("Linear_step") for n in names), names
+    resumed = Untyped.from_argv(["--resume", trainer.run_dir, "--epochs", "3", "--gpu_devices", "cpu"])
+    resumed.fit()
+    assert resumed.epoch == 3 and os.path.exists(resumed.checkpoint_path("last"))
