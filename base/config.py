@@ -24,18 +24,10 @@ from base.errors import ConfigError  # (also imported from here by tasks and tes
 LAUNCH_ONLY = frozenset({"config", "resume", "model_path", "debug", "print_config"})
 
 
-# Flags that hold a path: a leading ``~`` is expanded to the home folder.
-PATH_FLAGS = (
-    "config",
-    "resume",
-    "model_path",
-    "output_dir",
-    "data_dir",
-    "pretrained_path",
-    "plot_lr",
-    "save_path",
-    "output_json",
-)
+def path_arg(text):
+    """The ``type`` of a flag that holds a path: a leading ``~`` expanded to the home folder (shells leave a
+    ``~`` inside ``--flag=~/x`` or quotes alone); a task declares its own path flags with it."""
+    return os.path.expanduser(text) if isinstance(text, str) else text
 
 
 def str2bool(value):
@@ -59,16 +51,6 @@ class Parser(argparse.ArgumentParser):
 
     (argparse's own prints the whole usage block first, which buries the one line that matters.)
     """
-
-    def parse_known_args(self, args=None, namespace=None):
-        """argparse's, then ``~`` expanded in the path flags of :data:`PATH_FLAGS` (shells leave a
-        ``~`` inside ``--flag=~/x`` or quotes alone)."""
-        namespace, extras = super().parse_known_args(args, namespace)
-        for name in PATH_FLAGS:
-            value = getattr(namespace, name, None)
-            if isinstance(value, str) and value.startswith("~"):
-                setattr(namespace, name, os.path.expanduser(value))
-        return namespace, extras
 
     def error(self, message):
         """Print ``<prog>: error: <message> (see <prog> --help)`` to stderr and exit with status 2."""
@@ -312,6 +294,7 @@ def predictor_parser(cls, what):
     )
     parser.add_argument(
         "--model_path",
+        type=path_arg,
         required=True,
         help="checkpoint (*_ckpt.pth) or weights export (*_best.safetensors beside its .json)",
     )

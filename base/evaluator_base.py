@@ -16,7 +16,7 @@ import sys
 import torch
 
 from base.checkpoint import load_checkpoint, load_model_state
-from base.config import build_parser, coerce_saved_values
+from base.config import build_parser, coerce_saved_values, path_arg
 from base.errors import CheckpointError, UserError
 
 #: ``--help``'s title for the trainer's flags, which an evaluator accepts to override the saved values.
@@ -51,6 +51,7 @@ class EvaluatorBase(abc.ABC):
         group = parser.add_argument_group("evaluation")
         group.add_argument(
             "--model_path",
+            type=path_arg,
             required=True,
             help="checkpoint (*_ckpt.pth) or weights export (*_best.safetensors beside its .json)",
         )

@@ -3,7 +3,7 @@
 import argparse
 import os
 
-from base.config import check, str2bool
+from base.config import check, path_arg, str2bool
 from base.device import select_device
 from base.loggers import parse_logger_names
 
@@ -12,16 +12,22 @@ def add_trainer_arguments(parser):
     """Add the loop's flags to ``parser`` (grouped for ``--help``)."""
     run = parser.add_argument_group("run")
     run.add_argument(
-        "--config", default=None, help="start from a config file (a saved config_*.json, or YAML); flags override it"
+        "--config",
+        type=path_arg,
+        default=None,
+        help="start from a config file (a saved config_*.json, or YAML); flags override it",
     )
     run.add_argument(
         "--proj_name",
         default="Experiment",
         help="runs go to <output_dir>/<proj_name>/<timestamp>; one folder name (no path separator, not '.' or '..')",
     )
-    run.add_argument("--output_dir", default="Results", help="parent folder of all runs")
+    run.add_argument("--output_dir", type=path_arg, default="Results", help="parent folder of all runs")
     run.add_argument(
-        "--resume", default="", help="'auto' (newest run of --proj_name), a run folder or a checkpoint: continue it"
+        "--resume",
+        type=path_arg,
+        default="",
+        help="'auto' (newest run of --proj_name), a run folder or a checkpoint: continue it",
     )
     run.add_argument(
         "--debug", type=str2bool, nargs="?", const=True, default=False, help="show tracebacks for input errors"
@@ -127,6 +133,7 @@ def add_trainer_arguments(parser):
     )
     speed.add_argument(
         "--plot_lr",
+        type=path_arg,
         default="",
         metavar="PNG",
         help="write the learning-rate schedule this run would follow to PNG (and a .csv) and exit",

@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, default_collate
 
-from base.config import check, str2bool
+from base.config import check, path_arg, str2bool
 from base.errors import DataError
 from data import transforms
 from data.images import read_image
@@ -53,7 +53,10 @@ def add_carvana_arguments(parser):
     """Add the ``data`` flag group of the Carvana task to ``parser``."""
     data = parser.add_argument_group("data")
     data.add_argument(
-        "--data_dir", default="Dataset/Carvana", help="folder holding train/ and train_masks/ (the Kaggle layout)"
+        "--data_dir",
+        type=path_arg,
+        default="Dataset/Carvana",
+        help="folder holding train/ and train_masks/ (the Kaggle layout)",
     )
     data.add_argument(
         "--img_scale",

@@ -31,7 +31,7 @@ import os
 import torch
 from torch.utils.data import Dataset, Subset
 
-from base.config import check, str2bool
+from base.config import check, path_arg, str2bool
 from base.errors import DataError
 from data import transforms
 from data.augment import Augmented
@@ -81,7 +81,7 @@ def add_data_arguments(parser):
     """Add the ``data`` flag group to ``parser``."""
     data = parser.add_argument_group("data")
     data.add_argument("--data_type", choices=DATA_TYPES, default="Digits", help="which dataset")
-    data.add_argument("--data_dir", default=None, help="folder of the data (not needed for Digits)")
+    data.add_argument("--data_dir", type=path_arg, default=None, help="folder of the data (not needed for Digits)")
     data.add_argument(
         "--download",
         type=str2bool,

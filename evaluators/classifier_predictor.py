@@ -6,7 +6,7 @@ import json
 import torch
 
 from base.checkpoint import load_model_state, write_or_fail
-from base.config import build_parser, check, coerce_saved_values, predictor_parser
+from base.config import build_parser, check, coerce_saved_values, path_arg, predictor_parser
 from base.device import select_device
 from base.errors import CheckpointError
 from base.evaluator_base import load_saved_model
@@ -38,7 +38,9 @@ class ClassifierPredictor:
     def from_argv(cls, argv=None):
         parser = predictor_parser(cls, "classify")
         parser.add_argument("--topk", type=int, default=5, help="classes to show per image (at most all of them)")
-        parser.add_argument("--output_json", default=None, help="also write the predictions to this JSON file")
+        parser.add_argument(
+            "--output_json", type=path_arg, default=None, help="also write the predictions to this JSON file"
+        )
         args = parser.parse_args(argv)
         check(args.topk > 0, "topk", args.topk, "must be > 0")
         return cls(args)

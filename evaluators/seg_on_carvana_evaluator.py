@@ -6,6 +6,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from base.config import path_arg
 from base.evaluator_base import EvaluatorBase, add_viz_argument
 from data.images import read_image
 from trainers.seg_on_carvana_trainer import SegOnCarvanaTrainer
@@ -26,6 +27,7 @@ class SegOnCarvanaEvaluator(EvaluatorBase):
         group.add_argument("--viz_every", type=int, default=5, help="picture every N-th sample of the split")
         group.add_argument(
             "--save_path",
+            type=path_arg,
             default=None,
             help="folder for the pictures (default: <checkpoint stem>_viz_<split>/ beside it)",
         )

@@ -5,7 +5,7 @@ from collections import OrderedDict
 from torch import nn
 
 from base import optim
-from base.config import check, str2bool
+from base.config import check, path_arg, str2bool
 from base.trainer_base import TrainerBase
 from data.classification import (
     add_data_arguments,
@@ -78,6 +78,7 @@ class ViTTrainer(TrainerBase):
         model.add_argument("--in_chans", type=int, default=0, help="input channels (0: the data's)")
         model.add_argument(
             "--pretrained_path",
+            type=path_arg,
             default=None,
             help="start from this state dict (ours, an MAE checkpoint of trainer_mae.py, or yours)",
         )

@@ -33,7 +33,7 @@ import torch
 
 from base.checkpoint import load_model_state, write_or_fail
 from base.cli import one_line
-from base.config import ConfigError, Parser, check, str2bool
+from base.config import ConfigError, Parser, check, path_arg, str2bool
 from base.errors import UserError
 from base.evaluator_base import EvaluatorBase, load_saved_model
 
@@ -62,6 +62,7 @@ def parse_args(argv=None):
     )
     parser.add_argument(
         "--model_path",
+        type=path_arg,
         required=True,
         help="checkpoint (*_ckpt.pth) or weights export (*_best.safetensors beside its .json)",
     )
