@@ -22,15 +22,6 @@ from base.errors import CheckpointError, UserError
 #: ``--help``'s title for the trainer's flags, which an evaluator accepts to override the saved values.
 TRAINER_FLAGS_TITLE = "trainer flags (override the checkpoint's)"
 
-# The evaluator script of each trainer, for the hint in a refusal only (asking the
-# evaluator classes would mean importing every task).
-EVAL_SCRIPTS = {
-    "VanillaTrainer": "eval_vanilla.py",
-    "ViTTrainer": "eval_vit.py",
-    "SegOnCarvanaTrainer": "eval_seg_on_carvana.py",
-    "MAETrainer": "eval_mae.py",
-}
-
 
 class EvaluatorBase(abc.ABC):
     """Evaluate a checkpoint of :attr:`trainer_class`.
@@ -91,8 +82,8 @@ class EvaluatorBase(abc.ABC):
         # may not exist here and must not fail validation.
         merged["output_dir"] = os.path.dirname(os.path.abspath(self.args.model_path))
         merged["loggers"] = ""  # evaluation reports to no tracker (whose package may not be installed here)
-        if "pretrained_path" in merged:  # the checkpoint's weights replace them: the file need not exist here
-            merged["pretrained_path"] = None
+        for flag in self.trainer_class.INIT_ONLY_FLAGS:  # the checkpoint's weights replace what they chose
+            merged[flag] = None  # (their files need not exist where it is evaluated)
         merged["data_on_device"] = False  # evaluation trains on nothing: no training split to upload
         merged.update({k: v for k, v in vars(self.args).items() if k in known})
         task_args = argparse.Namespace(**merged)
@@ -125,7 +116,8 @@ class EvaluatorBase(abc.ABC):
         if name is None or name == expected or name in self.compatible_trainers:
             return
         prog = getattr(self, "PROG", None) or type(self).__name__
-        hint = f" (use {EVAL_SCRIPTS[name]})" if isinstance(name, str) and name in EVAL_SCRIPTS else ""
+        script = extras.get("eval_script")  # the trainer's EVAL_SCRIPT, saved with it (not in older files)
+        hint = f" (use {script})" if isinstance(script, str) and script and script != prog else ""
         raise CheckpointError(
             f"--model_path {self.args.model_path}: a {name} checkpoint; {prog} evaluates {expected} checkpoints{hint}"
         )
@@ -225,7 +217,7 @@ def load_saved_model(path, flag="--model_path", use_ema=None):
     """
     if not path.endswith(".safetensors"):
         ckpt = load_checkpoint(path, flag=flag)
-        extras = {k: ckpt[k] for k in ("trainer", "model_card", "metrics", "global_step") if k in ckpt}
+        extras = {k: ckpt[k] for k in ("trainer", "eval_script", "model_card", "metrics", "global_step") if k in ckpt}
         try:
             config = json.loads(ckpt.get("config") or "{}")
         except (TypeError, json.JSONDecodeError):

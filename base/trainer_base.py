@@ -69,6 +69,12 @@ class TrainerBase(
     #: What a run saved before a flag existed ran with, for the flags its config lacks (see
     #: :func:`base.config.with_older_run_values`): inputs were ``(x - 0.5) / 0.5`` before ``--mean``/``--std``.
     OLDER_RUN_VALUES = {"mean": [0.5], "std": [0.5]}
+    #: The script that evaluates this task's checkpoints (e.g. ``"eval_vit.py"``), saved in each checkpoint and
+    #: named when another task's evaluator refuses it; ``None``: no hint.
+    EVAL_SCRIPT = None
+    #: Flags that only choose the initial weights (e.g. ``--pretrained_path``): an evaluator, which loads the
+    #: checkpoint's weights, clears them.
+    INIT_ONLY_FLAGS = ()
 
     @classmethod
     def add_arguments(cls, parser):

@@ -101,6 +101,7 @@ class CheckpointingMixin:
             "loggers": self.loggers.state_dict(),
             "config": json.dumps(vars(self.args), default=str),
             "trainer": type(self).__name__,
+            "eval_script": self.EVAL_SCRIPT,  # named in an evaluator's refusal of this checkpoint
             "model_card": self.model_card(),
         }
 
@@ -331,6 +332,7 @@ class CheckpointingMixin:
             "config": vars(self.args),
             "metrics": self.last_metrics,
             "global_step": self.global_step,
+            "eval_script": self.EVAL_SCRIPT,
             "model_card": self.model_card(),
         }
         write_or_fail(stem + ".json", lambda f: f.write(json.dumps(sidecar, indent=2, default=str).encode()), "export")

@@ -174,9 +174,14 @@ def foreign_checkpoints(trained, folder):
     vit = derive_checkpoint(
         trained.best,
         folder / "Vanilla_best_ckpt.pth",
-        lambda s: s.update(trainer="ViTTrainer", model_card={**s["model_card"], "trainer": "ViTTrainer"}),
+        lambda s: s.update(
+            trainer="ViTTrainer", eval_script="eval_vit.py", model_card={**s["model_card"], "trainer": "ViTTrainer"}
+        ),
     )
-    edit_json(folder / "Vanilla_best.json", lambda d: d["model_card"].update(trainer="ViTTrainer"))
+    edit_json(
+        folder / "Vanilla_best.json",
+        lambda d: d.update(eval_script="eval_vit.py", model_card={**d["model_card"], "trainer": "ViTTrainer"}),
+    )
     refused = "eval_vanilla.py evaluates VanillaTrainer checkpoints (use eval_vit.py)"
     return {
         "vit_pth_to_eval_vanilla": eval_case("eval_vanilla.py", vit, 1, "a ViTTrainer checkpoint", refused),

@@ -24,6 +24,7 @@ class MAETrainer(ViTTrainer):
     """
 
     PROG = "trainer_mae.py"
+    EVAL_SCRIPT = "eval_mae.py"
     DEFAULTS = {
         "proj_name": "MAE",
         "epochs": 100,

@@ -27,6 +27,7 @@ class SegOnCarvanaTrainer(TrainerBase):
     """
 
     PROG = "trainer_seg_on_carvana.py"
+    EVAL_SCRIPT = "eval_seg_on_carvana.py"
     DEFAULTS = {
         "proj_name": "SegOnCarvana",
         "epochs": 20,

@@ -29,6 +29,7 @@ class VanillaTrainer(TrainerBase):
     """Train a classifier; the best checkpoint is the one with the highest validation top-1."""
 
     PROG = "trainer_vanilla.py"
+    EVAL_SCRIPT = "eval_vanilla.py"
     DEFAULTS = {"proj_name": "Vanilla", "epochs": 30, "lr": 2e-3, "weight_decay": 1e-4}
     monitor, monitor_mode = "top1", "max"
     OLDER_RUN_VALUES = {**TrainerBase.OLDER_RUN_VALUES, "train_crop": "squash"}  # images were squashed then

@@ -49,6 +49,8 @@ class ViTTrainer(TrainerBase):
     """
 
     PROG = "trainer_vit.py"
+    EVAL_SCRIPT = "eval_vit.py"
+    INIT_ONLY_FLAGS = ("pretrained_path",)
     DEFAULTS = {
         "proj_name": "ViT",
         "data_type": "ELPV",
