@@ -9,7 +9,6 @@ import abc
 import functools
 import math
 import os
-import time
 
 import torch
 from torch.utils.data import DataLoader, default_collate
@@ -34,6 +33,7 @@ from base.state import (
     restore_global_switches,
     seed_everything,
 )
+from base.train_stats import TrainingStats
 from base.trainer_args import add_trainer_arguments, resolve_workers, validate_trainer_config
 from base.trainer_checkpoint import CheckpointingMixin
 from base.trainer_distributed import DistributedMixin
@@ -142,7 +142,8 @@ class TrainerBase(
         self.skipped_steps = 0  # batches dropped or rolled back for a non-finite loss
         self.hooks, self.last_metrics, self.run_dir, self.logger, self.lock = [], {}, None, None, None
         self.early_stopper = EarlyStopper(self.monitor_mode, args.early_stop_patience)
-        self._loss_sum, self._loss_count, self._validated_at = 0.0, 0, -1
+        self._validated_at = -1
+        self.stats = TrainingStats()  # loss sums, extra terms, grad norm, the logging window's clock
         self._restart_epoch, self.bad_samples = False, None
         self.lr_scale = 1.0  # product of the --nonfinite rollback factors applied so far
         self.resume_changes = {}  # flag -> (run's value, new value), on --resume
@@ -151,7 +152,6 @@ class TrainerBase(
         self._redo_validation = False  # resumed from inside a validation: do it again first
         self._mid_update = False  # between the first parameter write and the step counter
         self.ema = None  # ModelEMA with --ema_decay, made in setup
-        self._extra_sums, self._extra_count = {}, 0  # train_step's other outputs since the last log (on device)
         self._nonfinite_on_device, self._first_nonfinite = False, None  # see StepMixin._mark_nonfinite
         self.loggers = LoggerSet()  # rank 0's, from setup on (see base.loggers); empty elsewhere
         self.status = None  # rank 0's RunStatus (status.json), from setup on
@@ -161,12 +161,6 @@ class TrainerBase(
         self.metrics_csv = None  # rank 0's MetricsCSV, from setup on
         # What the checkpoint loaded last covers of each logger (its state), for loggers started after it.
         self._resumed_logger_states = {}
-        # train/grad_norm (a device tensor) and train/images_per_sec: the training clock and the
-        # window's sample count when it started (validation and checkpoint time is left out).
-        self._grad_norm, self._log_clock, self._clock_count = None, None, 0
-        # Seconds the loop waited for batches since the clock started (train/data_time), the wait for the
-        # window just read, and whether the log already said that data loading holds training back.
-        self._data_time, self._window_wait, self._data_warned, self._clock_step = 0.0, 0.0, False, 0
 
     # ----------------------------------------------------------------- to override
     @abc.abstractmethod
@@ -552,11 +546,7 @@ class TrainerBase(
         a, consumed = self.args, 0
         for window in self._windows(bar):
             consumed += len(window)
-            if self._log_clock is None:  # after a validation or at the start: time training alone
-                self._log_clock, self._clock_count, self._data_time = time.perf_counter(), self._extra_count, 0.0
-                self._clock_step = self.global_step
-            else:  # (the first window's wait was before the clock started)
-                self._data_time += self._window_wait
+            self.stats.start_window(self.global_step)
             self._call("before_step")
             stepped = self._step(window)
             if self._restart_epoch:  # rolled back: the checkpoint set the data position

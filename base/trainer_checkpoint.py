@@ -63,9 +63,9 @@ class CheckpointingMixin:
         ``None``, so a resume knows they are lost (see :meth:`load_state_dict`);
         ``world_size`` stays the run's.
         """
-        own = (float(self._loss_sum), self._loss_count)
-        # The logging window's sums of train_step's extra terms (so a resume inside a window logs its mean right).
-        window = ({k: float(v) for k, v in self._extra_sums.items()}, self._extra_count)
+        # The loss sums since the last validation, and the logging window's sums of train_step's extra terms
+        # (so a resume inside a window logs its mean right).
+        own, window = self.stats.sums()
         if self.world_size == 1:
             loss_sums, extra_sums = [own], [window]
         elif gather:
@@ -167,7 +167,7 @@ class CheckpointingMixin:
         """
         sums = state.get("loss_sums")
         windows = state.get("extra_sums") or [({}, 0)]  # (older checkpoints: a fresh window)
-        self._loss_sum, self._loss_count, self._extra_sums, self._extra_count = 0.0, 0, {}, 0
+        self.stats.load_sums()  # from zero, unless this process takes sums below
         if sums and None in sums:
             if self.rank == 0:
                 self.logger.warning(
@@ -179,16 +179,17 @@ class CheckpointingMixin:
                     state["global_step"],
                 )
             return
+        loss, window = (0.0, 0), ({}, 0)
         if sums and len(sums) == self.world_size:
-            self._loss_sum, self._loss_count = sums[self.rank]
+            loss = sums[self.rank]
         elif self.rank == 0:
-            self._loss_sum, self._loss_count = state["loss_sum"], state["loss_count"]
+            loss = state["loss_sum"], state["loss_count"]
         if len(windows) == self.world_size:
-            self._extra_sums, self._extra_count = dict(windows[self.rank][0]), windows[self.rank][1]
+            window = windows[self.rank]
         elif self.rank == 0:
-            keys = {k for window, _ in windows for k in window}
-            self._extra_sums = {k: sum(window.get(k, 0.0) for window, _ in windows) for k in keys}
-            self._extra_count = sum(n for _, n in windows)
+            keys = {k for extra, _ in windows for k in extra}
+            window = {k: sum(extra.get(k, 0.0) for extra, _ in windows) for k in keys}, sum(n for _, n in windows)
+        self.stats.load_sums(tuple(loss), window)
 
     def _load_hook_states(self, saved, source):
         """Give each hook the first saved state of its class; hooks added or removed since are logged."""

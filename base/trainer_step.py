@@ -72,13 +72,13 @@ class StepMixin:
         augmentation, Mixup, dropout); each sample's own augmentation was
         seeded from its index when it was read (:class:`base.state.SeededSamples`),
         so reading ahead (copy-ahead, workers) changes nothing. The seconds spent
-        waiting for the batches are added to :attr:`_data_time`.
+        waiting for the batches are ``stats.window_wait`` (see :class:`base.train_stats.TrainingStats`).
         """
         batches = iter(batches)
         while True:
             start = time.perf_counter()
             window = list(itertools.islice(batches, self.args.accum_steps))
-            self._window_wait = time.perf_counter() - start
+            self.stats.window_wait = time.perf_counter() - start
             if not window:
                 return
             seed_position(self.args.seed, self.rank, self.epoch, self.samples_in_epoch)
@@ -146,7 +146,7 @@ class StepMixin:
                 if a.grad_clip > 0:
                     torch.nn.utils.clip_grad_value_(params, a.grad_clip)
             if logged:
-                self._grad_norm = norm
+                self.stats.grad_norm = norm
         # Weights, EMA, optimizer, schedule, counters and data position change together: a
         # second Ctrl-C waits until they all have, so no checkpoint holds half a step.
         if bad is not None:
@@ -162,11 +162,7 @@ class StepMixin:
             if self.scheduler is not None:
                 self.scheduler.step()
             self.global_step += 1
-            self._loss_sum = self._loss_sum + loss_sum
-            self._loss_count += total
-            for key, value in extra_sums.items():
-                self._extra_sums[key] = self._extra_sums.get(key, 0.0) + value
-            self._extra_count += total
+            self.stats.add_step(loss_sum, extra_sums, total)
             self._advance_position(len(window))
             self._mid_update = False
         return True

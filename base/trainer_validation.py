@@ -45,7 +45,7 @@ class ValidationMixin:
 
         Under DDP, over the samples of all processes: a collective, called by every process.
         """
-        loss_sum, count = distributed.all_reduce_sum([float(self._loss_sum), self._loss_count])
+        loss_sum, count = distributed.all_reduce_sum([float(self.stats.loss_sum), self.stats.loss_count])
         return loss_sum / count if count else float("nan")
 
     def log_scalar(self, name, value, step=None):
@@ -79,31 +79,31 @@ class ValidationMixin:
             self._check_nonfinite()
         loss = self.train_loss()
         lr = self.optimizer.param_groups[0]["lr"]
-        keys = sorted(self._extra_sums)  # one sync per window; under DDP the same keys on every process
-        timed = self._extra_count - self._clock_count  # samples since the images/s clock started
-        sums = distributed.all_reduce_sum([*(float(self._extra_sums[k]) for k in keys), self._extra_count, timed])
+        stats = self.stats
+        # one sync per window; under DDP the same keys on every process; timed: samples since the clock started
+        keys, values, count, timed = stats.take_extras()
+        sums = distributed.all_reduce_sum([*(float(v) for v in values), count, timed])
         extras = {k: v / sums[-2] for k, v in zip(keys, sums)}
-        self._extra_sums, self._extra_count = {}, 0
         bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", **{k: f"{v:.4f}" for k, v in extras.items()})
         scalars = {"loss": loss, "lr": lr, **extras}
-        if self._grad_norm is not None:  # this step's, before clipping (see StepMixin._step)
-            scalars["grad_norm"] = self._grad_norm
+        if stats.grad_norm is not None:  # this step's, before clipping (see StepMixin._step)
+            scalars["grad_norm"] = stats.grad_norm
         now = time.perf_counter()
-        if self._log_clock is not None and now > self._log_clock:  # samples of all processes per second
-            elapsed = now - self._log_clock
+        if stats.clock is not None and now > stats.clock:  # samples of all processes per second
+            elapsed = now - stats.clock
             scalars["images_per_sec"] = sums[-1] / elapsed
-            steps = max(1, self.global_step - self._clock_step)
+            steps = max(1, self.global_step - stats.clock_step)
             scalars["step_time"] = elapsed / steps  # seconds per optimizer step, this process
-            scalars["data_time"] = self._data_time / steps  # of which waiting for the next batches
-            share = self._data_time / elapsed
+            scalars["data_time"] = stats.data_time / steps  # of which waiting for the next batches
+            share = stats.data_time / elapsed
             bar.set_postfix(
                 loss=f"{loss:.4f}", lr=f"{lr:.2e}", data=f"{share:.0%}", **{k: f"{v:.4f}" for k, v in extras.items()}
             )
             # (a few milliseconds of timer noise in a window of tiny steps is no finding: 50 ms at least)
-            if share > 0.1 and self._data_time >= DATA_WAIT_FLOOR and not self._data_warned:
-                self._data_warned = True
+            if share > 0.1 and stats.data_time >= DATA_WAIT_FLOOR and not stats.data_warned:
+                stats.data_warned = True
                 self.logger.warning("%s", data_wait_note(share, self.args, self.device))
-        self._log_clock, self._clock_count, self._clock_step, self._data_time = now, 0, self.global_step, 0.0
+        stats.restart_clock(now, self.global_step)
         if self.device.type == "cuda":
             scalars["peak_gpu_memory_mib"] = torch.cuda.max_memory_allocated(self.device) / 2**20
         self.log_scalars({f"train/{k}": v for k, v in scalars.items()})
@@ -155,7 +155,7 @@ class ValidationMixin:
             "val_seconds": time.perf_counter() - start,
         }
         self.last_metrics, self._validated_at = row, self.global_step
-        self._loss_sum, self._loss_count = 0.0, 0
+        self.stats.reset_loss()
         if self.metrics_csv is not None:  # rank 0's
             self.metrics_csv.write(row)
         # The mean training loss since the previous validation is not the window mean of train/loss.
@@ -187,7 +187,7 @@ class ValidationMixin:
         if self.status is not None:
             self.status.progress(self)
         self._validation_snapshot = None
-        self._log_clock = None  # images/s counts training time only: restart the clock at the next window
+        self.stats.stop_clock()  # images/s counts training time only: restart the clock at the next window
 
     def test(self):
         """Load the best checkpoint's weights and evaluate on the test split (if any: an empty one, e.g. of
