@@ -121,7 +121,7 @@ class RunStatus:
                 "epoch": trainer.epoch,
                 "global_step": trainer.global_step,
                 "planned_epochs": a.epochs if a.max_steps <= 0 else None,
-                "planned_steps": getattr(trainer, "total_steps", None),
+                "planned_steps": trainer.total_steps,
                 "best": _finite(trainer.early_stopper.best),
                 "wall_seconds": round(self._wall_before + time.monotonic() - self._start, 3),
                 "updated": _now(),

@@ -155,6 +155,13 @@ class TrainerBase(
         self._nonfinite_on_device, self._first_nonfinite = False, None  # see StepMixin._mark_nonfinite
         self.loggers = LoggerSet()  # rank 0's, from setup on (see base.loggers); empty elsewhere
         self.status = None  # rank 0's RunStatus (status.json), from setup on
+        # Made by build (shared with evaluators) and setup; None or empty until then, set by their owner only.
+        self.datasets, self.loaders, self.inputs = {}, {}, None
+        self.model = self.module = self.loss_fn = None
+        self.optimizer = self.scheduler = self.scaler = None
+        self.steps_per_epoch = self.total_steps = None
+        self._best_saved_at = None  # the position `best` was last saved at (then `last` is a byte copy of it)
+        self._resumed_world_size = None  # the processes of the run a resumed checkpoint came from
         # The step at which an earlier launch finished the run, when this one resumed from that very end
         # state (its loggers hold the test and final metrics already); None otherwise. See _start_tracking.
         self._finished_at = None
@@ -431,7 +438,7 @@ class TrainerBase(
         Called at the end of :meth:`fit`; a notebook or sweep may fit many
         trainers in one process without open files, threads or loggers piling up.
         """
-        for loader in getattr(self, "loaders", {}).values():  # persistent workers: stop them now
+        for loader in self.loaders.values():  # persistent workers: stop them now
             getattr(getattr(loader, "_iterator", None), "_shutdown_workers", lambda: None)()
         self.loggers.close()
         if self.logger is not None:

@@ -225,7 +225,7 @@ class CheckpointingMixin:
             and tag == "last"
             and not self.hooks
             and self.world_size == 1
-            and getattr(self, "_best_saved_at", None) == position
+            and self._best_saved_at == position
             and os.path.isfile(self.checkpoint_path("best"))
         ):
             copy_checkpoint(self.checkpoint_path("best"), path)
@@ -422,7 +422,7 @@ class CheckpointingMixin:
 
     def _on_exception(self, exc):
         self._call("on_exception", exc)
-        if isinstance(exc, Preempted) or self.run_dir is None or not hasattr(self, "optimizer"):
+        if isinstance(exc, Preempted) or self.run_dir is None or self.optimizer is None:
             return
         if self._nonfinite_on_device and self._first_nonfinite is not None and int(self._first_nonfinite):
             self.logger.error(

@@ -102,7 +102,7 @@ class ResumeMixin:
                     if group.get("weight_decay") == changes["weight_decay"][0]:  # not a no-decay group
                         group["weight_decay"] = changes["weight_decay"][1]
         # A new number of processes changes the samples per step like a new --batch_size does.
-        world_changed = getattr(self, "_resumed_world_size", self.world_size) != self.world_size
+        world_changed = self._resumed_world_size not in (None, self.world_size)
         if (
             changes.keys() & {"epochs", "max_steps", "batch_size", "warmup_steps"} or world_changed
         ) and self.scheduler is not None:

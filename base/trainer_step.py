@@ -60,8 +60,7 @@ class StepMixin:
 
     def eval_model(self):
         """The weights that validation scores and ``best`` keeps: the EMA's with ``--eval_ema``, else the model."""
-        ema = getattr(self, "ema", None)  # a build()-only trainer (an evaluator's) has none
-        return ema.module if ema is not None and self.args.eval_ema else getattr(self, "module", self.model)
+        return self.ema.module if self.ema is not None and self.args.eval_ema else self.module
 
     def _windows(self, batches):
         """Group ``batches`` into lists of ``--accum_steps`` (the last of an epoch may be shorter).
