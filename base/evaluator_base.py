@@ -7,11 +7,14 @@ Any trainer flag given on the command line overrides the saved value.
 A checkpoint written by another trainer is refused with one line naming both.
 """
 
+from __future__ import annotations
+
 import abc
 import argparse
 import json
 import os
 import sys
+from typing import Any
 
 import torch
 
@@ -38,7 +41,7 @@ class EvaluatorBase(abc.ABC):
     compatible_trainers = ()
 
     @classmethod
-    def add_arguments(cls, parser):
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
         group = parser.add_argument_group("evaluation")
         group.add_argument(
             "--model_path",
@@ -49,7 +52,7 @@ class EvaluatorBase(abc.ABC):
         group.add_argument("--split", choices=["test", "val"], default="test", help="split to evaluate")
 
     @classmethod
-    def from_argv(cls, argv=None):
+    def from_argv(cls, argv: list[str] | None = None) -> EvaluatorBase:
         """Parse evaluator flags plus the trainer's (unset unless given); nothing is loaded yet."""
         parser, _ = build_parser(cls.trainer_class, suppress_defaults=True)
         parser.prog = getattr(cls, "PROG", None)
@@ -122,7 +125,7 @@ class EvaluatorBase(abc.ABC):
             f"--model_path {self.args.model_path}: a {name} checkpoint; {prog} evaluates {expected} checkpoints{hint}"
         )
 
-    def run(self):
+    def run(self) -> dict[str, Any]:
         """Load the checkpoint, rebuild the task, evaluate, write the results JSON."""
         weights, saved = self.load_weights_and_config()
         self.task = self.trainer_class(self.resolve_task_config(saved))
@@ -180,7 +183,7 @@ class EvaluatorBase(abc.ABC):
         return f"{stem}_{kind}_{self.args.split}{suffix}"
 
     @abc.abstractmethod
-    def evaluate(self):
+    def evaluate(self) -> dict[str, Any]:
         """Evaluate ``self.task.model`` on ``self.task.loaders[self.args.split]``; return a dict."""
 
 

@@ -15,6 +15,10 @@ non-finite loss still gets ``before_step`` and ``after_step``. Hooks run in
 the order of the list returned by ``build_hooks``; there are no priorities.
 """
 
+from __future__ import annotations
+
+from typing import Any
+
 
 class HookBase:
     """A hook does nothing by default; override the points you need.
@@ -24,34 +28,34 @@ class HookBase:
     and it is saved in, and restored from, every checkpoint.
     """
 
-    trainer = None
+    trainer: Any = None  # the TrainerBase that registered the hook
 
-    def before_train(self):
+    def before_train(self) -> None:
         pass
 
-    def before_epoch(self):
+    def before_epoch(self) -> None:
         pass
 
-    def before_step(self):
+    def before_step(self) -> None:
         pass
 
-    def after_backward(self):
+    def after_backward(self) -> None:
         pass
 
-    def after_step(self):
+    def after_step(self) -> None:
         pass
 
-    def after_epoch(self):
+    def after_epoch(self) -> None:
         pass
 
-    def after_train(self):
+    def after_train(self) -> None:
         pass
 
-    def on_exception(self, exc):
+    def on_exception(self, exc: BaseException) -> None:
         """Called with the exception before the trainer re-raises it."""
 
-    def state_dict(self):
+    def state_dict(self) -> dict[str, Any]:
         return {}
 
-    def load_state_dict(self, state):
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         pass

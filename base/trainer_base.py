@@ -5,13 +5,19 @@ loop, device, seeding, AMP, clipping, validation cadence, checkpoints, early
 stopping, logging and the checkpoint on exception live here, once.
 """
 
+from __future__ import annotations
+
 import abc
+import argparse
 import functools
 import math
 import os
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, default_collate
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, default_collate
 from tqdm import tqdm
 
 from base import distributed, optim, resume, row_files, run_dir
@@ -20,6 +26,7 @@ from base.config import check, parse_config
 from base.device import select_device
 from base.device_data import DeviceBatches
 from base.file_names import file_name_part
+from base.hooks import HookBase
 from base.input_stage import InputStage
 from base.loggers import LoggerSet
 from base.lr_plot import plot_lr_schedule
@@ -77,11 +84,11 @@ class TrainerBase(
     INIT_ONLY_FLAGS = ()
 
     @classmethod
-    def add_arguments(cls, parser):
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
         add_trainer_arguments(parser)
 
     @classmethod
-    def validate_config(cls, args):
+    def validate_config(cls, args: argparse.Namespace) -> None:
         """Check cross-field rules; raise ``ConfigError`` naming the flag. Extend with super().
 
         Also resolves ``--mean``/``--std`` left unset to :meth:`default_statistics`, so the
@@ -95,7 +102,7 @@ class TrainerBase(
         check(len(args.mean) == len(args.std), "std", args.std, f"must give as many values as --mean {args.mean}")
 
     @classmethod
-    def default_statistics(cls, args):
+    def default_statistics(cls, args: argparse.Namespace) -> tuple[list[float], list[float]]:
         """``(mean, std)``: the per-channel statistics of [0, 1] pixels that ``--mean``/``--std`` default to.
 
         0.5 / 0.5 (pixels mapped to [-1, 1]); a task whose data has its own (ImageNet's for
@@ -104,7 +111,7 @@ class TrainerBase(
         return [0.5], [0.5]
 
     @classmethod
-    def from_argv(cls, argv=None):
+    def from_argv(cls, argv: list[str] | None = None) -> TrainerBase:
         """Parse ``argv`` with the layered parser and return a trainer (nothing built yet).
 
         With ``--resume`` the resumed run's saved config is the starting point
@@ -171,19 +178,19 @@ class TrainerBase(
 
     # ----------------------------------------------------------------- to override
     @abc.abstractmethod
-    def build_datasets(self):
+    def build_datasets(self) -> dict[str, Dataset]:
         """Return ``{"train": Dataset, "val": Dataset, "test": Dataset}`` (test may be absent)."""
 
     @abc.abstractmethod
-    def build_model(self):
+    def build_model(self) -> nn.Module:
         """Return the ``nn.Module`` to train (called after :meth:`build_datasets`)."""
 
     @abc.abstractmethod
-    def build_loss(self):
+    def build_loss(self) -> Callable[..., torch.Tensor]:
         """Return the loss callable used by :meth:`train_step` and :meth:`validate`."""
 
     @abc.abstractmethod
-    def train_step(self, batch):
+    def train_step(self, batch: Any) -> dict[str, torch.Tensor]:
         """Forward one batch (already on :attr:`device`); return a dict with the scalar ``"loss"``.
 
         Runs under autocast when ``--amp`` is on. Do not call ``backward``: the loop does.
@@ -196,7 +203,7 @@ class TrainerBase(
         """
 
     @abc.abstractmethod
-    def validate(self, loader):
+    def validate(self, loader: Iterable) -> dict[str, float]:
         """Return ``{metric: float}`` over every sample of ``loader``, averaged per sample.
 
         Called with the model in eval mode under ``torch.no_grad``. Under DDP
@@ -208,15 +215,15 @@ class TrainerBase(
         everywhere (see :func:`base.distributed.combine_metrics`).
         """
 
-    def build_optimizer(self):
+    def build_optimizer(self) -> torch.optim.Optimizer:
         """``--optimizer`` over the model's trainable parameters (see :func:`base.optim.build_optimizer`)."""
         return optim.build_optimizer(self.model.parameters(), self.args)
 
-    def build_scheduler(self):
+    def build_scheduler(self) -> torch.optim.lr_scheduler.LRScheduler | None:
         """Warmup then cosine over :attr:`total_steps` (see :func:`base.optim.build_scheduler`)."""
         return optim.build_scheduler(self.optimizer, self.args, self.total_steps)
 
-    def build_dataloader(self, dataset, split):
+    def build_dataloader(self, dataset: Dataset, split: str) -> Iterable:
         """A ``DataLoader`` whose order and worker seeds depend only on ``(--seed, epoch)``.
 
         Training order comes from a :class:`ResumableSampler` (so a resumed
@@ -282,22 +289,22 @@ class TrainerBase(
             ),
         )
 
-    def build_hooks(self):
+    def build_hooks(self) -> list[HookBase]:
         """Return a list of :class:`base.hooks.HookBase`; called once, in ``setup``."""
         return []
 
-    def build_device_augment(self):
+    def build_device_augment(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
         """``None``, or a callable on float ``(N, C, H, W)`` training images in [0, 1] on the device (e.g. a kornia
         ``AugmentationSequential``); called in :meth:`build`, after :meth:`build_datasets`
         (see :mod:`base.input_stage`)."""
         return None
 
-    def build_mix(self):
+    def build_mix(self) -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None:
         """``None``, or a callable ``(images, targets) -> (images, targets)`` that mixes training batches on the device
         (Mixup / CutMix); called in :meth:`build`, after :meth:`build_datasets` (see :mod:`base.input_stage`)."""
         return None
 
-    def model_card(self):
+    def model_card(self) -> dict[str, Any]:
         """JSON-able facts a predictor needs without the data (default ``{}``); saved in checkpoints and exports."""
         return {}
 
@@ -408,7 +415,7 @@ class TrainerBase(
         )
 
     # ----------------------------------------------------------------- the loop
-    def fit(self):
+    def fit(self) -> dict[str, float]:
         """Set up (or resume), train, then evaluate the best checkpoint on the test split.
 
         Returns:
