@@ -252,12 +252,6 @@ def validate_trainer_config(args):
         values = getattr(args, flag)
         check(values is None or 1 <= len(values), flag, values, "must give 1 value, or one per channel")
     check(args.std is None or min(args.std) > 0, "std", args.std, "must be > 0")
-    check(
-        args.mean is None or args.std is None or len(args.mean) == len(args.std),
-        "std",
-        args.std,
-        f"must give as many values as --mean {args.mean}",
-    )
     check(args.accum_steps >= 1, "accum_steps", args.accum_steps, "must be >= 1")
     check(0 <= args.ema_decay < 1, "ema_decay", args.ema_decay, "must be in [0, 1) (0: off)")
     check(args.keep_last_k > 0, "keep_last_k", args.keep_last_k, "must be > 0")

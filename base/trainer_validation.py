@@ -84,7 +84,7 @@ class ValidationMixin:
         keys, values, count, timed = stats.take_extras()
         sums = distributed.all_reduce_sum([*(float(v) for v in values), count, timed])
         extras = {k: v / sums[-2] for k, v in zip(keys, sums)}
-        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", **{k: f"{v:.4f}" for k, v in extras.items()})
+        postfix = {"loss": f"{loss:.4f}", "lr": f"{lr:.2e}"}
         scalars = {"loss": loss, "lr": lr, **extras}
         if stats.grad_norm is not None:  # this step's, before clipping (see StepMixin._step)
             scalars["grad_norm"] = stats.grad_norm
@@ -96,14 +96,13 @@ class ValidationMixin:
             scalars["step_time"] = elapsed / steps  # seconds per optimizer step, this process
             scalars["data_time"] = stats.data_time / steps  # of which waiting for the next batches
             share = stats.data_time / elapsed
-            bar.set_postfix(
-                loss=f"{loss:.4f}", lr=f"{lr:.2e}", data=f"{share:.0%}", **{k: f"{v:.4f}" for k, v in extras.items()}
-            )
+            postfix["data"] = f"{share:.0%}"
             # (a few milliseconds of timer noise in a window of tiny steps is no finding: 50 ms at least)
             if share > 0.1 and stats.data_time >= DATA_WAIT_FLOOR and not stats.data_warned:
                 stats.data_warned = True
                 self.logger.warning("%s", data_wait_note(share, self.args, self.device))
         stats.restart_clock(now, self.global_step)
+        bar.set_postfix(**postfix, **{k: f"{v:.4f}" for k, v in extras.items()})
         if self.device.type == "cuda":
             scalars["peak_gpu_memory_mib"] = torch.cuda.max_memory_allocated(self.device) / 2**20
         self.log_scalars({f"train/{k}": v for k, v in scalars.items()})

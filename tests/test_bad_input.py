@@ -96,6 +96,14 @@ def trained(tmp_path_factory):
         (["--proj_name", "a/b"], ["--proj_name='a/b'", "path separator"]),
         (["--proj_name", "two\nlines"], ["--proj_name='two\\nlines'", "control character"]),
         (["--proj_name", ""], ["--proj_name=''"]),
+        # the input pipeline's flags
+        (["--mean", "0.5", "0.4", "--std", "0.5"], ["--std=[0.5]", "as many values as --mean [0.5, 0.4]"]),
+        (["--std", "0"], ["--std=[0.0]", "> 0"]),
+        (["--mean", "0.4", "0.5", "0.6", "--std", "0.2", "0.2", "0.2"], ["--mean=", "1 channel"]),
+        (["--train_crop", "zoom"], ["--train_crop", "'zoom'", "'rrc'", "'squash'"]),
+        (["--scale", "0.5", "0.1"], ["--scale=[0.5, 0.1]", "LOW <= HIGH"]),
+        (["--crop_pct", "1.5"], ["--crop_pct=1.5", "(0, 1]"]),
+        (["--num_workers", "many"], ["--num_workers", "'auto' or a whole number"]),
     ],
 )
 def test_bad_flag_value_exits_2_naming_it(tmp_path, capsys, argv, names):
