@@ -4,9 +4,9 @@ import argparse
 import sys
 import threading
 
-from base.config import ConfigError, str2bool
+from base.config.parse import ConfigError, str2bool
 from base.errors import UserError, one_line
-from base.signals import Preempted, ctrl_c_ignored, release_frames
+from base.runtime.signals import Preempted, ctrl_c_ignored, release_frames
 
 
 def main(cls, argv=None):
@@ -64,11 +64,11 @@ def _launch_processes(prog, argv):
     ``torchrun`` (``os.execv``), so signals reach it directly, it passes them
     on to its processes (which checkpoint and stop together), and its exit
     status is the script's. Each process takes its device from the list by
-    local rank (see :mod:`base.distributed`).
+    local rank (see :mod:`base.runtime.distributed`).
     """
     import os
 
-    from base.distributed import launch_command, parse_devices
+    from base.runtime.distributed import launch_command, parse_devices
 
     peek = argparse.ArgumentParser(add_help=False)
     peek.add_argument("--gpu_devices", default=None)
@@ -82,7 +82,7 @@ def _launch_processes(prog, argv):
         return None
     try:
         command = launch_command(spec, sys.argv[0], sys.argv[1:] if argv is None else list(argv))
-        from base.device import select_device
+        from base.runtime.device import select_device
 
         select_device(spec)  # every listed GPU exists: else one line here, not a failure in each process
     except ConfigError as exc:

@@ -1,4 +1,4 @@
-"""The fixed hook vocabulary of :class:`base.trainer_base.TrainerBase`.
+"""The fixed hook vocabulary of :class:`base.trainer.TrainerBase`.
 
 Call order for one ``fit`` (``[..]*`` repeats)::
 

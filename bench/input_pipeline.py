@@ -7,11 +7,11 @@ Both paths read the same generated JPEG ImageFolder (``--files`` random files of
 folders, quality 90, about 100 KB each; bench/throughput.py's generator) through
 :class:`data.images.ImageFiles` with the training recipe of ``trainer_vit.py --randaugment 2 9 --hflip 0.5``
 (``data.transforms.train_transform("rrc", 224, ops=augment_ops(0.5, randaugment=(2, 9)))``), each sample
-seeded from its position by :class:`base.state.SeededSamples` as in the trainer, so both paths draw the same
+seeded from its position by :class:`base.loop.state.SeededSamples` as in the trainer, so both paths draw the same
 crops and ops for the same image:
 
 * ``uint8``: what the trainer does now: the worker hands out uint8 ``(3, 224, 224)``; the device converts
-  and normalises (:class:`base.input_stage.InputStage`).
+  and normalises (:class:`base.loop.input_stage.InputStage`).
 * ``float32``: what it did before: the same recipe then ``ToDtype(float32, scale=True)`` and ImageNet's
   ``Normalize`` in the worker, so float32 crosses shared memory, pinning and the copy.
 
@@ -54,8 +54,8 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from base.input_stage import InputStage  # noqa: E402
-from base.state import SeededSamples  # noqa: E402
+from base.loop.input_stage import InputStage  # noqa: E402
+from base.loop.state import SeededSamples  # noqa: E402
 from bench.throughput import jpeg_folder  # noqa: E402
 from data import transforms  # noqa: E402
 from data.images import ImageFiles  # noqa: E402

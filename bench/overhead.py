@@ -10,7 +10,7 @@ process, interleaved ``--repeats`` times:
 
 * ``bare``: a plain PyTorch loop (DataLoader with shuffling, forward, backward,
   step, schedule; a validation loop);
-* ``ours``: a :class:`base.trainer_base.TrainerBase` subclass with everything a
+* ``ours``: a :class:`base.trainer.TrainerBase` subclass with everything a
   run normally does: the log, TensorBoard, ``metrics.csv``, ``last``/``best``
   checkpoints and the safetensors export at each validation, the non-finite
   check, resumable sampling;
@@ -153,7 +153,7 @@ def run_bare(name):
 def run_ours(name, out):
     import torch
 
-    from base.trainer_base import TrainerBase
+    from base.trainer import TrainerBase
     from utils.metrics import ClassificationMeter
 
     _, _, classes, _, batch, epochs, device = CASES[name]

@@ -54,11 +54,11 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from base.config import ConfigError  # noqa: E402
-from base.device import select_device  # noqa: E402
+from base.config.parse import ConfigError  # noqa: E402
+from base.config.trainer_flags import resolve_workers, workers_type  # noqa: E402
 from base.hooks import HookBase  # noqa: E402
-from base.input_stage import InputStage  # noqa: E402
-from base.trainer_args import resolve_workers, workers_type  # noqa: E402
+from base.loop.input_stage import InputStage  # noqa: E402
+from base.runtime.device import select_device  # noqa: E402
 
 # row -> (task, model_type, --compile, default batch); --tiny swaps in TINY_MODELS
 ROWS = {
@@ -348,9 +348,9 @@ def main(argv=None):
         )
         return 2
     a.amp = device.type == "cuda"  # see the module docstring
-    # what the trainer's auto gives (base.trainer_args.resolve_workers): (c)'s step counts depend on it
+    # what the trainer's auto gives (base.config.trainer_flags.resolve_workers): (c)'s step counts depend on it
     a.files_workers, a.memory_workers = (resolve_workers(v, device) for v in (a.num_workers, a.memory_workers))
-    if a.compile_backend != "inductor":  # --compile calls nn.Module.compile (base/trainer_step.py)
+    if a.compile_backend != "inductor":  # --compile calls nn.Module.compile (base/loop/step.py)
         torch.nn.Module.compile = functools.partialmethod(torch.nn.Module.compile, backend=a.compile_backend)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

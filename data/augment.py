@@ -7,7 +7,7 @@ class Augmented(Dataset):
     """Apply a torchvision v2 ``transform`` to the uint8 images of a classification dataset.
 
     Randomness comes from the global torch RNG, which
-    :class:`base.state.SeededSamples` seeds per sample from ``(seed, epoch, index)``,
+    :class:`base.loop.state.SeededSamples` seeds per sample from ``(seed, epoch, index)``,
     so a resumed run draws the same augmentations whatever the number of workers.
 
     Args:

@@ -16,7 +16,7 @@ values must be {0, 1} or {0, 255}.
 Images and masks share one joint transform (torchvision transforms v2, the
 mask a ``tv_tensors.Mask``): geometry is applied to both, nearest-neighbour
 for the mask, colour jitter to the image only. Images stay uint8 ``(3, H, W)``;
-the device makes floats of them with ``--mean``/``--std`` (:mod:`base.input_stage`).
+the device makes floats of them with ``--mean``/``--std`` (:mod:`base.loop.input_stage`).
 """
 
 import dataclasses
@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, default_collate
 
-from base.config import check, path_arg, str2bool
+from base.config.parse import check, path_arg, str2bool
 from base.errors import DataError
 from data import transforms
 from data.images import read_image

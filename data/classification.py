@@ -1,7 +1,7 @@
 """Image-classification datasets: flags, config checks and train/val/test splits.
 
 Every item is ``(image, label)``: ``image`` uint8 ``(C, H, W)``, values 0..255
-(the device makes floats of it with ``--mean``/``--std``: :mod:`base.input_stage`);
+(the device makes floats of it with ``--mean``/``--std``: :mod:`base.loop.input_stage`);
 ``label`` a Python ``int`` in ``[0, num_classes)`` (the default collate makes it int64).
 The recipe of the training and evaluation crops is :mod:`data.transforms`.
 
@@ -31,7 +31,7 @@ import os
 import torch
 from torch.utils.data import Dataset, Subset
 
-from base.config import check, path_arg, str2bool
+from base.config.parse import check, path_arg, str2bool
 from base.errors import DataError
 from data import transforms
 from data.augment import Augmented
@@ -395,7 +395,7 @@ class InMemoryImages(Dataset):
     whole batch with one indexing op (the DataLoader calls it when present).
     """
 
-    #: A batch is fetched with one indexing op and draws no random numbers (see base.state.SeededSamples).
+    #: A batch is fetched with one indexing op and draws no random numbers (see base.loop.state.SeededSamples).
     fetches_batches = True
 
     def __init__(self, images, labels):

@@ -106,7 +106,7 @@ def image_file_to_input(path, recipe):
     Decoded by :func:`read_image` as ``recipe["color"]`` (``"L"`` or ``"RGB"``), then resized and
     cropped by :func:`data.transforms.described_transform` of ``recipe["transform"]`` on the uint8
     tensor, as every evaluation split does. The float conversion and ``mean``/``std`` are the
-    device's: pass the result to :class:`base.input_stage.InputStage` built with the recipe's statistics,
+    device's: pass the result to :class:`base.loop.input_stage.InputStage` built with the recipe's statistics,
     as evaluation does, so a prediction and an evaluation of the same file get the same input.
 
     Args:
@@ -147,7 +147,7 @@ class ImageFiles(Dataset):
             it runs in the DataLoader worker, on uint8 pixels.
         mode: ``"RGB"`` (C = 3) or ``"L"`` (C = 1).
 
-    Items are ``(uint8 (C, H, W), int label)``; the device normalises them (:mod:`base.input_stage`).
+    Items are ``(uint8 (C, H, W), int label)``; the device normalises them (:mod:`base.loop.input_stage`).
 
     Raises:
         BadImageError: ``"cannot read image <path>: <reason>"`` for a file PIL cannot
@@ -155,7 +155,7 @@ class ImageFiles(Dataset):
             DataLoader worker, which re-raises it with the worker's traceback.
     """
 
-    #: Decodes a file per item: a CUDA run with --num_workers 0 is warned (see base.trainer_base).
+    #: Decodes a file per item: a CUDA run with --num_workers 0 is warned (see base.trainer).
     reads_files = True
 
     def __init__(self, samples, transform, mode="RGB"):

@@ -6,7 +6,7 @@ A card's ``"input"`` entry (written by :func:`input_recipe`, read by :func:`card
      "transform": {"resize": "shorter_side" | "square" | "exact", "resize_to": int | [H, W],
                    "center_crop": int | None, "interpolation": "bilinear", "antialias": true,
                    "backend": "torch"},   # data.transforms.describe_eval / describe_resize
-     "scale": 255, "mean": [...], "std": [...],       # base.input_stage.InputStage.describe
+     "scale": 255, "mean": [...], "std": [...],       # base.loop.input_stage.InputStage.describe
      "layout": "NCHW", "dtype": "float32",
      "formula": "(pixels / scale - mean) / std, per channel"}
 
@@ -37,7 +37,7 @@ def input_recipe(channels, transform, statistics):
         channels: ``C`` of the model's input, 1 or 3.
         transform: the evaluation transform's facts (:func:`data.transforms.describe_eval` or
             :func:`data.transforms.describe_resize`, with ``"backend"``).
-        statistics: ``{"scale": 255, "mean": [...], "std": [...]}`` (:meth:`base.input_stage.InputStage.describe`).
+        statistics: ``{"scale": 255, "mean": [...], "std": [...]}`` (:meth:`base.loop.input_stage.InputStage.describe`).
     """
     return {
         "color": COLORS[int(channels)],

@@ -14,7 +14,7 @@ Each pipeline takes a PIL image or a uint8 ``(C, H, W)`` tensor and starts with
 held in memory give the same result, and :func:`apply_described` (what a predictor runs
 on a tensor) repeats :func:`eval_transform` exactly (Pillow's resize rounds differently
 from torch's, by up to one grey level). Datasets hand out uint8 tensors and the device
-does the float conversion and ``--mean``/``--std`` (:mod:`base.input_stage`).
+does the float conversion and ``--mean``/``--std`` (:mod:`base.loop.input_stage`).
 """
 
 import math

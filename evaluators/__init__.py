@@ -1,1 +1,1 @@
-"""Task evaluators: each is a short subclass of :class:`base.evaluator_base.EvaluatorBase`."""
+"""Task evaluators: each is a short subclass of :class:`base.evaluator.EvaluatorBase`."""

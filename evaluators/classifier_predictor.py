@@ -5,12 +5,12 @@ import json
 
 import torch
 
-from base.checkpoint import load_model_state, write_or_fail
-from base.config import build_parser, check, coerce_saved_values, path_arg, predictor_parser
-from base.device import select_device
+from base.checkpoint.files import load_model_state, write_or_fail
+from base.config.parse import build_parser, check, coerce_saved_values, path_arg, predictor_parser
 from base.errors import CheckpointError
-from base.evaluator_base import load_saved_model
-from base.input_stage import InputStage
+from base.evaluator import load_saved_model
+from base.loop.input_stage import InputStage
+from base.runtime.device import select_device
 from data.images import image_file_to_input
 from data.input_recipe import card_input
 from trainers.vanilla_trainer import VanillaTrainer
@@ -28,7 +28,7 @@ class ClassifierPredictor:
     and input recipe (evaluation resize and crop, mean and std) come from the
     checkpoint's model card, so the training data is not needed: each file becomes
     the input the run's evaluation split gives the model (:func:`data.images.image_file_to_input`,
-    then :class:`base.input_stage.InputStage` with the card's statistics). Runs in float32
+    then :class:`base.loop.input_stage.InputStage` with the card's statistics). Runs in float32
     (no autocast), on a GPU if any (``--gpu_devices``).
     """
 

@@ -2,7 +2,7 @@
 
 import torch
 
-from base.evaluator_base import EvaluatorBase, add_viz_argument
+from base.evaluator import EvaluatorBase, add_viz_argument
 from trainers.mae_trainer import MAETrainer
 
 

@@ -6,8 +6,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from base.config import path_arg
-from base.evaluator_base import EvaluatorBase, add_viz_argument
+from base.config.parse import path_arg
+from base.evaluator import EvaluatorBase, add_viz_argument
 from data.images import read_image
 from trainers.seg_on_carvana_trainer import SegOnCarvanaTrainer
 from utils.plots import save_segmentation_figure

@@ -7,11 +7,11 @@ import torch
 from PIL import Image
 from torch.nn import functional as F
 
-from base.checkpoint import load_model_state
-from base.config import build_parser, predictor_parser
+from base.checkpoint.files import load_model_state
+from base.config.parse import build_parser, predictor_parser
 from base.errors import CheckpointError
-from base.evaluator_base import EvaluatorBase, load_saved_model
-from base.input_stage import InputStage
+from base.evaluator import EvaluatorBase, load_saved_model
+from base.loop.input_stage import InputStage
 from data.images import image_to_input, read_image
 from data.input_recipe import card_input
 from data.transforms import describe_resize
@@ -24,7 +24,7 @@ class SegPredictor(EvaluatorBase):
     Only the checkpoint is needed (not the training data). Its model card's input recipe
     (:mod:`data.input_recipe`) makes each image the input the evaluator gives the model:
     resized to the run's input size, normalised with its ``--mean``/``--std`` by
-    :class:`base.input_stage.InputStage`. The model predicts (probability > 0.5) and the
+    :class:`base.loop.input_stage.InputStage`. The model predicts (probability > 0.5) and the
     mask is resized back with nearest-neighbour. A checkpoint whose card is empty (written
     before cards held a recipe) is read as it was then: each image resized to ``--image_size``,
     else its own size times ``--img_scale``, and mapped by ``(x / 255 - 0.5) / 0.5``.

@@ -2,7 +2,7 @@
 
 import torch
 
-from base.evaluator_base import EvaluatorBase
+from base.evaluator import EvaluatorBase
 from trainers.vanilla_trainer import VanillaTrainer
 from utils.metrics import ClassificationMeter, accuracy_by_group
 from utils.plots import save_confusion_matrix

@@ -25,7 +25,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from base.checkpoint import load_checkpoint
+from base.checkpoint.files import load_checkpoint
 from base.errors import CheckpointError
 
 __all__ = ["LoadReport", "load_pretrained", "load_state", "read_state_dict"]

@@ -37,7 +37,7 @@ __all__ = [
 # (layers, heads, hidden, mlp): Ti and S from DeiT (Touvron et al. 2021), B from ViT (Dosovitskiy et al. 2021)
 _VIT_CONFIGS = {"vit_ti_16": (12, 3, 192, 768), "vit_s_16": (12, 6, 384, 1536), "vit_b_16": (12, 12, 768, 3072)}
 #: Smallest side H = W each model trains on (measured with a CPU training step on a batch of two; the
-#: loop never trains on a batch of one, see base.state.trained_samples): Swin needs one 4x4 patch.
+#: loop never trains on a batch of one, see base.loop.state.trained_samples): Swin needs one 4x4 patch.
 #: ResNets take any size. ViTs: see image_size_problem.
 MIN_IMAGE_SIZE = {"swin_t": 4}
 # Parameters torchvision names that the ViT recipe keeps out of weight decay although they are not 1-D.
@@ -162,7 +162,7 @@ def image_size_problem(model_type, side, patch_size):
 
     ViTs need ``side`` to be a multiple of ``patch_size`` and >= it; the other torchvision models
     ``side >= MIN_IMAGE_SIZE[model_type]``. ``timm/`` names give ``None``: their limits are the model's.
-    For a ``ConfigError`` at parse time (see :func:`base.config.check`).
+    For a ``ConfigError`` at parse time (see :func:`base.config.parse.check`).
     """
     if model_type in _VIT_CONFIGS:
         if patch_size > 0 and (side < patch_size or side % patch_size):

@@ -8,7 +8,7 @@ floats) and counts by hand.
 import numpy as np
 import torch
 
-from base.checkpoint import load_checkpoint
+from base.checkpoint.files import load_checkpoint
 
 
 def best_model(trainer, model):

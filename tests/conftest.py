@@ -10,7 +10,7 @@ from torch.utils.data import TensorDataset
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from base.hooks import HookBase  # noqa: E402
-from base.trainer_base import TrainerBase  # noqa: E402
+from base.trainer import TrainerBase  # noqa: E402
 
 HOOK_NAMES = (
     "before_train",

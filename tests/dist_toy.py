@@ -19,9 +19,9 @@ from torch.utils.data import TensorDataset
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from base.cli import exit_fast, main  # noqa: E402
-from base.distributed import all_reduce_sum  # noqa: E402
 from base.hooks import HookBase  # noqa: E402
-from base.trainer_base import TrainerBase  # noqa: E402
+from base.runtime.distributed import all_reduce_sum  # noqa: E402
+from base.trainer import TrainerBase  # noqa: E402
 from utils.metrics import ClassificationMeter  # noqa: E402
 
 

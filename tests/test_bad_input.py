@@ -15,7 +15,7 @@ import torch
 
 from base.cli import main
 from base.errors import CheckpointError
-from base.run_dir import RunDirError, create_run_dir
+from base.run.folder import RunDirError, create_run_dir
 from evaluators.vanilla_evaluator import VanillaEvaluator
 from trainers.vanilla_trainer import VanillaTrainer
 
@@ -249,7 +249,7 @@ def test_resume_with_another_model_type_fails_and_keeps_the_checkpoints(trained,
 
 
 def test_resume_from_a_checkpoint_whose_config_is_not_an_object_exits_1(trained, tmp_path, capsys):
-    from base.checkpoint import load_checkpoint, save_checkpoint
+    from base.checkpoint.files import load_checkpoint, save_checkpoint
 
     state = load_checkpoint(trained.checkpoint_path("last"))
     state["config"] = "[1, 2]"

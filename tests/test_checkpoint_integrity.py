@@ -18,12 +18,12 @@ import textwrap
 import pytest
 import torch
 
-import base.checkpoint
-from base.checkpoint import load_checkpoint, save_checkpoint, verify_checkpoint
+import base.checkpoint.files
+from base.checkpoint.files import load_checkpoint, save_checkpoint, verify_checkpoint
+from base.checkpoint.resume import newest_checkpoint, newest_verified_checkpoint
 from base.errors import CheckpointError
-from base.resume import newest_checkpoint, newest_verified_checkpoint
-from base.row_files import MetricsCSV
-from base.run_dir import record_resume, remove_stale_temp_files, write_config
+from base.run.folder import record_resume, remove_stale_temp_files, write_config
+from base.run.row_files import MetricsCSV
 from conftest import ToyTrainer
 from evaluators.vanilla_evaluator import VanillaEvaluator
 from test_bad_input import error_line, run_main
@@ -181,14 +181,14 @@ def test_newest_verified_skips_a_corrupted_newest(tmp_path):
 
 
 def test_keep_last_k_keeps_older_steps_when_the_new_one_is_corrupt(toy_argv, tmp_path, monkeypatch, capsys):
-    real_atomic_write = base.checkpoint.atomic_write
+    real_atomic_write = base.checkpoint.files.atomic_write
 
     def corrupt_step4(path, write_fn):
         real_atomic_write(path, write_fn)
         if path.endswith("_step4_ckpt.pth"):
             flip_weight_byte(path)  # as if the disk returned other bytes than were written
 
-    monkeypatch.setattr(base.checkpoint, "atomic_write", corrupt_step4)
+    monkeypatch.setattr(base.checkpoint.files, "atomic_write", corrupt_step4)
     argv = toy_argv + ["--epochs", "1", "--save_every_steps", "1", "--keep_last_k", "2"]
     status, err = run_main(ToyTrainer, argv, capsys)
     (run,) = glob.glob(str(tmp_path / "Toy" / "*"))
@@ -378,10 +378,10 @@ def test_kill_9_inside_a_rewrite_keeps_the_old_file(tmp_path, name):
     script = textwrap.dedent(f"""
         import argparse, sys, time
         sys.path.insert(0, {ROOT!r})
-        import base.row_files, base.run_dir
-        from base.row_files import MetricsCSV
-        from base.run_dir import record_resume
-        real = base.run_dir.atomic_write
+        import base.run.row_files, base.run.folder
+        from base.run.row_files import MetricsCSV
+        from base.run.folder import record_resume
+        real = base.run.folder.atomic_write
 
         def slow(target, write_fn):
             def half(f):
@@ -391,7 +391,7 @@ def test_kill_9_inside_a_rewrite_keeps_the_old_file(tmp_path, name):
                 time.sleep(60)
             real(target, half)
 
-        base.run_dir.atomic_write = base.row_files.atomic_write = slow
+        base.run.folder.atomic_write = base.run.row_files.atomic_write = slow
         path = {path!r}
         {call}
     """)
@@ -401,7 +401,7 @@ def test_kill_9_inside_a_rewrite_keeps_the_old_file(tmp_path, name):
 
 
 def test_a_save_into_a_deleted_run_folder_says_the_folder_is_gone(tmp_path):
-    from base.checkpoint import save_checkpoint
+    from base.checkpoint.files import save_checkpoint
     from base.errors import CheckpointError
 
     folder = tmp_path / "run"

@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from base.checkpoint import load_checkpoint
+from base.checkpoint.files import load_checkpoint
 from base.hooks import HookBase
 from conftest import ToyTrainer
 from test_bad_input import error_line, run_main
@@ -130,7 +130,7 @@ def test_export_copies_only_shared_or_strided_tensors(tmp_path):
 
 @pytest.mark.parametrize("tag", ["best", "last"])
 def test_both_names_verify(tmp_path, tag):
-    from base.checkpoint import verify_checkpoint
+    from base.checkpoint.files import verify_checkpoint
 
     trainer = fit(Improving, tmp_path)
     assert verify_checkpoint(trainer.checkpoint_path(tag)) is None

@@ -5,8 +5,8 @@ import subprocess
 
 import pytest
 
-from base.config import parse_config
-from base.run_dir import PROJECT_DIR, git_commit, git_dirty, write_config
+from base.config.parse import parse_config
+from base.run.folder import PROJECT_DIR, git_commit, git_dirty, write_config
 from conftest import ToyTrainer
 
 

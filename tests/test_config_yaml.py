@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from base.cli import main
-from base.config import parse_config
+from base.config.parse import parse_config
 from conftest import ToyTrainer
 from trainers.vanilla_trainer import VanillaTrainer
 

@@ -16,8 +16,8 @@ import textwrap
 
 import pytest
 
-from base.row_files import MetricsCSV
-from base.run_dir import RunDirError
+from base.run.folder import RunDirError
+from base.run.row_files import MetricsCSV
 from conftest import ToyTrainer
 from test_resume import StopAfter, logged
 
@@ -74,7 +74,7 @@ def test_kill_9_between_a_validations_row_and_last_then_resume_logs_each_row_onc
     script = textwrap.dedent(f"""
         import os, signal, sys
         sys.path[:0] = [{ROOT!r}, {os.path.join(ROOT, "tests")!r}]
-        from base.trainer_checkpoint import CheckpointingMixin
+        from base.checkpoint.checkpointer import CheckpointingMixin
         from conftest import ToyTrainer
 
         real_save = CheckpointingMixin.save
@@ -217,7 +217,7 @@ def test_scalars_csv_replaced_by_a_folder_is_one_error_line_without_tracker_warn
 def test_a_checkpoint_that_does_not_count_rows_keeps_the_validations_its_state_has_taken_in(tmp_path, straight):
     """Checkpoints written before rows were counted: metrics.csv keeps the rows up to the checkpoint's
     last validation (validated_at), not up to its step: the step-5 checkpoint was saved before step 5's."""
-    from base.checkpoint import load_checkpoint, save_checkpoint
+    from base.checkpoint.files import load_checkpoint, save_checkpoint
 
     fit(tmp_path)
     run = the_run(tmp_path)

@@ -13,7 +13,7 @@ import torchvision
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from base.config import ConfigError
+from base.config.parse import ConfigError
 from base.errors import DataError
 from data.classification import (
     IDX_FILES,
@@ -372,7 +372,7 @@ def test_digits_read_from_the_bundled_file_equal_scikit_learns_load_digits():
 
 
 def test_the_training_order_changes_each_epoch_and_is_fixed_by_seed_and_epoch():
-    from base.state import ResumableSampler
+    from base.loop.state import ResumableSampler
 
     def order(seed, epoch):
         sampler = ResumableSampler(50, seed=seed)

@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
-from base.device_data import DeviceBatches, stored_tensors
 from base.errors import UserError
-from base.state import ResumableSampler, seed_position
+from base.loop.device_data import DeviceBatches, stored_tensors
+from base.loop.state import ResumableSampler, seed_position
 from data.augment import Augmented
 from data.classification import InMemoryImages
 from evaluators.vanilla_evaluator import VanillaEvaluator

@@ -20,7 +20,7 @@ import time
 import pytest
 import torch
 
-from base.checkpoint import load_checkpoint
+from base.checkpoint.files import load_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOY = os.path.join(ROOT, "tests", "dist_toy.py")

@@ -6,10 +6,10 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from base import distributed
-from base.config import ConfigError
-from base.device import select_device
-from base.state import ResumableSampler, trained_samples
+from base.config.parse import ConfigError
+from base.loop.state import ResumableSampler, trained_samples
+from base.runtime import distributed
+from base.runtime.device import select_device
 from utils.metrics import ClassificationMeter
 from utils.seg_metrics import SegmentationMeter
 

@@ -28,10 +28,10 @@ import types
 import pytest
 import torch
 
-from base.checkpoint import load_checkpoint, save_checkpoint
+from base.checkpoint.files import load_checkpoint, save_checkpoint
 from base.errors import UserError
-from base.row_files import MetricsCSV
-from base.run_dir import create_run_dir, record_resume, write_config
+from base.run.folder import create_run_dir, record_resume, write_config
+from base.run.row_files import MetricsCSV
 from trainers.vanilla_trainer import VanillaTrainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from base.run_status import read_status
+from base.run.status import read_status
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

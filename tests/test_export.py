@@ -14,7 +14,7 @@ import sys
 import pytest
 import torch
 
-from base.checkpoint import load_checkpoint
+from base.checkpoint.files import load_checkpoint
 from trainers.vanilla_trainer import VanillaTrainer
 from utils import export
 

@@ -19,11 +19,11 @@ import pytest
 import torch
 from PIL import ImageFile
 
-import base.checkpoint
-from base.checkpoint import load_checkpoint, save_checkpoint
+import base.checkpoint.files
+from base.checkpoint.files import load_checkpoint, save_checkpoint
+from base.checkpoint.resume import newest_checkpoint
 from base.cli import main
 from base.errors import CheckpointError
-from base.resume import newest_checkpoint
 from data.classification import build_classification_datasets
 from evaluators.vanilla_evaluator import VanillaEvaluator
 from test_bad_input import error_line, run_main
@@ -106,7 +106,7 @@ def test_failed_save_keeps_the_old_checkpoint(tmp_path, monkeypatch):
         f.write(b"PK\x03\x04 half a zip archive")
         raise OSError("No space left on device")
 
-    monkeypatch.setattr(base.checkpoint.torch, "save", half_then_fail)
+    monkeypatch.setattr(base.checkpoint.files.torch, "save", half_then_fail)
     with pytest.raises(CheckpointError, match="No space left"):
         save_checkpoint({"model": {"w": torch.zeros(4)}, "global_step": 2}, path)
     monkeypatch.undo()
@@ -142,7 +142,7 @@ def test_kill_9_during_save_keeps_the_old_checkpoint(tmp_path):
     script = textwrap.dedent(f"""
         import sys, time
         sys.path.insert(0, {ROOT!r})
-        from base.checkpoint import atomic_write
+        from base.checkpoint.files import atomic_write
         data = open({str(tmp_path / "new.bin")!r}, "rb").read()
 
         def write_half(f):

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from base.trainer_args import resolve_workers
+from base.config.trainer_flags import resolve_workers
 from data.classification import InMemoryImages
 from trainers.vanilla_trainer import VanillaTrainer
 

@@ -17,9 +17,9 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from base.bad_data import BadSampleFilter, collate_good_samples
-from base.config import ConfigError
+from base.config.parse import ConfigError
 from base.errors import BadImageError, DataError
+from base.loop.bad_data import BadSampleFilter, collate_good_samples
 from data.classification import add_data_arguments, build_classification_datasets, validate_data_config
 from data.images import ImageFiles, image_file_to_input, read_image
 from data.input_recipe import OLD_NORMALIZE, card_input

@@ -24,7 +24,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
-from base.input_stage import InputStage
+from base.loop.input_stage import InputStage
 from conftest import ToyTrainer
 from data import transforms
 from data.classification import InMemoryImages, _load_digits, digits_arrays
@@ -373,8 +373,8 @@ def test_slow_data_is_warned_about_once(tmp_path):
 def test_slow_data_note_names_the_workers_the_run_has(num_workers, device, hint):
     from types import SimpleNamespace
 
-    from base.trainer_args import resolve_workers
-    from base.trainer_validation import data_wait_note
+    from base.config.trainer_flags import resolve_workers
+    from base.loop.validation import data_wait_note
 
     # resolve_workers reads only the device's type: no GPU needed to ask what auto picks on CUDA.
     auto = resolve_workers("auto", torch.device("cuda"))

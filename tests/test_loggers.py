@@ -14,10 +14,10 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from base.config import ConfigError
+from base.config.parse import ConfigError
 from base.hooks import HookBase
-from base.loggers import parse_logger_names
-from base.trackers import MLflowLogger
+from base.run.external_trackers import MLflowLogger
+from base.run.trackers import parse_logger_names
 from conftest import ToyTrainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

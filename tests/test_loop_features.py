@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
-from base.checkpoint import load_checkpoint
-from base.ema import ModelEMA
+from base.checkpoint.files import load_checkpoint
 from base.hooks import HookBase
+from base.loop.ema import ModelEMA
 from conftest import ToyTrainer
 
 
@@ -158,8 +158,8 @@ def test_resume_without_ema_state_is_refused(toy_argv, tmp_path):
     first = fit(ToyTrainer, [*toy_argv, "--max_steps", "3"])
     import json
 
+    from base.checkpoint.resume import saved_config
     from base.errors import CheckpointError
-    from base.resume import saved_config
 
     path = first.checkpoint_path("last")
     state = load_checkpoint(path)
@@ -340,7 +340,7 @@ def test_plot_lr_of_a_huge_run_draws_a_sample_of_its_steps(toy_argv, tmp_path, m
     # Fail fast instead of hanging: count the schedule's evaluations and the lines drawn.
     from matplotlib.axes import Axes
 
-    from base.optim import WarmupCosine
+    from base.loop.optim import WarmupCosine
 
     calls = {"schedule": 0, "axvline": 0}
 
@@ -373,7 +373,7 @@ class StepLRToy(ToyTrainer):
 
 
 def test_plot_lr_steps_through_a_schedule_without_a_closed_form_or_refuses_a_huge_one(toy_argv, tmp_path):
-    from base.config import ConfigError
+    from base.config.parse import ConfigError
 
     rows = StepLRToy.from_argv([*toy_argv, "--epochs", "8", "--plot_lr", str(tmp_path / "lr.png")]).fit()
     assert rows == [(s, pytest.approx(0.05 * 0.5 ** (s // 10))) for s in range(40)]

@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 
-from base.checkpoint import load_checkpoint
+from base.checkpoint.files import load_checkpoint
 from evaluators.mae_evaluator import MAEEvaluator
 from model.mae import MAE, patchify, random_masking, unpatchify
 from model.zoo import build_zoo_model
@@ -190,7 +190,7 @@ def test_test_knn_top1_is_that_of_the_best_checkpoint_against_the_training_image
 
 def test_the_feature_bank_is_every_process_part_in_rank_order(pretrained, best_features, monkeypatch):
     # Under DDP each process embeds its shard of the training split: the bank must hold all of them.
-    from base import distributed
+    from base.runtime import distributed
 
     (trainer, _), (mine, mine_labels, _, _) = pretrained, best_features
     other = (torch.randn(3, mine.shape[1]), torch.tensor([7, 8, 9]))

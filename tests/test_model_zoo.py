@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from base.checkpoint import save_checkpoint
+from base.checkpoint.files import save_checkpoint
 from base.errors import CheckpointError
 from model.zoo import ZOO_MODELS, build_zoo_model, load_pretrained, no_weight_decay_names
 

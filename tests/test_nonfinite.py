@@ -10,7 +10,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-import base.trainer_checkpoint
+import base.checkpoint.checkpointer
 from base.hooks import HookBase
 from conftest import ToyTrainer
 
@@ -235,7 +235,9 @@ def test_rollback_to_a_checkpoint_saved_before_its_steps_validation_logs_that_va
     rollback, and its row and points are in the row files once. TensorBoard purges whole steps: it keeps
     step 5's first validation points (step 5's training points must stay), so those show twice there."""
     monkeypatch.setattr(
-        base.trainer_checkpoint, "newest_checkpoint", lambda run_dir, tags: os.path.join(run_dir, "Toy_step5_ckpt.pth")
+        base.checkpoint.checkpointer,
+        "newest_checkpoint",
+        lambda run_dir, tags: os.path.join(run_dir, "Toy_step5_ckpt.pth"),
     )
     trainer, _ = run(tmp_path, {(1, 1)}, *ROWS, "--save_every_steps", "5", once=True)
     trainer.fit()

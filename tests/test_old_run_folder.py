@@ -65,7 +65,7 @@ def test_a_run_saved_before_the_input_flags_resumes_and_evaluates_as_it_was_trai
     import numpy as np
     from PIL import Image
 
-    from base.checkpoint import load_checkpoint, save_checkpoint
+    from base.checkpoint.files import load_checkpoint, save_checkpoint
 
     data = tmp_path / "data"
     rng = np.random.default_rng(0)

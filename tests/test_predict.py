@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from base.checkpoint import load_checkpoint, save_checkpoint
+from base.checkpoint.files import load_checkpoint, save_checkpoint
 from base.cli import main
 from data.images import image_file_to_input
 from data.input_recipe import OLD_NORMALIZE, card_input

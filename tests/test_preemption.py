@@ -9,10 +9,10 @@ import time
 
 import pytest
 
-from base.checkpoint import load_checkpoint
+from base.checkpoint.files import load_checkpoint
 from base.errors import UserError
-from base.run_lock import RunLock
-from base.run_status import read_status
+from base.run.lock import RunLock
+from base.run.status import read_status
 from conftest import ToyTrainer
 from test_bad_input import error_line, run_main
 from test_resume import assert_same_state, logged
@@ -125,7 +125,7 @@ import sys
 sys.path.insert(0, {ROOT!r})
 import torch
 from torch.utils.data import DataLoader, Dataset
-from base.signals import ignore_signals_in_worker
+from base.runtime.signals import ignore_signals_in_worker
 
 class Broken(Dataset):
     def __len__(self):
@@ -256,7 +256,7 @@ def test_a_second_lock_in_one_process_is_refused_and_the_first_still_holds(tmp_p
         sys.executable,
         "-c",
         (
-            f"import sys; sys.path.insert(0, {ROOT!r}); from base.run_lock import RunLock; "
+            f"import sys; sys.path.insert(0, {ROOT!r}); from base.run.lock import RunLock; "
             f"RunLock({str(tmp_path)!r}).acquire()"
         ),
     ]

@@ -9,7 +9,7 @@ import pytest
 import torch
 from timm.layers import resample_abs_pos_embed
 
-from base.checkpoint import save_checkpoint
+from base.checkpoint.files import save_checkpoint
 from base.cli import main
 from base.errors import CheckpointError
 from model.pretrained import load_pretrained, load_state

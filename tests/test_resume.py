@@ -16,10 +16,10 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from base.checkpoint import load_checkpoint, save_checkpoint
-from base.config import check_dir_exists
+from base.checkpoint.files import load_checkpoint, save_checkpoint
+from base.checkpoint.resume import locate
+from base.config.parse import check_dir_exists
 from base.hooks import HookBase
-from base.resume import locate
 from conftest import ToyTrainer
 from test_readme_example import load_example
 from trainers.mae_trainer import MAETrainer

@@ -11,9 +11,9 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from base import optim
-from base.checkpoint import load_checkpoint
+from base.checkpoint.files import load_checkpoint
 from base.hooks import HookBase
+from base.loop import optim
 from conftest import ToyTrainer
 from test_bad_input import expect
 from test_resume import StopAfter

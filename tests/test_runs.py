@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from base.run_status import read_status
+from base.run.status import read_status
 from conftest import ToyTrainer
 from utils import runs
 

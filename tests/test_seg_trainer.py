@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from base.checkpoint import load_checkpoint, save_checkpoint
-from base.input_stage import InputStage
+from base.checkpoint.files import load_checkpoint, save_checkpoint
+from base.loop.input_stage import InputStage
 from by_hand import dice_iou_by_hand
 from data.images import read_image
 from data.input_recipe import card_input

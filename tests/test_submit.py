@@ -211,7 +211,7 @@ def test_bad_input_is_one_error_line_with_status_2(argv, names, capsys):
 
 def test_command_line_errors_for_a_script_that_is_no_trainer(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "utils.submit", "--cluster", "local", "base/params.py"],
+        [sys.executable, "-m", "utils.submit", "--cluster", "local", "base/runtime/params.py"],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -1,7 +1,7 @@
 """A ``--model_type timm/<name>`` run end to end: train, checkpoint, resume, evaluate, predict, export.
 
 The name holds a slash; every file named after it must still land in the run
-folder under one safe name (:func:`base.file_names.file_name_part`), and every
+folder under one safe name (:func:`base.run.file_names.file_name_part`), and every
 tool that finds a checkpoint by name must find it. timm's ``test_resnet`` (a
 tiny ResNet, random init, nothing downloaded) on Digits, on the CPU.
 """
@@ -16,9 +16,9 @@ import pytest
 import torch
 from PIL import Image
 
-from base.checkpoint import load_checkpoint
+from base.checkpoint.files import load_checkpoint
 from base.cli import main
-from base.file_names import file_name_part
+from base.run.file_names import file_name_part
 from evaluators.classifier_predictor import ClassifierPredictor
 from evaluators.vit_evaluator import ViTEvaluator
 from trainers.vit_trainer import ViTTrainer

@@ -2,7 +2,7 @@
 
 import torch
 
-from base.train_stats import TrainingStats
+from base.loop.train_stats import TrainingStats
 
 
 def test_steps_add_up_per_sample_and_a_window_is_taken_once():

@@ -9,9 +9,9 @@ import os
 import pytest
 import torch
 
-from base import optim
-from base.checkpoint import load_checkpoint
+from base.checkpoint.files import load_checkpoint
 from base.hooks import HookBase
+from base.loop import optim
 from conftest import RecordingHook, ToyTrainer
 
 
@@ -177,7 +177,7 @@ def test_train_loss_of_a_validation_row_is_the_mean_since_the_previous_validatio
 
 
 def test_early_stopper_counts_only_improvements_beyond_min_delta():
-    from base.state import EarlyStopper
+    from base.loop.state import EarlyStopper
 
     up = EarlyStopper("max", patience=2, min_delta=0.5)
     # 1.3 and 1.5 are within min_delta of the best 1.0 (a tie is no improvement); 1.6 is beyond it
@@ -267,7 +267,7 @@ def test_step_and_epoch_validation_at_the_same_step_run_once(toy_argv):
 
 def test_a_task_without_model_type_names_its_files_after_its_model_and_resumes(tmp_path):
     """--model_type is no hidden requirement: without it, checkpoints take the model's class name."""
-    from base.trainer_base import TrainerBase
+    from base.trainer import TrainerBase
     from conftest import ToyTrainer
 
     # ToyTrainer's steps on the base's flags alone (no --model_type)

@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from base.checkpoint import load_checkpoint
+from base.checkpoint.files import load_checkpoint
 from by_hand import top1_by_hand
 from evaluators.vanilla_evaluator import VanillaEvaluator
 from trainers.vanilla_trainer import VanillaTrainer
@@ -194,7 +194,7 @@ def test_eval_works_after_the_run_folder_moved(tmp_path):
 
 
 def test_eval_of_nan_weights_warns(tmp_path, capsys):
-    from base.checkpoint import save_checkpoint
+    from base.checkpoint.files import save_checkpoint
 
     trainer = VanillaTrainer.from_argv(
         ["--max_steps", "2", "--train_val_sample_rate", "0.2", "--gpu_devices", "cpu", "--output_dir", str(tmp_path)]

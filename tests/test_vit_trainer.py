@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from base.optim import WarmupCosine
+from base.loop.optim import WarmupCosine
 from by_hand import top1_by_hand
 from data.augment import Augmented
 from evaluators.vit_evaluator import ViTEvaluator

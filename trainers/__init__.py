@@ -1,1 +1,1 @@
-"""Task trainers: each is a short subclass of :class:`base.trainer_base.TrainerBase`."""
+"""Task trainers: each is a short subclass of :class:`base.trainer.TrainerBase`."""

@@ -3,7 +3,7 @@ the ``--data_on_device`` pieces, validation by top-1/top-5, and the model card a
 
 import torch
 
-from base.config import check
+from base.config.parse import check
 from base.errors import DataError
 from data.input_recipe import input_recipe
 from utils.metrics import ClassificationMeter
@@ -49,7 +49,7 @@ def device_augment(args, side, hflip=0.0, vflip=0.0):
     as one batched warp: kornia's ``cropping_mode="resample"``; no antialiasing, unlike torchvision's crop of the
     worker path); then horizontal / vertical flips with probabilities ``hflip`` / ``vflip``. kornia draws each
     sample's parameters on the CPU from torch's global generator, which the loop seeds by the step's position
-    (:func:`base.state.seed_position`): a resumed run draws the same ones.
+    (:func:`base.loop.state.seed_position`): a resumed run draws the same ones.
 
     Returns:
         ``None`` when nothing is random, else a module on float ``(N, C, H, W)`` in [0, 1] returning
@@ -86,7 +86,7 @@ def classifier_model_card(task):
     """What predict.py (or an ONNX user) needs to classify an image file without the dataset, from ``task``.
 
     ``task`` is built: ``task.data`` (:class:`data.classification.ClassificationData`) and ``task.inputs``
-    (:class:`base.input_stage.InputStage`).
+    (:class:`base.loop.input_stage.InputStage`).
 
     Returns:
         ``{"trainer": class name, "class_names": [str] (index = label), "input_shape": [C, H, W] (ints),

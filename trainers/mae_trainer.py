@@ -2,8 +2,8 @@
 
 import torch
 
-from base import distributed
-from base.config import check, str2bool
+from base.config.parse import check, str2bool
+from base.runtime import distributed
 from model.mae import MAE
 from model.zoo import VIT_MODELS
 from trainers.vit_trainer import ViTTrainer
@@ -193,7 +193,7 @@ class MAETrainer(ViTTrainer):
         n = self.args.num_viz
         masked, pasted = self.module.reconstruct(images[:n], pred[:n].float(), mask[:n])
         tiles = torch.stack([images[:n].float(), masked, pasted], dim=1).flatten(0, 1)
-        # Inputs are (x - mean) / std (base.input_stage): back to [0, 1] pixels.
+        # Inputs are (x - mean) / std (base.loop.input_stage): back to [0, 1] pixels.
         mean = torch.tensor(self.inputs.mean, device=tiles.device).view(1, -1, 1, 1)
         std = torch.tensor(self.inputs.std, device=tiles.device).view(1, -1, 1, 1)
         return make_grid((tiles * std + mean).clamp(0, 1).cpu(), nrow=3, padding=1)

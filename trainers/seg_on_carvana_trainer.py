@@ -2,8 +2,8 @@
 
 from torch.nn import functional as F
 
-from base.config import check, str2bool
-from base.trainer_base import TrainerBase
+from base.config.parse import check, str2bool
+from base.trainer import TrainerBase
 from data.carvana import (
     add_carvana_arguments,
     build_carvana_datasets,

@@ -1,12 +1,12 @@
 """Image classification with cross-entropy on Digits, (Fashion)MNIST or an image folder.
 
 ``--data_on_device`` (in-memory data sets, not ImageFolder): the stored uint8 training images are
-uploaded once and batches are gathered on the device (:mod:`base.device_data`); the training crop
+uploaded once and batches are gathered on the device (:mod:`base.loop.device_data`); the training crop
 of ``--train_crop rrc`` runs there, per sample, with kornia (:func:`trainers.classification.device_augment`).
 """
 
-from base.config import check
-from base.trainer_base import TrainerBase
+from base.config.parse import check
+from base.trainer import TrainerBase
 from data.classification import (
     add_data_arguments,
     build_classification_datasets,

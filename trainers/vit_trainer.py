@@ -4,9 +4,9 @@ from collections import OrderedDict
 
 from torch import nn
 
-from base import optim
-from base.config import check, path_arg, str2bool
-from base.trainer_base import TrainerBase
+from base.config.parse import check, path_arg, str2bool
+from base.loop import optim
+from base.trainer import TrainerBase
 from data.classification import (
     add_data_arguments,
     build_classification_datasets,
@@ -212,7 +212,7 @@ class ViTTrainer(TrainerBase):
 
     def build_optimizer(self):
         """AdamW (or ``--optimizer``) with weight decay off for :func:`model.zoo.no_weight_decay_names`;
-        with ``--layer_decay`` < 1, one group per layer (:func:`base.optim.layer_decay_groups`)."""
+        with ``--layer_decay`` < 1, one group per layer (:func:`base.loop.optim.layer_decay_groups`)."""
         a, no_decay = self.args, no_weight_decay_names(self.model)
         if a.layer_decay < 1:
             layers = vit_num_layers(a.model_type)

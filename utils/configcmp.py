@@ -14,7 +14,7 @@ import json
 import os
 import sys
 
-from base.config import Parser
+from base.config.parse import Parser
 
 META_KEYS = ("timestamp", "trainer", "torch", "torchvision", "python", "git_commit", "git_dirty")
 # How a run fact that one config does not record is shown (older runs lack newer facts).

@@ -5,7 +5,7 @@
         --dynamic_batch --batches 2
 
 The model and the run's validation split are rebuilt from the checkpoint alone, as the evaluators do
-(:class:`base.evaluator_base.EvaluatorBase`). The export is written beside the checkpoint as
+(:class:`base.evaluator.EvaluatorBase`). The export is written beside the checkpoint as
 ``<checkpoint stem>.onnx`` / ``.torchscript.pt`` / ``.pt2`` (or to ``--output``), read back from disk and
 run on the first ``--batches`` validation batches; its outputs are compared with the PyTorch model's
 (float32, eval mode, no autocast). ONNX runs through onnxruntime's CPUExecutionProvider.
@@ -31,11 +31,11 @@ import warnings
 
 import torch
 
-from base.checkpoint import load_model_state, write_or_fail
+from base.checkpoint.files import load_model_state, write_or_fail
 from base.cli import one_line
-from base.config import ConfigError, Parser, check, path_arg, str2bool
+from base.config.parse import ConfigError, Parser, check, path_arg, str2bool
 from base.errors import UserError
-from base.evaluator_base import EvaluatorBase, load_saved_model
+from base.evaluator import EvaluatorBase, load_saved_model
 
 PROG = "python -m utils.export"
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "exported_program": ".pt2"}

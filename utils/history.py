@@ -20,7 +20,7 @@ import os
 
 from matplotlib.lines import Line2D
 
-from base.config import Parser
+from base.config.parse import Parser
 from base.errors import UserError
 from utils.plots import plt
 

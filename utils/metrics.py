@@ -49,7 +49,7 @@ class ClassificationMeter:
         Raises:
             ValueError: nothing was added, on any process.
         """
-        from base.distributed import all_reduce_sum
+        from base.runtime.distributed import all_reduce_sum
 
         count, loss_sum, *hits = all_reduce_sum([self.count, self.loss_sum, *(self.hits[k] for k in self.topk)])
         if count == 0:

@@ -45,7 +45,7 @@ def denormalize(image, mean=(0.5,), std=(0.5,)):
     """Model input ``(C, H, W)`` back to uint8 pixels: ``round(clamp(x * std + mean, 0, 1) * 255)``.
 
     Args:
-        image: float ``(x / 255 - mean) / std`` (:mod:`base.input_stage`), on any device; a uint8
+        image: float ``(x / 255 - mean) / std`` (:mod:`base.loop.input_stage`), on any device; a uint8
             image is pixels already and is returned as it is.
         mean, std: the run's ``--mean`` / ``--std`` (length 1 or ``C``).
     """

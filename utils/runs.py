@@ -5,7 +5,7 @@ three levels below the given folders): project, timestamp, trainer, model,
 data, progress (epochs or steps done of planned), the best monitored
 validation metric, the test metric of the best checkpoint, wall time,
 status and, for a crashed run, its error line. Status is read from the
-``status.json`` each trainer keeps (see :mod:`base.run_status`): finished,
+``status.json`` each trainer keeps (see :mod:`base.run.status`): finished,
 running, preempted, crashed, with ``resumed Nx`` when the run was resumed;
 ``killed`` when it says running but its process is gone (``kill -9``, a lost
 machine); ``unknown`` for runs written before status files existed; ``corrupt
@@ -24,9 +24,9 @@ import glob
 import os
 import sys
 
-from base.config import LAUNCH_ONLY, Parser
-from base.run_lock import process_alive
-from base.run_status import STATUS_FILE, read_status
+from base.config.parse import LAUNCH_ONLY, Parser
+from base.run.lock import process_alive
+from base.run.status import STATUS_FILE, read_status
 from utils.configcmp import load
 
 COLUMNS = ("project", "timestamp", "trainer", "model", "data", "progress", "best", "test", "wall", "status", "error")

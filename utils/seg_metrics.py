@@ -70,7 +70,7 @@ class SegmentationMeter:
         Raises:
             ValueError: nothing was added, on any process.
         """
-        from base.distributed import all_reduce_sum
+        from base.runtime.distributed import all_reduce_sum
 
         count, loss_sum, inter, pred, target, dice_sum, iou_sum = all_reduce_sum(
             [self.count, self.loss_sum, self.inter, self.pred, self.target, self.dice_sum, self.iou_sum]

@@ -37,7 +37,7 @@ import time
 
 import submitit
 
-from base.config import ConfigError, Parser, check
+from base.config.parse import ConfigError, Parser, check
 from base.errors import UserError
 
 SIGNAL_DELAY_S = 120  # SLURM signals this long before the time limit: time to stop and requeue
@@ -75,9 +75,9 @@ def resolve_run(script, trainer_args):
     """
     import runpy
 
-    from base.config import parse_config
-    from base.resume import locate
-    from base.trainer_base import TrainerBase
+    from base.checkpoint.resume import locate
+    from base.config.parse import parse_config
+    from base.trainer import TrainerBase
 
     try:
         found = [
@@ -146,7 +146,7 @@ class TrainerTask(submitit.helpers.Checkpointable):
         if self.run_dir or self._before is None:  # None: the trainer has not started
             return self.run_dir
         new = sorted(self._runs() - self._before)
-        for folder in new:  # base.run_lock writes the holder's pid: other runs may start meanwhile
+        for folder in new:  # base.run.lock writes the holder's pid: other runs may start meanwhile
             try:
                 with open(os.path.join(folder, ".lock"), encoding="utf-8") as f:
                     if self._child is not None and f.read().strip() == str(self._child.pid):
@@ -172,7 +172,7 @@ class TrainerTask(submitit.helpers.Checkpointable):
 
     def __call__(self):
         """Run the trainer to its end and return 0; RuntimeError if it failed, or stopped and no requeue came."""
-        import base.resume  # noqa: F401  (now, not later in the signal handler: it imports torch)
+        import base.checkpoint.resume  # noqa: F401  (now, not later in the signal handler: it imports torch)
 
         env = submitit.JobEnvironment()
         cmd = [sys.executable, self.script, *self.trainer_args]
@@ -228,7 +228,7 @@ class TrainerTask(submitit.helpers.Checkpointable):
         """submitit's call on time-out/preemption (task 0 only): stop the trainer, return the same run's requeue:
         ``--resume <run folder>`` if it holds a checkpoint, else a fresh start (never ``--resume auto``: that may
         pick another run of the project)."""
-        from base.resume import newest_checkpoint
+        from base.checkpoint.resume import newest_checkpoint
 
         self._stop_child()
         run = self.find_run()

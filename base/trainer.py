@@ -20,19 +20,18 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, default_collate
 from tqdm import tqdm
 
-from base import distributed, optim, resume, row_files, run_dir
-from base.bad_data import BadSampleFilter, BadSampleLog, collate_good_samples
-from base.config import check, parse_config
-from base.device import select_device
-from base.device_data import DeviceBatches
-from base.file_names import file_name_part
+from base.checkpoint import resume
+from base.checkpoint.checkpointer import CheckpointingMixin
+from base.checkpoint.resume_changes import ResumeMixin
+from base.config.parse import check, parse_config
+from base.config.trainer_flags import add_trainer_arguments, resolve_workers, validate_trainer_config
 from base.hooks import HookBase
-from base.input_stage import InputStage
-from base.loggers import LoggerSet
-from base.lr_plot import plot_lr_schedule
-from base.params import count_parameters, format_count
-from base.signals import Preempted, PreemptionFlag, ignore_signals_in_worker, signals_held
-from base.state import (
+from base.loop import optim
+from base.loop.bad_data import BadSampleFilter, BadSampleLog, collate_good_samples
+from base.loop.device_data import DeviceBatches
+from base.loop.input_stage import InputStage
+from base.loop.lr_plot import plot_lr_schedule
+from base.loop.state import (
     EarlyStopper,
     ResumableSampler,
     SeededSamples,
@@ -40,14 +39,18 @@ from base.state import (
     restore_global_switches,
     seed_everything,
 )
-from base.train_stats import TrainingStats
-from base.trainer_args import add_trainer_arguments, resolve_workers, validate_trainer_config
-from base.trainer_checkpoint import CheckpointingMixin
-from base.trainer_distributed import DistributedMixin
-from base.trainer_resume import ResumeMixin
-from base.trainer_step import StepMixin
-from base.trainer_tracking import TrackingMixin
-from base.trainer_validation import ValidationMixin
+from base.loop.step import StepMixin
+from base.loop.train_stats import TrainingStats
+from base.loop.validation import ValidationMixin
+from base.run import folder as run_dir, row_files
+from base.run.file_names import file_name_part
+from base.run.opening import DistributedMixin
+from base.run.trackers import LoggerSet
+from base.run.tracking import TrackingMixin
+from base.runtime import distributed
+from base.runtime.device import select_device
+from base.runtime.params import count_parameters, format_count
+from base.runtime.signals import Preempted, PreemptionFlag, ignore_signals_in_worker, signals_held
 
 
 class TrainerBase(
@@ -74,7 +77,7 @@ class TrainerBase(
     #: so DataLoader workers started with ``spawn`` can pickle it.
     collate_fn = staticmethod(default_collate)
     #: What a run saved before a flag existed ran with, for the flags its config lacks (see
-    #: :func:`base.config.with_older_run_values`): inputs were ``(x - 0.5) / 0.5`` before ``--mean``/``--std``.
+    #: :func:`base.config.parse.with_older_run_values`): inputs were ``(x - 0.5) / 0.5`` before ``--mean``/``--std``.
     OLDER_RUN_VALUES = {"mean": [0.5], "std": [0.5]}
     #: The script that evaluates this task's checkpoints (e.g. ``"eval_vit.py"``), saved in each checkpoint and
     #: named when another task's evaluator refuses it; ``None``: no hint.
@@ -160,7 +163,7 @@ class TrainerBase(
         self._mid_update = False  # between the first parameter write and the step counter
         self.ema = None  # ModelEMA with --ema_decay, made in setup
         self._nonfinite_on_device, self._first_nonfinite = False, None  # see StepMixin._mark_nonfinite
-        self.loggers = LoggerSet()  # rank 0's, from setup on (see base.loggers); empty elsewhere
+        self.loggers = LoggerSet()  # rank 0's, from setup on (see base.run.trackers); empty elsewhere
         self.status = None  # rank 0's RunStatus (status.json), from setup on
         # Made by build (shared with evaluators) and setup; None or empty until then, set by their owner only.
         self.datasets, self.loaders, self.inputs = {}, {}, None
@@ -212,15 +215,15 @@ class TrainerBase(
         the processes weighted by their sample counts, or compute the metrics
         from sums reduced over the processes (``utils.metrics.ClassificationMeter``
         and ``utils.seg_metrics.SegmentationMeter`` do) so they are equal
-        everywhere (see :func:`base.distributed.combine_metrics`).
+        everywhere (see :func:`base.runtime.distributed.combine_metrics`).
         """
 
     def build_optimizer(self) -> torch.optim.Optimizer:
-        """``--optimizer`` over the model's trainable parameters (see :func:`base.optim.build_optimizer`)."""
+        """``--optimizer`` over the model's trainable parameters (see :func:`base.loop.optim.build_optimizer`)."""
         return optim.build_optimizer(self.model.parameters(), self.args)
 
     def build_scheduler(self) -> torch.optim.lr_scheduler.LRScheduler | None:
-        """Warmup then cosine over :attr:`total_steps` (see :func:`base.optim.build_scheduler`)."""
+        """Warmup then cosine over :attr:`total_steps` (see :func:`base.loop.optim.build_scheduler`)."""
         return optim.build_scheduler(self.optimizer, self.args, self.total_steps)
 
     def build_dataloader(self, dataset: Dataset, split: str) -> Iterable:
@@ -233,7 +236,7 @@ class TrainerBase(
         Under DDP each process reads its share of every split (see :class:`ResumableSampler`).
         An override for ``"train"`` must keep a :class:`ResumableSampler` for resume to work.
 
-        With ``--data_on_device`` the training split is a :class:`base.device_data.DeviceBatches`
+        With ``--data_on_device`` the training split is a :class:`base.loop.device_data.DeviceBatches`
         instead: its tensors uploaded once, batches gathered on the device in the same
         sampler's order, no workers (its random ops run on the device: :meth:`build_device_augment`).
         The evaluation splits stay on the ``DataLoader``: each is read once per validation
@@ -296,12 +299,12 @@ class TrainerBase(
     def build_device_augment(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
         """``None``, or a callable on float ``(N, C, H, W)`` training images in [0, 1] on the device (e.g. a kornia
         ``AugmentationSequential``); called in :meth:`build`, after :meth:`build_datasets`
-        (see :mod:`base.input_stage`)."""
+        (see :mod:`base.loop.input_stage`)."""
         return None
 
     def build_mix(self) -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None:
         """``None``, or a callable ``(images, targets) -> (images, targets)`` that mixes training batches on the device
-        (Mixup / CutMix); called in :meth:`build`, after :meth:`build_datasets` (see :mod:`base.input_stage`)."""
+        (Mixup / CutMix); called in :meth:`build`, after :meth:`build_datasets` (see :mod:`base.loop.input_stage`)."""
         return None
 
     def model_card(self) -> dict[str, Any]:
@@ -474,7 +477,7 @@ class TrainerBase(
         """Run epochs of optimizer steps until ``--epochs``, ``--max_steps`` or early stop.
 
         SIGTERM/SIGINT stop it at the next step boundary with a checkpoint
-        (raising :class:`base.signals.Preempted`); any other exception writes
+        (raising :class:`base.runtime.signals.Preempted`); any other exception writes
         the exception checkpoint, then propagates.
         """
         a, failing = self.args, False

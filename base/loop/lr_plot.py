@@ -2,7 +2,7 @@
 
 The schedule is the trainer's own (``build_optimizer`` / ``build_scheduler``)
 over the planned length, so warmup (the one the run really uses, see
-:func:`base.optim.warmup_used`), ``--accum_steps``, ``--max_steps`` and,
+:func:`base.loop.optim.warmup_used`), ``--accum_steps``, ``--max_steps`` and,
 with ``--resume``, the resumed step and any flag changed there (``--epochs``,
 ``--lr``, ...) are all in it. A run of more than :data:`MAX_POINTS` steps is
 drawn at that many steps spread evenly over it (its first and last step and
@@ -18,10 +18,10 @@ import warnings
 
 import torch
 
-from base import optim
-from base.checkpoint import load_checkpoint
-from base.config import ConfigError
+from base.checkpoint.files import load_checkpoint
+from base.config.parse import ConfigError
 from base.errors import CheckpointError
+from base.loop import optim
 
 MAX_POINTS = 2000  # steps drawn and written to the .csv: a curve's worth, whatever the run's length
 MAX_EPOCH_LINES = 200  # grey lines at epoch ends; more would be a grey block
@@ -35,7 +35,7 @@ def plot_lr_schedule(trainer, path):
     schedule starts at the checkpoint's step, as the resumed run would.
 
     Args:
-        trainer: a :class:`base.trainer_base.TrainerBase` from ``from_argv`` (not set up).
+        trainer: a :class:`base.trainer.TrainerBase` from ``from_argv`` (not set up).
         path: the PNG to write; the values go to the same stem with ``.csv``
             (columns ``step``, ``lr``: optimizer steps and the first param group's LR).
 
@@ -130,7 +130,7 @@ def sampled_steps(start, end, marks=(), limit=MAX_POINTS):
 
 
 def _warmup(scheduler, warmup_steps):
-    """The warmup ``scheduler`` uses (its :class:`base.optim.WarmupCosine`'s), else ``warmup_steps``."""
+    """The warmup ``scheduler`` uses (its :class:`base.loop.optim.WarmupCosine`'s), else ``warmup_steps``."""
     lambdas = [f for f in getattr(scheduler, "lr_lambdas", []) if isinstance(f, optim.WarmupCosine)]
     return lambdas[0].warmup if lambdas else warmup_steps
 

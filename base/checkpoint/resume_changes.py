@@ -1,13 +1,13 @@
 """What a resume may change, and how the loaded state follows: :class:`ResumeMixin`.
 
-Mixed into :class:`base.trainer_base.TrainerBase`; kept apart so the loop
+Mixed into :class:`base.trainer.TrainerBase`; kept apart so the loop
 itself reads in one sitting.
 """
 
 import math
 
-from base import optim
-from base.state import training_batches
+from base.loop import optim
+from base.loop.state import training_batches
 
 
 class ResumeMixin:

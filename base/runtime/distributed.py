@@ -17,7 +17,7 @@ import sys
 import torch
 import torch.distributed as dist
 
-from base.config import ConfigError
+from base.config.parse import ConfigError
 
 
 def env_world_size():
@@ -54,7 +54,7 @@ def init_from_env(device):
     """Start the process group torchrun described in the environment, if any and not started yet.
 
     Args:
-        device: this process's ``torch.device`` (see :func:`base.device.select_device`):
+        device: this process's ``torch.device`` (see :func:`base.runtime.device.select_device`):
             NCCL for CUDA devices, gloo for CPU.
 
     Returns:
@@ -193,7 +193,7 @@ def launch_command(spec, script, argv):
     """The ``torchrun`` command that runs ``script argv`` once per device of ``--gpu_devices spec``.
 
     Each process takes its device from the list by its local rank (see
-    :func:`base.device.select_device`). ``--standalone`` picks a free port on this machine.
+    :func:`base.runtime.device.select_device`). ``--standalone`` picks a free port on this machine.
 
     Raises:
         ConfigError: an empty entry, or CPU and GPUs mixed in the list.

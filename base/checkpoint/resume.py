@@ -4,8 +4,8 @@ import glob
 import json
 import os
 
-from base.checkpoint import load_checkpoint, verify_checkpoint
-from base.config import LAUNCH_ONLY
+from base.checkpoint.files import load_checkpoint, verify_checkpoint
+from base.config.parse import LAUNCH_ONLY
 from base.errors import UserError
 
 # Checkpoints a run can continue from; `best` is a copy of an older state, never the newest work.
@@ -22,7 +22,7 @@ def newest_verified_checkpoint(run_dir, tags=RESUMABLE):
     """The newest checkpoint like :func:`newest_checkpoint` that also loads and matches its checksum.
 
     Each candidate, newest first, is read in full (memory-mapped) by
-    :func:`base.checkpoint.verify_checkpoint` until one passes.
+    :func:`base.checkpoint.files.verify_checkpoint` until one passes.
 
     Returns:
         ``(path, skipped)``: ``path`` is ``None`` when no checkpoint passes;

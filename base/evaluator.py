@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from base.checkpoint import load_checkpoint, load_model_state
-from base.config import build_parser, coerce_saved_values, path_arg
+from base.checkpoint.files import load_checkpoint, load_model_state
+from base.config.parse import build_parser, coerce_saved_values, path_arg
 from base.errors import CheckpointError, UserError
 
 #: ``--help``'s title for the trainer's flags, which an evaluator accepts to override the saved values.
@@ -189,7 +189,7 @@ class EvaluatorBase(abc.ABC):
 
 def add_viz_argument(parser, help):
     """Add the ``pictures`` group with ``--viz`` (a boolean, off by default) to ``parser``; returns the group."""
-    from base.config import str2bool
+    from base.config.parse import str2bool
 
     group = parser.add_argument_group("pictures")
     group.add_argument("--viz", type=str2bool, nargs="?", const=True, default=False, help=help)

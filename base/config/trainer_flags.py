@@ -3,9 +3,9 @@
 import argparse
 import os
 
-from base.config import check, path_arg, str2bool
-from base.device import select_device
-from base.loggers import parse_logger_names
+from base.config.parse import check, path_arg, str2bool
+from base.run.trackers import parse_logger_names
+from base.runtime.device import select_device
 
 
 def add_trainer_arguments(parser):
@@ -54,7 +54,7 @@ def add_trainer_arguments(parser):
         type=workers_type,
         default="auto",
         help="DataLoader worker processes; auto: 0 on CPU, on CUDA the CPUs of this process's share "
-        "of the node less one, at most 12 (see base.trainer_args.resolve_workers)",
+        "of the node less one, at most 12 (see base.config.trainer_flags.resolve_workers)",
     )
     loop.add_argument("--optimizer", choices=["adamw", "adam", "sgd"], default="adamw", help="update rule")
     loop.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")

@@ -1,14 +1,14 @@
 """Where a launch of a run is recorded: ``status.json`` and the ``--loggers``, opened and closed.
 
-Mixed into :class:`base.trainer_base.TrainerBase`; kept apart so the loop itself reads in one sitting.
+Mixed into :class:`base.trainer.TrainerBase`; kept apart so the loop itself reads in one sitting.
 """
 
 import math
 
 from base.errors import error_line
-from base.loggers import LoggerSet, RunInfo, build_loggers, parse_logger_names
-from base.run_dir import FILE_ONLY
-from base.run_status import RunStatus, read_status
+from base.run.folder import FILE_ONLY
+from base.run.status import RunStatus, read_status
+from base.run.trackers import LoggerSet, RunInfo, build_loggers, parse_logger_names
 
 
 class TrackingMixin:

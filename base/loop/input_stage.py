@@ -22,7 +22,7 @@ other entry (labels, masks) is only moved.
 
 Steps 3 and 6 draw random numbers; the loop calls :meth:`InputStage.train_input`
 after seeding the step's generators by its position in the run
-(:func:`base.state.seed_position`), so a resumed run draws the same ones.
+(:func:`base.loop.state.seed_position`), so a resumed run draws the same ones.
 """
 
 import torch

@@ -1,19 +1,20 @@
-"""What :class:`base.trainer_base.TrainerBase` does differently under DDP (several processes, one run).
+"""What :class:`base.trainer.TrainerBase` does differently under DDP (several processes, one run).
 
 Rank 0 alone writes the run folder: config, log, TensorBoard, ``metrics.csv``
 and checkpoints. Every other process reads its share of the data, trains its
 replica and takes part in the decisions all processes must take together
 (stop on a signal, too many bad images, a non-finite loss: see
-:mod:`base.distributed`). With one process each method here is the
+:mod:`base.runtime.distributed`). With one process each method here is the
 single-process behaviour.
 """
 
 import logging
 import os
 
-from base import distributed, run_dir
-from base.file_names import file_name_part
-from base.run_lock import RunLock
+from base.run import folder as run_dir
+from base.run.file_names import file_name_part
+from base.run.lock import RunLock
+from base.runtime import distributed
 
 
 class DistributedMixin:

@@ -8,7 +8,7 @@ Each class in a trainer's (or evaluator's) MRO may define
 
 :func:`parse_config` builds the parser from the base class down to the leaf,
 applies a ``--config`` file (JSON, or YAML for ``.yaml``/``.yml``: see
-:mod:`base.config_files`) on top of the defaults, then the command line on
+:mod:`base.config.files`) on top of the defaults, then the command line on
 top of that. The resolved namespace comes back with a provenance map
 ``{flag: "base default (TrainerBase)" | "subclass default (X)" |
 "config file (path)" | "command line"}`` that is written next to the values.
@@ -198,7 +198,7 @@ def parse_config(cls, argv=None, base_values=None, base_label="saved run", valid
     ``cls.validate_config(args)`` checks cross-field rules.
 
     A class with ``--config`` also gets ``--print_config``: with ``validate``,
-    the resolved config is printed as YAML (:func:`base.config_files.format_config`)
+    the resolved config is printed as YAML (:func:`base.config.files.format_config`)
     and the process exits 0. ``print_config`` itself is never in ``args``.
 
     Returns:
@@ -208,7 +208,7 @@ def parse_config(cls, argv=None, base_values=None, base_label="saved run", valid
         status 2 with one ``error:`` line for an unknown flag, a bad value,
         a bad ``--config`` file or a failed validation; status 0 after ``--print_config``.
     """
-    from base.config_files import format_config, read_config_file  # imports PyYAML only when used
+    from base.config.files import format_config, read_config_file  # imports PyYAML only when used
 
     parser, origins = build_parser(cls)
     _add_print_config(parser)

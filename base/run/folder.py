@@ -5,12 +5,12 @@ Layout of one run::
     <output_dir>/<proj_name>/<timestamp>/
         config_<proj_name>_<timestamp>.json
         <proj_name>_<timestamp>_log.txt
-        metrics.csv          one row per validation (see base.row_files)
+        metrics.csv          one row per validation (see base.run.row_files)
         summary/             TensorBoard events
         <model>_best_ckpt.pth, <model>_last_ckpt.pth, ...
 
 ``<proj_name>`` and ``<model>`` (``--model_type``, else the model's class name: ``checkpoint_prefix``) in
-file names are made safe by :func:`base.file_names.file_name_part` (``timm/resnet18`` -> ``timm-resnet18``).
+file names are made safe by :func:`base.run.file_names.file_name_part` (``timm/resnet18`` -> ``timm-resnet18``).
 """
 
 import datetime
@@ -23,9 +23,9 @@ import sys
 
 import torch
 
-from base.checkpoint import atomic_write
+from base.checkpoint.files import atomic_write
 from base.errors import UserError
-from base.run_lock import process_alive
+from base.run.lock import process_alive
 
 TIMESTAMP_FORMAT = "%Y-%m-%d_%H-%M-%S"
 
@@ -257,14 +257,14 @@ def record_resume(path, args, provenance, checkpoint, changes=None):
     _write_json(path, doc)
 
 
-# The temporary name base.checkpoint.atomic_write gives a file while writing it.
+# The temporary name base.checkpoint.files.atomic_write gives a file while writing it.
 _TEMP_FILE = re.compile(r"^\..+\.tmp(\d+)$")
 
 
 def remove_stale_temp_files(run_dir):
     """Delete ``.<name>.tmp<pid>`` files in ``run_dir`` whose writer process is gone.
 
-    :func:`base.checkpoint.atomic_write` writes under that name, then renames;
+    :func:`base.checkpoint.files.atomic_write` writes under that name, then renames;
     a writer killed in between leaves the file behind for good. Files of live
     processes (this one included) may still be renamed and are kept.
     Subfolders are not searched. The pid test sees only this machine's

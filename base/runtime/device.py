@@ -4,7 +4,7 @@ import os
 
 import torch
 
-from base.config import ConfigError
+from base.config.parse import ConfigError
 
 
 def select_device(spec):
@@ -14,7 +14,7 @@ def select_device(spec):
         spec: ``None``/``""``/``"auto"`` (first CUDA device if any, else CPU),
             ``"cpu"``, or a CUDA device as PyTorch users write it: ``"0"``,
             ``"cuda"`` (device 0), ``"cuda:1"``, ``"gpu"``; or a list, one
-            process per entry (``"0,1,2,3"``, ``"cpu,cpu"``: see :mod:`base.distributed`).
+            process per entry (``"0,1,2,3"``, ``"cpu,cpu"``: see :mod:`base.runtime.distributed`).
 
     Under ``torchrun`` (``LOCAL_RANK`` set) a process takes the list's entry
     of its local rank, or without a list GPU ``LOCAL_RANK`` (or the CPU).

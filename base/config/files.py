@@ -2,10 +2,10 @@
 
 A file is either flat, ``{flag: value}``, or a run's saved layout
 ``{"config": {flag: value}, "provenance": ..., "meta": {...}}`` (see
-:func:`base.run_dir.write_config`), in JSON or, for a ``.yaml``/``.yml``
+:func:`base.run.folder.write_config`), in JSON or, for a ``.yaml``/``.yml``
 name, YAML. YAML scalars are read as the strings they are written as (only
 ``null``/``~``/empty and ``.inf``/``.nan`` are resolved), so
-:func:`base.config.parse_config` types them with each flag's argparse
+:func:`base.config.parse.parse_config` types them with each flag's argparse
 ``type`` exactly as it types a command-line string: ``lr: 1e-3`` is 0.001
 (YAML 1.1 would leave it a string), ``proj_name: yes`` stays ``"yes"``
 (not ``True``), ``seed: 010`` is 10 (not octal 8) and a date stays text.

@@ -1,4 +1,4 @@
-"""One optimizer step of :class:`base.trainer_base.TrainerBase`, and the model features around it.
+"""One optimizer step of :class:`base.trainer.TrainerBase`, and the model features around it.
 
 Mixed into the trainer; kept apart so the loop reads in one sitting. Here:
 AMP, moving batches to the device (``--channels_last``), gradient
@@ -12,9 +12,9 @@ import time
 
 import torch
 
-from base import distributed
-from base.ema import ModelEMA
-from base.state import seed_position
+from base.loop.ema import ModelEMA
+from base.loop.state import seed_position
+from base.runtime import distributed
 
 
 class StepMixin:
@@ -36,7 +36,7 @@ class StepMixin:
 
     def to_device(self, batch):
         """``batch`` (tensors in nested tuples, lists and dicts) on :attr:`device`, its uint8 images made the
-        model's normalised float input (``--mean``/``--std``, ``--channels_last``): see :mod:`base.input_stage`.
+        model's normalised float input (``--mean``/``--std``, ``--channels_last``): see :mod:`base.loop.input_stage`.
 
         For validation, tests and evaluators; training batches go through ``inputs.train_input`` in the loop.
         """
@@ -67,11 +67,11 @@ class StepMixin:
 
         Each list makes one optimizer step. Once its batches are read, the
         global generators are seeded from the step's place in the run (see
-        :func:`base.state.seed_position`), for what the step draws (device
+        :func:`base.loop.state.seed_position`), for what the step draws (device
         augmentation, Mixup, dropout); each sample's own augmentation was
-        seeded from its index when it was read (:class:`base.state.SeededSamples`),
+        seeded from its index when it was read (:class:`base.loop.state.SeededSamples`),
         so reading ahead (copy-ahead, workers) changes nothing. The seconds spent
-        waiting for the batches are ``stats.window_wait`` (see :class:`base.train_stats.TrainingStats`).
+        waiting for the batches are ``stats.window_wait`` (see :class:`base.loop.train_stats.TrainingStats`).
         """
         batches = iter(batches)
         while True:

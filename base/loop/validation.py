@@ -1,4 +1,4 @@
-"""Validation, test and training-loss bookkeeping of :class:`base.trainer_base.TrainerBase`."""
+"""Validation, test and training-loss bookkeeping of :class:`base.trainer.TrainerBase`."""
 
 import json
 import os
@@ -6,12 +6,12 @@ import time
 
 import torch
 
-from base import distributed
-from base.checkpoint import atomic_write, load_checkpoint
+from base.checkpoint.files import atomic_write, load_checkpoint
+from base.config.trainer_flags import resolve_workers
 from base.errors import DataError
-from base.signals import signals_held
-from base.state import seed_position
-from base.trainer_args import resolve_workers
+from base.loop.state import seed_position
+from base.runtime import distributed
+from base.runtime.signals import signals_held
 
 
 class ValidationMixin:
@@ -21,7 +21,7 @@ class ValidationMixin:
         """Log newly listed unreadable images; stop past ``--max_bad_images`` (under DDP, every process together).
 
         Raises:
-            DataError: too many unreadable images (see :class:`base.bad_data.BadSampleLog`).
+            DataError: too many unreadable images (see :class:`base.loop.bad_data.BadSampleLog`).
         """
         if self.args.bad_images != "skip":  # nothing is listed: spare the per-step stat()
             return
@@ -51,7 +51,7 @@ class ValidationMixin:
     def log_scalar(self, name, value, step=None):
         """Log one scalar (a float or 0-dim tensor) at ``step`` (default: :attr:`global_step`) to every logger.
 
-        The loggers are those of ``--loggers`` (see :mod:`base.loggers`). Tasks
+        The loggers are those of ``--loggers`` (see :mod:`base.run.trackers`). Tasks
         and hooks call it for their own curves, e.g. ``self.log_scalar("train/kl", kl)``;
         a tensor costs a host sync, so call it at a logging cadence, not every step.
         Under DDP only rank 0 writes (the others have no loggers): log values
@@ -113,7 +113,7 @@ class ValidationMixin:
         With ``--ema_decay`` and ``--eval_ema``, ``self.model`` is the EMA model
         while ``validate`` runs, so a task's ``validate`` needs no EMA code. It is
         never the DDP wrapper: each process scores its share of the split with
-        its replica, and the results are combined (:func:`base.distributed.combine_metrics`).
+        its replica, and the results are combined (:func:`base.runtime.distributed.combine_metrics`).
         """
         trained, self.model = self.model, self.eval_model()
         self.model.eval()
@@ -249,7 +249,7 @@ def data_wait_note(share, args, device):
     """One line for a run whose loop waited for data ``share`` (0..1) of a logging window, naming the flag to try.
 
     The hint depends on the workers ``--num_workers`` resolved to on ``device`` (``auto``: 0 on the CPU, more on
-    CUDA; see :func:`base.trainer_args.resolve_workers`).
+    CUDA; see :func:`base.config.trainer_flags.resolve_workers`).
     """
     workers = resolve_workers(args.num_workers, device, distributed.local_world_size())
     if args.data_on_device:

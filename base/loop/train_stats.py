@@ -10,7 +10,7 @@ One part the trainer owns (``trainer.stats``), with its own state:
 
 The sums are device tensors (or floats) until a log or checkpoint reads them, so adding a step's
 sums costs no host sync. The checkpoint holds :meth:`sums` of every process (see
-``base.trainer_checkpoint``); the clock is not saved: a resumed run starts a new window.
+``base.checkpoint.checkpointer``); the clock is not saved: a resumed run starts a new window.
 """
 
 import time

@@ -1,4 +1,4 @@
-"""Experiment trackers outside the run folder: Weights & Biases and MLflow (see :mod:`base.loggers`).
+"""Experiment trackers outside the run folder: Weights & Biases and MLflow (see :mod:`base.run.trackers`).
 
 Both are best-effort: an error switches the tracker off for the rest of the
 launch with one warning, and training goes on. Each keeps its run id in the
@@ -14,8 +14,8 @@ import pathlib
 import time
 import uuid
 
-from base.checkpoint import atomic_write
-from base.loggers import RunLogger
+from base.checkpoint.files import atomic_write
+from base.run.trackers import RunLogger
 
 #: MLflow's status for each way a launch ends.
 MLFLOW_STATUS = {"finished": "FINISHED", "preempted": "KILLED", "crashed": "FAILED"}

@@ -39,16 +39,16 @@ import dataclasses
 import importlib.util
 import os
 
-from base.config import ConfigError
-from base.row_files import resume_rows, step_of
-from base.run_dir import cannot_write_error
+from base.config.parse import ConfigError
+from base.run.folder import cannot_write_error
+from base.run.row_files import resume_rows, step_of
 
 #: Logger name -> (module:class, the pip package it needs or None).
 LOGGERS = {
-    "tensorboard": ("base.loggers:TensorBoardLogger", None),
-    "csv": ("base.loggers:CSVLogger", None),
-    "wandb": ("base.trackers:WandbLogger", "wandb"),
-    "mlflow": ("base.trackers:MLflowLogger", "mlflow-skinny"),
+    "tensorboard": ("base.run.trackers:TensorBoardLogger", None),
+    "csv": ("base.run.trackers:CSVLogger", None),
+    "wandb": ("base.run.external_trackers:WandbLogger", "wandb"),
+    "mlflow": ("base.run.external_trackers:MLflowLogger", "mlflow-skinny"),
 }
 
 
@@ -329,7 +329,7 @@ class CSVLogger(RunLogger):
     ``metrics.csv`` (one row per validation) is written whatever ``--loggers``
     says: resume, ``inspect_history.py`` and ``utils.runs`` read it. On resume
     and on a rollback the file is cut back to the rows the checkpoint covers
-    (its state counts them; see :mod:`base.row_files`).
+    (its state counts them; see :mod:`base.run.row_files`).
     """
 
     name = "csv"
@@ -346,7 +346,7 @@ class CSVLogger(RunLogger):
         """Keep the rows the checkpoint of ``states`` counts, drop the rest, and append after them.
 
         ``states``' ``csv`` entry ``None`` (a new run, or a checkpoint written before rows were
-        counted): keep the rows up to ``step``. See :func:`base.row_files.resume_rows`.
+        counted): keep the rows up to ``step``. See :func:`base.run.row_files.resume_rows`.
 
         Raises:
             RunDirError: the file cannot be read, repaired or rewritten; names it.

@@ -1,6 +1,6 @@
 """The trainer's state tree and what is done with it: save, resume, roll back, export.
 
-Mixed into :class:`base.trainer_base.TrainerBase`; kept apart so the loop
+Mixed into :class:`base.trainer.TrainerBase`; kept apart so the loop
 itself reads in one sitting.
 """
 
@@ -11,8 +11,7 @@ import re
 
 import torch
 
-from base import distributed
-from base.checkpoint import (
+from base.checkpoint.files import (
     copy_checkpoint,
     load_checkpoint,
     load_model_state,
@@ -20,17 +19,18 @@ from base.checkpoint import (
     verify_checkpoint,
     write_or_fail,
 )
+from base.checkpoint.resume import newest_checkpoint
 from base.errors import CheckpointError
-from base.file_names import file_name_part
-from base.resume import newest_checkpoint
-from base.signals import Preempted
+from base.run.file_names import file_name_part
+from base.runtime import distributed
+from base.runtime.signals import Preempted
 
 
 class CheckpointingMixin:
     """Checkpoint files of a run: ``<model>_<tag>_ckpt.pth`` in the run folder.
 
     ``<model>`` is :meth:`checkpoint_prefix`: ``--model_type`` where the task has that flag, else the
-    model's class name, as a file name part (:func:`base.file_names.file_name_part`:
+    model's class name, as a file name part (:func:`base.run.file_names.file_name_part`:
     ``timm/resnet18`` -> ``timm-resnet18``).
 
     Tags: ``best`` (best validation), ``last`` (latest validation or end of
@@ -239,7 +239,7 @@ class CheckpointingMixin:
                 distributed.barrier()
             return path
         # What was logged up to this step reaches the disk first: a resume from this checkpoint keeps
-        # those rows and redoes the rest (see base.loggers.CSVLogger), so none may be lost in a buffer.
+        # those rows and redoes the rest (see base.run.trackers.CSVLogger), so none may be lost in a buffer.
         try:
             self.loggers.flush()
         except OSError as exc:

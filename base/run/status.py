@@ -7,7 +7,7 @@ validation (progress, best metric), and when it ends: ``finished``,
 ``preempted`` (SIGTERM/SIGINT, a checkpoint to resume from) or ``crashed``
 (an exception; its line, ``<type>: <message>``, is kept in ``error``). A process
 killed without warning (``kill -9``, a lost node) leaves ``running`` behind; the
-run folder's lock (:mod:`base.run_lock`) tells such a run from a live one.
+run folder's lock (:mod:`base.run.lock`) tells such a run from a live one.
 
 Fields: ``status``, ``resumes`` (launches after the first), ``trainer``,
 ``model``, ``data``, ``epoch``/``global_step`` done, ``planned_epochs``/
@@ -112,7 +112,7 @@ class RunStatus:
         self._write(status, trainer)
 
     def _write(self, status, trainer):
-        from base.run_dir import cannot_write_error  # (torch: kept out of utils.runs's import)
+        from base.run.folder import cannot_write_error  # (torch: kept out of utils.runs's import)
 
         a = trainer.args
         self.doc.update(
@@ -128,7 +128,7 @@ class RunStatus:
             }
         )
         text = json.dumps(self.doc, indent=2, sort_keys=True)
-        # The temporary name of base.checkpoint.atomic_write: a stale one is removed at the next launch.
+        # The temporary name of base.checkpoint.files.atomic_write: a stale one is removed at the next launch.
         tmp = os.path.join(os.path.dirname(self.path), f".{STATUS_FILE}.tmp{os.getpid()}")
         try:
             # Renamed into place, so a reader sees the old file or the new one; not fsynced: it is

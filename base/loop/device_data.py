@@ -5,10 +5,10 @@ ELPV: 236 MB of uint8 at 300x300) the training images are uploaded once, and
 each batch is one indexing op on the device: no worker processes, no pinned
 memory, no copy per batch. Random augmentation then runs on the device too,
 per sample, after the loop seeded the step (``TrainerBase.build_device_augment``
-and :mod:`base.input_stage`).
+and :mod:`base.loop.input_stage`).
 
 What a resume and DDP rely on is unchanged: the order is that of the same
-:class:`base.state.ResumableSampler` the ``DataLoader`` path uses (the epoch's
+:class:`base.loop.state.ResumableSampler` the ``DataLoader`` path uses (the epoch's
 permutation from ``(seed, epoch)``, the start position of a resumed epoch, each
 process's share, the left-out tail), in batches of the same size.
 
@@ -55,7 +55,7 @@ class DeviceBatches:
     Args:
         dataset: the training split (see the module docstring for what it must provide);
             kept as :attr:`dataset` (the loop reads its length).
-        sampler: a :class:`base.state.ResumableSampler` yielding plain indices
+        sampler: a :class:`base.loop.state.ResumableSampler` yielding plain indices
             (``with_epoch=False``) with ``batch_size`` set; the loop calls its
             ``set_epoch(epoch, start)`` before each epoch.
         batch_size: samples per batch (the last one of an epoch may be smaller, as with
