@@ -26,7 +26,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, default_collate
 
-from base.config.parse import check, path_arg, str2bool
+from base.config.checks import check
+from base.config.parse import path_arg, str2bool
 from base.errors import DataError
 from data import transforms
 from data.images import read_image

@@ -31,7 +31,8 @@ import os
 import torch
 from torch.utils.data import Dataset, Subset
 
-from base.config.parse import check, path_arg, str2bool
+from base.config.checks import check
+from base.config.parse import path_arg, str2bool
 from base.errors import DataError
 from data import transforms
 from data.augment import Augmented

@@ -6,7 +6,9 @@ import json
 import torch
 
 from base.checkpoint.files import load_model_state, write_or_fail
-from base.config.parse import build_parser, check, coerce_saved_values, path_arg, predictor_parser
+from base.config.checks import check
+from base.config.parse import build_parser, coerce_saved_values, path_arg
+from base.config.predictor_flags import predictor_parser
 from base.errors import CheckpointError
 from base.evaluator import load_saved_model
 from base.loop.input_stage import InputStage

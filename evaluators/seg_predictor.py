@@ -8,7 +8,8 @@ from PIL import Image
 from torch.nn import functional as F
 
 from base.checkpoint.files import load_model_state
-from base.config.parse import build_parser, predictor_parser
+from base.config.parse import build_parser
+from base.config.predictor_flags import predictor_parser
 from base.errors import CheckpointError
 from base.evaluator import EvaluatorBase, load_saved_model
 from base.loop.input_stage import InputStage

@@ -75,7 +75,7 @@ MIN_IMAGE_SIZE = {"Vanilla": 1, "SmallCNN": 2}
 def image_size_problem(model_type, side):
     """Why ``model_type`` cannot train on ``side x side`` images (a phrase naming the minimum), or ``None``.
 
-    For a ``ConfigError`` at parse time (see :func:`base.config.parse.check`); unknown names give ``None``.
+    For a ``ConfigError`` at parse time (see :func:`base.config.checks.check`); unknown names give ``None``.
     """
     minimum = MIN_IMAGE_SIZE.get(model_type, 1)
     if side < minimum:

@@ -162,7 +162,7 @@ def image_size_problem(model_type, side, patch_size):
 
     ViTs need ``side`` to be a multiple of ``patch_size`` and >= it; the other torchvision models
     ``side >= MIN_IMAGE_SIZE[model_type]``. ``timm/`` names give ``None``: their limits are the model's.
-    For a ``ConfigError`` at parse time (see :func:`base.config.parse.check`).
+    For a ``ConfigError`` at parse time (see :func:`base.config.checks.check`).
     """
     if model_type in _VIT_CONFIGS:
         if patch_size > 0 and (side < patch_size or side % patch_size):

@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 
 from base.checkpoint.files import load_checkpoint, save_checkpoint
 from base.checkpoint.resume import locate
-from base.config.parse import check_dir_exists
+from base.config.checks import check_dir_exists
 from base.hooks import HookBase
 from conftest import ToyTrainer
 from test_readme_example import load_example

@@ -3,7 +3,7 @@ the ``--data_on_device`` pieces, validation by top-1/top-5, and the model card a
 
 import torch
 
-from base.config.parse import check
+from base.config.checks import check
 from base.errors import DataError
 from data.input_recipe import input_recipe
 from utils.metrics import ClassificationMeter

@@ -2,7 +2,8 @@
 
 import torch
 
-from base.config.parse import check, str2bool
+from base.config.checks import check
+from base.config.parse import str2bool
 from base.runtime import distributed
 from model.mae import MAE
 from model.zoo import VIT_MODELS

@@ -2,7 +2,8 @@
 
 from torch.nn import functional as F
 
-from base.config.parse import check, str2bool
+from base.config.checks import check
+from base.config.parse import str2bool
 from base.trainer import TrainerBase
 from data.carvana import (
     add_carvana_arguments,

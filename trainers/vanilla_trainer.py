@@ -5,7 +5,7 @@ uploaded once and batches are gathered on the device (:mod:`base.loop.device_dat
 of ``--train_crop rrc`` runs there, per sample, with kornia (:func:`trainers.classification.device_augment`).
 """
 
-from base.config.parse import check
+from base.config.checks import check
 from base.trainer import TrainerBase
 from data.classification import (
     add_data_arguments,

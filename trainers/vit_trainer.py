@@ -4,7 +4,8 @@ from collections import OrderedDict
 
 from torch import nn
 
-from base.config.parse import check, path_arg, str2bool
+from base.config.checks import check
+from base.config.parse import path_arg, str2bool
 from base.loop import optim
 from base.trainer import TrainerBase
 from data.classification import (

@@ -33,7 +33,8 @@ import torch
 
 from base.checkpoint.files import load_model_state, write_or_fail
 from base.cli import one_line
-from base.config.parse import ConfigError, Parser, check, path_arg, str2bool
+from base.config.checks import check
+from base.config.parse import ConfigError, Parser, path_arg, str2bool
 from base.errors import UserError
 from base.evaluator import EvaluatorBase, load_saved_model
 

@@ -37,7 +37,8 @@ import time
 
 import submitit
 
-from base.config.parse import ConfigError, Parser, check
+from base.config.checks import check
+from base.config.parse import ConfigError, Parser
 from base.errors import UserError
 
 SIGNAL_DELAY_S = 120  # SLURM signals this long before the time limit: time to stop and requeue

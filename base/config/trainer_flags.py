@@ -3,7 +3,8 @@
 import argparse
 import os
 
-from base.config.parse import check, path_arg, str2bool
+from base.config.checks import check, check_folder_name, check_writable_dir
+from base.config.parse import path_arg, str2bool
 from base.run.trackers import parse_logger_names
 from base.runtime.device import select_device
 
@@ -293,25 +294,3 @@ def resolve_workers(value, device, local_processes=1):
         return 0
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, min(12, cpus // max(1, local_processes) - 1))
-
-
-def check_folder_name(flag, name):
-    """Raise ``ConfigError`` unless ``name`` is one folder name: the run folders stay under ``--output_dir``.
-
-    Refused: empty, ``.`` and ``..``, a path separator (``/``, and ``\\`` on
-    Windows) and control characters (a newline would split the log's lines and
-    ``utils.runs``' table).
-    """
-    check(name not in ("", ".", ".."), flag, name, "must name a folder (not empty, '.' or '..')")
-    for sep in {"/", os.sep, os.altsep} - {None}:
-        check(sep not in name, flag, name, f"must be one folder name, without a path separator ({sep!r})")
-    check(name.isprintable(), flag, name, "must not hold a control character (a newline, a tab, ...)")
-
-
-def check_writable_dir(flag, path):
-    """Raise ``ConfigError`` unless ``path`` is, or can be created as, a writable folder."""
-    existing = os.path.abspath(path)
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    check(os.path.isdir(existing), flag, path, f"{existing} is not a folder")
-    check(os.access(existing, os.W_OK | os.X_OK), flag, path, f"{existing} is not writable")
