@@ -75,14 +75,14 @@ class EvaluatorBase(abc.ABC):
         Raises:
             ConfigError: a saved value of the wrong type or outside its choices
                 (e.g. an unknown ``model_type``), naming ``--model_path`` and the
-                key; the merged config fails the trainer's validation.
+                key; the merged config fails the trainer's checks (``check_config``).
         """
         defaults, _ = build_parser(self.trainer_class)
         known = vars(defaults.parse_args([]))
         saved = coerce_saved_values(self.trainer_class, saved, f"--model_path {self.args.model_path}: its saved config")
         merged = {**known, **saved}
         # Evaluation writes beside the checkpoint; the training machine's output folder
-        # may not exist here and must not fail validation.
+        # may not exist here and must not fail its check.
         merged["output_dir"] = os.path.dirname(os.path.abspath(self.args.model_path))
         merged["loggers"] = ""  # evaluation reports to no tracker (whose package may not be installed here)
         for flag in self.trainer_class.INIT_ONLY_FLAGS:  # the checkpoint's weights replace what they chose
@@ -90,7 +90,7 @@ class EvaluatorBase(abc.ABC):
         merged["data_on_device"] = False  # evaluation trains on nothing: no training split to upload
         merged.update({k: v for k, v in vars(self.args).items() if k in known})
         task_args = argparse.Namespace(**merged)
-        self.trainer_class.validate_config(task_args)
+        self.trainer_class.check_config(task_args)
         return task_args
 
     def load_weights_and_config(self):

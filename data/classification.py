@@ -181,7 +181,7 @@ def validate_data_config(args):
     check(0 < args.ratio[0] <= args.ratio[1], "ratio", args.ratio, "must be LOW HIGH with 0 < LOW <= HIGH")
     check(0 < args.crop_pct <= 1, "crop_pct", args.crop_pct, "must be in (0, 1]")
     channels = data_channels(args.data_type)
-    for flag in ("mean", "std"):  # (resolved by TrainerBase.validate_config when unset)
+    for flag in ("mean", "std"):  # (resolved by TrainerBase.check_config when unset)
         values = getattr(args, flag)
         check(
             values is None or len(values) in (1, channels),

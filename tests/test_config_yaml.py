@@ -102,14 +102,14 @@ def test_yaml_and_json_with_the_same_content_resolve_the_same(tmp_path, layout):
 )
 def test_a_yaml_value_means_what_the_same_text_means_on_the_command_line(tmp_path, flag, text):
     path = write(tmp_path, "c.yaml", f"{flag}: {text}\n")
-    from_file = getattr(parse_config(Child, ["--config", path], validate=False)[0], flag)
-    from_line = getattr(parse_config(Child, [f"--{flag}", text], validate=False)[0], flag)
+    from_file = getattr(parse_config(Child, ["--config", path], check=False)[0], flag)
+    from_line = getattr(parse_config(Child, [f"--{flag}", text], check=False)[0], flag)
     assert from_file == from_line and type(from_file) is type(from_line)
 
 
 def test_yaml_null_and_block_lists(tmp_path):
     path = write(tmp_path, "c.yaml", "gpu_devices: ~\nsizes:\n  - 5\n  - '6'\nlr: .inf\n")
-    args, _ = parse_config(Child, ["--config", path], validate=False)
+    args, _ = parse_config(Child, ["--config", path], check=False)
     assert args.gpu_devices is None and args.sizes == [5, 6] and args.lr == float("inf")
 
 

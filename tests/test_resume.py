@@ -411,8 +411,8 @@ def test_resume_validates_the_saved_config_not_the_defaults(tmp_path):
             parser.add_argument("--data_dir", default=str(tmp_path / "missing"))
 
         @classmethod
-        def validate_config(cls, args):
-            super().validate_config(args)
+        def check_config(cls, args):
+            super().check_config(args)
             check_dir_exists("data_dir", args.data_dir)
 
     data = tmp_path / "data"

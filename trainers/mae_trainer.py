@@ -69,8 +69,8 @@ class MAETrainer(ViTTrainer):
         )
 
     @classmethod
-    def validate_config(cls, args):
-        super().validate_config(args)
+    def check_config(cls, args):
+        super().check_config(args)
         check(
             args.model_type in VIT_MODELS,
             "model_type",

@@ -79,8 +79,8 @@ class SegOnCarvanaTrainer(TrainerBase):
         add_carvana_arguments(parser)
 
     @classmethod
-    def validate_config(cls, args):
-        super().validate_config(args)
+    def check_config(cls, args):
+        super().check_config(args)
         validate_carvana_config(args)
         check(args.base_channels > 0, "base_channels", args.base_channels, "must be > 0")
         for flag in ("bce_weight", "dice_weight", "num_viz"):

@@ -48,8 +48,8 @@ class VanillaTrainer(TrainerBase):
         add_data_arguments(parser)
 
     @classmethod
-    def validate_config(cls, args):
-        super().validate_config(args)
+    def check_config(cls, args):
+        super().check_config(args)
         check_data_on_device(args)
         validate_data_config(args)
         flag, value, side = image_side(args)

@@ -118,8 +118,8 @@ class ViTTrainer(TrainerBase):
         add_data_arguments(parser)
 
     @classmethod
-    def validate_config(cls, args):
-        super().validate_config(args)
+    def check_config(cls, args):
+        super().check_config(args)
         check_data_on_device(args)
         # kornia's RandAugment draws one choice of ops for a whole batch; the worker path draws per image.
         check(

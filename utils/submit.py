@@ -91,7 +91,7 @@ def resolve_run(script, trainer_args):
     leaves = [c for c in found if not any(o is not c and issubclass(o, c) for o in found)]
     if len(leaves) != 1:
         raise ConfigError(f"{script}: not a trainer entry script (it defines no single TrainerBase subclass)")
-    args, _ = parse_config(leaves[0], trainer_args, validate=False)
+    args, _ = parse_config(leaves[0], trainer_args, check=False)
     root = os.path.dirname(script)
     if not args.resume:
         return os.path.join(root, args.output_dir, args.proj_name), None, args.proj_name

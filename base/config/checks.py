@@ -1,6 +1,6 @@
 """The rules a flag's value must meet: each check raises :class:`ConfigError` ``"--flag=value: rule"``.
 
-A task's ``validate_config`` raises through :func:`check`; the others are the
+A task's ``check_config`` raises through :func:`check`; the others are the
 folder rules that several flags share.
 """
 

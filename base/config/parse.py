@@ -123,7 +123,7 @@ def _typed(action, key, value, source):
         return [_typed(action, key, item, source) for item in value]
     boolean = action.type is str2bool or (action.nargs == 0 and isinstance(action.const, bool))
     if value is None and (action.type is not None or boolean) and action.default is not None:
-        # It would pass here and fail far from the file (``None > 0`` in validation).
+        # It would pass here and fail far from the file (``None > 0`` in a check).
         raise ConfigError(f"{source}: bad value for {key!r}: expected a value, got None (null or empty)")
     try:
         if isinstance(value, str) and action.type is not None:
@@ -189,15 +189,15 @@ def with_older_run_values(cls, saved):
     return {**getattr(cls, "OLDER_RUN_VALUES", {}), **saved}
 
 
-def parse_config(cls, argv=None, base_values=None, base_label="saved run", validate=True):
+def parse_config(cls, argv=None, base_values=None, base_label="saved run", check=True):
     """Resolve ``cls``'s configuration from defaults, ``--config`` and ``argv``.
 
     Precedence, lowest first: the base class's defaults, each subclass's
     ``DEFAULTS``, ``base_values`` (a resumed run's saved flags, labelled
     ``base_label``), the ``--config`` file, the command line. After parsing,
-    ``cls.validate_config(args)`` checks cross-field rules.
+    with ``check``, ``cls.check_config(args)`` checks cross-field rules.
 
-    A class with ``--config`` also gets ``--print_config``: with ``validate``,
+    A class with ``--config`` also gets ``--print_config``: with ``check``,
     the resolved config is printed as YAML (:func:`base.config.files.format_config`)
     and the process exits 0. ``print_config`` itself is never in ``args``.
 
@@ -206,7 +206,7 @@ def parse_config(cls, argv=None, base_values=None, base_label="saved run", valid
 
     Exits:
         status 2 with one ``error:`` line for an unknown flag, a bad value,
-        a bad ``--config`` file or a failed validation; status 0 after ``--print_config``.
+        a bad ``--config`` file or a failed check; status 0 after ``--print_config``.
     """
     from base.config.files import format_config, read_config_file  # imports PyYAML only when used
 
@@ -235,10 +235,10 @@ def parse_config(cls, argv=None, base_values=None, base_label="saved run", valid
         given, _ = build_parser(cls, suppress_defaults=True)
         _add_print_config(given)
         origins.update({k: "command line" for k in vars(given.parse_args(argv))})
-        if validate:
-            cls.validate_config(args)
+        if check:
+            cls.check_config(args)
         provenance = {k: origins.get(k, "command line") for k in vars(args)}
-        if show and validate:  # only the final parse prints (from_argv first parses unvalidated)
+        if show and check:  # only the final parse prints (from_argv first parses unchecked)
             print(format_config(args, provenance, parser.prog), end="")
             parser.exit(0)
     except ConfigError as exc:

@@ -229,7 +229,7 @@ def add_trainer_arguments(parser):
     )
 
 
-def validate_trainer_config(args):
+def check_trainer_config(args):
     """Raise ``ConfigError`` naming the first flag that breaks a rule."""
     for flag in ("batch_size", "val_every_epochs", "log_every_steps"):
         check(getattr(args, flag) > 0, flag, getattr(args, flag), "must be > 0")
