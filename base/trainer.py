@@ -1,315 +1,104 @@
-"""``TrainerBase``: the training loop every task shares.
+"""``TrainerBase``: the training loop every task shares, in one place, read top to bottom.
 
-A task subclass implements a few small steps (see :class:`TrainerBase`); the
-loop, device, seeding, AMP, clipping, validation cadence, checkpoints, early
-stopping, logging and the checkpoint on exception live here, once.
+The trainer owns a few parts, each with one concern, its own state and its own ``state_dict``:
+
+==================  ================================================  ===============================
+``progress``        epoch, step, sample position                      :mod:`base.loop.progress`
+``step``            optimizer, schedule, AMP scaler, EMA, clipping    :mod:`base.loop.step`
+``guard``           ``--nonfinite``: skipped steps, LR scale          :mod:`base.loop.nonfinite`
+``stats``           loss sums, grad norm, data time, images/s         :mod:`base.loop.train_stats`
+``checkpointer``    checkpoint names, save, verify, rotate, export    :mod:`base.checkpoint.checkpointer`
+``folder``          run folder, lock, log, config file                :mod:`base.run.run_folder`
+``tracking``        status.json, metrics.csv, the ``--loggers``       :mod:`base.run.tracking`
+==================  ================================================  ===============================
+
+The checkpoint is the merge of their states (:meth:`TrainerBase.state_dict`); older checkpoints are read
+in one place (:mod:`base.checkpoint.older`). What a task implements and may override is in :mod:`base.task`.
 """
 
 from __future__ import annotations
 
-import abc
 import argparse
-import functools
 import math
-import os
-from collections.abc import Callable, Iterable
-from typing import Any
 
 import torch
-from torch import nn
-from torch.utils.data import DataLoader, Dataset, default_collate
 from tqdm import tqdm
 
-from base.checkpoint import resume
-from base.checkpoint.checkpointer import CheckpointingMixin
-from base.checkpoint.resume_changes import ResumeMixin
-from base.config.parse import check, parse_config
-from base.config.trainer_flags import add_trainer_arguments, resolve_workers, validate_trainer_config
-from base.hooks import HookBase
+from base.checkpoint.checkpointer import Checkpointer
+from base.checkpoint.trainer_state import CheckpointEvents
+from base.config.trainer_flags import add_trainer_arguments
 from base.loop import optim
-from base.loop.bad_data import BadSampleFilter, BadSampleLog, collate_good_samples
+from base.loop.bad_data import BadSampleLog
 from base.loop.device_data import DeviceBatches
 from base.loop.input_stage import InputStage
 from base.loop.lr_plot import plot_lr_schedule
-from base.loop.state import (
-    EarlyStopper,
-    ResumableSampler,
-    SeededSamples,
-    global_switches,
-    restore_global_switches,
-    seed_everything,
-)
-from base.loop.step import StepMixin
+from base.loop.nonfinite import NonFiniteGuard
+from base.loop.plan import RunPlan, plan_run
+from base.loop.progress import LoopProgress
+from base.loop.state import EarlyStopper, global_switches, restore_global_switches, seed_everything
+from base.loop.step import OptimizerStep, prepare_model, read_windows
+from base.loop.step_events import StepEvents
 from base.loop.train_stats import TrainingStats
-from base.loop.validation import ValidationMixin
-from base.run import folder as run_dir, row_files
-from base.run.file_names import file_name_part
-from base.run.opening import DistributedMixin
-from base.run.trackers import LoggerSet
-from base.run.tracking import TrackingMixin
+from base.loop.validation import ValidationEvents
+from base.run.run_folder import RunFolder, describe_run
+from base.run.tracking import RunTracking
+from base.run.tracking_events import TrackingEvents
 from base.runtime import distributed
 from base.runtime.device import select_device
-from base.runtime.params import count_parameters, format_count
-from base.runtime.signals import Preempted, PreemptionFlag, ignore_signals_in_worker, signals_held
+from base.runtime.signals import Preempted, PreemptionFlag, signals_held
+from base.task import TaskSteps
 
 
-class TrainerBase(
-    StepMixin, CheckpointingMixin, ResumeMixin, ValidationMixin, TrackingMixin, DistributedMixin, abc.ABC
-):
-    """Owns the loop; subclasses override small named steps.
+class TrainerBase(StepEvents, ValidationEvents, CheckpointEvents, TrackingEvents, TaskSteps):
+    """Owns the loop; a task subclass implements the steps of :class:`base.task.TaskSteps`.
 
-    Must override: :meth:`build_datasets`, :meth:`build_model`, :meth:`build_loss`,
-    :meth:`train_step`, :meth:`validate`. May override: :meth:`build_optimizer`,
-    :meth:`build_scheduler`, :meth:`build_dataloader`, :meth:`build_hooks`,
-    ``add_arguments`` / ``DEFAULTS`` / ``validate_config`` for flags, and
-    :attr:`monitor` / :attr:`monitor_mode` (the metric of :meth:`validate`
-    that picks the best checkpoint and drives early stopping).
-
-    One optimizer step per batch. Hooks are called in the order given in
+    One optimizer step per window of ``--accum_steps`` batches. Hooks are called in the order given in
     :mod:`base.hooks`. Use: ``TrainerSubclass.from_argv(argv).fit()``.
     """
 
-    monitor = "loss"
-    monitor_mode = "min"
-    #: Passed to ``DistributedDataParallel``: True when some parameters get no gradient in a step.
-    find_unused_parameters = False
-    #: How a list of samples becomes a batch. A module-level function (not a method),
-    #: so DataLoader workers started with ``spawn`` can pickle it.
-    collate_fn = staticmethod(default_collate)
-    #: What a run saved before a flag existed ran with, for the flags its config lacks (see
-    #: :func:`base.config.parse.with_older_run_values`): inputs were ``(x - 0.5) / 0.5`` before ``--mean``/``--std``.
-    OLDER_RUN_VALUES = {"mean": [0.5], "std": [0.5]}
-    #: The script that evaluates this task's checkpoints (e.g. ``"eval_vit.py"``), saved in each checkpoint and
-    #: named when another task's evaluator refuses it; ``None``: no hint.
-    EVAL_SCRIPT = None
-    #: Flags that only choose the initial weights (e.g. ``--pretrained_path``): an evaluator, which loads the
-    #: checkpoint's weights, clears them.
-    INIT_ONLY_FLAGS = ()
-
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """The loop's flags (the first layer of every task's; see :mod:`base.config.trainer_flags`)."""
         add_trainer_arguments(parser)
-
-    @classmethod
-    def validate_config(cls, args: argparse.Namespace) -> None:
-        """Check cross-field rules; raise ``ConfigError`` naming the flag. Extend with super().
-
-        Also resolves ``--mean``/``--std`` left unset to :meth:`default_statistics`, so the
-        saved config holds the values the run used.
-        """
-        validate_trainer_config(args)
-        if args.mean is None or args.std is None:
-            mean, std = cls.default_statistics(args)
-            args.mean = list(mean) if args.mean is None else args.mean
-            args.std = list(std) if args.std is None else args.std
-        check(len(args.mean) == len(args.std), "std", args.std, f"must give as many values as --mean {args.mean}")
-
-    @classmethod
-    def default_statistics(cls, args: argparse.Namespace) -> tuple[list[float], list[float]]:
-        """``(mean, std)``: the per-channel statistics of [0, 1] pixels that ``--mean``/``--std`` default to.
-
-        0.5 / 0.5 (pixels mapped to [-1, 1]); a task whose data has its own (ImageNet's for
-        photos, or those of pretrained weights) overrides this. Called in :meth:`validate_config`.
-        """
-        return [0.5], [0.5]
-
-    @classmethod
-    def from_argv(cls, argv: list[str] | None = None) -> TrainerBase:
-        """Parse ``argv`` with the layered parser and return a trainer (nothing built yet).
-
-        With ``--resume`` the resumed run's saved config is the starting point
-        and flags on the command line override it, if they are in
-        :attr:`RESUME_CHANGEABLE`; the changes are kept in :attr:`resume_changes`.
-
-        Raises:
-            UserError: ``--resume`` names nothing resumable, or changes a flag
-                that cannot change on resume (the message names it and both values).
-        """
-        # Validate only once the resumed run's values are in: its defaults alone may not
-        # be valid (e.g. a --data_dir default that this machine lacks).
-        args, _ = parse_config(cls, argv, validate=False)
-        if not args.resume:
-            return cls(*parse_config(cls, argv))
-        folder, ckpt, why = resume.locate(args.resume, args.output_dir, args.proj_name)
-        saved = resume.saved_config(ckpt)
-        args, provenance = parse_config(cls, argv, base_values=saved, base_label=f"resumed run ({ckpt})")
-        changes = resume.changed_flags(saved, args, provenance, cls.RESUME_CHANGEABLE, ckpt)
-        trainer = cls(args, provenance, resume_from=(folder, ckpt))
-        trainer.resume_changes, trainer.resume_reason = changes, why
-        return trainer
 
     def __init__(self, args, provenance=None, resume_from=None):
         self.args = args
         self.provenance = provenance or {}
         self.resume_from = resume_from  # (run folder, checkpoint) or None
+        self.resume_changes = {}  # flag -> (run's value, new value), on --resume
+        self.resume_reason = ""  # which checkpoint --resume picked, and why
         self.device = select_device(args.gpu_devices)
         self.rank, self.world_size = 0, 1  # this process among the data-parallel ones (set by fit under torchrun)
         self._started_group = False
-        self.epoch = 0  # completed epochs
-        self.global_step = 0  # completed optimizer steps
-        self.batch_in_epoch = 0  # batches of the current epoch already consumed
-        self.samples_in_epoch = 0  # its samples (positions in the epoch's order): the resume point
-        self.skipped_steps = 0  # batches dropped or rolled back for a non-finite loss
-        self.hooks, self.last_metrics, self.run_dir, self.logger, self.lock = [], {}, None, None, None
+        # The parts (see the module docstring); those that need the run folder or the model come in setup.
+        self.progress = LoopProgress()
+        self.stats = TrainingStats()
+        self.guard = NonFiniteGuard(args.nonfinite, args.max_skipped_steps, args.rollback_lr_factor)
         self.early_stopper = EarlyStopper(self.monitor_mode, args.early_stop_patience)
-        self._validated_at = -1
-        self.stats = TrainingStats()  # loss sums, extra terms, grad norm, the logging window's clock
-        self._restart_epoch, self.bad_samples = False, None
-        self.lr_scale = 1.0  # product of the --nonfinite rollback factors applied so far
-        self.resume_changes = {}  # flag -> (run's value, new value), on --resume
-        self.resume_reason = ""  # which checkpoint --resume picked, and why
-        self._validation_snapshot = None  # the state as of a validation's start, while it runs
-        self._redo_validation = False  # resumed from inside a validation: do it again first
-        self._mid_update = False  # between the first parameter write and the step counter
-        self.ema = None  # ModelEMA with --ema_decay, made in setup
-        self._nonfinite_on_device, self._first_nonfinite = False, None  # see StepMixin._mark_nonfinite
-        self.loggers = LoggerSet()  # rank 0's, from setup on (see base.run.trackers); empty elsewhere
-        self.status = None  # rank 0's RunStatus (status.json), from setup on
+        self.tracking = RunTracking()
+        self.folder = self.checkpointer = self.step = None
+        self.run_dir = self.timestamp = self.logger = None  # the folder's, from setup on
+        self.hooks, self.last_metrics, self.bad_samples = [], {}, None
         # Made by build (shared with evaluators) and setup; None or empty until then, set by their owner only.
         self.datasets, self.loaders, self.inputs = {}, {}, None
-        self.model = self.module = self.loss_fn = None
-        self.optimizer = self.scheduler = self.scaler = None
+        self.model = self.raw_model = self.loss_fn = None  # model: what train_step calls (the DDP wrapper under DDP)
+        self.optimizer = self.scheduler = None
         self.steps_per_epoch = self.total_steps = None
-        self._best_saved_at = None  # the position `best` was last saved at (then `last` is a byte copy of it)
+        self._preemption = None  # the PreemptionFlag while training
+        self._restart_epoch = False  # rolled back: the checkpoint set the data position
+        self._redo_validation = False  # resumed from inside a validation: do it again first
+        self._validation_snapshot = None  # the state as of a validation's start, while it runs
         self._resumed_world_size = None  # the processes of the run a resumed checkpoint came from
-        # The step at which an earlier launch finished the run, when this one resumed from that very end
-        # state (its loggers hold the test and final metrics already); None otherwise. See _start_tracking.
-        self._finished_at = None
-        self.metrics_csv = None  # rank 0's MetricsCSV, from setup on
-        # What the checkpoint loaded last covers of each logger (its state), for loggers started after it.
-        self._resumed_logger_states = {}
 
-    # ----------------------------------------------------------------- to override
-    @abc.abstractmethod
-    def build_datasets(self) -> dict[str, Dataset]:
-        """Return ``{"train": Dataset, "val": Dataset, "test": Dataset}`` (test may be absent)."""
+    @property
+    def epoch(self) -> int:
+        """Completed epochs (read-only; see :attr:`progress`)."""
+        return self.progress.epoch
 
-    @abc.abstractmethod
-    def build_model(self) -> nn.Module:
-        """Return the ``nn.Module`` to train (called after :meth:`build_datasets`)."""
-
-    @abc.abstractmethod
-    def build_loss(self) -> Callable[..., torch.Tensor]:
-        """Return the loss callable used by :meth:`train_step` and :meth:`validate`."""
-
-    @abc.abstractmethod
-    def train_step(self, batch: Any) -> dict[str, torch.Tensor]:
-        """Forward one batch (already on :attr:`device`); return a dict with the scalar ``"loss"``.
-
-        Runs under autocast when ``--amp`` is on. Do not call ``backward``: the loop does.
-        Use ``self.model`` here: under DDP it is the ``DistributedDataParallel``
-        wrapper, whose forward makes ``backward`` average the gradients over
-        the processes (``self.module`` is the model itself).
-        Other scalar entries (e.g. the terms of a two-part loss, as 0-dim tensors)
-        are averaged per sample over each ``--log_every_steps`` window and logged
-        as ``train/<key>``, without a host sync per step.
-        """
-
-    @abc.abstractmethod
-    def validate(self, loader: Iterable) -> dict[str, float]:
-        """Return ``{metric: float}`` over every sample of ``loader``, averaged per sample.
-
-        Called with the model in eval mode under ``torch.no_grad``. Under DDP
-        each process's ``loader`` holds its share of the split (each sample in
-        exactly one); return per-sample means over it and the base averages
-        the processes weighted by their sample counts, or compute the metrics
-        from sums reduced over the processes (``utils.metrics.ClassificationMeter``
-        and ``utils.seg_metrics.SegmentationMeter`` do) so they are equal
-        everywhere (see :func:`base.runtime.distributed.combine_metrics`).
-        """
-
-    def build_optimizer(self) -> torch.optim.Optimizer:
-        """``--optimizer`` over the model's trainable parameters (see :func:`base.loop.optim.build_optimizer`)."""
-        return optim.build_optimizer(self.model.parameters(), self.args)
-
-    def build_scheduler(self) -> torch.optim.lr_scheduler.LRScheduler | None:
-        """Warmup then cosine over :attr:`total_steps` (see :func:`base.loop.optim.build_scheduler`)."""
-        return optim.build_scheduler(self.optimizer, self.args, self.total_steps)
-
-    def build_dataloader(self, dataset: Dataset, split: str) -> Iterable:
-        """A ``DataLoader`` whose order and worker seeds depend only on ``(--seed, epoch)``.
-
-        Training order comes from a :class:`ResumableSampler` (so a resumed
-        run continues from the exact next batch); workers ignore SIGTERM/SIGINT
-        (the main process checkpoints); with ``--bad_images skip`` unreadable
-        samples are dropped from their batch (a batch of only bad samples is ``None``).
-        Under DDP each process reads its share of every split (see :class:`ResumableSampler`).
-        An override for ``"train"`` must keep a :class:`ResumableSampler` for resume to work.
-
-        With ``--data_on_device`` the training split is a :class:`base.loop.device_data.DeviceBatches`
-        instead: its tensors uploaded once, batches gathered on the device in the same
-        sampler's order, no workers (its random ops run on the device: :meth:`build_device_augment`).
-        The evaluation splits stay on the ``DataLoader``: each is read once per validation
-        without random ops, and its deterministic pipeline (e.g. the centre crop of ``--train_crop
-        rrc``) is the one evaluators and predictors share.
-        """
-        a = self.args
-        train = split == "train"
-        if train and a.data_on_device:
-            sampler = ResumableSampler(
-                len(dataset),
-                shuffle=True,
-                seed=a.seed,
-                batch_size=a.batch_size,
-                rank=self.rank,
-                world_size=self.world_size,
-            )
-            return DeviceBatches(dataset, sampler, a.batch_size, self.device)
-        workers = resolve_workers(a.num_workers, self.device, distributed.local_world_size())
-        if workers == 0 and self.device.type == "cuda" and reads_files(dataset) and self.logger is not None:
-            self.logger.warning(
-                "the %s split decodes image files in the main process (--num_workers 0): the GPU "
-                "waits for each batch; pass --num_workers auto (or N > 0)",
-                split,
-            )
-        if a.bad_images == "skip" and self.bad_samples is not None:
-            dataset = BadSampleFilter(dataset, self.bad_samples.path)
-        if train:
-            dataset = SeededSamples(dataset, a.seed)
-        sampler = ResumableSampler(
-            len(dataset),
-            shuffle=train,
-            seed=a.seed,
-            with_epoch=train,
-            batch_size=a.batch_size if train else None,
-            rank=self.rank,
-            world_size=self.world_size,
-        )
-        return DataLoader(
-            dataset,
-            batch_size=a.batch_size if train else a.eval_batch_size or a.batch_size,
-            sampler=sampler,
-            num_workers=workers,
-            pin_memory=self.device.type == "cuda",
-            # the test split is read once: its workers need not stay
-            persistent_workers=a.persistent_workers and workers > 0 and split != "test",
-            worker_init_fn=ignore_signals_in_worker,
-            generator=torch.Generator(),
-            collate_fn=(
-                functools.partial(collate_good_samples, collate=self.collate_fn)
-                if a.bad_images == "skip"
-                else self.collate_fn
-            ),
-        )
-
-    def build_hooks(self) -> list[HookBase]:
-        """Return a list of :class:`base.hooks.HookBase`; called once, in ``setup``."""
-        return []
-
-    def build_device_augment(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
-        """``None``, or a callable on float ``(N, C, H, W)`` training images in [0, 1] on the device (e.g. a kornia
-        ``AugmentationSequential``); called in :meth:`build`, after :meth:`build_datasets`
-        (see :mod:`base.loop.input_stage`)."""
-        return None
-
-    def build_mix(self) -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None:
-        """``None``, or a callable ``(images, targets) -> (images, targets)`` that mixes training batches on the device
-        (Mixup / CutMix); called in :meth:`build`, after :meth:`build_datasets` (see :mod:`base.loop.input_stage`)."""
-        return None
-
-    def model_card(self) -> dict[str, Any]:
-        """JSON-able facts a predictor needs without the data (default ``{}``); saved in checkpoints and exports."""
-        return {}
+    @property
+    def global_step(self) -> int:
+        """Completed optimizer steps (read-only; see :attr:`progress`)."""
+        return self.progress.global_step
 
     # ----------------------------------------------------------------- setup
     def build(self):
@@ -320,8 +109,7 @@ class TrainerBase(
         torch.backends.cudnn.benchmark = not a.deterministic
         self.datasets = self.build_datasets()
         self.loaders = {k: self.build_dataloader(v, k) for k, v in self.datasets.items()}
-        self.model = self.build_model().to(self.device)
-        self.module = self.model  # the model itself; under DDP self.model becomes its wrapper (see setup)
+        self.raw_model = self.model = self.build_model().to(self.device)
         self.loss_fn = self.build_loss()
         self.inputs = InputStage(
             self.device, a.mean, a.std, a.channels_last, augment=self.build_device_augment(), mix=self.build_mix()
@@ -330,96 +118,63 @@ class TrainerBase(
             seed_everything(self.args.seed + 1_000_003 * self.rank)
 
     def setup(self):
-        """Create (or, resuming, reopen) the run folder, write the config, build everything.
+        """Create (or, resuming, reopen) the run folder, write the config, build everything, load a resume.
 
-        A new run's ``status.json`` starts as soon as its folder exists, so an
-        error while it is built (bad data, a ``--pretrained_path`` that fits
-        nothing) leaves ``crashed`` and the error line there and in the log (see
-        :meth:`fit`). A resumed run's config file and status are updated only
-        once its checkpoint has loaded, so a failed resume leaves the run as it was.
+        A new run's ``status.json`` starts as soon as its folder exists, so an error while it is built
+        (bad data, a ``--pretrained_path`` that fits nothing) leaves ``crashed`` and the error line there
+        and in the log. A resumed run's config file and status are updated only once its checkpoint has
+        loaded, so a failed resume leaves the run as it was.
 
         Raises:
             CheckpointError: ``--resume`` names a checkpoint that does not fit.
             OSError: the run folder cannot be written.
         """
-        a, main = self.args, self.rank == 0
-        self._open_run_dir()
-        if main and not self.resume_from:  # from here on a failure leaves `crashed` in the new run's folder
-            self._begin_status()
-        config_path = os.path.join(self.run_dir, f"config_{file_name_part(a.proj_name)}_{self.timestamp}.json")
-        if not self.resume_from and main:
-            run_dir.write_config(
-                config_path,
-                a,
-                self.provenance,
-                {"timestamp": self.timestamp, "trainer": type(self).__name__, "world_size": self.world_size},
-            )
-        self.bad_samples = BadSampleLog(os.path.join(self.run_dir, "bad_images.txt"), a.max_bad_images)
+        a, main, resumed = self.args, self.rank == 0, self.resume_from
+        self.folder = RunFolder(a.output_dir, a.proj_name, self.rank, resumed[0] if resumed else None, a.debug)
+        self.run_dir, self.timestamp, self.logger = self.folder.path, self.folder.timestamp, self.folder.logger
+        if main and not resumed:  # from here on a failure leaves `crashed` in the new run's folder
+            self.tracking.begin_status(self.run_dir, self._run_facts(), self._position())
+        self.folder.write_config(a, self.provenance, {"trainer": type(self).__name__, "world_size": self.world_size})
+        self.bad_samples = BadSampleLog(self.folder.file("bad_images.txt"), a.max_bad_images)
         self.build()
-        self.prepare_model()
+        self.raw_model, ema = prepare_model(self.raw_model, a.channels_last, a.ema_decay, a.compile)
         self.steps_per_epoch = math.ceil(len(self.loaders["train"]) / a.accum_steps)  # optimizer steps
-        self.total_steps = self.planned_total_steps()
+        self.total_steps = self._planned_total_steps()
         self.optimizer = self.build_optimizer()
         self.scheduler = self.build_scheduler()
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.use_fp16_scaler)
+        scaler = torch.amp.GradScaler(self.device.type, enabled=self.use_fp16_scaler)
+        self.step = OptimizerStep(self.optimizer, self.scheduler, scaler, ema, a.grad_clip, a.grad_clip_mode)
         # After the optimizer: it and build_optimizer overrides see the model's own parameter names.
-        self.model = distributed.wrap_model(self.module, self.device, a.sync_bn, self.find_unused_parameters)
+        self.model = distributed.wrap_model(self.raw_model, self.device, a.sync_bn, self.find_unused_parameters)
         self.hooks = list(self.build_hooks())
         for hook in self.hooks:
             hook.trainer = self
         if main:  # other processes than rank 0 write nothing
-            self.metrics_csv = row_files.MetricsCSV(os.path.join(self.run_dir, "metrics.csv"))
-        self.logger.info("run folder: %s", self.run_dir)
-        if self.world_size > 1:
-            self.logger.info(
-                "DDP over %d processes (%s): global batch %d = %d per process x %d processes x %d accumulation steps",
-                self.world_size,
-                torch.distributed.get_backend(),
-                a.batch_size * self.world_size * a.accum_steps,
-                a.batch_size,
-                self.world_size,
-                a.accum_steps,
-            )
-        self.logger.info(
-            "model %s: %s parameters (%s trainable)",
-            type(self.module).__name__,
-            format_count(count_parameters(self.model)),
-            format_count(count_parameters(self.model, trainable_only=True)),
-        )
-        self.logger.info(
-            "data: %s; %d steps per epoch, %d steps in all, device %s",
-            {k: len(v) for k, v in self.datasets.items()},
-            self.steps_per_epoch,
-            self.total_steps,
-            self.device,
-        )
-        for path in run_dir.remove_stale_temp_files(self.run_dir) if main else ():
-            self.logger.info("removed %s, left by a save that was killed", path)
-        if self.resume_from:
-            if self.resume_reason:
-                self.logger.info("%s", self.resume_reason)
-            built = [group.get("weight_decay") for group in self.optimizer.param_groups]  # before the load
-            self.resume(self.resume_from[1])
-            self._apply_resume_changes(built)
-            if main:  # (loading it cut metrics.csv back to the rows it covers: see _keep_rows_of_checkpoint)
-                run_dir.record_resume(config_path, a, self.provenance, self.resume_from[1], self.resume_changes)
+            self.tracking.open_rows(self.folder.file("metrics.csv"))
+        self.checkpointer = Checkpointer(
+            self.run_dir, self.checkpoint_prefix(), self.rank, a.keep_last_k, self.logger,
+            resumed[1] if resumed else None, self._flush_before_save,
+        )  # fmt: skip
+        describe_run(self.logger, self.folder, a, self.raw_model, self.datasets, self.steps_per_epoch, self.total_steps,
+                     self.device, self.world_size)  # fmt: skip
+        if resumed:
+            self._resume_launch(resumed[1])
         note = optim.warmup_note(self.scheduler, a.warmup_steps)  # after a resume: the warmup it continues
         if note:
             self.logger.warning("%s", note)
         if main:
-            self._start_tracking(config_path)
-        # --nonfinite raise with a fused optimizer (the default): NaN/inf losses are caught without a host
-        # sync per step. skip/rollback decide per batch on the host, and so does DDP (all ranks agree first).
-        self._nonfinite_on_device = (
-            a.nonfinite == "raise"
-            and self.world_size == 1
-            and not self.use_fp16_scaler
-            and all(g.get("fused") for g in self.optimizer.param_groups)
-        )
+            self._start_tracking()
+        self.guard.arm(self.optimizer, self.world_size, self.use_fp16_scaler)
+
+    def plan(self) -> RunPlan:
+        """The run's steps and learning rates for a side mode, with no run folder (see :func:`base.loop.plan.plan_run`)."""
+        return plan_run(self)
 
     # ----------------------------------------------------------------- the loop
     def fit(self) -> dict[str, float]:
         """Set up (or resume), train, then evaluate the best checkpoint on the test split.
+
+        ``--plot_lr`` is a side mode: it draws :meth:`plan`'s schedule and returns its rows, training nothing.
 
         Returns:
             the test metrics (``{}`` when there is no test split).
@@ -427,7 +182,7 @@ class TrainerBase(
         switches = global_switches()  # --deterministic changes them for the process: put them back after
         try:
             if self.args.plot_lr:
-                return plot_lr_schedule(self, self.args.plot_lr)
+                return plot_lr_schedule(self.plan(), self.args, type(self).__name__, self.args.plot_lr)
             self._started_group = distributed.init_from_env(self.device)
             self.rank, self.world_size = distributed.rank(), distributed.world_size()
             self.setup()
@@ -443,18 +198,16 @@ class TrainerBase(
             restore_global_switches(switches)
 
     def release(self):
-        """Free what a fit opened, whatever state it stopped in: workers, TensorBoard, log, run lock.
+        """Free what a fit opened, whatever state it stopped in: workers, trackers, log, run lock.
 
-        Called at the end of :meth:`fit`; a notebook or sweep may fit many
-        trainers in one process without open files, threads or loggers piling up.
+        Called at the end of :meth:`fit`; a notebook or sweep may fit many trainers in one process without
+        open files, threads or loggers piling up.
         """
         for loader in self.loaders.values():  # persistent workers: stop them now
             getattr(getattr(loader, "_iterator", None), "_shutdown_workers", lambda: None)()
-        self.loggers.close()
-        if self.logger is not None:
-            run_dir.close_logger(self.logger)
-        if self.lock is not None:
-            self.lock.release()
+        self.tracking.close()
+        if self.folder is not None:
+            self.folder.close()
         if self._started_group:
             distributed.shutdown()
             self._started_group = False
@@ -468,47 +221,42 @@ class TrainerBase(
             getattr(hook, name)(*args)
 
     def _done(self):
-        a = self.args
-        # --max_steps, when set, alone decides the length (--epochs is then ignored).
-        length_reached = self.global_step >= a.max_steps if a.max_steps > 0 else self.epoch >= a.epochs
-        return length_reached or self.early_stopper.should_stop
+        return self.progress.length_reached(self.args.epochs, self.args.max_steps) or self.early_stopper.should_stop
 
     def train(self):
         """Run epochs of optimizer steps until ``--epochs``, ``--max_steps`` or early stop.
 
-        SIGTERM/SIGINT stop it at the next step boundary with a checkpoint
-        (raising :class:`base.runtime.signals.Preempted`); any other exception writes
-        the exception checkpoint, then propagates.
+        SIGTERM/SIGINT stop it at the next step boundary with a checkpoint (raising
+        :class:`base.runtime.signals.Preempted`); any other exception writes the exception checkpoint, then
+        propagates.
         """
-        a, failing = self.args, False
+        a, progress, failing = self.args, self.progress, False
         self._call("before_train")
         try:
             with PreemptionFlag() as self._preemption:
                 if self._redo_validation:  # the checkpoint was taken inside this validation
                     self._redo_validation = False
-                    self._validate()
+                    self._validation_round()
                     self.save("last")
                 if self.resume_from and self._done():
                     self.logger.info(
-                        "the run %s is complete (epoch %d, step %d): nothing left to train; to "
-                        "train longer, resume with a larger --epochs or --max_steps",
-                        self.run_dir,
-                        self.epoch,
-                        self.global_step,
-                    )
+                        "the run %s is complete (epoch %d, step %d): nothing left to train; to train longer, "
+                        "resume with a larger --epochs or --max_steps",
+                        self.run_dir, self.epoch, self.global_step,
+                    )  # fmt: skip
                 while not self._done():
                     self._call("before_epoch")
                     consumed = self._train_epoch()
                     # (an epoch whose order had nothing left ends too, rather than loop forever)
-                    if self.samples_in_epoch >= len(self.loaders["train"].dataset) or not consumed:
-                        self.epoch, self.batch_in_epoch, self.samples_in_epoch = self.epoch + 1, 0, 0
-                        if self.epoch % a.val_every_epochs == 0 and self._validated_at != self.global_step:
-                            self._validate()  # unless --val_every_steps just did at this step
+                    if progress.samples_in_epoch >= len(self.loaders["train"].dataset) or not consumed:
+                        progress.next_epoch()
+                        if self.epoch % a.val_every_epochs == 0 and not progress.validated_now:
+                            self._validation_round()  # unless --val_every_steps just did at this step
                     self._call("after_epoch")
-                    if self._validated_at == self.global_step:
+                    if progress.validated_now:
                         self.save("last")
-                if self._validated_at != self.global_step:
-                    self._validate()
+                if not progress.validated_now:
+                    self._validation_round()
                     self.save("last")
         except BaseException as exc:
             failing = True
@@ -517,7 +265,7 @@ class TrainerBase(
         finally:
             self._call("after_train")
             try:
-                self.loggers.flush()
+                self.tracking.flush()
             except OSError as exc:  # e.g. the run folder was deleted
                 if not failing:
                     raise  # the error that stops the run
@@ -528,12 +276,11 @@ class TrainerBase(
         self.model.train()
         # The sampler hands (epoch, index) to SeededSamples, so workers kept alive across
         # epochs (persistent) still seed each sample's augmentation from this epoch.
-        loader.sampler.set_epoch(self.epoch, self.samples_in_epoch)
+        loader.sampler.set_epoch(self.epoch, self.progress.samples_in_epoch)
         if loader.generator is not None:  # worker seeds: from (seed, epoch), not the global RNG
             loader.generator.manual_seed(a.seed + self.epoch)
         with signals_held():
-            # forks the workers, if any (once, with persistent workers); on CUDA, copies a batch ahead
-            reader = iter(loader)
+            reader = iter(loader)  # forks the workers, if any (once, with persistent workers)
         # Batches gathered on the device are made on the compute stream: nothing to copy ahead.
         batches = reader if isinstance(loader, DeviceBatches) else self.inputs.prefetch(reader)
         per_step = loader.batch_size * self.world_size  # samples of all processes
@@ -541,7 +288,7 @@ class TrainerBase(
             batches,
             desc=f"epoch {self.epoch + 1}/{a.epochs}",
             unit="batch",
-            initial=math.ceil(self.samples_in_epoch / per_step),
+            initial=math.ceil(self.progress.samples_in_epoch / per_step),
             total=math.ceil(len(loader.dataset) / per_step),
             dynamic_ncols=True,
             disable=None if self.rank == 0 else True,
@@ -561,7 +308,7 @@ class TrainerBase(
         """Train on the batches of ``bar``, ``--accum_steps`` per optimizer step; returns how many it took
         (0: the epoch had none left)."""
         a, consumed = self.args, 0
-        for window in self._windows(bar):
+        for window in read_windows(bar, a.accum_steps, self._window_read):
             consumed += len(window)
             self.stats.start_window(self.global_step)
             self._call("before_step")
@@ -572,15 +319,15 @@ class TrainerBase(
                 break
             if not stepped:  # no update (skipped window), but the data position moves on
                 with self._preemption.critical():
-                    self._advance_position(len(window))
+                    self._advance(len(window))
             # Logged before after_step: an exception there still saves this step (the exception
             # checkpoint), and a resume starts after it, so its row must be written already.
             if self.global_step % a.log_every_steps == 0:
-                self._log_train(bar)
+                self._log_window(bar)
             self._call("after_step")
             self._check_bad_samples()
             if a.val_every_steps and self.global_step % a.val_every_steps == 0:
-                self._validate()
+                self._validation_round()
                 self.save("last")
             if a.save_every_steps and self.global_step % a.save_every_steps == 0:
                 self.save_step_checkpoint()
@@ -591,12 +338,3 @@ class TrainerBase(
             if self._done():
                 break
         return consumed
-
-
-def reads_files(dataset):
-    """True when ``dataset``, or one it wraps (``.dataset``), decodes a file per item (``reads_files = True``)."""
-    while dataset is not None:
-        if getattr(dataset, "reads_files", False):
-            return True
-        dataset = getattr(dataset, "dataset", None)
-    return False

@@ -179,7 +179,7 @@ def run_ours(name, out):
             x, y = batch
             return {"loss": self.loss_fn(self.model(x), y)}
 
-        def validate(self, loader):
+        def validate(self, model, loader):
             meter = ClassificationMeter(classes)
             for x, y in loader:
                 x, y = self.to_device((x, y))

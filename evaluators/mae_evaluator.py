@@ -20,7 +20,7 @@ class MAEEvaluator(EvaluatorBase):
     def evaluate(self):
         task, a = self.task, self.args
         torch.manual_seed(task.args.seed)  # the masks are random: the same ones at every evaluation
-        metrics = task.validate(task.loaders[a.split])
+        metrics = task.validate(task.raw_model, task.loaders[a.split])
         print(f"{a.split} split, {len(task.datasets[a.split])} images, mask ratio {task.args.mask_ratio}:")
         print("  " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
         results = {**metrics, "num_samples": len(task.datasets[a.split]), "mask_ratio": task.args.mask_ratio}

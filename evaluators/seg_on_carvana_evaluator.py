@@ -43,7 +43,7 @@ class SegOnCarvanaEvaluator(EvaluatorBase):
         meter, index, pictures = SegmentationMeter(), 0, []
         with torch.no_grad():
             for batch in task.loaders[a.split]:
-                _, preds = task.score_batch(task.to_device(batch), meter)
+                _, preds = task.score_batch(task.raw_model, task.to_device(batch), meter)
                 for path, full, pred in zip(batch["path"], batch["full_mask"], preds):
                     if a.viz and index % a.viz_every == 0:
                         pictures.append(self.save_pictures(folder, path, full.numpy() > 0, pred.cpu().numpy()))

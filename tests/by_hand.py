@@ -13,7 +13,7 @@ from base.checkpoint.files import load_checkpoint
 
 def best_model(trainer, model):
     """``model`` with the weights of ``trainer``'s best checkpoint, in eval mode."""
-    model.load_state_dict(load_checkpoint(trainer.checkpoint_path("best"))["model"])
+    model.load_state_dict(load_checkpoint(trainer.checkpointer.path("best"))["model"])
     return model.eval()
 
 

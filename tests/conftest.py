@@ -56,13 +56,13 @@ class ToyTrainer(TrainerBase):
         x, y = batch
         return {"loss": self.loss_fn(self.model(x).squeeze(1), y)}
 
-    def validate(self, loader):
+    def validate(self, model, loader):
         total, n = 0.0, 0
         for x, y in loader:
             x, y = self.to_device((x, y))
             total += float(
                 self.loss_fn(
-                    self.model(x).squeeze(1),
+                    model(x).squeeze(1),
                     y,
                 )
             ) * len(y)

@@ -112,15 +112,15 @@ class DistToyTrainer(TrainerBase):
         if self.args.noise:  # like random augmentation in the main process: the RNG state must survive a resume
             x = x + self.args.noise * torch.randn_like(x)
         loss = self.loss_fn(self.model(x), y)
-        if self.rank == 1 and self.global_step + 1 == self.args.nan_at_step and not self.skipped_steps:
+        if self.rank == 1 and self.global_step + 1 == self.args.nan_at_step and not self.guard.skipped_steps:
             loss = loss * float("nan")
         return {"loss": loss}
 
-    def validate(self, loader):
+    def validate(self, model, loader):
         meter = ClassificationMeter(3, topk=(1,))
         for x, y in loader:
             x, y = self.to_device((x, y))
-            logits = self.model(x)
+            logits = model(x)
             meter.update(logits, y, self.loss_fn(logits, y))
         # the samples scored by all processes together: the split's size when none is padded or repeated
         return {**meter.compute(), "samples": all_reduce_sum([meter.count])[0]}

@@ -237,10 +237,10 @@ def test_resume_with_another_model_type_fails_and_keeps_the_checkpoints(trained,
     assert {"Vanilla_best_ckpt.pth", "Vanilla_last_ckpt.pth", "Vanilla_best.safetensors"} <= set(before)
     expect(
         VanillaTrainer,
-        ["--resume", trained.checkpoint_path("last"), "--model_type", "SmallCNN"],
+        ["--resume", trained.checkpointer.path("last"), "--model_type", "SmallCNN"],
         capsys,
         1,
-        trained.checkpoint_path("last"),
+        trained.checkpointer.path("last"),
         "'Vanilla'",
         "'SmallCNN'",
     )
@@ -251,7 +251,7 @@ def test_resume_with_another_model_type_fails_and_keeps_the_checkpoints(trained,
 def test_resume_from_a_checkpoint_whose_config_is_not_an_object_exits_1(trained, tmp_path, capsys):
     from base.checkpoint.files import load_checkpoint, save_checkpoint
 
-    state = load_checkpoint(trained.checkpoint_path("last"))
+    state = load_checkpoint(trained.checkpointer.path("last"))
     state["config"] = "[1, 2]"
     path = str(tmp_path / "Vanilla_last_ckpt.pth")
     save_checkpoint(state, path)
@@ -266,7 +266,7 @@ def test_eval_of_a_missing_checkpoint_exits_1(tmp_path, capsys):
 
 
 def test_eval_of_a_truncated_checkpoint_exits_1(trained, tmp_path, capsys):
-    data = pathlib.Path(trained.checkpoint_path("best")).read_bytes()
+    data = pathlib.Path(trained.checkpointer.path("best")).read_bytes()
     cut = tmp_path / "cut.pth"
     cut.write_bytes(data[: len(data) // 2])
     line = expect(VanillaEvaluator, ["--model_path", str(cut)], capsys, 1, "--model_path", str(cut))

@@ -140,7 +140,7 @@ def vanilla_best(tmp_path_factory):
         ]
     )
     trainer.fit()
-    return trainer.checkpoint_path("best")
+    return trainer.checkpointer.path("best")
 
 
 def test_evaluator_refuses_a_corrupted_checkpoint_in_one_line(vanilla_best, tmp_path, capsys):

@@ -17,7 +17,7 @@ from test_checkpoint_integrity import flip_weight_byte
 class Improving(ToyTrainer):
     """Validation loss falls every epoch, so every validation writes `best`."""
 
-    def validate(self, loader):
+    def validate(self, model, loader):
         return {"loss": 1.0 / (1 + self.global_step)}
 
 
@@ -41,7 +41,7 @@ def fit(cls, tmp_path, hooks=(), *argv):
 
 def test_last_after_an_improvement_is_a_copy_of_best_and_resumes(tmp_path):
     trainer = fit(Improving, tmp_path)
-    best, last = trainer.checkpoint_path("best"), trainer.checkpoint_path("last")
+    best, last = trainer.checkpointer.path("best"), trainer.checkpointer.path("last")
     assert not os.path.samefile(best, last)  # two files: damage to one leaves the other
     assert pathlib.Path(best).read_bytes() == pathlib.Path(last).read_bytes()  # one serialization, copied
     state = load_checkpoint(last)
@@ -57,13 +57,13 @@ def test_last_after_an_improvement_is_a_copy_of_best_and_resumes(tmp_path):
 class ImprovesUntilStep10(ToyTrainer):
     """Validation loss falls up to step 10, then stays worse: a resume past step 10 writes no new `best`."""
 
-    def validate(self, loader):
+    def validate(self, model, loader):
         return {"loss": 1.0 / (1 + self.global_step) if self.global_step <= 10 else 1.0}
 
 
 def test_a_damaged_best_leaves_last_loadable_and_the_resume_names_resume(tmp_path, capsys):
     trainer = fit(ImprovesUntilStep10, tmp_path)
-    best, last = trainer.checkpoint_path("best"), trainer.checkpoint_path("last")
+    best, last = trainer.checkpointer.path("best"), trainer.checkpointer.path("last")
     flip_weight_byte(best)
     assert load_checkpoint(last)["global_step"] == 10  # the other copy is intact
     status, err = run_main(
@@ -82,7 +82,7 @@ def test_a_damaged_best_leaves_last_loadable_and_the_resume_names_resume(tmp_pat
 def test_with_hooks_last_is_written_after_them(tmp_path):
     counter = EpochCounter()
     trainer = fit(Improving, tmp_path, [counter])
-    best, last = trainer.checkpoint_path("best"), trainer.checkpoint_path("last")
+    best, last = trainer.checkpointer.path("best"), trainer.checkpointer.path("last")
     assert not os.path.samefile(best, last)
     # best was saved inside the validation, last after after_epoch counted the epoch
     assert load_checkpoint(best)["hooks"][0]["state"] == {"epochs": 1}
@@ -91,7 +91,7 @@ def test_with_hooks_last_is_written_after_them(tmp_path):
 
 def test_not_improving_writes_last_alone(tmp_path):
     trainer = fit(ToyTrainer, tmp_path, (), "--epochs", "1")
-    first_best = os.stat(trainer.checkpoint_path("best")).st_ino
+    first_best = os.stat(trainer.checkpointer.path("best")).st_ino
     resumed = ToyTrainer.from_argv(
         [
             "--output_dir",
@@ -108,8 +108,8 @@ def test_not_improving_writes_last_alone(tmp_path):
     )
     resumed.validate = lambda loader: {"loss": 1e9}  # worse: no new best
     resumed.fit()
-    assert os.stat(resumed.checkpoint_path("best")).st_ino == first_best
-    assert load_checkpoint(resumed.checkpoint_path("last"))["global_step"] == 10
+    assert os.stat(resumed.checkpointer.path("best")).st_ino == first_best
+    assert load_checkpoint(resumed.checkpointer.path("last"))["global_step"] == 10
 
 
 class Tied(ToyTrainer):
@@ -133,4 +133,4 @@ def test_both_names_verify(tmp_path, tag):
     from base.checkpoint.files import verify_checkpoint
 
     trainer = fit(Improving, tmp_path)
-    assert verify_checkpoint(trainer.checkpoint_path(tag)) is None
+    assert verify_checkpoint(trainer.checkpointer.path(tag)) is None

@@ -80,5 +80,5 @@ def test_mae_pretrains_on_cifar10_files(tmp_path):
         ]
     )
     metrics = trainer.fit()
-    assert trainer.data.input_shape == (3, 32, 32) and trainer.module.num_patches == 4
+    assert trainer.data.input_shape == (3, 32, 32) and trainer.raw_model.num_patches == 4
     assert set(metrics) == {"loss", "knn_top1"} and len(trainer.datasets["test"]) == 8

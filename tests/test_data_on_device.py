@@ -80,7 +80,7 @@ def test_without_random_ops_a_device_run_is_the_loader_run(tmp_path):
     assert not isinstance(loader_run.loaders["train"], DeviceBatches)
     for key, value in loader_run.model.state_dict().items():
         assert torch.equal(value, device_run.model.state_dict()[key]), key
-    evaluator = VanillaEvaluator.from_argv(["--model_path", device_run.checkpoint_path("best")])
+    evaluator = VanillaEvaluator.from_argv(["--model_path", device_run.checkpointer.path("best")])
     assert evaluator.run()["top1"] == pytest.approx(metrics["top1"])  # the evaluator uploads nothing
     assert not evaluator.task.args.data_on_device and isinstance(evaluator.task.loaders["train"], DataLoader)
 

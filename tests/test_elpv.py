@@ -100,7 +100,7 @@ def test_elpv_builds_classification_splits_and_trains(tmp_path):
     )
     metrics = trainer.fit()
     assert metrics["top1"] == pytest.approx(top1_by_hand(trainer), abs=1e-9) and trainer.global_step == 4
-    results = VanillaEvaluator.from_argv(["--model_path", trainer.checkpoint_path("best")]).run()
+    results = VanillaEvaluator.from_argv(["--model_path", trainer.checkpointer.path("best")]).run()
     per_group, groups = results["per_group_top1"], collections.Counter(trainer.data.groups["test"])
     assert set(per_group) == {"mono", "poly"} and sum(groups.values()) == results["num_samples"]
     # The groups partition the split: their accuracies, weighted by size, give the overall top-1.
@@ -159,7 +159,7 @@ def test_vit_evaluator_reports_accuracy_per_cell_type_on_val(tmp_path, capsys):
         ]
     )
     trainer.fit()
-    evaluator = ViTEvaluator.from_argv(["--model_path", trainer.checkpoint_path("best"), "--split", "val"])
+    evaluator = ViTEvaluator.from_argv(["--model_path", trainer.checkpointer.path("best"), "--split", "val"])
     results = evaluator.run()
     loader = evaluator.task.loaders["val"]
     assert list(loader.sampler) == list(range(len(loader.dataset)))  # unshuffled: predictions in groups' order

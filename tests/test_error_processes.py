@@ -95,7 +95,7 @@ def trained(tmp_path_factory):
         best=run_dir / "Vanilla_best_ckpt.pth",
         last=run_dir / "Vanilla_last_ckpt.pth",
         config=next(run_dir.glob("config_*.json")),
-        sub_best=pathlib.Path(sub.checkpoint_path("best")),
+        sub_best=pathlib.Path(sub.checkpointer.path("best")),
     )
 
 

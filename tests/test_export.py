@@ -44,7 +44,7 @@ def run(tmp_path_factory):
         ]
     )
     trainer.fit()
-    best = trainer.checkpoint_path("best")
+    best = trainer.checkpointer.path("best")
     model = trainer.model
     model.load_state_dict(load_checkpoint(best)["model"])
     pixels = torch.stack([trainer.datasets["val"][i][0] for i in range(len(trainer.datasets["val"]))])

@@ -87,7 +87,7 @@ def test_safetensors_export_evaluates_like_the_checkpoint(tmp_path, capsys):
     assert os.path.isfile(exported) and os.path.isfile(os.path.join(trainer.run_dir, "Vanilla_best.json"))
     assert main(VanillaEvaluator, ["--model_path", exported]) == 0
     from_export = VanillaEvaluator.from_argv(["--model_path", exported]).run()
-    from_ckpt = VanillaEvaluator.from_argv(["--model_path", trainer.checkpoint_path("best")]).run()
+    from_ckpt = VanillaEvaluator.from_argv(["--model_path", trainer.checkpointer.path("best")]).run()
     assert from_export["num_samples"] == from_ckpt["num_samples"] == len(trainer.datasets["test"])
     assert from_export["top1"] == from_ckpt["top1"]
     assert from_export["confusion_matrix"] == from_ckpt["confusion_matrix"]

@@ -42,7 +42,7 @@ def test_fp16_scaler_skip_is_respected_and_not_counted_as_nonfinite(tmp_path):
         def before_step(self):
             nonlocal scale_before
             if self.trainer.global_step == 2:
-                scale_before = self.trainer.scaler.get_scale()
+                scale_before = self.trainer.step.scaler.get_scale()
 
         def after_step(self):
             if self.trainer.global_step == 3:
@@ -51,7 +51,7 @@ def test_fp16_scaler_skip_is_respected_and_not_counted_as_nonfinite(tmp_path):
 
     trainer.build_hooks = lambda: [hook, Watch()]
     trainer.fit()
-    assert trainer.skipped_steps == 0 and trainer.scaler.get_scale() < scale_before
+    assert trainer.guard.skipped_steps == 0 and trainer.step.scaler.get_scale() < scale_before
 
 
 def test_peak_gpu_memory_is_logged_with_the_other_train_scalars(tmp_path):

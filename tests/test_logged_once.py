@@ -95,7 +95,7 @@ KILLED = textwrap.dedent("""
         # after_step runs once the step's train/* are logged: the last checkpoint is step 5's
         def after_step(self):
             if self.trainer.global_step == 8:
-                self.trainer.loggers.flush()  # as if the writers' own timers had flushed them
+                self.trainer.tracking.trackers.flush()  # as if the writers' own timers had flushed them
                 os.kill(os.getpid(), signal.SIGKILL)
 
     trainer = ToyTrainer.from_argv(sys.argv[1:])
@@ -133,11 +133,11 @@ class FailsInValidation(ToyTrainer):
 
     failed = False
 
-    def validate(self, loader):
+    def validate(self, model, loader):
         if self.global_step == 10 and not FailsInValidation.failed:
             FailsInValidation.failed = True
             raise RuntimeError("boom in validation")
-        return super().validate(loader)
+        return super().validate(model, loader)
 
 
 def test_a_validation_redone_on_resume_keeps_the_training_points_of_its_step(out):
@@ -246,7 +246,7 @@ class WriteFault(HookBase):
         self.logger, self.when = logger, when
 
     def _break(self):
-        (target,) = [lg for lg in self.trainer.loggers.loggers if lg.name == self.logger]
+        (target,) = [lg for lg in self.trainer.tracking.trackers.loggers if lg.name == self.logger]
         if self.logger == "csv":
             target.file = open("/dev/full", "a", newline="", encoding="utf-8")  # the logger closes it
             target.writer = csv.writer(target.file, lineterminator="\n")

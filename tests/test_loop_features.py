@@ -93,7 +93,7 @@ def test_accumulation_plans_optimizer_steps_not_batches(toy_argv):
     trainer = fit(ToyTrainer, [*toy_argv, "--epochs", "3", "--batch_size", "8", "--accum_steps", "2"])
     # 5 batches an epoch -> 3 optimizer steps (2 + 2 + 1 batches)
     assert trainer.steps_per_epoch == 3 and trainer.total_steps == 9 and trainer.global_step == 9
-    assert trainer.batch_in_epoch == 0 and trainer.epoch == 3
+    assert trainer.progress.batch_in_epoch == 0 and trainer.epoch == 3
 
 
 # ----------------------------------------------------------------- EMA
@@ -114,7 +114,7 @@ def test_model_ema_matches_a_hand_computation():
     assert ema.num_updates == 12
     restored = ModelEMA(torch.nn.Linear(3, 2), decay=0.5)
     restored.load_state_dict(ema.state_dict())
-    torch.testing.assert_close(restored.module.weight, expected)
+    torch.testing.assert_close(restored.raw_model.weight, expected)
     assert restored.num_updates == 12 and restored.current_decay() == ema.current_decay()
 
 
@@ -127,7 +127,7 @@ def test_trainer_ema_follows_every_optimizer_step(toy_argv):
         expected = w if expected is None else d * expected + (1 - d) * w
     assert len(record.weights) == trainer.global_step == 10
     # test() reloads 'best'; the EMA in 'last' is the one after the final step
-    last = load_checkpoint(trainer.checkpoint_path("last"))
+    last = load_checkpoint(trainer.checkpointer.path("last"))
     torch.testing.assert_close(last["ema"]["model"]["weight"], expected)
     assert last["ema"]["num_updates"] == 10
 
@@ -143,7 +143,7 @@ def _val_loss(weights, trainer):
 @pytest.mark.parametrize("eval_ema", ["true", "false"])
 def test_validation_best_and_export_use_the_ema_weights_with_eval_ema(toy_argv, eval_ema):
     trainer = fit(ToyTrainer, [*toy_argv, "--ema_decay", "0.9", "--eval_ema", eval_ema, "--lr", "0.2"])
-    best = load_checkpoint(trainer.checkpoint_path("best"))
+    best = load_checkpoint(trainer.checkpointer.path("best"))
     scored = best["ema"]["model"] if eval_ema == "true" else best["model"]
     other = best["model"] if eval_ema == "true" else best["ema"]["model"]
     assert best["metrics"]["val_loss"] == pytest.approx(_val_loss(scored, trainer), rel=1e-5)
@@ -161,7 +161,7 @@ def test_resume_without_ema_state_is_refused(toy_argv, tmp_path):
     from base.checkpoint.resume import saved_config
     from base.errors import CheckpointError
 
-    path = first.checkpoint_path("last")
+    path = first.checkpointer.path("last")
     state = load_checkpoint(path)
     config = json.loads(state["config"])
     config["ema_decay"] = 0.9  # as if the run had EMA but the checkpoint lost it
@@ -177,7 +177,7 @@ def test_resume_without_ema_state_is_refused(toy_argv, tmp_path):
 def test_compile_keeps_the_checkpoint_keys(toy_argv):
     plain = fit(ToyTrainer, [*toy_argv, "--max_steps", "2", "--proj_name", "plain"])
     compiled = fit(ToyTrainer, [*toy_argv, "--max_steps", "2", "--proj_name", "compiled", "--compile"])
-    keys = [sorted(load_checkpoint(t.checkpoint_path("last"))["model"]) for t in (plain, compiled)]
+    keys = [sorted(load_checkpoint(t.checkpointer.path("last"))["model"]) for t in (plain, compiled)]
     assert keys[0] == keys[1] == ["bias", "weight"]
     assert compiled.model._compiled_call_impl is not None  # it really was compiled
 
@@ -214,9 +214,9 @@ class ConvToy(ToyTrainer):
         x, y = batch
         return {"loss": self.loss_fn(self.model(x), y)}
 
-    def validate(self, loader):
+    def validate(self, model, loader):
         x, y = self.to_device(next(iter(loader)))
-        return {"loss": float(self.loss_fn(self.model(x), y))}
+        return {"loss": float(self.loss_fn(model(x), y))}
 
 
 def test_channels_last_reaches_weights_and_batches(toy_argv):
@@ -400,7 +400,7 @@ def test_evaluator_scores_the_weights_the_run_validated_or_the_raw_ones(toy_argv
             "0.2",
         ],
     )
-    best = trainer.checkpoint_path("best")
+    best = trainer.checkpointer.path("best")
     argv = ["--model_path", best, "--split", "val"] + (["--eval_ema", eval_ema] if eval_ema else [])
     results = VanillaEvaluator.from_argv(argv).run()
     validated = load_checkpoint(best)["metrics"]["val_loss"]
@@ -438,7 +438,7 @@ def test_a_last_batch_of_one_sample_is_left_out_and_the_epoch_still_ends(toy_arg
     trainer.fit()  # BatchNorm would raise on a training batch of one
     assert sizes == [8, 8, 8, 8] * 3
     assert trainer.steps_per_epoch == 4 and trainer.total_steps == trainer.global_step == 12
-    assert trainer.epoch == 3 and trainer.samples_in_epoch == 0
+    assert trainer.epoch == 3 and trainer.progress.samples_in_epoch == 0
 
 
 def test_plot_lr_must_name_a_png(toy_argv, tmp_path):

@@ -104,7 +104,7 @@ def test_train_step_and_validate_score_the_hidden_patches_of_the_models_own_mask
     torch.testing.assert_close(loss, hidden_patch_loss(images, pred, mask))
     seen.clear()
     with torch.no_grad():
-        metrics = trainer.validate([batch])
+        metrics = trainer.validate(trainer.raw_model, [batch])
     ((images, pred, mask),) = seen
     assert metrics == {"loss": pytest.approx(float(hidden_patch_loss(images, pred, mask)), rel=1e-6)}
 
@@ -171,7 +171,7 @@ def best_features(pretrained):
     """Features and labels of the training split (the bank) and of the test split, by the best checkpoint."""
     trainer, _ = pretrained
     mae = MAETrainer.model_for(trainer.args, trainer.data.input_shape, trainer.data.num_classes)
-    mae.load_state_dict(load_checkpoint(trainer.checkpoint_path("best"))["model"])
+    mae.load_state_dict(load_checkpoint(trainer.checkpointer.path("best"))["model"])
     with torch.no_grad():
         # the bank: the training images as evaluation reads them (no random op), as the trainer's k-NN split
         return (
@@ -203,7 +203,7 @@ def test_the_feature_bank_is_every_process_part_in_rank_order(pretrained, best_f
 
 def test_an_mae_checkpoint_loads_into_vit_trainer_with_only_the_decoder_unexpected(pretrained, tmp_path, caplog):
     mae_trainer, _ = pretrained
-    ckpt = mae_trainer.checkpoint_path("best")
+    ckpt = mae_trainer.checkpointer.path("best")
     vit = ViTTrainer.from_argv(["--output_dir", str(tmp_path), *DIGITS, "--pretrained_path", ckpt])
     with caplog.at_level(logging.INFO, logger="model.pretrained"):
         vit.build()
@@ -219,7 +219,7 @@ def test_an_mae_checkpoint_loads_into_vit_trainer_with_only_the_decoder_unexpect
 
 
 def test_linear_probe_leaves_every_encoder_tensor_bit_identical(pretrained, tmp_path):
-    ckpt = pretrained[0].checkpoint_path("best")
+    ckpt = pretrained[0].checkpointer.path("best")
     probe = ViTTrainer.from_argv(
         [
             "--output_dir",
@@ -238,7 +238,7 @@ def test_linear_probe_leaves_every_encoder_tensor_bit_identical(pretrained, tmp_
     )
     metrics = probe.fit()
     saved = load_checkpoint(ckpt)["model"]
-    trained = load_checkpoint(probe.checkpoint_path("last"))["model"]
+    trained = load_checkpoint(probe.checkpointer.path("last"))["model"]
     encoder = [k for k in trained if not k.startswith("heads.")]
     assert encoder and all(torch.equal(trained[k], saved[k]) for k in encoder)
     assert {k for k in trained if k.startswith("heads.")} == {
@@ -298,11 +298,11 @@ def test_layer_decay_and_linear_probe_need_a_vit(tmp_path, capsys):
 def test_evaluator_from_the_checkpoint_alone_reports_knn_and_draws_reconstructions(pretrained, capsys):
     trainer, metrics = pretrained
     results = MAEEvaluator.from_argv(
-        ["--model_path", trainer.checkpoint_path("best"), "--viz", "--gpu_devices", "cpu"]
+        ["--model_path", trainer.checkpointer.path("best"), "--viz", "--gpu_devices", "cpu"]
     ).run()
     assert results["knn_top1"] == pytest.approx(metrics["knn_top1"], rel=1e-9)  # features need no random mask
     assert os.path.getsize(results["figure"]) > 1000
-    saved = json.load(open(os.path.splitext(trainer.checkpoint_path("best"))[0] + "_eval_test.json"))
+    saved = json.load(open(os.path.splitext(trainer.checkpointer.path("best"))[0] + "_eval_test.json"))
     assert saved["knn_top1"] == results["knn_top1"]
 
 
@@ -312,7 +312,7 @@ def test_a_process_without_validation_samples_still_joins_the_feature_bank(pretr
     trainer, _ = pretrained
     calls = []
     original = trainer.feature_bank
-    monkeypatch.setattr(trainer, "feature_bank", lambda: calls.append(1) or original())
+    monkeypatch.setattr(trainer, "feature_bank", lambda *model: calls.append(1) or original(*model))
     with torch.no_grad():
-        metrics = trainer.validate([])
+        metrics = trainer.validate(trainer.raw_model, [])
     assert calls == [1] and metrics == {"loss": 0.0, "knn_top1": 0.0}

@@ -33,7 +33,7 @@ class FailsInSetup(ToyTrainer):
 
 
 class FailsInValidation(ToyTrainer):
-    def validate(self, loader):
+    def validate(self, model, loader):
         raise RuntimeError("validation broke")
 
 

@@ -23,7 +23,7 @@ class Poisoned(ToyTrainer):
 
     def train_step(self, batch):
         out = super().train_step(batch)
-        where = (self.epoch, self.batch_in_epoch)
+        where = (self.epoch, self.progress.batch_in_epoch)
         if where in self.poison:
             if self.once:
                 self.poison = self.poison - {where}
@@ -59,7 +59,7 @@ def test_raise_names_the_step_and_leaves_weights(tmp_path):
     trainer, log = run(tmp_path, {(0, 2)})
     with pytest.raises(FloatingPointError, match=r"non-finite loss at step 3 \(noticed at step 5"):
         trainer.fit()
-    assert trainer._nonfinite_on_device and len(log.after) == 5
+    assert trainer.guard.on_device and len(log.after) == 5
     for weights in log.after[2:] + [trainer.model.state_dict()]:  # as after step 2, the last good one
         for key, value in weights.items():
             assert torch.equal(value, log.after[1][key])
@@ -75,7 +75,7 @@ def test_raise_with_an_optimizer_that_cannot_skip_on_the_device_checks_each_step
     trainer, log = run(tmp_path, {(0, 2)}, base=NotFused)
     with pytest.raises(FloatingPointError, match=r"non-finite loss nan at step 3 \(epoch 1, batch 3\)"):
         trainer.fit()
-    assert not trainer._nonfinite_on_device and trainer.global_step == 2
+    assert not trainer.guard.on_device and trainer.global_step == 2
     for key, value in trainer.model.state_dict().items():
         assert torch.equal(value, log.after[-1][key])
 
@@ -83,7 +83,7 @@ def test_raise_with_an_optimizer_that_cannot_skip_on_the_device_checks_each_step
 def test_skip_drops_the_batch_and_counts_it(tmp_path):
     trainer, log = run(tmp_path, {(0, 2)}, "--nonfinite", "skip")
     trainer.fit()
-    assert trainer.skipped_steps == 1 and trainer.global_step == 9  # 10 batches, one dropped
+    assert trainer.guard.skipped_steps == 1 and trainer.global_step == 9  # 10 batches, one dropped
     assert all(all_finite(w) for w in log.after)
     for key in log.after[1]:
         assert torch.equal(log.after[1][key], log.after[2][key])  # the poisoned batch changed nothing
@@ -94,17 +94,17 @@ def test_skip_stops_past_max_skipped_steps(tmp_path):
     trainer, log = run(tmp_path, {(0, i) for i in range(1, 5)}, "--nonfinite", "skip", "--max_skipped_steps", "3")
     with pytest.raises(FloatingPointError, match="--max_skipped_steps=3"):
         trainer.fit()
-    assert trainer.skipped_steps == 4 and all(all_finite(w) for w in log.after)
+    assert trainer.guard.skipped_steps == 4 and all(all_finite(w) for w in log.after)
 
 
 def test_the_skipped_steps_of_a_resumed_run_count_against_max_skipped_steps(tmp_path):
     first, _ = run(tmp_path, {(0, 1), (0, 2)}, "--nonfinite", "skip", "--max_skipped_steps", "3", "--max_steps", "3")
     first.fit()
-    assert first.skipped_steps == 2 and first.global_step == 3
-    resumed, _ = run(tmp_path, {(1, 0), (1, 1)}, "--resume", first.checkpoint_path("last"), "--max_steps", "8")
+    assert first.guard.skipped_steps == 2 and first.global_step == 3
+    resumed, _ = run(tmp_path, {(1, 0), (1, 1)}, "--resume", first.checkpointer.path("last"), "--max_steps", "8")
     with pytest.raises(FloatingPointError, match="--max_skipped_steps=3"):  # 2 before the resume + 2 after
         resumed.fit()
-    assert resumed.skipped_steps == 4
+    assert resumed.guard.skipped_steps == 4
 
 
 def test_rollback_reloads_last_checkpoint_and_lowers_lr(tmp_path):
@@ -112,7 +112,7 @@ def test_rollback_reloads_last_checkpoint_and_lowers_lr(tmp_path):
         tmp_path, {(0, 3)}, "--nonfinite", "rollback", "--save_every_steps", "2", "--lr_scheduler", "none", once=True
     )
     trainer.fit()
-    assert trainer.skipped_steps == 1
+    assert trainer.guard.skipped_steps == 1
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.05 * 0.5)
     assert trainer.global_step == 10  # batches 2 and 3 were replayed after rolling back to step 2
     assert all(all_finite(w) for w in log.after)
@@ -135,7 +135,7 @@ def test_a_second_rollback_to_a_checkpoint_saved_after_the_first_scales_the_lr_o
         once=True,
     )
     trainer.fit()
-    assert trainer.skipped_steps == 2 and trainer.lr_scale == 0.25
+    assert trainer.guard.skipped_steps == 2 and trainer.guard.lr_scale == 0.25
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.05 * 0.25)  # not x0.125
 
 
@@ -242,7 +242,7 @@ def test_rollback_to_a_checkpoint_saved_before_its_steps_validation_logs_that_va
     trainer, _ = run(tmp_path, {(1, 1)}, *ROWS, "--save_every_steps", "5", once=True)
     trainer.fit()
     validations, scalars, board = rows_of(trainer.run_dir)
-    assert trainer.skipped_steps == 1 and validations == [5, 10]
+    assert trainer.guard.skipped_steps == 1 and validations == [5, 10]
     twice = {(5, name) for name in ("val/loss", "val/seconds", "train/loss_since_val")}
     for points, repeated in ((scalars, set()), (board, twice)):
         assert {key for key, values in points.items() if len(values) > 1} == repeated

@@ -96,13 +96,13 @@ def test_a_run_saved_before_the_input_flags_resumes_and_evaluates_as_it_was_trai
     trainer.fit()
     assert trainer.args.mean == [0.485, 0.456, 0.406] and trainer.args.train_crop == "rrc"  # today's defaults
     for tag in ("best", "last"):  # as an older version wrote them: no such flags in the saved config
-        path = trainer.checkpoint_path(tag)
+        path = trainer.checkpointer.path(tag)
         state = load_checkpoint(path)
         config = {k: v for k, v in json.loads(state["config"]).items() if k not in ("mean", "std", "train_crop")}
         state.pop("checksum", None)  # (load_checkpoint checked it; save_checkpoint writes a new one)
         save_checkpoint({**state, "config": json.dumps(config)}, path)
     resumed = VanillaTrainer.from_argv(["--resume", trainer.run_dir, "--max_steps", "3", "--gpu_devices", "cpu"])
     assert (resumed.args.mean, resumed.args.std, resumed.args.train_crop) == ([0.5], [0.5], "squash")
-    evaluator = VanillaEvaluator.from_argv(["--model_path", trainer.checkpoint_path("best"), "--gpu_devices", "cpu"])
-    task_args = evaluator.resolve_task_config(json.loads(load_checkpoint(trainer.checkpoint_path("best"))["config"]))
+    evaluator = VanillaEvaluator.from_argv(["--model_path", trainer.checkpointer.path("best"), "--gpu_devices", "cpu"])
+    task_args = evaluator.resolve_task_config(json.loads(load_checkpoint(trainer.checkpointer.path("best"))["config"]))
     assert (task_args.mean, task_args.std, task_args.train_crop) == ([0.5], [0.5], "squash")

@@ -77,7 +77,7 @@ def digit_pngs(vanilla, tmp_path_factory):
 def _model_probs(trainer, images):
     """Softmax of the best checkpoint's model on the dataset's uint8 ``images``, through the run's input stage."""
     model = trainer.model
-    model.load_state_dict(load_checkpoint(trainer.checkpoint_path("best"))["model"])
+    model.load_state_dict(load_checkpoint(trainer.checkpointer.path("best"))["model"])
     with torch.no_grad():
         return torch.softmax(model.eval()(trainer.to_device(images)).float(), dim=1)
 
@@ -94,7 +94,7 @@ def test_png_predictions_match_the_model_on_the_dataset_image(run, fmt, digit_pn
     paths, images = digit_pngs
     before = sorted(os.listdir(trainer.run_dir))
     model_path = (
-        trainer.checkpoint_path("best")
+        trainer.checkpointer.path("best")
         if fmt == "pth"
         else os.path.join(trainer.run_dir, f"{trainer.args.model_type}_best.safetensors")
     )
@@ -118,7 +118,7 @@ def test_png_predictions_match_the_model_on_the_dataset_image(run, fmt, digit_pn
 def test_the_vanilla_model_predicts_the_digits_it_learned(vanilla, digit_pngs):
     """The run really learned, so the argmax comparison above is not between two near-uniform outputs."""
     paths, _ = digit_pngs
-    results = _predict("--model_path", vanilla.checkpoint_path("best"), *paths)
+    results = _predict("--model_path", vanilla.checkpointer.path("best"), *paths)
     labels = [vanilla.datasets["test"][j][1] for j in range(NUM_IMAGES)]
     assert all(len(r["top"]) == 5 for r in results)  # --topk defaults to 5
     assert sum(r["top"][0]["index"] == label for r, label in zip(results, labels)) >= NUM_IMAGES - 3
@@ -129,7 +129,7 @@ def test_output_json_and_topk(vanilla, digit_pngs, tmp_path):
     paths, _ = digit_pngs
     out = tmp_path / "preds.json"
     results = _predict(
-        "--model_path", vanilla.checkpoint_path("best"), paths[0], paths[1], "--topk", "3", "--output_json", str(out)
+        "--model_path", vanilla.checkpointer.path("best"), paths[0], paths[1], "--topk", "3", "--output_json", str(out)
     )
     saved = json.loads(out.read_text())
     assert saved["predictions"] == results and saved["class_names"] == [str(d) for d in range(10)]
@@ -137,7 +137,7 @@ def test_output_json_and_topk(vanilla, digit_pngs, tmp_path):
 
 
 def test_the_digits_card_records_the_input_recipe(vanilla):
-    card = load_checkpoint(vanilla.checkpoint_path("best"))["model_card"]
+    card = load_checkpoint(vanilla.checkpointer.path("best"))["model_card"]
     assert card["input_shape"] == [1, 8, 8] and card["class_names"] == [str(d) for d in range(10)]
     assert card["input"] == {
         "color": "L",
@@ -197,7 +197,7 @@ def test_a_file_becomes_the_input_the_evaluation_split_gives_the_model(folder_ru
     val/test pipeline) and the same normalisation, so the predicted probabilities are the evaluated ones."""
     trainer = folder_run
     assert trainer.args.train_crop == "rrc"
-    card = load_checkpoint(trainer.checkpoint_path("best"))["model_card"]
+    card = load_checkpoint(trainer.checkpointer.path("best"))["model_card"]
     recipe = card_input(card)
     assert recipe["transform"] == {
         "resize": "shorter_side",
@@ -215,10 +215,10 @@ def test_a_file_becomes_the_input_the_evaluation_split_gives_the_model(folder_ru
     for path, expected in zip(paths, pixels):
         got = image_file_to_input(path, recipe)
         assert got.dtype == torch.uint8 and torch.equal(got, expected), path
-    results = _predict("--model_path", trainer.checkpoint_path("best"), *paths, "--topk", "2")
+    results = _predict("--model_path", trainer.checkpointer.path("best"), *paths, "--topk", "2")
     with torch.no_grad():  # the evaluator's arithmetic: the loader's batch through the run's input stage
         model = trainer.model.eval()
-        model.load_state_dict(load_checkpoint(trainer.checkpoint_path("best"))["model"])
+        model.load_state_dict(load_checkpoint(trainer.checkpointer.path("best"))["model"])
         expected = torch.softmax(model(trainer.to_device(pixels)).float(), dim=1)
     for r, probs in zip(results, expected):
         got = torch.tensor([t["probability"] for t in sorted(r["top"], key=lambda t: t["index"])])
@@ -227,7 +227,7 @@ def test_a_file_becomes_the_input_the_evaluation_split_gives_the_model(folder_ru
 
 def test_an_old_card_predicts_as_before(vanilla, tmp_path):
     """(b) A card of the "normalize" scheme (no recipe) means: resize the uint8 tensor to H x W, then 0.5 / 0.5."""
-    best = load_checkpoint(vanilla.checkpoint_path("best"))
+    best = load_checkpoint(vanilla.checkpointer.path("best"))
     card = best["model_card"]
     old = {
         **best,
@@ -257,7 +257,7 @@ def test_an_old_card_predicts_as_before(vanilla, tmp_path):
 
 def test_bad_inputs_give_one_line_errors(vanilla, digit_pngs, tmp_path, capsys):
     paths, _ = digit_pngs
-    best = vanilla.checkpoint_path("best")
+    best = vanilla.checkpointer.path("best")
     not_image = tmp_path / "notes.png"
     not_image.write_text("not an image")
     assert main(ClassifierPredictor, ["--model_path", best, paths[0], str(not_image)]) == 1
@@ -304,7 +304,9 @@ def test_the_root_script(vanilla, digit_pngs):
             [sys.executable, "predict.py", *argv], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False
         )
 
-    proc = predict_py("--model_path", vanilla.checkpoint_path("best"), paths[0], "--topk", "2", "--gpu_devices", "cpu")
+    proc = predict_py(
+        "--model_path", vanilla.checkpointer.path("best"), paths[0], "--topk", "2", "--gpu_devices", "cpu"
+    )
     assert proc.returncode == 0, proc.stderr
     (line,) = proc.stdout.splitlines()
     assert line.startswith(f"{paths[0]}: ") and line.count(", ") == 1
@@ -315,7 +317,7 @@ def test_the_root_script(vanilla, digit_pngs):
 
 def test_a_zoo_model_this_version_lacks_is_one_line(vit, digit_pngs, tmp_path, capsys):
     paths, _ = digit_pngs
-    state = load_checkpoint(vit.checkpoint_path("best"))
+    state = load_checkpoint(vit.checkpointer.path("best"))
     state["config"] = json.dumps({**json.loads(state["config"]), "model_type": "vit_giant_99"})
     save_checkpoint(state, str(tmp_path / "future_ckpt.pth"))
     assert main(ClassifierPredictor, ["--model_path", str(tmp_path / "future_ckpt.pth"), paths[0]]) == 1

@@ -122,7 +122,7 @@ def test_the_run_log_names_each_adaptation_and_each_shape_mismatch(tmp_path):
     finally:
         trainer.release()
     torch.testing.assert_close(
-        trainer.module.conv_proj.weight.detach(), saved["conv_proj.weight"].sum(1, keepdim=True), rtol=0, atol=0
+        trainer.raw_model.conv_proj.weight.detach(), saved["conv_proj.weight"].sum(1, keepdim=True), rtol=0, atol=0
     )
     (log_file,) = glob.glob(os.path.join(trainer.run_dir, "*_log.txt"))
     with open(log_file, encoding="utf-8") as f:

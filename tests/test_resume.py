@@ -60,9 +60,9 @@ class AugmentedToyTrainer(ToyTrainer):
         error = self.model(x).squeeze(1) - y
         return {"loss": self.loss_fn(error, torch.zeros_like(error)), "abs_error": error.detach().abs().mean()}
 
-    def validate(self, loader):
+    def validate(self, model, loader):
         # Scored worse each epoch, so the early stopper's best and counter decide the best checkpoint.
-        return {"loss": super().validate(loader)["loss"] * (1 + self.epoch)}
+        return {"loss": super().validate(model, loader)["loss"] * (1 + self.epoch)}
 
 
 class StepCounter(HookBase):
@@ -289,18 +289,18 @@ def assert_same_state(a, b):
         for name, value in state.items():
             assert torch.equal(value, sb["state"][pid][name]), (pid, name)
     assert a.scheduler.state_dict() == b.scheduler.state_dict()
-    assert (a.ema is None) == (b.ema is None)
-    if a.ema is not None:
-        assert a.ema.num_updates == b.ema.num_updates
-        for key, value in a.ema.module.state_dict().items():
-            assert torch.equal(value, b.ema.module.state_dict()[key]), f"ema {key}"
-    assert (a.epoch, a.global_step, a.batch_in_epoch) == (b.epoch, b.global_step, b.batch_in_epoch)
-    assert a.samples_in_epoch == b.samples_in_epoch
+    assert (a.step.ema is None) == (b.step.ema is None)
+    if a.step.ema is not None:
+        assert a.step.ema.num_updates == b.step.ema.num_updates
+        for key, value in a.step.ema.module.state_dict().items():
+            assert torch.equal(value, b.step.ema.module.state_dict()[key]), f"ema {key}"
+    assert (a.epoch, a.global_step, a.progress.batch_in_epoch) == (b.epoch, b.global_step, b.progress.batch_in_epoch)
+    assert a.progress.samples_in_epoch == b.progress.samples_in_epoch
     assert a.early_stopper.state_dict() == b.early_stopper.state_dict()
     assert [h.state_dict() for h in a.hooks] == [h.state_dict() for h in b.hooks]
     if hasattr(a, "end_rng") and hasattr(b, "end_rng"):  # the RNG streams ended in the same place
         assert torch.equal(a.end_rng[0], b.end_rng[0]) and np.array_equal(a.end_rng[1], b.end_rng[1])
-    best_a, best_b = (load_checkpoint(t.checkpoint_path("best")) for t in (a, b))
+    best_a, best_b = (load_checkpoint(t.checkpointer.path("best")) for t in (a, b))
     assert best_a["global_step"] == best_b["global_step"]
     assert {k: v for k, v in best_a["metrics"].items() if k != "val_seconds"} == {
         k: v for k, v in best_b["metrics"].items() if k != "val_seconds"
@@ -438,7 +438,7 @@ def test_resume_takes_a_whole_checkpoint_over_a_one_process_exception_checkpoint
     )
     with pytest.raises(RuntimeError, match="boom"):
         trainer.fit()
-    exception, step2 = trainer.checkpoint_path("exception"), trainer.checkpoint_path("step2")
+    exception, step2 = trainer.checkpointer.path("exception"), trainer.checkpointer.path("step2")
     state = load_checkpoint(exception)
     assert state["global_step"] == 2 and os.path.getmtime(exception) > os.path.getmtime(step2)
     alone = {

@@ -90,7 +90,7 @@ class NoDecayBias(ToyTrainer):
     """ToyTrainer whose bias is in a param group without weight decay."""
 
     def build_optimizer(self):
-        return optim.build_optimizer(optim.decay_groups(self.module, {"bias"}), self.args)
+        return optim.build_optimizer(optim.decay_groups(self.raw_model, {"bias"}), self.args)
 
 
 @pytest.mark.parametrize("before", ["0", "0.05"])
@@ -183,7 +183,7 @@ def test_second_ctrl_c_inside_the_update_saves_a_whole_step(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         trainer.fit()
     weights.setdefault(trainer.global_step, trainer.model.state_dict())  # what the process ended with
-    ckpt = load_checkpoint(trainer.checkpoint_path("exception"))
+    ckpt = load_checkpoint(trainer.checkpointer.path("exception"))
     step = ckpt["global_step"]
     for key, value in ckpt["model"].items():
         assert torch.equal(value, weights[step][key]), (step, key)  # weights and counter agree
@@ -195,11 +195,11 @@ class FailingValidation(ToyTrainer):
 
     fail_at, calls = 0, 0
 
-    def validate(self, loader):
+    def validate(self, model, loader):
         FailingValidation.calls += 1
         if FailingValidation.calls == self.fail_at:
             raise RuntimeError("validation failed")
-        return super().validate(loader)
+        return super().validate(model, loader)
 
 
 @pytest.mark.parametrize("fail_at", [1, 2, 3], ids=["first", "middle", "final"])
@@ -215,12 +215,12 @@ def test_an_interrupted_validation_is_redone_exactly_once(tmp_path, fail_at):
     assert rows(resumed) == rows(straight)
     assert resumed.early_stopper.state_dict() == straight.early_stopper.state_dict()
     timeless = [
-        {k: v for k, v in load_checkpoint(t.checkpoint_path("best"))["metrics"].items() if k != "val_seconds"}
+        {k: v for k, v in load_checkpoint(t.checkpointer.path("best"))["metrics"].items() if k != "val_seconds"}
         for t in (resumed, straight)
     ]
     assert timeless[0] == timeless[1]
-    assert load_checkpoint(resumed.checkpoint_path("last"))["global_step"] == 15
-    assert not os.path.exists(resumed.checkpoint_path("exception"))  # superseded by newer work
+    assert load_checkpoint(resumed.checkpointer.path("last"))["global_step"] == 15
+    assert not os.path.exists(resumed.checkpointer.path("exception"))  # superseded by newer work
 
 
 class AlwaysNaN(ToyTrainer):
@@ -238,8 +238,8 @@ def test_rollbacks_compound_the_lr_factor_and_skip_the_exception_checkpoint(tmp_
 
     class Watch(HookBase):
         def after_step(self):
-            if self.trainer.lr_scale not in factors:
-                factors.append(self.trainer.lr_scale)
+            if self.trainer.guard.lr_scale not in factors:
+                factors.append(self.trainer.guard.lr_scale)
 
     trainer = AlwaysNaN.from_argv(
         [
@@ -260,9 +260,11 @@ def test_rollbacks_compound_the_lr_factor_and_skip_the_exception_checkpoint(tmp_
         trainer.fit()
     assert factors == [1.0, 0.5, 0.25, 0.125]
     # After that failure the exception checkpoint is the newest file; a rollback must still use step 5.
-    assert os.path.getmtime(trainer.checkpoint_path("exception")) >= os.path.getmtime(trainer.checkpoint_path("step5"))
+    assert os.path.getmtime(trainer.checkpointer.path("exception")) >= os.path.getmtime(
+        trainer.checkpointer.path("step5")
+    )
     resumed = AlwaysNaN.from_argv(
-        ["--output_dir", str(tmp_path), "--resume", trainer.checkpoint_path("step5"), "--max_skipped_steps", "5"]
+        ["--output_dir", str(tmp_path), "--resume", trainer.checkpointer.path("step5"), "--max_skipped_steps", "5"]
     )
     with pytest.raises(FloatingPointError, match="--max_skipped_steps=5"):
         resumed.fit()

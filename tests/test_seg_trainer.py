@@ -54,7 +54,7 @@ def test_training_logs_dice_and_writes_the_run(trained):
     assert {k: v for k, v in test_metrics.items() if k != "loss"} == pytest.approx(dice_iou_by_hand(trainer), rel=1e-12)
     header = open(os.path.join(trainer.run_dir, "metrics.csv")).readline()
     assert "val_dice" in header and "val_iou_per_image" in header
-    assert load_checkpoint(trainer.checkpoint_path("best"))["trainer"] == "SegOnCarvanaTrainer"
+    assert load_checkpoint(trainer.checkpointer.path("best"))["trainer"] == "SegOnCarvanaTrainer"
     assert trainer.run_dir.split(os.sep)[-2] == "SegOnCarvana"
     events = EventAccumulator(os.path.join(trainer.run_dir, "summary")).Reload()
     assert "val/image_truth_prediction" in events.Tags()["images"]
@@ -66,7 +66,7 @@ def test_eval_reproduces_the_test_dice_and_writes_pictures(trained, tmp_path, ca
     trainer, test_metrics = trained
     viz = tmp_path / "viz"
     results = SegOnCarvanaEvaluator.from_argv(
-        ["--model_path", trainer.checkpoint_path("best"), "--viz", "--viz_every", "1", "--save_path", str(viz)]
+        ["--model_path", trainer.checkpointer.path("best"), "--viz", "--viz_every", "1", "--save_path", str(viz)]
     ).run()
     for key in ("dice", "iou", "dice_per_image", "iou_per_image", "loss"):
         assert results[key] == pytest.approx(test_metrics[key], abs=1e-9), key
@@ -79,14 +79,14 @@ def test_eval_reproduces_the_test_dice_and_writes_pictures(trained, tmp_path, ca
             assert Image.open(f"{stem}{suffix}").size == (96, 64) or suffix == "_overlay.png", suffix
         truth = np.array(Image.open(f"{stem}_truth.png"))
         assert truth.shape == (64, 96) and set(np.unique(truth)) <= {0, 255}  # original size, not 32x48
-    saved = json.load(open(os.path.splitext(trainer.checkpoint_path("best"))[0] + "_eval_test.json"))
+    saved = json.load(open(os.path.splitext(trainer.checkpointer.path("best"))[0] + "_eval_test.json"))
     assert saved["dice"] == results["dice"]
 
 
 def test_viz_every_picks_every_nth_sample(trained, tmp_path):
     trainer, _ = trained
     SegOnCarvanaEvaluator.from_argv(
-        ["--model_path", trainer.checkpoint_path("best"), "--viz", "--viz_every", "3", "--save_path", str(tmp_path)]
+        ["--model_path", trainer.checkpointer.path("best"), "--viz", "--viz_every", "3", "--save_path", str(tmp_path)]
     ).run()
     n = len(trainer.datasets["test"])
     assert len(glob.glob(str(tmp_path / "*_overlay.png"))) == len(range(0, n, 3))
@@ -103,11 +103,11 @@ def test_predict_seg_writes_the_masks_the_evaluator_scored(trained, tmp_path, ca
     trainer, _ = trained
     viz, out = tmp_path / "viz", tmp_path / "masks"
     SegOnCarvanaEvaluator.from_argv(
-        ["--model_path", trainer.checkpoint_path("best"), "--viz", "--viz_every", "1", "--save_path", str(viz)]
+        ["--model_path", trainer.checkpointer.path("best"), "--viz", "--viz_every", "1", "--save_path", str(viz)]
     ).run()
     images = [path for path, _ in trainer.datasets["test"].samples[:2]]
     written = SegPredictor.from_argv(
-        ["--model_path", trainer.checkpoint_path("best"), *images, "--out", str(out), "--gpu_devices", "cpu"]
+        ["--model_path", trainer.checkpointer.path("best"), *images, "--out", str(out), "--gpu_devices", "cpu"]
     ).run()
     assert len(written) == 2
     for image_path, mask_path in zip(images, written):
@@ -122,7 +122,7 @@ def test_predict_seg_writes_the_masks_the_evaluator_scored(trained, tmp_path, ca
 def test_the_seg_card_rebuilds_the_input_the_evaluator_gives_the_model(trained):
     """(c) The card holds the resize and the statistics; predict_seg.py's input for a file is the evaluator's."""
     trainer, _ = trained
-    card = load_checkpoint(trainer.checkpoint_path("best"))["model_card"]
+    card = load_checkpoint(trainer.checkpointer.path("best"))["model_card"]
     recipe = card_input(card)
     assert card["input_shape"] == [3, 32, 48] and recipe["color"] == "RGB"  # 64x96 files at --img_scale 0.5
     assert recipe["transform"] == {
@@ -153,7 +153,7 @@ def test_a_seg_checkpoint_with_an_empty_card_predicts_as_before(trained, tmp_pat
     """Checkpoints written before the seg card held a recipe: each image at its own size times --img_scale,
     (x / 255 - 0.5) / 0.5, as predict_seg.py did then."""
     trainer, _ = trained
-    state = load_checkpoint(trainer.checkpoint_path("best"))
+    state = load_checkpoint(trainer.checkpointer.path("best"))
     config = {k: v for k, v in json.loads(state["config"]).items() if k not in ("mean", "std")}
     save_checkpoint({**state, "model_card": {}, "config": json.dumps(config)}, str(tmp_path / "old_ckpt.pth"))
     path = str(tmp_path / "bigger.png")  # 80x120, not the training files' 64x96: the old resize differs
@@ -180,7 +180,9 @@ def test_predict_seg_reports_a_bad_image_in_one_line(trained, tmp_path, capsys):
     bad = tmp_path / "notes.jpg"
     bad.write_text("not an image")
     status, err = run_main(
-        SegPredictor, ["--model_path", trainer.checkpoint_path("best"), str(bad), "--out", str(tmp_path / "m")], capsys
+        SegPredictor,
+        ["--model_path", trainer.checkpointer.path("best"), str(bad), "--out", str(tmp_path / "m")],
+        capsys,
     )
     assert status == 1 and str(bad) in error_line(status, err)
 
@@ -222,7 +224,7 @@ def test_other_models_train_and_evaluate(tmp_path_factory, tmp_path, argv):
     metrics = trainer.fit()
     assert trainer.global_step == 3
     assert {k: v for k, v in metrics.items() if k != "loss"} == pytest.approx(dice_iou_by_hand(trainer), rel=1e-12)
-    results = SegOnCarvanaEvaluator.from_argv(["--model_path", trainer.checkpoint_path("best")]).run()
+    results = SegOnCarvanaEvaluator.from_argv(["--model_path", trainer.checkpointer.path("best")]).run()
     assert results["dice"] == pytest.approx(metrics["dice"], abs=1e-6)
 
 
@@ -319,8 +321,8 @@ def test_unreadable_mask_follows_bad_images(tmp_path_factory, tmp_path, capsys, 
 
 def test_early_stop_and_grad_clip_apply_to_the_seg_task(tmp_path_factory, tmp_path):
     class FlatDice(SegOnCarvanaTrainer):
-        def validate(self, loader):
-            return {**super().validate(loader), "dice": 0.5}  # never improves after the first validation
+        def validate(self, model, loader):
+            return {**super().validate(model, loader), "dice": 0.5}  # never improves after the first validation
 
     trainer = FlatDice.from_argv(
         [
@@ -339,14 +341,14 @@ def test_early_stop_and_grad_clip_apply_to_the_seg_task(tmp_path_factory, tmp_pa
     )
     trainer.fit()
     assert trainer.epoch == 3 and trainer.early_stopper.should_stop
-    assert load_checkpoint(trainer.checkpoint_path("best"))["global_step"] == 3  # the first validation
+    assert load_checkpoint(trainer.checkpointer.path("best"))["global_step"] == 3  # the first validation
 
 
 def test_eval_flags_are_checked_before_loading(trained, capsys):
     trainer, _ = trained
     expect(
         SegOnCarvanaEvaluator,
-        ["--model_path", trainer.checkpoint_path("best"), "--viz_every", "0"],
+        ["--model_path", trainer.checkpointer.path("best"), "--viz_every", "0"],
         capsys,
         2,
         "--viz_every",

@@ -68,7 +68,7 @@ def test_a_crash_while_training_puts_its_error_line_in_the_log(tmp_path):
 def test_eval_of_the_test_split_of_a_run_without_one_is_one_line(tmp_path, capsys):
     trainer = VanillaTrainer.from_argv(["--output_dir", str(tmp_path), *DIGITS, "--test_fraction", "0"])
     trainer.fit()
-    best = trainer.checkpoint_path("best")
+    best = trainer.checkpointer.path("best")
     expect(
         VanillaEvaluator,
         ["--model_path", best, "--split", "test"],

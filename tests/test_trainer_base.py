@@ -35,7 +35,7 @@ def test_exception_runs_on_exception_then_after_train_and_saves(toy_argv):
     with pytest.raises(RuntimeError, match="boom"):
         trainer.fit()
     assert hook.calls[-2:] == ["on_exception", "after_train"]
-    ckpt = load_checkpoint(trainer.checkpoint_path("exception"))
+    ckpt = load_checkpoint(trainer.checkpointer.path("exception"))
     assert ckpt["global_step"] == 2  # the last completed step
     assert ckpt["hooks"] == [{"type": "RecordingHook", "state": {"num_calls": len(hook.calls) - 1}}]
     for key, value in trainer.model.state_dict().items():
@@ -51,7 +51,7 @@ def test_keyboard_interrupt_writes_checkpoint_and_propagates(toy_argv):
     trainer = make(toy_argv + ["--batch_size", "10"], [Interrupt()])
     with pytest.raises(KeyboardInterrupt):
         trainer.fit()
-    assert load_checkpoint(trainer.checkpoint_path("exception"))["global_step"] == 3
+    assert load_checkpoint(trainer.checkpointer.path("exception"))["global_step"] == 3
 
 
 def test_config_written_before_first_step(toy_argv):
@@ -95,8 +95,8 @@ def test_run_dir_contents_and_metrics_rows(toy_argv):
 def test_max_steps_stops_mid_epoch_and_validates(toy_argv):
     trainer = make(toy_argv + ["--epochs", "10", "--batch_size", "8", "--max_steps", "7"])
     trainer.fit()
-    assert trainer.global_step == 7 and trainer.epoch == 1 and trainer.batch_in_epoch == 2
-    assert load_checkpoint(trainer.checkpoint_path("last"))["global_step"] == 7
+    assert trainer.global_step == 7 and trainer.epoch == 1 and trainer.progress.batch_in_epoch == 2
+    assert load_checkpoint(trainer.checkpointer.path("last"))["global_step"] == 7
     assert trainer.last_metrics["step"] == 7  # the final, mid-epoch step was validated
 
 
@@ -114,13 +114,13 @@ class UpdateProbe(HookBase):
         self.before, self.grads, self.after = [], [], []
 
     def before_step(self):
-        self.before.append(self.trainer.module.weight.detach().clone())
+        self.before.append(self.trainer.raw_model.weight.detach().clone())
 
     def after_backward(self):
-        self.grads.append(self.trainer.module.weight.grad.detach().clone())
+        self.grads.append(self.trainer.raw_model.weight.grad.detach().clone())
 
     def after_step(self):
-        self.after.append(self.trainer.module.weight.detach().clone())
+        self.after.append(self.trainer.raw_model.weight.detach().clone())
 
 
 def test_the_kth_update_uses_the_schedules_lr_for_step_k(toy_argv):
@@ -155,13 +155,13 @@ def test_a_warmup_longer_than_half_the_run_is_cut_to_half_with_a_warning(toy_arg
 
 def test_early_stopping_stops_after_patience(toy_argv):
     class Worsening(ToyTrainer):
-        def validate(self, loader):
+        def validate(self, model, loader):
             return {"loss": float(self.epoch)}  # best at the first validation, then only worse
 
     trainer = Worsening.from_argv(toy_argv + ["--epochs", "50", "--early_stop_patience", "2"])
     trainer.fit()
     assert trainer.epoch == 3 and trainer.early_stopper.should_stop
-    assert load_checkpoint(trainer.checkpoint_path("best"))["global_step"] == 5  # epoch 1 of 5 steps
+    assert load_checkpoint(trainer.checkpointer.path("best"))["global_step"] == 5  # epoch 1 of 5 steps
 
 
 def test_train_loss_of_a_validation_row_is_the_mean_since_the_previous_validation(toy_argv):
@@ -286,4 +286,4 @@ def test_a_task_without_model_type_names_its_files_after_its_model_and_resumes(t
     assert any(n.startswith("Linear_step") for n in names), names
     resumed = Untyped.from_argv(["--resume", trainer.run_dir, "--epochs", "3", "--gpu_devices", "cpu"])
     resumed.fit()
-    assert resumed.epoch == 3 and os.path.exists(resumed.checkpoint_path("last"))
+    assert resumed.epoch == 3 and os.path.exists(resumed.checkpointer.path("last"))

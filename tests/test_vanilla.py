@@ -26,7 +26,7 @@ def train(tmp_path, *argv):
 def test_quickstart_defaults_reach_95_percent_and_eval_reproduces(tmp_path, capsys):
     trainer, test_metrics = train(tmp_path, "--gpu_devices", "cpu")  # the README's `make train`
     assert test_metrics["top1"] >= 95.0
-    best = trainer.checkpoint_path("best")
+    best = trainer.checkpointer.path("best")
     assert os.path.basename(best) == "Vanilla_best_ckpt.pth"
     evaluator = VanillaEvaluator.from_argv(["--model_path", best])
     results = evaluator.run()
@@ -50,7 +50,7 @@ def test_cnn_and_mlp_log_parameter_count(tmp_path):
 def test_eval_flag_overrides_saved_config(tmp_path):
     trainer, _ = train(tmp_path, *QUICK)
     evaluator = VanillaEvaluator.from_argv(
-        ["--model_path", trainer.checkpoint_path("best"), "--test_sample_rate", "0.5", "--split", "test"]
+        ["--model_path", trainer.checkpointer.path("best"), "--test_sample_rate", "0.5", "--split", "test"]
     )
     results = evaluator.run()
     assert evaluator.task.args.test_sample_rate == 0.5
@@ -77,7 +77,7 @@ def test_evaluate_runs_under_inference_mode(tmp_path):
         def evaluate(self):
             return {**super().evaluate(), "inference_mode": torch.is_inference_mode_enabled()}
 
-    assert Probe.from_argv(["--model_path", trainer.checkpoint_path("best")]).run()["inference_mode"] is True
+    assert Probe.from_argv(["--model_path", trainer.checkpointer.path("best")]).run()["inference_mode"] is True
 
 
 def test_configcmp_shows_exactly_the_changed_lr(tmp_path, capsys):
@@ -137,7 +137,7 @@ def test_saved_config_starts_an_identical_run(tmp_path):
     b, _ = train(tmp_path, "--config", config, "--max_steps", "2")
     assert b.args.lr == 0.003 and b.args.model_type == "SmallCNN" and b.args.max_steps == 2
     assert b.provenance["lr"] == f"config file ({config})"
-    assert load_checkpoint(b.checkpoint_path("last"))["global_step"] == 2
+    assert load_checkpoint(b.checkpointer.path("last"))["global_step"] == 2
 
 
 @pytest.mark.parametrize(
@@ -178,7 +178,7 @@ def test_fashionmnist_run_from_raw_idx_files(tmp_path):
     )
     assert trainer.data.input_shape == (1, 28, 28) and trainer.data.class_names[0] == "T-shirt/top"
     assert len(trainer.datasets["test"]) == 20 and metrics["top1"] == pytest.approx(top1_by_hand(trainer), abs=1e-9)
-    evaluator = VanillaEvaluator.from_argv(["--model_path", trainer.checkpoint_path("best")])
+    evaluator = VanillaEvaluator.from_argv(["--model_path", trainer.checkpointer.path("best")])
     assert evaluator.run()["top1"] == pytest.approx(metrics["top1"])
 
 
@@ -200,7 +200,7 @@ def test_eval_of_nan_weights_warns(tmp_path, capsys):
         ["--max_steps", "2", "--train_val_sample_rate", "0.2", "--gpu_devices", "cpu", "--output_dir", str(tmp_path)]
     )
     trainer.fit()
-    state = load_checkpoint(trainer.checkpoint_path("best"))
+    state = load_checkpoint(trainer.checkpointer.path("best"))
     first = next(k for k, v in state["model"].items() if v.is_floating_point())
     state["model"][first] = torch.full_like(state["model"][first], float("nan"))
     path = str(tmp_path / "nan_ckpt.pth")

@@ -135,7 +135,7 @@ def test_a_short_run_with_the_whole_recipe_then_eval(tmp_path, capsys):
     )
     metrics = trainer.fit()
     assert trainer.global_step == 6 and metrics["top1"] == pytest.approx(top1_by_hand(trainer), abs=1e-9)
-    results = ViTEvaluator.from_argv(["--model_path", trainer.checkpoint_path("best")]).run()
+    results = ViTEvaluator.from_argv(["--model_path", trainer.checkpointer.path("best")]).run()
     assert results["top1"] == pytest.approx(metrics["top1"])
     assert set(results["per_class_top1"]) == set(trainer.data.class_names)
     assert "per-class top-1" in capsys.readouterr().out

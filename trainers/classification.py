@@ -67,17 +67,17 @@ def device_augment(args, side, hflip=0.0, vflip=0.0):
     return torch.nn.Sequential(*ops) if ops else None
 
 
-def validate_classifier(task, loader):
-    """Loss, top-1 and top-5 of ``task.model`` over ``loader`` (see :class:`ClassificationMeter`).
+def validate_classifier(task, model, loader):
+    """Loss, top-1 and top-5 of ``model`` over ``loader`` (see :class:`ClassificationMeter`).
 
-    Shared by the classification trainers; ``task`` has ``model``, ``loss_fn``,
+    Shared by the classification trainers; ``task`` has ``loss_fn``,
     ``data.num_classes``, ``to_device`` and ``autocast``.
     """
     meter = ClassificationMeter(task.data.num_classes)
     for images, labels in loader:
         images, labels = task.to_device((images, labels))
         with task.autocast():
-            logits = task.model(images)
+            logits = model(images)
         meter.update(logits.float(), labels, task.loss_fn(logits.float(), labels))
     return meter.compute()
 

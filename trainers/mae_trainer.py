@@ -132,11 +132,11 @@ class MAETrainer(ViTTrainer):
     def train_step(self, batch):
         images = batch[0]  # labels are never used
         pred, mask = self.model(images)
-        return {"loss": self.module.loss(images, pred, mask)}
+        return {"loss": self.raw_model.loss(images, pred, mask)}
 
-    def validate(self, loader):
+    def validate(self, model, loader):
         """Reconstruction ``loss`` (per image) and, with ``--knn_k``, ``knn_top1`` (%)."""
-        mae, total, count, feats, labels = self.model, 0.0, 0, [], []
+        mae, total, count, feats, labels = model, 0.0, 0, [], []
         for batch in loader:
             if batch is None:  # only unreadable images (--bad_images skip)
                 continue
@@ -148,11 +148,19 @@ class MAETrainer(ViTTrainer):
             if self.args.knn_k:
                 feats.append(mae.features(images).float())
                 labels.append(targets)
-            if count == len(images) and loader is self.loaders.get("val") and self.args.num_viz and self.loggers:
-                self.log_image("val/image_masked_reconstruction", self.reconstruction_grid(images, pred, mask))
+            if (
+                count == len(images)
+                and loader is self.loaders.get("val")
+                and self.args.num_viz
+                and self.tracking.trackers
+            ):
+                grid = self.reconstruction_grid(mae, images, pred, mask)
+                self.log_image("val/image_masked_reconstruction", grid)
         metrics = {"loss": total / max(count, 1)}
         if self.args.knn_k:
-            bank, bank_labels = self.feature_bank()  # under DDP a collective: every process, even one without samples
+            bank, bank_labels = self.feature_bank(
+                mae
+            )  # under DDP a collective: every process, even one without samples
             guess = (
                 knn_predict(
                     torch.cat(feats),
@@ -169,30 +177,30 @@ class MAETrainer(ViTTrainer):
             metrics["knn_top1"] = 100.0 * float((guess == torch.cat(labels)).float().mean()) if feats else 0.0
         return metrics
 
-    def feature_bank(self):
-        """Encoder features and labels of the whole training split (unaugmented): ``(M, D)``, ``(M,)``.
+    def feature_bank(self, model=None):
+        """``model``'s (default: the model's) encoder features and labels of the whole training split (unaugmented): ``(M, D)``, ``(M,)``.
 
         Under DDP each process embeds its share and all of them are gathered, so every process
         votes against the same bank.
         """
-        feats, labels = [], []
+        model, feats, labels = model or self.raw_model, [], []
         for batch in self.loaders["knn"]:
             if batch is None:
                 continue
             images, targets = self.to_device(batch)
             with self.autocast():
-                feats.append(self.model.features(images).float())
+                feats.append(model.features(images).float())
             labels.append(targets)
         mine = (torch.cat(feats).cpu(), torch.cat(labels).cpu()) if feats else (None, None)
         parts = [p for p in distributed.all_gather_object(mine) if p[0] is not None]
         return (torch.cat([f for f, _ in parts]).to(self.device), torch.cat([y for _, y in parts]).to(self.device))
 
-    def reconstruction_grid(self, images, pred, mask):
-        """``(3, H', W')`` in [0, 1]: one row per image of the first ``--num_viz``: image | masked | reconstruction."""
+    def reconstruction_grid(self, model, images, pred, mask):
+        """With ``model``: ``(3, H', W')`` in [0, 1]: one row per image of the first ``--num_viz``: image | masked | reconstruction."""
         from torchvision.utils import make_grid  # here: only when a grid is drawn
 
         n = self.args.num_viz
-        masked, pasted = self.module.reconstruct(images[:n], pred[:n].float(), mask[:n])
+        masked, pasted = model.reconstruct(images[:n], pred[:n].float(), mask[:n])
         tiles = torch.stack([images[:n].float(), masked, pasted], dim=1).flatten(0, 1)
         # Inputs are (x - mean) / std (base.loop.input_stage): back to [0, 1] pixels.
         mean = torch.tensor(self.inputs.mean, device=tiles.device).view(1, -1, 1, 1)

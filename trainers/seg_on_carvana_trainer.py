@@ -123,8 +123,8 @@ class SegOnCarvanaTrainer(TrainerBase):
     def train_step(self, batch):
         return {"loss": self.loss_fn(self.model(batch["image"]), batch["mask"])}
 
-    def score_batch(self, batch, meter):
-        """Predict one evaluation batch (on :attr:`device`) and add it to ``meter``.
+    def score_batch(self, model, batch, meter):
+        """Predict one evaluation batch (on :attr:`device`) with ``model`` and add it to ``meter``.
 
         The model predicts at the training size; ``logits > 0`` (probability
         > 0.5) is resized with nearest-neighbour to each image's original size
@@ -134,7 +134,7 @@ class SegOnCarvanaTrainer(TrainerBase):
             ``(logits float32 (N, 1, H, W), [bool (H0, W0) prediction per image])``.
         """
         with self.autocast():
-            logits = self.model(batch["image"])
+            logits = model(batch["image"])
         logits = logits.float()
         meter.add_loss(self.loss_fn(logits, batch["mask"]), logits.shape[0])
         preds = []
@@ -144,10 +144,10 @@ class SegOnCarvanaTrainer(TrainerBase):
             preds.append(pred)
         return logits, preds
 
-    def validate(self, loader):
+    def validate(self, model, loader):
         meter, grid = SegmentationMeter(), None
         for batch in loader:
-            logits, _ = self.score_batch(self.to_device(batch), meter)
+            logits, _ = self.score_batch(model, self.to_device(batch), meter)
             if grid is None and self.args.num_viz:
                 n = self.args.num_viz
                 from utils.plots import segmentation_grid  # matplotlib: only when a grid is drawn

@@ -85,5 +85,5 @@ class VanillaTrainer(TrainerBase):
         images, labels = batch
         return {"loss": self.loss_fn(self.model(images), labels)}
 
-    def validate(self, loader):
-        return validate_classifier(self, loader)
+    def validate(self, model, loader):
+        return validate_classifier(self, model, loader)

@@ -214,22 +214,22 @@ class ViTTrainer(TrainerBase):
     def build_optimizer(self):
         """AdamW (or ``--optimizer``) with weight decay off for :func:`model.zoo.no_weight_decay_names`;
         with ``--layer_decay`` < 1, one group per layer (:func:`base.loop.optim.layer_decay_groups`)."""
-        a, no_decay = self.args, no_weight_decay_names(self.model)
+        a, no_decay = self.args, no_weight_decay_names(self.raw_model)
         if a.layer_decay < 1:
             layers = vit_num_layers(a.model_type)
             groups = optim.layer_decay_groups(
-                self.model, no_decay, lambda name: vit_layer_id(name, layers), layers, a.lr, a.layer_decay
+                self.raw_model, no_decay, lambda name: vit_layer_id(name, layers), layers, a.lr, a.layer_decay
             )
         else:
-            groups = optim.decay_groups(self.model, no_decay)
+            groups = optim.decay_groups(self.raw_model, no_decay)
         return optim.build_optimizer(groups, a)
 
     def train_step(self, batch):
         images, labels = batch  # mixed already with --mixup_alpha / --cutmix_alpha (build_mix)
         return {"loss": self.loss_fn(self.model(images), labels)}
 
-    def validate(self, loader):
-        return validate_classifier(self, loader)
+    def validate(self, model, loader):
+        return validate_classifier(self, model, loader)
 
 
 def check_in_chans(args, channels, data):

@@ -11,16 +11,12 @@ each of them directly, any other schedule is stepped through.
 """
 
 import csv
-import logging
-import math
 import os
 import warnings
 
 import torch
 
-from base.checkpoint.files import load_checkpoint
 from base.config.parse import ConfigError
-from base.errors import CheckpointError
 from base.loop import optim
 
 MAX_POINTS = 2000  # steps drawn and written to the .csv: a curve's worth, whatever the run's length
@@ -28,14 +24,16 @@ MAX_EPOCH_LINES = 200  # grey lines at epoch ends; more would be a grey block
 MAX_STEPPED = 1_000_000  # a schedule with no closed form is stepped through, up to this many steps (~10 s)
 
 
-def plot_lr_schedule(trainer, path):
-    """Build ``trainer``'s data, model, optimizer and schedule; write the schedule to ``path`` and a ``.csv``.
+def plot_lr_schedule(plan, args, title, path):
+    """Draw ``plan``'s schedule (a :class:`base.loop.plan.RunPlan`) to ``path`` and its values to a ``.csv``.
 
     No run folder is created and nothing is trained. With ``--resume`` the
     schedule starts at the checkpoint's step, as the resumed run would.
 
     Args:
-        trainer: a :class:`base.trainer.TrainerBase` from ``from_argv`` (not set up).
+        plan: the run's plan (:meth:`base.trainer.TrainerBase.plan`).
+        args: the run's flags (``--warmup_steps``, ``--batch_size``, ``--accum_steps``, ``--lr_scheduler``).
+        title: the trainer's name, in the figure's title.
         path: the PNG to write; the values go to the same stem with ``.csv``
             (columns ``step``, ``lr``: optimizer steps and the first param group's LR).
 
@@ -44,7 +42,6 @@ def plot_lr_schedule(trainer, path):
         than :data:`MAX_POINTS` of them, the steps of :func:`sampled_steps`.
 
     Raises:
-        CheckpointError: the ``--resume`` checkpoint cannot be read or does not fit.
         ConfigError: a schedule that is not a ``LambdaLR`` over more than
             :data:`MAX_STEPPED` steps (it would have to be stepped through).
     """
@@ -53,36 +50,14 @@ def plot_lr_schedule(trainer, path):
     matplotlib.use("Agg")  # no display on servers; before pyplot's import
     import matplotlib.pyplot as plt
 
-    a = trainer.args
-    trainer.build()
-    state = None
-    if trainer.resume_from:
-        state = load_checkpoint(trainer.resume_from[1], map_location="cpu", flag="--resume")
-        trainer.epoch, trainer.global_step = state["epoch"], state["global_step"]
-        trainer.samples_in_epoch = state.get("samples_in_epoch", state["batch_in_epoch"] * a.batch_size)
-    per_epoch = math.ceil(len(trainer.loaders["train"]) / a.accum_steps)  # optimizer steps
-    trainer.total_steps = trainer.planned_total_steps()
-    trainer.optimizer = trainer.build_optimizer()
-    trainer.scheduler = trainer.build_scheduler()
-    if state is not None:
-        built = [group.get("weight_decay") for group in trainer.optimizer.param_groups]
-        try:
-            trainer.optimizer.load_state_dict(state["optimizer"])
-            if trainer.scheduler is not None and state["scheduler"] is not None:
-                trainer.scheduler.load_state_dict(state["scheduler"])
-        except (ValueError, KeyError) as exc:
-            raise CheckpointError(
-                f"--resume {trainer.resume_from[1]}: optimizer/scheduler state does not fit ({exc})"
-            ) from None
-        trainer.logger = logging.getLogger("plot_lr")
-        trainer._apply_resume_changes(built)
-    start, end = trainer.global_step, trainer.total_steps
-    warmup = _warmup(trainer.scheduler, a.warmup_steps)
-    note = optim.warmup_note(trainer.scheduler, a.warmup_steps)
+    a, per_epoch = args, plan.steps_per_epoch
+    start, end = plan.start_step, plan.total_steps
+    warmup = _warmup(plan.scheduler, a.warmup_steps)
+    note = optim.warmup_note(plan.scheduler, a.warmup_steps)
     if note:
         print(f"--plot_lr: {note}")
     steps = sampled_steps(start, end, marks=(warmup,))
-    rows = list(zip(steps, _lrs(trainer.optimizer, trainer.scheduler, start, steps)))
+    rows = list(zip(steps, _lrs(plan.optimizer, plan.scheduler, start, steps)))
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)  # checked writable at parse time
     with open(os.path.splitext(path)[0] + ".csv", "w", newline="", encoding="utf-8") as f:
         csv.writer(f).writerows([("step", "lr"), *rows])
@@ -92,7 +67,7 @@ def plot_lr_schedule(trainer, path):
     if len(epoch_ends) <= MAX_EPOCH_LINES:
         for epoch_end in epoch_ends:
             ax.axvline(epoch_end, color="0.85", lw=0.6, zorder=0)
-    if trainer.resume_from:
+    if plan.resumed:
         ax.axvline(start, color="tab:red", ls="--", lw=1, label=f"resumed at step {start}")
         ax.legend()
     cut = f" (--warmup_steps {a.warmup_steps} cut to half the run)" if warmup != a.warmup_steps else ""
@@ -100,7 +75,7 @@ def plot_lr_schedule(trainer, path):
     ax.set(
         xlabel=f"optimizer step ({a.batch_size} x {a.accum_steps} samples each; {grey})",
         ylabel="learning rate",
-        title=f"{type(trainer).__name__}: {end} steps, warmup {warmup}{cut}, {a.lr_scheduler}",
+        title=f"{title}: {end} steps, warmup {warmup}{cut}, {a.lr_scheduler}",
     )
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -1,4 +1,8 @@
-"""Validation, test and training-loss bookkeeping of :class:`base.trainer.TrainerBase`."""
+"""The loop's measuring events: the validation round, the test, the logging window's scalars.
+
+Bodies of events whose order :meth:`base.trainer.TrainerBase.train` sets; they keep no state of their own
+(it lives in the trainer's parts: ``progress``, ``stats``, ``tracking``, ``checkpointer``).
+"""
 
 import json
 import os
@@ -14,8 +18,8 @@ from base.runtime import distributed
 from base.runtime.signals import signals_held
 
 
-class ValidationMixin:
-    """When and how the trainer measures itself: ``metrics.csv``, TensorBoard, the log, ``best``."""
+class ValidationEvents:
+    """When and how the trainer measures itself: ``metrics.csv``, the trackers, the log, ``best``."""
 
     def _check_bad_samples(self):
         """Log newly listed unreadable images; stop past ``--max_bad_images`` (under DDP, every process together).
@@ -48,37 +52,11 @@ class ValidationMixin:
         loss_sum, count = distributed.all_reduce_sum([float(self.stats.loss_sum), self.stats.loss_count])
         return loss_sum / count if count else float("nan")
 
-    def log_scalar(self, name, value, step=None):
-        """Log one scalar (a float or 0-dim tensor) at ``step`` (default: :attr:`global_step`) to every logger.
-
-        The loggers are those of ``--loggers`` (see :mod:`base.run.trackers`). Tasks
-        and hooks call it for their own curves, e.g. ``self.log_scalar("train/kl", kl)``;
-        a tensor costs a host sync, so call it at a logging cadence, not every step.
-        Under DDP only rank 0 writes (the others have no loggers): log values
-        that are already the same on every process, or rank 0's own.
-
-        Raises:
-            RunDirError: a logger writing into the run folder cannot write (names the file).
-        """
-        self.log_scalars({name: value}, step)
-
-    def log_scalars(self, scalars, step=None):
-        """Log ``{name: float or 0-dim tensor}`` at ``step`` (default: :attr:`global_step`); see :meth:`log_scalar`."""
-        if self.loggers:
-            self.loggers.log_scalars(
-                {k: float(v) for k, v in scalars.items()}, self.global_step if step is None else step
-            )
-
-    def log_image(self, name, image, step=None):
-        """Log ``image``, a float tensor ``(3, H, W)`` in [0, 1], at ``step`` to the loggers that take images."""
-        if self.loggers:
-            self.loggers.log_image(name, image, self.global_step if step is None else step)
-
-    def _log_train(self, bar):
-        if self._nonfinite_on_device:
-            self._check_nonfinite()
+    def _log_window(self, bar):
+        """Log the logging window's training scalars (``train/*``) and the progress bar's postfix."""
+        self.guard.check(self.global_step)
         loss = self.train_loss()
-        lr = self.optimizer.param_groups[0]["lr"]
+        lr = self.step.lr
         stats = self.stats
         # one sync per window; under DDP the same keys on every process; timed: samples since the clock started
         keys, values, count, timed = stats.take_extras()
@@ -86,7 +64,7 @@ class ValidationMixin:
         extras = {k: v / sums[-2] for k, v in zip(keys, sums)}
         postfix = {"loss": f"{loss:.4f}", "lr": f"{lr:.2e}"}
         scalars = {"loss": loss, "lr": lr, **extras}
-        if stats.grad_norm is not None:  # this step's, before clipping (see StepMixin._step)
+        if stats.grad_norm is not None:  # this step's, before clipping (see OptimizerStep.clip)
             scalars["grad_norm"] = stats.grad_norm
         now = time.perf_counter()
         if stats.clock is not None and now > stats.clock:  # samples of all processes per second
@@ -107,37 +85,34 @@ class ValidationMixin:
             scalars["peak_gpu_memory_mib"] = torch.cuda.max_memory_allocated(self.device) / 2**20
         self.log_scalars({f"train/{k}": v for k, v in scalars.items()})
 
-    def run_validation(self, split="val"):
-        """Evaluate :meth:`eval_model` on ``split`` in eval mode; returns ``{metric: float}``.
+    def evaluate(self, split: str = "val") -> dict[str, float]:
+        """Score :meth:`eval_model` on ``split`` with the task's ``validate``; returns ``{metric: float}``.
 
-        With ``--ema_decay`` and ``--eval_ema``, ``self.model`` is the EMA model
-        while ``validate`` runs, so a task's ``validate`` needs no EMA code. It is
-        never the DDP wrapper: each process scores its share of the split with
-        its replica, and the results are combined (:func:`base.runtime.distributed.combine_metrics`).
+        The model to score is passed to ``validate`` (the EMA copy with ``--ema_decay`` and ``--eval_ema``);
+        never the DDP wrapper: each process scores its share of the split with its replica, and the results
+        are combined (:func:`base.runtime.distributed.combine_metrics`).
         """
-        trained, self.model = self.model, self.eval_model()
-        self.model.eval()
+        model = self.eval_model()
+        model.eval()
         seed_position(self.args.seed, self.rank, self.global_step)  # its random draws, if any, from here alone
         try:
             # validate() forks its loader's workers where we cannot see: hold signals until it ends
             with torch.no_grad(), signals_held():
-                metrics = {k: float(v) for k, v in self.validate(self.loaders[split]).items()}
+                metrics = {k: float(v) for k, v in self.validate(model, self.loaders[split]).items()}
         finally:
-            self.model = trained
-            self.model.train()
+            self.raw_model.train()
         if self.world_size > 1:
             metrics = distributed.combine_metrics(metrics, len(self.loaders[split].sampler))
         return metrics
 
-    def _validate(self):
-        """Validate, log a row to metrics.csv/TensorBoard/the log, save ``best`` on improvement."""
+    def _validation_round(self):
+        """Score the ``val`` split, log a row to metrics.csv/the trackers/the log, save ``best`` on improvement."""
         a, start = self.args, time.perf_counter()
-        if self._nonfinite_on_device:
-            self._check_nonfinite()
+        self.guard.check(self.global_step)
         # An exception from here on saves the state as of now, marked so that a resume
         # does this validation again, exactly once (its row, best/last, early stopping).
         self._validation_snapshot = {**self.state_dict(), "validating": True}
-        metrics = self.run_validation("val")
+        metrics = self.evaluate("val")
         self._check_bad_samples()
         if self.monitor not in metrics:
             raise KeyError(
@@ -149,14 +124,13 @@ class ValidationMixin:
             "epoch": self.epoch,
             "step": self.global_step,
             "train_loss": self.train_loss(),
-            "lr": self.optimizer.param_groups[0]["lr"],
+            "lr": self.step.lr,
             **{f"val_{k}": v for k, v in metrics.items()},
             "val_seconds": time.perf_counter() - start,
         }
-        self.last_metrics, self._validated_at = row, self.global_step
+        self.last_metrics, self.progress.validated_at = row, self.global_step
         self.stats.reset_loss()
-        if self.metrics_csv is not None:  # rank 0's
-            self.metrics_csv.write(row)
+        self.tracking.write_row(row)  # (rank 0's)
         # The mean training loss since the previous validation is not the window mean of train/loss.
         scalars = {
             "train/loss_since_val": row["train_loss"],
@@ -183,8 +157,7 @@ class ValidationMixin:
                 a.early_stop_patience,
                 self.early_stopper.best,
             )
-        if self.status is not None:
-            self.status.progress(self)
+        self.tracking.progress(self._position())
         self._validation_snapshot = None
         self.stats.stop_clock()  # images/s counts training time only: restart the clock at the next window
 
@@ -199,17 +172,17 @@ class ValidationMixin:
         """
         if "test" not in self.loaders or len(self.datasets["test"]) == 0:
             return {}
-        best = self.checkpoint_path("best")
+        best = self.checkpointer.path("best")
         if distributed.any_rank(os.path.isfile(best)):  # the same weights on every process
             # Name what the user gave: a resumed run's folder came from --resume (never from --model_path).
             named = (
                 f"--resume {self.args.resume}: its best checkpoint" if self.resume_from else "the run's best checkpoint"
             )
             state = load_checkpoint(best, map_location=self.device, flag=named)
-            self.module.load_state_dict(state["model"])
-            if self.ema is not None:
-                self.ema.load_state_dict(state["ema"])
-        metrics = self.run_validation("test")
+            self.raw_model.load_state_dict(state["model"])
+            if self.step.ema is not None:
+                self.step.ema.load_state_dict(state["ema"])
+        metrics = self.evaluate("test")
         self._check_bad_samples()
         path = os.path.join(self.run_dir, "test_metrics.json")
         logged = self.rank == 0 and self._test_logged(path)
@@ -223,7 +196,7 @@ class ValidationMixin:
             self.log_scalars({f"test/{k}": v for k, v in metrics.items()})
         if self.rank != 0:
             return metrics
-        self.loggers.flush()
+        self.tracking.flush()
         # Written once the loggers have the test: its step then says that they do.
         doc = {"checkpoint": os.path.basename(best), "step": self.global_step, **metrics}
         atomic_write(path, lambda f: f.write(json.dumps(doc, indent=2).encode("utf-8")))
@@ -232,7 +205,7 @@ class ValidationMixin:
     def _test_logged(self, path):
         """Whether the loggers hold this test already: an earlier launch finished the run at this step
         (this one trained nothing more), and ``path`` (test_metrics.json) was written at it."""
-        if self._finished_at != self.global_step:
+        if self.tracking.finished_at != self.global_step:
             return False
         try:
             with open(path, encoding="utf-8") as f:

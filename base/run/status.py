@@ -74,55 +74,50 @@ class RunStatus:
         self.path = os.path.join(run_dir, STATUS_FILE)
         self.doc, self._start, self._wall_before = {}, time.monotonic(), 0.0
 
-    def begin(self, trainer, resumed):
-        """Mark the launch ``running``; a resumed run counts one more resume and keeps its wall time."""
+    def begin(self, facts, position, resumed):
+        """Mark the launch ``running``; a resumed run counts one more resume and keeps its wall time.
+
+        ``facts``: ``{"trainer", "model", "data", "monitor", "monitor_mode"}`` of the run; ``position``: see
+        :meth:`progress`.
+        """
         try:
             old = read_status(os.path.dirname(self.path), strict=True) if resumed else {}
         except ValueError as exc:  # say so: the count of launches and the wall time start again
             logging.getLogger(__name__).warning("%s: the run's resumes and wall time so far are lost", exc)
             old = {}
-        a = trainer.args
         self._start, self._wall_before = time.monotonic(), float(old.get("wall_seconds") or 0.0)
-        data = getattr(a, "data_type", None) or os.path.basename(os.path.normpath(getattr(a, "data_dir", "") or ""))
         self.doc = {
             **old,
-            "trainer": type(trainer).__name__,
-            "model": getattr(a, "model_type", None),
-            "data": data or None,
+            **facts,
             "resumes": int(old.get("resumes", -1)) + 1,
-            "monitor": f"val_{trainer.monitor}",
-            "monitor_mode": trainer.monitor_mode,
             "started": old.get("started") or _now(),
             "pid": os.getpid(),
             "host": socket.gethostname(),
             "error": None,
         }
-        self._write("running", trainer)
+        self._write("running", position)
 
-    def progress(self, trainer):
-        """Record the position and best metric (after a validation)."""
-        self._write("running", trainer)
+    def progress(self, position):
+        """Record the position and best metric (after a validation): ``position`` is ``{"epoch", "global_step",
+        "planned_epochs", "planned_steps", "best"}`` (``best``: the monitored metric's best value, or an infinity)."""
+        self._write("running", position)
 
-    def end(self, status, trainer, test=None, error=None):
+    def end(self, status, position, test=None, error=None):
         """Record how the launch ended: ``status`` in :data:`STATES`; ``error`` an exception or ``None``."""
         if test is not None:
             self.doc["test"] = {k: float(v) for k, v in test.items()}
         if error is not None:
             self.doc["error"] = error_line(error)
-        self._write(status, trainer)
+        self._write(status, position)
 
-    def _write(self, status, trainer):
+    def _write(self, status, position):
         from base.run.folder import cannot_write_error  # (torch: kept out of utils.runs's import)
 
-        a = trainer.args
         self.doc.update(
             {
                 "status": status,
-                "epoch": trainer.epoch,
-                "global_step": trainer.global_step,
-                "planned_epochs": a.epochs if a.max_steps <= 0 else None,
-                "planned_steps": trainer.total_steps,
-                "best": _finite(trainer.early_stopper.best),
+                **position,
+                "best": _finite(position["best"]),
                 "wall_seconds": round(self._wall_before + time.monotonic() - self._start, 3),
                 "updated": _now(),
             }
