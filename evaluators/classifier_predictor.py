@@ -5,11 +5,12 @@ import json
 
 import torch
 
-from base.checkpoint.files import load_model_state, write_or_fail
+from base.checkpoint.files import load_model_state
 from base.config.parse import build_parser, check, coerce_saved_values, path_arg, predictor_parser
 from base.errors import CheckpointError
 from base.evaluator import load_saved_model
 from base.loop.input_stage import InputStage
+from base.runtime.atomic_files import write_or_fail
 from base.runtime.device import select_device
 from data.images import image_file_to_input
 from data.input_recipe import card_input

@@ -14,8 +14,8 @@ import pathlib
 import time
 import uuid
 
-from base.checkpoint.files import atomic_write
 from base.run.trackers import RunLogger
+from base.runtime.atomic_files import atomic_write
 
 #: MLflow's status for each way a launch ends.
 MLFLOW_STATUS = {"finished": "FINISHED", "preempted": "KILLED", "crashed": "FAILED"}

@@ -20,8 +20,8 @@ import io
 import logging
 import os
 
-from base.checkpoint.files import atomic_write
 from base.run.folder import RunDirError, cannot_write_error
+from base.runtime.atomic_files import atomic_write
 
 log = logging.getLogger(__name__)
 
