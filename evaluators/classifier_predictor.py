@@ -5,13 +5,14 @@ import json
 
 import torch
 
-from base.checkpoint.files import load_model_state, write_or_fail
+from base.checkpoint.files import load_model_state
 from base.config.checks import check
 from base.config.parse import build_parser, coerce_saved_values, path_arg
 from base.config.predictor_flags import predictor_parser
 from base.errors import CheckpointError
 from base.evaluator import load_saved_model
 from base.loop.input_stage import InputStage
+from base.runtime.atomic_files import write_or_fail
 from base.runtime.device import select_device
 from data.images import image_file_to_input
 from data.input_recipe import card_input

@@ -18,7 +18,7 @@ import textwrap
 import pytest
 import torch
 
-import base.checkpoint.files
+import base.runtime.atomic_files
 from base.checkpoint.files import load_checkpoint, save_checkpoint, verify_checkpoint
 from base.checkpoint.resume import newest_checkpoint, newest_verified_checkpoint
 from base.errors import CheckpointError
@@ -181,14 +181,14 @@ def test_newest_verified_skips_a_corrupted_newest(tmp_path):
 
 
 def test_keep_last_k_keeps_older_steps_when_the_new_one_is_corrupt(toy_argv, tmp_path, monkeypatch, capsys):
-    real_atomic_write = base.checkpoint.files.atomic_write
+    real_atomic_write = base.runtime.atomic_files.atomic_write
 
     def corrupt_step4(path, write_fn):
         real_atomic_write(path, write_fn)
         if path.endswith("_step4_ckpt.pth"):
             flip_weight_byte(path)  # as if the disk returned other bytes than were written
 
-    monkeypatch.setattr(base.checkpoint.files, "atomic_write", corrupt_step4)
+    monkeypatch.setattr(base.runtime.atomic_files, "atomic_write", corrupt_step4)
     argv = toy_argv + ["--epochs", "1", "--save_every_steps", "1", "--keep_last_k", "2"]
     status, err = run_main(ToyTrainer, argv, capsys)
     (run,) = glob.glob(str(tmp_path / "Toy" / "*"))

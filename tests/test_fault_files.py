@@ -142,7 +142,7 @@ def test_kill_9_during_save_keeps_the_old_checkpoint(tmp_path):
     script = textwrap.dedent(f"""
         import sys, time
         sys.path.insert(0, {ROOT!r})
-        from base.checkpoint.files import atomic_write
+        from base.runtime.atomic_files import atomic_write
         data = open({str(tmp_path / "new.bin")!r}, "rb").read()
 
         def write_half(f):

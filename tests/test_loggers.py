@@ -16,8 +16,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from base.config.parse import ConfigError
 from base.hooks import HookBase
-from base.run.external_trackers import MLflowLogger
-from base.run.trackers import parse_logger_names
+from base.run.external_trackers import MLflowTracker
+from base.run.trackers import parse_tracker_names
 from conftest import ToyTrainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -236,7 +236,7 @@ def test_a_script_exits_only_once_wandb_has_written_the_whole_run(tracker_env):
 @pytest.mark.parametrize("value, message", [("tensorbord", "unknown logger 'tensorbord'"), ("csv,csv", "named twice")])
 def test_bad_logger_names_are_refused(value, message):
     with pytest.raises(ConfigError, match=message):
-        parse_logger_names(value)
+        parse_tracker_names(value)
 
 
 def test_a_tracker_failing_mid_run_is_one_warning_and_training_goes_on(tracker_env, monkeypatch):
@@ -248,7 +248,7 @@ def test_a_tracker_failing_mid_run_is_one_warning_and_training_goes_on(tracker_e
         if len(calls) > 1:
             raise ConnectionError("tracking server unreachable")
 
-    monkeypatch.setattr(MLflowLogger, "log_scalars", flaky)
+    monkeypatch.setattr(MLflowTracker, "log_scalars", flaky)
     trainer = fit(tracker_env, "--loggers", "csv,mlflow")
     assert calls == [2, 4]  # switched off at its first error
     names = os.listdir(trainer.run_dir)

@@ -31,12 +31,13 @@ import warnings
 
 import torch
 
-from base.checkpoint.files import load_model_state, write_or_fail
+from base.checkpoint.files import load_model_state
 from base.cli import one_line
 from base.config.checks import check
 from base.config.parse import ConfigError, Parser, path_arg, str2bool
 from base.errors import UserError
 from base.evaluator import EvaluatorBase, load_saved_model
+from base.runtime.atomic_files import write_or_fail
 
 PROG = "python -m utils.export"
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "exported_program": ".pt2"}

@@ -22,9 +22,10 @@ from collections.abc import Callable
 
 import torch
 
-from base.checkpoint.files import copy_checkpoint, save_checkpoint, verify_checkpoint, write_or_fail
+from base.checkpoint.files import copy_checkpoint, save_checkpoint, verify_checkpoint
 from base.errors import CheckpointError
 from base.runtime import distributed
+from base.runtime.atomic_files import write_or_fail
 
 
 class Checkpointer:

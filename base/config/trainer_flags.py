@@ -5,7 +5,7 @@ import os
 
 from base.config.checks import check, check_folder_name, check_writable_dir
 from base.config.parse import path_arg, str2bool
-from base.run.trackers import parse_logger_names
+from base.run.trackers import parse_tracker_names
 from base.runtime.device import select_device
 
 
@@ -259,7 +259,7 @@ def check_trainer_config(args):
     check(0 < args.rollback_lr_factor <= 1, "rollback_lr_factor", args.rollback_lr_factor, "must be in (0, 1]")
     check(args.seed >= 0, "seed", args.seed, "must be >= 0")
     check_folder_name("proj_name", args.proj_name)
-    parse_logger_names(args.loggers)  # an unknown logger, or a tracker whose package is missing
+    parse_tracker_names(args.loggers)  # an unknown logger, or a tracker whose package is missing
     select_device(args.gpu_devices)  # raises ConfigError for a GPU that is not there
     check_writable_dir("output_dir", args.output_dir)
     if args.plot_lr:

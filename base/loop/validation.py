@@ -10,11 +10,12 @@ import time
 
 import torch
 
-from base.checkpoint.files import atomic_write, load_checkpoint
+from base.checkpoint.files import load_checkpoint
 from base.config.trainer_flags import resolve_workers
 from base.errors import DataError
 from base.loop.state import seed_position
 from base.runtime import distributed
+from base.runtime.atomic_files import atomic_write
 from base.runtime.signals import signals_held
 
 

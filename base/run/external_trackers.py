@@ -14,8 +14,8 @@ import pathlib
 import time
 import uuid
 
-from base.checkpoint.files import atomic_write
-from base.run.trackers import RunLogger
+from base.run.trackers import Tracker
+from base.runtime.atomic_files import atomic_write
 
 #: MLflow's status for each way a launch ends.
 MLFLOW_STATUS = {"finished": "FINISHED", "preempted": "KILLED", "crashed": "FAILED"}
@@ -56,7 +56,7 @@ def wandb_has_credentials():
         return False
 
 
-class WandbLogger(RunLogger):
+class WandbTracker(Tracker):
     """A W&B run: project ``--proj_name``, name the run's timestamp, files under ``<run>/wandb``.
 
     ``WANDB_MODE`` is obeyed; without it and without credentials the run is
@@ -114,7 +114,7 @@ class WandbLogger(RunLogger):
             self.run = None
 
 
-class MLflowLogger(RunLogger):
+class MLflowTracker(Tracker):
     """An MLflow run in experiment ``--proj_name``, named by the run's timestamp.
 
     Tracking server: ``MLFLOW_TRACKING_URI`` if set, else a file store in

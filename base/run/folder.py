@@ -23,9 +23,9 @@ import sys
 
 import torch
 
-from base.checkpoint.files import atomic_write
 from base.errors import UserError
 from base.run.lock import process_alive
+from base.runtime.atomic_files import atomic_write
 
 TIMESTAMP_FORMAT = "%Y-%m-%d_%H-%M-%S"
 
@@ -257,14 +257,14 @@ def record_resume(path, args, provenance, checkpoint, changes=None):
     _write_json(path, doc)
 
 
-# The temporary name base.checkpoint.files.atomic_write gives a file while writing it.
+# The temporary name base.runtime.atomic_files.atomic_write gives a file while writing it.
 _TEMP_FILE = re.compile(r"^\..+\.tmp(\d+)$")
 
 
 def remove_stale_temp_files(run_dir):
     """Delete ``.<name>.tmp<pid>`` files in ``run_dir`` whose writer process is gone.
 
-    :func:`base.checkpoint.files.atomic_write` writes under that name, then renames;
+    :func:`base.runtime.atomic_files.atomic_write` writes under that name, then renames;
     a writer killed in between leaves the file behind for good. Files of live
     processes (this one included) may still be renamed and are kept.
     Subfolders are not searched. The pid test sees only this machine's

@@ -1,7 +1,7 @@
 """A run's row files, ``metrics.csv`` and ``scalars.csv``: appended to while training, cut back on resume.
 
 Every checkpoint records how many data rows of each file were written before it
-was saved (``metrics_rows``, and the ``csv`` logger's state). A resume keeps
+was saved (``metrics_rows``, and the ``csv`` tracker's state). A resume keeps
 exactly those rows and drops the rest, which it does again and logs again; so
 each row is in a file once, whichever checkpoint the resume starts from:
 ``last``, a step checkpoint saved just before the validation of its step, an
@@ -20,8 +20,8 @@ import io
 import logging
 import os
 
-from base.checkpoint.files import atomic_write
 from base.run.folder import RunDirError, cannot_write_error
+from base.runtime.atomic_files import atomic_write
 
 log = logging.getLogger(__name__)
 

@@ -123,7 +123,7 @@ class RunStatus:
             }
         )
         text = json.dumps(self.doc, indent=2, sort_keys=True)
-        # The temporary name of base.checkpoint.files.atomic_write: a stale one is removed at the next launch.
+        # The temporary name of base.runtime.atomic_files.atomic_write: a stale one is removed at the next launch.
         tmp = os.path.join(os.path.dirname(self.path), f".{STATUS_FILE}.tmp{os.getpid()}")
         try:
             # Renamed into place, so a reader sees the old file or the new one; not fsynced: it is

@@ -13,14 +13,14 @@ import logging
 
 from base.run.row_files import MetricsCSV
 from base.run.status import RunStatus, read_status
-from base.run.trackers import LoggerSet, RunInfo, build_loggers, parse_logger_names
+from base.run.trackers import RunInfo, TrackerSet, build_trackers, parse_tracker_names
 
 
 class RunTracking:
     """Rank 0's ``status.json``, ``metrics.csv`` and trackers, with what a resume must know of them."""
 
     def __init__(self):
-        self.trackers = LoggerSet()  # the --loggers, from start() on
+        self.trackers = TrackerSet()  # the --loggers, from start() on
         self.status = None  # RunStatus, from begin_status() (new run) or start() (resumed)
         self.metrics_csv = None  # MetricsCSV, from open_rows()
         # The step at which an earlier launch finished the run, when this one resumed from that very end state
@@ -70,7 +70,7 @@ class RunTracking:
             self.status.begin(facts, position, resumed=True)
         else:
             self.status.progress(position)
-        self.trackers = LoggerSet(build_loggers(parse_logger_names(names)), warn=warn)
+        self.trackers = TrackerSet(build_trackers(parse_tracker_names(names)), warn=warn)
         run.states = {} if finished_here else self.resumed_states
         self.trackers.start(run)
 
