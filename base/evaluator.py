@@ -113,17 +113,8 @@ class EvaluatorBase(abc.ABC):
             CheckpointError: ``"--model_path X: a ViTTrainer checkpoint; eval_vanilla.py
                 evaluates VanillaTrainer checkpoints (use eval_vit.py)"``.
         """
-        card = extras.get("model_card")
-        name = extras.get("trainer") or (card.get("trainer") if isinstance(card, dict) else None)
-        expected = self.trainer_class.__name__
-        if name is None or name == expected or name in self.compatible_trainers:
-            return
         prog = getattr(self, "PROG", None) or type(self).__name__
-        script = extras.get("eval_script")  # the trainer's EVAL_SCRIPT, saved with it (not in older files)
-        hint = f" (use {script})" if isinstance(script, str) and script and script != prog else ""
-        raise CheckpointError(
-            f"--model_path {self.args.model_path}: a {name} checkpoint; {prog} evaluates {expected} checkpoints{hint}"
-        )
+        refuse_other_trainer(extras, self.args.model_path, self.trainer_class, prog, self.compatible_trainers)
 
     def run(self) -> dict[str, Any]:
         """Load the checkpoint, rebuild the task, evaluate, write the results JSON."""
@@ -194,6 +185,30 @@ def add_viz_argument(parser, help):
     group = parser.add_argument_group("pictures")
     group.add_argument("--viz", type=str2bool, nargs="?", const=True, default=False, help=help)
     return group
+
+
+def refuse_other_trainer(extras, path, trainer_class, prog, compatible=()):
+    """Refuse ``path`` when another trainer than ``trainer_class`` wrote it (see :meth:`EvaluatorBase.check_trainer`).
+
+    Args:
+        extras: :func:`load_saved_model`'s third result for ``path``.
+        path: the ``--model_path`` value, for the message.
+        trainer_class: the trainer whose checkpoints ``prog`` reads.
+        prog: the script named in the message, e.g. ``"eval_vanilla.py"``.
+        compatible: names of other trainer classes accepted as ``trainer_class``.
+
+    Raises:
+        CheckpointError: ``"--model_path X: a ViTTrainer checkpoint; eval_vanilla.py
+            evaluates VanillaTrainer checkpoints (use eval_vit.py)"``.
+    """
+    card = extras.get("model_card")
+    name = extras.get("trainer") or (card.get("trainer") if isinstance(card, dict) else None)
+    expected = trainer_class.__name__
+    if name is None or name == expected or name in compatible:
+        return
+    script = extras.get("eval_script")  # the trainer's EVAL_SCRIPT, saved with it (not in older files)
+    hint = f" (use {script})" if isinstance(script, str) and script and script != prog else ""
+    raise CheckpointError(f"--model_path {path}: a {name} checkpoint; {prog} evaluates {expected} checkpoints{hint}")
 
 
 def nonfinite_count(state):

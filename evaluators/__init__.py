@@ -1,1 +1,2 @@
-"""Task evaluators: each is a short subclass of :class:`base.evaluator.EvaluatorBase`."""
+"""Task evaluators, each a short subclass of :class:`base.evaluator.EvaluatorBase`, and the predictors,
+each a short subclass of :class:`evaluators.predictor.PredictorBase`."""

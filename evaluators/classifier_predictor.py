@@ -1,21 +1,16 @@
 """Classify new image files with a trained checkpoint: the top-k classes of each, from the checkpoint alone."""
 
-import argparse
+import contextlib
 import json
 
 import torch
 
-from base.checkpoint.files import load_model_state
 from base.config.checks import check
-from base.config.parse import build_parser, coerce_saved_values, path_arg
-from base.config.predictor_flags import predictor_parser
+from base.config.parse import coerce_saved_values, path_arg
 from base.errors import CheckpointError
-from base.evaluator import load_saved_model
-from base.loop.input_stage import InputStage
 from base.runtime.atomic_files import write_or_fail
-from base.runtime.device import select_device
-from data.images import image_file_to_input
 from data.input_recipe import card_input
+from evaluators.predictor import PredictorBase
 from trainers.vanilla_trainer import VanillaTrainer
 from trainers.vit_trainer import ViTTrainer
 
@@ -23,7 +18,7 @@ from trainers.vit_trainer import ViTTrainer
 TRAINERS = {cls.__name__: cls for cls in (VanillaTrainer, ViTTrainer)}
 
 
-class ClassifierPredictor:
+class ClassifierPredictor(PredictorBase):
     """Print the ``--topk`` classes and probabilities of each image; write nothing else but ``--output_json``.
 
     Reads a ``*_ckpt.pth`` or a ``*_best.safetensors`` export (with its JSON
@@ -36,35 +31,28 @@ class ClassifierPredictor:
     """
 
     PROG = "predict.py"
+    VERB = "classify"
 
     @classmethod
-    def from_argv(cls, argv=None):
-        parser = predictor_parser(cls, "classify")
+    def add_arguments(cls, parser):
         parser.add_argument("--topk", type=int, default=5, help="classes to show per image (at most all of them)")
         parser.add_argument(
             "--output_json", type=path_arg, default=None, help="also write the predictions to this JSON file"
         )
-        args = parser.parse_args(argv)
+
+    @classmethod
+    def check_arguments(cls, args):
+        """Raises ConfigError: ``--topk`` < 1."""
         check(args.topk > 0, "topk", args.topk, "must be > 0")
-        return cls(args)
 
-    def __init__(self, args):
-        self.args = args
-
-    def load_model(self):
-        """``(model in eval mode on the device, model card)`` rebuilt from ``--model_path``.
-
-        The card gains ``"input"``, its input recipe (:func:`data.input_recipe.card_input`: an
-        older card's ``"normalize"`` scheme is read as the recipe it stood for).
+    def trainer_for(self, extras):
+        """The classification trainer of :data:`TRAINERS` that wrote ``--model_path``.
 
         Raises:
-            CheckpointError: unreadable file; a trainer other than a classifier;
-                no model card (written before model cards existed); an input recipe
-                this code cannot rebuild; weights that do not fit the rebuilt model.
-                The message names the file.
+            CheckpointError: another trainer's checkpoint (e.g. a segmentation one); no model card
+                (written before model cards existed). The message names the file.
         """
         path = self.args.model_path
-        weights, saved, extras = load_saved_model(path, use_ema=self.args.eval_ema)
         card = extras.get("model_card") or {}
         trainer = extras.get("trainer") or card.get("trainer")
         # A segmentation checkpoint has a trainer name but no card: say which, not "too old".
@@ -79,6 +67,17 @@ class ClassifierPredictor:
                 f"saved); evaluate it with eval_vanilla.py/eval_vit.py, or resume the run "
                 f"with --resume to write a checkpoint that has one"
             )
+        return TRAINERS[trainer]
+
+    def recipe_for(self, card):
+        """The card's input recipe (:func:`data.input_recipe.card_input`: an older card's ``"normalize"``
+        scheme is read as the recipe it stood for); a classifier's card must have one.
+
+        Raises:
+            CheckpointError: no recipe, one this code cannot rebuild, or an ``input_shape`` that is not
+                ``[1 or 3, H, W]`` matching its colour; the message names the file.
+        """
+        path = self.args.model_path
         shape = card.get("input_shape")
         try:
             recipe = card_input(card)
@@ -93,66 +92,65 @@ class ClassifierPredictor:
                 f"--model_path {path}: its model card gives input_shape {shape} for "
                 f"{recipe['color']} images; expected [1 or 3, H, W] to match"
             )
-        card = {**card, "input": recipe}
-        trainer_class = TRAINERS[trainer]
-        # The trainer's defaults fill flags added since the run; only model-building flags matter here.
-        defaults = vars(build_parser(trainer_class)[0].parse_args([]))
+        return recipe
+
+    def saved_config(self, trainer_class, saved):
+        """As :meth:`PredictorBase.saved_config`, the saved values type-checked first.
+
+        Raises:
+            ConfigError: a saved value of the wrong type or outside its choices; names the file and key.
+        """
+        path = self.args.model_path
         # Saved values never went through a parser here: type-check them first (ConfigError names file and key).
-        values = coerce_saved_values(trainer_class, saved, f"--model_path {path} (its saved config)")
-        config = argparse.Namespace(**{**defaults, **{k: v for k, v in values.items() if k in defaults}})
+        return super().saved_config(
+            trainer_class, coerce_saved_values(trainer_class, saved, f"--model_path {path} (its saved config)")
+        )
+
+    def build_model(self, trainer_class, config, card):
+        """``trainer_class.model_for`` the card's input shape and class count (no data, no trainer); float32.
+
+        Raises:
+            CheckpointError: the model cannot be built (e.g. a ``model_type`` this version does not know).
+        """
         try:
             model = trainer_class.model_for(config, tuple(card["input_shape"]), len(card["class_names"]))
         except (KeyError, ValueError) as exc:  # e.g. a model_type this version does not know
             raise CheckpointError(
-                f"--model_path {path}: cannot rebuild its model ({str(exc).strip(chr(39))})"
+                f"--model_path {self.args.model_path}: cannot rebuild its model ({str(exc).strip(chr(39))})"
             ) from None
-        load_model_state(model, weights, f"--model_path {path} (model_type {config.model_type!r})")
-        return model.to(select_device(self.args.gpu_devices)).eval(), card
+        return model, contextlib.nullcontext
 
-    @torch.no_grad()
-    def predict(self, model, card):
-        """``[{"image": path, "top": [{"class", "index", "probability"}, ...]}]``, one per image, in order.
+    def image_result(self, loaded, path, image, output):
+        """``{"image": path, "top": [{"class", "index", "probability"}, ...]}``.
 
-        ``top`` holds ``min(--topk, number of classes)`` entries by decreasing
-        probability (softmax of the logits, float in [0, 1]).
+        ``top`` holds ``min(--topk, number of classes)`` entries by decreasing probability
+        (softmax of the logits ``output`` (1, classes), float in [0, 1]).
+        """
+        class_names = loaded.card["class_names"]
+        probs = torch.softmax(output, dim=1)[0].cpu()
+        top = probs.topk(min(self.args.topk, len(class_names)))
+        return {
+            "image": path,
+            "top": [
+                {"class": class_names[i], "index": i, "probability": float(p)}
+                for p, i in zip(top.values.tolist(), top.indices.tolist())
+            ],
+        }
+
+    def report(self, loaded, results):
+        """Print one line per image; write ``--output_json`` if given.
 
         Raises:
-            BadImageError: an image file cannot be decoded; the message names it.
+            CheckpointError: ``--output_json`` cannot be written.
         """
-        recipe = card["input"]
-        # The arithmetic of evaluation itself (x / 255, then mean and std), with the run's statistics.
-        stage = InputStage(next(model.parameters()).device, recipe["mean"], recipe["std"])
-        k = min(self.args.topk, len(card["class_names"]))
-        results = []
-        for path in self.args.images:
-            x = stage.to_device(image_file_to_input(path, recipe)[None])  # float32 (1, C, H, W)
-            probs = torch.softmax(model(x).float(), dim=1)[0].cpu()
-            top = probs.topk(k)
-            results.append(
-                {
-                    "image": path,
-                    "top": [
-                        {"class": card["class_names"][i], "index": i, "probability": float(p)}
-                        for p, i in zip(top.values.tolist(), top.indices.tolist())
-                    ],
-                }
-            )
-        return results
-
-    def run(self):
-        """Load, predict, print one line per image, write ``--output_json`` if given; returns the predictions.
-
-        Raises:
-            CheckpointError: see :meth:`load_model`; ``--output_json`` cannot be written.
-            BadImageError: see :meth:`predict`.
-        """
-        model, card = self.load_model()
-        results = self.predict(model, card)
         for r in results:
             print(f"{r['image']}: " + ", ".join(f"{t['class']} {t['probability']:.4f}" for t in r["top"]))
         if self.args.output_json:
-            doc = {"model_path": self.args.model_path, "class_names": card["class_names"], "predictions": results}
+            doc = {
+                "model_path": self.args.model_path,
+                "class_names": loaded.card["class_names"],
+                "predictions": results,
+            }
             write_or_fail(
                 self.args.output_json, lambda f: f.write(json.dumps(doc, indent=2).encode()), what="--output_json"
             )
-        return results
