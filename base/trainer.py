@@ -167,7 +167,7 @@ class TrainerBase(StepEvents, ValidationEvents, CheckpointEvents, TrackingEvents
         self.guard.arm(self.optimizer, self.world_size, self.use_fp16_scaler)
 
     def plan(self) -> RunPlan:
-        """The run's steps and learning rates for a side mode, with no run folder (see :func:`base.loop.plan.plan_run`)."""
+        """The run's steps and learning rates for a side mode, with no run folder (:func:`base.loop.plan.plan_run`)."""
         return plan_run(self)
 
     # ----------------------------------------------------------------- the loop

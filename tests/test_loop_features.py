@@ -114,7 +114,7 @@ def test_model_ema_matches_a_hand_computation():
     assert ema.num_updates == 12
     restored = ModelEMA(torch.nn.Linear(3, 2), decay=0.5)
     restored.load_state_dict(ema.state_dict())
-    torch.testing.assert_close(restored.raw_model.weight, expected)
+    torch.testing.assert_close(restored.module.weight, expected)
     assert restored.num_updates == 12 and restored.current_decay() == ema.current_decay()
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-import base.checkpoint.checkpointer
+import base.checkpoint.trainer_state
 from base.hooks import HookBase
 from conftest import ToyTrainer
 
@@ -235,7 +235,7 @@ def test_rollback_to_a_checkpoint_saved_before_its_steps_validation_logs_that_va
     rollback, and its row and points are in the row files once. TensorBoard purges whole steps: it keeps
     step 5's first validation points (step 5's training points must stay), so those show twice there."""
     monkeypatch.setattr(
-        base.checkpoint.checkpointer,
+        base.checkpoint.trainer_state,
         "newest_checkpoint",
         lambda run_dir, tags: os.path.join(run_dir, "Toy_step5_ckpt.pth"),
     )

@@ -178,7 +178,8 @@ class MAETrainer(ViTTrainer):
         return metrics
 
     def feature_bank(self, model=None):
-        """``model``'s (default: the model's) encoder features and labels of the whole training split (unaugmented): ``(M, D)``, ``(M,)``.
+        """``model``'s (default: the model's) encoder features and labels of the whole training split
+        (unaugmented): ``(M, D)``, ``(M,)``.
 
         Under DDP each process embeds its share and all of them are gathered, so every process
         votes against the same bank.
@@ -196,7 +197,8 @@ class MAETrainer(ViTTrainer):
         return (torch.cat([f for f, _ in parts]).to(self.device), torch.cat([y for _, y in parts]).to(self.device))
 
     def reconstruction_grid(self, model, images, pred, mask):
-        """With ``model``: ``(3, H', W')`` in [0, 1]: one row per image of the first ``--num_viz``: image | masked | reconstruction."""
+        """``(3, H', W')`` in [0, 1], with ``model``: one row per image of the first ``--num_viz``: image |
+        masked | reconstruction."""
         from torchvision.utils import make_grid  # here: only when a grid is drawn
 
         n = self.args.num_viz

@@ -54,9 +54,10 @@ def plan_run(trainer) -> RunPlan:
         built = [group.get("weight_decay") for group in trainer.optimizer.param_groups]
         step = OptimizerStep(trainer.optimizer, trainer.scheduler, torch.amp.GradScaler("cpu", enabled=False), None)
         step.load_state_dict({**state, "scaler": {}}, f"--resume {trainer.resume_from[1]}")
+        replan = lambda: trainer._planned_total_steps(progress)  # noqa: E731
         total = apply_resume_changes(
-            trainer.resume_changes, trainer.optimizer, trainer.scheduler, lambda: trainer._planned_total_steps(progress),
-            a.warmup_steps, progress.global_step, logging.getLogger("plot_lr"), False, built,
+            trainer.resume_changes, trainer.optimizer, trainer.scheduler, replan, a.warmup_steps,
+            progress.global_step, logging.getLogger("plot_lr"), False, built,
         ) or total  # fmt: skip
     per_epoch = math.ceil(len(trainer.loaders["train"]) / a.accum_steps)
     return RunPlan(
