@@ -24,7 +24,9 @@ from base.config.parse import parse_config
 from base.config.trainer_flags import check_trainer_config
 from base.hooks import HookBase
 from base.loop import optim
+from base.loop.input_stage import InputStage
 from base.loop.loaders import make_loader
+from base.loop.state import seed_everything
 from base.run.file_names import file_name_part
 
 
@@ -195,6 +197,32 @@ class TaskSteps(abc.ABC):
         return file_name_part(vars(self.args).get("model_type") or type(self.raw_model).__name__)
 
     # ----------------------------------------------------------------- for task code
+    @property
+    def epoch(self) -> int:
+        """Completed epochs (read-only; see :attr:`progress`)."""
+        return self.progress.epoch
+
+    @property
+    def global_step(self) -> int:
+        """Completed optimizer steps (read-only; see :attr:`progress`)."""
+        return self.progress.global_step
+
+    def build(self):
+        """Build data, loaders, model and loss (no run folder): shared with evaluators."""
+        a = self.args
+        seed_everything(a.seed, a.deterministic)
+        # cuDNN picks the fastest kernels for each input shape (fixed here) unless results must repeat.
+        torch.backends.cudnn.benchmark = not a.deterministic
+        self.datasets = self.build_datasets()
+        self.loaders = {k: self.build_dataloader(v, k) for k, v in self.datasets.items()}
+        self.raw_model = self.model = self.build_model().to(self.device)
+        self.loss_fn = self.build_loss()
+        self.inputs = InputStage(
+            self.device, a.mean, a.std, a.channels_last, augment=self.build_device_augment(), mix=self.build_mix()
+        )
+        if self.rank > 0:  # each process its own dropout/augmentation stream; the same initial weights
+            seed_everything(self.args.seed + 1_000_003 * self.rank)
+
     @property
     def amp_dtype(self) -> torch.dtype:
         """``--amp_dtype`` as a ``torch.dtype``."""

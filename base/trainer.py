@@ -30,12 +30,11 @@ from base.config.trainer_flags import add_trainer_arguments
 from base.loop import optim
 from base.loop.bad_data import BadSampleLog
 from base.loop.device_data import DeviceBatches
-from base.loop.input_stage import InputStage
 from base.loop.lr_plot import plot_lr_schedule
 from base.loop.nonfinite import NonFiniteGuard
 from base.loop.plan import RunPlan, plan_run
 from base.loop.progress import LoopProgress
-from base.loop.state import EarlyStopper, global_switches, restore_global_switches, seed_everything
+from base.loop.state import EarlyStopper, global_switches, restore_global_switches
 from base.loop.step import OptimizerStep, prepare_model, read_windows
 from base.loop.step_events import StepEvents
 from base.loop.train_stats import TrainingStats
@@ -90,33 +89,7 @@ class TrainerBase(StepEvents, ValidationEvents, CheckpointEvents, TrackingEvents
         self._validation_snapshot = None  # the state as of a validation's start, while it runs
         self._resumed_world_size = None  # the processes of the run a resumed checkpoint came from
 
-    @property
-    def epoch(self) -> int:
-        """Completed epochs (read-only; see :attr:`progress`)."""
-        return self.progress.epoch
-
-    @property
-    def global_step(self) -> int:
-        """Completed optimizer steps (read-only; see :attr:`progress`)."""
-        return self.progress.global_step
-
     # ----------------------------------------------------------------- setup
-    def build(self):
-        """Build data, loaders, model and loss (no run folder): shared with evaluators."""
-        a = self.args
-        seed_everything(a.seed, a.deterministic)
-        # cuDNN picks the fastest kernels for each input shape (fixed here) unless results must repeat.
-        torch.backends.cudnn.benchmark = not a.deterministic
-        self.datasets = self.build_datasets()
-        self.loaders = {k: self.build_dataloader(v, k) for k, v in self.datasets.items()}
-        self.raw_model = self.model = self.build_model().to(self.device)
-        self.loss_fn = self.build_loss()
-        self.inputs = InputStage(
-            self.device, a.mean, a.std, a.channels_last, augment=self.build_device_augment(), mix=self.build_mix()
-        )
-        if self.rank > 0:  # each process its own dropout/augmentation stream; the same initial weights
-            seed_everything(self.args.seed + 1_000_003 * self.rank)
-
     def setup(self):
         """Create (or, resuming, reopen) the run folder, write the config, build everything, load a resume.
 
@@ -196,21 +169,6 @@ class TrainerBase(StepEvents, ValidationEvents, CheckpointEvents, TrackingEvents
         finally:
             self.release()
             restore_global_switches(switches)
-
-    def release(self):
-        """Free what a fit opened, whatever state it stopped in: workers, trackers, log, run lock.
-
-        Called at the end of :meth:`fit`; a notebook or sweep may fit many trainers in one process without
-        open files, threads or loggers piling up.
-        """
-        for loader in self.loaders.values():  # persistent workers: stop them now
-            getattr(getattr(loader, "_iterator", None), "_shutdown_workers", lambda: None)()
-        self.tracking.close()
-        if self.folder is not None:
-            self.folder.close()
-        if self._started_group:
-            distributed.shutdown()
-            self._started_group = False
 
     def run(self):
         """Entry-script action: :meth:`fit`."""

@@ -89,7 +89,7 @@ def main(argv=None):
         str(max(1, a.pretrain_epochs * 1770 // a.batch_size // 20)),
     ]
     _, seconds, mae = fit(MAETrainer, [*common, *pretrain])
-    checkpoint = mae.checkpoint_path("best")
+    checkpoint = mae.checkpointer.path("best")
     rows = [
         (
             "pretrain",

@@ -2,6 +2,7 @@
 
     python bench/overhead.py                    # CPU cases, 3 repeats (4-5 minutes on 2 cores; 7 with Lightning)
     python bench/overhead.py --repeats 5 --cases digits_mlp,small_cnn
+    python bench/overhead.py --against ../main-checkout  # also time another checkout's trainer, interleaved
 
 Each case trains the same model on the same in-memory data with the same
 settings (AdamW, fused, with a per-step cosine schedule; a validation with loss
@@ -29,6 +30,11 @@ shows), ``fmnist_mlp`` (60,000 x 1x28x28 random tensors, MLP, batch 128),
 ``small_cnn`` (4,096 x 3x32x32, SmallCNN, batch 128), and on a GPU
 ``resnet18_32`` (50,000 x 3x32x32, torchvision ResNet-18, batch 256, bf16).
 The last line reads ``worst ratio X.XX``: the largest median ratio of ``ours``.
+
+``--against DIR`` adds a fourth kind, ``against``: the ``ours`` case of another checkout of this project
+(its own ``bench/overhead.py`` and code, e.g. the previous main), run in the same interleaved rounds, so a
+change to the trainer is measured against the code before it in one run on one machine. A second table
+gives ``ours/against`` (median of the per-round ratios, and of the fastest runs).
 """
 
 import argparse
@@ -301,10 +307,23 @@ def worker(kind, name):
     print("RESULT " + json.dumps(dict(zip(("seconds", "steps", "peak"), result))))
 
 
-def measure(kind, name):
+def measure(kind, name, against=None):
+    """Run one ``kind`` of case ``name`` in a fresh process; ``against``: the checkout whose ``ours`` the
+    ``against`` kind runs. Returns ``{"seconds", "steps", "peak"}``.
+
+    Raises:
+        RuntimeError: the run failed (its stderr's tail in the message).
+    """
+    tree = against if kind == "against" else ROOT
     done = subprocess.run(
-        [sys.executable, os.path.abspath(__file__), "--worker", kind, name],
-        cwd=ROOT,
+        [
+            sys.executable,
+            os.path.join(tree, "bench", "overhead.py"),
+            "--worker",
+            "ours" if tree != ROOT else kind,
+            name,
+        ],
+        cwd=tree,
         capture_output=True,
         text=True,
         env={**os.environ, "OMP_NUM_THREADS": "2"},
@@ -324,11 +343,15 @@ def main():
     parser.add_argument("--repeats", type=int, default=3, help="interleaved runs of each kind per case")
     parser.add_argument("--cases", default="", help="comma list (default: the CPU cases, and resnet18_32 on a GPU)")
     parser.add_argument("--no_lightning", action="store_true", help="leave Lightning out even when installed")
+    parser.add_argument("--against", default="", help="another checkout of this project: time its `ours` too")
     a = parser.parse_args()
+    if a.against and not os.path.isfile(os.path.join(a.against, "bench", "overhead.py")):
+        parser.error(f"--against {a.against}: no bench/overhead.py there (a checkout of this project)")
     names = (
         a.cases.split(",") if a.cases else [n for n, c in CASES.items() if c[-1] == "cpu" or torch.cuda.is_available()]
     )
     kinds = ["bare", "ours"] + (["lightning"] if importlib.util.find_spec("lightning") and not a.no_lightning else [])
+    kinds += ["against"] if a.against else []
     print(
         f"torch {torch.__version__}, {os.cpu_count()} CPUs, 2 threads; kinds: {', '.join(kinds)}; {a.repeats} repeats"
     )
@@ -337,12 +360,12 @@ def main():
         "ours overhead us/step | peak MB bare / ours (ratio) | lightning/bare median | lightning/bare of fastest |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|")
-    worst = 0.0
+    worst, compared = 0.0, []
     for name in names:
         runs = {k: [] for k in kinds}
         for _ in range(a.repeats):
             for kind in kinds:
-                runs[kind].append(measure(kind, name))
+                runs[kind].append(measure(kind, name, a.against))
         sec = {k: [r["seconds"] for r in v] for k, v in runs.items()}
         ratios = {k: [s / b for s, b in zip(sec[k], sec["bare"])] for k in kinds}
         steps = runs["bare"][0]["steps"]
@@ -360,6 +383,17 @@ def main():
             f"{peak['bare'] / 2**20:.0f} / {peak['ours'] / 2**20:.0f} ({peak['ours'] / peak['bare']:.3f}) | "
             f"{light} |"
         )
+        if a.against:
+            vs = [o / t for o, t in zip(sec["ours"], sec["against"])]
+            compared.append(
+                f"| {name} | {statistics.median(sec['against']):.4f} | {statistics.median(sec['ours']):.4f} | "
+                f"{statistics.median(vs):.3f} | {min(sec['ours']) / min(sec['against']):.3f} |"
+            )
+    if compared:
+        print(f"\nagainst {os.path.abspath(a.against)}:")
+        print("| case | against s/epoch | ours s/epoch | ours/against median | ours/against of fastest |")
+        print("|---|---|---|---|---|")
+        print("\n".join(compared))
     print(f"worst ratio {worst:.2f}")
 
 

@@ -25,7 +25,7 @@ def build_optimizer(parameters, args):
         params = [p for p in items if p.requires_grad]
     tensors = [p for g in params for p in g["params"]] if params and isinstance(params[0], dict) else params
     # PyTorch's fused kernels (CPU and CUDA): one kernel per step, and they skip an update on the
-    # device when told the loss was non-finite, without a host sync (see StepMixin._step).
+    # device when told the loss was non-finite, without a host sync (see base.loop.nonfinite).
     fused = bool(tensors) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in tensors)
     if args.optimizer == "sgd":
         return torch.optim.SGD(params, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay, fused=fused)

@@ -1,4 +1,4 @@
-"""Where a launch is recorded: the trainer's side of :class:`base.run.tracking.RunTracking`.
+"""Where a launch is recorded, and what it opened released: the trainer's side of ``tracking``.
 
 Bodies of the tracking events of :class:`base.trainer.TrainerBase` (setup, each validation, the end of
 ``fit``); they keep no state of their own: ``tracking`` does.
@@ -13,6 +13,7 @@ from base.errors import error_line
 from base.run.folder import FILE_ONLY
 from base.run.trackers import RunInfo
 from base.run.tracking import RunTracking
+from base.runtime import distributed
 
 
 class TrackingEvents:
@@ -81,3 +82,18 @@ class TrackingEvents:
             final[f"best/val_{self.monitor}"] = self.early_stopper.best
         final.update({f"test/{k}": v for k, v in (test or {}).items()})
         self.tracking.end(status, self._position(), final, test=test, error=error, logger=self.logger)
+
+    def release(self):
+        """Free what a fit opened, whatever state it stopped in: workers, trackers, log, run lock.
+
+        Called at the end of :meth:`fit`; a notebook or sweep may fit many trainers in one process without
+        open files, threads or loggers piling up.
+        """
+        for loader in self.loaders.values():  # persistent workers: stop them now
+            getattr(getattr(loader, "_iterator", None), "_shutdown_workers", lambda: None)()
+        self.tracking.close()
+        if self.folder is not None:
+            self.folder.close()
+        if self._started_group:
+            distributed.shutdown()
+            self._started_group = False
