@@ -49,6 +49,9 @@ class TaskSteps(abc.ABC):
     #: Flags that only choose the initial weights (e.g. ``--pretrained_path``): an evaluator, which loads the
     #: checkpoint's weights, clears them.
     INIT_ONLY_FLAGS = ()
+    #: Flags an earlier version of the task had, ``{flag: the one value it accepted, or None: any}``: a config holding
+    #: that value loads without them, any other value is refused naming the flag (see ``base.config.parse``).
+    RETIRED_FLAGS = {}
     #: Flags a ``--resume`` may change (see :mod:`base.checkpoint.resume_changes`); extend with ``|``.
     RESUME_CHANGEABLE = RESUME_CHANGEABLE
 

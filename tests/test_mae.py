@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from base.checkpoint.files import load_checkpoint
+from base.config.parse import parse_config
 from evaluators.mae_evaluator import MAEEvaluator
 from model.mae import MAE, patchify, random_masking, unpatchify
 from model.zoo import build_zoo_model
@@ -279,7 +280,7 @@ def test_layer_decay_gives_each_block_its_documented_lr(tmp_path):
     [
         (["--model_type", "resnet18"], "--model_type='resnet18': the MAE encoder must be a zoo ViT"),
         (["--mask_ratio", "1"], "--mask_ratio=1.0: must be in (0, 1)"),
-        (["--mixup_alpha", "0.2"], "--mixup_alpha=0.2: has no meaning without labels"),
+        (["--mixup_alpha", "0.2"], "unrecognized arguments: --mixup_alpha 0.2"),  # a supervised flag: not MAE's
         (["--decoder_dim", "30"], "--decoder_dim=30: must be a positive multiple of 4"),
     ],
 )
@@ -287,6 +288,45 @@ def test_bad_mae_flags_name_the_flag(tmp_path, capsys, argv, message):
     with pytest.raises(SystemExit):
         MAETrainer.from_argv(["--output_dir", str(tmp_path), *DIGITS, *argv])
     assert message in capsys.readouterr().err
+
+
+SUPERVISED = {"mixup_alpha": "0.2", "cutmix_alpha": "1", "mix_prob": "0.5", "label_smoothing": "0.1"}
+SUPERVISED |= {"layer_decay": "0.75", "linear_probe": "true"}
+
+
+@pytest.mark.parametrize("flag, value", SUPERVISED.items())
+def test_mae_has_none_of_the_supervised_flags_of_vit(tmp_path, capsys, flag, value):
+    # ViTTrainer's recipe and fine-tuning flags: an unknown flag of trainer_mae.py (exit 2, one line naming it)
+    with pytest.raises(SystemExit) as exc:
+        MAETrainer.from_argv(["--output_dir", str(tmp_path), *DIGITS, f"--{flag}", value])
+    assert exc.value.code == 2
+    assert f"trainer_mae.py: error: unrecognized arguments: --{flag} {value}" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        MAETrainer.from_argv(["--help"])
+    assert exc.value.code == 0
+    shown = capsys.readouterr().out
+    assert f"--{flag}" not in shown and "--mask_ratio" in shown and "--hflip" in shown
+    assert ViTTrainer.from_argv(["--output_dir", str(tmp_path), *DIGITS, f"--{flag}", value])  # ViT's own
+
+
+def test_a_config_saved_when_mae_had_the_supervised_flags_reads_as_before(tmp_path, capsys):
+    # MAETrainer derived from ViTTrainer: its saved configs hold those flags, off (RETIRED_FLAGS)
+    old = {"mixup_alpha": 0.0, "cutmix_alpha": 0.0, "mix_prob": 1.0, "label_smoothing": 0.0}
+    old |= {"layer_decay": 1.0, "linear_probe": False, "mask_ratio": 0.5}
+    path = tmp_path / "config_old.json"
+    path.write_text(json.dumps({"config": old}))
+    trainer = MAETrainer.from_argv(["--output_dir", str(tmp_path), *DIGITS, "--config", str(path)])
+    assert trainer.args.mask_ratio == 0.5 and "mixup_alpha" not in vars(trainer.args)
+    yaml = tmp_path / "config_old.yaml"  # as --print_config wrote it
+    yaml.write_text("mixup_alpha: 0.0\nlayer_decay: 1\nlinear_probe: false\nlabel_smoothing: 0.1\nmask_ratio: 0.5\n")
+    assert MAETrainer.from_argv(["--output_dir", str(tmp_path), *DIGITS, "--config", str(yaml)]).args.mask_ratio == 0.5
+    resumed, provenance = parse_config(MAETrainer, ["--output_dir", str(tmp_path), *DIGITS], base_values=old)
+    assert resumed.mask_ratio == 0.5 and "layer_decay" not in provenance  # --resume of such a run
+    path.write_text(json.dumps({"config": {**old, "mixup_alpha": 0.2}}))  # refused then; still refused
+    with pytest.raises(SystemExit) as exc:
+        MAETrainer.from_argv(["--output_dir", str(tmp_path), *DIGITS, "--config", str(path)])
+    assert exc.value.code == 2
+    assert "mixup_alpha=0.2: trainer_mae.py has no --mixup_alpha" in capsys.readouterr().err
 
 
 def test_layer_decay_and_linear_probe_need_a_vit(tmp_path, capsys):

@@ -36,34 +36,19 @@ from trainers.classification import (
 )
 
 
-class ViTTrainer(TrainerBase):
-    """Train a zoo classifier (ViT, Swin, ResNet, any timm model); the best checkpoint has the highest top-1.
+class ViTTrainerBase(TrainerBase):
+    """What :class:`ViTTrainer` and :class:`trainers.mae_trainer.MAETrainer` share: a zoo model and its data.
 
-    Recipe (Steiner et al. 2021, "How to train your ViT?"; torchvision's classification
-    reference): AdamW with no weight decay on biases, norms, position embeddings
-    and class tokens; linear warmup then cosine per step; Mixup / CutMix per batch;
-    RandAugment; label smoothing; gradient clipping at norm 1.
-
-    With ``--data_on_device`` the crop and flips run on the device per sample (kornia, see
-    :func:`trainers.vanilla_trainer.device_augment`); ``--randaugment`` is refused there: kornia's
-    RandAugment picks its ops once per batch, not per image.
+    The flags of the model (``--model_type``, ``--patch_size``, ``--drop_path``, ``--dropout``,
+    ``--in_chans``, ``--pretrained_path``), of the training images' random ops (``--randaugment``,
+    ``--hflip``, ``--vflip``) and of the classification data; the datasets, the device augmentation
+    of ``--data_on_device``, the model (loaded from ``--pretrained_path``) and AdamW without weight
+    decay on biases, norms, position embeddings and class tokens. A subclass adds its objective:
+    ``build_loss``, ``train_step``, ``validate`` (and its own flags).
     """
 
-    PROG = "trainer_vit.py"
-    EVAL_SCRIPT = "eval_vit.py"
     INIT_ONLY_FLAGS = ("pretrained_path",)
-    DEFAULTS = {
-        "proj_name": "ViT",
-        "data_type": "ELPV",
-        "image_size": 64,
-        "epochs": 30,
-        "batch_size": 64,
-        "lr": 1e-3,
-        "weight_decay": 0.05,
-        "warmup_steps": 100,
-        "grad_clip": 1.0,
-    }
-    monitor, monitor_mode = "top1", "max"
+    DEFAULTS = {"data_type": "ELPV", "image_size": 64, "batch_size": 64}
     OLDER_RUN_VALUES = {**TrainerBase.OLDER_RUN_VALUES, "train_crop": "squash"}  # images were squashed then
     default_statistics = classmethod(lambda cls, args: default_statistics(args))
 
@@ -85,26 +70,7 @@ class ViTTrainer(TrainerBase):
             default=None,
             help="start from this state dict (ours, an MAE checkpoint of trainer_mae.py, or yours)",
         )
-        model.add_argument(
-            "--layer_decay",
-            type=float,
-            default=1.0,
-            help="vit_*: layer-wise LR decay; block i of L trains at lr * layer_decay^(L+1-i) "
-            "(MAE fine-tuning: 0.65-0.75; 1: off)",
-        )
-        model.add_argument(
-            "--linear_probe",
-            type=str2bool,
-            nargs="?",
-            const=True,
-            default=False,
-            help="vit_*: freeze the encoder, train a BatchNorm (no affine) + linear head only",
-        )
         recipe = parser.add_argument_group("recipe")
-        recipe.add_argument("--label_smoothing", type=float, default=0.1, help="cross-entropy label smoothing")
-        recipe.add_argument("--mixup_alpha", type=float, default=0.0, help="Mixup Beta(alpha, alpha); 0: off")
-        recipe.add_argument("--cutmix_alpha", type=float, default=0.0, help="CutMix Beta(alpha, alpha); 0: off")
-        recipe.add_argument("--mix_prob", type=float, default=1.0, help="share of batches mixed")
         recipe.add_argument(
             "--randaugment",
             type=int,
@@ -130,10 +96,9 @@ class ViTTrainer(TrainerBase):
             "per image): leave one of them off",
         )
         validate_data_config(args)
-        for flag in ("drop_path", "dropout", "label_smoothing", "mix_prob", "hflip", "vflip"):
+        for flag in ("drop_path", "dropout", "hflip", "vflip"):
             check(0 <= getattr(args, flag) <= 1, flag, getattr(args, flag), "must be in [0, 1]")
-        for flag in ("mixup_alpha", "cutmix_alpha", "in_chans"):
-            check(getattr(args, flag) >= 0, flag, getattr(args, flag), "must be >= 0")
+        check(args.in_chans >= 0, "in_chans", args.in_chans, "must be >= 0")
         check(args.patch_size > 0, "patch_size", args.patch_size, "must be > 0")
         check_in_chans(args, data_channels(args.data_type), f"--data_type {args.data_type}")
         if args.randaugment is not None:
@@ -146,14 +111,6 @@ class ViTTrainer(TrainerBase):
         flag, value, side = image_side(args)
         problem = image_size_problem(args.model_type, side, args.patch_size)
         check(problem is None, flag, value, problem)
-        check(0 < args.layer_decay <= 1, "layer_decay", args.layer_decay, "must be in (0, 1] (1: off)")
-        for flag, on in (("layer_decay", args.layer_decay < 1), ("linear_probe", args.linear_probe)):
-            check(
-                not on or args.model_type in VIT_MODELS,
-                flag,
-                getattr(args, flag),
-                f"needs a zoo ViT ({', '.join(VIT_MODELS)}), not --model_type {args.model_type}",
-            )
 
     def build_datasets(self):
         a = self.args
@@ -165,23 +122,12 @@ class ViTTrainer(TrainerBase):
         a = self.args
         return device_augment(a, self.data.input_shape[-1], a.hflip, a.vflip) if a.data_on_device else None
 
-    def build_mix(self):
-        """Mixup / CutMix per batch on the device (torchvision v2); targets become class probabilities."""
-        from torchvision.transforms import v2  # here, not at import: --help should not pay for torchvision
-
-        a = self.args
-        mixes = [v2.MixUp(alpha=a.mixup_alpha, num_classes=self.data.num_classes)] if a.mixup_alpha else []
-        mixes += [v2.CutMix(alpha=a.cutmix_alpha, num_classes=self.data.num_classes)] if a.cutmix_alpha else []
-        return v2.RandomApply([v2.RandomChoice(mixes)], p=a.mix_prob) if mixes else None
-
     def build_model(self):
+        """:meth:`model_for` the data, with the tensors of ``--pretrained_path`` when given."""
         a = self.args
         model = self.model_for(a, self.data.input_shape, self.data.num_classes)
         if a.pretrained_path:
             load_pretrained(model, a.pretrained_path)  # adapts, logs to the run log, refuses a file that fits nothing
-        if a.linear_probe:  # only the head learns; the encoder's tensors stay as loaded
-            for name, param in model.named_parameters():
-                param.requires_grad = name.startswith("heads.")
         return model
 
     @classmethod
@@ -192,7 +138,7 @@ class ViTTrainer(TrainerBase):
             KeyError, ValueError: see :func:`model.zoo.build_zoo_model`.
         """
         check_in_chans(args, input_shape[0], "the data")  # a task's own data, which --data_type does not describe
-        model = build_zoo_model(
+        return build_zoo_model(
             args.model_type,
             num_classes,
             in_chans=args.in_chans or input_shape[0],
@@ -201,6 +147,100 @@ class ViTTrainer(TrainerBase):
             drop_path=args.drop_path,
             dropout=args.dropout,
         )
+
+    def build_optimizer(self):
+        """AdamW (or ``--optimizer``) with weight decay off for :func:`model.zoo.no_weight_decay_names`."""
+        return optim.build_optimizer(
+            optim.decay_groups(self.raw_model, no_weight_decay_names(self.raw_model)), self.args
+        )
+
+
+class ViTTrainer(ViTTrainerBase):
+    """Train a zoo classifier (ViT, Swin, ResNet, any timm model); the best checkpoint has the highest top-1.
+
+    Recipe (Steiner et al. 2021, "How to train your ViT?"; torchvision's classification
+    reference): AdamW with no weight decay on biases, norms, position embeddings
+    and class tokens; linear warmup then cosine per step; Mixup / CutMix per batch;
+    RandAugment; label smoothing; gradient clipping at norm 1.
+
+    With ``--data_on_device`` the crop and flips run on the device per sample (kornia, see
+    :func:`trainers.vanilla_trainer.device_augment`); ``--randaugment`` is refused there: kornia's
+    RandAugment picks its ops once per batch, not per image.
+    """
+
+    PROG = "trainer_vit.py"
+    EVAL_SCRIPT = "eval_vit.py"
+    DEFAULTS = {
+        "proj_name": "ViT",
+        "epochs": 30,
+        "lr": 1e-3,
+        "weight_decay": 0.05,
+        "warmup_steps": 100,
+        "grad_clip": 1.0,
+    }
+    monitor, monitor_mode = "top1", "max"
+
+    @classmethod
+    def add_arguments(cls, parser):
+        # Beside the base's flags of the same groups in --help.
+        model, recipe = argument_group(parser, "model"), argument_group(parser, "recipe")
+        model.add_argument(
+            "--layer_decay",
+            type=float,
+            default=1.0,
+            help="vit_*: layer-wise LR decay; block i of L trains at lr * layer_decay^(L+1-i) "
+            "(MAE fine-tuning: 0.65-0.75; 1: off)",
+        )
+        model.add_argument(
+            "--linear_probe",
+            type=str2bool,
+            nargs="?",
+            const=True,
+            default=False,
+            help="vit_*: freeze the encoder, train a BatchNorm (no affine) + linear head only",
+        )
+        recipe.add_argument("--label_smoothing", type=float, default=0.1, help="cross-entropy label smoothing")
+        recipe.add_argument("--mixup_alpha", type=float, default=0.0, help="Mixup Beta(alpha, alpha); 0: off")
+        recipe.add_argument("--cutmix_alpha", type=float, default=0.0, help="CutMix Beta(alpha, alpha); 0: off")
+        recipe.add_argument("--mix_prob", type=float, default=1.0, help="share of batches mixed")
+
+    @classmethod
+    def check_config(cls, args):
+        super().check_config(args)
+        for flag in ("label_smoothing", "mix_prob"):
+            check(0 <= getattr(args, flag) <= 1, flag, getattr(args, flag), "must be in [0, 1]")
+        for flag in ("mixup_alpha", "cutmix_alpha"):
+            check(getattr(args, flag) >= 0, flag, getattr(args, flag), "must be >= 0")
+        check(0 < args.layer_decay <= 1, "layer_decay", args.layer_decay, "must be in (0, 1] (1: off)")
+        for flag, on in (("layer_decay", args.layer_decay < 1), ("linear_probe", args.linear_probe)):
+            check(
+                not on or args.model_type in VIT_MODELS,
+                flag,
+                getattr(args, flag),
+                f"needs a zoo ViT ({', '.join(VIT_MODELS)}), not --model_type {args.model_type}",
+            )
+
+    def build_mix(self):
+        """Mixup / CutMix per batch on the device (torchvision v2); targets become class probabilities."""
+        from torchvision.transforms import v2  # here, not at import: --help should not pay for torchvision
+
+        a = self.args
+        mixes = [v2.MixUp(alpha=a.mixup_alpha, num_classes=self.data.num_classes)] if a.mixup_alpha else []
+        mixes += [v2.CutMix(alpha=a.cutmix_alpha, num_classes=self.data.num_classes)] if a.cutmix_alpha else []
+        return v2.RandomApply([v2.RandomChoice(mixes)], p=a.mix_prob) if mixes else None
+
+    def build_model(self):
+        """The base's model; with ``--linear_probe`` only its head learns (the encoder's tensors stay as loaded)."""
+        model = super().build_model()
+        if self.args.linear_probe:
+            for name, param in model.named_parameters():
+                param.requires_grad = name.startswith("heads.")
+        return model
+
+    @classmethod
+    def model_for(cls, args, input_shape, num_classes):
+        """The base's zoo model; with ``--linear_probe`` its head is :func:`linear_probe_head`."""
+        model = super().model_for(args, input_shape, num_classes)
         if getattr(args, "linear_probe", False):
             model.heads = linear_probe_head(model.hidden_dim, num_classes)
         return model
@@ -212,17 +252,21 @@ class ViTTrainer(TrainerBase):
         return build_classification_loss(self.args.label_smoothing)
 
     def build_optimizer(self):
-        """AdamW (or ``--optimizer``) with weight decay off for :func:`model.zoo.no_weight_decay_names`;
-        with ``--layer_decay`` < 1, one group per layer (:func:`base.loop.optim.layer_decay_groups`)."""
-        a, no_decay = self.args, no_weight_decay_names(self.raw_model)
+        """The base's optimizer; with ``--layer_decay`` < 1, one group per layer
+        (:func:`base.loop.optim.layer_decay_groups`)."""
+        a = self.args
         if a.layer_decay < 1:
             layers = vit_num_layers(a.model_type)
             groups = optim.layer_decay_groups(
-                self.raw_model, no_decay, lambda name: vit_layer_id(name, layers), layers, a.lr, a.layer_decay
+                self.raw_model,
+                no_weight_decay_names(self.raw_model),
+                lambda name: vit_layer_id(name, layers),
+                layers,
+                a.lr,
+                a.layer_decay,
             )
-        else:
-            groups = optim.decay_groups(self.raw_model, no_decay)
-        return optim.build_optimizer(groups, a)
+            return optim.build_optimizer(groups, a)
+        return super().build_optimizer()
 
     def train_step(self, batch):
         images, labels = batch  # mixed already with --mixup_alpha / --cutmix_alpha (build_mix)
@@ -230,6 +274,11 @@ class ViTTrainer(TrainerBase):
 
     def validate(self, model, loader):
         return validate_classifier(self, model, loader)
+
+
+def argument_group(parser, title):
+    """``parser``'s argument group titled ``title``, made if it has none (a subclass's flags join its base's)."""
+    return next((g for g in parser._action_groups if g.title == title), None) or parser.add_argument_group(title)
 
 
 def check_in_chans(args, channels, data):

@@ -189,12 +189,37 @@ def with_older_run_values(cls, saved):
     return {**getattr(cls, "OLDER_RUN_VALUES", {}), **saved}
 
 
+def _without_retired(cls, values, source):
+    """``values`` (a saved run's or a ``--config`` file's) without the flags ``cls.RETIRED_FLAGS`` names.
+
+    ``RETIRED_FLAGS`` maps each flag that an earlier version of the task had, and configs saved then
+    hold, to the one value it could hold there (``None``: any, it had no effect): such a config is
+    read as it was meant, without the flag. A string (YAML's scalars) is read as that value's type.
+
+    Raises:
+        ConfigError: a retired flag holding another value; the message starts with ``source``.
+    """
+    retired = getattr(cls, "RETIRED_FLAGS", {})
+    for key in [k for k in retired if k in values]:
+        only, value = retired[key], values[key]
+        try:
+            same = only is None or (str2bool(value) if isinstance(only, bool) else type(only)(value)) == only
+        except (ValueError, TypeError, argparse.ArgumentTypeError):
+            same = False
+        if not same:
+            prog = getattr(cls, "PROG", None) or cls.__name__
+            raise ConfigError(f"{source}: {key}={value!r}: {prog} has no --{key} (a config may hold it as {only!r})")
+    return {k: v for k, v in values.items() if k not in retired}
+
+
 def parse_config(cls, argv=None, base_values=None, base_label="saved run", check=True):
     """Resolve ``cls``'s configuration from defaults, ``--config`` and ``argv``.
 
     Precedence, lowest first: the base class's defaults, each subclass's
     ``DEFAULTS``, ``base_values`` (a resumed run's saved flags, labelled
-    ``base_label``), the ``--config`` file, the command line. After parsing,
+    ``base_label``), the ``--config`` file, the command line; the flags that
+    ``cls.RETIRED_FLAGS`` names are taken out of ``base_values`` and the file
+    (:func:`_without_retired`). After parsing,
     with ``check``, ``cls.check_config(args)`` checks cross-field rules.
 
     A class with ``--config`` also gets ``--print_config``: with ``check``,
@@ -216,7 +241,9 @@ def parse_config(cls, argv=None, base_values=None, base_label="saved run", check
     show = vars(args).pop("print_config", False)
     try:
         if base_values:
-            values = _coerce(parser, with_older_run_values(cls, base_values), base_label)
+            values = _coerce(
+                parser, _without_retired(cls, with_older_run_values(cls, base_values), base_label), base_label
+            )
             parser.set_defaults(**values)
             origins.update({k: base_label for k in values})
             args = parser.parse_args(argv)
@@ -227,7 +254,7 @@ def parse_config(cls, argv=None, base_values=None, base_label="saved run", check
             if writer and writer != cls.__name__:  # its keys may be another task's flags: say whose
                 prog = getattr(cls, "PROG", None) or cls.__name__
                 source += f" (written by {writer}; {prog} trains {cls.__name__})"
-            values = _coerce(parser, values, source)
+            values = _coerce(parser, _without_retired(cls, values, source), source)
             parser.set_defaults(**values)
             origins.update({k: f"config file ({args.config})" for k in values})
             args = parser.parse_args(argv)
