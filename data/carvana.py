@@ -89,7 +89,7 @@ def add_carvana_arguments(parser):
     data.add_argument("--test_sample_rate", type=float, default=1.0, help="keep this share of the test cars")
 
 
-def validate_carvana_config(args):
+def check_carvana_config(args):
     """Raise ``ConfigError`` naming the first data flag that breaks a rule.
 
     Raises:

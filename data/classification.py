@@ -146,7 +146,7 @@ def add_data_arguments(parser):
     )
 
 
-def validate_data_config(args):
+def check_data_config(args):
     """Raise ``ConfigError`` naming the first data flag that breaks a rule.
 
     ``--val_fraction`` must be > 0; the model's own minimum image size is checked by the

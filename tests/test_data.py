@@ -19,8 +19,8 @@ from data.classification import (
     IDX_FILES,
     add_data_arguments,
     build_classification_datasets,
+    check_data_config,
     digits_arrays,
-    validate_data_config,
 )
 
 
@@ -71,7 +71,7 @@ def test_mnist_layouts_load_real_idx_files(tmp_path, data_type, flat):
     folder = tmp_path if flat else tmp_path / data_type / "raw"
     train_labels, test_labels = write_mnist(folder)
     args = make_args(["--data_type", data_type, "--data_dir", str(tmp_path), "--val_fraction", "0.25"])
-    validate_data_config(args)
+    check_data_config(args)
     data = build_classification_datasets(args)
     assert (len(data.train), len(data.val), len(data.test)) == (30, 10, 20)
     assert data.input_shape == (1, 28, 28) and data.num_classes == 10
@@ -108,7 +108,7 @@ def test_mnist_sample_rates_shrink_and_are_seeded(tmp_path):
 
 def test_missing_mnist_files_name_folder_and_files(tmp_path):
     args = make_args(["--data_type", "FashionMNIST", "--data_dir", str(tmp_path)])
-    validate_data_config(args)  # the folder exists; its files are checked when loading
+    check_data_config(args)  # the folder exists; its files are checked when loading
     with pytest.raises(DataError) as info:
         build_classification_datasets(args)
     message = str(info.value)
@@ -182,7 +182,7 @@ def test_image_folder_loads_resized_rgb(tmp_path):
             "0",
         ]
     )
-    validate_data_config(args)
+    check_data_config(args)
     data = build_classification_datasets(args)
     assert data.class_names == ["cat", "dog"] and data.input_shape == (3, 16, 16)
     assert len(data.train) == 3 and len(data.val) == 3 and len(data.test) == 0
@@ -319,7 +319,7 @@ def test_defaults():
     assert (args.data_type, args.data_dir, args.download, args.image_size) == ("Digits", None, False, 32)
     assert (args.val_fraction, args.test_fraction) == (0.1, 0.2)
     assert (args.train_val_sample_rate, args.test_sample_rate) == (1.0, 1.0)
-    validate_data_config(args)
+    check_data_config(args)
 
 
 @pytest.mark.parametrize(
@@ -335,7 +335,7 @@ def test_defaults():
 )
 def test_validation_names_the_flag(argv, expected):
     with pytest.raises(ConfigError) as info:
-        validate_data_config(make_args(argv))
+        check_data_config(make_args(argv))
     assert expected in str(info.value)
 
 
@@ -349,14 +349,14 @@ def test_validation_names_the_flag(argv, expected):
 )
 def test_a_missing_data_folder_is_a_data_error_naming_it(argv, expected):
     with pytest.raises(DataError) as info:  # bad data, exit status 1, as a missing Carvana folder
-        validate_data_config(make_args(argv))
+        check_data_config(make_args(argv))
     assert expected in str(info.value)
 
 
 def test_validation_rejects_an_empty_image_folder(tmp_path):
     with pytest.raises(DataError, match="empty"):
-        validate_data_config(make_args(["--data_type", "ImageFolder", "--data_dir", str(tmp_path)]))
-    validate_data_config(make_args(["--data_type", "MNIST", "--data_dir", str(tmp_path / "new"), "--download"]))
+        check_data_config(make_args(["--data_type", "ImageFolder", "--data_dir", str(tmp_path)]))
+    check_data_config(make_args(["--data_type", "MNIST", "--data_dir", str(tmp_path / "new"), "--download"]))
 
 
 def test_digits_read_from_the_bundled_file_equal_scikit_learns_load_digits():

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 from base.config.parse import ConfigError
 from base.errors import BadImageError, DataError
 from base.loop.bad_data import BadSampleFilter, collate_good_samples
-from data.classification import add_data_arguments, build_classification_datasets, validate_data_config
+from data.classification import add_data_arguments, build_classification_datasets, check_data_config
 from data.images import ImageFiles, image_file_to_input, read_image
 from data.input_recipe import OLD_NORMALIZE, card_input
 from data.transforms import eval_transform
@@ -245,7 +245,7 @@ def test_hidden_folders_in_test_are_not_extra_classes(tmp_path):
 
 def test_val_fraction_0_is_refused_with_the_reason():
     with pytest.raises(ConfigError) as info:
-        validate_data_config(make_args(["--val_fraction", "0"]))
+        check_data_config(make_args(["--val_fraction", "0"]))
     assert str(info.value) == (
         "--val_fraction=0.0: must be > 0: validation picks the best checkpoint and drives early stopping"
     )

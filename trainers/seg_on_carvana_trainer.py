@@ -8,9 +8,9 @@ from base.trainer import TrainerBase
 from data.carvana import (
     add_carvana_arguments,
     build_carvana_datasets,
+    check_carvana_config,
     collate_segmentation,
     eval_description,
-    validate_carvana_config,
 )
 from data.input_recipe import input_recipe
 from data.transforms import IMAGENET_MEAN, IMAGENET_STD
@@ -81,7 +81,7 @@ class SegOnCarvanaTrainer(TrainerBase):
     @classmethod
     def check_config(cls, args):
         super().check_config(args)
-        validate_carvana_config(args)
+        check_carvana_config(args)
         check(args.base_channels > 0, "base_channels", args.base_channels, "must be > 0")
         for flag in ("bce_weight", "dice_weight", "num_viz"):
             check(getattr(args, flag) >= 0, flag, getattr(args, flag), "must be >= 0")

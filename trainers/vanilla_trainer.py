@@ -10,9 +10,9 @@ from base.trainer import TrainerBase
 from data.classification import (
     add_data_arguments,
     build_classification_datasets,
+    check_data_config,
     default_statistics,
     image_side,
-    validate_data_config,
 )
 from loss.classification import build_classification_loss
 from model.classifiers import CLASSIFIERS, build_classifier, image_size_problem
@@ -51,7 +51,7 @@ class VanillaTrainer(TrainerBase):
     def check_config(cls, args):
         super().check_config(args)
         check_data_on_device(args)
-        validate_data_config(args)
+        check_data_config(args)
         flag, value, side = image_side(args)
         problem = image_size_problem(args.model_type, side)
         check(problem is None, flag, value, problem)

@@ -11,10 +11,10 @@ from base.trainer import TrainerBase
 from data.classification import (
     add_data_arguments,
     build_classification_datasets,
+    check_data_config,
     data_channels,
     default_statistics,
     image_side,
-    validate_data_config,
 )
 from data.transforms import augment_ops
 from loss.classification import build_classification_loss
@@ -95,7 +95,7 @@ class ViTTrainerBase(TrainerBase):
             "not with --data_on_device (kornia's RandAugment picks its ops once per batch, the DataLoader path "
             "per image): leave one of them off",
         )
-        validate_data_config(args)
+        check_data_config(args)
         for flag in ("drop_path", "dropout", "hflip", "vflip"):
             check(0 <= getattr(args, flag) <= 1, flag, getattr(args, flag), "must be in [0, 1]")
         check(args.in_chans >= 0, "in_chans", args.in_chans, "must be >= 0")
