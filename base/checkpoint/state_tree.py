@@ -7,9 +7,12 @@ these functions make and read the entries that are more than one part's ``state_
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
-from base.loop.train_stats import TrainingStats
 from base.runtime import distributed
+
+if TYPE_CHECKING:  # (a type only: the checkpoint layer imports nothing of the loop's)
+    from base.loop.train_stats import TrainingStats
 
 
 def running_sums(stats: TrainingStats, rank: int, world_size: int, gather: bool = True) -> dict:

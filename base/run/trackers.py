@@ -39,7 +39,7 @@ switched off for the rest of the launch, and training goes on.
 import dataclasses
 import importlib.util
 
-from base.config.parse import ConfigError
+from base.errors import ConfigError
 
 #: ``--loggers`` name -> (module:class of its tracker, the pip package it needs or None).
 TRACKERS = {

@@ -4,7 +4,7 @@ import os
 
 import torch
 
-from base.config.parse import ConfigError
+from base.errors import ConfigError
 
 
 def select_device(spec):

@@ -17,7 +17,7 @@ import sys
 import torch
 import torch.distributed as dist
 
-from base.config.parse import ConfigError
+from base.errors import ConfigError
 
 
 def env_world_size():
