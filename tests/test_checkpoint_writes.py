@@ -106,7 +106,7 @@ def test_not_improving_writes_last_alone(tmp_path):
             "1e-6",
         ]
     )
-    resumed.validate = lambda loader: {"loss": 1e9}  # worse: no new best
+    resumed.validate = lambda model, loader: {"loss": 1e9}  # worse: no new best
     resumed.fit()
     assert os.stat(resumed.checkpointer.path("best")).st_ino == first_best
     assert load_checkpoint(resumed.checkpointer.path("last"))["global_step"] == 10

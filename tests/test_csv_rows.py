@@ -74,17 +74,17 @@ def test_kill_9_between_a_validations_row_and_last_then_resume_logs_each_row_onc
     script = textwrap.dedent(f"""
         import os, signal, sys
         sys.path[:0] = [{ROOT!r}, {os.path.join(ROOT, "tests")!r}]
-        from base.checkpoint.checkpointer import CheckpointingMixin
+        from base.checkpoint.trainer_state import CheckpointEvents
         from conftest import ToyTrainer
 
-        real_save = CheckpointingMixin.save
+        real_save = CheckpointEvents.save
 
         def save(self, tag, *args, **kwargs):
             if tag == "last" and self.global_step == 5:
                 os.kill(os.getpid(), signal.SIGKILL)
             return real_save(self, tag, *args, **kwargs)
 
-        CheckpointingMixin.save = save
+        CheckpointEvents.save = save
         ToyTrainer.from_argv(sys.argv[1:]).fit()
     """)
     proc = subprocess.run(
