@@ -20,6 +20,11 @@ here means no download of any kind; either way, a file that cannot be had is one
 (:class:`base.errors.CheckpointError`) naming the file, the cache folder it goes in and how to fetch it on
 a machine with a network. The cache folders and ``HF_HUB_OFFLINE`` are read from the environment at each
 call (huggingface_hub reads them once, when imported).
+
+The file's tensors are taken as they are stored: timm's checkpoint filters, which convert some foreign
+layouts while timm loads them (OpenCLIP files, original JAX ``.npz``), are not run, so such weights fit
+too few of the model's tensors and :func:`model.pretrained.load_state` refuses them in one line. The
+``timm/`` repos of the hub hold timm's own layout.
 """
 
 import logging
@@ -189,7 +194,9 @@ def read_published_state(weights, flag="--pretrained"):
                 f"{where}: {wanted} is not in the cache {folder} and {why}; on a machine with a network run "
                 f'python -c "{weights.fetch}" and copy {_copy_hint(weights, folder)}'
             )
-        path, _, _ = _cached(weights)
+        path = _cached(weights)[0]
+        if path is None:  # a download that went elsewhere than the cache looked in
+            raise CheckpointError(f"{where}: downloaded, but {wanted} is not in the cache {folder}")
     return read_state_dict(path, f"{where}:"), path
 
 

@@ -2,7 +2,8 @@
 
 Every model maps ``images: float32 (N, in_chans, H, W)`` to ``logits: float32 (N, num_classes)``.
 All are randomly initialised (``weights=None``, ``pretrained=False``): nothing is downloaded; start from
-saved weights with :func:`load_pretrained` (:mod:`model.pretrained`). Names are :data:`ZOO_MODELS` plus ``timm/<name>``
+saved weights with :func:`load_pretrained` (:mod:`model.pretrained`), or from the published ones with
+:func:`model.hub.load_published_weights`. Names are :data:`ZOO_MODELS` plus ``timm/<name>``
 for any ``timm.list_models()`` name.
 
 Input sizes (:func:`image_size_problem` checks them at parse time):

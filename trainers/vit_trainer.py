@@ -165,6 +165,9 @@ class ViTTrainer(ViTTrainerBase):
     and class tokens; linear warmup then cosine per step; Mixup / CutMix per batch;
     RandAugment; label smoothing; gradient clipping at norm 1.
 
+    Fine-tuning (:mod:`trainers.fine_tuning`): ``--pretrained`` starts from the model's published weights,
+    whose input statistics become the defaults; ``--freeze_epochs`` trains the head alone first.
+
     With ``--data_on_device`` the crop and flips run on the device per sample (kornia, see
     :func:`trainers.vanilla_trainer.device_augment`); ``--randaugment`` is refused there: kornia's
     RandAugment picks its ops once per batch, not per image.
