@@ -21,6 +21,7 @@ from timm.layers import resample_abs_pos_embed
 
 from base.cli import main
 from base.hooks import HookBase
+from evaluators.vit_evaluator import ViTEvaluator
 from trainers.fine_tuning import FINE_TUNING_LR
 from trainers.vit_trainer import ViTTrainer
 
@@ -153,6 +154,10 @@ def test_a_timm_resnet_starts_from_the_cached_weights_with_a_grey_stem_and_a_new
     assert resumed.global_step == 3
     with open(glob.glob(os.path.join(trainer.run_dir, "*_log.txt"))[0], encoding="utf-8") as f:
         assert f.read().count(f"{source}: conv1.weight") == 1
+    # Nor does evaluating the checkpoint: it holds the weights and the statistics they were trained with.
+    evaluator = ViTEvaluator.from_argv(["--model_path", resumed.checkpointer.path("best"), "--gpu_devices", "cpu"])
+    evaluator.run()
+    assert evaluator.task.inputs.describe()["mean"] == pytest.approx([0.4])
 
 
 def test_a_timm_vit_at_another_size_gets_its_position_embedding_resampled(tmp_path, hf_home, offline, monkeypatch):
