@@ -207,6 +207,17 @@ def test_the_weights_choose_the_image_size_unless_the_command_line_does():
     assert without.args.lr == 1e-3 and without.args.mean == [0.5] and without.args.image_size == 64
 
 
+def test_torchvisions_vit_b_16_takes_the_patch_size_of_its_weights(capsys):
+    argv = ["--gpu_devices", "cpu", "--pretrained", "--model_type", "vit_b_16"]
+    trainer = ViTTrainer.from_argv(argv)
+    tv = "pretrained weights (torchvision ViT_B_16_Weights.IMAGENET1K_V1)"
+    assert (trainer.args.patch_size, trainer.provenance["patch_size"]) == (16, tv)
+    assert (trainer.args.image_size, trainer.provenance["image_size"]) == (224, tv)
+    with pytest.raises(SystemExit):
+        ViTTrainer.from_argv([*argv, "--patch_size", "8"])
+    assert "--patch_size=8: torchvision ViT_B_16_Weights.IMAGENET1K_V1 has 16x16 patches" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "model_type, twin",
     [
