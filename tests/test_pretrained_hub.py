@@ -1,14 +1,16 @@
 """--pretrained: published weights read from a local Hugging Face / torch.hub cache with the real loading code.
 
-Each test writes a model's own random weights where the hub caches them (``<HF_HOME>/hub/models--timm--<name>/
-snapshots/<commit>/model.safetensors`` and ``refs/main``; ``$TORCH_HOME/hub/checkpoints/<name>-<hash>.pth``),
-sets ``HF_HUB_OFFLINE=1`` and forbids sockets, then fine-tunes on ELPV (real 1-channel images) at a tiny size:
-the model starts from those tensors (the RGB stem summed to one channel, a ViT's position embedding resampled,
-a new head for the data's classes), each adaptation is one line of the run log, and the weights' statistics are
-the defaults of --mean/--std/--image_size with their provenance. Then --freeze_epochs and the offline message.
+Each test writes a model's own random weights where the hub caches them (``<HF_HOME>/hub/models--timm--<name>/``:
+``snapshots/<commit>/model.safetensors`` linked to ``blobs/<sha256>``, and ``refs/main``;
+``$TORCH_HOME/hub/checkpoints/<name>-<hash>.pth``), sets ``HF_HUB_OFFLINE=1`` and forbids sockets, then
+fine-tunes on ELPV (real 1-channel images) at a tiny size: the model starts from those tensors (the RGB stem
+summed to one channel, a ViT's position embedding resampled, a new head for the data's classes), each
+adaptation is one line of the run log, and the weights' statistics are the defaults of --mean/--std/--image_size
+with their provenance. Then --freeze_epochs and the offline message.
 """
 
 import glob
+import hashlib
 import json
 import os
 import socket
@@ -55,10 +57,14 @@ def hf_home(tmp_path_factory):
         torch.manual_seed(0)
         state = timm.create_model(name, pretrained=False).state_dict()  # 3 channels, 224, 1000 classes
         repo = home / "hub" / f"models--timm--{name}"
-        (repo / "snapshots" / COMMIT).mkdir(parents=True)
-        (repo / "refs").mkdir()
+        for folder in ("blobs", "refs", f"snapshots/{COMMIT}"):
+            (repo / folder).mkdir(parents=True)
         (repo / "refs" / "main").write_text(COMMIT)
-        save_file({k: v.contiguous() for k, v in state.items()}, str(repo / "snapshots" / COMMIT / "model.safetensors"))
+        # the file is a blob named by its hash; the snapshot holds a relative link to it
+        save_file({k: v.contiguous() for k, v in state.items()}, str(repo / "blobs" / "weights"))
+        blob = repo / "blobs" / hashlib.sha256((repo / "blobs" / "weights").read_bytes()).hexdigest()
+        os.rename(repo / "blobs" / "weights", blob)
+        os.symlink(os.path.join("..", "..", "blobs", blob.name), repo / "snapshots" / COMMIT / "model.safetensors")
         written[name] = state
     return home, written
 
