@@ -87,6 +87,15 @@ class TaskSteps(abc.ABC):
         return [0.5], [0.5]
 
     @classmethod
+    def derived_defaults(cls, args: argparse.Namespace) -> dict[str, tuple[Any, str]]:
+        """``{flag: (value, reason)}``: defaults that follow other flags (e.g. the input statistics of
+        pretrained weights). :func:`base.config.parse.parse_config` sets each flag still at its class
+        default, before :meth:`check_config`, and saves ``reason`` as its provenance; a value from the
+        command line, a ``--config`` file or a resumed run wins. Extend with super(). Default: none.
+        """
+        return {}
+
+    @classmethod
     def from_argv(cls, argv: list[str] | None = None) -> TaskSteps:
         """Parse ``argv`` with the layered parser and return a trainer (nothing built yet).
 

@@ -1,8 +1,8 @@
 """Start a model from saved weights: read a state dict, adapt what has a standard adaptation, load, report.
 
 One mechanism for every source of weights: :func:`read_state_dict` reads a file (this project's
-checkpoint, a plain state-dict ``.pth``, a ``.safetensors`` file) and :func:`load_state` puts any
-state dict into a model. ``load_state`` adapts, with timm's own helpers:
+checkpoint, a torchvision or Hugging Face state-dict file, timm's ``.safetensors`` or ``train.py``
+checkpoint) and :func:`load_state` puts any state dict into a model. ``load_state`` adapts, with timm's own helpers:
 
 - the stem (the model's first convolution) saved for other input channels: timm's
   ``adapt_input_conv`` (an RGB stem summed to one channel; one channel repeated to ``C`` and scaled
@@ -17,9 +17,12 @@ such a file belongs to another model, and training "from it" would silently trai
 Everything is logged with ``logging.getLogger(__name__)``, which reaches a trainer's run log.
 """
 
+import argparse
+import contextlib
 import logging
 import math
 import os
+import zipfile
 from typing import NamedTuple
 
 import torch
@@ -66,8 +69,15 @@ def _strip_prefix(key):
 def read_state_dict(path, flag="--pretrained_path"):
     """The ``{name: tensor}`` state dict in ``path``, read without running pickled code.
 
-    ``path`` is this project's checkpoint (its ``"model"`` entry, checksum checked), a plain
-    state-dict ``.pth`` (``torch.load(weights_only=True)``, memory-mapped) or a ``.safetensors`` file.
+    ``path`` is one of:
+
+    - this project's checkpoint (its ``"model"`` entry, checksum checked), or another file whose
+      ``"model"`` entry is the state dict (DeiT's, MAE's releases);
+    - a plain state dict written by ``torch.save``: torchvision's ``<name>-<hash>.pth``, a Hugging Face
+      ``pytorch_model.bin`` (zip or the older pickle format), read with ``torch.load(weights_only=True)``;
+    - a ``.safetensors`` file (timm's ``model.safetensors``), recognised by its content too;
+    - a timm ``train.py`` checkpoint: its ``"state_dict"`` entry (the ``argparse.Namespace`` of its
+      ``"args"`` is allowed to load; it holds the run's flags, no code).
 
     Raises:
         CheckpointError: the file is missing, unreadable, corrupted or holds no state dict (one line
@@ -77,21 +87,34 @@ def read_state_dict(path, flag="--pretrained_path"):
     if not os.path.isfile(path):
         raise CheckpointError(f"{where}: no such file")
     try:
-        if path.endswith(".safetensors"):  # recent torch.load reads these too; this works with any torch
+        if path.endswith(".safetensors") or _is_safetensors(path):  # recent torch.load reads these; this, any torch
             from safetensors.torch import load_file
 
             return load_file(path, device="cpu")
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        allow = getattr(torch.serialization, "safe_globals", lambda _: contextlib.nullcontext())
+        with allow([argparse.Namespace]):  # mmap needs the zip format (torch >= 1.6); older pickles are read whole
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except Exception as exc:  # noqa: BLE001 - any failure to parse means "not a file we read"
         detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise CheckpointError(f"{where}: not a readable state dict ({type(exc).__name__}: {detail[:200]})") from None
     if isinstance(state, dict) and "model" in state:  # this project's checkpoint: read it again, checked
         return load_checkpoint(path, flag=flag)["model"]
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):  # a timm train.py checkpoint
+        state = state["state_dict"]
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
         raise CheckpointError(
-            f"{where}: not a state dict (expected a dict of tensors or a checkpoint with a 'model' entry)"
+            f"{where}: not a state dict (expected a dict of tensors, or a checkpoint with a 'model' or "
+            f"'state_dict' entry)"
         )
     return state
+
+
+def _is_safetensors(path):
+    """Whether ``path`` starts as a safetensors file does: an 8-byte little-endian header length, then ``{``
+    (Hugging Face cache blobs have no extension)."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < os.path.getsize(path)
 
 
 def _stem_keys(model):

@@ -2,7 +2,8 @@
 
 Every model maps ``images: float32 (N, in_chans, H, W)`` to ``logits: float32 (N, num_classes)``.
 All are randomly initialised (``weights=None``, ``pretrained=False``): nothing is downloaded; start from
-saved weights with :func:`load_pretrained` (:mod:`model.pretrained`). Names are :data:`ZOO_MODELS` plus ``timm/<name>``
+saved weights with :func:`load_pretrained` (:mod:`model.pretrained`), or from the published ones with
+:func:`model.hub.load_published_weights`. Names are :data:`ZOO_MODELS` plus ``timm/<name>``
 for any ``timm.list_models()`` name.
 
 Input sizes (:func:`image_size_problem` checks them at parse time):
@@ -27,6 +28,7 @@ __all__ = [
     "VIT_MODELS",
     "ZOO_MODELS",
     "build_zoo_model",
+    "classifier_head",
     "image_size_problem",
     "load_pretrained",
     "no_weight_decay_names",
@@ -197,6 +199,26 @@ def no_weight_decay_names(model):
         or name.rsplit(".", 1)[-1] in _NO_DECAY_LEAVES
         or any(fnmatch.fnmatch(name, pattern) for pattern in skip)
     }
+
+
+def classifier_head(model):
+    """The module of ``model`` that maps features to logits: what fine-tuning replaces for the data's classes
+    and ``--freeze_epochs`` trains alone.
+
+    timm's ``get_classifier()``; torchvision's ``heads`` (ViT, or :func:`trainers.vit_trainer.linear_probe_head`),
+    ``head`` (Swin), ``fc`` (ResNet; ``Sequential(Dropout, Linear)`` with ``dropout``). A ``torch.compile``
+    wrapper is looked through.
+
+    Raises:
+        ValueError: ``model`` has none of these.
+    """
+    model = getattr(model, "_orig_mod", model)
+    if callable(getattr(model, "get_classifier", None)):
+        return model.get_classifier()
+    for name in ("heads", "head", "fc"):
+        if isinstance(getattr(model, name, None), nn.Module):
+            return getattr(model, name)
+    raise ValueError(f"{type(model).__name__} has no classifier head (get_classifier(), heads, head or fc)")
 
 
 def vit_layer_id(name, num_layers):

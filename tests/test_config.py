@@ -39,6 +39,28 @@ def test_config_file_beats_defaults_and_command_line_beats_all(tmp_path):
     assert args.lr == 0.25 and origin["lr"] == "command line"
 
 
+class Derived(Child):
+    """--lr and --batch_size follow --child_only when nothing else sets them."""
+
+    @classmethod
+    def derived_defaults(cls, args):
+        why = f"follows --child_only {args.child_only}"
+        return {**super().derived_defaults(args), "lr": (0.01 * args.child_only, why), "batch_size": (3, why)}
+
+
+def test_a_derived_default_beats_class_defaults_and_loses_to_a_file_and_the_command_line(tmp_path):
+    args, origin = parse(["--child_only", "2"], Derived)
+    assert (args.lr, origin["lr"]) == (0.02, "follows --child_only 2")
+    assert (args.batch_size, origin["batch_size"]) == (3, "follows --child_only 2")
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"config": {"batch_size": 16}}))
+    args, origin = parse(["--config", str(path), "--lr", "0.25"], Derived)
+    assert (args.batch_size, origin["batch_size"]) == (16, f"config file ({path})")
+    assert (args.lr, origin["lr"]) == (0.25, "command line")
+    args, origin = parse_config(Derived, ["--gpu_devices", "cpu"], base_values={"lr": 0.5}, base_label="resumed run")
+    assert (args.lr, origin["lr"]) == (0.5, "resumed run") and origin["batch_size"] == "follows --child_only 1"
+
+
 def test_flat_config_values_are_typed(tmp_path):
     path = tmp_path / "c.json"
     path.write_text(json.dumps({"deterministic": "false", "lr": "0.125"}))

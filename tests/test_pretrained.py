@@ -142,3 +142,34 @@ def test_the_run_log_names_each_adaptation_and_each_shape_mismatch(tmp_path):
         (f"{source}: loaded 150 of the model's 152 tensors (2 adapted, 2 of another shape, 2 missing, 0 unexpected)"),
     ):
         assert f" INFO {line}\n" in log, line
+
+
+@pytest.mark.parametrize("kind", ["torchvision_legacy_pth", "pytorch_model_bin", "timm_train_checkpoint", "hub_blob"])
+def test_state_dict_files_of_torchvision_hugging_face_and_timm_load(tmp_path, kind):
+    from argparse import Namespace
+
+    from safetensors.torch import save_file
+
+    saved = vit(16, 1).state_dict()
+    path = tmp_path / {"torchvision_legacy_pth": "vit-0123abcd.pth", "pytorch_model_bin": "pytorch_model.bin"}.get(
+        kind, kind
+    )
+    if kind == "torchvision_legacy_pth":  # torchvision's older releases: the pickle format before zip files
+        torch.save(saved, path, _use_new_zipfile_serialization=False)
+    elif kind == "pytorch_model_bin":
+        torch.save(saved, path)
+    elif kind == "timm_train_checkpoint":  # timm's train.py: the weights beside the run's flags and optimizer
+        torch.save({"epoch": 3, "arch": "vit", "state_dict": saved, "args": Namespace(lr=0.1), "version": 2}, path)
+    else:  # a Hugging Face cache blob: a safetensors file named by its hash, no extension
+        save_file(saved, str(path))
+    model = vit(16, 1, seed=1)
+    report = load_pretrained(model, path)
+    assert report.loaded == report.total and not report.adapted
+    for key, value in saved.items():
+        assert torch.equal(model.state_dict()[key], value), key
+
+
+def test_a_pickle_with_code_is_still_refused(tmp_path):
+    torch.save({"state_dict": vit(16, 1).state_dict(), "hook": print}, tmp_path / "code.pth")
+    with pytest.raises(CheckpointError, match="not a readable state dict .*UnpicklingError"):
+        load_pretrained(vit(16, 1), tmp_path / "code.pth")

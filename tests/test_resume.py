@@ -220,6 +220,32 @@ CASES = {
         ],
         (2, 5, 8),
     ),
+    # --freeze_epochs 1: only the head learns in epoch 1 (5 steps), then everything; stops inside the frozen
+    # epoch, at its end and after it
+    "vit_freeze": (
+        lambda f: ViTTrainer,
+        [
+            "--epochs",
+            "2",
+            "--data_type",
+            "Digits",
+            "--model_type",
+            "timm/test_resnet",
+            "--batch_size",
+            "96",
+            "--train_val_sample_rate",
+            "0.3",
+            "--test_sample_rate",
+            "0.1",
+            "--freeze_epochs",
+            "1",
+            "--weight_decay",
+            "0.05",
+            "--early_stop_patience",
+            "9",
+        ],
+        (2, 5, 8),
+    ),
     # batches gathered on the device, random crops and flips drawn there per sample (kornia), then Mixup
     "vit_device": (
         lambda f: ViTTrainer,
@@ -253,7 +279,8 @@ CASES = {
 
 def train(cls, out, argv, hooks=()):
     trainer = cls.from_argv(["--output_dir", str(out), "--gpu_devices", "cpu", "--deterministic", *argv])
-    trainer.build_hooks = lambda: [StepCounter(), *hooks]
+    own = trainer.build_hooks  # the task's own hooks (--freeze_epochs), then the test's
+    trainer.build_hooks = lambda: [*own(), StepCounter(), *hooks]
     trainer.fit()
     trainer.end_rng = (torch.get_rng_state(), np.random.get_state()[1].copy())
     return trainer
@@ -325,8 +352,8 @@ def straight_runs(tmp_path_factory):
 # MAE reads its data exactly as ViTTrainer does (the workers' seeding is covered there, and each worker
 # case costs seconds of the suite): its own random state, the masks, is checked at all three stops.
 # The JPEG folder runs with workers only: test_input_pipeline checks that 0 and 2 workers draw the same crops.
-# --data_on_device reads no data through workers.
-ONE_WORKER_COUNT = {"mae": 0, "jpeg_folder": 2, "vit_device": 0}
+# --data_on_device reads no data through workers. --freeze_epochs reads its data as "vit" does.
+ONE_WORKER_COUNT = {"mae": 0, "jpeg_folder": 2, "vit_device": 0, "vit_freeze": 0}
 RUNS = [
     pytest.param(case, stop, workers, id=f"{case}-{name}-{workers}")
     for case in sorted(CASES)

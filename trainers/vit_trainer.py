@@ -18,6 +18,7 @@ from data.classification import (
 )
 from data.transforms import augment_ops
 from loss.classification import build_classification_loss
+from model.hub import load_published_weights
 from model.pretrained import load_pretrained
 from model.zoo import (
     VIT_MODELS,
@@ -34,6 +35,7 @@ from trainers.classification import (
     training_split,
     validate_classifier,
 )
+from trainers.fine_tuning import FreezeBody, add_fine_tuning_arguments, check_fine_tuning_config, fine_tuning_defaults
 
 
 class ViTTrainerBase(TrainerBase):
@@ -163,6 +165,9 @@ class ViTTrainer(ViTTrainerBase):
     and class tokens; linear warmup then cosine per step; Mixup / CutMix per batch;
     RandAugment; label smoothing; gradient clipping at norm 1.
 
+    Fine-tuning (:mod:`trainers.fine_tuning`): ``--pretrained`` starts from the model's published weights,
+    whose input statistics become the defaults; ``--freeze_epochs`` trains the head alone first.
+
     With ``--data_on_device`` the crop and flips run on the device per sample (kornia, see
     :func:`trainers.vanilla_trainer.device_augment`); ``--randaugment`` is refused there: kornia's
     RandAugment picks its ops once per batch, not per image.
@@ -170,6 +175,7 @@ class ViTTrainer(ViTTrainerBase):
 
     PROG = "trainer_vit.py"
     EVAL_SCRIPT = "eval_vit.py"
+    INIT_ONLY_FLAGS = (*ViTTrainerBase.INIT_ONLY_FLAGS, "pretrained")
     DEFAULTS = {
         "proj_name": "ViT",
         "epochs": 30,
@@ -199,6 +205,7 @@ class ViTTrainer(ViTTrainerBase):
             default=False,
             help="vit_*: freeze the encoder, train a BatchNorm (no affine) + linear head only",
         )
+        add_fine_tuning_arguments(model, recipe)
         recipe.add_argument("--label_smoothing", type=float, default=0.1, help="cross-entropy label smoothing")
         recipe.add_argument("--mixup_alpha", type=float, default=0.0, help="Mixup Beta(alpha, alpha); 0: off")
         recipe.add_argument("--cutmix_alpha", type=float, default=0.0, help="CutMix Beta(alpha, alpha); 0: off")
@@ -219,6 +226,13 @@ class ViTTrainer(ViTTrainerBase):
                 getattr(args, flag),
                 f"needs a zoo ViT ({', '.join(VIT_MODELS)}), not --model_type {args.model_type}",
             )
+        check_fine_tuning_config(args)
+
+    @classmethod
+    def derived_defaults(cls, args):
+        """With ``--pretrained``, the input statistics, image size and ``--lr`` of fine-tuning
+        (:func:`trainers.fine_tuning.fine_tuning_defaults`)."""
+        return {**super().derived_defaults(args), **fine_tuning_defaults(args)}
 
     def build_mix(self):
         """Mixup / CutMix per batch on the device (torchvision v2); targets become class probabilities."""
@@ -230,8 +244,12 @@ class ViTTrainer(ViTTrainerBase):
         return v2.RandomApply([v2.RandomChoice(mixes)], p=a.mix_prob) if mixes else None
 
     def build_model(self):
-        """The base's model; with ``--linear_probe`` only its head learns (the encoder's tensors stay as loaded)."""
+        """The base's model, with ``--pretrained`` its published weights (:func:`model.hub.load_published_weights`;
+        not read on ``--resume``, whose checkpoint replaces them); with ``--linear_probe`` only its head learns
+        (the encoder's tensors stay as loaded)."""
         model = super().build_model()
+        if self.args.pretrained and not self.resume_from:
+            load_published_weights(model, self.args.model_type)  # adapts, logs to the run log, one-line errors
         if self.args.linear_probe:
             for name, param in model.named_parameters():
                 param.requires_grad = name.startswith("heads.")
@@ -247,6 +265,10 @@ class ViTTrainer(ViTTrainerBase):
 
     def model_card(self):
         return classifier_model_card(self)
+
+    def build_hooks(self):
+        """With ``--freeze_epochs``, :class:`trainers.fine_tuning.FreezeBody`."""
+        return [*super().build_hooks(), *([FreezeBody(self.args.freeze_epochs)] if self.args.freeze_epochs else [])]
 
     def build_loss(self):
         return build_classification_loss(self.args.label_smoothing)

@@ -10,7 +10,7 @@ Each class in a trainer's (or evaluator's) MRO may define
 applies a ``--config`` file (JSON, or YAML for ``.yaml``/``.yml``: see
 :mod:`base.config.files`) on top of the defaults, then the command line on
 top of that. The resolved namespace comes back with a provenance map
-``{flag: "base default (TrainerBase)" | "subclass default (X)" |
+``{flag: "base default (TrainerBase)" | "subclass default (X)" | a derived default's reason |
 "config file (path)" | "command line"}`` that is written next to the values.
 ``--print_config`` (beside ``--config``) prints the result as YAML and exits.
 """
@@ -216,7 +216,8 @@ def parse_config(cls, argv=None, base_values=None, base_label="saved run", check
     """Resolve ``cls``'s configuration from defaults, ``--config`` and ``argv``.
 
     Precedence, lowest first: the base class's defaults, each subclass's
-    ``DEFAULTS``, ``base_values`` (a resumed run's saved flags, labelled
+    ``DEFAULTS``, with ``check`` ``cls.derived_defaults(args)`` (defaults that follow other flags,
+    labelled with their reason), ``base_values`` (a resumed run's saved flags, labelled
     ``base_label``), the ``--config`` file, the command line; the flags that
     ``cls.RETIRED_FLAGS`` names are taken out of ``base_values`` and the file
     (:func:`_without_retired`). After parsing,
@@ -236,6 +237,7 @@ def parse_config(cls, argv=None, base_values=None, base_label="saved run", check
     from base.config.files import format_config, read_config_file  # imports PyYAML only when used
 
     parser, origins = build_parser(cls)
+    class_defaults = dict(origins)
     _add_print_config(parser)
     args = parser.parse_args(argv)
     show = vars(args).pop("print_config", False)
@@ -263,6 +265,10 @@ def parse_config(cls, argv=None, base_values=None, base_label="saved run", check
         _add_print_config(given)
         origins.update({k: "command line" for k in vars(given.parse_args(argv))})
         if check:
+            for flag, (value, why) in getattr(cls, "derived_defaults", lambda _: {})(args).items():
+                if origins.get(flag) == class_defaults.get(flag):  # nothing above the class defaults set it
+                    setattr(args, flag, value)
+                    origins[flag] = why
             cls.check_config(args)
         provenance = {k: origins.get(k, "command line") for k in vars(args)}
         if show and check:  # only the final parse prints (from_argv first parses unchecked)
