@@ -27,6 +27,7 @@ from base.loop import optim
 from base.loop.input_stage import InputStage
 from base.loop.loaders import make_loader
 from base.loop.state import seed_everything
+from base.loop.step import amp_context
 from base.run.file_names import file_name_part
 
 
@@ -247,8 +248,6 @@ class TaskSteps(abc.ABC):
 
     def autocast(self):
         """Autocast context for ``--amp`` (see :func:`base.loop.step.amp_context`)."""
-        from base.loop.step import amp_context
-
         return amp_context(self.args.amp, self.device, self.amp_dtype)
 
     def to_device(self, batch: Any) -> Any:

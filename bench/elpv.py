@@ -97,11 +97,9 @@ def run_one(recipe, seed, out, device, tiny):
     start = time.perf_counter()
     argv = [*base, *flags, "--proj_name", f"elpv_{recipe}_{seed}"]
     if mae_flags is not None:
-        mae_argv = [*base, *mae_flags, "--proj_name", f"elpv_{recipe}_mae_{seed}", "--hflip", "0.5"]
+        mae_argv = [*base, *mae_flags, "--proj_name", f"elpv_{recipe}_mae_{seed}"]
         mae_argv = [*mae_argv, "--max_steps", "2", "--image_size", "16", "--patch_size", "4"] if tiny else mae_argv
-        mae = MAETrainer.from_argv(
-            [a for a in mae_argv if a not in ("--elpv_task", "binary")] + ["--elpv_task", "4class"]
-        )
+        mae = MAETrainer.from_argv([*mae_argv, "--elpv_task", "4class"])  # the k-NN monitor's labels (last wins)
         mae.fit()
         argv += ["--pretrained_path", mae.checkpointer.path("best")]
     trainer = ViTTrainer.from_argv(argv)

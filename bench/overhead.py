@@ -320,7 +320,7 @@ def measure(kind, name, against=None):
             sys.executable,
             os.path.join(tree, "bench", "overhead.py"),
             "--worker",
-            "ours" if tree != ROOT else kind,
+            "ours" if kind == "against" else kind,
             name,
         ],
         cwd=tree,

@@ -52,8 +52,9 @@ def plan_run(trainer) -> RunPlan:
     trainer.scheduler = trainer.build_scheduler()
     if state is not None:
         built = [group.get("weight_decay") for group in trainer.optimizer.param_groups]
+        # the schedule's state only: a disabled scaler ignores the saved one, no EMA is built
         step = OptimizerStep(trainer.optimizer, trainer.scheduler, torch.amp.GradScaler("cpu", enabled=False), None)
-        step.load_state_dict({**state, "scaler": {}}, f"--resume {trainer.resume_from[1]}")
+        step.load_state_dict(state, f"--resume {trainer.resume_from[1]}")
         replan = lambda: trainer._planned_total_steps(progress)  # noqa: E731
         total = apply_resume_changes(
             trainer.resume_changes, trainer.optimizer, trainer.scheduler, replan, a.warmup_steps,
