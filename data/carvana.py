@@ -31,6 +31,7 @@ from base.config.parse import path_arg, str2bool
 from base.errors import DataError
 from data import transforms
 from data.images import read_image
+from data.splits import kfold_groups
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 MASK_SUFFIXES = ("_mask.gif", "_mask.png")
@@ -181,7 +182,9 @@ def split_by_car(samples, args):
 
     A prefix of a permutation is a random subset, so a smaller sample rate
     keeps a subset of the cars a larger one keeps, and the test cars do not
-    depend on ``--train_val_sample_rate``.
+    depend on ``--train_val_sample_rate``. With ``--folds K``, the kept pool's
+    cars are dealt out to K folds in that order and fold ``--fold`` validates
+    (:func:`data.splits.kfold_groups`): all views of a car stay in one fold.
 
     Returns:
         ``{"train" | "val" | "test": sorted car ids}``.
@@ -195,6 +198,14 @@ def split_by_car(samples, args):
     test, pool = order[:n_test], order[n_test:]
     test = test[: _keep(args.test_sample_rate, len(test))]
     pool = pool[: _keep(args.train_val_sample_rate, len(pool))]
+    if args.folds:  # whole cars per fold, dealt out in the seeded order: --val_fraction plays no part
+        if len(pool) < args.folds:
+            raise DataError(
+                f"--data_dir {args.data_dir}: --folds {args.folds}: the train+val pool holds {len(pool)} cars "
+                f"after --train_val_sample_rate; need at least one car per fold"
+            )
+        train, val = kfold_groups(pool, args.folds, args.fold)
+        return {"train": sorted(train), "val": sorted(val), "test": sorted(test)}
     n_val = max(1, round(args.val_fraction * len(pool)))
     if len(pool) - n_val < 1:
         raise DataError(

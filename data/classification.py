@@ -39,6 +39,7 @@ from data.augment import Augmented
 from data.elpv import load_elpv
 from data.image_folder import load_image_folder
 from data.images import ImageFiles
+from data.splits import kfold_indices
 
 DATA_TYPES = ["Digits", "FashionMNIST", "MNIST", "CIFAR10", "ImageFolder", "ELPV"]
 #: C of the images of each --data_type (ImageFolder: made RGB whatever the files hold), known without reading them.
@@ -357,6 +358,9 @@ def _split(pool, test, args):
         test_idx = torch.randperm(len(test), generator=g).tolist()
     pool_idx = pool_idx[: _keep(args.train_val_sample_rate, len(pool_idx))]
     test_idx = test_idx[: _keep(args.test_sample_rate, len(test_idx))]
+    if args.folds:  # fold --fold of the kept pool validates: --val_fraction plays no part
+        train_idx, val_idx = _fold(pool, pool_idx, args, source)
+        return Subset(pool, train_idx), Subset(pool, val_idx), Subset(test, sorted(test_idx))
     # At least one validation sample (a tiny pool must not round it away: validation picks
     # the best checkpoint) and at least one training sample, whatever the fraction.
     n_val = min(max(1, round(args.val_fraction * len(pool_idx))), len(pool_idx) - 1)
@@ -372,6 +376,29 @@ def _split(pool, test, args):
         Subset(pool, sorted(pool_idx[:n_val])),
         Subset(test, sorted(test_idx)),
     )
+
+
+def _fold(pool, pool_idx, args, source):
+    """``(train, val)`` sorted pool indices: fold ``--fold`` of the stratified ``--folds`` split of ``pool_idx``.
+
+    The split is of the sorted indices, so it depends on which samples the pool keeps and ``--seed``,
+    not on the order they were drawn in.
+
+    Raises:
+        DataError: the pool is too small for ``--folds`` (names the flag and the count).
+    """
+    kept = sorted(pool_idx)
+    labels = pool.labels[kept].tolist() if isinstance(pool, InMemoryImages) else [pool.samples[i][1] for i in kept]
+    if len(kept) < args.folds:
+        raise DataError(
+            f"{source}: --folds {args.folds}: the train+val pool holds {len(kept)} samples after "
+            f"--train_val_sample_rate {args.train_val_sample_rate}; need at least one per fold"
+        )
+    try:
+        rest, held = kfold_indices(labels, args.folds, args.fold, args.seed)
+    except ValueError as exc:
+        raise DataError(f"{source}: --folds {args.folds}: {exc}") from None
+    return [kept[j] for j in rest], [kept[j] for j in held]
 
 
 def _test_count(fraction, n):

@@ -74,3 +74,47 @@ def stratified_split_indices(keys, fraction, seed):
         held += order[: quota[k]]
         rest += order[quota[k] :]
     return sorted(rest), sorted(held)
+
+
+def kfold_indices(labels, folds, fold, seed):
+    """Fold ``fold`` of a stratified ``folds``-fold split of ``range(len(labels))``.
+
+    scikit-learn's ``StratifiedKFold(folds, shuffle=True, random_state=seed)``: every class is spread
+    over the folds in proportion (each fold's share of a class differs by at most one sample), the
+    ``folds`` validation parts partition the samples, and the split depends only on ``labels`` and
+    ``seed``.
+
+    Args:
+        labels: one int class label per sample.
+        folds: K >= 2. fold: the part held out, in ``0..K-1``.
+        seed: int.
+
+    Returns:
+        ``(rest, held_out)``: sorted lists of indices.
+
+    Raises:
+        ValueError: fewer samples than folds, or no class with at least ``folds`` samples
+            (scikit-learn's message).
+    """
+    import warnings
+
+    import numpy as np
+    from sklearn.model_selection import StratifiedKFold
+
+    labels = np.asarray(labels)
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    with warnings.catch_warnings():  # a class rarer than K is spread as far as it goes: not worth a warning
+        warnings.filterwarnings("ignore", "The least populated class", UserWarning)
+        rest, held = list(splitter.split(np.zeros(len(labels)), labels))[fold]
+    return sorted(rest.tolist()), sorted(held.tolist())
+
+
+def kfold_groups(groups, folds, fold):
+    """Fold ``fold`` of ``groups`` (already in a seeded random order) dealt out in turn to ``folds`` folds.
+
+    Every group lands in exactly one fold and fold sizes differ by at most one group.
+
+    Returns:
+        ``(rest, held_out)``: lists of groups, in the given order.
+    """
+    return [g for i, g in enumerate(groups) if i % folds != fold], list(groups[fold::folds])

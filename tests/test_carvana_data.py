@@ -31,6 +31,8 @@ def make_args(data_dir, **overrides):
         train_val_sample_rate=1.0,
         test_sample_rate=1.0,
         seed=0,
+        folds=0,
+        fold=0,
     )
     values.update(overrides)
     return argparse.Namespace(**values)

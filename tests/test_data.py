@@ -14,6 +14,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from base.config.parse import ConfigError
+from base.config.study_flags import add_study_arguments
 from base.errors import DataError
 from data.classification import (
     IDX_FILES,
@@ -29,6 +30,7 @@ def make_args(argv=()):
     parser = argparse.ArgumentParser()
     add_data_arguments(parser)
     parser.add_argument("--seed", type=int, default=0)
+    add_study_arguments(parser)  # --folds/--fold
     parser.add_argument("--mean", type=float, nargs="+", default=None)  # the trainer's input statistics
     parser.add_argument("--std", type=float, nargs="+", default=None)
     return parser.parse_args(list(argv))

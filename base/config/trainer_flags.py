@@ -5,6 +5,7 @@ import os
 
 from base.config.checks import check, check_folder_name, check_writable_dir
 from base.config.parse import path_arg, str2bool
+from base.config.study_flags import add_study_arguments, check_study_config
 from base.run.trackers import parse_tracker_names
 from base.runtime.device import select_device
 
@@ -227,6 +228,7 @@ def add_trainer_arguments(parser):
         default=False,
         help="use deterministic algorithms (slower, reproducible)",
     )
+    add_study_arguments(parser)
 
 
 def check_trainer_config(args):
@@ -258,6 +260,7 @@ def check_trainer_config(args):
     check(args.keep_last_k > 0, "keep_last_k", args.keep_last_k, "must be > 0")
     check(0 < args.rollback_lr_factor <= 1, "rollback_lr_factor", args.rollback_lr_factor, "must be in (0, 1]")
     check(args.seed >= 0, "seed", args.seed, "must be >= 0")
+    check_study_config(args)
     check_folder_name("proj_name", args.proj_name)
     parse_tracker_names(args.loggers)  # an unknown logger, or a tracker whose package is missing
     select_device(args.gpu_devices)  # raises ConfigError for a GPU that is not there
