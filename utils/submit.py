@@ -64,20 +64,14 @@ def with_resume(trainer_args, run_dir):
     return out + (["--resume", run_dir] if run_dir else [])
 
 
-def resolve_run(script, trainer_args):
-    """Where the trainer will write, as it resolves its flags: ``(<output_dir>/<proj_name>, run folder, proj_name)``.
-
-    The script is imported (not as ``__main__``) for its ``TrainerBase`` subclass; a relative ``--output_dir``
-    is from the script's folder (the trainer's working folder). The run folder is the one ``--resume`` names, or None.
+def trainer_class(script):
+    """The ``TrainerBase`` subclass an entry script runs: the script is imported (not as ``__main__``).
 
     Raises:
-        ConfigError: not a trainer entry script. UserError: ``--resume`` names nothing resumable.
-        A bad trainer flag exits with status 2 (the trainer's parser).
+        ConfigError: the script cannot be imported, or defines no single leaf ``TrainerBase`` subclass.
     """
     import runpy
 
-    from base.checkpoint.resume import locate
-    from base.config.parse import parse_config
     from base.trainer import TrainerBase
 
     try:
@@ -91,7 +85,23 @@ def resolve_run(script, trainer_args):
     leaves = [c for c in found if not any(o is not c and issubclass(o, c) for o in found)]
     if len(leaves) != 1:
         raise ConfigError(f"{script}: not a trainer entry script (it defines no single TrainerBase subclass)")
-    args, _ = parse_config(leaves[0], trainer_args, check=False)
+    return leaves[0]
+
+
+def resolve_run(script, trainer_args):
+    """Where the trainer will write, as it resolves its flags: ``(<output_dir>/<proj_name>, run folder, proj_name)``.
+
+    A relative ``--output_dir`` is from the script's folder (the trainer's working folder). The run folder
+    is the one ``--resume`` names, or None.
+
+    Raises:
+        ConfigError: not a trainer entry script (:func:`trainer_class`). UserError: ``--resume`` names
+        nothing resumable. A bad trainer flag exits with status 2 (the trainer's parser).
+    """
+    from base.checkpoint.resume import locate
+    from base.config.parse import parse_config
+
+    args, _ = parse_config(trainer_class(script), trainer_args, check=False)
     root = os.path.dirname(script)
     if not args.resume:
         return os.path.join(root, args.output_dir, args.proj_name), None, args.proj_name

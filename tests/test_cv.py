@@ -1,0 +1,143 @@
+"""utils.cv: every fold in one study folder, continued after kill -9, summarised as mean ± std of the runs' files."""
+
+import csv
+import glob
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+
+import pytest
+
+from utils.study import Launcher, mean_std
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--data_type", "Digits", "--model_type", "Vanilla", "--batch_size", "32", "--train_val_sample_rate", "0.3"]
+
+
+def cv_command(out, *extra):
+    return [sys.executable, "-m", "utils.cv", "trainer_vanilla.py", "--folds", "3", *TINY, "--output_dir", str(out),
+            "--proj_name", "digits", *extra]  # fmt: skip
+
+
+def run_dirs(out):
+    return sorted(os.path.dirname(p) for p in glob.glob(os.path.join(out, "digits", "cv_*", "*", "config_*.json")))
+
+
+def config_of(run_dir):
+    with open(glob.glob(os.path.join(run_dir, "config_*.json"))[0]) as f:
+        return json.load(f)["config"]
+
+
+def status_of(run_dir):
+    with open(os.path.join(run_dir, "status.json")) as f:
+        return json.load(f)
+
+
+def test_cv_continues_after_kill_9_without_redoing_finished_folds(tmp_path):
+    command = cv_command(tmp_path, "--epochs", "3")
+    proc = subprocess.Popen(command, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    try:  # kill the whole group, launcher and trainer, once fold 1 has a checkpoint to resume from
+        deadline = time.time() + 240
+        while time.time() < deadline and proc.poll() is None:
+            folds = {config_of(d)["fold"]: d for d in run_dirs(tmp_path)}
+            if 1 in folds and glob.glob(os.path.join(folds[1], "*_last_ckpt.pth")):
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail("fold 1 wrote no checkpoint before the launcher ended")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    first = {config_of(d)["fold"]: d for d in run_dirs(tmp_path)}
+    assert set(first) == {0, 1} and status_of(first[0])["status"] == "finished"
+    assert status_of(first[1])["status"] == "running"  # killed: no chance to say otherwise
+    with open(os.path.join(first[0], "metrics.csv")) as f:
+        fold0_rows = f.read()
+    fold0_mtime = os.path.getmtime(os.path.join(first[0], "status.json"))
+
+    again = subprocess.run([*command, "--parallel", "2"], cwd=ROOT, capture_output=True, text=True, timeout=400)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "continuing study" in again.stdout and "fold 0 seed 42: finished already, kept" in again.stdout
+    runs = {config_of(d)["fold"]: d for d in run_dirs(tmp_path)}
+    assert len(run_dirs(tmp_path)) == 3 and runs[0] == first[0] and runs[1] == first[1]
+    with open(os.path.join(runs[0], "metrics.csv")) as f:
+        assert f.read() == fold0_rows  # fold 0 was not run again
+    assert os.path.getmtime(os.path.join(runs[0], "status.json")) == fold0_mtime
+    assert status_of(runs[1])["resumes"] == 1 and status_of(runs[2])["resumes"] == 0  # resumed, not restarted
+    for fold, run in runs.items():
+        assert status_of(run)["status"] == "finished" and status_of(run)["epoch"] == 3
+        config = config_of(run)
+        assert (config["folds"], config["fold"], config["seed"]) == (3, fold, 42)
+    logs = sorted(os.listdir(os.path.join(os.path.dirname(runs[0]), "logs")))
+    assert logs == ["fold1_seed42.log", "fold2_seed42.log"]  # --parallel 2: each run's output in its own file
+
+
+def hand_summary(run_dirs_):
+    """mean and sample std of the best val_top1 (from metrics.csv) and of each test metric (test_metrics.json)."""
+    values = {}
+    for run in run_dirs_:
+        with open(os.path.join(run, "metrics.csv")) as f:
+            values.setdefault("val_top1", []).append(max(float(r["val_top1"]) for r in csv.DictReader(f)))
+        with open(os.path.join(run, "test_metrics.json")) as f:
+            for k, v in json.load(f).items():
+                if k not in ("checkpoint", "step"):
+                    values.setdefault(f"test_{k}", []).append(v)
+    return {k: (statistics.mean(v), statistics.stdev(v)) for k, v in values.items()}
+
+
+def test_summary_mean_and_std_equal_a_hand_computation_from_the_runs_files(tmp_path):
+    done = subprocess.run(cv_command(tmp_path, "--epochs", "1", "--seeds", "0,1"), cwd=ROOT, capture_output=True,
+                          text=True, timeout=400)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    runs = run_dirs(tmp_path)
+    assert sorted((config_of(r)["fold"], config_of(r)["seed"]) for r in runs) == [
+        (f, s) for f in range(3) for s in (0, 1)
+    ]
+    study = os.path.dirname(runs[0])
+    with open(os.path.join(study, "cv_summary.json")) as f:
+        summary = json.load(f)
+    expected = hand_summary(runs)
+    assert summary["n"] == 6 and summary["monitor"] == "val_top1" and set(summary["mean"]) == set(expected)
+    for name, (mean, std) in expected.items():
+        assert summary["mean"][name] == pytest.approx(mean, rel=1e-12)
+        assert summary["std"][name] == pytest.approx(std, rel=1e-12)
+        assert f"{name}: {mean:.4f} ± {std:.4f}" in done.stdout
+    with open(os.path.join(study, "cv_summary.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert [r["fold"] for r in rows] == ["0", "1", "2", "0", "1", "2", "mean", "std"]
+    assert float(rows[-1]["test_top1"]) == pytest.approx(expected["test_top1"][1])
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--seeds", "0,x"], "--seeds '0,x': expected a comma list of integers"),
+        (["--fold", "1"], "--fold: python -m utils.cv sets it for each run"),
+        (["--parallel", "0"], "--parallel 0: must be >= 1"),
+        (["--lr", "-1"], "--lr"),
+    ],
+)
+def test_bad_input_is_one_line_and_starts_nothing(tmp_path, extra, message):
+    done = subprocess.run(cv_command(tmp_path, *extra), cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and message in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert not os.path.exists(tmp_path / "digits")  # no study folder
+
+
+def test_mean_std_is_the_sample_std_and_says_when_there_is_none():
+    assert mean_std([1.0, 2.0, 4.0]) == (pytest.approx(7 / 3), pytest.approx(statistics.stdev([1, 2, 4])))
+    assert mean_std([3.0]) == (3.0, None) and mean_std([]) == (None, None)
+
+
+def test_submit_wraps_each_run_in_utils_submit_and_waits():
+    launcher = Launcher("trainer_vit.py", parallel=4, log_dir="logs", submit="slurm",
+                        submit_args="--partition gpu --time 60")  # fmt: skip
+    assert launcher.command(["--fold", "1"]) == [
+        sys.executable, "-m", "utils.submit", "--cluster", "slurm", "--wait", "--partition", "gpu", "--time", "60",
+        "trainer_vit.py", "--fold", "1",
+    ]  # fmt: skip
