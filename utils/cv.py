@@ -149,13 +149,17 @@ def print_summary(summary, out=None):
     out = out or sys.stdout
     names = list(summary["mean"])
     lines = [
-        [r["fold"], r["seed"], r["status"], r["run"] or "", *(f"{r['metrics'][k]:.4f}" if k in r["metrics"] else "" for k in names)]
+        [r["fold"], r["seed"], r["status"], r["run"] or "", *(_four(r["metrics"].get(k)) for k in names)]
         for r in summary["runs"]
-    ]  # fmt: skip
+    ]
     print_table(["fold", "seed", "status", "run", *names], lines, False, out)
     print(f"\nmean ± std over {summary['n']} finished runs (sample std, n - 1):", file=out)
     for name in names:
         print(f"  {name}: {format_mean_std(summary['mean'][name], summary['std'][name])}", file=out)
+
+
+def _four(value):
+    return "" if value is None else f"{value:.4f}"
 
 
 def main(argv=None):
