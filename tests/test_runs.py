@@ -125,3 +125,35 @@ def test_a_corrupt_status_file_is_named_not_shown_as_unknown(two_runs, capsys):
     with open(os.path.join(crashed.run_dir, log)) as f:
         assert f"{path} cannot be read (JSONDecodeError: " in f.read()
     assert read_status(crashed.run_dir)["status"] == "finished"
+
+
+def test_group_rows_give_mean_and_sample_std_per_study_and_per_seed_set(tmp_path, capsys):
+    import statistics
+
+    def fit(*flags):
+        trainer = ToyTrainer.from_argv(["--output_dir", str(tmp_path), "--gpu_devices", "cpu", "--epochs", "1", *flags])
+        trainer.fit()
+        return read_status(trainer.run_dir)
+
+    plain = [fit("--seed", str(s)) for s in (0, 1, 2)]
+    fit("--seed", "0", "--lr", "0.01")  # another config: its own group
+    study = [fit("--proj_name", "cv_2026", "--seed", str(s), "--lr", "0.02") for s in (5, 6)]
+    fit("--proj_name", "sweep_2026", "--seed", "9")
+
+    rows, status = table(capsys, str(tmp_path), "--group", "cv")
+    assert status == 0 and [r["group"] for r in rows] == [f"{tmp_path.name}/cv_2026"]
+    best = [s["best"] for s in study]
+    assert rows[0]["runs"] == rows[0]["finished"] == "2" and rows[0]["monitor"] == "val_loss"
+    assert rows[0]["best"] == f"{statistics.mean(best):.4f} ± {statistics.stdev(best):.4f}"
+    test = [s["test"]["loss"] for s in study]
+    assert rows[0]["test"] == f"{statistics.mean(test):.4f} ± {statistics.stdev(test):.4f}"
+
+    rows, _ = table(capsys, str(tmp_path), "--group", "seed")
+    by_size = sorted(((int(r["runs"]), r) for r in rows), key=lambda x: x[0])
+    assert [n for n, _ in by_size] == [1, 1, 2, 3]  # lr 0.01; the sweep run; the cv study; seeds 0, 1, 2
+    three = by_size[-1][1]
+    assert three["group"].endswith("seeds 0,1,2")
+    best = [s["best"] for s in plain]
+    assert three["best"] == f"{statistics.mean(best):.4f} ± {statistics.stdev(best):.4f}"
+    rows, _ = table(capsys, str(tmp_path), "--group", "sweep")
+    assert len(rows) == 1 and rows[0]["runs"] == "1" and rows[0]["best"].endswith("± n/a")

@@ -11,6 +11,11 @@ running, preempted, crashed, with ``resumed Nx`` when the run was resumed;
 machine); ``unknown`` for runs written before status files existed; ``corrupt
 status.json`` when the file cannot be read (a warning line names it).
 
+``--group cv|sweep|seed`` prints one row per group of runs instead: the runs of one ``utils.cv`` study
+(``cv_*`` folder), of one ``utils.sweep`` study (``sweep_*``), or runs whose configs differ only in
+``--seed``; each row gives the number of runs, how many finished, and ``mean ± std`` (sample std,
+n - 1) of the best monitored validation metric and of the test metric of the finished runs.
+
 ``--diff`` prints, instead of the results, the config keys that differ
 across the listed runs, one column each (``utils.configcmp`` compares two runs
 in detail). ``--sort`` takes a column name (``best``, ``test`` and ``wall`` sort by
@@ -35,7 +40,7 @@ NOT_COMPARED = LAUNCH_ONLY | {"output_dir", "gpu_devices", "num_workers", "logge
 
 
 def find_runs(roots):
-    """Run folders (holding ``config_*.json``) at most three levels below each of ``roots``, sorted.
+    """Run folders (holding ``config_*.json``) at most four levels below each of ``roots``, sorted.
 
     Raises:
         FileNotFoundError: a root is not a folder.
@@ -44,7 +49,7 @@ def find_runs(roots):
     for root in roots:
         if not os.path.isdir(root):
             raise FileNotFoundError(f"{root}: no such folder")
-        for depth in range(4):
+        for depth in range(5):  # <output_dir>/<proj>/<study>/<run>: four levels below an output folder
             pattern = os.path.join(root, *["*"] * depth, "config_*.json")
             found.update(os.path.dirname(p) for p in glob.glob(pattern))
     return sorted(found)
@@ -110,7 +115,8 @@ def run_row(folder):
         "wall": status.get("wall_seconds"),
         "progress": status.get("global_step"),
     }
-    row["_config"], row["_warning"] = config, warning
+    row["_config"], row["_warning"], row["_folder"] = config, warning, folder
+    row["_values"] = {"best": best, "test": test_value, "monitor": monitor, "state": status.get("status")}
     return row
 
 
@@ -134,6 +140,51 @@ def differing_keys(rows):
     return sorted(k for k in keys if len({repr(r["_config"].get(k, missing)) for r in rows}) > 1)
 
 
+GROUP_COLUMNS = ("group", "runs", "finished", "monitor", "best", "test")
+
+
+def group_rows(rows, kind):
+    """One row per group of ``rows`` (see the module docstring): ``{column: str}`` of :data:`GROUP_COLUMNS`.
+
+    ``kind``: ``"cv"`` or ``"sweep"`` (runs of one study folder; runs outside such a folder are left out),
+    or ``"seed"`` (runs whose configs differ only in ``--seed``, apart from where and how they ran).
+    """
+    from utils.study import format_mean_std, mean_std
+
+    groups = {}
+    for row in rows:
+        study = os.path.dirname(row["_folder"])
+        if kind == "seed":
+            same = {k: v for k, v in row["_config"].items() if k not in NOT_COMPARED | {"seed", "sweep_trial"}}
+            key = repr(sorted(same.items()))
+        elif os.path.basename(study).startswith(f"{kind}_"):
+            key = study
+        else:
+            continue
+        groups.setdefault(key, []).append(row)
+    out = []
+    for key, members in groups.items():
+        done = [r["_values"] for r in members if r["_values"]["state"] == "finished"]
+        first = members[0]
+        if kind == "seed":
+            seeds = ",".join(str(r["_config"].get("seed")) for r in members)
+            name = f"{first['project']} {first['model']} {first['data']} seeds {seeds}"
+        else:
+            name = os.path.join(os.path.basename(os.path.dirname(key)), os.path.basename(key))  # <proj>/<study>
+        metric = first["_values"]["monitor"]
+        out.append(
+            {
+                "group": name,
+                "runs": str(len(members)),
+                "finished": str(len(done)),
+                "monitor": metric,
+                "best": format_mean_std(*mean_std([v["best"] for v in done])),
+                "test": format_mean_std(*mean_std([v["test"] for v in done])),
+            }
+        )
+    return sorted(out, key=lambda r: r["group"])
+
+
 def print_table(header, lines, as_csv, out=None):
     """Aligned columns (or CSV with ``as_csv``) of ``lines``, lists of str under ``header``, to ``out`` (stdout)."""
     out = out or sys.stdout
@@ -153,6 +204,12 @@ def main(argv=None):
     parser.add_argument("--desc", action="store_true", help="sort in descending order")
     parser.add_argument("--csv", action="store_true", help="print CSV instead of aligned columns")
     parser.add_argument("--diff", action="store_true", help="print the config keys that differ across the runs")
+    parser.add_argument(
+        "--group",
+        choices=["cv", "sweep", "seed"],
+        default=None,
+        help="one row per utils.cv study, utils.sweep study, or set of runs differing only in --seed: mean ± std",
+    )
     args = parser.parse_args(argv)
     try:
         rows = []
@@ -169,7 +226,11 @@ def main(argv=None):
     except (OSError, ValueError) as exc:
         print(f"runs: error: {exc}", file=sys.stderr)
         return 2
-    if args.diff:
+    if args.group:
+        groups = group_rows(rows, args.group)
+        print_table(list(GROUP_COLUMNS), [[g[c] for c in GROUP_COLUMNS] for g in groups], args.csv)
+        rows = groups
+    elif args.diff:
         keys = differing_keys(rows)
         print_table(
             ["project", "timestamp", *keys],
