@@ -13,7 +13,9 @@ with a checkpoint is resumed (``--resume <run folder>``), one without is started
 """
 
 import concurrent.futures
+import contextlib
 import datetime
+import fcntl
 import glob
 import json
 import math
@@ -67,6 +69,19 @@ def resolve_trainer(script, trainer_args, prog):
     return cls, args
 
 
+@contextlib.contextmanager
+def file_lock(path):
+    """Hold an exclusive ``flock`` on ``path`` (created if missing) for the ``with`` block: processes that
+    share a study (``--parallel`` threads, a second command, jobs on one file system) take turns."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def open_study(project_dir, kind, command, new=False):
     """The study folder for ``command`` (a JSON-able dict naming the study): the newest
     ``<project_dir>/<kind>_*`` whose ``study.json`` holds the same command, else a new one.
@@ -77,6 +92,11 @@ def open_study(project_dir, kind, command, new=False):
     Raises:
         OSError: the folder or its ``study.json`` cannot be written.
     """
+    with file_lock(os.path.join(project_dir, f".{kind}.lock")):  # two commands at once: one study
+        return _find_or_create(project_dir, kind, command, new)
+
+
+def _find_or_create(project_dir, kind, command, new):
     if not new:
         for path in sorted(glob.glob(os.path.join(project_dir, f"{kind}_*", STUDY_FILE)), reverse=True):
             try:

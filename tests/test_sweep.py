@@ -1,0 +1,165 @@
+"""utils.sweep: an Optuna study of trainer runs that continues, prunes, and is shared by processes."""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--data_type", "Digits", "--batch_size", "32", "--train_val_sample_rate", "0.3", "--test_fraction", "0.1"]
+
+
+def sweep_command(out, space, trials, *extra):
+    return [sys.executable, "-m", "utils.sweep", "trainer_vanilla.py", "--space", str(space), "--trials", str(trials),
+            *TINY, "--output_dir", str(out), "--proj_name", "digits", *extra]  # fmt: skip
+
+
+def write_space(tmp_path, text):
+    path = tmp_path / "space.yaml"
+    path.write_text(text)
+    return path
+
+
+def load_study(out):
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    (journal,) = glob.glob(os.path.join(out, "digits", "sweep_*", "study.journal"))
+    return optuna.load_study(study_name="sweep", storage=JournalStorage(JournalFileBackend(journal)))
+
+
+def trial_runs(out):
+    """{trial number: (config, status)} of the study's run folders."""
+    runs = {}
+    for path in glob.glob(os.path.join(out, "digits", "sweep_*", "*", "config_*.json")):
+        with open(path) as f:
+            saved = json.load(f)
+        with open(os.path.join(os.path.dirname(path), "status.json")) as f:
+            status = json.load(f)
+        number = int(os.path.basename(saved["config"]["sweep_trial"]).split("_")[1])
+        assert number not in runs, f"trial {number} ran twice"
+        runs[number] = (saved, status, os.path.dirname(path))
+    return runs
+
+
+def run(command, timeout=600):
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def test_a_sweep_of_4_trials_continues_to_6_with_a_second_command(tmp_path):
+    space = write_space(tmp_path, "lr: {low: 1e-3, high: 1e-1, log: true}\nhidden_dim: [16, 32]\n")
+    run(sweep_command(tmp_path, space, 4, "--epochs", "1"))
+    first = trial_runs(tmp_path)
+    assert sorted(first) == [0, 1, 2, 3]
+    for number, (saved, status, _) in first.items():
+        assert status["status"] == "finished"
+        params = load_study(tmp_path).trials[number].params
+        for flag, value in params.items():  # the trial's values, with their provenance
+            assert saved["config"][flag] == value and saved["provenance"][flag] == f"sweep trial {number}"
+        assert load_study(tmp_path).trials[number].value == pytest.approx(status["best"])
+
+    second = run(sweep_command(tmp_path, space, 6, "--epochs", "1"))
+    assert "continuing study" in second.stdout
+    runs = trial_runs(tmp_path)
+    assert sorted(runs) == [0, 1, 2, 3, 4, 5]
+    for number in range(4):  # the first four were not run again
+        assert runs[number][2] == first[number][2] and runs[number][1]["resumes"] == 0
+    study = load_study(tmp_path)
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 6
+    best = study.best_trial
+    assert f"best trial {best.number}: val_top1 {best.value:.4f}" in second.stdout
+    assert f"--lr {best.params['lr']}" in second.stdout.split("reproduce:")[1]
+    folder = os.path.dirname(runs[0][2])
+    assert os.path.getsize(os.path.join(folder, "optimization_history.png")) > 0
+    assert os.path.getsize(os.path.join(folder, "param_importances.png")) > 0
+
+
+def test_a_trial_worse_than_the_median_is_pruned_and_marked_pruned(tmp_path):
+    # lr 1e-7 learns nothing: once a good trial has finished, a 1e-7 trial is below its median at epoch 1.
+    space = write_space(tmp_path, "lr: [0.01, 1.0e-7]\n")
+    command = sweep_command(tmp_path, space, 4, "--epochs", "3", "--sampler", "random", "--n_startup_trials", "1",
+                            "--seed", "1")  # fmt: skip
+    done = run(command)
+    study = load_study(tmp_path)
+    states = {t.number: t.state.name for t in study.trials}
+    pruned = [n for n, s in states.items() if s == "PRUNED"]
+    assert pruned, (states, [t.params for t in study.trials])
+    runs = trial_runs(tmp_path)
+    for number in pruned:
+        saved, status, run_dir = runs[number]
+        assert saved["config"]["lr"] == 1e-7 and status["status"] == "pruned"
+        assert status["epoch"] < 3 and not os.path.exists(os.path.join(run_dir, "test_metrics.json"))
+        assert study.trials[number].intermediate_values  # the run reported before it was pruned
+        assert f"trial {number}: pruned" in done.stdout
+    for number, state in states.items():
+        if state == "COMPLETE":
+            assert runs[number][1]["status"] == "finished" and runs[number][1]["epoch"] == 3
+
+
+def test_two_processes_sharing_one_study_run_disjoint_trials(tmp_path):
+    space = write_space(tmp_path, "lr: {low: 1e-3, high: 1e-1, log: true}\n")
+    command = sweep_command(tmp_path, space, 4, "--epochs", "1")
+    procs = [subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]  # fmt: skip
+    outputs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outputs]
+    assert len(glob.glob(os.path.join(tmp_path, "digits", "sweep_*"))) == 1  # one study for both
+    study = load_study(tmp_path)
+    assert len(study.trials) == 4 and sorted(trial_runs(tmp_path)) == [0, 1, 2, 3]  # 4 in all, each run once
+    owners = {t.number: t.user_attrs["pid"] for t in study.trials}
+    assert set(owners.values()) == {p.pid for p in procs}  # both took trials, none took the same
+    for proc, (stdout, _) in zip(procs, outputs):
+        mine = sorted(n for n, pid in owners.items() if pid == proc.pid)
+        assert sorted(int(line.split()[1].rstrip(":")) for line in stdout.splitlines()
+                      if line.startswith("trial ")) == mine  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("lrr: {low: 1, high: 2}\n", "lrr: no such flag of VanillaTrainer"),
+        ("lr: {low: 1e-2, high: 1e-3}\n", "lr: low 1e-2 must be below high 1e-3"),
+        ("lr: {low: 0, high: 1e-3, log: true}\n", "lr: log: true needs low > 0"),
+        ("model_type: [Vanilla, NoSuchNet]\n", "'NoSuchNet' is not one of --model_type's choices"),
+        ("batch_size: {low: 8, high: 64.5}\n", "batch_size: --batch_size takes integers"),
+        ("seed: [0, 1]\n", "seed: a sweep sets it itself"),
+        ("lr: []\n", "lr: an empty list of choices"),
+        ("lr: 0.1\n", "lr: expected a list of choices or {low, high[, log][, step]}"),
+        ("- lr\n", "expected a mapping of trainer flags"),
+        ("lr: {low: 1\n", "not valid YAML"),
+    ],
+)
+def test_a_bad_space_file_is_one_line(tmp_path, capsys, text, message):
+    from utils import sweep
+
+    space = write_space(tmp_path, text)
+    with pytest.raises(SystemExit) as exit_:
+        sweep.main(["trainer_vanilla.py", "--space", str(space), "--trials", "2", "--output_dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and message in err and f"--space {space}" in err, err
+    assert len(err.strip().splitlines()) == 1
+    assert not os.path.exists(tmp_path / "Experiment")  # no study folder
+
+
+def test_a_searched_flag_given_to_the_trainer_too_is_refused(tmp_path, capsys):
+    from utils import sweep
+
+    space = write_space(tmp_path, "lr: [0.1, 0.01]\n")
+    with pytest.raises(SystemExit):
+        sweep.main(["trainer_vanilla.py", "--space", str(space), "--trials", "2", "--lr", "0.5"])
+    assert "lr: it is searched; leave --lr out of the trainer flags" in capsys.readouterr().err
+
+
+def test_the_readmes_example_space_reads():
+    from trainers.vanilla_trainer import VanillaTrainer
+    from utils.sweep_space import read_space
+
+    space = read_space(os.path.join(ROOT, "example_runs", "digits_space.yaml"), VanillaTrainer)
+    assert set(space) == {"lr", "weight_decay", "batch_size", "model_type"}
+    assert space["lr"].log and space["lr"].low == 1e-4 and space["batch_size"].choices == (32, 64, 128)
