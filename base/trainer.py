@@ -40,6 +40,7 @@ from base.loop.step_events import StepEvents
 from base.loop.train_stats import TrainingStats
 from base.loop.validation import ValidationEvents
 from base.run.run_folder import RunFolder, describe_run
+from base.run.sweep_trial import TrialReporter
 from base.run.tracking import RunTracking
 from base.run.tracking_events import TrackingEvents
 from base.runtime import distributed
@@ -120,6 +121,8 @@ class TrainerBase(StepEvents, ValidationEvents, CheckpointEvents, TrackingEvents
         # After the optimizer: it and build_optimizer overrides see the model's own parameter names.
         self.model = distributed.wrap_model(self.raw_model, self.device, a.sync_bn, self.find_unused_parameters)
         self.hooks = list(self.build_hooks())
+        if a.sweep_trial:  # the base's own hook, after the task's: they see each validation first
+            self.hooks.append(TrialReporter(a.sweep_trial))
         for hook in self.hooks:
             hook.trainer = self
         if main:  # other processes than rank 0 write nothing
