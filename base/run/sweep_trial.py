@@ -43,8 +43,8 @@ class TrialReporter(HookBase):
     second value).
 
     Under DDP rank 0 alone talks to the study and broadcasts its decision, so every process stops after the
-    same validation. A file whose ``report`` is false (e.g. a trial's second seed) reports nothing and is
-    never pruned.
+    same validation (an error on rank 0 ends its process, and torchrun stops the others). A file whose
+    ``report`` is false (e.g. a trial's second seed) reports nothing and is never pruned.
 
     Raises:
         ConfigError: from the constructor, the trial file cannot be used (see :func:`read_trial_file`).
