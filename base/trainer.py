@@ -22,7 +22,6 @@ import argparse
 import math
 
 import torch
-from tqdm import tqdm
 
 from base.checkpoint.checkpointer import Checkpointer
 from base.checkpoint.trainer_state import CheckpointEvents
@@ -30,6 +29,7 @@ from base.config.trainer_flags import add_trainer_arguments
 from base.loop import optim
 from base.loop.bad_data import BadSampleLog
 from base.loop.device_data import DeviceBatches
+from base.loop.loaders import epoch_bar
 from base.loop.lr_plot import plot_lr_schedule
 from base.loop.nonfinite import NonFiniteGuard
 from base.loop.plan import RunPlan, plan_run
@@ -40,6 +40,7 @@ from base.loop.step_events import StepEvents
 from base.loop.train_stats import TrainingStats
 from base.loop.validation import ValidationEvents
 from base.run.run_folder import RunFolder, describe_run
+from base.run.sweep_trial import TrialReporter
 from base.run.tracking import RunTracking
 from base.run.tracking_events import TrackingEvents
 from base.runtime import distributed
@@ -120,6 +121,8 @@ class TrainerBase(StepEvents, ValidationEvents, CheckpointEvents, TrackingEvents
         # After the optimizer: it and build_optimizer overrides see the model's own parameter names.
         self.model = distributed.wrap_model(self.raw_model, self.device, a.sync_bn, self.find_unused_parameters)
         self.hooks = list(self.build_hooks())
+        if a.sweep_trial:  # the base's own hook, after the task's: they see each validation first
+            self.hooks.append(TrialReporter(a.sweep_trial))
         for hook in self.hooks:
             hook.trainer = self
         if main:  # other processes than rank 0 write nothing
@@ -160,9 +163,10 @@ class TrainerBase(StepEvents, ValidationEvents, CheckpointEvents, TrackingEvents
             self.rank, self.world_size = distributed.rank(), distributed.world_size()
             self.setup()
             self.train()
-            metrics = self.test()
-            self._end_tracking("finished", test=metrics)
-            return metrics
+            stop = self.progress.stop_request  # request_stop ended the run early (a pruned trial): no test
+            metrics = self.test() if stop is None else None
+            self._end_tracking(stop["status"] if stop else "finished", test=metrics)
+            return metrics or {}
         except BaseException as exc:
             self._end_tracking("preempted" if isinstance(exc, Preempted) else "crashed", error=exc)
             raise
@@ -178,11 +182,19 @@ class TrainerBase(StepEvents, ValidationEvents, CheckpointEvents, TrackingEvents
         for hook in self.hooks:
             getattr(hook, name)(*args)
 
+    def request_stop(self, status: str, reason: str) -> None:
+        """End training at the loop's next check (after this step, or this validation and its ``last`` save); ``fit``
+        then ends with ``status`` (:data:`base.loop.progress.STOP_STATES`; ``"pruned"`` is not tested) and ``reason``
+        (one line) in the log and status.json. Checkpoints keep it: a resume trains no further. Under DDP every
+        process calls it at the same point (rank 0 decides, then broadcasts). ``ValueError``: another status."""
+        self.progress.request_stop(status, reason)
+        self.logger.info("stop requested, the run ends %s: %s", status, reason)
+
     def _done(self):
-        return self.progress.length_reached(self.args.epochs, self.args.max_steps) or self.early_stopper.should_stop
+        return self.progress.done(self.args.epochs, self.args.max_steps, self.early_stopper.should_stop)
 
     def train(self):
-        """Run epochs of optimizer steps until ``--epochs``, ``--max_steps`` or early stop.
+        """Run epochs of optimizer steps until ``--epochs``, ``--max_steps``, early stop or :meth:`request_stop`.
 
         SIGTERM/SIGINT stop it at the next step boundary with a checkpoint (raising
         :class:`base.runtime.signals.Preempted`); any other exception writes the exception checkpoint, then
@@ -197,11 +209,7 @@ class TrainerBase(StepEvents, ValidationEvents, CheckpointEvents, TrackingEvents
                     self._validation_round()
                     self.save("last")
                 if self.resume_from and self._done():
-                    self.logger.info(
-                        "the run %s is complete (epoch %d, step %d): nothing left to train; to train longer, "
-                        "resume with a larger --epochs or --max_steps",
-                        self.run_dir, self.epoch, self.global_step,
-                    )  # fmt: skip
+                    self.logger.info("%s", self.progress.end_note(self.run_dir))
                 while not self._done():
                     self._call("before_epoch")
                     consumed = self._train_epoch()
@@ -241,16 +249,8 @@ class TrainerBase(StepEvents, ValidationEvents, CheckpointEvents, TrackingEvents
             reader = iter(loader)  # forks the workers, if any (once, with persistent workers)
         # Batches gathered on the device are made on the compute stream: nothing to copy ahead.
         batches = reader if isinstance(loader, DeviceBatches) else self.inputs.prefetch(reader)
-        per_step = loader.batch_size * self.world_size  # samples of all processes
-        bar = tqdm(
-            batches,
-            desc=f"epoch {self.epoch + 1}/{a.epochs}",
-            unit="batch",
-            initial=math.ceil(self.progress.samples_in_epoch / per_step),
-            total=math.ceil(len(loader.dataset) / per_step),
-            dynamic_ncols=True,
-            disable=None if self.rank == 0 else True,
-            leave=False,
+        bar = epoch_bar(
+            batches, loader, self.epoch, a.epochs, self.progress.samples_in_epoch, self.world_size, self.rank
         )
         try:
             return self._train_batches(bar)

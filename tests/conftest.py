@@ -18,6 +18,7 @@ HOOK_NAMES = (
     "before_step",
     "after_backward",
     "after_step",
+    "after_validation",
     "after_epoch",
     "after_train",
 )

@@ -60,11 +60,28 @@ def test_progress_state_round_trip():
             "batch_in_epoch": 5,
             "samples_in_epoch": 40,
             "validated_at": 14,
+            "stop_request": None,
         }
     )
     assert not q.validated_now
     q.validated_at = 17
     assert q.validated_now
+
+
+def test_progress_keeps_a_stop_request_and_refuses_an_unknown_status():
+    p = LoopProgress()
+    assert not p.done(3, 0, early_stop=False)
+    with pytest.raises(ValueError, match="'finished' is not one of"):
+        p.request_stop("finished", "why")
+    p.request_stop("pruned", "pruned by the sweep's median pruner at epoch 1 (val_loss 2)")
+    assert p.done(3, 0, early_stop=False)
+    q = LoopProgress()
+    q.load_state_dict(p.state_dict())
+    assert q.stop_request == {
+        "status": "pruned",
+        "reason": "pruned by the sweep's median pruner at epoch 1 (val_loss 2)",
+    }
+    assert "was stopped at epoch 0, step 0 (pruned: pruned by" in q.end_note("runs/x")
 
 
 # ----------------------------------------------------------------- older checkpoints
@@ -73,6 +90,7 @@ def test_older_checkpoints_get_the_keys_the_parts_read_with_what_the_old_code_di
     up = older.upgrade(state, batch_size=8)
     assert up["samples_in_epoch"] == 24 and up["lr_scale"] == 1.0 and up["validating"] is False
     assert up["world_size"] == 1 and up["ema"] is None and up["loggers"] == {} and up["metrics_rows"] is None
+    assert up["stop_request"] is None  # before request_stop: no run was stopped on request
     assert "samples_in_epoch" not in state  # a copy: the loaded dict is left as it was
     assert older.upgrade({**state, "samples_in_epoch": 5}, 8)["samples_in_epoch"] == 5  # never recomputed
 

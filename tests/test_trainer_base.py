@@ -25,8 +25,23 @@ def test_hook_call_order(toy_argv):
     hook = RecordingHook()
     make(toy_argv + ["--epochs", "2", "--batch_size", "20"], [hook]).fit()
     step = ["before_step", "after_backward", "after_step"]
-    epoch = ["before_epoch", *step, *step, "after_epoch"]
+    epoch = ["before_epoch", *step, *step, "after_validation", "after_epoch"]
     assert hook.calls == ["before_train", *epoch, *epoch, "after_train"]
+
+
+def test_hook_call_order_of_step_and_final_validations(toy_argv):
+    hook = RecordingHook()
+    # --val_every_steps: after the step's after_step; the epoch's own validation is that step's
+    make(toy_argv + ["--epochs", "1", "--batch_size", "20", "--val_every_steps", "1"], [hook]).fit()
+    step = ["before_step", "after_backward", "after_step"]
+    assert hook.calls == ["before_train", "before_epoch", *step, "after_validation", *step, "after_validation",
+                          "after_epoch", "after_train"]  # fmt: skip
+    hook = RecordingHook()
+    # --max_steps mid-epoch: the final validation comes after the unfinished epoch's after_epoch
+    make(toy_argv + ["--epochs", "5", "--batch_size", "20", "--max_steps", "3"], [hook]).fit()
+    epoch = ["before_epoch", *step, *step, "after_validation", "after_epoch"]
+    assert hook.calls == ["before_train", *epoch, "before_epoch", *step, "after_epoch", "after_validation",
+                          "after_train"]  # fmt: skip
 
 
 def test_exception_runs_on_exception_then_after_train_and_saves(toy_argv):

@@ -6,7 +6,8 @@ data, progress (epochs or steps done of planned), the best monitored
 validation metric, the test metric of the best checkpoint, wall time,
 status and, for a crashed run, its error line. Status is read from the
 ``status.json`` each trainer keeps (see :mod:`base.run.status`): finished,
-running, preempted, crashed, with ``resumed Nx`` when the run was resumed;
+running, preempted, crashed, pruned (a sweep trial its pruner gave up), with
+``resumed Nx`` when the run was resumed;
 ``killed`` when it says running but its process is gone (``kill -9``, a lost
 machine); ``unknown`` for runs written before status files existed; ``corrupt
 status.json`` when the file cannot be read (a warning line names it).

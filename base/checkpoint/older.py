@@ -17,6 +17,7 @@ MISSING = {
     "extra_sums": None,  # train_step's extra terms of the logging window: a fresh window
     "metrics_rows": None,  # rows of metrics.csv: cut back by step instead
     "loggers": {},  # what each --loggers tracker held: cut back by step instead
+    "stop_request": None,  # before request_stop: no run was stopped on request
 }
 
 

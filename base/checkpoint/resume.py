@@ -131,7 +131,8 @@ def saved_config(ckpt_path):
 
 
 def changed_flags(saved, args, provenance, changeable, ckpt):
-    """Flags given beside ``--resume`` (command line or ``--config``) whose value differs from the run's.
+    """Flags given beside ``--resume`` (command line, ``--config`` or a ``--sweep_trial`` file) whose value differs
+    from the run's.
 
     Args:
         saved: the run's saved flag values; ``args``/``provenance``: the merged config and its origins;
@@ -143,9 +144,9 @@ def changed_flags(saved, args, provenance, changeable, ckpt):
     Raises:
         UserError: a flag outside ``changeable`` changes; the message names it and both values.
     """
-    changes = {}
+    changes, given = {}, ("command line", "config file", "sweep trial")  # (not the run's saved values)
     for flag, origin in provenance.items():
-        if flag in LAUNCH_ONLY or flag not in saved or not origin.startswith(("command line", "config file")):
+        if flag in LAUNCH_ONLY or flag not in saved or not origin.startswith(given):
             continue
         old, new = saved[flag], getattr(args, flag)
         if old == new or (isinstance(new, tuple) and list(new) == old):

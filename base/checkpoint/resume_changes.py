@@ -47,6 +47,7 @@ RESUME_CHANGEABLE = frozenset(
         "plot_lr",
         "sync_bn",
         "loggers",
+        "sweep_trial",  # a resumed trial may be handed a new trial file (its params: checked as flags are)
     }
 )
 

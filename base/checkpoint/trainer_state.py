@@ -119,7 +119,9 @@ class CheckpointEvents:
         if tag != "exception":
             self.guard.check(self.global_step)
         p, copyable = self.progress, state is None and not self.hooks and self.world_size == 1
-        position = (p.epoch, p.global_step, p.samples_in_epoch, self.guard.skipped_steps) if copyable else None
+        # (a request_stop after best was saved, at the same step, changes the state too)
+        position = (p.epoch, p.global_step, p.samples_in_epoch, self.guard.skipped_steps, p.stop_request is not None)
+        position = position if copyable else None
         return self.checkpointer.save(tag, state if state is not None else lambda: self.state_dict(gather=sync),
                                       position, sync)  # fmt: skip
 

@@ -12,6 +12,7 @@ name, YAML. YAML scalars are read as the strings they are written as (only
 PyYAML is imported only when a YAML file is read or a config printed.
 """
 
+import argparse
 import json
 import os
 import re
@@ -185,3 +186,23 @@ def format_config(args, provenance, prog):
             text = json.dumps(value)
         lines.append(f"{flag}: {text}  # {provenance.get(flag, 'command line')}")
     return "\n".join(lines) + "\n"
+
+
+def add_print_config(parser):
+    """Add ``--print_config`` beside ``--config``, if ``parser`` has one (trainers do; evaluators do not).
+
+    Its default is ``SUPPRESS``: the flag is in a namespace only when given, and
+    :func:`base.config.parse.parse_config` takes it out, so no run records it.
+    """
+    config = next((a for a in parser._actions if a.dest == "config"), None)
+    if config is None:
+        return
+    group = next((g for g in parser._action_groups if config in g._group_actions), parser)
+    group.add_argument(
+        "--print_config",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="print the resolved config as YAML, each value's source in a comment, and exit "
+        "(save it as a .yaml to pass back with --config)",
+    )
+    group._group_actions.insert(group._group_actions.index(config) + 1, group._group_actions.pop())  # in --help

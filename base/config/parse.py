@@ -8,10 +8,11 @@ Each class in a trainer's (or evaluator's) MRO may define
 
 :func:`parse_config` builds the parser from the base class down to the leaf,
 applies a ``--config`` file (JSON, or YAML for ``.yaml``/``.yml``: see
-:mod:`base.config.files`) on top of the defaults, then the command line on
-top of that. The resolved namespace comes back with a provenance map
+:mod:`base.config.files`) on top of the defaults, a sweep trial's flag values
+(``--sweep_trial``: :mod:`base.config.trial_file`) on top of it, then the command
+line on top of that. The resolved namespace comes back with a provenance map
 ``{flag: "base default (TrainerBase)" | "subclass default (X)" | a derived default's reason |
-"config file (path)" | "command line"}`` that is written next to the values.
+"config file (path)" | "sweep trial N" | "command line"}`` that is written next to the values.
 ``--print_config`` (beside ``--config``) prints the result as YAML and exits.
 """
 
@@ -218,8 +219,9 @@ def parse_config(cls, argv=None, base_values=None, base_label="saved run", check
     Precedence, lowest first: the base class's defaults, each subclass's
     ``DEFAULTS``, with ``check`` ``cls.derived_defaults(args)`` (defaults that follow other flags,
     labelled with their reason), ``base_values`` (a resumed run's saved flags, labelled
-    ``base_label``), the ``--config`` file, the command line; the flags that
-    ``cls.RETIRED_FLAGS`` names are taken out of ``base_values`` and the file
+    ``base_label``), the ``--config`` file (never its ``sweep_trial``), the ``params`` of a
+    ``--sweep_trial`` file (labelled ``sweep trial N``: :mod:`base.config.trial_file`), the command
+    line; the flags that ``cls.RETIRED_FLAGS`` names are taken out of ``base_values`` and the file
     (:func:`_without_retired`). After parsing,
     with ``check``, ``cls.check_config(args)`` checks cross-field rules.
 
@@ -232,13 +234,14 @@ def parse_config(cls, argv=None, base_values=None, base_label="saved run", check
 
     Exits:
         status 2 with one ``error:`` line for an unknown flag, a bad value,
-        a bad ``--config`` file or a failed check; status 0 after ``--print_config``.
+        a bad ``--config`` or ``--sweep_trial`` file or a failed check; status 0 after ``--print_config``.
     """
-    from base.config.files import format_config, read_config_file  # imports PyYAML only when used
+    from base.config.files import add_print_config, format_config, read_config_file  # PyYAML only when used
+    from base.config.trial_file import read_trial_file
 
     parser, origins = build_parser(cls)
     class_defaults = dict(origins)
-    _add_print_config(parser)
+    add_print_config(parser)
     args = parser.parse_args(argv)
     show = vars(args).pop("print_config", False)
     try:
@@ -256,13 +259,20 @@ def parse_config(cls, argv=None, base_values=None, base_label="saved run", check
             if writer and writer != cls.__name__:  # its keys may be another task's flags: say whose
                 prog = getattr(cls, "PROG", None) or cls.__name__
                 source += f" (written by {writer}; {prog} trains {cls.__name__})"
+            values.pop("sweep_trial", None)  # a trial's own: a run from a trial's config is no trial
             values = _coerce(parser, _without_retired(cls, values, source), source)
             parser.set_defaults(**values)
             origins.update({k: f"config file ({args.config})" for k in values})
             args = parser.parse_args(argv)
+        if getattr(args, "sweep_trial", ""):  # (on the command line, or a resumed trial's)
+            trial = read_trial_file(args.sweep_trial, refused=LAUNCH_ONLY | {"sweep_trial"})
+            values = _coerce(parser, trial.params, f"--sweep_trial {args.sweep_trial}")
+            parser.set_defaults(**values)
+            origins.update({k: f"sweep trial {trial.number}" for k in values})
+            args = parser.parse_args(argv)
         vars(args).pop("print_config", None)
         given, _ = build_parser(cls, suppress_defaults=True)
-        _add_print_config(given)
+        add_print_config(given)
         origins.update({k: "command line" for k in vars(given.parse_args(argv))})
         if check:
             for flag, (value, why) in getattr(cls, "derived_defaults", lambda _: {})(args).items():
@@ -277,23 +287,3 @@ def parse_config(cls, argv=None, base_values=None, base_label="saved run", check
     except ConfigError as exc:
         parser.error(str(exc))
     return args, provenance
-
-
-def _add_print_config(parser):
-    """Add ``--print_config`` beside ``--config``, if ``parser`` has one (trainers do; evaluators do not).
-
-    Its default is ``SUPPRESS``: the flag is in a namespace only when given, and
-    :func:`parse_config` takes it out, so no run records it.
-    """
-    config = next((a for a in parser._actions if a.dest == "config"), None)
-    if config is None:
-        return
-    group = next((g for g in parser._action_groups if config in g._group_actions), parser)
-    group.add_argument(
-        "--print_config",
-        action="store_true",
-        default=argparse.SUPPRESS,
-        help="print the resolved config as YAML, each value's source in a comment, and exit "
-        "(save it as a .yaml to pass back with --config)",
-    )
-    group._group_actions.insert(group._group_actions.index(config) + 1, group._group_actions.pop())  # in --help

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 from collections.abc import Callable, Iterable
 
 import torch
 from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
 
 from base.config.trainer_flags import resolve_workers
 from base.loop.bad_data import BadSampleFilter, collate_good_samples
@@ -93,3 +95,22 @@ def reads_files(dataset) -> bool:
             return True
         dataset = getattr(dataset, "dataset", None)
     return False
+
+
+def epoch_bar(batches: Iterable, loader, epoch: int, epochs: int, samples_done: int, world_size: int, rank: int):
+    """The progress bar (tqdm) over one epoch's ``batches`` of ``loader``, counting the batches of all processes.
+
+    ``epoch``: completed epochs; ``samples_done``: samples of the epoch consumed already (a resumed epoch starts
+    there). Shown by rank 0 only, and only on a terminal.
+    """
+    per_step = loader.batch_size * world_size  # samples of all processes
+    return tqdm(
+        batches,
+        desc=f"epoch {epoch + 1}/{epochs}",
+        unit="batch",
+        initial=math.ceil(samples_done / per_step),
+        total=math.ceil(len(loader.dataset) / per_step),
+        dynamic_ncols=True,
+        disable=None if rank == 0 else True,
+        leave=False,
+    )

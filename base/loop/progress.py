@@ -11,6 +11,10 @@ import math
 
 from base.loop.state import training_batches
 
+#: How a stop request may end a run (its status in status.json): ``pruned``, a sweep gave the trial up
+#: (it is not tested: see :meth:`base.trainer.TrainerBase.request_stop`).
+STOP_STATES = ("pruned",)
+
 
 class LoopProgress:
     """Counters of the training loop, with ``state_dict``/``load_state_dict``.
@@ -21,6 +25,7 @@ class LoopProgress:
         batch_in_epoch: batches of the current epoch already consumed, on this process (int).
         samples_in_epoch: positions of the current epoch's order consumed by all processes (int).
         validated_at: the ``global_step`` of the last validation, ``-1`` before the first.
+        stop_request: ``{"status", "reason"}`` the run was asked to end with (:meth:`request_stop`), or ``None``.
     """
 
     def __init__(self):
@@ -29,6 +34,7 @@ class LoopProgress:
         self.batch_in_epoch = 0
         self.samples_in_epoch = 0
         self.validated_at = -1
+        self.stop_request = None
 
     @property
     def validated_now(self) -> bool:
@@ -49,6 +55,32 @@ class LoopProgress:
     def next_epoch(self) -> None:
         """The epoch is over: count it and start the next one at its first sample."""
         self.epoch, self.batch_in_epoch, self.samples_in_epoch = self.epoch + 1, 0, 0
+
+    def request_stop(self, status: str, reason: str) -> None:
+        """Ask the loop to end the run with ``status`` (in :data:`STOP_STATES`) for ``reason`` (one line).
+
+        Raises:
+            ValueError: ``status`` is not a stop state.
+        """
+        if status not in STOP_STATES:
+            raise ValueError(f"request_stop: status {status!r} is not one of {list(STOP_STATES)}")
+        self.stop_request = {"status": status, "reason": str(reason)}
+
+    def done(self, epochs: int, max_steps: int, early_stop: bool) -> bool:
+        """Whether training ends here: the run's length is reached, early stopping or a stop request says so."""
+        return self.length_reached(epochs, max_steps) or early_stop or self.stop_request is not None
+
+    def end_note(self, run_dir: str) -> str:
+        """Why a resumed run that is :meth:`done` trains nothing (one line, for the log)."""
+        if self.stop_request is not None:
+            return (
+                f"the run {run_dir} was stopped at epoch {self.epoch}, step {self.global_step} "
+                f"({self.stop_request['status']}: {self.stop_request['reason']}): nothing left to train"
+            )
+        return (
+            f"the run {run_dir} is complete (epoch {self.epoch}, step {self.global_step}): nothing left to train; "
+            "to train longer, resume with a larger --epochs or --max_steps"
+        )
 
     def length_reached(self, epochs: int, max_steps: int) -> bool:
         """Whether the run's length is reached: ``--max_steps`` when > 0 (``--epochs`` is then ignored), else
@@ -76,14 +108,15 @@ class LoopProgress:
             + (epochs - self.epoch - 1) * math.ceil(whole / accum_steps)
         )
 
-    def state_dict(self) -> dict[str, int]:
-        """The counters under the checkpoint's keys (``validated_at`` included)."""
+    def state_dict(self) -> dict:
+        """The counters under the checkpoint's keys (``validated_at`` and ``stop_request`` included)."""
         return {
             "epoch": self.epoch,
             "global_step": self.global_step,
             "batch_in_epoch": self.batch_in_epoch,
             "samples_in_epoch": self.samples_in_epoch,
             "validated_at": self.validated_at,
+            "stop_request": dict(self.stop_request) if self.stop_request is not None else None,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -91,3 +124,4 @@ class LoopProgress:
         self.epoch, self.global_step = state["epoch"], state["global_step"]
         self.batch_in_epoch, self.samples_in_epoch = state["batch_in_epoch"], state["samples_in_epoch"]
         self.validated_at = state["validated_at"]
+        self.stop_request = dict(state["stop_request"]) if state["stop_request"] is not None else None

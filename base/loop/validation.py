@@ -107,7 +107,8 @@ class ValidationEvents:
         return metrics
 
     def _validation_round(self):
-        """Score the ``val`` split, log a row to metrics.csv/the trackers/the log, save ``best`` on improvement."""
+        """Score the ``val`` split, log a row to metrics.csv/the trackers/the log, save ``best`` on improvement,
+        then hand the row to the ``after_validation`` hooks."""
         a, start = self.args, time.perf_counter()
         self.guard.check(self.global_step)
         # An exception from here on saves the state as of now, marked so that a resume
@@ -159,6 +160,7 @@ class ValidationEvents:
                 self.early_stopper.best,
             )
         self.tracking.progress(self._position())
+        self._call("after_validation", dict(row))  # inside the validation: an error here redoes it on resume
         self._validation_snapshot = None
         self.stats.stop_clock()  # images/s counts training time only: restart the clock at the next window
 

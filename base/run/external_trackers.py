@@ -18,7 +18,7 @@ from base.run.trackers import Tracker
 from base.runtime.atomic_files import atomic_write
 
 #: MLflow's status for each way a launch ends.
-MLFLOW_STATUS = {"finished": "FINISHED", "preempted": "KILLED", "crashed": "FAILED"}
+MLFLOW_STATUS = {"finished": "FINISHED", "preempted": "KILLED", "crashed": "FAILED", "pruned": "KILLED"}
 
 
 def _saved_run(path, tracker):
@@ -105,7 +105,7 @@ class WandbTracker(Tracker):
             self.run.summary.update(final)
         if status == "preempted":
             self.run.mark_preempting()
-        self.run.finish(exit_code=0 if status == "finished" else 1)
+        self.run.finish(exit_code=0 if status in ("finished", "pruned") else 1)  # (pruned: stopped as asked)
         self.run = None
 
     def close(self):

@@ -4,8 +4,11 @@ Written (atomically, by rank 0) when a launch starts (``running``: a new run
 as soon as its folder exists, so an error while its data and model are built
 is recorded too; a resumed run once its checkpoint has loaded), after every
 validation (progress, best metric), and when it ends: ``finished``,
-``preempted`` (SIGTERM/SIGINT, a checkpoint to resume from) or ``crashed``
-(an exception; its line, ``<type>: <message>``, is kept in ``error``). A process
+``preempted`` (SIGTERM/SIGINT, a checkpoint to resume from), ``crashed``
+(an exception; its line, ``<type>: <message>``, is kept in ``error``) or
+``pruned`` (a sweep gave the trial up after a validation: the trainer's
+``request_stop``; untested, its one-line reason kept in ``stop_reason``; a
+resume trains it no further). A process
 killed without warning (``kill -9``, a lost node) leaves ``running`` behind; the
 run folder's lock (:mod:`base.run.lock`) tells such a run from a live one.
 
@@ -14,7 +17,7 @@ Fields: ``status``, ``resumes`` (launches after the first), ``trainer``,
 ``planned_steps``, ``monitor`` (``val_<metric>``), ``monitor_mode``, ``best``
 (its best value or ``None``), ``test`` (``{metric: float}``), ``wall_seconds``
 (all launches together, seconds), ``started``/``updated`` (local time,
-``YYYY-mm-dd HH:MM:SS``), ``error``, ``pid``, ``host``.
+``YYYY-mm-dd HH:MM:SS``), ``error``, ``stop_reason``, ``pid``, ``host``.
 """
 
 import datetime
@@ -28,7 +31,7 @@ import time
 from base.errors import error_line
 
 STATUS_FILE = "status.json"
-STATES = ("running", "finished", "preempted", "crashed")
+STATES = ("running", "finished", "preempted", "crashed", "pruned")
 
 
 def read_status(run_dir, strict=False):
@@ -94,6 +97,7 @@ class RunStatus:
             "pid": os.getpid(),
             "host": socket.gethostname(),
             "error": None,
+            "stop_reason": None,
         }
         self._write("running", position)
 
@@ -102,12 +106,15 @@ class RunStatus:
         "planned_epochs", "planned_steps", "best"}`` (``best``: the monitored metric's best value, or an infinity)."""
         self._write("running", position)
 
-    def end(self, status, position, test=None, error=None):
-        """Record how the launch ended: ``status`` in :data:`STATES`; ``error`` an exception or ``None``."""
+    def end(self, status, position, test=None, error=None, reason=None):
+        """Record how the launch ended: ``status`` in :data:`STATES`; ``error`` an exception or ``None``;
+        ``reason`` why a stop request ended it (``pruned``), or ``None``."""
         if test is not None:
             self.doc["test"] = {k: float(v) for k, v in test.items()}
         if error is not None:
             self.doc["error"] = error_line(error)
+        if reason is not None:
+            self.doc["stop_reason"] = reason
         self._write(status, position)
 
     def _write(self, status, position):

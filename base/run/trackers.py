@@ -8,7 +8,7 @@ one launch of a run (a resume is a new launch of the same run)::
 
     start(run)                 once, after the run folder and any resumed state are ready
     [ log_scalars(scalars, step) | log_image(name, image, step) | rewind(states, step) ]*
-    finish(status, final, step)  once: status 'finished', 'preempted' or 'crashed'
+    finish(status, final, step)  once: status 'finished', 'preempted', 'crashed' or 'pruned'
     close()                    always (also after a failed start)
 
 What each tracker receives: the resolved config with provenance at ``start``
@@ -116,7 +116,7 @@ class Tracker:
         """
 
     def finish(self, status, final, step):
-        """End the launch at optimizer step ``step``: ``status`` 'finished' | 'preempted' | 'crashed';
+        """End the launch at optimizer step ``step``: ``status`` 'finished' | 'preempted' | 'crashed' | 'pruned';
         ``final`` ``{name: float}`` (the best validation value as ``best/val_<metric>`` and the test
         metrics as ``test/<metric>``, the latter already given to :meth:`log_scalars` at ``step``;
         empty when an earlier launch finished the run at ``step`` and got them)."""

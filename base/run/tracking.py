@@ -104,10 +104,11 @@ class RunTracking:
         """Make what was logged so far durable."""
         self.trackers.flush()
 
-    def end(self, status: str, position: dict, final: dict, test=None, error=None, logger=None) -> None:
+    def end(self, status: str, position: dict, final: dict, test=None, error=None, logger=None, reason=None) -> None:
         """Record how this launch ended and close the trackers with ``final`` (``{name: float}``).
 
-        ``status``: 'finished', 'preempted' or 'crashed'. With an ``error`` (the launch is failing already) a
+        ``status``: 'finished', 'preempted', 'crashed' or 'pruned' (``reason``: why, one line, for status.json).
+        With an ``error`` (the launch is failing already) a
         failure here is logged to ``logger``, never raised over it. A finished run resumed with nothing to
         do gives its trackers nothing again.
         """
@@ -118,7 +119,7 @@ class RunTracking:
         try:
             # The trackers first: "finished" in status.json then says that they got `final`.
             self.trackers.finish(status, final, position["global_step"])
-            self.status.end(status, position, test=test, error=error)
+            self.status.end(status, position, test=test, error=error, reason=reason)
         except Exception as exc:  # noqa: BLE001
             if error is None:
                 raise

@@ -72,16 +72,19 @@ class TrackingEvents:
         self.tracking.start(run, a.loggers, self._run_facts(), self._position(), finished_here, self.logger.warning)
 
     def _end_tracking(self, status: str, test: dict | None = None, error: BaseException | None = None) -> None:
-        """Record how this launch ended (``'finished'``, ``'preempted'``, ``'crashed'``) and close the trackers
-        with the final metrics (rank 0). A crash's error line goes to the run log as well (to the file only:
-        the entry script prints it on the console)."""
+        """Record how this launch ended (``'finished'``, ``'preempted'``, ``'crashed'``, or the status of a
+        :meth:`request_stop`, whose reason goes with it) and close the trackers with the final metrics (rank 0).
+        A crash's error line goes to the run log as well (to the file only: the entry script prints it on the
+        console)."""
         if status == "crashed" and error is not None and self.logger is not None:
             self.logger.error("crashed: %s", error_line(error), extra=FILE_ONLY)
         final = {}
         if self.early_stopper.best not in (math.inf, -math.inf):
             final[f"best/val_{self.monitor}"] = self.early_stopper.best
         final.update({f"test/{k}": v for k, v in (test or {}).items()})
-        self.tracking.end(status, self._position(), final, test=test, error=error, logger=self.logger)
+        stop = self.progress.stop_request
+        reason = stop["reason"] if stop is not None and stop["status"] == status else None
+        self.tracking.end(status, self._position(), final, test=test, error=error, logger=self.logger, reason=reason)
 
     def release(self):
         """Free what a fit opened, whatever state it stopped in: workers, trackers, log, run lock.
