@@ -21,6 +21,7 @@ Exit status: 0 every run finished; 1 a run failed (the summary covers the others
 """
 
 import csv
+import io
 import json
 import os
 import sys
@@ -134,14 +135,9 @@ def write_summary(summary, prefix):
     for what in ("mean", "std"):
         lines.append([what, "", "", "", *("" if summary[what][k] is None else summary[what][k] for k in names)])
 
-    def write(f):
-        import io
-
-        out = io.StringIO()
-        csv.writer(out, lineterminator="\n").writerows(lines)
-        f.write(out.getvalue().encode("utf-8"))
-
-    atomic_write(prefix + ".csv", write)
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerows(lines)
+    atomic_write(prefix + ".csv", lambda f: f.write(out.getvalue().encode("utf-8")))
 
 
 def print_summary(summary, out=None):

@@ -75,7 +75,7 @@ def build_parser():
 
 
 def open_optuna_study(study_dir, direction, sampler, seed, pruner):
-    """The study in ``<study_dir>/study.journal`` (created, or loaded as it is)."""
+    """``(study, storage)``: the study in ``<study_dir>/study.journal`` (created, or loaded as it is)."""
     import optuna
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
@@ -83,7 +83,7 @@ def open_optuna_study(study_dir, direction, sampler, seed, pruner):
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = JournalStorage(JournalFileBackend(os.path.join(study_dir, JOURNAL)))
     chosen = optuna.samplers.TPESampler(seed=seed) if sampler == "tpe" else optuna.samplers.RandomSampler(seed=seed)
-    return optuna.create_study(
+    study = optuna.create_study(
         storage=storage,
         sampler=chosen,
         pruner=pruner_from(pruner),
@@ -91,6 +91,7 @@ def open_optuna_study(study_dir, direction, sampler, seed, pruner):
         direction=direction,
         load_if_exists=True,
     )
+    return study, storage
 
 
 def pruner_from(spec):
@@ -111,7 +112,7 @@ class Sweep:
         self.pruner = {"name": opts.pruner, "n_startup_trials": opts.n_startup_trials,
                        "n_warmup_steps": opts.n_warmup_steps}  # fmt: skip
         direction = "maximize" if cls.monitor_mode == "max" else "minimize"
-        self.study = open_optuna_study(study_dir, direction, opts.sampler, args.seed, self.pruner)
+        self.study, self.storage = open_optuna_study(study_dir, direction, opts.sampler, args.seed, self.pruner)
         self.lock = os.path.join(study_dir, ".ask.lock")
         self.failed = []
         self.stopping = False  # set on Ctrl-C: ask nothing more, tell nothing of the interrupted trials
@@ -157,7 +158,9 @@ class Sweep:
         return find_run(study_runs(self.study_dir), sweep_trial=self.trial_file(number, seed))
 
     def write_trial_file(self, trial, seed, report):
-        doc = {"trial": trial.number, "trial_id": trial._trial_id, "params": trial.params,
+        study_id = self.storage.get_study_id_from_name(STUDY_NAME)  # ids, for a process that loads the study
+        trial_id = self.storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+        doc = {"trial": trial.number, "trial_id": trial_id, "params": trial.params,
                "storage": os.path.join(self.study_dir, JOURNAL), "study_name": STUDY_NAME,
                "pruner": self.pruner, "report": report}  # fmt: skip
         path = self.trial_file(trial.number, seed)
@@ -175,7 +178,9 @@ class Sweep:
         for i, seed in enumerate(self.seeds):
             path = self.write_trial_file(trial, seed, report=i == 0)
             flags = run_flags(self.project_dir, self.study_dir, self.trainer_args, sweep_trial=path, seed=seed)
-            jobs.append((f"trial{trial.number}_seed{seed}", flags + (["--resume", resume[str(seed)]] if str(seed) in resume else [])))  # fmt: skip
+            if str(seed) in resume:  # a retry of a trial whose sweep was killed: its run continues
+                flags += ["--resume", resume[str(seed)]]
+            jobs.append((f"trial{trial.number}_seed{seed}", flags))
         codes = [launcher.run(name, flags) for name, flags in jobs]
         if self.stopping:
             return
@@ -248,8 +253,9 @@ def report(sweep, script, trainer_args, seeds):
         "study": sweep.study_dir,
         "monitor": f"val_{sweep.cls.monitor}",
         "direction": sweep.study.direction.name.lower(),
-        "trials": [{"number": t.number, "state": t.state.name.lower(), "value": t.value, "params": t.params}
-                   for t in trials],  # fmt: skip
+        "trials": [
+            {"number": t.number, "state": t.state.name.lower(), "value": t.value, "params": t.params} for t in trials
+        ],  # fmt: skip
         "best": None,
     }
     counts = {s: sum(t.state.name.lower() == s for t in trials) for s in ("complete", "pruned", "fail", "running")}
