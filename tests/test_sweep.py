@@ -164,3 +164,40 @@ def test_the_readmes_example_space_reads():
     space = read_space(os.path.join(ROOT, "example_runs", "digits_space.yaml"), VanillaTrainer)
     assert set(space) == {"lr", "weight_decay", "batch_size", "model_type"}
     assert space["lr"].log and space["lr"].low == 1e-4 and space["batch_size"].choices == (32, 64, 128)
+
+
+def test_a_killed_sweep_asks_its_running_trial_again_and_resumes_its_run(tmp_path):
+    import signal
+    import time
+
+    space = write_space(tmp_path, "lr: {low: 1e-3, high: 1e-1, log: true}\n")
+    command = sweep_command(tmp_path, space, 2, "--epochs", "3")
+    proc = subprocess.Popen(command, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    try:  # kill the sweep and its trainer (one process group) once trial 0's run has a checkpoint
+        deadline = time.time() + 240
+        while time.time() < deadline and proc.poll() is None:
+            runs = glob.glob(os.path.join(tmp_path, "digits", "sweep_*", "*", "*_last_ckpt.pth"))
+            if runs:
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail("trial 0 wrote no checkpoint before the sweep ended")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    (killed_run,) = [os.path.dirname(p) for p in runs]
+    assert load_study(tmp_path).trials[0].state.name == "RUNNING"
+
+    again = run(command)
+    assert "trial 0: its sweep process is gone; asked again with the same flags" in again.stdout
+    study = load_study(tmp_path)
+    assert [t.state.name for t in study.trials] == ["FAIL", "COMPLETE", "COMPLETE"]  # 2 counted, as asked
+    retry = next(t for t in study.trials if t.user_attrs.get("retry_of") == 0)
+    assert retry.params == study.trials[0].params
+    with open(os.path.join(killed_run, "status.json")) as f:
+        status = json.load(f)
+    assert status["status"] == "finished" and status["resumes"] == 1 and status["epoch"] == 3  # resumed, not redone
+    assert retry.value == pytest.approx(status["best"])
+    run_dirs = {os.path.dirname(p) for p in glob.glob(os.path.join(tmp_path, "digits", "sweep_*", "*", "config_*"))}
+    assert len(run_dirs) == 2  # the resumed run and the other trial's
