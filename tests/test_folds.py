@@ -105,3 +105,15 @@ def test_bad_fold_flags_are_one_line(flags, message, tmp_path):
     )
     assert run.returncode == 2 and message in run.stderr and len(run.stderr.strip().splitlines()) == 1
     assert not list(tmp_path.iterdir())  # no run folder
+
+
+def test_the_evaluator_rebuilds_the_folds_validation_split_from_the_checkpoint_alone(tmp_path):
+    from evaluators.vanilla_evaluator import VanillaEvaluator
+
+    trainer = VanillaTrainer.from_argv(["--data_type", "Digits", "--epochs", "1", "--train_val_sample_rate", "0.3",
+                                        "--folds", "4", "--fold", "3", "--output_dir", str(tmp_path),
+                                        "--gpu_devices", "cpu"])  # fmt: skip
+    trainer.fit()
+    assert (trainer.args.folds, trainer.args.fold) == (4, 3)
+    results = VanillaEvaluator.from_argv(["--model_path", trainer.checkpointer.path("best"), "--split", "val"]).run()
+    assert results["top1"] == pytest.approx(trainer.early_stopper.best)  # the same fold, scored the same

@@ -140,6 +140,12 @@ CASES = {
         ["--epochs", "2", "--train_val_sample_rate", "0.3", "--early_stop_patience", "9"],
         (3, 7, 10),
     ),
+    # fold 1 of 3 validates, the other two train: 5 steps an epoch
+    "vanilla_folds": (
+        lambda f: VanillaTrainer,
+        ["--epochs", "2", "--train_val_sample_rate", "0.3", "--folds", "3", "--fold", "1"],
+        (2, 5, 8),
+    ),
     "denoise": (denoise_trainer, ["--epochs", "2", "--batch_size", "256"], (2, 6, 9)),
     "vit": (
         lambda f: ViTTrainer,
@@ -353,7 +359,8 @@ def straight_runs(tmp_path_factory):
 # case costs seconds of the suite): its own random state, the masks, is checked at all three stops.
 # The JPEG folder runs with workers only: test_input_pipeline checks that 0 and 2 workers draw the same crops.
 # --data_on_device reads no data through workers. --freeze_epochs reads its data as "vit" does.
-ONE_WORKER_COUNT = {"mae": 0, "jpeg_folder": 2, "vit_device": 0, "vit_freeze": 0}
+# --folds changes which samples train, not how they are read ("vanilla" covers the workers).
+ONE_WORKER_COUNT = {"mae": 0, "jpeg_folder": 2, "vit_device": 0, "vit_freeze": 0, "vanilla_folds": 0}
 RUNS = [
     pytest.param(case, stop, workers, id=f"{case}-{name}-{workers}")
     for case in sorted(CASES)
