@@ -38,6 +38,7 @@ import warnings
 
 from base.config.parse import ConfigError, Parser
 from base.run.lock import process_alive
+from base.run.sweep_trial import build_pruner
 from base.runtime.atomic_files import atomic_write
 from utils.cv import add_launch_arguments, launch_settings
 from utils.study import (
@@ -86,21 +87,12 @@ def open_optuna_study(study_dir, direction, sampler, seed, pruner):
     study = optuna.create_study(
         storage=storage,
         sampler=chosen,
-        pruner=pruner_from(pruner),
+        pruner=build_pruner(pruner),
         study_name=STUDY_NAME,
         direction=direction,
         load_if_exists=True,
     )
     return study, storage
-
-
-def pruner_from(spec):
-    """An Optuna pruner from its trial-file description (``{"name": "median", ...}`` or ``{"name": "none"}``)."""
-    import optuna
-
-    if spec["name"] == "none":
-        return optuna.pruners.NopPruner()
-    return optuna.pruners.MedianPruner(n_startup_trials=spec["n_startup_trials"], n_warmup_steps=spec["n_warmup_steps"])
 
 
 class Sweep:
