@@ -80,13 +80,14 @@ def build_parser():
     return parser
 
 
-def launch_settings(opts, trainer_seed, n_runs, parser):
-    """``(seeds, parallel)`` from the options; exits 2 with one line on a bad value."""
+def launch_settings(opts, trainer_seed, runs_per_seed, parser):
+    """``(seeds, parallel)`` from the options (with ``--submit``, ``parallel`` defaults to every run:
+    ``runs_per_seed`` x seeds); exits 2 with one line on a bad value."""
     try:
         seeds = seeds_type(opts.seeds) if opts.seeds is not None else [trainer_seed]
     except ValueError as exc:
         parser.error(str(exc))
-    parallel = opts.parallel if opts.parallel is not None else (n_runs if opts.submit else 1)
+    parallel = opts.parallel if opts.parallel is not None else (runs_per_seed * len(seeds) if opts.submit else 1)
     if parallel < 1:
         parser.error(f"--parallel {parallel}: must be >= 1")
     return seeds, parallel
