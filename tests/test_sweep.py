@@ -201,3 +201,24 @@ def test_a_killed_sweep_asks_its_running_trial_again_and_resumes_its_run(tmp_pat
     assert retry.value == pytest.approx(status["best"])
     run_dirs = {os.path.dirname(p) for p in glob.glob(os.path.join(tmp_path, "digits", "sweep_*", "*", "config_*"))}
     assert len(run_dirs) == 2  # the resumed run and the other trial's
+
+
+def test_with_several_seeds_a_trial_is_the_mean_of_its_seeds_runs(tmp_path):
+    space = write_space(tmp_path, "lr: [0.01, 0.02]\n")
+    run(sweep_command(tmp_path, space, 1, "--epochs", "1", "--seeds", "0,1"))
+    runs = []
+    for path in glob.glob(os.path.join(tmp_path, "digits", "sweep_*", "*", "config_*.json")):
+        with open(path) as f:
+            saved = json.load(f)
+        with open(os.path.join(os.path.dirname(path), "status.json")) as f:
+            runs.append((saved["config"]["seed"], json.load(f)["best"], saved["config"]["sweep_trial"]))
+    runs.sort()
+    assert [seed for seed, _, _ in runs] == [0, 1]
+    (trial,) = load_study(tmp_path).trials
+    assert trial.value == pytest.approx((runs[0][1] + runs[1][1]) / 2)
+    reports = []
+    for _, _, trial_file in runs:
+        with open(trial_file) as f:
+            reports.append(json.load(f)["report"])
+    assert reports == [True, False]  # the first seed's run reports to the pruner, the other does not
+    assert list(trial.intermediate_values) == [1]

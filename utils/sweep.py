@@ -173,10 +173,14 @@ class Sweep:
             if str(seed) in resume:  # a retry of a trial whose sweep was killed: its run continues
                 flags += ["--resume", resume[str(seed)]]
             jobs.append((f"trial{trial.number}_seed{seed}", flags))
-        codes = [launcher.run(name, flags) for name, flags in jobs]
+        codes, runs = [], []
+        for (name, flags), seed in zip(jobs, self.seeds):
+            codes.append(launcher.run(name, flags))
+            runs.append(self.trial_run(trial.number, seed))
+            if self.stopping or (runs[-1] and runs[-1][2].get("status") == "pruned"):
+                break  # (a trial pruned on its first seed needs no other)
         if self.stopping:
             return
-        runs = [self.trial_run(trial.number, seed) for seed in self.seeds]
         states = [r[2].get("status") if r else None for r in runs]
         if "pruned" in states:
             self.study.tell(trial, state=TrialState.PRUNED)
