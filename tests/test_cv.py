@@ -141,3 +141,21 @@ def test_submit_wraps_each_run_in_utils_submit_and_waits():
         sys.executable, "-m", "utils.submit", "--cluster", "slurm", "--wait", "--partition", "gpu", "--time", "60",
         "trainer_vit.py", "--fold", "1",
     ]  # fmt: skip
+
+
+def test_ctrl_c_stops_the_running_fold_with_a_checkpoint_and_starts_no_other(tmp_path):
+    command = [*cv_command(tmp_path, "--epochs", "3")]
+    command[command.index("--folds") + 1] = "2"
+    proc = subprocess.Popen(command, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if glob.glob(os.path.join(tmp_path, "digits", "cv_*", "*", "*_last_ckpt.pth")):
+            break
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal does: the launcher and its run
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert err.strip().splitlines()[-1].startswith("cv: interrupted; run the same command again to continue")
+    (run,) = run_dirs(tmp_path)  # fold 1 never started
+    assert config_of(run)["fold"] == 0 and status_of(run)["status"] == "preempted"

@@ -184,7 +184,11 @@ def main(argv=None):
             flags = run_flags(project_dir, study_dir, trainer_args, folds=opts.folds, fold=fold, seed=seed)
             jobs.append((f"fold{fold}_seed{seed}", flags + more))
     launcher = Launcher(script, parallel, os.path.join(study_dir, "logs"), opts.submit, opts.submit_args)
-    results = launcher.run_all(jobs, lambda name, rc: print(f"{name}: exit status {rc}", flush=True))
+    try:
+        results = launcher.run_all(jobs, lambda name, rc: print(f"{name}: exit status {rc}", flush=True))
+    except KeyboardInterrupt:  # the runs got the Ctrl-C too and stopped with a checkpoint
+        print(f"cv: interrupted; run the same command again to continue {study_dir}", file=sys.stderr)
+        return 130
     final = study_runs(study_dir)
     runs = [
         (fold, seed, find_run(final, folds=opts.folds, fold=fold, seed=seed))

@@ -295,7 +295,12 @@ def main(argv=None):
                 worker.result()
         except KeyboardInterrupt:  # the runs got the Ctrl-C too: they stop with a checkpoint
             sweep.stopping = True  # their trials stay running; the next command resumes them
-            raise
+            interrupted = True
+        else:
+            interrupted = False
+    if interrupted:
+        print(f"sweep: interrupted; run the same command again to continue {study_dir}", file=sys.stderr)
+        return 130
     report(sweep, script, trainer_args, seeds)
     return 1 if sweep.failed else 0
 
