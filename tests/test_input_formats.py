@@ -18,6 +18,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from base.config.parse import ConfigError
+from base.config.study_flags import add_study_arguments
 from base.errors import BadImageError, DataError
 from base.loop.bad_data import BadSampleFilter, collate_good_samples
 from data.classification import add_data_arguments, build_classification_datasets, check_data_config
@@ -38,6 +39,7 @@ def make_args(argv=()):
     parser = argparse.ArgumentParser()
     add_data_arguments(parser)
     parser.add_argument("--seed", type=int, default=0)
+    add_study_arguments(parser)  # --folds/--fold
     return parser.parse_args(list(argv))
 
 
