@@ -144,7 +144,7 @@ def test_submit_wraps_each_run_in_utils_submit_and_waits():
 
 
 def test_ctrl_c_stops_the_running_fold_with_a_checkpoint_and_starts_no_other(tmp_path):
-    command = [*cv_command(tmp_path, "--epochs", "3")]
+    command = [*cv_command(tmp_path, "--epochs", "40")]  # long enough to be inside training when the signal comes
     command[command.index("--folds") + 1] = "2"
     proc = subprocess.Popen(command, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)  # fmt: skip

@@ -222,3 +222,25 @@ def test_with_several_seeds_a_trial_is_the_mean_of_its_seeds_runs(tmp_path):
             reports.append(json.load(f)["report"])
     assert reports == [True, False]  # the first seed's run reports to the pruner, the other does not
     assert list(trial.intermediate_values) == [1]
+
+
+def test_ctrl_c_stops_the_running_trial_with_a_checkpoint_and_asks_no_other(tmp_path):
+    import signal
+    import time
+
+    space = write_space(tmp_path, "lr: {low: 1e-3, high: 1e-1, log: true}\n")
+    proc = subprocess.Popen(sweep_command(tmp_path, space, 3, "--epochs", "40"), cwd=ROOT, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if glob.glob(os.path.join(tmp_path, "digits", "sweep_*", "*", "*_last_ckpt.pth")):
+            break
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)  # a terminal's Ctrl-C: the sweep and its trial's run
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert err.strip().splitlines()[-1].startswith("sweep: interrupted; run the same command again to continue")
+    study = load_study(tmp_path)
+    assert [t.state.name for t in study.trials] == ["RUNNING"]  # left for the next command to resume
+    (saved, status, _) = trial_runs(tmp_path)[0]
+    assert status["status"] == "preempted"

@@ -12,7 +12,6 @@ so a study killed at any moment continues where it stopped: a finished run is ke
 with a checkpoint is resumed (``--resume <run folder>``), one without is started again.
 """
 
-import concurrent.futures
 import contextlib
 import datetime
 import fcntl
@@ -24,6 +23,8 @@ import shlex
 import statistics
 import subprocess
 import sys
+import threading
+import time
 
 from base.config.parse import ConfigError, parse_config
 from base.run.folder import TIMESTAMP_FORMAT
@@ -175,6 +176,7 @@ class Launcher:
     def __init__(self, script, parallel=1, log_dir=None, submit=None, submit_args=""):
         self.script, self.parallel, self.log_dir = script, parallel, log_dir
         self.submit, self.submit_args = submit, submit_args
+        self.stopping = threading.Event()  # set on Ctrl-C: no run starts after it
 
     def command(self, flags):
         """The command line of one run with trainer ``flags``."""
@@ -183,18 +185,31 @@ class Launcher:
             return [sys.executable, *launcher, self.script, *flags]
         return [sys.executable, self.script, *flags]
 
-    def run(self, name, flags):
-        """Run one and wait; returns its exit status (a launch failure is status 1, its line printed)."""
-        quiet = self.parallel > 1 or self.submit
+    def start(self, name, flags):
+        """Start one run; returns ``(Popen, log file or None)``, or ``(None, None)`` when it cannot start (the
+        line printed) or :attr:`stopping` is set (after a Ctrl-C nothing new starts)."""
+        if self.stopping.is_set():
+            return None, None
         log = None
         try:
-            if quiet:
+            if self.parallel > 1 or self.submit:
                 os.makedirs(self.log_dir, exist_ok=True)
                 log = open(os.path.join(self.log_dir, f"{name}.log"), "ab")
-            return subprocess.run(self.command(flags), stdout=log, stderr=log, check=False).returncode
+            return subprocess.Popen(self.command(flags), stdout=log, stderr=log), log
         except OSError as exc:
             print(f"{name}: cannot start: {exc}", file=sys.stderr)
-            return 1
+            if log is not None:
+                log.close()
+            return None, None
+
+    def run(self, name, flags):
+        """Run one and wait (from any thread); returns its exit status, 1 when it could not start, None when
+        :attr:`stopping` kept it from starting."""
+        proc, log = self.start(name, flags)
+        if proc is None:
+            return None if self.stopping.is_set() else 1
+        try:
+            return proc.wait()  # never killed here: a Ctrl-C reaches the run itself, which checkpoints
         finally:
             if log is not None:
                 log.close()
@@ -202,19 +217,37 @@ class Launcher:
     def run_all(self, jobs, on_done=None):
         """Run ``jobs`` (``[(name, flags)]``), ``parallel`` at a time; returns ``{name: exit status}``.
 
-        ``on_done(name, status)`` is called as each ends. Ctrl-C reaches the runs too (one process group):
-        each stops at a step boundary with a checkpoint; this waits for them and re-raises.
+        ``on_done(name, status)`` is called as each ends. This runs in the calling (main) thread alone and
+        polls, so a Ctrl-C (SIGINT to the process group) is seen at once: nothing more starts, the running
+        runs (which got it too) are waited for while they write their checkpoints, and it re-raises.
         """
-        results = {}
-        pool = concurrent.futures.ThreadPoolExecutor(max_workers=self.parallel)
+        results, queue, running = {}, list(jobs), {}
         try:
-            futures = {pool.submit(self.run, name, flags): name for name, flags in jobs}
-            for future in concurrent.futures.as_completed(futures):
-                results[futures[future]] = future.result()
-                if on_done:
-                    on_done(futures[future], results[futures[future]])
-        finally:  # on Ctrl-C: start nothing more, wait for the running ones to write their checkpoints
-            pool.shutdown(wait=True, cancel_futures=True)
+            while queue or running:
+                while queue and len(running) < self.parallel:
+                    name, flags = queue.pop(0)
+                    proc, log = self.start(name, flags)
+                    if proc is None:
+                        results[name] = 1
+                        if on_done:
+                            on_done(name, 1)
+                    else:
+                        running[proc] = (name, log)
+                for proc in [p for p in running if p.poll() is not None]:
+                    name, log = running.pop(proc)
+                    if log is not None:
+                        log.close()
+                    results[name] = proc.returncode
+                    if on_done:
+                        on_done(name, proc.returncode)
+                time.sleep(0.05)
+        except KeyboardInterrupt:
+            self.stopping.set()
+            for proc, (_, log) in running.items():
+                proc.wait()
+                if log is not None:
+                    log.close()
+            raise
         return results
 
 

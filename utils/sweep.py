@@ -34,6 +34,7 @@ import os
 import shlex
 import socket
 import sys
+import time
 import warnings
 
 from base.config.parse import ConfigError, Parser
@@ -176,6 +177,8 @@ class Sweep:
         codes, runs = [], []
         for (name, flags), seed in zip(jobs, self.seeds):
             codes.append(launcher.run(name, flags))
+            if codes[-1] is None:  # stopped before it started
+                return
             runs.append(self.trial_run(trial.number, seed))
             if self.stopping or (runs[-1] and runs[-1][2].get("status") == "pruned"):
                 break  # (a trial pruned on its first seed needs no other)
@@ -290,14 +293,17 @@ def main(argv=None):
     launcher = Launcher(script, parallel, os.path.join(study_dir, "logs"), opts.submit, opts.submit_args)
     with concurrent.futures.ThreadPoolExecutor(max_workers=parallel) as pool:
         workers = [pool.submit(sweep.work, launcher) for _ in range(parallel)]
-        try:
-            for worker in workers:
-                worker.result()
+        try:  # the main thread polls (not a blocking wait), so it sees a Ctrl-C at once
+            while not all(w.done() for w in workers):
+                time.sleep(0.05)
+            interrupted = False
         except KeyboardInterrupt:  # the runs got the Ctrl-C too: they stop with a checkpoint
             sweep.stopping = True  # their trials stay running; the next command resumes them
+            launcher.stopping.set()  # and no worker starts another
             interrupted = True
-        else:
-            interrupted = False
+        for worker in workers:
+            if not interrupted:
+                worker.result()  # (a worker's own exception, if any)
     if interrupted:
         print(f"sweep: interrupted; run the same command again to continue {study_dir}", file=sys.stderr)
         return 130
