@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny regression trainer that exercises TrainerBase in milliseconds."""
 
 import os
+import signal
 import sys
 
 import pytest
@@ -8,6 +9,12 @@ import torch
 from torch.utils.data import TensorDataset
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# A non-interactive shell starts a background job (`make test &`, `nohup ... &`) with SIGINT ignored, and an
+# ignored signal stays ignored in every process started from it: the tests that press Ctrl-C (SIGINT to a
+# process group) would find it lost. Give the suite's processes the default a terminal gives them.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 from base.hooks import HookBase  # noqa: E402
 from base.trainer import TrainerBase  # noqa: E402
