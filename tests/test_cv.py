@@ -37,15 +37,16 @@ def status_of(run_dir):
         return json.load(f)
 
 
-def test_cv_continues_after_kill_9_without_redoing_finished_folds(tmp_path):
-    command = cv_command(tmp_path, "--epochs", "3")
+def test_cv_continues_after_kill_9_without_redoing_finished_folds_and_sums_up_every_run(tmp_path):
+    command = cv_command(tmp_path, "--epochs", "3", "--seeds", "0,1")
+    command[command.index("--folds") + 1] = "2"  # runs in order: fold 0 and 1 of seed 0, then of seed 1
     proc = subprocess.Popen(command, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)  # fmt: skip
-    try:  # kill the whole group, launcher and trainer, once fold 1 has a checkpoint to resume from
+    try:  # kill the whole group, launcher and trainer, once fold 1 of seed 0 has a checkpoint to resume from
         deadline = time.time() + 240
         while time.time() < deadline and proc.poll() is None:
-            folds = {config_of(d)["fold"]: d for d in run_dirs(tmp_path)}
-            if 1 in folds and glob.glob(os.path.join(folds[1], "*_last_ckpt.pth")):
+            runs = {(config_of(d)["fold"], config_of(d)["seed"]): d for d in run_dirs(tmp_path)}
+            if (1, 0) in runs and glob.glob(os.path.join(runs[1, 0], "*_last_ckpt.pth")):
                 break
             time.sleep(0.05)
         else:
@@ -53,28 +54,45 @@ def test_cv_continues_after_kill_9_without_redoing_finished_folds(tmp_path):
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    first = {config_of(d)["fold"]: d for d in run_dirs(tmp_path)}
-    assert set(first) == {0, 1} and status_of(first[0])["status"] == "finished"
-    assert status_of(first[1])["status"] == "running"  # killed: no chance to say otherwise
-    with open(os.path.join(first[0], "metrics.csv")) as f:
+    first = {(config_of(d)["fold"], config_of(d)["seed"]): d for d in run_dirs(tmp_path)}
+    assert set(first) == {(0, 0), (1, 0)} and status_of(first[0, 0])["status"] == "finished"
+    assert status_of(first[1, 0])["status"] == "running"  # killed: no chance to say otherwise
+    with open(os.path.join(first[0, 0], "metrics.csv")) as f:
         fold0_rows = f.read()
-    fold0_mtime = os.path.getmtime(os.path.join(first[0], "status.json"))
+    fold0_mtime = os.path.getmtime(os.path.join(first[0, 0], "status.json"))
 
     again = subprocess.run([*command, "--parallel", "2"], cwd=ROOT, capture_output=True, text=True, timeout=400)
     assert again.returncode == 0, again.stderr[-2000:]
-    assert "continuing study" in again.stdout and "fold 0 seed 42: finished already, kept" in again.stdout
-    runs = {config_of(d)["fold"]: d for d in run_dirs(tmp_path)}
-    assert len(run_dirs(tmp_path)) == 3 and runs[0] == first[0] and runs[1] == first[1]
-    with open(os.path.join(runs[0], "metrics.csv")) as f:
+    assert "continuing study" in again.stdout and "fold 0 seed 0: finished already, kept" in again.stdout
+    runs = {(config_of(d)["fold"], config_of(d)["seed"]): d for d in run_dirs(tmp_path)}
+    assert sorted(runs) == [(0, 0), (0, 1), (1, 0), (1, 1)] and len(run_dirs(tmp_path)) == 4
+    assert runs[0, 0] == first[0, 0] and runs[1, 0] == first[1, 0]
+    with open(os.path.join(runs[0, 0], "metrics.csv")) as f:
         assert f.read() == fold0_rows  # fold 0 was not run again
-    assert os.path.getmtime(os.path.join(runs[0], "status.json")) == fold0_mtime
-    assert status_of(runs[1])["resumes"] == 1 and status_of(runs[2])["resumes"] == 0  # resumed, not restarted
-    for fold, run in runs.items():
+    assert os.path.getmtime(os.path.join(runs[0, 0], "status.json")) == fold0_mtime
+    assert status_of(runs[1, 0])["resumes"] == 1 and status_of(runs[0, 1])["resumes"] == 0  # resumed; new
+    for (fold, seed), run in runs.items():
         assert status_of(run)["status"] == "finished" and status_of(run)["epoch"] == 3
         config = config_of(run)
-        assert (config["folds"], config["fold"], config["seed"]) == (3, fold, 42)
-    logs = sorted(os.listdir(os.path.join(os.path.dirname(runs[0]), "logs")))
-    assert logs == ["fold1_seed42.log", "fold2_seed42.log"]  # --parallel 2: each run's output in its own file
+        assert (config["folds"], config["fold"], config["seed"]) == (2, fold, seed)
+    study = os.path.dirname(runs[0, 0])
+    logs = sorted(os.listdir(os.path.join(study, "logs")))
+    assert logs == ["fold0_seed1.log", "fold1_seed0.log", "fold1_seed1.log"]  # --parallel 2: a file each
+
+    # The summary: mean and sample std of the runs' own files, computed by hand.
+    with open(os.path.join(study, "cv_summary.json")) as f:
+        summary = json.load(f)
+    expected = hand_summary(list(runs.values()))
+    assert summary["n"] == 4 and summary["monitor"] == "val_top1" and set(summary["mean"]) == set(expected)
+    for name, (mean, std) in expected.items():
+        assert summary["mean"][name] == pytest.approx(mean, rel=1e-12)
+        assert summary["std"][name] == pytest.approx(std, rel=1e-12)
+        assert f"{name}: {mean:.4f} ± {std:.4f}" in again.stdout
+    with open(os.path.join(study, "cv_summary.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["fold"], r["seed"]) for r in rows] == [("0", "0"), ("1", "0"), ("0", "1"), ("1", "1"), ("mean", ""),
+                                                      ("std", "")]  # fmt: skip
+    assert float(rows[-1]["test_top1"]) == pytest.approx(expected["test_top1"][1])
 
 
 def hand_summary(run_dirs_):
@@ -88,31 +106,6 @@ def hand_summary(run_dirs_):
                 if k not in ("checkpoint", "step"):
                     values.setdefault(f"test_{k}", []).append(v)
     return {k: (statistics.mean(v), statistics.stdev(v)) for k, v in values.items()}
-
-
-def test_summary_mean_and_std_equal_a_hand_computation_from_the_runs_files(tmp_path):
-    command = cv_command(tmp_path, "--epochs", "1", "--seeds", "0,1")
-    command[command.index("--folds") + 1] = "2"  # 2 folds x 2 seeds: four runs
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=400)
-    assert done.returncode == 0, done.stderr[-2000:]
-    runs = run_dirs(tmp_path)
-    assert sorted((config_of(r)["fold"], config_of(r)["seed"]) for r in runs) == [
-        (f, s) for f in (0, 1) for s in (0, 1)
-    ]
-    study = os.path.dirname(runs[0])
-    with open(os.path.join(study, "cv_summary.json")) as f:
-        summary = json.load(f)
-    expected = hand_summary(runs)
-    assert summary["n"] == 4 and summary["monitor"] == "val_top1" and set(summary["mean"]) == set(expected)
-    for name, (mean, std) in expected.items():
-        assert summary["mean"][name] == pytest.approx(mean, rel=1e-12)
-        assert summary["std"][name] == pytest.approx(std, rel=1e-12)
-        assert f"{name}: {mean:.4f} ± {std:.4f}" in done.stdout
-    with open(os.path.join(study, "cv_summary.csv")) as f:
-        rows = list(csv.DictReader(f))
-    assert [(r["fold"], r["seed"]) for r in rows] == [("0", "0"), ("1", "0"), ("0", "1"), ("1", "1"), ("mean", ""),
-                                                      ("std", "")]  # fmt: skip
-    assert float(rows[-1]["test_top1"]) == pytest.approx(expected["test_top1"][1])
 
 
 @pytest.mark.parametrize(

@@ -103,16 +103,32 @@ def test_a_trial_worse_than_the_median_is_pruned_and_marked_pruned(tmp_path):
             assert runs[number][1]["status"] == "finished" and runs[number][1]["epoch"] == 3
 
 
-def test_two_processes_sharing_one_study_run_disjoint_trials(tmp_path):
+def test_two_processes_sharing_one_study_run_disjoint_trials_and_each_trial_every_seed(tmp_path):
     space = write_space(tmp_path, "lr: {low: 1e-3, high: 1e-1, log: true}\n")
-    command = sweep_command(tmp_path, space, 4, "--epochs", "1")
+    command = sweep_command(tmp_path, space, 2, "--epochs", "1", "--seeds", "0,1")
     procs = [subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]  # fmt: skip
     outputs = [p.communicate(timeout=600) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outputs]
     assert len(glob.glob(os.path.join(tmp_path, "digits", "sweep_*"))) == 1  # one study for both
+    runs = {}  # (trial, seed) -> (best, whether it reports)
+    for path in glob.glob(os.path.join(tmp_path, "digits", "sweep_*", "*", "config_*.json")):
+        with open(path) as f:
+            config = json.load(f)["config"]
+        with open(os.path.join(os.path.dirname(path), "status.json")) as f:
+            best = json.load(f)["best"]
+        with open(config["sweep_trial"]) as f:
+            trial = json.load(f)
+        key = (trial["trial"], config["seed"])
+        assert key not in runs, f"trial {key} ran twice"
+        runs[key] = (best, trial["report"])
+    assert sorted(runs) == [(0, 0), (0, 1), (1, 0), (1, 1)]  # 2 trials in all, each seed of each once
     study = load_study(tmp_path)
-    assert len(study.trials) == 4 and sorted(trial_runs(tmp_path)) == [0, 1, 2, 3]  # 4 in all, each run once
+    assert len(study.trials) == 2
+    for t in study.trials:  # a trial's value is its seeds' mean; only the first seed reports to the pruner
+        assert t.value == pytest.approx((runs[t.number, 0][0] + runs[t.number, 1][0]) / 2)
+        assert (runs[t.number, 0][1], runs[t.number, 1][1]) == (True, False)
+        assert list(t.intermediate_values) == [1]
     owners = {t.number: t.user_attrs["pid"] for t in study.trials}
     assert set(owners.values()) == {p.pid for p in procs}  # both took trials, none took the same
     for proc, (stdout, _) in zip(procs, outputs):
@@ -201,27 +217,6 @@ def test_a_killed_sweep_asks_its_running_trial_again_and_resumes_its_run(tmp_pat
     assert retry.value == pytest.approx(status["best"])
     run_dirs = {os.path.dirname(p) for p in glob.glob(os.path.join(tmp_path, "digits", "sweep_*", "*", "config_*"))}
     assert len(run_dirs) == 2  # the resumed run and the other trial's
-
-
-def test_with_several_seeds_a_trial_is_the_mean_of_its_seeds_runs(tmp_path):
-    space = write_space(tmp_path, "lr: [0.01, 0.02]\n")
-    run(sweep_command(tmp_path, space, 1, "--epochs", "1", "--seeds", "0,1"))
-    runs = []
-    for path in glob.glob(os.path.join(tmp_path, "digits", "sweep_*", "*", "config_*.json")):
-        with open(path) as f:
-            saved = json.load(f)
-        with open(os.path.join(os.path.dirname(path), "status.json")) as f:
-            runs.append((saved["config"]["seed"], json.load(f)["best"], saved["config"]["sweep_trial"]))
-    runs.sort()
-    assert [seed for seed, _, _ in runs] == [0, 1]
-    (trial,) = load_study(tmp_path).trials
-    assert trial.value == pytest.approx((runs[0][1] + runs[1][1]) / 2)
-    reports = []
-    for _, _, trial_file in runs:
-        with open(trial_file) as f:
-            reports.append(json.load(f)["report"])
-    assert reports == [True, False]  # the first seed's run reports to the pruner, the other does not
-    assert list(trial.intermediate_values) == [1]
 
 
 def test_ctrl_c_stops_the_running_trial_with_a_checkpoint_and_asks_no_other(tmp_path):
