@@ -154,3 +154,9 @@ def test_ctrl_c_stops_the_running_fold_with_a_checkpoint_and_starts_no_other(tmp
     assert err.strip().splitlines()[-1].startswith("cv: interrupted; run the same command again to continue")
     (run,) = run_dirs(tmp_path)  # fold 1 never started
     assert config_of(run)["fold"] == 0 and status_of(run)["status"] == "preempted"
+
+
+@pytest.mark.parametrize("tool", ["utils.cv", "utils.sweep"])
+def test_help_without_an_entry_script_prints_the_tools_flags(tool):
+    done = subprocess.run([sys.executable, "-m", tool, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "--parallel" in done.stdout and "--seeds" in done.stdout, done.stderr

@@ -20,6 +20,7 @@ and writes ``cv_summary.json`` and ``cv_summary.csv`` into the study folder.
 Exit status: 0 every run finished; 1 a run failed (the summary covers the others); 2 bad input.
 """
 
+import argparse
 import csv
 import io
 import json
@@ -74,7 +75,13 @@ def add_launch_arguments(parser):
 
 
 def build_parser():
-    parser = Parser(prog=PROG, description=__doc__.split("\n")[0], allow_abbrev=False)
+    parser = Parser(
+        prog=PROG,
+        usage=f"{PROG} [options] TRAINER_SCRIPT [trainer flags]",
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        allow_abbrev=False,
+    )
     parser.add_argument("--folds", type=int, required=True, help="K >= 2 folds of the train+val pool")
     add_launch_arguments(parser)
     return parser

@@ -47,6 +47,8 @@ def split_command(argv, parser):
     """
     i = next((i for i, arg in enumerate(argv) if arg.endswith(".py")), None)
     if i is None:
+        if "-h" in argv or "--help" in argv:
+            parser.parse_args(["--help"])  # prints the tool's own help and exits 0
         parser.error("name a trainer entry script, e.g. trainer_vanilla.py")
     opts, trainer_args = parser.parse_known_args([*argv[:i], *argv[i + 1 :]])
     return opts, argv[i], trainer_args

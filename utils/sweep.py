@@ -28,6 +28,7 @@ At the end it prints the best trial's flags, its value and the command that repr
 Exit status: 0 the study has its trials; 1 a trial failed; 2 bad input.
 """
 
+import argparse
 import concurrent.futures
 import json
 import os
@@ -61,7 +62,13 @@ JOURNAL = "study.journal"
 
 
 def build_parser():
-    parser = Parser(prog=PROG, description=__doc__.split("\n")[0], allow_abbrev=False)
+    parser = Parser(
+        prog=PROG,
+        usage=f"{PROG} [options] TRAINER_SCRIPT [trainer flags]",
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        allow_abbrev=False,
+    )
     parser.add_argument("--space", required=True, help="YAML file of the flags to search (see utils.sweep_space)")
     parser.add_argument("--trials", type=int, required=True, help="the study's total number of trials")
     parser.add_argument("--sampler", choices=["tpe", "random"], default="tpe", help="Optuna's sampler")
