@@ -230,6 +230,8 @@ class TaskSteps(abc.ABC):
         self.loaders = {k: self.build_dataloader(v, k) for k, v in self.datasets.items()}
         self.raw_model = self.model = self.build_model().to(self.device)
         self.loss_fn = self.build_loss()
+        if isinstance(self.loss_fn, nn.Module):  # its buffers (class weights) on the logits' device
+            self.loss_fn.to(self.device)
         self.inputs = InputStage(
             self.device, a.mean, a.std, a.channels_last, augment=self.build_device_augment(), mix=self.build_mix()
         )
