@@ -77,6 +77,11 @@ class ClassificationData:
     #: The training images as stored, no transform (a ``Subset`` of :class:`InMemoryImages`), for
     #: --data_on_device, whose ops run on the device; None where images are decoded from files.
     stored_train: Dataset = None
+    #: Multi-label data (``--data_type ImageCSV``): targets are float ``(K,)`` 0/1 vectors, not class indices.
+    multilabel: bool = False
+    #: The training split's targets in its order: int64 ``(n,)`` class indices, or float ``(n, K)`` 0/1 for
+    #: multi-label data; what ``--class_weights auto`` and ``--sampler weighted`` count. None: not known.
+    train_labels: torch.Tensor = None
 
 
 def add_data_arguments(parser):
