@@ -9,10 +9,12 @@ normalised units) at its bottom and right, then the output is cropped back.
 Each window's logits are weighted by an importance map and the weighted sum is
 divided by the sum of the weights at each pixel:
 
-- ``gaussian``: ``exp(-d^2 / (2 sigma^2))`` per axis, ``sigma = tile / 8``, centred on the window,
-  1 at the centre (nnU-Net's ``compute_gaussian`` with ``sigma_scale=1/8``, Isensee et al. 2021;
-  MONAI's ``compute_importance_map(mode="gaussian", sigma_scale=0.125)``); at a window's edge
-  ``exp(-8)`` per axis, so never 0;
+- ``gaussian``: ``exp(-d^2 / (2 sigma^2))`` per axis, ``sigma = tile / 8``, ``d`` the distance to the
+  window's centre ``(n - 1) / 2``, 1 there (nnU-Net's ``compute_gaussian`` with ``sigma_scale=1/8``,
+  Isensee et al. 2021, nnU-Net v2 ``inference/sliding_window_prediction.py``; MONAI's
+  ``compute_importance_map(mode="gaussian", sigma_scale=0.125)``; both put the peak on pixel ``n // 2``,
+  half a pixel off-centre for an even ``n``); at a window's edge ``exp(-8 ((n - 1) / n)^2) >= exp(-8)``
+  per axis, so never 0;
 - ``linear``: a ramp per axis, ``min(i + 1, n - i)`` over its maximum: 1 in the middle, ``1/ceil(n/2)``
   at the edges, never 0 (the tent or pyramid weighting of overlapping tiles).
 
@@ -25,7 +27,11 @@ aligned to the end, padding, a Gaussian map with sigma 1/8, any other map
 through ``roi_weight_map``): MONAI 1.6.1 installs and imports beside torch 2.14,
 but importing ``monai.inferers`` takes about 5 seconds of CPU at every start of
 an evaluation or prediction, and the project would take on a large medical-imaging
-package for these ~80 lines.
+package for these ~80 lines. Given :func:`blend_weights` as its ``roi_weight_map``,
+MONAI's function returns the same numbers as :func:`tiled_predict` (checked on
+37 x 53 and 64 x 48 images, 16 x 16 tiles, overlaps 0, 0.25 and 0.5, both blends)
+wherever ``int`` and ``round`` of ``tile * (1 - overlap)`` agree; it pads an image
+smaller than the tile on both sides, we at the end.
 """
 
 from __future__ import annotations

@@ -11,10 +11,12 @@ Views (``--tta``): ``none`` the image alone (the wrapper returns the model's
 output as it is); ``hflip`` the image and its horizontal flip (2 views);
 ``flips`` identity, horizontal, vertical, both (4 views).
 
-What is averaged are the PROBABILITIES of the views, not their logits: the
-convention of mmpretrain's ``AverageClsScoreTTA`` (mean of the softmax scores)
-and of ttach's ``ClassificationTTAWrapper``/``SegmentationTTAWrapper`` with
-``merge_mode="mean"`` applied to probabilities. The mean is turned back into
+What is averaged are the PROBABILITIES of the views, not their logits: "the
+soft-max class posteriors of the original and flipped images are averaged"
+(Simonyan & Zisserman 2015, VGG, section 3.2), as mmpretrain's ``AverageClsScoreTTA``
+does (the mean of its heads' softmax ``pred_score``); ttach's ``ClassificationTTAWrapper``
+and ``SegmentationTTAWrapper`` (``merge_mode="mean"``) average whatever the model
+returns, i.e. probabilities when the model ends in its activation. The mean is turned back into
 logits whose activation equals it: ``softmax``: ``log(mean p)`` (its softmax is
 the mean again, since the mean sums to 1 over dim 1); ``sigmoid``:
 ``logit(mean p)``, the mean clamped to [eps, 1 - eps] (float32 eps) so no logit
