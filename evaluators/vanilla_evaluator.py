@@ -25,7 +25,8 @@ class VanillaEvaluator(EvaluatorBase):
     @classmethod
     def add_arguments(cls, parser):
         super().add_arguments(parser)
-        add_tta_argument(parser.add_argument_group("test-time augmentation"))
+        # in the base's "evaluation" group: --help keeps one group of the evaluator's own flags
+        add_tta_argument(next(g for g in parser._action_groups if g.title == "evaluation"))
 
     def evaluate(self):
         task, data = self.task, self.task.data
