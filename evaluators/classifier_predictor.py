@@ -13,6 +13,7 @@ from data.input_recipe import card_input
 from evaluators.predictor import PredictorBase
 from trainers.vanilla_trainer import VanillaTrainer
 from trainers.vit_trainer import ViTTrainer
+from utils.tta import TTA, add_tta_argument, describe_tta
 
 #: The trainers whose checkpoints this predictor reads, by the name a checkpoint stores.
 TRAINERS = {cls.__name__: cls for cls in (VanillaTrainer, ViTTrainer)}
@@ -39,6 +40,12 @@ class ClassifierPredictor(PredictorBase):
         parser.add_argument(
             "--output_json", type=path_arg, default=None, help="also write the predictions to this JSON file"
         )
+        add_tta_argument(parser)
+
+    def load(self):
+        """As :meth:`PredictorBase.load`, the model wrapped in ``--tta``'s :class:`utils.tta.TTA` (softmax)."""
+        loaded = super().load()
+        return loaded._replace(model=TTA(loaded.model, self.args.tta, "softmax"))
 
     @classmethod
     def check_arguments(cls, args):
@@ -143,12 +150,17 @@ class ClassifierPredictor(PredictorBase):
         Raises:
             CheckpointError: ``--output_json`` cannot be written.
         """
+        tta = describe_tta(self.args.tta, "softmax")
+        if self.args.tta != "none":
+            print(tta)
         for r in results:
             print(f"{r['image']}: " + ", ".join(f"{t['class']} {t['probability']:.4f}" for t in r["top"]))
         if self.args.output_json:
             doc = {
                 "model_path": self.args.model_path,
                 "class_names": loaded.card["class_names"],
+                "tta": self.args.tta,
+                "tta_description": tta,
                 "predictions": results,
             }
             write_or_fail(

@@ -4,6 +4,7 @@ import torch
 
 from base.evaluator import EvaluatorBase, add_viz_argument
 from trainers.mae_trainer import MAETrainer
+from utils.tta import refuse_tta_argument
 
 
 class MAEEvaluator(EvaluatorBase):
@@ -16,6 +17,9 @@ class MAEEvaluator(EvaluatorBase):
     def add_arguments(cls, parser):
         super().add_arguments(parser)
         add_viz_argument(parser, "save image | masked | reconstruction for the split's first --num_viz images")
+        refuse_tta_argument(
+            parser, cls.PROG, "scores reconstructions and k-NN features, no class probabilities to average"
+        )
 
     def evaluate(self):
         task, a = self.task, self.args

@@ -6,6 +6,7 @@ from base.evaluator import EvaluatorBase
 from trainers.vanilla_trainer import VanillaTrainer
 from utils.metrics import ClassificationMeter, accuracy_by_group
 from utils.plots import save_confusion_matrix
+from utils.tta import TTA, add_tta_argument, describe_tta
 
 
 class VanillaEvaluator(EvaluatorBase):
@@ -18,16 +19,28 @@ class VanillaEvaluator(EvaluatorBase):
     PROG = "eval_vanilla.py"
     trainer_class = VanillaTrainer
     num_examples = 10
+    #: what ``--tta`` averages: one class per image (a multi-label task would set ``"sigmoid"``)
+    tta_activation = "softmax"
+
+    @classmethod
+    def add_arguments(cls, parser):
+        super().add_arguments(parser)
+        # in the base's "evaluation" group: --help keeps one group of the evaluator's own flags
+        add_tta_argument(next(g for g in parser._action_groups if g.title == "evaluation"))
 
     def evaluate(self):
         task, data = self.task, self.task.data
+        model = TTA(task.model, self.args.tta, self.tta_activation)
+        tta = describe_tta(self.args.tta, self.tta_activation)
+        if self.args.tta != "none":
+            print(tta)
         meter = ClassificationMeter(data.num_classes)
         examples, preds, targets = [], [], []
         with torch.no_grad():
             for images, labels in task.loaders[self.args.split]:
                 images, labels = task.to_device((images, labels))
                 with task.autocast():
-                    logits = task.model(images).float()
+                    logits = model(images).float()
                 meter.update(logits, labels, task.loss_fn(logits, labels))
                 preds += logits.argmax(1).tolist()
                 targets += labels.tolist()
@@ -54,6 +67,8 @@ class VanillaEvaluator(EvaluatorBase):
             "confusion_matrix": meter.confusion.tolist(),
             "examples": examples,
             "confusion_png": png,
+            "tta": self.args.tta,
+            "tta_description": tta,
             **({"per_group_top1": per_group} if per_group else {}),
         }
 
