@@ -39,8 +39,8 @@ class EvaluatorBase(abc.ABC):
     """
 
     trainer_class = None
-    #: Names of other trainer classes whose checkpoints this evaluator reads as its own
-    #: (a checkpoint records its trainer's class name; any other is refused).
+    #: Names of other trainer classes whose checkpoints this evaluator reads as its own (a checkpoint
+    #: records its trainer's name; another trainer's is refused unless it subclasses :attr:`trainer_class`).
     compatible_trainers = ()
 
     @classmethod

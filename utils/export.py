@@ -9,6 +9,9 @@ The model and the run's validation split are rebuilt from the checkpoint alone, 
 ``<checkpoint stem>.onnx`` / ``.torchscript.pt`` / ``.pt2`` (or to ``--output``), read back from disk and
 run on the first ``--batches`` validation batches; its outputs are compared with the PyTorch model's
 (float32, eval mode, no autocast). ONNX runs through onnxruntime's CPUExecutionProvider.
+The model is built through the trainer class the checkpoint records (``"module:Class"``, a subclass
+of one of :data:`TRAINER_MODULES`' trainers); a module outside this project needs ``--trust_module``
+(:mod:`base.checkpoint.trainer_class`).
 
 The file carries the checkpoint's model card as JSON (class names, input shape, and the input
 recipe: colour, resize, crop, mean, std, NCHW float32 layout; see :mod:`data.input_recipe`), so its
