@@ -4,7 +4,9 @@ The checkpoint carries the run's resolved config as a JSON string; the
 evaluator re-creates the task's trainer from it (no run folder, no optimizer),
 so ``eval_x.py --model_path RUN/Model_best_ckpt.pth`` needs no other flag.
 Any trainer flag given on the command line overrides the saved value.
-A checkpoint written by another trainer is refused with one line naming both.
+A checkpoint written by another trainer is refused with one line naming both; one of a subclass of
+the evaluator's trainer (a user's task, recorded as ``"module:Class"``) is rebuilt with that subclass
+(:mod:`base.checkpoint.trainer_class`: imported without asking only from inside the project).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 import torch
 
 from base.checkpoint.files import load_checkpoint, load_model_state
+from base.checkpoint.trainer_class import KEY as TRAINER_CLASS_KEY, checkpoint_trainer
 from base.config.parse import build_parser, coerce_saved_values, path_arg
 from base.errors import CheckpointError, UserError
 
@@ -36,8 +39,8 @@ class EvaluatorBase(abc.ABC):
     """
 
     trainer_class = None
-    #: Names of other trainer classes whose checkpoints this evaluator reads as its own
-    #: (a checkpoint records its trainer's class name; any other is refused).
+    #: Names of other trainer classes whose checkpoints this evaluator reads as its own (a checkpoint
+    #: records its trainer's name; another trainer's is refused unless it subclasses :attr:`trainer_class`).
     compatible_trainers = ()
 
     @classmethod
@@ -50,6 +53,11 @@ class EvaluatorBase(abc.ABC):
             help="checkpoint (*_ckpt.pth) or weights export (*_best.safetensors beside its .json)",
         )
         group.add_argument("--split", choices=["test", "val"], default="test", help="split to evaluate")
+        group.add_argument(
+            "--trust_module",
+            action="store_true",
+            help="import the checkpoint's trainer module even from outside this project (importing runs its code)",
+        )
 
     @classmethod
     def from_argv(cls, argv: list[str] | None = None) -> EvaluatorBase:
@@ -96,25 +104,24 @@ class EvaluatorBase(abc.ABC):
     def load_weights_and_config(self):
         """``(state_dict, saved_config)`` of ``--model_path`` (see :func:`load_saved_model`)."""
         weights, config, extras = load_saved_model(self.args.model_path, use_ema=getattr(self.args, "eval_ema", None))
-        self.check_trainer(extras)
+        self.trainer_class = self.check_trainer(extras)  # this evaluator's trainer, or the checkpoint's subclass
         print(f"--model_path {self.args.model_path}: evaluating its {extras['weights']} weights")
         return weights, config
 
     def check_trainer(self, extras):
-        """Refuse a checkpoint that another trainer wrote.
-
-        The name is the checkpoint's ``"trainer"`` or its sidecar's
-        ``model_card.trainer``. Accepted: :attr:`trainer_class`'s name and
-        :attr:`compatible_trainers`; a checkpoint that names no trainer (older
-        files) is accepted and checked by its weights' keys and shapes. A
-        subclass task is refused too: it may build other data or another model.
+        """The trainer class that rebuilds the checkpoint's task: :attr:`trainer_class`, or the subclass of it
+        the checkpoint records (``--trust_module`` to import one from outside the project); refuse another
+        trainer's checkpoint (:func:`base.checkpoint.trainer_class.checkpoint_trainer`).
 
         Raises:
             CheckpointError: ``"--model_path X: a ViTTrainer checkpoint; eval_vanilla.py
-                evaluates VanillaTrainer checkpoints (use eval_vit.py)"``.
+                evaluates VanillaTrainer checkpoints (use eval_vit.py)"``; a recorded class that cannot be imported.
         """
         prog = getattr(self, "PROG", None) or type(self).__name__
-        refuse_other_trainer(extras, self.args.model_path, self.trainer_class, prog, self.compatible_trainers)
+        trust = bool(getattr(self.args, "trust_module", False))  # a namespace made by hand may lack the flag
+        return checkpoint_trainer(
+            extras, self.args.model_path, self.trainer_class, prog, self.compatible_trainers, trust
+        )
 
     def run(self) -> dict[str, Any]:
         """Load the checkpoint, rebuild the task, evaluate, write the results JSON."""
@@ -187,28 +194,8 @@ def add_viz_argument(parser, help):
     return group
 
 
-def refuse_other_trainer(extras, path, trainer_class, prog, compatible=()):
-    """Refuse ``path`` when another trainer than ``trainer_class`` wrote it (see :meth:`EvaluatorBase.check_trainer`).
-
-    Args:
-        extras: :func:`load_saved_model`'s third result for ``path``.
-        path: the ``--model_path`` value, for the message.
-        trainer_class: the trainer whose checkpoints ``prog`` reads.
-        prog: the script named in the message, e.g. ``"eval_vanilla.py"``.
-        compatible: names of other trainer classes accepted as ``trainer_class``.
-
-    Raises:
-        CheckpointError: ``"--model_path X: a ViTTrainer checkpoint; eval_vanilla.py
-            evaluates VanillaTrainer checkpoints (use eval_vit.py)"``.
-    """
-    card = extras.get("model_card")
-    name = extras.get("trainer") or (card.get("trainer") if isinstance(card, dict) else None)
-    expected = trainer_class.__name__
-    if name is None or name == expected or name in compatible:
-        return
-    script = extras.get("eval_script")  # the trainer's EVAL_SCRIPT, saved with it (not in older files)
-    hint = f" (use {script})" if isinstance(script, str) and script and script != prog else ""
-    raise CheckpointError(f"--model_path {path}: a {name} checkpoint; {prog} evaluates {expected} checkpoints{hint}")
+#: The refusal of another trainer's checkpoint (returns the class to rebuild it with); its older name here.
+refuse_other_trainer = checkpoint_trainer
 
 
 def nonfinite_count(state):
@@ -227,7 +214,7 @@ def load_saved_model(path, flag="--model_path", use_ema=None):
     Returns:
         ``state_dict``: name -> tensor (CPU); ``saved_config``: the run's config
         dict; ``extras``: the checkpoint's (or sidecar's) other JSON-able
-        entries, e.g. ``"trainer"``, ``"model_card"``, ``"metrics"`` (optimizer
+        entries, e.g. ``"trainer"``, ``"trainer_class"``, ``"model_card"``, ``"metrics"`` (optimizer
         and other tensor states of a ``.pth`` are left out).
 
     Raises:
@@ -235,7 +222,8 @@ def load_saved_model(path, flag="--model_path", use_ema=None):
     """
     if not path.endswith(".safetensors"):
         ckpt = load_checkpoint(path, flag=flag)
-        extras = {k: ckpt[k] for k in ("trainer", "eval_script", "model_card", "metrics", "global_step") if k in ckpt}
+        keys = ("trainer", TRAINER_CLASS_KEY, "eval_script", "model_card", "metrics", "global_step")
+        extras = {k: ckpt[k] for k in keys if k in ckpt}
         try:
             config = json.loads(ckpt.get("config") or "{}")
         except (TypeError, json.JSONDecodeError):

@@ -5,6 +5,7 @@ import json
 
 import torch
 
+from base.checkpoint.trainer_class import recorded_ref, resolve_trainer, trainer_ref
 from base.config.checks import check
 from base.config.parse import coerce_saved_values, path_arg
 from base.errors import CheckpointError
@@ -53,17 +54,26 @@ class ClassifierPredictor(PredictorBase):
         check(args.topk > 0, "topk", args.topk, "must be > 0")
 
     def trainer_for(self, extras):
-        """The classification trainer of :data:`TRAINERS` that wrote ``--model_path``.
+        """The classification trainer of :data:`TRAINERS` that wrote ``--model_path``, or the subclass of one
+        that it records as ``"module:Class"`` (:mod:`base.checkpoint.trainer_class`; ``--trust_module`` to
+        import one from outside this project).
 
         Raises:
             CheckpointError: another trainer's checkpoint (e.g. a segmentation one); no model card
-                (written before model cards existed). The message names the file.
+                (written before model cards existed); a recorded class that cannot be imported. The
+                message names the file.
         """
         path = self.args.model_path
         card = extras.get("model_card") or {}
         trainer = extras.get("trainer") or card.get("trainer")
+        found, ref = None, recorded_ref(extras)
+        if ref is not None and ref not in {trainer_ref(c) for c in TRAINERS.values()}:
+            found = resolve_trainer(ref, f"--model_path {path}", bool(getattr(self.args, "trust_module", False)))
+            if not issubclass(found, tuple(TRAINERS.values())):
+                # refused below, by its name (its module:Class where the name is one of TRAINERS')
+                trainer, found = (ref if found.__name__ in TRAINERS else found.__name__), None
         # A segmentation checkpoint has a trainer name but no card: say which, not "too old".
-        if (card or trainer is not None) and trainer not in TRAINERS:
+        if found is None and (card or trainer is not None) and trainer not in TRAINERS:
             raise CheckpointError(
                 f"--model_path {path}: a {trainer or 'unnamed trainer'} checkpoint; predict.py "
                 f"reads {', '.join(TRAINERS)} checkpoints (segmentation: predict_seg.py)"
@@ -74,7 +84,7 @@ class ClassifierPredictor(PredictorBase):
                 f"saved); evaluate it with eval_vanilla.py/eval_vit.py, or resume the run "
                 f"with --resume to write a checkpoint that has one"
             )
-        return TRAINERS[trainer]
+        return found or TRAINERS[trainer]
 
     def recipe_for(self, card):
         """The card's input recipe (:func:`data.input_recipe.card_input`: an older card's ``"normalize"``
@@ -117,8 +127,19 @@ class ClassifierPredictor(PredictorBase):
         """``trainer_class.model_for`` the card's input shape and class count (no data, no trainer); float32.
 
         Raises:
-            CheckpointError: the model cannot be built (e.g. a ``model_type`` this version does not know).
+            CheckpointError: the model cannot be built (e.g. a ``model_type`` this version does not know); a
+                task that overrides ``build_model`` but not ``model_for`` (this would build another model).
         """
+        definer = {
+            name: next(k for k in trainer_class.__mro__ if name in vars(k)) for name in ("build_model", "model_for")
+        }
+        if definer["build_model"] is not definer["model_for"] and issubclass(
+            definer["build_model"], definer["model_for"]
+        ):
+            raise CheckpointError(
+                f"--model_path {self.args.model_path}: its trainer {trainer_class.__name__} overrides build_model but "
+                f"not model_for, which {self.PROG} builds the model with (no data): override model_for too"
+            )
         try:
             model = trainer_class.model_for(config, tuple(card["input_shape"]), len(card["class_names"]))
         except (KeyError, ValueError) as exc:  # e.g. a model_type this version does not know

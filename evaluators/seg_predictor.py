@@ -34,14 +34,15 @@ class SegPredictor(PredictorBase):
         parser.add_argument("--out", required=True, help="folder for the masks (created if missing)")
 
     def trainer_for(self, extras):
-        """:attr:`trainer_class`, after saying which weights are used.
+        """:attr:`trainer_class` or the subclass of it the checkpoint records, after saying which weights are used.
 
         Raises:
             CheckpointError: another trainer's checkpoint (:func:`base.evaluator.refuse_other_trainer`).
         """
-        refuse_other_trainer(extras, self.args.model_path, self.trainer_class, self.PROG)
+        trust = bool(getattr(self.args, "trust_module", False))  # a namespace made by hand may lack the flag
+        found = refuse_other_trainer(extras, self.args.model_path, self.trainer_class, self.PROG, trust=trust)
         print(f"--model_path {self.args.model_path}: evaluating its {extras['weights']} weights")
-        return self.trainer_class
+        return found
 
     def build_model(self, trainer_class, config, card):
         """The model of a ``trainer_class`` task built from ``config`` (no data), and the run's ``--amp`` autocast."""

@@ -71,8 +71,12 @@ def snapshot(folder):
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+#: The trainer a ViT checkpoint records (these tests derive foreign checkpoints from a Vanilla run's).
+VIT_REF = "trainers.vit_trainer:ViTTrainer"
+
+
 class DigitsSubtask(VanillaTrainer):
-    """A task defined outside the project: VanillaTrainer under another name."""
+    """A task whose module the evaluator's process cannot import: VanillaTrainer under another name."""
 
 
 @pytest.fixture(scope="module")
@@ -175,12 +179,17 @@ def foreign_checkpoints(trained, folder):
         trained.best,
         folder / "Vanilla_best_ckpt.pth",
         lambda s: s.update(
-            trainer="ViTTrainer", eval_script="eval_vit.py", model_card={**s["model_card"], "trainer": "ViTTrainer"}
+            trainer="ViTTrainer",
+            trainer_class=VIT_REF,
+            eval_script="eval_vit.py",
+            model_card={**s["model_card"], "trainer": "ViTTrainer"},
         ),
     )
     edit_json(
         folder / "Vanilla_best.json",
-        lambda d: d.update(eval_script="eval_vit.py", model_card={**d["model_card"], "trainer": "ViTTrainer"}),
+        lambda d: d.update(
+            trainer_class=VIT_REF, eval_script="eval_vit.py", model_card={**d["model_card"], "trainer": "ViTTrainer"}
+        ),
     )
     refused = "eval_vanilla.py evaluates VanillaTrainer checkpoints (use eval_vit.py)"
     return {
@@ -196,7 +205,11 @@ def foreign_checkpoints(trained, folder):
             "eval_vit.py evaluates ViTTrainer checkpoints (use eval_vanilla.py)",
         ),
         "subclass_task_to_eval_vanilla": eval_case(
-            "eval_vanilla.py", trained.sub_best, 1, "a DigitsSubtask checkpoint", "evaluates VanillaTrainer"
+            "eval_vanilla.py",
+            trained.sub_best,
+            1,
+            "its trainer test_error_processes:DigitsSubtask comes from module test_error_processes, which is not "
+            "importable here",
         ),
     }
 

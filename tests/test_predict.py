@@ -278,7 +278,8 @@ def test_bad_inputs_give_one_line_errors(vanilla, digit_pngs, tmp_path, capsys):
         assert main(ClassifierPredictor, ["--model_path", str(tmp_path / "odd_ckpt.pth"), paths[0]]) == 1
         err = capsys.readouterr().err
         assert "its model card" in err and said in err and len(err.strip().splitlines()) == 1, err
-    foreign = {**load_checkpoint(best), "trainer": "SegOnCarvanaTrainer"}
+    seg = {"trainer": "SegOnCarvanaTrainer", "trainer_class": "trainers.seg_on_carvana_trainer:SegOnCarvanaTrainer"}
+    foreign = {**load_checkpoint(best), **seg}
     save_checkpoint(foreign, str(tmp_path / "seg_ckpt.pth"))
     assert main(ClassifierPredictor, ["--model_path", str(tmp_path / "seg_ckpt.pth"), paths[0]]) == 1
     assert "a SegOnCarvanaTrainer checkpoint" in capsys.readouterr().err

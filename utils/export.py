@@ -9,6 +9,9 @@ The model and the run's validation split are rebuilt from the checkpoint alone, 
 ``<checkpoint stem>.onnx`` / ``.torchscript.pt`` / ``.pt2`` (or to ``--output``), read back from disk and
 run on the first ``--batches`` validation batches; its outputs are compared with the PyTorch model's
 (float32, eval mode, no autocast). ONNX runs through onnxruntime's CPUExecutionProvider.
+The model is built through the trainer class the checkpoint records (``"module:Class"``, a subclass
+of one of :data:`TRAINER_MODULES`' trainers); a module outside this project needs ``--trust_module``
+(:mod:`base.checkpoint.trainer_class`).
 
 The file carries the checkpoint's model card as JSON (class names, input shape, and the input
 recipe: colour, resize, crop, mean, std, NCHW float32 layout; see :mod:`data.input_recipe`), so its
@@ -32,6 +35,7 @@ import warnings
 import torch
 
 from base.checkpoint.files import load_model_state
+from base.checkpoint.trainer_class import recorded_ref, resolve_trainer
 from base.cli import one_line
 from base.config.checks import check
 from base.config.parse import ConfigError, Parser, path_arg, str2bool
@@ -91,6 +95,11 @@ def parse_args(argv=None):
         default=None,
         help="EMA weights (true) or raw ones (false) of a .pth; unset: those the run validated",
     )
+    parser.add_argument(
+        "--trust_module",
+        action="store_true",
+        help="import the checkpoint's trainer module even from outside this project (importing runs its code)",
+    )
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     args = parser.parse_args(argv)
     check(args.batches >= 1, "batches", args.batches, "must be >= 1")
@@ -113,15 +122,27 @@ class _Rebuild(EvaluatorBase):
         raise NotImplementedError
 
 
-def trainer_class_of(saved, extras, path):
-    """The trainer class that wrote ``path``: the name it stores, else (a segmentation ``.safetensors``,
+def trainer_class_of(saved, extras, path, trust=False):
+    """The trainer class that wrote ``path``: the ``"module:Class"`` it records (a subclass of a trainer of
+    :data:`TRAINER_MODULES`, imported by :func:`base.checkpoint.trainer_class.resolve_trainer`, outside this
+    project only with ``trust``), else the name it stores, else (a segmentation ``.safetensors`` of before,
     whose model card is empty) the one whose models include the saved ``model_type``.
 
     Raises:
-        UserError: a trainer this module does not know (names the file).
+        UserError: a trainer this module does not export; CheckpointError: a recorded class that cannot
+            be imported (see :func:`~base.checkpoint.trainer_class.resolve_trainer`). Both name the file.
     """
     card = extras.get("model_card") or {}
     name = extras.get("trainer") or card.get("trainer")
+    ref = recorded_ref(extras)
+    if ref is not None:
+        found = resolve_trainer(ref, f"--model_path {path}", trust)
+        if any(TRAINER_MODULES.get(k.__name__) == k.__module__ for k in found.__mro__):
+            return found
+        raise UserError(
+            f"--model_path {path}: a {ref} checkpoint; this exports {', '.join(TRAINER_MODULES)} ones "
+            f"and their subclasses"
+        )
     if name is None:
         from model.classifiers import CLASSIFIERS
         from model.segmentation import SEG_MODELS
@@ -151,7 +172,7 @@ def rebuild(args, weights, saved, extras):
     if args.eval_ema is not None:
         given["eval_ema"] = args.eval_ema
     helper = _Rebuild(argparse.Namespace(**given))
-    helper.trainer_class = trainer_class_of(saved, extras, args.model_path)
+    helper.trainer_class = trainer_class_of(saved, extras, args.model_path, args.trust_module)
     task = helper.trainer_class(helper.resolve_task_config(saved))
     task.build()
     load_model_state(task.model, weights, f"--model_path {args.model_path} (model_type {saved.get('model_type')!r})")

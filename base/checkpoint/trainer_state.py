@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from base.checkpoint import older, state_tree
+from base.checkpoint import older, state_tree, trainer_class
 from base.checkpoint.files import load_checkpoint, load_model_state
 from base.checkpoint.resume import newest_checkpoint
 from base.checkpoint.resume_changes import apply_resume_changes
@@ -41,7 +41,8 @@ class CheckpointEvents:
             "hooks": state_tree.hook_states(self.hooks),
             "metrics": self.last_metrics,
             "config": json.dumps(vars(self.args), default=str),
-            "trainer": type(self).__name__,
+            "trainer": type(self).__name__,  # the name alone, for older readers
+            trainer_class.KEY: trainer_class.trainer_ref(type(self)),  # "module:Class", to rebuild a subclass task
             "eval_script": self.EVAL_SCRIPT,  # named in an evaluator's refusal of this checkpoint
             "model_card": self.model_card(),
         }
@@ -153,6 +154,7 @@ class CheckpointEvents:
             "config": vars(self.args),
             "metrics": self.last_metrics,
             "global_step": self.global_step,
+            trainer_class.KEY: trainer_class.trainer_ref(type(self)),
             "eval_script": self.EVAL_SCRIPT,
             "model_card": self.model_card(),
         }

@@ -6,7 +6,8 @@ from base.config.parse import Parser, path_arg, str2bool
 
 
 def predictor_parser(cls, what):
-    """The flags every ``predict*.py`` shares: ``--model_path``, the image files, ``--gpu_devices``, ``--debug``.
+    """The flags every ``predict*.py`` shares: ``--model_path``, the image files, ``--gpu_devices``, ``--eval_ema``,
+    ``--trust_module`` (see :mod:`base.checkpoint.trainer_class`), ``--debug``.
 
     Args:
         cls: the predictor class (its ``PROG`` and first docstring line are used).
@@ -31,6 +32,11 @@ def predictor_parser(cls, what):
         type=str2bool,
         default=None,
         help="use the checkpoint's EMA weights (true) or raw ones (false); unset: as the run validated",
+    )
+    parser.add_argument(
+        "--trust_module",
+        action="store_true",
+        help="import the checkpoint's trainer module even from outside this project (importing runs its code)",
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser
