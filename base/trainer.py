@@ -28,7 +28,6 @@ from base.checkpoint.trainer_state import CheckpointEvents
 from base.config.trainer_flags import add_trainer_arguments
 from base.loop import optim
 from base.loop.bad_data import BadSampleLog
-from base.loop.device_data import DeviceBatches
 from base.loop.loaders import epoch_bar
 from base.loop.lr_plot import plot_lr_schedule
 from base.loop.nonfinite import NonFiniteGuard
@@ -37,6 +36,7 @@ from base.loop.progress import LoopProgress
 from base.loop.state import EarlyStopper, global_switches, restore_global_switches
 from base.loop.step import OptimizerStep, prepare_model, read_windows
 from base.loop.step_events import StepEvents
+from base.loop.train_batches import open_epoch
 from base.loop.train_stats import TrainingStats
 from base.loop.validation import ValidationEvents
 from base.run.run_folder import RunFolder, describe_run
@@ -45,7 +45,7 @@ from base.run.tracking import RunTracking
 from base.run.tracking_events import TrackingEvents
 from base.runtime import distributed
 from base.runtime.device import select_device
-from base.runtime.signals import Preempted, PreemptionFlag, signals_held
+from base.runtime.signals import Preempted, PreemptionFlag
 from base.task import TaskSteps
 
 
@@ -240,15 +240,7 @@ class TrainerBase(StepEvents, ValidationEvents, CheckpointEvents, TrackingEvents
     def _train_epoch(self):
         a, loader = self.args, self.loaders["train"]
         self.model.train()
-        # The sampler hands (epoch, index) to SeededSamples, so workers kept alive across
-        # epochs (persistent) still seed each sample's augmentation from this epoch.
-        loader.sampler.set_epoch(self.epoch, self.progress.samples_in_epoch)
-        if loader.generator is not None:  # worker seeds: from (seed, epoch), not the global RNG
-            loader.generator.manual_seed(a.seed + self.epoch)
-        with signals_held():
-            reader = iter(loader)  # forks the workers, if any (once, with persistent workers)
-        # Batches gathered on the device are made on the compute stream: nothing to copy ahead.
-        batches = reader if isinstance(loader, DeviceBatches) else self.inputs.prefetch(reader)
+        reader, batches = open_epoch(loader, self.inputs, a.seed, self.progress)  # order, worker seeds, copy-ahead
         bar = epoch_bar(
             batches, loader, self.epoch, a.epochs, self.progress.samples_in_epoch, self.world_size, self.rank
         )
