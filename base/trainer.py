@@ -29,10 +29,10 @@ from base.config.trainer_flags import add_trainer_arguments
 from base.loop import optim
 from base.loop.bad_data import BadSampleLog
 from base.loop.loaders import epoch_bar
-from base.loop.lr_plot import plot_lr_schedule
 from base.loop.nonfinite import NonFiniteGuard
 from base.loop.plan import RunPlan, plan_run
 from base.loop.progress import LoopProgress
+from base.loop.side_modes import run_side_mode, side_mode
 from base.loop.state import EarlyStopper, global_switches, restore_global_switches
 from base.loop.step import OptimizerStep, prepare_model, read_windows
 from base.loop.step_events import StepEvents
@@ -150,15 +150,16 @@ class TrainerBase(StepEvents, ValidationEvents, CheckpointEvents, TrackingEvents
     def fit(self) -> dict[str, float]:
         """Set up (or resume), train, then evaluate the best checkpoint on the test split.
 
-        ``--plot_lr`` is a side mode: it draws :meth:`plan`'s schedule and returns its rows, training nothing.
+        ``--plot_lr``, ``--lr_find`` and ``--preview_augment`` are side modes (:mod:`base.loop.side_modes`): they
+        run on :meth:`plan`, write their PNG and return what they found, training nothing.
 
         Returns:
             the test metrics (``{}`` when there is no test split).
         """
         switches = global_switches()  # --deterministic changes them for the process: put them back after
         try:
-            if self.args.plot_lr:
-                return plot_lr_schedule(self.plan(), self.args, type(self).__name__, self.args.plot_lr)
+            if side_mode(self.args):  # --plot_lr, --lr_find, --preview_augment: no run folder, nothing trained
+                return run_side_mode(self)
             self._started_group = distributed.init_from_env(self.device)
             self.rank, self.world_size = distributed.rank(), distributed.world_size()
             self.setup()
