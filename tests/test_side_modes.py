@@ -196,6 +196,7 @@ def test_side_modes_refuse_torchrun_and_resume(toy_argv, tmp_path, capsys, monke
     ToyTrainer.from_argv([*toy_argv, "--epochs", "1"]).fit()
     capsys.readouterr()  # (the run's log)
     png = str(tmp_path / "a.png")
+    ToyTrainer.from_argv([*toy_argv, "--resume", "auto", "--lr_find_steps", "50", "--preview_samples", "4"])  # inert
     for flag in ("--lr_find", "--preview_augment"):
         assert "not with --resume" in refusal([*toy_argv, "--resume", "auto", flag, png], capsys)
         monkeypatch.setenv("WORLD_SIZE", "2")
