@@ -73,13 +73,15 @@ def _launch_processes(prog, argv):
     peek = argparse.ArgumentParser(add_help=False)
     peek.add_argument("--gpu_devices", default=None)
     peek.add_argument("--print_config", nargs="?", const=True, default=False)
+    for flag in ("--lr_find", "--preview_augment"):  # one-process side modes: refused in this process, in one line
+        peek.add_argument(flag, default="")
     try:
         known = peek.parse_known_args(argv)[0]
     except SystemExit:
         return None
-    spec = known.gpu_devices
-    if parse_devices(spec) is None or "LOCAL_RANK" in os.environ or known.print_config:  # printing starts nothing
-        return None
+    spec, side_mode = known.gpu_devices, known.lr_find or known.preview_augment
+    if parse_devices(spec) is None or "LOCAL_RANK" in os.environ or known.print_config or side_mode:
+        return None  # printing starts nothing; a side mode runs in one process
     try:
         command = launch_command(spec, sys.argv[0], sys.argv[1:] if argv is None else list(argv))
         from base.runtime.device import select_device

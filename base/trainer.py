@@ -28,15 +28,15 @@ from base.checkpoint.trainer_state import CheckpointEvents
 from base.config.trainer_flags import add_trainer_arguments
 from base.loop import optim
 from base.loop.bad_data import BadSampleLog
-from base.loop.device_data import DeviceBatches
 from base.loop.loaders import epoch_bar
-from base.loop.lr_plot import plot_lr_schedule
 from base.loop.nonfinite import NonFiniteGuard
 from base.loop.plan import RunPlan, plan_run
 from base.loop.progress import LoopProgress
+from base.loop.side_modes import run_side_mode, side_mode
 from base.loop.state import EarlyStopper, global_switches, restore_global_switches
 from base.loop.step import OptimizerStep, prepare_model, read_windows
 from base.loop.step_events import StepEvents
+from base.loop.train_batches import open_epoch
 from base.loop.train_stats import TrainingStats
 from base.loop.validation import ValidationEvents
 from base.run.run_folder import RunFolder, describe_run
@@ -45,7 +45,7 @@ from base.run.tracking import RunTracking
 from base.run.tracking_events import TrackingEvents
 from base.runtime import distributed
 from base.runtime.device import select_device
-from base.runtime.signals import Preempted, PreemptionFlag, signals_held
+from base.runtime.signals import Preempted, PreemptionFlag
 from base.task import TaskSteps
 
 
@@ -150,15 +150,16 @@ class TrainerBase(StepEvents, ValidationEvents, CheckpointEvents, TrackingEvents
     def fit(self) -> dict[str, float]:
         """Set up (or resume), train, then evaluate the best checkpoint on the test split.
 
-        ``--plot_lr`` is a side mode: it draws :meth:`plan`'s schedule and returns its rows, training nothing.
+        ``--plot_lr``, ``--lr_find`` and ``--preview_augment`` are side modes (:mod:`base.loop.side_modes`): they
+        run on :meth:`plan`, write their PNG and return what they found, training nothing.
 
         Returns:
             the test metrics (``{}`` when there is no test split).
         """
         switches = global_switches()  # --deterministic changes them for the process: put them back after
         try:
-            if self.args.plot_lr:
-                return plot_lr_schedule(self.plan(), self.args, type(self).__name__, self.args.plot_lr)
+            if side_mode(self.args):  # --plot_lr, --lr_find, --preview_augment: no run folder, nothing trained
+                return run_side_mode(self)
             self._started_group = distributed.init_from_env(self.device)
             self.rank, self.world_size = distributed.rank(), distributed.world_size()
             self.setup()
@@ -240,15 +241,7 @@ class TrainerBase(StepEvents, ValidationEvents, CheckpointEvents, TrackingEvents
     def _train_epoch(self):
         a, loader = self.args, self.loaders["train"]
         self.model.train()
-        # The sampler hands (epoch, index) to SeededSamples, so workers kept alive across
-        # epochs (persistent) still seed each sample's augmentation from this epoch.
-        loader.sampler.set_epoch(self.epoch, self.progress.samples_in_epoch)
-        if loader.generator is not None:  # worker seeds: from (seed, epoch), not the global RNG
-            loader.generator.manual_seed(a.seed + self.epoch)
-        with signals_held():
-            reader = iter(loader)  # forks the workers, if any (once, with persistent workers)
-        # Batches gathered on the device are made on the compute stream: nothing to copy ahead.
-        batches = reader if isinstance(loader, DeviceBatches) else self.inputs.prefetch(reader)
+        reader, batches = open_epoch(loader, self.inputs, a.seed, self.progress)  # order, worker seeds, copy-ahead
         bar = epoch_bar(
             batches, loader, self.epoch, a.epochs, self.progress.samples_in_epoch, self.world_size, self.rank
         )

@@ -45,6 +45,13 @@ RESUME_CHANGEABLE = frozenset(
         "channels_last",
         "persistent_workers",
         "plot_lr",
+        # the side modes' own values change nothing in a run (--lr_find and --preview_augment themselves
+        # are refused with --resume by base.config.side_mode_flags, in one line that says why)
+        "lr_find",
+        "lr_find_range",
+        "lr_find_steps",
+        "preview_augment",
+        "preview_samples",
         "sync_bn",
         "loggers",
         "sweep_trial",  # a resumed trial may be handed a new trial file (its params: checked as flags are)

@@ -5,6 +5,7 @@ import os
 
 from base.config.checks import check, check_folder_name, check_writable_dir
 from base.config.parse import path_arg, str2bool
+from base.config.side_mode_flags import add_side_mode_arguments, check_side_mode_config
 from base.config.study_flags import add_study_arguments, check_study_config
 from base.run.trackers import parse_tracker_names
 from base.runtime.device import select_device
@@ -133,13 +134,7 @@ def add_trainer_arguments(parser):
         default=True,
         help="with --num_workers > 0: keep DataLoader workers between epochs",
     )
-    speed.add_argument(
-        "--plot_lr",
-        type=path_arg,
-        default="",
-        metavar="PNG",
-        help="write the learning-rate schedule this run would follow to PNG (and a .csv) and exit",
-    )
+    add_side_mode_arguments(parser)  # --plot_lr, --lr_find, --preview_augment
 
     val = parser.add_argument_group("validation and logging")
     val.add_argument("--val_every_epochs", type=int, default=1, help="validate every N epochs")
@@ -265,9 +260,7 @@ def check_trainer_config(args):
     parse_tracker_names(args.loggers)  # an unknown logger, or a tracker whose package is missing
     select_device(args.gpu_devices)  # raises ConfigError for a GPU that is not there
     check_writable_dir("output_dir", args.output_dir)
-    if args.plot_lr:
-        check(args.plot_lr.lower().endswith(".png"), "plot_lr", args.plot_lr, "must name a .png file")
-        check_writable_dir("plot_lr", os.path.dirname(os.path.abspath(args.plot_lr)))
+    check_side_mode_config(args)
 
 
 def workers_type(text):

@@ -148,6 +148,14 @@ class InputStage:
         return {"scale": 255, "mean": list(self.mean), "std": list(self.std)}
 
 
+def image_batch(batch):
+    """The image batch of ``batch`` (a bare tensor, the first entry of a tuple or list, or a dict's ``"image"``:
+    the module docstring's rule) when it is a 4-D tensor ``(N, C, H, W)``, else ``None``."""
+    found = []
+    _map_images(batch, lambda images: found.append(images) or images, lambda value: value)
+    return found[0] if found and found[0].dim() == 4 else None
+
+
 def _map_images(batch, on_images, on_other):
     """Apply ``on_images`` to the image batch of ``batch`` (module docstring) and ``on_other`` to every other tensor."""
 

@@ -4,6 +4,7 @@ Each exposes ``state_dict`` / ``load_state_dict`` holding tensors and plain
 Python types only, so the whole training state loads with ``weights_only=True``.
 """
 
+import contextlib
 import math
 import random
 
@@ -70,6 +71,26 @@ def seed_position(seed, *position):
     if torch.cuda.is_initialized():
         for i in range(torch.cuda.device_count()):
             torch.cuda.default_generators[i].manual_seed(mixed)
+
+
+@contextlib.contextmanager
+def rng_kept(cuda=False):
+    """Put every global generator back as it was on leaving: Python's ``random``, NumPy's global, torch's CPU
+    generator and each CUDA device's (for side modes, which build and draw).
+
+    The CUDA generators are kept when CUDA is initialized already, or with ``cuda`` (the block will use
+    it: reading their states initializes it first); a CPU block on a GPU machine does not start CUDA.
+    """
+    saved = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() or cuda else None
+    try:
+        yield
+    finally:
+        random.setstate(saved[0])
+        np.random.set_state(saved[1])
+        torch.set_rng_state(saved[2])
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
 
 
 class EarlyStopper:

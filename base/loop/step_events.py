@@ -7,8 +7,8 @@ counters ``progress``'s, the sums ``stats``', the non-finite policy ``guard``'s.
 
 from __future__ import annotations
 
-from base.loop.state import seed_position
 from base.loop.step import window_batches
+from base.loop.train_batches import seed_window
 from base.runtime import distributed
 
 
@@ -19,7 +19,7 @@ class StepEvents:
         """A window's batches are read (after ``seconds`` of waiting): seed the step's random draws (device
         augmentation, Mixup, dropout) from its place in the run, so reading ahead changes nothing."""
         self.stats.window_wait = seconds
-        seed_position(self.args.seed, self.rank, self.epoch, self.progress.samples_in_epoch)
+        seed_window(self.args.seed, self.rank, self.progress)
 
     def _step(self, window):
         """One optimizer step over the batches of ``window`` (on the host; moved to the device one at a time).
