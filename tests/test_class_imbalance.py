@@ -13,7 +13,7 @@ from PIL import Image
 
 from base.config.parse import parse_config
 from base.errors import ConfigError
-from base.loop.state import ResumableSampler, check_sample_weights, trained_samples
+from base.loop.state import ResumableSampler, SeededSamples, check_sample_weights, trained_samples
 from conftest import ToyTrainer
 from data.classification import ClassificationData
 from test_bad_input import error_line, run_main
@@ -230,3 +230,16 @@ def test_a_weighted_focal_run_validates_with_balanced_accuracy(tmp_path):
         warnings.simplefilter("ignore")
         expected = 100 * balanced_accuracy_score(torch.cat(labels).numpy(), torch.cat(preds).numpy())
     assert row["step"] == 3 and row["val_balanced_acc"] == pytest.approx(expected)
+
+
+def test_two_draws_of_one_sample_in_an_epoch_are_augmented_apart():
+    class Noise(torch.utils.data.Dataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, index):
+            return torch.rand(3)  # stands for a random augmentation
+
+    samples = SeededSamples(Noise(), seed=5)
+    assert torch.equal(samples[0, 2, 1], samples[0, 2, 1]) and not torch.equal(samples[0, 2, 1], samples[0, 2, 3])
+    assert torch.equal(samples[0, 2], samples[0, 2]) and not torch.equal(samples[0, 2], samples[1, 2])
