@@ -77,6 +77,8 @@ class TaskSteps(abc.ABC):
             args.mean = list(mean) if args.mean is None else args.mean
             args.std = list(std) if args.std is None else args.std
         check(len(args.mean) == len(args.std), "std", args.std, f"must give as many values as --mean {args.mean}")
+        weighted = cls.sample_weights is not TaskSteps.sample_weights or args.sampler == "random"
+        check(weighted, "sampler", args.sampler, f"{cls.__name__} gives no per-sample weights: use --sampler random")
 
     @classmethod
     def default_statistics(cls, args: argparse.Namespace) -> tuple[list[float], list[float]]:
@@ -182,7 +184,14 @@ class TaskSteps(abc.ABC):
             self.collate_fn,
             self.bad_samples.path if self.bad_samples is not None else None,
             self.logger,
+            self.sample_weights() if split == "train" and self.args.sampler == "weighted" else None,
         )
+
+    def sample_weights(self) -> torch.Tensor:
+        """float64 ``(len(train),)``: a weight >= 0 per training sample in the split's order, not all 0, that
+        ``--sampler weighted`` draws each epoch in proportion to; read once, by :meth:`build_dataloader` of
+        ``"train"``. The default raises ``ConfigError`` (``check_config`` refuses the flag before)."""
+        check(False, "sampler", self.args.sampler, f"{type(self).__name__} gives no per-sample weights")
 
     def build_hooks(self) -> list[HookBase]:
         """Return a list of :class:`base.hooks.HookBase`; called once, in ``setup``."""

@@ -300,6 +300,7 @@ def build_classification_datasets(args, ops=()):
     # Not pool[0].shape: a broken first image should fail in the loader, not here.
     channels = pool.images.shape[1] if isinstance(pool, InMemoryImages) else 3
     train, val, test = _split(pool, test, args)
+    train_labels = split_labels(train)  # before train is rewrapped below: a Subset of the pool
     groups = {}
     if pool_groups is not None:
         # The splits are Subsets with subsampled, sorted indices: map each through its own.
@@ -332,7 +333,17 @@ def build_classification_datasets(args, ops=()):
             # every pipeline resizes uint8 tensors (data.transforms)
             "backend": "torch",
         },
+        train_labels=train_labels,
     )
+
+
+def split_labels(split):
+    """int64 ``(n,)``: the class index of each sample of ``split``, a ``Subset`` of :class:`InMemoryImages` or of
+    :class:`data.images.ImageFiles`, in the split's order; read from the stored labels, no image decoded."""
+    pool, indices = split.dataset, list(split.indices)
+    if isinstance(pool, InMemoryImages):
+        return pool.labels[torch.as_tensor(indices, dtype=torch.long)].clone()
+    return torch.tensor([pool.samples[i][1] for i in indices], dtype=torch.long)
 
 
 def _split(pool, test, args):

@@ -33,7 +33,7 @@ def test_meter_averages_per_sample_over_unequal_batches():
 def test_top5_is_dropped_when_there_are_five_classes_or_fewer():
     meter = ClassificationMeter(5)
     meter.update(logits_ranking([1], k=5), torch.tensor([1]))
-    assert set(meter.compute()) == {"loss", "top1"}
+    assert set(meter.compute()) == {"loss", "top1", "balanced_acc"}
 
 
 def test_compute_before_update_raises():

@@ -146,6 +146,54 @@ CASES = {
         ["--epochs", "2", "--train_val_sample_rate", "0.3", "--folds", "3", "--fold", "1"],
         (2, 5, 8),
     ),
+    # drawn with replacement by inverse class frequency, weighted focal loss, random crops seeded per draw:
+    # 9 steps an epoch
+    "vanilla_weighted": (
+        lambda f: VanillaTrainer,
+        [
+            "--epochs",
+            "2",
+            "--train_val_sample_rate",
+            "0.2",
+            "--batch_size",
+            "32",
+            "--sampler",
+            "weighted",
+            "--class_weights",
+            "auto",
+            "--loss",
+            "focal",
+            "--train_crop",
+            "rrc",
+            "--early_stop_patience",
+            "9",
+        ],
+        (4, 9, 13),
+    ),
+    # the same draw gathered on the device (crops by kornia)
+    "vanilla_weighted_device": (
+        lambda f: VanillaTrainer,
+        [
+            "--epochs",
+            "2",
+            "--train_val_sample_rate",
+            "0.2",
+            "--batch_size",
+            "32",
+            "--sampler",
+            "weighted",
+            "--class_weights",
+            "auto",
+            "--loss",
+            "focal",
+            "--data_on_device",
+            "--train_crop",
+            "rrc",
+            "--early_stop_patience",
+            "9",
+        ],
+        (4, 9, 13),
+    ),
     "denoise": (denoise_trainer, ["--epochs", "2", "--batch_size", "256"], (2, 6, 9)),
     "vit": (
         lambda f: ViTTrainer,
@@ -360,7 +408,16 @@ def straight_runs(tmp_path_factory):
 # The JPEG folder runs with workers only: test_input_pipeline checks that 0 and 2 workers draw the same crops.
 # --data_on_device reads no data through workers. --freeze_epochs reads its data as "vit" does.
 # --folds changes which samples train, not how they are read ("vanilla" covers the workers).
-ONE_WORKER_COUNT = {"mae": 0, "jpeg_folder": 2, "vit_device": 0, "vit_freeze": 0, "vanilla_folds": 0}
+# The weighted draw's samples are seeded by their position in workers ("vanilla_weighted": 2 workers).
+ONE_WORKER_COUNT = {
+    "mae": 0,
+    "jpeg_folder": 2,
+    "vit_device": 0,
+    "vit_freeze": 0,
+    "vanilla_folds": 0,
+    "vanilla_weighted": 2,
+    "vanilla_weighted_device": 0,
+}
 RUNS = [
     pytest.param(case, stop, workers, id=f"{case}-{name}-{workers}")
     for case in sorted(CASES)

@@ -1,12 +1,26 @@
 """What the classification trainers share (``VanillaTrainer``, ``ViTTrainer`` and through it ``MAETrainer``):
-the ``--data_on_device`` pieces, validation by top-1/top-5, and the model card a predictor reads."""
+the ``--data_on_device`` pieces, validation by top-1/top-5 and balanced accuracy, the model card a predictor
+reads, and class imbalance (``--loss``, ``--class_weights``, ``--focal_gamma``, the ``--sampler weighted``
+sample weights; see docs/IMBALANCE.md)."""
+
+import logging
 
 import torch
 
 from base.config.checks import check
 from base.errors import DataError
 from data.input_recipe import input_recipe
+from loss.classification import LOSSES, build_classification_loss
+from loss.imbalance import (
+    add_imbalance_arguments,
+    check_imbalance_config,
+    inverse_frequency_weights,
+    positive_weights,
+    resolve_class_weights,
+)
 from utils.metrics import ClassificationMeter
+
+log = logging.getLogger(__name__)
 
 
 def check_data_on_device(args):
@@ -99,3 +113,104 @@ def classifier_model_card(task):
         "input_shape": shape,
         "input": input_recipe(shape[0], task.data.eval_transform, task.inputs.describe()),
     }
+
+
+def add_imbalance_flags(parser):
+    """Add the ``class imbalance`` group: ``--loss ce|focal``, ``--class_weights``, ``--focal_gamma``."""
+    group = parser.add_argument_group("class imbalance")
+    group.add_argument(
+        "--loss",
+        choices=LOSSES,
+        default="ce",
+        help="ce: cross-entropy; focal: the focal loss (Lin et al. 2017) with --focal_gamma",
+    )
+    add_imbalance_arguments(group)
+
+
+def check_imbalance_flags(args):
+    """Refuse ``--focal_gamma < 0`` and ``--label_smoothing`` > 0 with ``--loss focal`` (the focal loss has none).
+
+    Raises:
+        ConfigError: naming the flag.
+    """
+    check_imbalance_config(args)
+    check(
+        not (args.loss == "focal" and args.label_smoothing > 0),
+        "label_smoothing",
+        args.label_smoothing,
+        "not with --loss focal (it has no label smoothing): pass --label_smoothing 0",
+    )
+
+
+def imbalance_defaults(args):
+    """``{flag: (value, reason)}`` for ``derived_defaults``: ``--loss focal`` makes ``--label_smoothing`` 0."""
+    return {"label_smoothing": (0.0, "--loss focal takes no label smoothing")} if args.loss == "focal" else {}
+
+
+def training_labels(data, flag):
+    """``data.train_labels`` (int64 ``(n,)``, or float ``(n, K)`` 0/1 for multi-label data).
+
+    Raises:
+        DataError: the data give none; names ``flag`` and why it needs them.
+    """
+    if data.train_labels is None:
+        raise DataError(f"{flag}: this data gives no training labels to count")
+    return data.train_labels
+
+
+def class_weights(task):
+    """The loss's class weights that ``--class_weights`` asks for, float32 ``(K,)`` or ``None``; logged once.
+
+    ``auto``: :func:`loss.imbalance.inverse_frequency_weights` of the training split's class counts
+    (``n / (K * n_c)``), or for multi-label data BCE's ``pos_weight``, ``negatives / positives`` per label
+    (:func:`loss.imbalance.positive_weights`).
+
+    Raises:
+        ConfigError: a list whose length is not the number of classes. DataError: ``auto`` without labels.
+    """
+    choice, data = task.args.class_weights, task.data
+
+    def auto():
+        labels = training_labels(data, "--class_weights auto")
+        if data.multilabel:
+            return positive_weights((labels > 0.5).sum(0), len(labels))
+        return inverse_frequency_weights(torch.bincount(labels, minlength=data.num_classes))
+
+    weights = resolve_class_weights(choice, data.num_classes, auto)
+    if weights is not None:
+        how = "given"
+        if choice == "auto":
+            rule = "positive weight, negatives / positives" if data.multilabel else "inverse frequency"
+            how = f"auto, {rule} on {len(data.train_labels)} training samples"
+        log.info("class weights (%s): %s", how, ", ".join(f"{w:.4g}" for w in weights.tolist()))
+    return weights
+
+
+def classification_loss(task):
+    """The training loss of ``--loss``, ``--class_weights``, ``--focal_gamma`` and ``--label_smoothing`` for
+    ``task``'s data (:func:`loss.classification.build_classification_loss`)."""
+    a = task.args
+    weights = class_weights(task)
+    return build_classification_loss(a.label_smoothing, a.loss, weights, a.focal_gamma, multilabel=task.data.multilabel)
+
+
+def classification_sample_weights(data):
+    """float64 ``(n,)``: the ``--sampler weighted`` weight of each training sample, in the split's order.
+
+    Single-label: the inverse-frequency weight of its class, ``n / (K * n_c)``
+    (:func:`loss.imbalance.inverse_frequency_weights`), so each class is drawn equally often in expectation,
+    whatever ``--class_weights`` says. Multi-label: the largest of its positive labels' inverse-frequency
+    weights (counts of positives per label), a sample without any positive label counting as one more
+    "no label" class; a sample's rarest label decides how often it is drawn.
+
+    Raises:
+        DataError: the data give no training labels.
+    """
+    labels = training_labels(data, "--sampler weighted")
+    if not data.multilabel:
+        per_class = inverse_frequency_weights(torch.bincount(labels, minlength=data.num_classes)).double()
+        return per_class[labels]
+    positive = labels > 0.5  # (n, K)
+    groups = torch.cat([positive, ~positive.any(1, keepdim=True)], dim=1)  # (n, K + 1): the last is "no label"
+    per_group = inverse_frequency_weights(groups.sum(0)).double()
+    return (groups.double() * per_group).amax(1)

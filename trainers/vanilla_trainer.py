@@ -14,10 +14,13 @@ from data.classification import (
     default_statistics,
     image_side,
 )
-from loss.classification import build_classification_loss
 from model.classifiers import CLASSIFIERS, build_classifier, image_size_problem
 from trainers.classification import (
+    add_imbalance_flags,
     check_data_on_device,
+    check_imbalance_flags,
+    classification_loss,
+    classification_sample_weights,
     classifier_model_card,
     device_augment,
     training_split,
@@ -45,11 +48,13 @@ class VanillaTrainer(TrainerBase):
             help="Vanilla: MLP on pixels; SmallCNN: 4 conv layers",
         )
         group.add_argument("--label_smoothing", type=float, default=0.0, help="cross-entropy label smoothing")
+        add_imbalance_flags(parser)
         add_data_arguments(parser)
 
     @classmethod
     def check_config(cls, args):
         super().check_config(args)
+        check_imbalance_flags(args)
         check_data_on_device(args)
         check_data_config(args)
         flag, value, side = image_side(args)
@@ -79,7 +84,10 @@ class VanillaTrainer(TrainerBase):
         return classifier_model_card(self)
 
     def build_loss(self):
-        return build_classification_loss(self.args.label_smoothing)
+        return classification_loss(self)
+
+    def sample_weights(self):
+        return classification_sample_weights(self.data)
 
     def train_step(self, batch):
         images, labels = batch

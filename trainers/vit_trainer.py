@@ -17,7 +17,6 @@ from data.classification import (
     image_side,
 )
 from data.transforms import augment_ops
-from loss.classification import build_classification_loss
 from model.hub import load_published_weights
 from model.pretrained import load_pretrained
 from model.zoo import (
@@ -29,9 +28,14 @@ from model.zoo import (
     vit_num_layers,
 )
 from trainers.classification import (
+    add_imbalance_flags,
     check_data_on_device,
+    check_imbalance_flags,
+    classification_loss,
+    classification_sample_weights,
     classifier_model_card,
     device_augment,
+    imbalance_defaults,
     training_split,
     validate_classifier,
 )
@@ -210,6 +214,7 @@ class ViTTrainer(ViTTrainerBase):
         recipe.add_argument("--mixup_alpha", type=float, default=0.0, help="Mixup Beta(alpha, alpha); 0: off")
         recipe.add_argument("--cutmix_alpha", type=float, default=0.0, help="CutMix Beta(alpha, alpha); 0: off")
         recipe.add_argument("--mix_prob", type=float, default=1.0, help="share of batches mixed")
+        add_imbalance_flags(parser)
 
     @classmethod
     def check_config(cls, args):
@@ -227,12 +232,13 @@ class ViTTrainer(ViTTrainerBase):
                 f"needs a zoo ViT ({', '.join(VIT_MODELS)}), not --model_type {args.model_type}",
             )
         check_fine_tuning_config(args)
+        check_imbalance_flags(args)
 
     @classmethod
     def derived_defaults(cls, args):
         """With ``--pretrained``, the input statistics, image size and ``--lr`` of fine-tuning
-        (:func:`trainers.fine_tuning.fine_tuning_defaults`)."""
-        return {**super().derived_defaults(args), **fine_tuning_defaults(args)}
+        (:func:`trainers.fine_tuning.fine_tuning_defaults`); with ``--loss focal`` no label smoothing."""
+        return {**super().derived_defaults(args), **fine_tuning_defaults(args), **imbalance_defaults(args)}
 
     def build_mix(self):
         """Mixup / CutMix per batch on the device (torchvision v2); targets become class probabilities."""
@@ -271,7 +277,10 @@ class ViTTrainer(ViTTrainerBase):
         return [*super().build_hooks(), *([FreezeBody(self.args.freeze_epochs)] if self.args.freeze_epochs else [])]
 
     def build_loss(self):
-        return build_classification_loss(self.args.label_smoothing)
+        return classification_loss(self)
+
+    def sample_weights(self):
+        return classification_sample_weights(self.data)
 
     def build_optimizer(self):
         """The base's optimizer; with ``--layer_decay`` < 1, one group per layer

@@ -4,7 +4,7 @@ import torch
 
 
 class ClassificationMeter:
-    """Sums loss, top-k hits and a confusion matrix across batches.
+    """Sums loss, top-k hits and a confusion matrix across batches; reports top-k and balanced accuracy.
 
     Args:
         num_classes: ``K``.
@@ -40,7 +40,12 @@ class ClassificationMeter:
         self.confusion += torch.bincount(pairs, minlength=self.num_classes**2).view_as(self.confusion)
 
     def compute(self):
-        """``{"loss": mean per sample, "top1": %, "top5": %}`` (top-k in percent, 0-100).
+        """``{"loss": mean per sample, "top1": %, "top5": %, "balanced_acc": %}`` (accuracies in percent, 0-100).
+
+        ``balanced_acc`` is the mean of the recalls (hits / samples) of the classes present in the labels, from
+        the confusion matrix: scikit-learn's ``balanced_accuracy_score`` (Brodersen et al., "The balanced accuracy
+        and its posterior distribution", ICPR 2010); a class never a label is left out, so it equals top-1 when
+        every present class has as many samples.
 
         Under DDP (a process group running) the counts are summed over all
         processes first, so every process gets the metrics of the whole split:
@@ -51,11 +56,18 @@ class ClassificationMeter:
         """
         from base.runtime.distributed import all_reduce_sum
 
-        count, loss_sum, *hits = all_reduce_sum([self.count, self.loss_sum, *(self.hits[k] for k in self.topk)])
+        n_top = len(self.topk)
+        diagonal, support = self.confusion.diagonal().tolist(), self.confusion.sum(1).tolist()
+        count, loss_sum, *sums = all_reduce_sum(
+            [self.count, self.loss_sum, *(self.hits[k] for k in self.topk), *diagonal, *support]
+        )
         if count == 0:
             raise ValueError("ClassificationMeter.compute() called before any update()")
+        hits, diagonal, support = sums[:n_top], sums[n_top : n_top + self.num_classes], sums[n_top + self.num_classes :]
         out = {"loss": loss_sum / count}
         out.update({f"top{k}": 100.0 * h / count for k, h in zip(self.topk, hits)})
+        recalls = [d / n for d, n in zip(diagonal, support) if n > 0]
+        out["balanced_acc"] = 100.0 * sum(recalls) / len(recalls)
         return out
 
 

@@ -32,6 +32,7 @@ def make_loader(
     collate_fn: Callable,
     bad_list: str | None = None,
     logger: logging.Logger | None = None,
+    weights: torch.Tensor | None = None,
 ) -> Iterable:
     """A loader of ``dataset`` for ``split`` (``"train"``, ``"val"``, ``"test"``, ...) under the run's ``args``.
 
@@ -44,12 +45,23 @@ def make_loader(
     With ``--data_on_device`` the training split is a :class:`DeviceBatches` instead: its tensors uploaded
     once, batches gathered on the device in the same sampler's order, no workers. The evaluation splits
     stay on the ``DataLoader``: each is read once per validation without random ops.
-    ``logger`` (may be ``None``) warns when a CUDA run decodes files in the main process.
+    ``logger`` (may be ``None``) warns when a CUDA run decodes files in the main process. ``weights``
+    (``--sampler weighted``, training split only): one per sample, each epoch's order is drawn with replacement
+    in proportion to them (see :class:`ResumableSampler`).
+
+    Raises:
+        ConfigError: ``weights`` that cannot be drawn from (see :func:`base.loop.state.check_sample_weights`).
     """
     train = split == "train"
     if train and args.data_on_device:
         sampler = ResumableSampler(
-            len(dataset), shuffle=True, seed=args.seed, batch_size=args.batch_size, rank=rank, world_size=world_size
+            len(dataset),
+            shuffle=True,
+            seed=args.seed,
+            batch_size=args.batch_size,
+            rank=rank,
+            world_size=world_size,
+            weights=weights,
         )
         return DeviceBatches(dataset, sampler, args.batch_size, device)
     workers = resolve_workers(args.num_workers, device, distributed.local_world_size())
@@ -71,6 +83,7 @@ def make_loader(
         batch_size=args.batch_size if train else None,
         rank=rank,
         world_size=world_size,
+        weights=weights if train else None,
     )
     return DataLoader(
         dataset,

@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
+from base.errors import ConfigError
+
 
 def seed_everything(seed, deterministic=False):
     """Seed Python, NumPy and torch (CPU and CUDA); optionally force deterministic kernels.
@@ -146,21 +148,35 @@ class ResumableSampler(Sampler):
     ``[start + k*B*W, start + (k+1)*B*W)``, the batch a single process with
     ``B*W`` samples a batch would take. Nothing is padded or repeated.
 
+    With ``weights`` (``--sampler weighted``) an epoch's order is ``length`` indices drawn with
+    replacement, index ``i`` with probability ``weights[i] / weights.sum()``: the draw of
+    ``torch.utils.data.WeightedRandomSampler`` (``torch.multinomial``), from the same generator seeded
+    with ``seed + epoch``, so the start position, the ranks' strides and the left-out tail apply to it
+    as to the permutation.
+
     Args:
         length: number of samples in the dataset.
         shuffle: shuffle each epoch (else ``0..length-1``).
         seed: base seed (int).
         with_epoch: yield ``(epoch, index)`` pairs instead of indices, for a
-            :class:`SeededSamples` dataset.
+            :class:`SeededSamples` dataset; with ``weights`` ``(epoch, index, position)``, the position
+            in the epoch's draw telling apart two draws of one sample.
         batch_size: the per-process training batch; when given, an epoch's
             tail that would give a process a batch of one sample, or none, is
             left out of that epoch (see :func:`trained_samples`).
         rank, world_size: this process's place among the data-parallel ones.
+        weights: ``None``, or one non-negative weight per sample (see :func:`check_sample_weights`);
+            needs ``shuffle``.
     """
 
-    def __init__(self, length, shuffle=True, seed=0, with_epoch=False, batch_size=None, rank=0, world_size=1):
+    def __init__(
+        self, length, shuffle=True, seed=0, with_epoch=False, batch_size=None, rank=0, world_size=1, weights=None
+    ):
         self.length, self.shuffle, self.seed, self.with_epoch = length, shuffle, seed, with_epoch
         self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
+        self.weights = None if weights is None else check_sample_weights(weights, length)
+        if self.weights is not None and not shuffle:
+            raise ValueError("ResumableSampler: weights need shuffle=True")
         self.epoch, self.start = 0, 0
 
     def set_epoch(self, epoch, start=0):
@@ -177,14 +193,41 @@ class ResumableSampler(Sampler):
         if not self.shuffle:
             return list(range(self.length))
         gen = torch.Generator().manual_seed(self.seed + self.epoch)
+        if self.weights is not None:  # the whole epoch's draw, on every process: each takes its share of it
+            return torch.multinomial(self.weights, self.length, replacement=True, generator=gen).tolist()
         return torch.randperm(self.length, generator=gen).tolist()
 
     def __iter__(self):
-        order = self._order()[self.start + self.rank : self.end : self.world_size]
-        return iter([(self.epoch, i) for i in order] if self.with_epoch else order)
+        order, positions = self._order(), range(self.start + self.rank, self.end, self.world_size)
+        if not self.with_epoch:
+            return iter([order[p] for p in positions])
+        if self.weights is not None:
+            return iter([(self.epoch, order[p], p) for p in positions])
+        return iter([(self.epoch, order[p]) for p in positions])
 
     def __len__(self):
         return len(range(self.start + self.rank, self.end, self.world_size))
+
+
+def check_sample_weights(weights, length):
+    """``weights`` as a float64 ``(length,)`` CPU tensor, after checking that ``--sampler weighted`` can draw from it.
+
+    (``torch.multinomial`` draws from at most 2**24 categories: a larger training split is refused by it.)
+
+    Raises:
+        ConfigError: not ``length`` values (one per training sample), or a value negative or not finite,
+            or all of them 0 (one line naming ``--sampler``).
+    """
+    weights = torch.as_tensor(weights, dtype=torch.float64).cpu()
+    for bad, problem in (
+        (weights.shape != (length,), f"gives sample weights of shape {tuple(weights.shape)}, not ({length},)"),
+        (not bool(torch.isfinite(weights).all()), "gives a sample weight that is not finite"),
+        (bool((weights < 0).any()), "gives a negative sample weight"),
+        (not bool((weights > 0).any()), "gives only zero sample weights"),
+    ):
+        if bad:
+            raise ConfigError(f"--sampler weighted: the task {problem}")
+    return weights
 
 
 def trained_samples(samples_left, batch_size, world_size=1):
@@ -214,7 +257,9 @@ def training_batches(samples_left, batch_size, world_size=1):
 class SeededSamples(torch.utils.data.Dataset):
     """Make random augmentation depend only on ``(seed, epoch, index)``.
 
-    Items are asked for as ``(epoch, index)`` (see ``ResumableSampler(with_epoch=True)``).
+    Items are asked for as ``(epoch, index)`` (see ``ResumableSampler(with_epoch=True)``), or
+    ``(epoch, index, position)`` from a weighted draw, where one sample may come twice in an epoch: the
+    position joins the seed, so each draw of it is augmented anew.
     The epoch travels with every index, rather than as an attribute set
     before the epoch, because persistent workers keep the copy of the dataset
     they started with. Each item first reseeds Python, NumPy and torch's CPU
@@ -240,8 +285,10 @@ class SeededSamples(torch.utils.data.Dataset):
         return len(self.dataset)
 
     def __getitem__(self, item):
-        epoch, index = item
+        epoch, index, *position = item
         sample_seed = ((self.seed * 1_000_003 + epoch) * 1_000_033 + index) % 2**63
+        if position:  # a weighted draw: the same sample twice in an epoch gets two augmentations
+            sample_seed = (sample_seed * 1_000_037 + position[0] + 1) % 2**63
         random.seed(sample_seed)
         np.random.seed(sample_seed % 2**32)
         torch.default_generator.manual_seed(sample_seed)  # not torch.manual_seed: it queues CUDA work
@@ -249,5 +296,5 @@ class SeededSamples(torch.utils.data.Dataset):
 
     def __getitems__(self, items):
         if self._batched:
-            return self.dataset.__getitems__([index for _, index in items])
+            return self.dataset.__getitems__([item[1] for item in items])
         return [self[item] for item in items]

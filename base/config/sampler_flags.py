@@ -1,0 +1,21 @@
+"""``--sampler``: how every trainer orders an epoch's training samples.
+
+``random`` (the default): a permutation per epoch. ``weighted``: ``len(train)`` indices drawn with replacement
+in proportion to the task's per-sample weights (:meth:`base.task.TaskSteps.sample_weights`), as
+``torch.utils.data.WeightedRandomSampler`` draws them; both seeded by ``(--seed, epoch)``, so a resumed run
+continues at the exact next sample (:class:`base.loop.state.ResumableSampler`).
+"""
+
+SAMPLERS = ("random", "weighted")
+
+
+def add_sampler_arguments(parser):
+    """Add ``--sampler`` to ``parser``'s ``loop`` group (made if it has none)."""
+    loop = next((g for g in parser._action_groups if g.title == "loop"), None) or parser.add_argument_group("loop")
+    loop.add_argument(
+        "--sampler",
+        choices=SAMPLERS,
+        default="random",
+        help="training order per epoch: random (a permutation) or weighted (drawn with replacement in proportion "
+        "to the task's per-sample weights, e.g. inverse class frequency; see docs/IMBALANCE.md)",
+    )
