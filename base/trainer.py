@@ -25,7 +25,6 @@ import torch
 
 from base.checkpoint.checkpointer import Checkpointer
 from base.checkpoint.trainer_state import CheckpointEvents
-from base.config.sampler_flags import add_sampler_arguments
 from base.config.trainer_flags import add_trainer_arguments
 from base.loop import optim
 from base.loop.bad_data import BadSampleLog
@@ -61,7 +60,6 @@ class TrainerBase(StepEvents, ValidationEvents, CheckpointEvents, TrackingEvents
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
         """The loop's flags (the first layer of every task's; see :mod:`base.config.trainer_flags`)."""
         add_trainer_arguments(parser)
-        add_sampler_arguments(parser)
 
     def __init__(self, args, provenance=None, resume_from=None):
         self.args = args

@@ -9,9 +9,8 @@ continues at the exact next sample (:class:`base.loop.state.ResumableSampler`).
 SAMPLERS = ("random", "weighted")
 
 
-def add_sampler_arguments(parser):
-    """Add ``--sampler`` to ``parser``'s ``loop`` group (made if it has none)."""
-    loop = next((g for g in parser._action_groups if g.title == "loop"), None) or parser.add_argument_group("loop")
+def add_sampler_arguments(loop):
+    """Add ``--sampler`` to ``loop``, the ``loop`` argument group of :mod:`base.config.trainer_flags`."""
     loop.add_argument(
         "--sampler",
         choices=SAMPLERS,

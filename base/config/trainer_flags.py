@@ -5,6 +5,7 @@ import os
 
 from base.config.checks import check, check_folder_name, check_writable_dir
 from base.config.parse import path_arg, str2bool
+from base.config.sampler_flags import add_sampler_arguments
 from base.config.side_mode_flags import add_side_mode_arguments, check_side_mode_config
 from base.config.study_flags import add_study_arguments, check_study_config
 from base.run.trackers import parse_tracker_names
@@ -99,6 +100,8 @@ def add_trainer_arguments(parser):
         default=True,
         help="with --ema_decay: validate, pick 'best' and test with the EMA weights",
     )
+
+    add_sampler_arguments(loop)  # --sampler random|weighted
 
     speed = parser.add_argument_group("speed")
     speed.add_argument(
