@@ -84,6 +84,14 @@ class MAETrainer(ViTTrainerBase):
     @classmethod
     def check_config(cls, args):
         super().check_config(args)
+        # Its k-NN monitor votes with class indices; multi-label targets are 0/1 vectors.
+        check(
+            args.data_type != "ImageCSV",
+            "data_type",
+            args.data_type,
+            "MAE pre-training reads single-label data (its k-NN monitor votes with class indices); pre-train on the "
+            "images as an ImageFolder, then fine-tune with trainer_vit.py --data_type ImageCSV",
+        )
         check(
             args.model_type in VIT_MODELS,
             "model_type",

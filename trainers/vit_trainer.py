@@ -28,6 +28,7 @@ from model.zoo import (
     vit_layer_id,
     vit_num_layers,
 )
+from trainers import multilabel
 from trainers.classification import (
     check_data_on_device,
     classifier_model_card,
@@ -185,6 +186,7 @@ class ViTTrainer(ViTTrainerBase):
         "grad_clip": 1.0,
     }
     monitor, monitor_mode = "top1", "max"
+    monitored = classmethod(lambda cls, args: multilabel.monitored(args))
 
     @classmethod
     def add_arguments(cls, parser):
@@ -210,6 +212,7 @@ class ViTTrainer(ViTTrainerBase):
         recipe.add_argument("--mixup_alpha", type=float, default=0.0, help="Mixup Beta(alpha, alpha); 0: off")
         recipe.add_argument("--cutmix_alpha", type=float, default=0.0, help="CutMix Beta(alpha, alpha); 0: off")
         recipe.add_argument("--mix_prob", type=float, default=1.0, help="share of batches mixed")
+        multilabel.add_multilabel_arguments(parser)
 
     @classmethod
     def check_config(cls, args):
@@ -227,12 +230,14 @@ class ViTTrainer(ViTTrainerBase):
                 f"needs a zoo ViT ({', '.join(VIT_MODELS)}), not --model_type {args.model_type}",
             )
         check_fine_tuning_config(args)
+        multilabel.check_multilabel_config(args)
 
     @classmethod
     def derived_defaults(cls, args):
         """With ``--pretrained``, the input statistics, image size and ``--lr`` of fine-tuning
-        (:func:`trainers.fine_tuning.fine_tuning_defaults`)."""
-        return {**super().derived_defaults(args), **fine_tuning_defaults(args)}
+        (:func:`trainers.fine_tuning.fine_tuning_defaults`); with multi-label data, no label smoothing
+        (:func:`trainers.multilabel.multilabel_defaults`)."""
+        return {**super().derived_defaults(args), **fine_tuning_defaults(args), **multilabel.multilabel_defaults(args)}
 
     def build_mix(self):
         """Mixup / CutMix per batch on the device (torchvision v2); targets become class probabilities."""
@@ -271,7 +276,7 @@ class ViTTrainer(ViTTrainerBase):
         return [*super().build_hooks(), *([FreezeBody(self.args.freeze_epochs)] if self.args.freeze_epochs else [])]
 
     def build_loss(self):
-        return build_classification_loss(self.args.label_smoothing)
+        return build_classification_loss(self.args.label_smoothing, multilabel=self.data.multilabel)
 
     def build_optimizer(self):
         """The base's optimizer; with ``--layer_decay`` < 1, one group per layer
