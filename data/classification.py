@@ -208,16 +208,16 @@ def check_data_config(args):
 
 
 def train_crop(args):
-    """``--train_crop``, or when unset the data's recipe: ``rrc`` for file images (``ImageFolder``, ``ImageCSV``), ``squash`` for
-    the sets of one fixed size, where a crop would only lose pixels."""
+    """``--train_crop``, or when unset the data's recipe: ``rrc`` for file images (``ImageFolder``, ``ImageCSV``),
+    ``squash`` for the sets of one fixed size, where a crop would only lose pixels."""
     if args.train_crop is not None:
         return args.train_crop
     return "rrc" if args.data_type in FILE_TYPES else "squash"
 
 
 def default_statistics(args):
-    """``(mean, std)`` for ``--data_type``: ImageNet's for RGB file images (``ImageFolder``, ``ImageCSV``, where pretrained
-    weights expect them), 0.5 / 0.5 for the others (x / 255 mapped to [-1, 1], as before the flags existed)."""
+    """``(mean, std)`` for ``--data_type``: ImageNet's for RGB file images (``ImageFolder``, ``ImageCSV``, where
+    pretrained weights expect them), 0.5 / 0.5 for the others (x / 255 mapped to [-1, 1], as before the flags existed)."""
     if args.data_type in FILE_TYPES:
         return list(transforms.IMAGENET_MEAN), list(transforms.IMAGENET_STD)
     return [0.5], [0.5]

@@ -13,7 +13,7 @@ from utils.metrics import ClassificationMeter
 
 
 def check_data_on_device(args):
-    """Refuse ``--data_on_device`` with ``--data_type ImageFolder`` or ``ImageCSV`` (images decoded from files per item).
+    """Refuse ``--data_on_device`` with ``--data_type ImageFolder`` or ``ImageCSV`` (decoded from files per item).
 
     Raises:
         ConfigError: naming both flags.
