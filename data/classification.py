@@ -217,7 +217,8 @@ def train_crop(args):
 
 def default_statistics(args):
     """``(mean, std)`` for ``--data_type``: ImageNet's for RGB file images (``ImageFolder``, ``ImageCSV``, where
-    pretrained weights expect them), 0.5 / 0.5 for the others (x / 255 mapped to [-1, 1], as before the flags existed)."""
+    pretrained weights expect them), 0.5 / 0.5 for the others (x / 255 mapped to [-1, 1], as before the flags
+    existed)."""
     if args.data_type in FILE_TYPES:
         return list(transforms.IMAGENET_MEAN), list(transforms.IMAGENET_STD)
     return [0.5], [0.5]

@@ -74,7 +74,7 @@ class MultiLabelMeter:
 
 
 def multilabel_scores(scores, targets, threshold=0.5):
-    """mAP, per-label AP and F1, micro and mean F1 of ``scores`` against ``targets`` (see :meth:`MultiLabelMeter.compute`).
+    """mAP, per-label AP and F1, micro and mean F1 of ``scores`` against ``targets`` (:meth:`MultiLabelMeter.compute`).
 
     Args:
         scores: float ``(n, K)`` probabilities (NumPy).
