@@ -47,7 +47,7 @@ def test_image_csv_gives_float_targets_of_its_rows_paths_and_label_names(csv_dat
     by_path = {str(root / "img" / f"{i:03d}.png"): t for i, t in enumerate(targets)}
     seen = []
     for split in (data.train, data.val, data.test):
-        for j, i in enumerate(split.indices):
+        for i in split.indices:
             path, target = split.dataset.samples[i]
             seen.append(path)
             assert target.dtype == torch.float32 and target.tolist() == by_path[path].tolist()
