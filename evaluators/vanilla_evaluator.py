@@ -82,7 +82,8 @@ class VanillaEvaluator(EvaluatorBase):
         threshold = task.args.threshold
         print(
             f"{self.args.split} split, {metrics['count']} images: loss {metrics['loss']:.4f}  "
-            f"mAP {metrics['map']:.4f}  micro F1 {metrics['micro_f1']:.4f}  mean F1 {metrics['mean_f1']:.4f} (threshold {threshold:g})"
+            f"mAP {metrics['map']:.4f}  micro F1 {metrics['micro_f1']:.4f}  "
+            f"mean F1 {metrics['mean_f1']:.4f} (threshold {threshold:g})"
         )
         width = max(len("label"), *(len(n) for n in data.class_names))
         print(f"{'label':<{width}}  positives      AP  F1@{threshold:g}")
