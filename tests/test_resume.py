@@ -122,6 +122,14 @@ def jpeg_folder_trainer(tmp_path_factory):
     return type("ViTOnJpegFolder", (ViTTrainer,), {"DEFAULTS": {"data_dir": str(root)}})
 
 
+def multilabel_trainer(tmp_path_factory):
+    """VanillaTrainer on generated ImageCSV data (tests/multilabel_data.py): multi-hot targets, BCE, mAP picks best."""
+    from multilabel_data import make_multilabel_csv
+
+    root, _ = make_multilabel_csv(tmp_path_factory.getbasetemp() / "multilabel_csv")
+    return type("VanillaOnCSV", (VanillaTrainer,), {"DEFAULTS": {"data_dir": str(root)}})
+
+
 # trainer factory, flags, (stop mid-epoch, stop at an epoch boundary, a later stop)
 CASES = {
     "toy": (
@@ -199,6 +207,15 @@ CASES = {
             "0.5",
             "--early_stop_patience",
             "9",
+        ],
+        (2, 3, 5),
+    ),
+    # 43 training images (random-resized crops) in batches of 16: 3 steps an epoch
+    "multilabel": (
+        multilabel_trainer,
+        [
+            *("--epochs", "2", "--data_type", "ImageCSV", "--image_size", "16", "--model_type", "SmallCNN"),
+            *("--batch_size", "16", "--train_val_sample_rate", "0.5", "--early_stop_patience", "9"),
         ],
         (2, 3, 5),
     ),
@@ -360,7 +377,8 @@ def straight_runs(tmp_path_factory):
 # The JPEG folder runs with workers only: test_input_pipeline checks that 0 and 2 workers draw the same crops.
 # --data_on_device reads no data through workers. --freeze_epochs reads its data as "vit" does.
 # --folds changes which samples train, not how they are read ("vanilla" covers the workers).
-ONE_WORKER_COUNT = {"mae": 0, "jpeg_folder": 2, "vit_device": 0, "vit_freeze": 0, "vanilla_folds": 0}
+# ImageCSV files are decoded and cropped as the JPEG folder's (covered with workers there).
+ONE_WORKER_COUNT = {"mae": 0, "jpeg_folder": 2, "multilabel": 0, "vit_device": 0, "vit_freeze": 0, "vanilla_folds": 0}
 RUNS = [
     pytest.param(case, stop, workers, id=f"{case}-{name}-{workers}")
     for case in sorted(CASES)
