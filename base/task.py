@@ -81,6 +81,13 @@ class TaskSteps(abc.ABC):
         check(weighted, "sampler", args.sampler, f"{cls.__name__} gives no per-sample weights: use --sampler random")
 
     @classmethod
+    def monitored(cls, args: argparse.Namespace) -> tuple[str, str]:
+        """``(monitor, monitor_mode)`` of a run with ``args``; :class:`base.trainer.TrainerBase` sets them on the
+        instance when it is made, so the early stopper, checkpoints, status and sweeps see one answer. Default: the
+        class attributes; a task whose metric follows its flags (e.g. the data type) overrides this."""
+        return cls.monitor, cls.monitor_mode
+
+    @classmethod
     def default_statistics(cls, args: argparse.Namespace) -> tuple[list[float], list[float]]:
         """``(mean, std)``: the per-channel statistics of [0, 1] pixels that ``--mean``/``--std`` default to.
 

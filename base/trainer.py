@@ -74,6 +74,7 @@ class TrainerBase(StepEvents, ValidationEvents, CheckpointEvents, TrackingEvents
         self.progress = LoopProgress()
         self.stats = TrainingStats()
         self.guard = NonFiniteGuard(args.nonfinite, args.max_skipped_steps, args.rollback_lr_factor)
+        self.monitor, self.monitor_mode = self.monitored(args)  # fixed for the run: what it validates
         self.early_stopper = EarlyStopper(self.monitor_mode, args.early_stop_patience)
         self.tracking = RunTracking()
         self.folder = self.checkpointer = self.step = None

@@ -15,6 +15,10 @@ The recipe of the training and evaluation crops is :mod:`data.transforms`.
   plus an optional ``<data_dir>/test/<class>/``; at least two classes; hidden files and
   folders (``.*``) are skipped; links are followed, loops refused, each real file read once
   (see :mod:`data.image_folder`). Shape (3, image_size, image_size).
+* ``ImageCSV``: multi-label images listed in ``<data_dir>/labels.csv`` (``filename,<label_1>,...``, 0/1
+  values; see :mod:`data.image_csv`), decoded, cropped and normalised as ImageFolder's; items are
+  ``(image, float32 (K,) 0/1 target)`` and :attr:`ClassificationData.multilabel` is true. Shape
+  (3, image_size, image_size).
 * ``ELPV``: real electroluminescence images of solar cells, shipped by the
   ``elpv-dataset`` package (see :mod:`data.elpv`); a stratified 75/25
   train/test split as in the paper. Shape (1, image_size, image_size).
@@ -37,13 +41,16 @@ from base.errors import DataError
 from data import transforms
 from data.augment import Augmented
 from data.elpv import load_elpv
+from data.image_csv import MultiLabelImageFiles, csv_path, load_image_csv
 from data.image_folder import load_image_folder
 from data.images import ImageFiles
-from data.splits import kfold_indices
+from data.splits import kfold_indices, multilabel_strata
 
-DATA_TYPES = ["Digits", "FashionMNIST", "MNIST", "CIFAR10", "ImageFolder", "ELPV"]
+DATA_TYPES = ["Digits", "FashionMNIST", "MNIST", "CIFAR10", "ImageFolder", "ELPV", "ImageCSV"]
+#: The --data_type values read from image files under --data_dir (RGB, decoded per item, random-resized crops).
+FILE_TYPES = ("ImageFolder", "ImageCSV")
 #: C of the images of each --data_type (ImageFolder: made RGB whatever the files hold), known without reading them.
-CHANNELS = {"Digits": 1, "FashionMNIST": 1, "MNIST": 1, "CIFAR10": 3, "ImageFolder": 3, "ELPV": 1}
+CHANNELS = {"Digits": 1, "FashionMNIST": 1, "MNIST": 1, "CIFAR10": 3, "ImageFolder": 3, "ELPV": 1, "ImageCSV": 3}
 FIXED_SIDES = {
     "Digits": 8,
     "FashionMNIST": 28,
@@ -112,7 +119,9 @@ def add_data_arguments(parser):
     data.add_argument(
         "--test_sample_rate", type=float, default=1.0, help="keep this share of the test split (fast runs)"
     )
-    data.add_argument("--image_size", type=int, default=32, help="ImageFolder and ELPV images are resized to this")
+    data.add_argument(
+        "--image_size", type=int, default=32, help="ImageFolder, ImageCSV and ELPV images are resized to this"
+    )
     recipe = parser.add_argument_group("input recipe")
     recipe.add_argument(
         "--train_crop",
@@ -120,7 +129,7 @@ def add_data_arguments(parser):
         default=None,
         help="rrc: random-resized crop to train, resize the shorter side to image_size / crop_pct "
         "and centre-crop to evaluate (timm, torchvision references); squash: resize to a "
-        "square, aspect ratio not kept; default: rrc for ImageFolder, squash otherwise",
+        "square, aspect ratio not kept; default: rrc for ImageFolder and ImageCSV, squash otherwise",
     )
     recipe.add_argument(
         "--scale",
@@ -199,17 +208,18 @@ def check_data_config(args):
 
 
 def train_crop(args):
-    """``--train_crop``, or when unset the data's recipe: ``rrc`` for file images (``ImageFolder``), ``squash`` for
-    the sets of one fixed size, where a crop would only lose pixels."""
+    """``--train_crop``, or when unset the data's recipe: ``rrc`` for file images (``ImageFolder``, ``ImageCSV``),
+    ``squash`` for the sets of one fixed size, where a crop would only lose pixels."""
     if args.train_crop is not None:
         return args.train_crop
-    return "rrc" if args.data_type == "ImageFolder" else "squash"
+    return "rrc" if args.data_type in FILE_TYPES else "squash"
 
 
 def default_statistics(args):
-    """``(mean, std)`` for ``--data_type``: ImageNet's for RGB file images (``ImageFolder``, where pretrained
-    weights expect them), 0.5 / 0.5 for the others (x / 255 mapped to [-1, 1], as before the flags existed)."""
-    if args.data_type == "ImageFolder":
+    """``(mean, std)`` for ``--data_type``: ImageNet's for RGB file images (``ImageFolder``, ``ImageCSV``, where
+    pretrained weights expect them), 0.5 / 0.5 for the others (x / 255 mapped to [-1, 1], as before the flags
+    existed)."""
+    if args.data_type in FILE_TYPES:
         return list(transforms.IMAGENET_MEAN), list(transforms.IMAGENET_STD)
     return [0.5], [0.5]
 
@@ -224,7 +234,7 @@ def check_data_dir(args):
     """
     if args.data_type in ("Digits", "ELPV"):  # shipped with a package: no folder
         return
-    downloadable = args.data_type != "ImageFolder"
+    downloadable = args.data_type not in FILE_TYPES
     if not args.data_dir:
         will = " (or, with --download true, will hold)" if downloadable else ""
         raise DataError(f"--data_type {args.data_type} needs --data_dir, a folder that holds{will} its files")
@@ -234,6 +244,11 @@ def check_data_dir(args):
         hint = " (pass --download true to create it and fetch the files)" if downloadable else ""
         problem = "not a folder" if os.path.exists(args.data_dir) else f"no such folder{hint}"
         raise DataError(f"--data_dir {args.data_dir}: {problem}")
+    if args.data_type == "ImageCSV" and not os.path.isfile(csv_path(args.data_dir)):
+        raise DataError(
+            f"{csv_path(args.data_dir)}: no such file; --data_type ImageCSV reads its labels from labels.csv "
+            f"in --data_dir (see data.image_csv)"
+        )
     if not downloadable and not os.listdir(args.data_dir):
         raise DataError(f"--data_dir {args.data_dir}: the folder is empty; expected <class>/ folders of images")
 
@@ -243,7 +258,7 @@ def image_side(args):
     that flag's value, and the side in pixels.
 
     Digits (8) and (Fashion)MNIST (28) have a fixed size, named by ``--data_type``;
-    ImageFolder and ELPV images are resized to ``--image_size``.
+    ImageFolder, ImageCSV and ELPV images are resized to ``--image_size``.
     """
     if args.data_type in FIXED_SIDES:
         return "data_type", args.data_type, FIXED_SIDES[args.data_type]
@@ -289,6 +304,8 @@ def build_classification_datasets(args, ops=()):
         pool, test = InMemoryImages(pool_x, pool_y), InMemoryImages(test_x, test_y)
     elif args.data_type == "ImageFolder":
         pool, test, names = load_image_folder(args.data_dir, eval_tf)
+    elif args.data_type == "ImageCSV":
+        (pool, names), test = load_image_csv(args.data_dir, eval_tf), None
     elif args.data_type == "CIFAR10":
         from data.cifar import load_cifar10
 
@@ -310,7 +327,7 @@ def build_classification_datasets(args, ops=()):
         }
     plain_train = stored_train = train
     if isinstance(pool, ImageFiles):  # decoded per item: the training pipeline runs on each decoded file
-        train, stored_train = Subset(ImageFiles(pool.samples, train_tf, pool.mode), train.indices), None
+        train, stored_train = Subset(type(pool)(pool.samples, train_tf, pool.mode), train.indices), None
     else:  # in memory, already uint8 at their size: transforms only where they change something
         if crop != "squash" or ops or pool.images.shape[-1] != side:
             train = Augmented(train, train_tf)
@@ -333,14 +350,17 @@ def build_classification_datasets(args, ops=()):
             # every pipeline resizes uint8 tensors (data.transforms)
             "backend": "torch",
         },
+        multilabel=isinstance(pool, MultiLabelImageFiles),
         train_labels=train_labels,
     )
 
 
 def split_labels(split):
-    """int64 ``(n,)``: the class index of each sample of ``split``, a ``Subset`` of :class:`InMemoryImages` or of
+    """float32 ``(n, K)`` 0/1 targets for multi-label data, else int64 ``(n,)``: the class index of each sample of ``split``, a ``Subset`` of :class:`InMemoryImages` or of
     :class:`data.images.ImageFiles`, in the split's order; read from the stored labels, no image decoded."""
     pool, indices = split.dataset, list(split.indices)
+    if isinstance(pool, MultiLabelImageFiles):
+        return pool.targets(indices)
     if isinstance(pool, InMemoryImages):
         return pool.labels[torch.as_tensor(indices, dtype=torch.long)].clone()
     return torch.tensor([pool.samples[i][1] for i in indices], dtype=torch.long)
@@ -355,7 +375,7 @@ def _split(pool, test, args):
     """
     g = torch.Generator().manual_seed(args.seed)
     pool_idx = torch.randperm(len(pool), generator=g).tolist()
-    source = f"--data_dir {args.data_dir}" if args.data_type == "ImageFolder" else f"--data_type {args.data_type}"
+    source = f"--data_dir {args.data_dir}" if args.data_type in FILE_TYPES else f"--data_type {args.data_type}"
     if test is None:
         n_test = _test_count(args.test_fraction, len(pool))
         if args.test_fraction > 0 and n_test < 1:  # else the run trains, then fails on an empty test split
@@ -397,6 +417,8 @@ def _split(pool, test, args):
 def _fold(pool, pool_idx, args, source):
     """``(train, val)`` sorted pool indices: fold ``--fold`` of the stratified ``--folds`` split of ``pool_idx``.
 
+    Multi-label data is stratified by each sample's rarest positive label (:func:`data.splits.multilabel_strata`).
+
     The split is of the sorted indices, so it depends on which samples the pool keeps and ``--seed``,
     not on the order they were drawn in.
 
@@ -404,7 +426,8 @@ def _fold(pool, pool_idx, args, source):
         DataError: the pool is too small for ``--folds`` (names the flag and the count).
     """
     kept = sorted(pool_idx)
-    labels = pool.labels[kept].tolist() if isinstance(pool, InMemoryImages) else [pool.samples[i][1] for i in kept]
+    labels = _targets(pool, kept)
+    labels = multilabel_strata(labels) if labels.dim() == 2 else labels.tolist()
     if len(kept) < args.folds:
         raise DataError(
             f"{source}: --folds {args.folds}: the train+val pool holds {len(kept)} samples after "

@@ -109,6 +109,29 @@ def kfold_indices(labels, folds, fold, seed):
     return sorted(rest.tolist()), sorted(held.tolist())
 
 
+def multilabel_strata(targets):
+    """One stratum per sample of multi-label data, for :func:`kfold_indices`: its rarest positive label.
+
+    A cheap stand-in for iterative stratification (Sechidis et al. 2011, which also starts from the rarest
+    label): every label's positives are spread over the folds at least through the samples for which it is the
+    rarest, and a rare label is never left to chance. Labels are ranked by their positives in ``targets`` (ties:
+    the lower index first); a sample without any positive is stratum ``-1``.
+
+    Args:
+        targets: float or int ``(n, K)`` 0/1.
+
+    Returns:
+        list of ``n`` ints in ``-1..K-1``.
+    """
+    targets = torch.as_tensor(targets) > 0
+    counts = targets.sum(0)
+    rank = torch.empty_like(counts)
+    rank[torch.argsort(counts, stable=True)] = torch.arange(len(counts))  # 0: the rarest label
+    ranked = torch.where(targets, rank, len(counts))  # a negative label ranks after every positive one
+    rarest = torch.argsort(rank)[ranked.min(1).values.clamp(max=len(counts) - 1)]
+    return torch.where(targets.any(1), rarest, -1).tolist()
+
+
 def kfold_groups(groups, folds, fold):
     """Fold ``fold`` of ``groups`` (already in a seeded random order) dealt out in turn to ``folds`` folds.
 

@@ -1,4 +1,5 @@
-"""Classify new image files with a trained checkpoint: the top-k classes of each, from the checkpoint alone."""
+"""Classify new image files with a trained checkpoint: the top-k classes of each (multi-label models: every label
+at or above the threshold), from the checkpoint alone."""
 
 import contextlib
 import json
@@ -30,6 +31,9 @@ class ClassifierPredictor(PredictorBase):
     the input the run's evaluation split gives the model (:func:`data.images.image_file_to_input`,
     then :class:`base.loop.input_stage.InputStage` with the card's statistics). Runs in float32
     (no autocast), on a GPU if any (``--gpu_devices``).
+
+    A multi-label model (its card says ``"multilabel": true``) gives each image every label whose sigmoid
+    probability is ``>= --threshold`` (default: the run's own ``--threshold``, from its card), or none.
     """
 
     PROG = "predict.py"
@@ -42,16 +46,30 @@ class ClassifierPredictor(PredictorBase):
             "--output_json", type=path_arg, default=None, help="also write the predictions to this JSON file"
         )
         add_tta_argument(parser)
+        parser.add_argument(
+            "--threshold",
+            type=float,
+            default=None,
+            help="multi-label models: show the labels of probability >= this (default: the run's --threshold)",
+        )
 
     def load(self):
-        """As :meth:`PredictorBase.load`, the model wrapped in ``--tta``'s :class:`utils.tta.TTA` (softmax)."""
+        """As :meth:`PredictorBase.load`, the model wrapped in ``--tta``'s :class:`utils.tta.TTA` (softmax; sigmoid
+        for a multi-label model)."""
         loaded = super().load()
-        return loaded._replace(model=TTA(loaded.model, self.args.tta, "softmax"))
+        return loaded._replace(model=TTA(loaded.model, self.args.tta, self.activation(loaded.card)))
+
+    @staticmethod
+    def activation(card):
+        """What turns the model's logits into probabilities: ``"sigmoid"`` per label for a multi-label card."""
+        return "sigmoid" if card.get("multilabel") else "softmax"
 
     @classmethod
     def check_arguments(cls, args):
-        """Raises ConfigError: ``--topk`` < 1."""
+        """Raises ConfigError: ``--topk`` < 1, ``--threshold`` outside (0, 1)."""
         check(args.topk > 0, "topk", args.topk, "must be > 0")
+        if args.threshold is not None:
+            check(0 < args.threshold < 1, "threshold", args.threshold, "must be in (0, 1)")
 
     def trainer_for(self, extras):
         """The classification trainer of :data:`TRAINERS` that wrote ``--model_path``, or the subclass of one
@@ -148,13 +166,26 @@ class ClassifierPredictor(PredictorBase):
             ) from None
         return model, contextlib.nullcontext
 
+    def threshold(self, loaded):
+        """The multi-label threshold: ``--threshold``, else the card's (the run's ``--threshold``), else 0.5."""
+        if self.args.threshold is not None:
+            return self.args.threshold
+        return float(loaded.card.get("threshold", getattr(loaded.config, "threshold", 0.5)))
+
     def image_result(self, loaded, path, image, output):
         """``{"image": path, "top": [{"class", "index", "probability"}, ...]}``.
 
         ``top`` holds ``min(--topk, number of classes)`` entries by decreasing probability
-        (softmax of the logits ``output`` (1, classes), float in [0, 1]).
+        (softmax of the logits ``output`` (1, classes), float in [0, 1]). A multi-label model's ``top`` holds every
+        label whose sigmoid probability is ``>= threshold`` (:meth:`threshold`, also in the result), by
+        decreasing probability; it may be empty.
         """
         class_names = loaded.card["class_names"]
+        if loaded.card.get("multilabel"):
+            threshold, probs = self.threshold(loaded), torch.sigmoid(output)[0].cpu()
+            order = [i for i in probs.argsort(descending=True).tolist() if float(probs[i]) >= threshold]
+            top = [{"class": class_names[i], "index": i, "probability": float(probs[i])} for i in order]
+            return {"image": path, "threshold": threshold, "top": top}
         probs = torch.softmax(output, dim=1)[0].cpu()
         top = probs.topk(min(self.args.topk, len(class_names)))
         return {
@@ -171,17 +202,19 @@ class ClassifierPredictor(PredictorBase):
         Raises:
             CheckpointError: ``--output_json`` cannot be written.
         """
-        tta = describe_tta(self.args.tta, "softmax")
+        tta = describe_tta(self.args.tta, self.activation(loaded.card))
         if self.args.tta != "none":
             print(tta)
         for r in results:
-            print(f"{r['image']}: " + ", ".join(f"{t['class']} {t['probability']:.4f}" for t in r["top"]))
+            found = ", ".join(f"{t['class']} {t['probability']:.4f}" for t in r["top"])
+            print(f"{r['image']}: {found or 'no label above the threshold'}")
         if self.args.output_json:
             doc = {
                 "model_path": self.args.model_path,
                 "class_names": loaded.card["class_names"],
                 "tta": self.args.tta,
                 "tta_description": tta,
+                **({"multilabel": True} if loaded.card.get("multilabel") else {}),
                 "predictions": results,
             }
             write_or_fail(

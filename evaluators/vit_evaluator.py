@@ -12,6 +12,8 @@ class ViTEvaluator(VanillaEvaluator):
 
     def evaluate(self):
         results = super().evaluate()
+        if results.get("multilabel"):  # each label's AP and F1 are there already
+            return results
         per_class = {}
         for name, row in zip(results["class_names"], results["confusion_matrix"]):
             per_class[name] = 100.0 * row[results["class_names"].index(name)] / sum(row) if sum(row) else float("nan")

@@ -304,6 +304,12 @@ def test_gpu_devices_list_starts_ddp_and_the_checkpoint_evaluates_in_one_process
     assert json.load(open(result))["top1"] == json.load(open(os.path.join(run, "test_metrics.json")))["top1"]
 
 
+def multilabel_layout(tmp_path_factory):
+    from multilabel_data import make_multilabel_csv
+
+    return str(make_multilabel_csv(tmp_path_factory.getbasetemp() / "multilabel_csv")[0])
+
+
 def carvana_layout(tmp_path_factory):
     from data.make_synthetic_carvana import generate
 
@@ -335,6 +341,19 @@ TASKS = {  # entry script, evaluator, flags, the metric compared
             "0.9",
         ],
         "top1",
+    ),
+    # validation and test gather both processes' scores: mAP needs every one
+    "multilabel": (
+        "trainer_vanilla.py",
+        "eval_vanilla.py",
+        [
+            *("--data_type", "ImageCSV", "--image_size", "16", "--model_type", "SmallCNN", "--batch_size", "16"),
+            *(
+                "--train_val_sample_rate",
+                "0.5",
+            ),
+        ],
+        "map",
     ),
     "seg": (
         "trainer_seg_on_carvana.py",
@@ -368,7 +387,8 @@ def test_every_trainer_runs_under_ddp_and_its_checkpoint_evaluates_alone(task, t
     """Task code unchanged: 2 processes train and test; the evaluator scores the best checkpoint in one
     process as the run's own test did over 2 shards."""
     script, evaluator, flags, metric = TASKS[task]
-    data = ["--data_dir", carvana_layout(tmp_path_factory)] if task == "seg" else []
+    layout = {"seg": carvana_layout, "multilabel": multilabel_layout}.get(task)
+    data = ["--data_dir", layout(tmp_path_factory)] if layout else []
     done = torchrun(
         [*data, "--output_dir", str(tmp_path), "--gpu_devices", "cpu", "--epochs", "1", *flags], script=script
     )

@@ -122,6 +122,14 @@ def jpeg_folder_trainer(tmp_path_factory):
     return type("ViTOnJpegFolder", (ViTTrainer,), {"DEFAULTS": {"data_dir": str(root)}})
 
 
+def multilabel_trainer(tmp_path_factory):
+    """VanillaTrainer on generated ImageCSV data (tests/multilabel_data.py): multi-hot targets, BCE, mAP picks best."""
+    from multilabel_data import make_multilabel_csv
+
+    root, _ = make_multilabel_csv(tmp_path_factory.getbasetemp() / "multilabel_csv")
+    return type("VanillaOnCSV", (VanillaTrainer,), {"DEFAULTS": {"data_dir": str(root)}})
+
+
 # trainer factory, flags, (stop mid-epoch, stop at an epoch boundary, a later stop)
 CASES = {
     "toy": (
@@ -247,6 +255,15 @@ CASES = {
             "0.5",
             "--early_stop_patience",
             "9",
+        ],
+        (2, 3, 5),
+    ),
+    # 43 training images (random-resized crops) in batches of 16: 3 steps an epoch
+    "multilabel": (
+        multilabel_trainer,
+        [
+            *("--epochs", "2", "--data_type", "ImageCSV", "--image_size", "16", "--model_type", "SmallCNN"),
+            *("--batch_size", "16", "--train_val_sample_rate", "0.5", "--early_stop_patience", "9"),
         ],
         (2, 3, 5),
     ),
@@ -408,6 +425,7 @@ def straight_runs(tmp_path_factory):
 # The JPEG folder runs with workers only: test_input_pipeline checks that 0 and 2 workers draw the same crops.
 # --data_on_device reads no data through workers. --freeze_epochs reads its data as "vit" does.
 # --folds changes which samples train, not how they are read ("vanilla" covers the workers).
+# ImageCSV files are decoded and cropped as the JPEG folder's (covered with workers there).
 # The weighted draw's samples are seeded by their position in workers ("vanilla_weighted": 2 workers).
 ONE_WORKER_COUNT = {
     "mae": 0,
@@ -415,6 +433,7 @@ ONE_WORKER_COUNT = {
     "vit_device": 0,
     "vit_freeze": 0,
     "vanilla_folds": 0,
+    "multilabel": 0,
     "vanilla_weighted": 2,
     "vanilla_weighted_device": 0,
 }

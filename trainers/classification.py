@@ -1,7 +1,7 @@
 """What the classification trainers share (``VanillaTrainer``, ``ViTTrainer`` and through it ``MAETrainer``):
-the ``--data_on_device`` pieces, validation by top-1/top-5 and balanced accuracy, the model card a predictor
-reads, and class imbalance (``--loss``, ``--class_weights``, ``--focal_gamma``, the ``--sampler weighted``
-sample weights; see docs/IMBALANCE.md)."""
+the ``--data_on_device`` pieces, validation by top-1/top-5 and balanced accuracy (mAP for multi-label data:
+:mod:`trainers.multilabel`), the model card a predictor reads, and class imbalance (``--loss``, ``--class_weights``,
+``--focal_gamma``, the ``--sampler weighted`` sample weights; see docs/IMBALANCE.md)."""
 
 import logging
 
@@ -9,6 +9,7 @@ import torch
 
 from base.config.checks import check
 from base.errors import DataError
+from data.classification import FILE_TYPES
 from data.input_recipe import input_recipe
 from loss.classification import LOSSES, build_classification_loss
 from loss.imbalance import (
@@ -18,22 +19,23 @@ from loss.imbalance import (
     positive_weights,
     resolve_class_weights,
 )
+from trainers.multilabel import multilabel_card, validate_multilabel
 from utils.metrics import ClassificationMeter
 
 log = logging.getLogger(__name__)
 
 
 def check_data_on_device(args):
-    """Refuse ``--data_on_device`` with ``--data_type ImageFolder`` (its images are decoded from files per item).
+    """Refuse ``--data_on_device`` with ``--data_type ImageFolder`` or ``ImageCSV`` (decoded from files per item).
 
     Raises:
         ConfigError: naming both flags.
     """
     check(
-        not (args.data_on_device and args.data_type == "ImageFolder"),
+        not (args.data_on_device and args.data_type in FILE_TYPES),
         "data_on_device",
         args.data_on_device,
-        "needs images held in memory (Digits, MNIST, FashionMNIST, CIFAR10, ELPV); --data_type ImageFolder "
+        f"needs images held in memory (Digits, MNIST, FashionMNIST, CIFAR10, ELPV); --data_type {args.data_type} "
         "decodes files: leave it off and use --num_workers",
     )
 
@@ -82,11 +84,14 @@ def device_augment(args, side, hflip=0.0, vflip=0.0):
 
 
 def validate_classifier(task, model, loader):
-    """Loss, top-1 and top-5 of ``model`` over ``loader`` (see :class:`ClassificationMeter`).
+    """Loss, top-1 and top-5 of ``model`` over ``loader`` (see :class:`ClassificationMeter`); for multi-label
+    data (``task.data.multilabel``) loss, mAP, micro and mean F1 (:func:`trainers.multilabel.validate_multilabel`).
 
     Shared by the classification trainers; ``task`` has ``loss_fn``,
     ``data.num_classes``, ``to_device`` and ``autocast``.
     """
+    if task.data.multilabel:
+        return validate_multilabel(task, model, loader)
     meter = ClassificationMeter(task.data.num_classes)
     for images, labels in loader:
         images, labels = task.to_device((images, labels))
@@ -104,7 +109,9 @@ def classifier_model_card(task):
 
     Returns:
         ``{"trainer": class name, "class_names": [str] (index = label), "input_shape": [C, H, W] (ints),
-        "input": the evaluation transform and statistics (see :mod:`data.input_recipe`)}``; JSON-able.
+        "input": the evaluation transform and statistics (see :mod:`data.input_recipe`)}``; JSON-able. For
+        multi-label data also ``"multilabel": True`` and ``"threshold"`` (``--threshold``); ``class_names`` are
+        then the label names.
     """
     shape = [int(n) for n in task.data.input_shape]
     return {
@@ -112,6 +119,7 @@ def classifier_model_card(task):
         "class_names": list(task.data.class_names),
         "input_shape": shape,
         "input": input_recipe(shape[0], task.data.eval_transform, task.inputs.describe()),
+        **multilabel_card(task),
     }
 
 

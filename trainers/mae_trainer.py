@@ -84,6 +84,14 @@ class MAETrainer(ViTTrainerBase):
     @classmethod
     def check_config(cls, args):
         super().check_config(args)
+        # Its k-NN monitor votes with class indices; multi-label targets are 0/1 vectors.
+        check(
+            args.data_type != "ImageCSV",
+            "data_type",
+            args.data_type,
+            "MAE pre-training reads single-label data (its k-NN monitor votes with class indices); pre-train on the "
+            "images as an ImageFolder, then fine-tune with trainer_vit.py --data_type ImageCSV",
+        )
         check(
             args.model_type in VIT_MODELS,
             "model_type",
@@ -108,13 +116,10 @@ class MAETrainer(ViTTrainerBase):
         check(args.knn_temperature > 0, "knn_temperature", args.knn_temperature, "must be > 0")
         check(args.num_viz >= 0, "num_viz", args.num_viz, "must be >= 0")
 
-    @property
-    def monitor(self):
-        return "knn_top1" if self.args.knn_k else "loss"
-
-    @property
-    def monitor_mode(self):
-        return "max" if self.args.knn_k else "min"
+    @classmethod
+    def monitored(cls, args):
+        """The k-NN top-1 (max) with ``--knn_k``, else the reconstruction loss (min)."""
+        return ("knn_top1", "max") if args.knn_k else ("loss", "min")
 
     def build_datasets(self):
         sets = super().build_datasets()

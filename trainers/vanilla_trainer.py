@@ -1,4 +1,5 @@
-"""Image classification with cross-entropy on Digits, (Fashion)MNIST or an image folder.
+"""Image classification with cross-entropy on Digits, (Fashion)MNIST or an image folder; multi-label
+classification with per-label binary cross-entropy on ``--data_type ImageCSV`` (see :mod:`trainers.multilabel`).
 
 ``--data_on_device`` (in-memory data sets, not ImageFolder): the stored uint8 training images are
 uploaded once and batches are gathered on the device (:mod:`base.loop.device_data`); the training crop
@@ -15,6 +16,7 @@ from data.classification import (
     image_side,
 )
 from model.classifiers import CLASSIFIERS, build_classifier, image_size_problem
+from trainers import multilabel
 from trainers.classification import (
     add_imbalance_flags,
     check_data_on_device,
@@ -29,12 +31,13 @@ from trainers.classification import (
 
 
 class VanillaTrainer(TrainerBase):
-    """Train a classifier; the best checkpoint is the one with the highest validation top-1."""
+    """Train a classifier; the best checkpoint is the one with the highest validation top-1 (multi-label: mAP)."""
 
     PROG = "trainer_vanilla.py"
     EVAL_SCRIPT = "eval_vanilla.py"
     DEFAULTS = {"proj_name": "Vanilla", "epochs": 30, "lr": 2e-3, "weight_decay": 1e-4}
     monitor, monitor_mode = "top1", "max"
+    monitored = classmethod(lambda cls, args: multilabel.monitored(args))
     OLDER_RUN_VALUES = {**TrainerBase.OLDER_RUN_VALUES, "train_crop": "squash"}  # images were squashed then
     default_statistics = classmethod(lambda cls, args: default_statistics(args))
 
@@ -50,6 +53,7 @@ class VanillaTrainer(TrainerBase):
         group.add_argument("--label_smoothing", type=float, default=0.0, help="cross-entropy label smoothing")
         add_imbalance_flags(parser)
         add_data_arguments(parser)
+        multilabel.add_multilabel_arguments(parser)
 
     @classmethod
     def check_config(cls, args):
@@ -57,6 +61,7 @@ class VanillaTrainer(TrainerBase):
         check_imbalance_flags(args)
         check_data_on_device(args)
         check_data_config(args)
+        multilabel.check_multilabel_config(args)
         flag, value, side = image_side(args)
         problem = image_size_problem(args.model_type, side)
         check(problem is None, flag, value, problem)

@@ -27,6 +27,7 @@ from model.zoo import (
     vit_layer_id,
     vit_num_layers,
 )
+from trainers import multilabel
 from trainers.classification import (
     add_imbalance_flags,
     check_data_on_device,
@@ -189,6 +190,7 @@ class ViTTrainer(ViTTrainerBase):
         "grad_clip": 1.0,
     }
     monitor, monitor_mode = "top1", "max"
+    monitored = classmethod(lambda cls, args: multilabel.monitored(args))
 
     @classmethod
     def add_arguments(cls, parser):
@@ -215,6 +217,7 @@ class ViTTrainer(ViTTrainerBase):
         recipe.add_argument("--cutmix_alpha", type=float, default=0.0, help="CutMix Beta(alpha, alpha); 0: off")
         recipe.add_argument("--mix_prob", type=float, default=1.0, help="share of batches mixed")
         add_imbalance_flags(parser)
+        multilabel.add_multilabel_arguments(parser)
 
     @classmethod
     def check_config(cls, args):
@@ -233,12 +236,19 @@ class ViTTrainer(ViTTrainerBase):
             )
         check_fine_tuning_config(args)
         check_imbalance_flags(args)
+        multilabel.check_multilabel_config(args)
 
     @classmethod
     def derived_defaults(cls, args):
         """With ``--pretrained``, the input statistics, image size and ``--lr`` of fine-tuning
-        (:func:`trainers.fine_tuning.fine_tuning_defaults`); with ``--loss focal`` no label smoothing."""
-        return {**super().derived_defaults(args), **fine_tuning_defaults(args), **imbalance_defaults(args)}
+        (:func:`trainers.fine_tuning.fine_tuning_defaults`); with ``--loss focal`` or multi-label data, no label
+        smoothing (:func:`trainers.multilabel.multilabel_defaults`)."""
+        return {
+            **super().derived_defaults(args),
+            **fine_tuning_defaults(args),
+            **imbalance_defaults(args),
+            **multilabel.multilabel_defaults(args),
+        }
 
     def build_mix(self):
         """Mixup / CutMix per batch on the device (torchvision v2); targets become class probabilities."""

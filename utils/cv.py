@@ -202,7 +202,7 @@ def main(argv=None):
         for seed in seeds
         for fold in range(opts.folds)
     ]
-    summary = summarize(study_dir, runs, f"val_{cls.monitor}")
+    summary = summarize(study_dir, runs, f"val_{cls.monitored(args)[0]}")
     write_summary(summary, os.path.join(study_dir, "cv_summary"))
     print_summary(summary)
     failed = [name for name, rc in results.items() if rc != 0]

@@ -108,10 +108,11 @@ class Sweep:
 
     def __init__(self, opts, script, trainer_args, cls, args, space, seeds, study_dir, project_dir):
         self.opts, self.script, self.trainer_args, self.cls = opts, script, trainer_args, cls
+        self.monitor, mode = cls.monitored(args)  # the metric follows the runs' flags (e.g. the data type)
         self.space, self.seeds, self.study_dir, self.project_dir = space, seeds, study_dir, project_dir
         self.pruner = {"name": opts.pruner, "n_startup_trials": opts.n_startup_trials,
                        "n_warmup_steps": opts.n_warmup_steps}  # fmt: skip
-        direction = "maximize" if cls.monitor_mode == "max" else "minimize"
+        direction = "maximize" if mode == "max" else "minimize"
         self.study, self.storage = open_optuna_study(study_dir, direction, opts.sampler, args.seed, self.pruner)
         self.lock = os.path.join(study_dir, ".ask.lock")
         self.failed = []
@@ -257,7 +258,7 @@ def report(sweep, script, trainer_args, seeds):
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     summary = {
         "study": sweep.study_dir,
-        "monitor": f"val_{sweep.cls.monitor}",
+        "monitor": f"val_{sweep.monitor}",
         "direction": sweep.study.direction.name.lower(),
         "trials": [
             {"number": t.number, "state": t.state.name.lower(), "value": t.value, "params": t.params} for t in trials
@@ -270,7 +271,7 @@ def report(sweep, script, trainer_args, seeds):
         best = sweep.study.best_trial
         command = reproduce_command(script, trainer_args, best.params, seeds)
         summary["best"] = {"number": best.number, "value": best.value, "params": best.params, "command": command}
-        print(f"best trial {best.number}: val_{sweep.cls.monitor} {best.value:.4f}")
+        print(f"best trial {best.number}: val_{sweep.monitor} {best.value:.4f}")
         for name, value in best.params.items():
             print(f"  --{name} {value}")
         print(f"reproduce: {command}")

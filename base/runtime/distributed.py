@@ -119,6 +119,20 @@ def all_gather_object(obj):
     return out
 
 
+def gather_rows(*tensors):
+    """Each of ``tensors`` (CPU, any row count per rank) concatenated over the ranks along dim 0, in rank order.
+
+    For metrics that need every sample's values, not sums (mAP, AUC): every process gets the whole split's
+    rows, exactly (the values are sent, not reduced). ``gather_rows(scores, targets)`` returns
+    ``(all_scores, all_targets)``; a rank with no rows passes empty tensors of the right trailing shape.
+    A collective: every rank calls it. Without a process group, the tensors themselves.
+    """
+    if not is_distributed():
+        return tensors
+    parts = all_gather_object(tensors)  # pickled: rows may differ per rank, no padding needed
+    return tuple(torch.cat([part[i] for part in parts]) for i in range(len(tensors)))
+
+
 def broadcast_object(obj):
     """Rank 0's ``obj`` on every rank (what the others pass is ignored)."""
     if not is_distributed():
