@@ -356,14 +356,23 @@ def build_classification_datasets(args, ops=()):
 
 
 def split_labels(split):
-    """float32 ``(n, K)`` 0/1 targets for multi-label data, else int64 ``(n,)``: the class index of each sample of ``split``, a ``Subset`` of :class:`InMemoryImages` or of
-    :class:`data.images.ImageFiles`, in the split's order; read from the stored labels, no image decoded."""
-    pool, indices = split.dataset, list(split.indices)
+    """The targets of ``split`` (a ``Subset`` of a pool), in its order: see :func:`pool_labels`."""
+    return pool_labels(split.dataset, split.indices)
+
+
+def pool_labels(pool, indices):
+    """The targets of ``pool``'s samples ``indices``, in that order, read from the stored labels (no image
+    decoded): float32 ``(n, K)`` 0/1 for multi-label data, else int64 ``(n,)`` class indices.
+
+    ``pool``: :class:`InMemoryImages`, :class:`data.images.ImageFiles` or
+    :class:`data.image_csv.MultiLabelImageFiles`.
+    """
+    indices = list(indices)
     if isinstance(pool, MultiLabelImageFiles):
         return pool.targets(indices)
     if isinstance(pool, InMemoryImages):
         return pool.labels[torch.as_tensor(indices, dtype=torch.long)].clone()
-    return torch.tensor([pool.samples[i][1] for i in indices], dtype=torch.long)
+    return torch.tensor([int(pool.samples[i][1]) for i in indices], dtype=torch.long)
 
 
 def _split(pool, test, args):
@@ -426,7 +435,7 @@ def _fold(pool, pool_idx, args, source):
         DataError: the pool is too small for ``--folds`` (names the flag and the count).
     """
     kept = sorted(pool_idx)
-    labels = _targets(pool, kept)
+    labels = pool_labels(pool, kept)
     labels = multilabel_strata(labels) if labels.dim() == 2 else labels.tolist()
     if len(kept) < args.folds:
         raise DataError(

@@ -80,8 +80,9 @@ class VanillaEvaluator(EvaluatorBase):
         }
 
     def evaluate_multilabel(self, model):
-        """mAP, micro and mean F1 of ``model`` (the task's, or its ``--tta`` wrapper) and a table of each label's positives, AP and F1 at the run's ``--threshold``
-        (:class:`utils.multilabel_metrics.MultiLabelMeter`; ``--threshold`` on this command line overrides it).
+        """mAP, micro and mean F1 of ``model`` (the task's, or its ``--tta`` wrapper) and a table of each label's
+        positives, AP and F1 at the run's ``--threshold`` (:class:`utils.multilabel_metrics.MultiLabelMeter`;
+        ``--threshold`` on this command line overrides it).
 
         No confusion matrix: with several labels per image there is no single (label, prediction) pair to count;
         each label's F1 (its own 2x2 table) takes its place. A label without positives in the split has no AP:

@@ -230,3 +230,22 @@ def test_predict_lists_the_labels_at_or_above_the_threshold(run, capsys):
     high = min(0.999, float(probs[0].max()) + 1e-4)
     ClassifierPredictor.from_argv(["--model_path", model_path, paths[0], "--threshold", str(high)]).run()
     assert capsys.readouterr().out.strip() == f"{paths[0]}: no label above the threshold"
+
+
+def test_tta_of_a_multilabel_model_averages_each_labels_sigmoid(run, capsys):
+    """--tta hflip in predict.py and eval_vanilla.py: the mean of the two views' sigmoid probabilities per label
+    (a softmax over the labels would give a different, wrong number), said in the output."""
+    model_path = run.checkpointer.path("best")
+    test = run.data.test
+    paths = [test.dataset.samples[i][0] for i in test.indices[:4]]
+    images = run.to_device(torch.stack([test[j][0] for j in range(4)]))
+    model = run.raw_model
+    model.load_state_dict(load_checkpoint(model_path)["model"])
+    with torch.no_grad():
+        mean = (torch.sigmoid(model.eval()(images)) + torch.sigmoid(model(images.flip(-1)))) / 2
+    argv = ["--model_path", model_path, *paths, "--gpu_devices", "cpu", "--tta", "hflip", "--threshold", "0.01"]
+    results = ClassifierPredictor.from_argv(argv).run()
+    for r, p in zip(results, mean):
+        assert [t["probability"] for t in r["top"]] == pytest.approx(sorted(p.tolist(), reverse=True), abs=1e-5)
+    evaluated = VanillaEvaluator.from_argv(["--model_path", model_path, "--tta", "hflip"]).run()
+    assert "sigmoid" in evaluated["tta_description"] and "sigmoid" in capsys.readouterr().out
