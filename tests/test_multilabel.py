@@ -249,3 +249,20 @@ def test_tta_of_a_multilabel_model_averages_each_labels_sigmoid(run, capsys):
         assert [t["probability"] for t in r["top"]] == pytest.approx(sorted(p.tolist(), reverse=True), abs=1e-5)
     evaluated = VanillaEvaluator.from_argv(["--model_path", model_path, "--tta", "hflip"]).run()
     assert "sigmoid" in evaluated["tta_description"] and "sigmoid" in capsys.readouterr().out
+
+
+def test_the_elpv_cells_written_as_an_image_csv_folder_read_back_with_their_annotations(tmp_path):
+    """data.make_elpv_csv: real cells and their two labels (defective, poly), read by the ImageCSV loader."""
+    from data.elpv import _resized
+    from data.make_elpv_csv import write_elpv_csv
+
+    from torchvision.transforms import v2
+
+    write_elpv_csv(str(tmp_path), size=32, limit=40)
+    pool, names = load_image_csv(str(tmp_path), v2.PILToTensor())
+    assert names == ["defective", "poly"] and len(pool) == 40
+    pixels, probs, types = _resized(32)
+    expected = torch.tensor([[float(p >= 0.5), float(str(t) == "poly")] for p, t in zip(probs[:40], types[:40])])
+    assert torch.equal(pool.targets(), expected) and 0 < expected[:, 0].sum() < 40
+    image, target = pool[7]
+    assert torch.equal(target, expected[7]) and torch.equal(image[0], pixels[7, 0])
