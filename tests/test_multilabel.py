@@ -253,10 +253,10 @@ def test_tta_of_a_multilabel_model_averages_each_labels_sigmoid(run, capsys):
 
 def test_the_elpv_cells_written_as_an_image_csv_folder_read_back_with_their_annotations(tmp_path):
     """data.make_elpv_csv: real cells and their two labels (defective, poly), read by the ImageCSV loader."""
+    from torchvision.transforms import v2
+
     from data.elpv import _resized
     from data.make_elpv_csv import write_elpv_csv
-
-    from torchvision.transforms import v2
 
     write_elpv_csv(str(tmp_path), size=32, limit=40)
     pool, names = load_image_csv(str(tmp_path), v2.PILToTensor())
