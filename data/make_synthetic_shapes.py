@@ -4,7 +4,8 @@
 
 writes::
 
-    OUT/images/<nnnn>.png    RGB, width x height: a noisy grey background and 1 to 3 shapes
+
+    OUT/images/<nnnn>.png    RGB, width x height: a noisy grey background and one shape of each class
     OUT/masks/<nnnn>.png     8-bit label maps: 0 background, c = a shape of class c (1..classes-1),
                              255 (the default --ignore_index) on each shape's one-pixel outline
 
@@ -56,8 +57,7 @@ def generate(out, images=24, width=48, height=32, classes=3, seed=0):
         labels = Image.new("L", (width, height), 0)
         colour = Image.new("L", (width, height), 0)  # which class colour each pixel takes (0: background)
         draw_labels, draw_colour = ImageDraw.Draw(labels), ImageDraw.Draw(colour)
-        for _ in range(int(rng.integers(1, 4))):
-            c = int(rng.integers(1, classes))
+        for c in rng.permutation(np.arange(1, classes)).tolist():  # one shape of each class, in random order
             w, h = int(rng.integers(width // 4, width // 2 + 1)), int(rng.integers(height // 4, height // 2 + 1))
             x0, y0 = int(rng.integers(0, width - w)), int(rng.integers(0, height - h))
             box = (x0, y0, x0 + w, y0 + h)

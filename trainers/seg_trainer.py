@@ -8,6 +8,8 @@ meter (per-class IoU/Dice, mIoU). Data: ``--data_type SegFolder`` (:mod:`data.se
 ``Carvana`` (:mod:`data.carvana`, ``K = 1``). See docs/SEGMENTATION.md.
 """
 
+import logging
+
 import torch
 from torch.nn import functional as F
 
@@ -27,6 +29,7 @@ from utils.seg_metrics import ConfusionMeter, SegmentationMeter
 
 DATA_TYPES = ("SegFolder", "Carvana")
 MAX_CLASSES = 255  # label maps are read as 8-bit labels (data.images.to_8bit)
+log = logging.getLogger(__name__)
 
 
 def class_names_arg(text):
@@ -274,7 +277,7 @@ class SegTrainer(TrainerBase):
         a = self.args
         weight = self.class_weights() if self.num_classes > 1 else None
         if weight is not None:
-            self.logger.info("class weights of the %s term: %s", a.loss, [round(float(w), 4) for w in weight])
+            log.info("class weights of the %s term: %s", a.loss, [round(float(w), 4) for w in weight])
         return SegmentationLoss(
             a.loss, a.bce_weight, a.dice_weight, a.dice_smooth, a.num_classes, a.ignore_index, weight, a.focal_gamma
         )
