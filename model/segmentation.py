@@ -1,8 +1,9 @@
 """Segmentation models, looked up by ``--model_type`` through :func:`build_segmentation_model`.
 
 Every model maps ``images: float32 (N, 3, H, W)`` to ``logits: float32 (N, K, H, W)``: ``K = 1`` (the
-default) one binary-mask logit per pixel, else one logit per class and pixel (``out_channels``). The one exception: ``UNetPlusPlus`` with ``deep_supervision`` returns
-a list of 4 logits tensors in training mode (see :class:`model.unet.UNetPlusPlus`).
+default) one binary-mask logit per pixel, else one logit per class and pixel (``out_channels``). The one
+exception: ``UNetPlusPlus`` with ``deep_supervision`` returns a list of 4 logits tensors in training mode
+(see :class:`model.unet.UNetPlusPlus`).
 
 The torchvision models are built randomly initialised (``weights=None, weights_backbone=None``):
 nothing is downloaded. ``MIN_INPUT_SIZE`` is the smallest H and W the U-Nets accept.

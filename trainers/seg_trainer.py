@@ -149,9 +149,7 @@ class SegTrainer(TrainerBase):
         check(args.dice_smooth > 0, "dice_smooth", args.dice_smooth, "must be > 0")
         k = args.num_classes
         check(1 <= k <= MAX_CLASSES, "num_classes", k, f"must be 1..{MAX_CLASSES} (8-bit label maps)")
-        check(
-            args.data_type != "Carvana" or k == 1, "num_classes", k, "--data_type Carvana has one class (use 1)"
-        )
+        check(args.data_type != "Carvana" or k == 1, "num_classes", k, "--data_type Carvana has one class (use 1)")
         check(
             k <= args.ignore_index <= 255,
             "ignore_index",
@@ -341,8 +339,15 @@ class SegTrainer(TrainerBase):
         n = len(logits)
         preds = self.predict_labels(logits).cpu()
         if self.num_classes == 1:
-            return plots.segmentation_grid(batch["image"][:n], batch["mask"][:n], preds, self.inputs.mean, self.inputs.std)
+            return plots.segmentation_grid(
+                batch["image"][:n], batch["mask"][:n], preds, self.inputs.mean, self.inputs.std
+            )
         return plots.label_grid(
-            batch["image"][:n], batch["mask"][:n], preds, self.palette, self.args.ignore_index, self.inputs.mean, self.inputs.std
+            batch["image"][:n],
+            batch["mask"][:n],
+            preds,
+            self.palette,
+            self.args.ignore_index,
+            self.inputs.mean,
+            self.inputs.std,
         )
-
