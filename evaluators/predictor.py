@@ -179,6 +179,11 @@ class PredictorBase(abc.ABC):
         ``output`` is the model's float32 output for it, a batch of one (e.g. logits ``(1, classes)``).
         """
 
+    def inference_model(self, loaded: LoadedModel) -> torch.nn.Module:
+        """The model :meth:`predict` calls on each input: ``loaded.model`` (a wrapper, e.g. test-time
+        augmentation or tiling, would be returned here)."""
+        return loaded.model
+
     @torch.no_grad()
     def predict(self, loaded: LoadedModel) -> list[Any]:
         """:meth:`image_result` of each image file, in order (module docstring, step 3).
@@ -189,12 +194,12 @@ class PredictorBase(abc.ABC):
         recipe = loaded.recipe
         # No recipe (segmentation cards of before): RGB and (x / 255 - 0.5) / 0.5, what their datasets computed.
         stage = InputStage(loaded.device, *((recipe["mean"], recipe["std"]) if recipe else ([0.5], [0.5])))
-        results = []
+        results, model = [], self.inference_model(loaded)
         for path in self.args.images:
             image = read_image(path, recipe["color"] if recipe else "RGB")
             x = stage.to_device(self.input_for(image, recipe, loaded.config)[None])  # float32 (1, C, H, W)
             with loaded.autocast():
-                output = loaded.model(x).float()
+                output = model(x).float()
             results.append(self.image_result(loaded, path, image, output))
         return results
 

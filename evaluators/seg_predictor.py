@@ -1,4 +1,5 @@
-"""Apply a trained segmenter to new images: one PNG mask per image, at the image's own size."""
+"""Apply a trained segmenter to new images: a mask (K = 1) or a label map and its colour picture (K >= 2) per
+image, at the image's own size."""
 
 import os
 
@@ -6,23 +7,32 @@ import torch
 from PIL import Image
 from torch.nn import functional as F
 
-from base.evaluator import refuse_other_trainer
+from base.checkpoint.trainer_class import checkpoint_trainer, recorded_ref
+from base.errors import CheckpointError
 from data.images import image_to_input
 from data.transforms import describe_resize
 from evaluators.predictor import PredictorBase
 from trainers.seg_on_carvana_trainer import SegOnCarvanaTrainer
+from trainers.seg_trainer import SegTrainer
+from utils.seg_colors import colorize, voc_palette
+
+#: Trainers whose checkpoints predict_seg.py reads, by the class name a checkpoint records.
+SEG_TRAINERS = {cls.__name__: cls for cls in (SegOnCarvanaTrainer, SegTrainer)}
 
 
 class SegPredictor(PredictorBase):
-    """Write ``<out>/<image stem>_mask.png`` (0 = background, 255 = object) for each image.
+    """Write one result per image into ``--out``, from the checkpoint alone (not the training data).
 
-    Only the checkpoint is needed (not the training data). Its model card's input recipe
-    (:mod:`data.input_recipe`) makes each image the input the evaluator gives the model:
-    resized to the run's input size, normalised with its ``--mean``/``--std`` by
-    :class:`base.loop.input_stage.InputStage`. The model predicts (probability > 0.5) and the
-    mask is resized back with nearest-neighbour. A checkpoint whose card is empty (written
-    before cards held a recipe) is read as it was then: each image resized to ``--image_size``,
-    else its own size times ``--img_scale``, and mapped by ``(x / 255 - 0.5) / 0.5``.
+    * ``K = 1``: ``<image stem>_mask.png`` (0 = background, 255 = object): probability > 0.5.
+    * ``K >= 2``: ``<image stem>_labels.png``, the class index of each pixel (8-bit; the argmax over the
+      ``K`` logits), and ``<image stem>_color.png``, the same in the card's palette colours.
+
+    The model card's input recipe (:mod:`data.input_recipe`) makes each image the input the evaluator
+    gives the model: resized to the run's input size, normalised with its ``--mean``/``--std`` by
+    :class:`base.loop.input_stage.InputStage`. The prediction is resized back with nearest-neighbour. A
+    checkpoint whose card is empty (written before cards held a recipe) is read as it was then: each
+    image resized to ``--image_size``, else its own size times ``--img_scale``, and mapped by
+    ``(x / 255 - 0.5) / 0.5``.
     """
 
     PROG = "predict_seg.py"
@@ -34,13 +44,30 @@ class SegPredictor(PredictorBase):
         parser.add_argument("--out", required=True, help="folder for the masks (created if missing)")
 
     def trainer_for(self, extras):
-        """:attr:`trainer_class` or the subclass of it the checkpoint records, after saying which weights are used.
+        """The trainer class that wrote ``--model_path``, after saying which weights are used.
+
+        A checkpoint recording ``"module:Class"`` gives that class when it is :class:`SegTrainer` or a subclass
+        (Carvana's, or a task of your own: :func:`base.checkpoint.trainer_class.checkpoint_trainer`,
+        ``--trust_module`` for one from outside this project); an older one records a name of
+        :data:`SEG_TRAINERS` (a checkpoint naming none is Carvana's, as older ones are).
 
         Raises:
-            CheckpointError: another trainer's checkpoint (:func:`base.evaluator.refuse_other_trainer`).
+            CheckpointError: another trainer's checkpoint.
         """
-        trust = bool(getattr(self.args, "trust_module", False))  # a namespace made by hand may lack the flag
-        found = refuse_other_trainer(extras, self.args.model_path, self.trainer_class, self.PROG, trust=trust)
+        if recorded_ref(extras) is not None:
+            trust = bool(getattr(self.args, "trust_module", False))  # a namespace made by hand may lack the flag
+            found = checkpoint_trainer(extras, self.args.model_path, SegTrainer, self.PROG, trust=trust)
+        else:
+            card = extras.get("model_card")
+            name = extras.get("trainer") or (card.get("trainer") if isinstance(card, dict) else None)
+            if name is not None and name not in SEG_TRAINERS:
+                script = extras.get("eval_script")
+                hint = f" (use {script})" if isinstance(script, str) and script else ""
+                raise CheckpointError(
+                    f"--model_path {self.args.model_path}: a {name} checkpoint; {self.PROG} segments with "
+                    f"{' or '.join(SEG_TRAINERS)} checkpoints{hint}"
+                )
+            found = SEG_TRAINERS.get(name, self.trainer_class)
         print(f"--model_path {self.args.model_path}: evaluating its {extras['weights']} weights")
         return found
 
@@ -60,14 +87,29 @@ class SegPredictor(PredictorBase):
         return image_to_input(image, {**describe_resize(size), "backend": "torch"})
 
     def predict(self, loaded):
-        """Create ``--out``, then write each image's mask; returns the list of mask paths written."""
+        """Create ``--out``, then write each image's result; returns the list of paths written (the mask or
+        label map per image)."""
         os.makedirs(self.args.out, exist_ok=True)
         return super().predict(loaded)
 
     def image_result(self, loaded, path, image, output):
-        """Write the mask of the logits ``output`` ``(1, 1, h, w)`` at ``image``'s size; returns its path."""
-        mask = F.interpolate((output > 0).float(), size=(image.height, image.width), mode="nearest")[0, 0]
-        out = os.path.join(self.args.out, os.path.splitext(os.path.basename(path))[0] + "_mask.png")
-        Image.fromarray(mask.mul(255).to(torch.uint8).cpu().numpy()).save(out)
-        print(f"{path} -> {out} ({100 * float(mask.mean()):.1f}% foreground)")
+        """Write the prediction of the logits ``output`` ``(1, K, h, w)`` at ``image``'s size; returns its path."""
+        stem = os.path.join(self.args.out, os.path.splitext(os.path.basename(path))[0])
+        size = (image.height, image.width)
+        if output.shape[1] == 1:
+            mask = F.interpolate((output > 0).float(), size=size, mode="nearest")[0, 0]
+            out = stem + "_mask.png"
+            Image.fromarray(mask.mul(255).to(torch.uint8).cpu().numpy()).save(out)
+            print(f"{path} -> {out} ({100 * float(mask.mean()):.1f}% foreground)")
+            return out
+        labels = F.interpolate(output.argmax(1, keepdim=True).float(), size=size, mode="nearest")[0, 0]
+        labels = labels.to(torch.uint8).cpu()
+        palette = loaded.card.get("palette") or voc_palette(output.shape[1])
+        out = stem + "_labels.png"
+        Image.fromarray(labels.numpy()).save(out)
+        Image.fromarray(colorize(labels, palette).permute(1, 2, 0).numpy()).save(stem + "_color.png")
+        names = loaded.card.get("classes") or [str(k) for k in range(output.shape[1])]
+        shares = torch.bincount(labels.flatten().long(), minlength=len(names)).double() / labels.numel()
+        found = ", ".join(f"{n} {100 * float(s):.1f}%" for n, s in zip(names, shares) if s > 0)
+        print(f"{path} -> {out} and {stem}_color.png ({found})")
         return out

@@ -319,6 +319,18 @@ def carvana_layout(tmp_path_factory):
     return str(root)
 
 
+def shapes_layout(tmp_path_factory):
+    from data.make_synthetic_shapes import generate
+
+    root = tmp_path_factory.getbasetemp() / "ddp_shapes"
+    if not root.exists():
+        generate(str(root), images=24, width=48, height=32, classes=3, seed=1)
+    return str(root)
+
+
+#: The generated data a task reads (``--data_dir``), by task.
+TASK_DATA = {"seg": carvana_layout, "seg_multiclass": shapes_layout, "multilabel": multilabel_layout}
+
 TASKS = {  # entry script, evaluator, flags, the metric compared
     "vit": (
         "trainer_vit.py",
@@ -361,6 +373,13 @@ TASKS = {  # entry script, evaluator, flags, the metric compared
         ["--base_channels", "4", "--batch_size", "2"],
         "loss",
     ),
+    # the confusion matrix summed over both processes: the evaluator's mIoU in one process is the run's
+    "seg_multiclass": (
+        "trainer_seg.py",
+        "eval_seg.py",
+        ["--num_classes", "3", "--base_channels", "4", "--batch_size", "2", "--img_scale", "1"],
+        "miou",
+    ),
     # the k-NN bank gathered from both processes; its top-1 needs no random mask, so one process matches
     "mae": (
         "trainer_mae.py",
@@ -387,8 +406,7 @@ def test_every_trainer_runs_under_ddp_and_its_checkpoint_evaluates_alone(task, t
     """Task code unchanged: 2 processes train and test; the evaluator scores the best checkpoint in one
     process as the run's own test did over 2 shards."""
     script, evaluator, flags, metric = TASKS[task]
-    layout = {"seg": carvana_layout, "multilabel": multilabel_layout}.get(task)
-    data = ["--data_dir", layout(tmp_path_factory)] if layout else []
+    data = ["--data_dir", TASK_DATA[task](tmp_path_factory)] if task in TASK_DATA else []
     done = torchrun(
         [*data, "--output_dir", str(tmp_path), "--gpu_devices", "cpu", "--epochs", "1", *flags], script=script
     )

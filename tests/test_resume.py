@@ -24,6 +24,7 @@ from conftest import ToyTrainer
 from test_readme_example import load_example
 from trainers.mae_trainer import MAETrainer
 from trainers.seg_on_carvana_trainer import SegOnCarvanaTrainer
+from trainers.seg_trainer import SegTrainer
 from trainers.vanilla_trainer import VanillaTrainer
 from trainers.vit_trainer import ViTTrainer
 
@@ -105,6 +106,14 @@ def seg_trainer(tmp_path_factory):
 
     data = seg_data(tmp_path_factory)
     return type("SegOnSyntheticCarvana", (SegOnCarvanaTrainer,), {"DEFAULTS": {"data_dir": data}})
+
+
+def seg_multiclass_trainer(tmp_path_factory):
+    """SegTrainer on a generated 3-class SegFolder (random joint augmentation on, --class_weights auto)."""
+    from test_seg_multiclass import shapes_data
+
+    data = shapes_data(tmp_path_factory)
+    return type("SegOnSyntheticShapes", (SegTrainer,), {"DEFAULTS": {"data_dir": data}})
 
 
 def jpeg_folder_trainer(tmp_path_factory):
@@ -268,6 +277,25 @@ CASES = {
         (2, 3, 5),
     ),
     "seg": (seg_trainer, ["--epochs", "2", "--batch_size", "4", "--base_channels", "4"], (2, 3, 5)),
+    # 26 training images of 32x48 in batches of 8: 4 steps an epoch
+    "seg_multiclass": (
+        seg_multiclass_trainer,
+        [
+            "--epochs",
+            "2",
+            "--num_classes",
+            "3",
+            "--class_weights",
+            "auto",
+            "--batch_size",
+            "8",
+            "--base_channels",
+            "4",
+            "--img_scale",
+            "1",
+        ],
+        (2, 4, 6),
+    ),
     # random masks per step, the k-NN monitor picking best, EMA: 5 steps an epoch
     "mae": (
         lambda f: MAETrainer,

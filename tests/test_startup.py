@@ -17,7 +17,7 @@ HEAVY = (
     "safetensors",
     "torch._dynamo",
 )
-SCRIPTS = ("trainer_vanilla", "trainer_vit", "trainer_seg_on_carvana", "predict")
+SCRIPTS = ("trainer_vanilla", "trainer_vit", "trainer_seg_on_carvana", "trainer_seg", "predict")
 
 PROBE = """
 import importlib, json, sys

@@ -50,6 +50,7 @@ TRAINER_MODULES = {
     "VanillaTrainer": "trainers.vanilla_trainer",
     "ViTTrainer": "trainers.vit_trainer",
     "SegOnCarvanaTrainer": "trainers.seg_on_carvana_trainer",
+    "SegTrainer": "trainers.seg_trainer",
 }
 
 

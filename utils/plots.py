@@ -60,7 +60,10 @@ def denormalize(image, mean=(0.5,), std=(0.5,)):
 
 
 def segmentation_grid(images, masks, preds, mean=(0.5,), std=(0.5,)):
-    """One row per sample: image | ground truth | prediction, for TensorBoard's ``add_image``.
+    """One row per sample: image | ground truth | prediction | errors, for TensorBoard's ``add_image``.
+
+    The errors tile is :func:`utils.seg_colors.error_panel`: false positives magenta, false negatives
+    cyan, over a dimmed grey copy of the image.
 
     Args:
         images: uint8 ``(N, 3, H, W)`` pixels, or float model inputs normalised with ``mean`` / ``std``
@@ -73,17 +76,52 @@ def segmentation_grid(images, masks, preds, mean=(0.5,), std=(0.5,)):
     import torch
     from torchvision.utils import make_grid
 
+    from utils.seg_colors import error_panel
+
     tiles = []
     for image, mask, pred in zip(images, masks, preds):
+        pixels = denormalize(image, mean, std).cpu()
         tiles += [
-            denormalize(image, mean, std).cpu(),
+            pixels,
             *(m.to(torch.uint8).mul(255).expand(3, -1, -1).cpu() for m in (mask, pred)),
+            error_panel(pixels, mask[0] > 0.5, pred[0] > 0.5),
         ]
-    return make_grid(torch.stack(tiles), nrow=3, padding=2, pad_value=128)
+    return make_grid(torch.stack(tiles), nrow=4, padding=2, pad_value=128)
+
+
+def label_grid(images, masks, preds, palette, ignore_index=None, mean=(0.5,), std=(0.5,)):
+    """:func:`segmentation_grid` for class maps: image | truth | prediction in the palette's colours | errors.
+
+    Args:
+        images: as :func:`segmentation_grid`.
+        masks, preds: integer ``(N, H, W)`` class maps (truth may hold ``ignore_index``).
+        palette: ``[[r, g, b], ...]`` per class (:func:`utils.seg_colors.voc_palette`).
+
+    Returns:
+        uint8 ``(3, H', W')`` grid.
+    """
+    import torch
+    from torchvision.utils import make_grid
+
+    from utils.seg_colors import colorize, error_panel
+
+    tiles = []
+    for image, mask, pred in zip(images, masks, preds):
+        pixels = denormalize(image, mean, std).cpu()
+        tiles += [
+            pixels,
+            colorize(mask, palette, ignore_index),
+            colorize(pred, palette),
+            error_panel(pixels, mask, pred, ignore_index),
+        ]
+    return make_grid(torch.stack(tiles), nrow=4, padding=2, pad_value=128)
 
 
 def save_segmentation_figure(image, target, pred, path, title=""):
-    """Save image | ground truth overlaid | prediction overlaid side by side as a PNG.
+    """Save image | ground truth overlaid | prediction overlaid | errors side by side as a PNG.
+
+    The errors panel is :func:`utils.seg_colors.error_panel` (false positives magenta, false negatives
+    cyan over a dimmed grey copy of the image).
 
     Args:
         image: uint8 ``(H, W, 3)`` array.
@@ -98,19 +136,69 @@ def save_segmentation_figure(image, target, pred, path, title=""):
         out[mask] = 0.55 * out[mask] + 0.45 * np.asarray(colour, np.float32)
         return out.astype(np.uint8)
 
+    import torch
+
+    from utils.seg_colors import error_panel
+
+    errors = error_panel(torch.tensor(image).permute(2, 0, 1), torch.tensor(target), torch.tensor(pred))
     panels = [
         (image, "image"),
         (overlay(target, (0, 110, 255)), "ground truth (blue)"),
         (overlay(pred, (255, 0, 0)), "prediction (red)"),
+        (errors.permute(1, 2, 0).numpy(), "errors: FP magenta, FN cyan"),
     ]
     height, width = image.shape[:2]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 12 * height / width / 3 + 0.6))
+    fig, axes = plt.subplots(1, 4, figsize=(16, 16 * height / width / 4 + 0.6))
     for ax, (picture, label) in zip(axes, panels):
         ax.imshow(picture)
         ax.set_title(label, fontsize=9)
         ax.axis("off")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def save_label_figure(image, target, pred, path, palette, class_names, ignore_index=None, title=""):
+    """Save image | truth | prediction (palette colours) | errors side by side as a PNG, with a colour key.
+
+    Args:
+        image: uint8 ``(H, W, 3)`` array.
+        target, pred: integer ``(H, W)`` arrays at the image's size (truth may hold ``ignore_index``).
+        path: output ``.png`` path.
+        palette: ``[[r, g, b], ...]`` per class; class_names: one name per class.
+        title: figure title.
+    """
+    import torch
+    from matplotlib.patches import Patch
+
+    from utils.seg_colors import IGNORE_COLOUR, colorize, error_panel
+
+    target, pred = torch.as_tensor(target), torch.as_tensor(pred)
+    pixels = torch.tensor(image).permute(2, 0, 1)
+    panels = [
+        (image, "image"),
+        (colorize(target, palette, ignore_index).permute(1, 2, 0).numpy(), "ground truth"),
+        (colorize(pred, palette).permute(1, 2, 0).numpy(), "prediction"),
+        (error_panel(pixels, target, pred, ignore_index).permute(1, 2, 0).numpy(), "errors"),
+    ]
+    height, width = image.shape[:2]
+    fig, axes = plt.subplots(1, 4, figsize=(16, 16 * height / width / 4 + 1.2))
+    for ax, (picture, label) in zip(axes, panels):
+        ax.imshow(picture)
+        ax.set_title(label, fontsize=9)
+        ax.axis("off")
+    key = [Patch(color=[c / 255 for c in colour], label=name) for name, colour in zip(class_names, palette)]
+    if ignore_index is not None:
+        key.append(Patch(color=[c / 255 for c in IGNORE_COLOUR], label=f"ignored ({ignore_index})"))
+    key += [
+        Patch(color=(1, 0, 1), label="error: predicted a class on background"),
+        Patch(color=(0, 1, 1), label="error: missed (predicted background)"),
+        Patch(color=(1, 1, 0), label="error: another class"),
+    ]
+    fig.legend(handles=key, loc="lower center", ncol=min(len(key), 5), fontsize=7, frameon=False)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
     fig.savefig(path, dpi=100)
     plt.close(fig)
 

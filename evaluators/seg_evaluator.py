@@ -1,0 +1,145 @@
+"""Evaluate a segmentation checkpoint at full resolution: Dice/IoU (K = 1), or per-class IoU/Dice, mIoU,
+pixel accuracy and the confusion matrix (K >= 2); optional pictures with the class palette and an error panel."""
+
+import os
+
+import numpy as np
+from PIL import Image
+
+from base.config.parse import path_arg
+from base.evaluator import EvaluatorBase, add_viz_argument
+from data.images import read_image
+from trainers.seg_trainer import SegTrainer
+from utils.plots import save_confusion_matrix, save_label_figure, save_segmentation_figure
+
+
+class SegEvaluator(EvaluatorBase):
+    """Report a split's metrics; with ``--viz`` save image, truth, prediction and an overlay figure per picture.
+
+    :meth:`inference_model` is the one model every prediction here goes through.
+    """
+
+    PROG = "eval_seg.py"
+    trainer_class = SegTrainer
+
+    @classmethod
+    def add_arguments(cls, parser):
+        super().add_arguments(parser)
+        group = add_viz_argument(parser, "save pictures of every --viz_every-th sample")
+        group.add_argument("--viz_every", type=int, default=5, help="picture every N-th sample of the split")
+        group.add_argument(
+            "--save_path",
+            type=path_arg,
+            default=None,
+            help="folder for the pictures (default: <checkpoint stem>_viz_<split>/ beside it)",
+        )
+
+    def run(self):
+        if self.args.viz_every < 1:  # before anything is loaded
+            self.parser.error(f"--viz_every={self.args.viz_every!r}: must be >= 1")
+        return super().run()
+
+    def inference_model(self):
+        """The model that predicts every image here: the checkpoint's (in eval mode). A wrapper (test-time
+        augmentation, tiling) goes here, and every score and picture follows it."""
+        return self.task.raw_model
+
+    def evaluate(self):
+        task, a = self.task, self.args
+        folder = a.save_path or self.output_path("", kind="viz")
+        meter, index, pictures = task.make_meter(), 0, []
+        model = self.inference_model()
+        for batch in task.loaders[a.split]:
+            _, preds = task.score_batch(model, task.to_device(batch), meter)
+            for path, full, pred in zip(batch["path"], batch["full_mask"], preds):
+                if a.viz and index % a.viz_every == 0:
+                    pictures.append(self.save_pictures(folder, path, full.numpy(), pred.cpu().numpy()))
+                index += 1
+        metrics = meter.compute()
+        height, width = task.data.input_size
+        print(
+            f"{a.split} split, {meter.count} images, predicted at {height}x{width} and resized with "
+            f"nearest-neighbour to each image's original size before scoring against its full-size mask:"
+        )
+        extra = {}
+        if task.num_classes == 1:
+            print("  " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        else:
+            extra = self.report_classes(metrics, meter.confusion)
+        if pictures:
+            print(f"wrote {len(pictures)} picture sets (image, truth, prediction, overlay) to {folder}")
+        print(f"wrote {self.output_path('.json')}")
+        return {
+            **metrics,
+            **extra,
+            "num_samples": meter.count,
+            "input_size": [height, width],
+            "scored_at": "original size (nearest-neighbour resize of the prediction)",
+            "pictures": pictures,
+        }
+
+    def report_classes(self, metrics, confusion):
+        """Print the per-class table, mIoU and pixel accuracy; write the confusion matrix PNG.
+
+        Returns:
+            ``{"classes", "confusion" (rows truth, columns prediction), "confusion_png"}`` for the JSON.
+        """
+        names = self.task.class_names
+        width = max(8, *map(len, names))
+        print(f"  {'class':<{width}}  {'IoU':>7}  {'Dice':>7}  {'pixels':>10}")
+        for k, name in enumerate(names):
+            iou, dice = metrics[f"iou_{name}"], metrics[f"dice_{name}"]
+            pixels = int(confusion[k].sum())
+            cells = "    n/a      n/a" if np.isnan(iou) else f"{iou:7.4f}  {dice:7.4f}"
+            print(f"  {name:<{width}}  {cells}  {pixels:>10}")
+        print(
+            f"  mIoU {metrics['miou']:.4f}  mDice {metrics['mdice']:.4f}  pixel accuracy {metrics['pixel_acc']:.4f}  "
+            f"loss {metrics['loss']:.4f}  (n/a: a class in neither truth nor prediction, left out of the means)"
+        )
+        png = self.output_path("_confusion.png")
+        save_confusion_matrix(confusion, names, png, title=f"{self.args.split} split: pixels (rows truth)")
+        print(f"wrote {png}")
+        return {"classes": names, "confusion": confusion.tolist(), "confusion_png": png}
+
+    def save_pictures(self, folder, image_path, target, pred):
+        """Write ``<stem>_image.png``, ``_truth.png``, ``_pred.png`` and ``_overlay.png``; returns the overlay's path.
+
+        ``target`` and ``pred`` are ``(H0, W0)`` arrays at the image's original size: bool for ``K = 1``
+        (truth and prediction written 0/255, the overlay with an errors panel), class maps for ``K >= 2``
+        (truth and prediction written in the palette's colours; the overlay shows image, truth,
+        prediction and the errors panel with a colour key).
+        """
+        os.makedirs(folder, exist_ok=True)
+        stem = os.path.join(folder, os.path.splitext(os.path.basename(image_path))[0])
+        image = np.asarray(read_image(image_path, "RGB"))
+        Image.fromarray(image).save(stem + "_image.png")
+        name = os.path.basename(image_path)
+        if self.task.num_classes == 1:
+            target, pred = target > 0, pred > 0
+            Image.fromarray(target.astype(np.uint8) * 255).save(stem + "_truth.png")
+            Image.fromarray(pred.astype(np.uint8) * 255).save(stem + "_pred.png")
+            inter, areas = (target & pred).sum(), target.sum() + pred.sum()
+            dice = 2 * inter / areas if areas else 1.0
+            save_segmentation_figure(image, target, pred, stem + "_overlay.png", title=f"{name}: Dice {dice:.4f}")
+            return stem + "_overlay.png"
+        import torch
+
+        from utils.seg_colors import colorize
+
+        task, ignore = self.task, self.task.args.ignore_index
+        palette = task.palette
+        for suffix, labels, ig in (("_truth.png", target, ignore), ("_pred.png", pred, None)):
+            Image.fromarray(colorize(torch.as_tensor(labels), palette, ig).permute(1, 2, 0).numpy()).save(stem + suffix)
+        valid = target != ignore
+        accuracy = float((pred[valid] == target[valid]).mean()) if valid.any() else float("nan")
+        save_label_figure(
+            image,
+            target,
+            pred,
+            stem + "_overlay.png",
+            palette,
+            task.class_names,
+            ignore,
+            title=f"{name}: pixel accuracy {accuracy:.4f}",
+        )
+        return stem + "_overlay.png"
