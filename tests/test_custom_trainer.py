@@ -211,7 +211,7 @@ def test_predict_seg_rebuilds_a_segmentation_subclass(tmp_path):
     predictor = SegPredictor.from_argv(["--model_path", "x.pth", "x.png", "--out", str(tmp_path)])
     extras = {"trainer": "MySegTrainer", "trainer_class": f"{INSIDE}:MySegTrainer", "weights": "model"}
     assert predictor.trainer_for(extras).__qualname__ == "MySegTrainer"
-    with pytest.raises(CheckpointError, match="predict_seg.py evaluates SegOnCarvanaTrainer checkpoints"):
+    with pytest.raises(CheckpointError, match="predict_seg.py evaluates SegTrainer checkpoints"):
         predictor.trainer_for({**extras, "trainer_class": f"{INSIDE}:MyTrainer", "trainer": "MyTrainer"})
 
 
