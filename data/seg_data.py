@@ -140,6 +140,15 @@ def input_size(samples, args, folder="train/"):
     raise DataError(f"--data_dir {args.data_dir}: no image in {folder} could be opened")
 
 
+def native_scale(args):
+    """The factor by which a run's training resize scaled an image's own size: ``--img_scale``, or 1 when
+    ``--image_size`` fixed the size (its images may differ in size; their own pixels are the scale then).
+
+    Tiled inference (``--tile``) predicts each image at its own size times this factor.
+    """
+    return 1.0 if args.image_size is not None else float(args.img_scale)
+
+
 def joint_transform(size, augment):
     """The v2 pipeline for ``(tv_tensors.Image uint8, tv_tensors.Mask uint8)`` pairs.
 

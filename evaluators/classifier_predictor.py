@@ -53,11 +53,9 @@ class ClassifierPredictor(PredictorBase):
             help="multi-label models: show the labels of probability >= this (default: the run's --threshold)",
         )
 
-    def load(self):
-        """As :meth:`PredictorBase.load`, the model wrapped in ``--tta``'s :class:`utils.tta.TTA` (softmax; sigmoid
-        for a multi-label model)."""
-        loaded = super().load()
-        return loaded._replace(model=TTA(loaded.model, self.args.tta, self.activation(loaded.card)))
+    def inference_model(self, loaded):
+        """The checkpoint's model in ``--tta``'s :class:`utils.tta.TTA` (softmax; sigmoid for a multi-label model)."""
+        return TTA(loaded.model, self.args.tta, self.activation(loaded.card))
 
     @staticmethod
     def activation(card):

@@ -4,19 +4,28 @@ pixel accuracy and the confusion matrix (K >= 2); optional pictures with the cla
 import os
 
 import numpy as np
+import torch
 from PIL import Image
+from torch.nn import functional as F
 
 from base.config.parse import path_arg
 from base.evaluator import EvaluatorBase, add_viz_argument
-from data.images import read_image
+from data.images import image_to_input, read_image
+from data.seg_data import native_scale
+from data.transforms import describe_resize
 from trainers.seg_trainer import SegTrainer
 from utils.plots import save_confusion_matrix, save_label_figure, save_segmentation_figure
+from utils.tiling import Tiled, add_tile_arguments, check_tile_arguments, describe_tiling
+from utils.tta import TTA, add_tta_argument, describe_tta
 
 
 class SegEvaluator(EvaluatorBase):
     """Report a split's metrics; with ``--viz`` save image, truth, prediction and an overlay figure per picture.
 
-    :meth:`inference_model` is the one model every prediction here goes through.
+    :meth:`inference_model` is the one model every prediction here goes through: the checkpoint's, with
+    ``--tta`` the mean of flipped views' probabilities (:class:`utils.tta.TTA`), with ``--tile H W`` a
+    sliding window over each image read at its own size times the run's scale
+    (:func:`data.seg_data.native_scale`; :class:`utils.tiling.Tiled`) instead of the run's resize.
     """
 
     PROG = "eval_seg.py"
@@ -33,32 +42,71 @@ class SegEvaluator(EvaluatorBase):
             default=None,
             help="folder for the pictures (default: <checkpoint stem>_viz_<split>/ beside it)",
         )
+        add_tta_argument(next(g for g in parser._action_groups if g.title == "evaluation"))
+        add_tile_arguments(parser)
 
     def run(self):
         if self.args.viz_every < 1:  # before anything is loaded
             self.parser.error(f"--viz_every={self.args.viz_every!r}: must be >= 1")
+        check_tile_arguments(self.args)
         return super().run()
 
     def inference_model(self):
-        """The model that predicts every image here: the checkpoint's (in eval mode). A wrapper (test-time
-        augmentation, tiling) goes here, and every score and picture follows it."""
-        return self.task.raw_model
+        """The model that predicts every image here: the checkpoint's (in eval mode) in ``--tta``'s wrapper
+        (sigmoid for ``K = 1``, softmax else), and with ``--tile`` in a sliding window; every score and
+        picture follows it."""
+        a = self.args
+        model = TTA(self.task.raw_model, a.tta, self.activation, spatial=True)
+        return Tiled(model, a.tile, a.overlap, a.tile_blend) if a.tile else model
+
+    @property
+    def activation(self):
+        """What turns the logits into probabilities: ``"sigmoid"`` for ``K = 1``, ``"softmax"`` over the classes."""
+        return "sigmoid" if self.task.num_classes == 1 else "softmax"
+
+    def tiled_batch(self, batch):
+        """``--tile``: the one-image batches (on the device) of a loader's ``batch``, each image read again from
+        its file at its own size times :func:`data.seg_data.native_scale` (not the run's resize), its training
+        mask the full-size mask resized with nearest-neighbour to that size (for the loss)."""
+        task, scale = self.task, native_scale(self.task.args)
+        for path, full in zip(batch["path"], batch["full_mask"]):
+            image = read_image(path, "RGB")
+            size = (max(1, round(image.height * scale)), max(1, round(image.width * scale)))
+            pixels = image_to_input(image, {**describe_resize(size), "backend": "torch"})
+            mask = F.interpolate(full[None, None].float(), size=size, mode="nearest")
+            mask = (mask > 0).float() if task.num_classes == 1 else mask[:, 0].long()
+            yield {
+                "image": task.to_device(pixels[None]),
+                "mask": mask.to(task.device),
+                "full_mask": [full.to(task.device)],
+            }
 
     def evaluate(self):
         task, a = self.task, self.args
         folder = a.save_path or self.output_path("", kind="viz")
         meter, index, pictures = task.make_meter(), 0, []
         model = self.inference_model()
+        if a.tta != "none":
+            print(describe_tta(a.tta, self.activation))
         for batch in task.loaders[a.split]:
-            _, preds = task.score_batch(model, task.to_device(batch), meter)
+            if a.tile:
+                preds = [task.score_batch(model, one, meter)[1][0] for one in self.tiled_batch(batch)]
+            else:
+                preds = task.score_batch(model, task.to_device(batch), meter)[1]
             for path, full, pred in zip(batch["path"], batch["full_mask"], preds):
                 if a.viz and index % a.viz_every == 0:
                     pictures.append(self.save_pictures(folder, path, full.numpy(), pred.cpu().numpy()))
                 index += 1
         metrics = meter.compute()
         height, width = task.data.input_size
+        predicted = (
+            describe_tiling(a.tile, a.overlap, a.tile_blend)
+            + f" over each image at {native_scale(task.args):g}x its size"
+            if a.tile
+            else f"predicted at {height}x{width}"
+        )
         print(
-            f"{a.split} split, {meter.count} images, predicted at {height}x{width} and resized with "
+            f"{a.split} split, {meter.count} images, {predicted} and resized with "
             f"nearest-neighbour to each image's original size before scoring against its full-size mask:"
         )
         extra = {}
@@ -75,6 +123,11 @@ class SegEvaluator(EvaluatorBase):
             "num_samples": meter.count,
             "input_size": [height, width],
             "scored_at": "original size (nearest-neighbour resize of the prediction)",
+            "tta": a.tta,
+            "tta_description": describe_tta(a.tta, self.activation),
+            "tile": {"size": a.tile, "overlap": a.overlap, "blend": a.tile_blend, "scale": native_scale(task.args)}
+            if a.tile
+            else None,
             "pictures": pictures,
         }
 
@@ -122,7 +175,6 @@ class SegEvaluator(EvaluatorBase):
             dice = 2 * inter / areas if areas else 1.0
             save_segmentation_figure(image, target, pred, stem + "_overlay.png", title=f"{name}: Dice {dice:.4f}")
             return stem + "_overlay.png"
-        import torch
 
         from utils.seg_colors import colorize
 

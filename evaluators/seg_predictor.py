@@ -10,11 +10,14 @@ from torch.nn import functional as F
 from base.checkpoint.trainer_class import checkpoint_trainer, recorded_ref
 from base.errors import CheckpointError
 from data.images import image_to_input
+from data.seg_data import native_scale
 from data.transforms import describe_resize
 from evaluators.predictor import PredictorBase
 from trainers.seg_on_carvana_trainer import SegOnCarvanaTrainer
 from trainers.seg_trainer import SegTrainer
 from utils.seg_colors import colorize, voc_palette
+from utils.tiling import Tiled, add_tile_arguments, check_tile_arguments, describe_tiling
+from utils.tta import TTA, add_tta_argument, describe_tta
 
 #: Trainers whose checkpoints predict_seg.py reads, by the class name a checkpoint records.
 SEG_TRAINERS = {cls.__name__: cls for cls in (SegOnCarvanaTrainer, SegTrainer)}
@@ -42,6 +45,28 @@ class SegPredictor(PredictorBase):
     @classmethod
     def add_arguments(cls, parser):
         parser.add_argument("--out", required=True, help="folder for the masks (created if missing)")
+        add_tta_argument(parser)
+        add_tile_arguments(parser)
+
+    @classmethod
+    def check_arguments(cls, args):
+        """Raises ConfigError: a bad ``--tile``, ``--overlap`` or ``--tile_blend`` (see
+        :func:`utils.tiling.check_tile_arguments`)."""
+        check_tile_arguments(args)
+
+    def inference_model(self, loaded):
+        """The checkpoint's model in ``--tta``'s wrapper (sigmoid for one channel, softmax else; outputs flipped
+        back), and with ``--tile`` in a sliding window (:class:`utils.tiling.Tiled`); says which it is."""
+        a = self.args
+        activation = "sigmoid" if loaded.card.get("output", {}).get("channels", 1) == 1 else "softmax"
+        model = TTA(loaded.model, a.tta, activation, spatial=True)
+        if a.tta != "none":
+            print(describe_tta(a.tta, activation))
+        if a.tile:
+            scale = native_scale(loaded.config)
+            print(describe_tiling(a.tile, a.overlap, a.tile_blend) + f" over each image at {scale:g}x its size")
+            return Tiled(model, a.tile, a.overlap, a.tile_blend)
+        return model
 
     def trainer_for(self, extras):
         """The trainer class that wrote ``--model_path``, after saying which weights are used.
@@ -77,10 +102,14 @@ class SegPredictor(PredictorBase):
         task = trainer_class(config)  # no data: only the model is built
         return task.build_model(), task.autocast
 
-    @staticmethod
-    def input_for(image, recipe, config):
-        """uint8 ``(3, H, W)`` model pixels of the decoded RGB PIL ``image``: the card's transform, or for an
+    def input_for(self, image, recipe, config):
+        """uint8 ``(3, H, W)`` model pixels of the decoded RGB PIL ``image``: with ``--tile`` the image at its own
+        size times the run's scale (:func:`data.seg_data.native_scale`); else the card's transform, or for an
         older checkpoint (``recipe`` None) the resize of that time (``config``'s image_size / img_scale)."""
+        if self.args.tile:
+            scale = native_scale(config)
+            size = (max(1, round(image.height * scale)), max(1, round(image.width * scale)))
+            return image_to_input(image, {**describe_resize(size), "backend": "torch"})
         if recipe is not None:
             return image_to_input(image, recipe["transform"])
         size = config.image_size or (round(image.height * config.img_scale), round(image.width * config.img_scale))

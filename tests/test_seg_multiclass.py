@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from base.config.parse import ConfigError
 from evaluators.seg_evaluator import SegEvaluator
 from evaluators.seg_predictor import SegPredictor
 from test_bad_input import expect
@@ -295,3 +296,46 @@ def test_one_class_through_seg_trainer_equals_seg_on_carvana(tmp_path_factory, t
     assert "miou" in results[0] and "miou" not in results[1]  # the generic task also reports mIoU
     for key, value in carvana.raw_model.state_dict().items():
         assert torch.equal(value, generic.raw_model.state_dict()[key]), key
+
+
+# ------------------------------------------------------------------ TTA and tiled inference
+def test_eval_seg_with_one_window_covering_each_image_equals_whole_image_inference(trained):
+    """--tile the images' own size (32x48 at --img_scale 1): one window, the model's own output; the scores
+    are the run's. A smaller, overlapping window is recorded in the JSON and says so."""
+    trainer, metrics = trained
+    path = trainer.checkpointer.path("best")
+    whole = SegEvaluator.from_argv(["--model_path", path, "--tile", "32", "48", "--overlap", "0"]).run()
+    for key in ("miou", "pixel_acc", "iou_red"):
+        assert whole[key] == pytest.approx(metrics[key], abs=1e-6), key
+    windows = SegEvaluator.from_argv(["--model_path", path, "--tile", "16", "16", "--tile_blend", "linear"]).run()
+    assert windows["tile"] == {"size": [16, 16], "overlap": 0.25, "blend": "linear", "scale": 1.0}
+    assert windows["confusion"] != whole["confusion"]  # the windows do predict differently
+
+
+def test_predict_seg_with_tiles_and_tta_is_the_blend_of_the_flipped_views(trained, tmp_path, capsys):
+    """predict_seg.py --tile 16 24 --tta hflip: each pixel's label is the argmax of utils.tiling.tiled_predict
+    over the mean softmax of the image and its mirror (utils.tta.TTA), at the image's own size."""
+    from utils.tiling import tiled_predict
+    from utils.tta import TTA
+
+    trainer, _ = trained
+    image_path = trainer.datasets["test"].samples[0][0]
+    argv = ["--model_path", trainer.checkpointer.path("best"), image_path, "--out", str(tmp_path)]
+    (written,) = SegPredictor.from_argv([*argv, "--tile", "16", "24", "--tta", "hflip"]).run()
+    out = capsys.readouterr().out
+    assert "16x24 windows" in out and "TTA hflip" in out
+    batch = trainer.to_device(trainer.collate_fn([trainer.datasets["test"][0]]))
+    model = TTA(trainer.raw_model.eval(), "hflip", "softmax", spatial=True)
+    expected = tiled_predict(model, batch["image"], (16, 24), 0.25, "gaussian").argmax(1)[0].numpy()
+    assert np.array_equal(np.array(Image.open(written)), expected)
+    plain = trainer.raw_model(batch["image"]).argmax(1)[0].numpy()
+    assert not np.array_equal(plain, expected)  # tiles and flips changed some pixels: the test can tell
+
+
+def test_bad_tile_flags_are_refused_in_one_line(trained, tmp_path):
+    trainer, _ = trained
+    argv = ["--model_path", trainer.checkpointer.path("best"), "x.png", "--out", str(tmp_path)]
+    with pytest.raises(ConfigError, match="--overlap"):
+        SegPredictor.from_argv([*argv, "--tile", "8", "8", "--overlap", "1"])
+    with pytest.raises(ConfigError, match="--tile_blend"):
+        SegEvaluator.from_argv(["--model_path", argv[1], "--tile", "8", "8", "--tile_blend", "box"]).run()

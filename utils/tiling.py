@@ -183,3 +183,8 @@ def check_tile_arguments(args) -> None:
         check(len(args.tile) == 2 and min(args.tile) >= 1, "tile", args.tile, "must be two sizes H W, each >= 1")
     check(math.isfinite(args.overlap) and 0 <= args.overlap < 1, "overlap", args.overlap, "must be >= 0 and < 1")
     check(args.tile_blend in BLENDS, "tile_blend", args.tile_blend, f"must be one of {', '.join(BLENDS)}")
+
+
+def describe_tiling(tile, overlap: float, blend: str) -> str:
+    """One line for the output, e.g. ``"predicted in 256x256 windows (overlap 0.25, gaussian blend)"``."""
+    return f"predicted in {tile[0]}x{tile[1]} windows (overlap {overlap:g}, {blend} blend)"
