@@ -277,7 +277,7 @@ CASES = {
         (2, 3, 5),
     ),
     "seg": (seg_trainer, ["--epochs", "2", "--batch_size", "4", "--base_channels", "4"], (2, 3, 5)),
-    # 26 training images of 32x48 in batches of 8: 4 steps an epoch
+    # 26 training images of 32x48 in batches of 8: 4 steps an epoch, drawn by pixel-frequency weights
     "seg_multiclass": (
         seg_multiclass_trainer,
         [
@@ -287,6 +287,10 @@ CASES = {
             "3",
             "--class_weights",
             "auto",
+            "--sampler",
+            "weighted",
+            "--loss",
+            "focal_dice",
             "--batch_size",
             "8",
             "--base_channels",
