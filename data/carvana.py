@@ -28,6 +28,7 @@ from data.seg_data import (  # noqa: F401 - re-exported: the Carvana names of th
     SegmentationData,
     SegmentationDataset,
     binary_mask,
+    check_folders,
     check_split_flags,
     collate_segmentation,
     eval_description,
@@ -93,24 +94,9 @@ def check_carvana_config(args):
 
 
 def check_layout(data_dir):
-    """Raise ``DataError`` unless ``data_dir`` holds the folders ``train/`` and ``train_masks/``.
-
-    Cheap (two ``isdir`` calls), so a trainer refuses before it creates a run folder. The one-line
-    message names the folder, the layout and how to make synthetic data in it.
-    """
-    if not data_dir:
-        problem = "a folder is required here"
-    elif not os.path.isdir(data_dir):
-        problem = "no such folder"
-    else:
-        missing = [f"{name}/" for name in ("train", "train_masks") if not os.path.isdir(os.path.join(data_dir, name))]
-        if not missing:
-            return
-        problem = f"it has no {' and no '.join(missing)}"
-    raise DataError(
-        f"--data_dir {data_dir}: {problem}; expected {LAYOUT} (no data yet? `{MAKE_SYNTHETIC}` "
-        f"writes synthetic cars in that layout)"
-    )
+    """Raise ``DataError`` unless ``data_dir`` holds the folders ``train/`` and ``train_masks/``
+    (:func:`data.seg_data.check_folders`)."""
+    check_folders(data_dir, ("train", "train_masks"), LAYOUT, MAKE_SYNTHETIC, "cars")
 
 
 def car_id(image_path):

@@ -15,6 +15,7 @@ resize and batch their pairs the same way:
 """
 
 import dataclasses
+import os
 
 import torch
 from PIL import Image
@@ -138,6 +139,28 @@ def input_size(samples, args, folder="train/"):
             )
         return size
     raise DataError(f"--data_dir {args.data_dir}: no image in {folder} could be opened")
+
+
+def check_folders(data_dir, folders, layout, make_synthetic, what):
+    """Raise ``DataError`` unless ``data_dir`` holds each of ``folders`` (e.g. ``("images", "masks")``).
+
+    Cheap (a few ``isdir`` calls), so a trainer refuses before it creates a run folder. The one-line
+    message names the folder, the ``layout`` expected and the ``make_synthetic`` command that writes
+    synthetic ``what`` ("cars", "shapes") in it.
+    """
+    if not data_dir:
+        problem = "a folder is required here"
+    elif not os.path.isdir(data_dir):
+        problem = "no such folder"
+    else:
+        missing = [f"{name}/" for name in folders if not os.path.isdir(os.path.join(data_dir, name))]
+        if not missing:
+            return
+        problem = f"it has no {' and no '.join(missing)}"
+    raise DataError(
+        f"--data_dir {data_dir}: {problem}; expected {layout} (no data yet? `{make_synthetic}` "
+        f"writes synthetic {what} in that layout)"
+    )
 
 
 def native_scale(args):

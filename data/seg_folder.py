@@ -19,7 +19,15 @@ import os
 from PIL import Image
 
 from base.errors import DataError
-from data.seg_data import SegmentationData, SegmentationDataset, binary_mask, input_size, label_map, split_groups
+from data.seg_data import (
+    SegmentationData,
+    SegmentationDataset,
+    binary_mask,
+    check_folders,
+    input_size,
+    label_map,
+    split_groups,
+)
 
 LAYOUT = "images/<stem>.<ext> and masks/<stem>.png label maps (class index per pixel)"
 MAKE_SYNTHETIC = "python -m data.make_synthetic_shapes --out Dataset/Shapes"
@@ -32,24 +40,9 @@ def image_extensions():
 
 
 def check_segfolder_layout(data_dir):
-    """Raise ``DataError`` unless ``data_dir`` holds the folders ``images/`` and ``masks/``.
-
-    Two ``isdir`` calls, so a trainer refuses before it creates a run folder; the one-line message
-    names the folder, the layout and how to make synthetic data in it.
-    """
-    if not data_dir:
-        problem = "a folder is required here"
-    elif not os.path.isdir(data_dir):
-        problem = "no such folder"
-    else:
-        missing = [f"{name}/" for name in ("images", "masks") if not os.path.isdir(os.path.join(data_dir, name))]
-        if not missing:
-            return
-        problem = f"it has no {' and no '.join(missing)}"
-    raise DataError(
-        f"--data_dir {data_dir}: {problem}; expected {LAYOUT} (no data yet? `{MAKE_SYNTHETIC}` "
-        f"writes synthetic shapes in that layout)"
-    )
+    """Raise ``DataError`` unless ``data_dir`` holds the folders ``images/`` and ``masks/``
+    (:func:`data.seg_data.check_folders`)."""
+    check_folders(data_dir, ("images", "masks"), LAYOUT, MAKE_SYNTHETIC, "shapes")
 
 
 def stem(image_path):
