@@ -161,7 +161,7 @@ def add_tile_arguments(parser) -> None:
         nargs=2,
         metavar=("H", "W"),
         default=None,
-        help="predict in sliding windows of H x W pixels, blended (default: the whole image at once)",
+        help="predict in sliding windows of H x W pixels, blended; unset: the whole image at once",
     )
     parser.add_argument(
         "--overlap", type=float, default=0.25, help="with --tile: fraction of a window shared with the next, [0, 1)"
