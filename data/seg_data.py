@@ -172,6 +172,17 @@ def native_scale(args):
     return 1.0 if args.image_size is not None else float(args.img_scale)
 
 
+def native_input(image, args):
+    """uint8 ``(3, h, w)``: the decoded RGB PIL ``image`` at its own size times :func:`native_scale` of the run's
+    ``args`` (a torch antialiased resize, none at scale 1), what tiled inference covers with its windows."""
+    from data.images import image_to_input
+    from data.transforms import describe_resize
+
+    scale = native_scale(args)
+    size = (max(1, round(image.height * scale)), max(1, round(image.width * scale)))
+    return image_to_input(image, {**describe_resize(size), "backend": "torch"})
+
+
 def joint_transform(size, augment):
     """The v2 pipeline for ``(tv_tensors.Image uint8, tv_tensors.Mask uint8)`` pairs.
 

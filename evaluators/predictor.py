@@ -179,6 +179,11 @@ class PredictorBase(abc.ABC):
         ``output`` is the model's float32 output for it, a batch of one (e.g. logits ``(1, classes)``).
         """
 
+    def model_input(self, image, loaded: LoadedModel) -> torch.Tensor:
+        """uint8 ``(C, H, W)`` pixels the model gets for the decoded ``image``: :meth:`input_for` with the
+        checkpoint's recipe (a subclass may predict at another size, e.g. tiled at the image's own)."""
+        return self.input_for(image, loaded.recipe, loaded.config)
+
     def inference_model(self, loaded: LoadedModel) -> torch.nn.Module:
         """The model :meth:`predict` calls on each input: ``loaded.model`` (a wrapper, e.g. test-time
         augmentation or tiling, would be returned here)."""
@@ -197,7 +202,7 @@ class PredictorBase(abc.ABC):
         results, model = [], self.inference_model(loaded)
         for path in self.args.images:
             image = read_image(path, recipe["color"] if recipe else "RGB")
-            x = stage.to_device(self.input_for(image, recipe, loaded.config)[None])  # float32 (1, C, H, W)
+            x = stage.to_device(self.model_input(image, loaded)[None])  # float32 (1, C, H, W)
             with loaded.autocast():
                 output = model(x).float()
             results.append(self.image_result(loaded, path, image, output))

@@ -10,9 +10,8 @@ from torch.nn import functional as F
 
 from base.config.parse import path_arg
 from base.evaluator import EvaluatorBase, add_viz_argument
-from data.images import image_to_input, read_image
-from data.seg_data import native_scale
-from data.transforms import describe_resize
+from data.images import read_image
+from data.seg_data import native_input, native_scale
 from trainers.seg_trainer import SegTrainer
 from utils.plots import save_confusion_matrix, save_label_figure, save_segmentation_figure
 from utils.tiling import Tiled, add_tile_arguments, check_tile_arguments, describe_tiling
@@ -68,11 +67,10 @@ class SegEvaluator(EvaluatorBase):
         """``--tile``: the one-image batches (on the device) of a loader's ``batch``, each image read again from
         its file at its own size times :func:`data.seg_data.native_scale` (not the run's resize), its training
         mask the full-size mask resized with nearest-neighbour to that size (for the loss)."""
-        task, scale = self.task, native_scale(self.task.args)
+        task = self.task
         for path, full in zip(batch["path"], batch["full_mask"]):
-            image = read_image(path, "RGB")
-            size = (max(1, round(image.height * scale)), max(1, round(image.width * scale)))
-            pixels = image_to_input(image, {**describe_resize(size), "backend": "torch"})
+            pixels = native_input(read_image(path, "RGB"), task.args)
+            size = tuple(pixels.shape[-2:])
             mask = F.interpolate(full[None, None].float(), size=size, mode="nearest")
             mask = (mask > 0).float() if task.num_classes == 1 else mask[:, 0].long()
             yield {

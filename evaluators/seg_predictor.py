@@ -10,7 +10,7 @@ from torch.nn import functional as F
 from base.checkpoint.trainer_class import checkpoint_trainer, recorded_ref
 from base.errors import CheckpointError
 from data.images import image_to_input
-from data.seg_data import native_scale
+from data.seg_data import native_input, native_scale
 from data.transforms import describe_resize
 from evaluators.predictor import PredictorBase
 from trainers.seg_on_carvana_trainer import SegOnCarvanaTrainer
@@ -102,14 +102,15 @@ class SegPredictor(PredictorBase):
         task = trainer_class(config)  # no data: only the model is built
         return task.build_model(), task.autocast
 
-    def input_for(self, image, recipe, config):
-        """uint8 ``(3, H, W)`` model pixels of the decoded RGB PIL ``image``: with ``--tile`` the image at its own
-        size times the run's scale (:func:`data.seg_data.native_scale`); else the card's transform, or for an
+    def model_input(self, image, loaded):
+        """With ``--tile``: uint8 ``(3, h, w)``, ``image`` at its own size times the run's scale
+        (:func:`data.seg_data.native_scale`), for the sliding window; else :meth:`input_for`."""
+        return native_input(image, loaded.config) if self.args.tile else super().model_input(image, loaded)
+
+    @staticmethod
+    def input_for(image, recipe, config):
+        """uint8 ``(3, H, W)`` model pixels of the decoded RGB PIL ``image``: the card's transform, or for an
         older checkpoint (``recipe`` None) the resize of that time (``config``'s image_size / img_scale)."""
-        if self.args.tile:
-            scale = native_scale(config)
-            size = (max(1, round(image.height * scale)), max(1, round(image.width * scale)))
-            return image_to_input(image, {**describe_resize(size), "backend": "torch"})
         if recipe is not None:
             return image_to_input(image, recipe["transform"])
         size = config.image_size or (round(image.height * config.img_scale), round(image.width * config.img_scale))
