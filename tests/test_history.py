@@ -207,7 +207,13 @@ def test_real_run(tmp_path, capsys):
     name = "Vanilla/" + os.path.basename(trainer.run_dir)
     assert out[1].startswith(f"  {name}: best val_loss ")
     png_colours(os.path.join(trainer.run_dir, "history.png"))
-    assert result["panels"] == [("train_loss", "val_loss"), ("val_top1",), ("val_top5",), ("val_balanced_acc",), ("lr",)]
+    assert result["panels"] == [
+        ("train_loss", "val_loss"),
+        ("val_top1",),
+        ("val_top5",),
+        ("val_balanced_acc",),
+        ("lr",),
+    ]
     top1 = max(rows, key=lambda r: float(r["val_top1"]))  # max() keeps the earliest of equals
     assert result["best"][name]["val_top1"] == (float(top1["val_top1"]), int(top1["step"]))
     loss = min(rows, key=lambda r: float(r["val_loss"]))
