@@ -401,6 +401,18 @@ TASKS = {  # entry script, evaluator, flags, the metric compared
 }
 
 
+def evaluator_class(script):
+    """The evaluator class the root script ``script`` (``eval_*.py``) runs."""
+    from evaluators.mae_evaluator import MAEEvaluator
+    from evaluators.seg_evaluator import SegEvaluator
+    from evaluators.seg_on_carvana_evaluator import SegOnCarvanaEvaluator
+    from evaluators.vanilla_evaluator import VanillaEvaluator
+    from evaluators.vit_evaluator import ViTEvaluator
+
+    classes = (MAEEvaluator, SegEvaluator, SegOnCarvanaEvaluator, VanillaEvaluator, ViTEvaluator)
+    return {cls.PROG: cls for cls in classes}[script]
+
+
 @pytest.mark.parametrize("task", sorted(TASKS))
 def test_every_trainer_runs_under_ddp_and_its_checkpoint_evaluates_alone(task, tmp_path, tmp_path_factory):
     """Task code unchanged: 2 processes train and test; the evaluator scores the best checkpoint in one
@@ -413,14 +425,7 @@ def test_every_trainer_runs_under_ddp_and_its_checkpoint_evaluates_alone(task, t
     assert done.returncode == 0, done.stderr[-3000:]
     (run,) = [d for d in glob.glob(os.path.join(tmp_path, "*", "*")) if os.path.isdir(d)]
     (best,) = glob.glob(os.path.join(run, "*_best_ckpt.pth"))
-    evaluated = subprocess.run(
-        [sys.executable, evaluator, "--model_path", best, "--gpu_devices", "cpu", *data],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    evaluator_class(evaluator).from_argv(["--model_path", best, "--gpu_devices", "cpu", *data]).run()  # 1 process
     (result,) = glob.glob(os.path.join(run, "*_best_ckpt_eval_*.json"))
     own = json.load(open(os.path.join(run, "test_metrics.json")))
     assert json.load(open(result))[metric] == pytest.approx(own[metric], rel=1e-5)

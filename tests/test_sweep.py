@@ -54,7 +54,7 @@ def run(command, timeout=600):
 
 def test_a_sweep_of_4_trials_continues_to_6_with_a_second_command(tmp_path):
     space = write_space(tmp_path, "lr: {low: 1e-3, high: 1e-1, log: true}\nweight_decay: [0.0, 0.05]\n")
-    run(sweep_command(tmp_path, space, 4, "--epochs", "1"))
+    run(sweep_command(tmp_path, space, 4, "--epochs", "1", "--parallel", "2"))
     first = trial_runs(tmp_path)
     assert sorted(first) == [0, 1, 2, 3]
     for number, (saved, status, _) in first.items():
@@ -64,7 +64,7 @@ def test_a_sweep_of_4_trials_continues_to_6_with_a_second_command(tmp_path):
             assert saved["config"][flag] == value and saved["provenance"][flag] == f"sweep trial {number}"
         assert load_study(tmp_path).trials[number].value == pytest.approx(status["best"])
 
-    second = run(sweep_command(tmp_path, space, 6, "--epochs", "1"))
+    second = run(sweep_command(tmp_path, space, 6, "--epochs", "1", "--parallel", "2"))
     assert "continuing study" in second.stdout
     runs = trial_runs(tmp_path)
     assert sorted(runs) == [0, 1, 2, 3, 4, 5]
