@@ -147,26 +147,21 @@ class TaskSteps(abc.ABC):
     def train_step(self, batch: Any) -> dict[str, torch.Tensor]:
         """Forward one batch (already on :attr:`device`); return a dict with the scalar ``"loss"``.
 
-        Runs under autocast when ``--amp`` is on. Do not call ``backward``: the loop does.
-        Use ``self.model`` here: under DDP it is the ``DistributedDataParallel``
-        wrapper, whose forward makes ``backward`` average the gradients over
-        the processes (``self.raw_model`` is the model itself).
-        Other scalar entries (e.g. the terms of a two-part loss, as 0-dim tensors)
-        are averaged per sample over each ``--log_every_steps`` window and logged
-        as ``train/<key>``, without a host sync per step.
+        Runs under autocast when ``--amp`` is on. Do not call ``backward``: the loop does. Use ``self.model``:
+        under DDP it is the ``DistributedDataParallel`` wrapper, whose forward makes ``backward`` average the
+        gradients over the processes (``self.raw_model`` is the model itself). Other scalar entries (e.g. the
+        terms of a two-part loss, as 0-dim tensors) are averaged per sample over each ``--log_every_steps``
+        window and logged as ``train/<key>``, without a host sync per step.
         """
 
     @abc.abstractmethod
     def validate(self, model: nn.Module, loader: Iterable) -> dict[str, float]:
         """Score ``model`` on every sample of ``loader``; return ``{metric: float}``, averaged per sample.
 
-        ``model`` is the one to score: the trained model, or its EMA copy with ``--eval_ema`` (never the
-        DDP wrapper). Called in eval mode under ``torch.no_grad``. Under DDP each process's ``loader``
-        holds its share of the split (each sample in exactly one); return per-sample means over it and the
-        base averages the processes weighted by their sample counts, or compute the metrics from sums
-        reduced over the processes (``utils.metrics.ClassificationMeter`` and
-        ``utils.seg_metrics.SegmentationMeter`` do) so they are equal everywhere (see
-        :func:`base.runtime.distributed.combine_metrics`).
+        ``model``: the trained model, or its EMA copy with ``--eval_ema`` (never the DDP wrapper); eval mode,
+        ``torch.no_grad``. Under DDP each process's ``loader`` holds its share of the split: return per-sample
+        means (the base weights the processes by their counts: :func:`base.runtime.distributed.combine_metrics`),
+        or metrics from sums reduced over the processes, equal everywhere (as ``utils.metrics``' meters do).
         """
 
     def build_optimizer(self) -> torch.optim.Optimizer:
