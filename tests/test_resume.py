@@ -459,6 +459,7 @@ def straight_runs(tmp_path_factory):
 # --folds changes which samples train, not how they are read ("vanilla" covers the workers).
 # ImageCSV files are decoded and cropped as the JPEG folder's (covered with workers there).
 # The weighted draw's samples are seeded by their position in workers ("vanilla_weighted": 2 workers).
+# SegFolder files are read and jointly augmented by Carvana's dataset ("seg" covers the workers).
 ONE_WORKER_COUNT = {
     "mae": 0,
     "jpeg_folder": 2,
@@ -468,6 +469,7 @@ ONE_WORKER_COUNT = {
     "multilabel": 0,
     "vanilla_weighted": 2,
     "vanilla_weighted_device": 0,
+    "seg_multiclass": 0,
 }
 RUNS = [
     pytest.param(case, stop, workers, id=f"{case}-{name}-{workers}")

@@ -110,8 +110,9 @@ class Sweep:
         self.opts, self.script, self.trainer_args, self.cls = opts, script, trainer_args, cls
         self.monitor, mode = cls.monitored(args)  # the metric follows the runs' flags (e.g. the data type)
         self.space, self.seeds, self.study_dir, self.project_dir = space, seeds, study_dir, project_dir
-        self.pruner = {"name": opts.pruner, "n_startup_trials": opts.n_startup_trials,
-                       "n_warmup_steps": opts.n_warmup_steps}  # fmt: skip
+        # the trial file's pruner: its settings only for the median pruner (the trainer refuses others' extra keys)
+        settings = {"n_startup_trials": opts.n_startup_trials, "n_warmup_steps": opts.n_warmup_steps}
+        self.pruner = {"name": opts.pruner, **(settings if opts.pruner == "median" else {})}
         direction = "maximize" if mode == "max" else "minimize"
         self.study, self.storage = open_optuna_study(study_dir, direction, opts.sampler, args.seed, self.pruner)
         self.lock = os.path.join(study_dir, ".ask.lock")
