@@ -460,7 +460,11 @@ def straight_runs(tmp_path_factory):
 # ImageCSV files are decoded and cropped as the JPEG folder's (covered with workers there).
 # The weighted draw's samples are seeded by their position in workers ("vanilla_weighted": 2 workers).
 # SegFolder files are read and jointly augmented by Carvana's dataset ("seg" covers the workers).
+# "vit" and "seg" run with workers only: their reading without workers is the path of the in-memory cases
+# ("toy", "vanilla", "mae") and of "seg_multiclass"; the workers' seeding is what is theirs to check.
 ONE_WORKER_COUNT = {
+    "vit": 2,
+    "seg": 2,
     "mae": 0,
     "jpeg_folder": 2,
     "vit_device": 0,
