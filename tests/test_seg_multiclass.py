@@ -339,3 +339,20 @@ def test_bad_tile_flags_are_refused_in_one_line(trained, tmp_path):
         SegPredictor.from_argv([*argv, "--tile", "8", "8", "--overlap", "1"])
     with pytest.raises(ConfigError, match="--tile_blend"):
         SegEvaluator.from_argv(["--model_path", argv[1], "--tile", "8", "8", "--tile_blend", "box"]).run()
+
+
+def test_the_label_grid_rows_are_image_truth_prediction_and_errors_in_palette_colours():
+    from utils.plots import label_grid
+
+    gen = torch.Generator().manual_seed(0)
+    pixels = torch.randint(0, 256, (2, 3, 8, 12), generator=gen, dtype=torch.uint8)
+    truth, pred = torch.randint(0, 3, (2, 8, 12), generator=gen), torch.randint(0, 3, (2, 8, 12), generator=gen)
+    truth[0, 0, 0] = 255
+    palette = voc_palette(3)
+    grid = label_grid(pixels, truth, pred, palette, ignore_index=255)
+    assert grid.shape == (3, 2 + 2 * (8 + 2), 2 + 4 * (12 + 2))  # 2 rows of 4 tiles, 2 px padding
+    tile = lambda row, col: grid[:, 2 + row * 10 : 10 + row * 10, 2 + col * 14 : 14 + col * 14]  # noqa: E731
+    assert torch.equal(tile(1, 0), pixels[1])
+    assert torch.equal(tile(1, 1), colorize(truth[1], palette, 255))
+    assert torch.equal(tile(0, 2), colorize(pred[0], palette))
+    assert torch.equal(tile(1, 3), error_panel(pixels[1], truth[1], pred[1], 255))

@@ -74,19 +74,14 @@ def segmentation_grid(images, masks, preds, mean=(0.5,), std=(0.5,)):
         uint8 ``(3, H', W')`` grid.
     """
     import torch
-    from torchvision.utils import make_grid
 
     from utils.seg_colors import error_panel
 
-    tiles = []
-    for image, mask, pred in zip(images, masks, preds):
-        pixels = denormalize(image, mean, std).cpu()
-        tiles += [
-            pixels,
-            *(m.to(torch.uint8).mul(255).expand(3, -1, -1).cpu() for m in (mask, pred)),
-            error_panel(pixels, mask[0] > 0.5, pred[0] > 0.5),
-        ]
-    return make_grid(torch.stack(tiles), nrow=4, padding=2, pad_value=128)
+    def tiles(pixels, mask, pred):
+        white = [m.to(torch.uint8).mul(255).expand(3, -1, -1).cpu() for m in (mask, pred)]
+        return [*white, error_panel(pixels, mask[0] > 0.5, pred[0] > 0.5)]
+
+    return _rows_grid(images, masks, preds, mean, std, tiles)
 
 
 def label_grid(images, masks, preds, palette, ignore_index=None, mean=(0.5,), std=(0.5,)):
@@ -100,21 +95,29 @@ def label_grid(images, masks, preds, palette, ignore_index=None, mean=(0.5,), st
     Returns:
         uint8 ``(3, H', W')`` grid.
     """
-    import torch
-    from torchvision.utils import make_grid
-
     from utils.seg_colors import colorize, error_panel
 
-    tiles = []
-    for image, mask, pred in zip(images, masks, preds):
-        pixels = denormalize(image, mean, std).cpu()
-        tiles += [
-            pixels,
+    def tiles(pixels, mask, pred):
+        return [
             colorize(mask, palette, ignore_index),
             colorize(pred, palette),
             error_panel(pixels, mask, pred, ignore_index),
         ]
-    return make_grid(torch.stack(tiles), nrow=4, padding=2, pad_value=128)
+
+    return _rows_grid(images, masks, preds, mean, std, tiles)
+
+
+def _rows_grid(images, masks, preds, mean, std, tiles):
+    """One row per sample: its pixels (:func:`denormalize`), then ``tiles(pixels, mask, pred)``'s three uint8
+    ``(3, H, W)`` tiles (truth, prediction, errors); uint8 ``(3, H', W')``."""
+    import torch
+    from torchvision.utils import make_grid
+
+    rows = []
+    for image, mask, pred in zip(images, masks, preds):
+        pixels = denormalize(image, mean, std).cpu()
+        rows += [pixels, *tiles(pixels, mask, pred)]
+    return make_grid(torch.stack(rows), nrow=4, padding=2, pad_value=128)
 
 
 def save_segmentation_figure(image, target, pred, path, title=""):
